@@ -1,0 +1,68 @@
+// Every protocol and implementation constant of homewire, grouped, with units in the names.
+
+// --- Wire format (see README "Wire format") -------------------------------------------------------
+export const MSG_HANDSHAKE_INIT = 1;
+export const MSG_HANDSHAKE_RESP = 2;
+export const MSG_DATA = 4; // encrypted Ethernet frame (empty payload = keepalive)
+export const MSG_CONTROL = 5; // encrypted control message (same session and counter space as data)
+
+export const TRANSPORT_HEADER_BYTES = 16; // type u8, 3 reserved, receiver index u32 LE, counter u64 LE
+export const AEAD_TAG_BYTES = 16;
+export const TRANSPORT_OVERHEAD_BYTES = TRANSPORT_HEADER_BYTES + AEAD_TAG_BYTES;
+export const NOISE_KEY_BYTES = 32;
+export const TIMESTAMP_BYTES = 12; // TAI64N-like: u64 seconds BE + u32 nanoseconds BE
+// init: type(1) 3 reserved, sender u32, e(32), enc s(32+16), enc timestamp(12+16)
+export const HANDSHAKE_INIT_BYTES = 8 + 32 + 48 + TIMESTAMP_BYTES + 16;
+// resp: type(1) 3 reserved, sender u32, receiver u32, e(32), enc empty(16)
+export const HANDSHAKE_RESP_BYTES = 12 + 32 + 16;
+export const NOISE_PROLOGUE = Buffer.from('homewire v1');
+
+// --- Underlay and MTU ------------------------------------------------------------------------------
+export const UNDERLAY_MTU_BYTES = 1500;
+export const IPV4_HEADER_BYTES = 20;
+export const IPV6_HEADER_BYTES = 40;
+export const UDP_HEADER_BYTES = 8;
+export const ETHERNET_HEADER_BYTES = 14;
+export const VLAN_TAG_BYTES = 4;
+export const DEFAULT_PORT = 51820;
+/** TAP MTU that fits one frame (with one VLAN tag) in a 1500-byte underlay packet without fragmentation. */
+export function defaultTapMtu(family: 4 | 6): number {
+  const ip = family === 6 ? IPV6_HEADER_BYTES : IPV4_HEADER_BYTES;
+  return UNDERLAY_MTU_BYTES - ip - UDP_HEADER_BYTES - TRANSPORT_OVERHEAD_BYTES - ETHERNET_HEADER_BYTES - VLAN_TAG_BYTES;
+}
+/** Largest Ethernet frame (header included) that fits one underlay datagram for this family. */
+export function maxFrameBytes(family: 4 | 6): number {
+  const ip = family === 6 ? IPV6_HEADER_BYTES : IPV4_HEADER_BYTES;
+  return UNDERLAY_MTU_BYTES - ip - UDP_HEADER_BYTES - TRANSPORT_OVERHEAD_BYTES;
+}
+
+// --- Session timers (WireGuard's values) ----------------------------------------------------------
+export const REKEY_AFTER_MS = 120_000;
+export const REJECT_AFTER_MS = 180_000;
+export const REKEY_AFTER_MESSAGES = 2n ** 60n;
+export const REJECT_AFTER_MESSAGES = 2n ** 64n - 2n ** 13n - 1n;
+export const REKEY_TIMEOUT_MS = 5_000; // handshake retry interval
+export const REKEY_JITTER_MS = 333;
+export const KEEPALIVE_TIMEOUT_MS = 10_000; // passive keepalive after receiving without sending
+export const HANDSHAKE_ATTEMPT_GIVEUP_MS = 90_000; // stop retrying when nothing needs sending
+export const PEER_DOWN_AFTER_MS = KEEPALIVE_TIMEOUT_MS + REKEY_TIMEOUT_MS + 10_000;
+
+// --- Replay window (RFC 6479) ---------------------------------------------------------------------
+export const REPLAY_WINDOW_BITS = 8192; // ring of 256 32-bit words; >= 2048 usable packets
+export const REPLAY_WORD_BITS = 32;
+
+// --- Handshake processing (never on the data path) ------------------------------------------------
+export const HANDSHAKE_QUEUE_MAX = 1024; // queued handshake messages beyond this are dropped
+export const HANDSHAKES_PER_TICK_MAX = 64; // handshake messages processed per queue turn
+
+// --- Switch -----------------------------------------------------------------------------------------
+export const MAC_AGEING_MS = 300_000; // like Linux bridges
+export const MAC_TABLE_MAX = 16_384;
+
+// --- Timers -----------------------------------------------------------------------------------------
+export const TICK_MS = 250; // one tick drives all ageing, retries, keepalives
+
+// --- TAP --------------------------------------------------------------------------------------------
+export const TAP_FRAMES_PER_WAKEUP = 64;
+export const TAP_FRAME_STRIDE_BYTES = 9216; // room for jumbo frames up to 9 KB
+export const TAP_WRITE_QUEUE_MAX = 1024; // frames waiting on EAGAIN before new ones are dropped

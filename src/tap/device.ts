@@ -1,0 +1,31 @@
+// The TAP seam: the daemon's side of a layer-2 interface. Two implementations: the native addon
+// (tap/native.ts, a real kernel TAP) and an in-memory twin (tap/memory.ts) for in-process tests.
+
+export interface TapHandler {
+  /** One frame read from the interface. The buffer is BORROWED from a slab: valid only during this call. */
+  frame(frame: Buffer): void;
+  /** Called once after a batch of frames (one wake-up); a place to flush batched sends. */
+  batchEnd(): void;
+}
+
+export interface TapStats {
+  rxFrames: number;
+  rxBytes: number;
+  txFrames: number;
+  txBytes: number;
+  txDropped: number; // write queue full (kernel not draining) or interface gone
+  rxErrors: number;
+}
+
+export interface TapDevice {
+  readonly name: string;
+  readonly mtu: number;
+  readonly stats: TapStats;
+  /** Start delivering frames to the handler. */
+  start(handler: TapHandler): void;
+  /** Hand a frame to the kernel. OWNERSHIP passes: the caller must not touch the buffer afterwards.
+   *  Frames are batched and written once per event-loop turn; returns false if it was dropped. */
+  write(frame: Buffer): boolean;
+  /** Stop and remove the interface. Idempotent; never blocks the process from exiting. */
+  close(): void;
+}

@@ -1,0 +1,17 @@
+// The UDP seam: the daemon's underlay socket. Two implementations: node:dgram (udp/dgram.ts) and an
+// in-memory network (udp/memory.ts) that lets tests run whole meshes in one process.
+
+export interface UdpHandler {
+  /** A datagram. The buffer is OWNED by the handler (it may decrypt in place and keep it). */
+  (msg: Buffer, address: string, port: number): void;
+}
+
+export interface UdpSocket {
+  readonly address: string;
+  readonly port: number;
+  readonly family: 4 | 6;
+  start(handler: UdpHandler): void;
+  /** Fire-and-forget send. OWNERSHIP of msg passes to the socket. */
+  send(msg: Buffer, port: number, address: string): void;
+  close(): Promise<void>;
+}
