@@ -1,0 +1,68 @@
+// One direction pair of transport keys from a completed handshake, with its counters and replay window.
+// encrypt/decrypt are the per-packet hot path: preallocated nonce, no closures, no allocation but the
+// outgoing datagram.
+import sodium from 'sodium-native';
+import { AEAD_TAG_BYTES, TRANSPORT_HEADER_BYTES } from '../constants.ts';
+import { ReplayWindow } from './replay.ts';
+import { MAX_COUNTER, readCounter, writeTransportHeader } from './wire.ts';
+
+export class Keypair {
+  sendCounter = 0;
+  readonly replay = new ReplayWindow();
+  private readonly sendNonce = Buffer.alloc(12);
+  private readonly recvNonce = Buffer.alloc(12);
+
+  constructor(
+    private readonly sendKey: Buffer,
+    private readonly recvKey: Buffer,
+    readonly localIndex: number,
+    readonly remoteIndex: number,
+    readonly initiator: boolean,
+    readonly createdMs: number,
+  ) {}
+
+  /** Encrypts payload (borrowed) into a new datagram with header; returns null if counters are exhausted. */
+  seal(type: number, payload: Buffer): Buffer | null {
+    const counter = this.sendCounter;
+    if (counter >= MAX_COUNTER) return null;
+    this.sendCounter = counter + 1;
+    const out = Buffer.allocUnsafe(TRANSPORT_HEADER_BYTES + payload.length + AEAD_TAG_BYTES);
+    writeTransportHeader(out, type, this.remoteIndex, counter);
+    const nonce = this.sendNonce;
+    nonce.writeUInt32LE(counter >>> 0, 4);
+    nonce.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), 8);
+    sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
+      out.subarray(TRANSPORT_HEADER_BYTES), payload, out.subarray(0, TRANSPORT_HEADER_BYTES), null, nonce, this.sendKey);
+    return out;
+  }
+
+  /**
+   * Authenticates and decrypts msg in place (msg is owned by the caller and may be modified).
+   * Returns the plaintext length, -1 if not authentic, -2 if replayed or too old, -3 if the counter is out of range.
+   * The replay window is only moved by authentic packets.
+   */
+  open(msg: Buffer): number {
+    const counter = readCounter(msg);
+    if (counter < 0) return -3;
+    if (!this.replay.wouldAccept(counter)) return -2;
+    const nonce = this.recvNonce;
+    nonce.writeUInt32LE(counter >>> 0, 4);
+    nonce.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), 8);
+    const plainLength = msg.length - TRANSPORT_HEADER_BYTES - AEAD_TAG_BYTES;
+    try {
+      sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
+        msg.subarray(TRANSPORT_HEADER_BYTES, TRANSPORT_HEADER_BYTES + plainLength), null,
+        msg.subarray(TRANSPORT_HEADER_BYTES), msg.subarray(0, TRANSPORT_HEADER_BYTES), nonce, this.recvKey);
+    } catch {
+      return -1;
+    }
+    if (!this.replay.accept(counter)) return -2;
+    return plainLength;
+  }
+
+  /** Zeroes the keys (the keypair is no longer usable). */
+  wipe(): void {
+    sodium.sodium_memzero(this.sendKey);
+    sodium.sodium_memzero(this.recvKey);
+  }
+}
