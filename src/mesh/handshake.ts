@@ -1,0 +1,137 @@
+// Noise IK handshakes (Noise_IK_25519_ChaChaPoly_BLAKE2b, via noise-protocol). Runs only from the handshake
+// queue, never on the data path. Every HandshakeState maps protected memory: each one is destroyed on
+// every path, and the split cipher states are copied out and freed at once.
+import { createRequire } from 'node:module';
+import {
+  HANDSHAKE_INIT_BYTES, HANDSHAKE_RESP_BYTES, NOISE_KEY_BYTES, NOISE_PROLOGUE, TIMESTAMP_BYTES,
+} from '../constants.ts';
+import { writeHandshakeInit, writeHandshakeResp } from './wire.ts';
+
+const require = createRequire(import.meta.url);
+// noise-protocol allocates through its own sodium instance: free its buffers with that same instance.
+const noise = require('noise-protocol');
+const { sodium_free } = require('sodium-universal/memory') as { sodium_free(b: Buffer): void };
+
+export interface StaticKeys {
+  publicKey: Buffer;
+  secretKey: Buffer;
+}
+
+export interface SessionKeys {
+  send: Buffer;
+  recv: Buffer;
+}
+
+/** An initiation in flight: owns a HandshakeState until consumeResponse() or abandon(). */
+export class PendingHandshake {
+  constructor(private state: any, readonly localIndex: number, readonly sentMs: number) {}
+
+  /** Completes the handshake from a response datagram; null if it does not authenticate. Always frees the state. */
+  consumeResponse(msg: Buffer): SessionKeys | null {
+    const state = this.state;
+    if (!state) return null;
+    this.state = null;
+    try {
+      const split = noise.readMessage(state, msg.subarray(12), Buffer.alloc(0));
+      return split ? takeSplit(split) : null;
+    } catch {
+      return null;
+    } finally {
+      noise.destroy(state);
+    }
+  }
+
+  abandon(): void {
+    if (this.state) noise.destroy(this.state);
+    this.state = null;
+  }
+}
+
+/** Starts an IK handshake to the peer's static key; the payload carries a strictly increasing timestamp. */
+export function createInitiation(local: StaticKeys, remote: Buffer, localIndex: number, nowMs: number, timestamp: Buffer)
+  : { msg: Buffer; pending: PendingHandshake } {
+  const state = noise.initialize('IK', true, NOISE_PROLOGUE, local, null, remote);
+  try {
+    const msg = Buffer.alloc(HANDSHAKE_INIT_BYTES);
+    writeHandshakeInit(msg, localIndex);
+    noise.writeMessage(state, timestamp, msg.subarray(8));
+    return { msg, pending: new PendingHandshake(state, localIndex, nowMs) };
+  } catch (err) {
+    noise.destroy(state);
+    throw err;
+  }
+}
+
+export interface Initiation {
+  remoteStatic: Buffer;
+  timestamp: Buffer;
+  remoteIndex: number;
+  /** Writes the response (for a peer we accept) and returns it with the session keys; frees the state. */
+  respond(localIndex: number): { msg: Buffer; keys: SessionKeys };
+  /** Frees the state without answering. */
+  reject(): void;
+}
+
+/** Reads an initiation; null if it does not authenticate. The caller must call respond() or reject(). */
+export function consumeInitiation(local: StaticKeys, msg: Buffer): Initiation | null {
+  const state = noise.initialize('IK', false, NOISE_PROLOGUE, local, null, null);
+  const payload = Buffer.alloc(TIMESTAMP_BYTES);
+  try {
+    noise.readMessage(state, msg.subarray(8), payload);
+    if (noise.readMessage.bytes !== TIMESTAMP_BYTES) throw new Error('bad payload');
+  } catch {
+    noise.destroy(state);
+    return null;
+  }
+  const remoteStatic = Buffer.from(state.rs.subarray(0, NOISE_KEY_BYTES));
+  const remoteIndex = msg.readUInt32LE(4);
+  let done = false;
+  return {
+    remoteStatic,
+    timestamp: payload,
+    remoteIndex,
+    respond(localIndex: number) {
+      if (done) throw new Error('handshake state already used');
+      done = true;
+      try {
+        const out = Buffer.alloc(HANDSHAKE_RESP_BYTES);
+        writeHandshakeResp(out, localIndex, remoteIndex);
+        const split = noise.writeMessage(state, Buffer.alloc(0), out.subarray(12));
+        return { msg: out, keys: takeSplit(split) };
+      } finally {
+        noise.destroy(state);
+      }
+    },
+    reject() {
+      if (!done) noise.destroy(state);
+      done = true;
+    },
+  };
+}
+
+/** Copies the 32-byte keys out of the split cipher states (k | n) and frees the protected buffers. */
+function takeSplit(split: { tx: Buffer; rx: Buffer }): SessionKeys {
+  const keys = {
+    send: Buffer.from(split.tx.subarray(0, NOISE_KEY_BYTES)),
+    recv: Buffer.from(split.rx.subarray(0, NOISE_KEY_BYTES)),
+  };
+  sodium_free(split.tx);
+  sodium_free(split.rx);
+  return keys;
+}
+
+/** A TAI64N-style timestamp (12 bytes, big-endian, so byte order is time order) that never repeats. */
+export class TimestampClock {
+  private lastMs = 0;
+  private seq = 0;
+  next(nowMs: number): Buffer {
+    const out = Buffer.alloc(TIMESTAMP_BYTES);
+    if (nowMs <= this.lastMs) this.seq++;
+    else { this.lastMs = nowMs; this.seq = 0; }
+    const seconds = Math.floor(this.lastMs / 1000);
+    out.writeUInt32BE(0x4000_0000, 0); // TAI64 label offset (2^62) in the high word
+    out.writeUInt32BE(seconds, 4);
+    out.writeUInt32BE(((this.lastMs % 1000) * 1_000_000 + this.seq) >>> 0, 8);
+    return out;
+  }
+}
