@@ -39,6 +39,7 @@ export class Peer {
   lastRecvMs = 0;
   lastHandshakeMs = 0; // completed, either side
   rttMs = -1; // handshake round trip as initiator
+  up = false; // an authenticated packet arrived within PEER_DOWN_AFTER_MS
   /** Frames waiting for a session (copies), bounded. */
   staged: Buffer[] = [];
   readonly stats: PeerStats = { rxBytes: 0, rxPackets: 0, txBytes: 0, txPackets: 0, roams: 0 };

@@ -1,0 +1,219 @@
+// The daemon's YAML config: parsed, validated and resolved in one place. Every error names the file, the key
+// path and what to do. See README "Config reference".
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import YAML from 'yaml';
+import { defaultTapMtu, DEFAULT_PORT } from './constants.ts';
+import { ConfigError } from './errors.ts';
+import { decodeKey, publicKeyOf } from './mesh/keys.ts';
+import type { Endpoint, PeerConfig } from './mesh/peer.ts';
+
+export interface TapConfig {
+  name: string;
+  mtu: number;
+  bridge?: string;
+}
+
+export interface Config {
+  file: string;
+  name: string;
+  privateKey: Buffer;
+  publicKey: Buffer;
+  listen: Endpoint & { family: 4 | 6 };
+  tap: TapConfig;
+  peers: PeerConfig[];
+  metrics?: { listen: Endpoint };
+  logLevel: string;
+  /** Raw `dhcp:` section, validated by the DHCP module. */
+  dhcp?: unknown;
+  control?: { socket: string };
+}
+
+const TOP_KEYS = ['name', 'private_key', 'private_key_file', 'listen', 'tap', 'peers', 'metrics', 'log_level', 'dhcp', 'control'];
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$/;
+const IFNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$/;
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+export function loadConfig(file: string): Config {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(file, '', `cannot read the config file (${(err as NodeJS.ErrnoException).code}); check the path and permissions`);
+  }
+  return parseConfig(text, file);
+}
+
+export function parseConfig(text: string, file: string): Config {
+  const doc = YAML.parseDocument(text, { uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0];
+    const line = e.linePos?.[0] ? ` (line ${e.linePos[0].line}, column ${e.linePos[0].col})` : '';
+    throw new ConfigError(file, '', `not valid YAML${line}: ${e.message.split('\n')[0]}`);
+  }
+  const raw = doc.toJS();
+  const c = new Checker(file);
+  const top = c.object(raw, '');
+  c.onlyKeys(top, TOP_KEYS, '');
+
+  const name = c.string(top.name, 'name');
+  if (!NAME_RE.test(name)) c.fail('name', `"${name}" is not a valid node name: use 1-32 letters, digits, '.', '_' or '-'`);
+
+  const privateKey = readPrivateKey(c, top, file);
+  const publicKey = publicKeyOf(privateKey);
+
+  const listen = c.endpoint(top.listen, 'listen', true);
+  const family = listen.address.includes(':') ? 6 : 4;
+
+  const tapRaw = c.object(top.tap, 'tap');
+  c.onlyKeys(tapRaw, ['name', 'mtu', 'bridge'], 'tap');
+  const tapName = c.string(tapRaw.name, 'tap.name');
+  if (!IFNAME_RE.test(tapName)) c.fail('tap.name', `"${tapName}" is not a valid interface name: 1-15 letters, digits, '.', '_' or '-'`);
+  const maxMtu = defaultTapMtu(family);
+  let mtu = maxMtu;
+  if (tapRaw.mtu !== undefined) {
+    mtu = c.integer(tapRaw.mtu, 'tap.mtu', 576, 9000);
+    if (mtu > maxMtu) {
+      c.fail('tap.mtu', `${mtu} does not fit a 1500-byte underlay without fragmentation over IPv${family}: use at most ${maxMtu} (the default)`);
+    }
+  }
+  let bridge: string | undefined;
+  if (tapRaw.bridge !== undefined) {
+    bridge = c.string(tapRaw.bridge, 'tap.bridge');
+    if (!IFNAME_RE.test(bridge)) c.fail('tap.bridge', `"${bridge}" is not a valid interface name`);
+  }
+
+  const peers: PeerConfig[] = [];
+  const peersRaw = top.peers === undefined ? [] : top.peers;
+  if (!Array.isArray(peersRaw)) c.fail('peers', 'must be a list of peers (- name: ..., public_key: ...)');
+  const names = new Set<string>();
+  const keys = new Map<string, string>();
+  peersRaw.forEach((p: unknown, i: number) => {
+    const at = `peers[${i}]`;
+    const o = c.object(p, at);
+    c.onlyKeys(o, ['name', 'public_key', 'endpoint'], at);
+    const pname = c.string(o.name, `${at}.name`);
+    if (!NAME_RE.test(pname)) c.fail(`${at}.name`, `"${pname}" is not a valid peer name: use 1-32 letters, digits, '.', '_' or '-'`);
+    if (names.has(pname)) c.fail(`${at}.name`, `duplicate peer name "${pname}": each peer needs its own name`);
+    if (pname === name) c.fail(`${at}.name`, `"${pname}" is this node's own name`);
+    names.add(pname);
+    const keyText = c.string(o.public_key, `${at}.public_key`);
+    const key = decodeKey(keyText);
+    if (!key) c.fail(`${at}.public_key`, 'not a base64 Curve25519 public key (44 characters, as printed by `homewire pubkey`)');
+    const hex = key!.toString('hex');
+    if (keys.has(hex)) c.fail(`${at}.public_key`, `duplicate peer key: peer "${keys.get(hex)}" has the same public key`);
+    if (key!.equals(publicKey)) c.fail(`${at}.public_key`, "is this node's own public key: list the other sites' keys");
+    keys.set(hex, pname);
+    const peer: PeerConfig = { name: pname, publicKey: key! };
+    if (o.endpoint !== undefined) {
+      peer.endpoint = c.endpoint(o.endpoint, `${at}.endpoint`, false);
+      const epFamily = peer.endpoint.address.includes(':') ? 6 : 4;
+      if (epFamily !== family) {
+        c.fail(`${at}.endpoint`, `is IPv${epFamily} but 'listen' is IPv${family}: the underlay socket can only reach IPv${family} endpoints`);
+      }
+    }
+    peers.push(peer);
+  });
+
+  let metrics: Config['metrics'];
+  if (top.metrics !== undefined) {
+    const m = c.object(top.metrics, 'metrics');
+    c.onlyKeys(m, ['listen'], 'metrics');
+    metrics = { listen: c.endpoint(m.listen, 'metrics.listen', false) };
+  }
+  let control: Config['control'];
+  if (top.control !== undefined) {
+    const m = c.object(top.control, 'control');
+    c.onlyKeys(m, ['socket'], 'control');
+    control = { socket: path.resolve(path.dirname(file), c.string(m.socket, 'control.socket')) };
+  }
+  let logLevel = 'info';
+  if (top.log_level !== undefined) {
+    logLevel = c.string(top.log_level, 'log_level');
+    if (!LOG_LEVELS.includes(logLevel)) c.fail('log_level', `"${logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
+  }
+
+  return {
+    file, name, privateKey, publicKey, listen: { ...listen, family }, tap: { name: tapName, mtu, bridge }, peers,
+    metrics, logLevel, dhcp: top.dhcp, control,
+  };
+}
+
+function readPrivateKey(c: Checker, top: Record<string, unknown>, file: string): Buffer {
+  if (top.private_key !== undefined && top.private_key_file !== undefined) {
+    c.fail('private_key', 'give either private_key or private_key_file, not both');
+  }
+  if (top.private_key !== undefined) {
+    const key = decodeKey(c.string(top.private_key, 'private_key'));
+    if (!key) c.fail('private_key', 'not a base64 Curve25519 private key (create one with `homewire genkey`)');
+    return key!;
+  }
+  if (top.private_key_file === undefined) {
+    c.fail('private_key_file', 'missing: set private_key_file (a file made by `homewire genkey > FILE`) or private_key');
+  }
+  const keyFile = path.resolve(path.dirname(file), c.string(top.private_key_file, 'private_key_file'));
+  let text: string;
+  try {
+    text = fs.readFileSync(keyFile, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    c.fail('private_key_file', code === 'ENOENT'
+      ? `${keyFile} does not exist: create it with \`homewire genkey > ${keyFile}\` (mode 600)`
+      : `cannot read ${keyFile} (${code}): check its permissions`);
+  }
+  const key = decodeKey(text!);
+  if (!key) c.fail('private_key_file', `${keyFile} does not hold a base64 Curve25519 private key (create one with \`homewire genkey\`)`);
+  return key!;
+}
+
+/** Small typed accessors that throw ConfigError with the key path. */
+export class Checker {
+  constructor(readonly file: string) {}
+
+  fail(key: string, problem: string): never {
+    throw new ConfigError(this.file, key, problem);
+  }
+
+  object(v: unknown, key: string): Record<string, any> {
+    if (v === undefined || v === null) this.fail(key || '(top level)', 'missing: this section is required');
+    if (typeof v !== 'object' || Array.isArray(v)) this.fail(key || '(top level)', 'must be a mapping (key: value)');
+    return v as Record<string, any>;
+  }
+
+  onlyKeys(o: Record<string, unknown>, allowed: string[], at: string): void {
+    for (const k of Object.keys(o)) {
+      if (!allowed.includes(k)) {
+        this.fail(at ? `${at}.${k}` : k, `unknown key; allowed here: ${allowed.join(', ')}`);
+      }
+    }
+  }
+
+  string(v: unknown, key: string): string {
+    if (v === undefined || v === null) this.fail(key, 'missing: this key is required');
+    if (typeof v !== 'string' || v.length === 0) this.fail(key, 'must be a non-empty string');
+    return v as string;
+  }
+
+  integer(v: unknown, key: string, min: number, max: number): number {
+    if (typeof v !== 'number' || !Number.isInteger(v)) this.fail(key, `must be a whole number between ${min} and ${max}`);
+    if ((v as number) < min || (v as number) > max) this.fail(key, `${v} is out of range: use ${min} to ${max}`);
+    return v as number;
+  }
+
+  /** "192.0.2.1:51820", "[2001:db8::1]:51820"; with defaultPort the port may be left out. */
+  endpoint(v: unknown, key: string, defaultPort: boolean): Endpoint {
+    const text = this.string(typeof v === 'number' ? String(v) : v, key);
+    const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(text) ?? /^([^:]+)(?::(\d+))?$/.exec(text);
+    if (!m) this.fail(key, `"${text}" is not ADDRESS:PORT (IPv6 in brackets: "[2001:db8::1]:${DEFAULT_PORT}")`);
+    const address = m![1];
+    if (net.isIP(address) === 0) {
+      this.fail(key, `"${address}" is not an IP address (host names are not resolved: give the underlay IP)`);
+    }
+    if (m![2] === undefined && !defaultPort) this.fail(key, `"${text}" has no port: write ADDRESS:PORT`);
+    const port = m![2] === undefined ? DEFAULT_PORT : Number(m![2]);
+    const min = key === 'listen' ? 0 : 1; // listen port 0: any free port
+    if (!(port >= min && port <= 65535)) this.fail(key, `port ${m![2]} is out of range ${min}-65535`);
+    return { address, port };
+  }
+}

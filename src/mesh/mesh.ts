@@ -1,0 +1,369 @@
+// The encrypted mesh: sessions with every configured peer over one UDP socket.
+//
+// Outbound (send path):  switch → sendFrame → current keypair → seal → udp.send
+// Inbound  (receive):    udp message → classify → index table → open (decrypt in place) → replay → roam → switch
+// Handshake messages are queued and processed on their own event-loop turns (processHandshakes), never on
+// the receive path. All time policy lives in timers.ts; the data path only records times.
+import sodium from 'sodium-native';
+import {
+  HANDSHAKE_QUEUE_MAX, HANDSHAKES_PER_TICK_MAX, MSG_CONTROL, MSG_DATA, MSG_HANDSHAKE_INIT, MSG_HANDSHAKE_RESP,
+  REJECT_AFTER_MS,
+} from '../constants.ts';
+import type { Logger } from '../log.ts';
+import type { UdpSocket } from '../udp/socket.ts';
+import { consumeInitiation, createInitiation, type StaticKeys, TimestampClock } from './handshake.ts';
+import { Keypair } from './keypair.ts';
+import { Peer, type PeerConfig } from './peer.ts';
+import { MeshTimers } from './timers.ts';
+import { classify, readReceiver } from './wire.ts';
+
+export interface MeshHandler {
+  /** A decrypted frame from a peer. OWNED by the handler (a view into the received datagram). */
+  frame(peer: Peer, frame: Buffer): void;
+  /** A decrypted control message from a peer (owned). */
+  control(peer: Peer, payload: Buffer): void;
+  /** A peer's session came up (first handshake) or went down. */
+  peerState?(peer: Peer, up: boolean): void;
+}
+
+/** Drop counters by reason: plain fields, read at scrape time. */
+export class MeshDrops {
+  malformed = 0;
+  unknown_index = 0;
+  auth_failed = 0;
+  replay = 0;
+  counter_range = 0;
+  expired_session = 0;
+  no_endpoint = 0;
+  staging_full = 0;
+  handshake_invalid = 0;
+  handshake_unknown_key = 0;
+  handshake_replay = 0;
+  handshake_queue_full = 0;
+}
+
+export class HandshakeCounts {
+  initiated = 0;
+  completed = 0; // as initiator
+  responded = 0; // as responder
+  invalid = 0;
+  unknown_key = 0;
+  replay = 0;
+  timeout = 0;
+}
+
+interface Slot {
+  peer: Peer;
+  keypair: Keypair | null; // null while the index belongs to a pending handshake
+}
+
+interface QueuedHandshake {
+  msg: Buffer;
+  address: string;
+  port: number;
+}
+
+export const STAGED_FRAMES_MAX = 128;
+
+export class Mesh {
+  readonly peers: Peer[] = [];
+  readonly drops = new MeshDrops();
+  readonly handshakes = new HandshakeCounts();
+  /** Coarse clock (ms) for the data path, refreshed by tick() and by handshake processing. */
+  nowMs: number;
+  private readonly byKey = new Map<string, Peer>();
+  private readonly byIndex = new Map<number, Slot>();
+  private readonly handshakeQueue: QueuedHandshake[] = [];
+  private handshakeScheduled = false;
+  private readonly timestamps = new TimestampClock();
+  private readonly timers: MeshTimers;
+  private handler: MeshHandler | null = null;
+  private closed = false;
+
+  constructor(private readonly keys: StaticKeys, readonly socket: UdpSocket, peers: PeerConfig[],
+    private readonly log: Logger, private readonly now: () => number = Date.now) {
+    this.nowMs = now();
+    for (const p of peers) this.addPeer(p);
+    this.timers = new MeshTimers(this);
+  }
+
+  start(handler: MeshHandler): void {
+    this.handler = handler;
+    this.socket.start((msg, address, port) => this.receive(msg, address, port));
+    this.tick();
+  }
+
+  // ---- inbound ---------------------------------------------------------------------------------
+
+  private receive(msg: Buffer, address: string, port: number): void {
+    const type = classify(msg);
+    if (type === MSG_DATA || type === MSG_CONTROL) {
+      const slot = this.byIndex.get(readReceiver(msg));
+      const keypair = slot?.keypair;
+      if (!slot || !keypair) { this.drops.unknown_index++; return; }
+      if (keypair.createdMs + REJECT_AFTER_MS < this.nowMs) { this.drops.expired_session++; return; }
+      const n = keypair.open(msg);
+      if (n < 0) {
+        if (n === -1) this.drops.auth_failed++;
+        else if (n === -2) this.drops.replay++;
+        else this.drops.counter_range++;
+        return;
+      }
+      // Authentic and fresh: only now may the packet change state.
+      const peer = slot.peer;
+      if (keypair === peer.next) this.promoteNext(peer);
+      const ep = peer.endpoint;
+      if (ep === null || ep.port !== port || ep.address !== address) this.roam(peer, address, port);
+      peer.lastRecvMs = this.nowMs;
+      if (!peer.up) {
+        peer.up = true;
+        this.handler?.peerState?.(peer, true);
+      }
+      if (n === 0) return; // keepalive
+      peer.stats.rxPackets++;
+      peer.stats.rxBytes += n;
+      const payload = msg.subarray(16, 16 + n);
+      if (type === MSG_DATA) this.handler!.frame(peer, payload);
+      else this.handler!.control(peer, payload);
+      return;
+    }
+    if (type === MSG_HANDSHAKE_INIT || type === MSG_HANDSHAKE_RESP) {
+      if (this.handshakeQueue.length >= HANDSHAKE_QUEUE_MAX) { this.drops.handshake_queue_full++; return; }
+      this.handshakeQueue.push({ msg, address, port });
+      if (!this.handshakeScheduled) {
+        this.handshakeScheduled = true;
+        setImmediate(() => this.processHandshakes());
+      }
+      return;
+    }
+    this.drops.malformed++;
+  }
+
+  private roam(peer: Peer, address: string, port: number): void {
+    if (peer.endpoint !== null) {
+      peer.stats.roams++;
+      this.log.info({ peer: peer.name, from: fmt(peer.endpoint), to: fmt({ address, port }) }, 'peer endpoint moved');
+    }
+    peer.endpoint = { address, port };
+  }
+
+  // ---- outbound --------------------------------------------------------------------------------
+
+  /** Sends a frame (BORROWED: copied by encryption) to a peer, or stages a copy until a session exists. */
+  sendFrame(peer: Peer, frame: Buffer): void {
+    this.send(peer, MSG_DATA, frame);
+  }
+
+  sendControl(peer: Peer, payload: Buffer): void {
+    this.send(peer, MSG_CONTROL, payload);
+  }
+
+  private send(peer: Peer, type: number, payload: Buffer): void {
+    const keypair = peer.current;
+    const ep = peer.endpoint;
+    if (ep === null) { this.drops.no_endpoint++; return; }
+    if (keypair === null || keypair.createdMs + REJECT_AFTER_MS < this.nowMs) {
+      if (peer.staged.length >= STAGED_FRAMES_MAX) { this.drops.staging_full++; return; }
+      const staged = Buffer.allocUnsafe(payload.length + 1);
+      staged[0] = type;
+      payload.copy(staged, 1);
+      peer.staged.push(staged);
+      this.timers.sessionWanted(peer);
+      return;
+    }
+    const out = keypair.seal(type, payload);
+    if (out === null) { this.drops.counter_range++; this.timers.sessionWanted(peer); return; }
+    this.socket.send(out, ep.port, ep.address);
+    peer.lastSentMs = this.nowMs;
+    if (payload.length > 0) {
+      peer.stats.txPackets++;
+      peer.stats.txBytes += payload.length;
+    }
+  }
+
+  /** @internal timers: an authenticated empty data message. */
+  sendKeepalive(peer: Peer): void {
+    if (peer.current) this.send(peer, MSG_DATA, EMPTY);
+  }
+
+  // ---- handshakes (own queue, own event-loop turns) ------------------------------------------
+
+  private processHandshakes(): void {
+    this.handshakeScheduled = false;
+    if (this.closed) return;
+    this.nowMs = this.now();
+    const batch = this.handshakeQueue.splice(0, HANDSHAKES_PER_TICK_MAX);
+    for (const h of batch) {
+      if (h.msg[0] === MSG_HANDSHAKE_INIT) this.handleInitiation(h);
+      else this.handleResponse(h);
+    }
+    if (this.handshakeQueue.length > 0 && !this.handshakeScheduled) {
+      this.handshakeScheduled = true;
+      setImmediate(() => this.processHandshakes());
+    }
+  }
+
+  /** @internal timers: starts a handshake with a peer that has an endpoint. */
+  initiate(peer: Peer): void {
+    const ep = peer.endpoint;
+    if (!ep || this.closed) return;
+    this.abandonPending(peer);
+    const index = this.newIndex();
+    const { msg, pending } = createInitiation(this.keys, peer.publicKey, index, this.nowMs, this.timestamps.next(Date.now()));
+    peer.pending = pending;
+    this.byIndex.set(index, { peer, keypair: null });
+    this.handshakes.initiated++;
+    this.socket.send(msg, ep.port, ep.address);
+  }
+
+  /** @internal timers */
+  abandonPending(peer: Peer): void {
+    if (!peer.pending) return;
+    this.byIndex.delete(peer.pending.localIndex);
+    peer.pending.abandon();
+    peer.pending = null;
+  }
+
+  private handleInitiation(h: QueuedHandshake): void {
+    const init = consumeInitiation(this.keys, h.msg);
+    if (!init) { this.handshakes.invalid++; this.drops.handshake_invalid++; return; }
+    const peer = this.byKey.get(init.remoteStatic.toString('hex'));
+    if (!peer) {
+      init.reject();
+      this.handshakes.unknown_key++;
+      this.drops.handshake_unknown_key++;
+      this.log.debug({ from: fmt(h), key: init.remoteStatic.toString('base64') }, 'handshake from a key not in the config');
+      return;
+    }
+    if (peer.lastTimestamp && Buffer.compare(init.timestamp, peer.lastTimestamp) <= 0) {
+      init.reject();
+      this.handshakes.replay++;
+      this.drops.handshake_replay++;
+      return;
+    }
+    peer.lastTimestamp = init.timestamp;
+    const index = this.newIndex();
+    const { msg, keys } = init.respond(index);
+    const keypair = new Keypair(keys.send, keys.recv, index, init.remoteIndex, false, this.nowMs);
+    if (peer.next) this.retire(peer.next);
+    peer.next = keypair;
+    this.byIndex.set(index, { peer, keypair });
+    if (peer.endpoint === null || peer.endpoint.address !== h.address || peer.endpoint.port !== h.port) {
+      this.roam(peer, h.address, h.port);
+    }
+    peer.lastHandshakeMs = this.nowMs;
+    this.handshakes.responded++;
+    this.socket.send(msg, h.port, h.address);
+  }
+
+  private handleResponse(h: QueuedHandshake): void {
+    const slot = this.byIndex.get(h.msg.readUInt32LE(8));
+    const pending = slot?.peer.pending;
+    if (!slot || slot.keypair !== null || !pending || pending.localIndex !== h.msg.readUInt32LE(8)) {
+      this.drops.unknown_index++;
+      return;
+    }
+    const peer = slot.peer;
+    const keys = pending.consumeResponse(h.msg);
+    peer.pending = null;
+    if (!keys) {
+      this.byIndex.delete(pending.localIndex);
+      this.handshakes.invalid++;
+      this.drops.handshake_invalid++;
+      return;
+    }
+    const keypair = new Keypair(keys.send, keys.recv, pending.localIndex, h.msg.readUInt32LE(4), true, this.nowMs);
+    slot.keypair = keypair;
+    if (peer.previous) this.retire(peer.previous);
+    peer.previous = peer.current;
+    peer.current = keypair;
+    if (peer.endpoint === null || peer.endpoint.address !== h.address || peer.endpoint.port !== h.port) {
+      this.roam(peer, h.address, h.port);
+    }
+    peer.rttMs = this.now() - pending.sentMs;
+    peer.lastHandshakeMs = this.nowMs;
+    this.handshakes.completed++;
+    this.timers.handshakeComplete(peer);
+    // Confirm the session to the responder: staged frames, or a keepalive.
+    if (!this.flushStaged(peer)) this.sendKeepalive(peer);
+  }
+
+  private promoteNext(peer: Peer): void {
+    if (peer.previous) this.retire(peer.previous);
+    peer.previous = peer.current;
+    peer.current = peer.next;
+    peer.next = null;
+    this.timers.handshakeComplete(peer);
+    this.flushStaged(peer);
+  }
+
+  private flushStaged(peer: Peer): boolean {
+    if (peer.staged.length === 0) return false;
+    const staged = peer.staged;
+    peer.staged = [];
+    for (const s of staged) this.send(peer, s[0], s.subarray(1));
+    return true;
+  }
+
+  /** @internal Removes a keypair from the index table and wipes it. */
+  retire(keypair: Keypair): void {
+    this.byIndex.delete(keypair.localIndex);
+    keypair.wipe();
+  }
+
+  private newIndex(): number {
+    for (;;) {
+      const index = sodium.randombytes_random();
+      if (!this.byIndex.has(index)) return index;
+    }
+  }
+
+  // ---- peers and lifecycle -----------------------------------------------------------------------
+
+  addPeer(cfg: PeerConfig): Peer {
+    const peer = new Peer(cfg.name, cfg.publicKey, cfg.endpoint);
+    this.peers.push(peer);
+    this.byKey.set(peer.keyHex, peer);
+    return peer;
+  }
+
+  removePeer(peer: Peer): void {
+    this.abandonPending(peer);
+    for (const kp of [peer.current, peer.previous, peer.next]) if (kp) this.retire(kp);
+    peer.current = peer.previous = peer.next = null;
+    peer.staged = [];
+    this.byKey.delete(peer.keyHex);
+    const i = this.peers.indexOf(peer);
+    if (i >= 0) this.peers.splice(i, 1);
+  }
+
+  peerByName(name: string): Peer | undefined {
+    return this.peers.find((p) => p.name === name);
+  }
+
+  /** Drives all session time policy; called every TICK_MS. */
+  tick(): void {
+    if (this.closed) return;
+    this.nowMs = this.now();
+    this.timers.tick(this.nowMs);
+  }
+
+  /** @internal for timers */
+  emitPeerState(peer: Peer, up: boolean): void {
+    this.handler?.peerState?.(peer, up);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const peer of [...this.peers]) this.removePeer(peer);
+    this.handshakeQueue.length = 0;
+    await this.socket.close();
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+function fmt(ep: { address: string; port: number }): string {
+  return ep.address.includes(':') ? `[${ep.address}]:${ep.port}` : `${ep.address}:${ep.port}`;
+}
