@@ -1,0 +1,811 @@
+// homewire_tap: a Linux TAP device for the daemon's data plane.
+//
+// Shape (see src/tap/native.ts, the only user):
+//   open({ name, mtu, bridge?, counters: Float64Array, writeQueueMax }) -> Tap
+//   Tap.startReading(slab, lengths: Uint32Array, stride, maxFrames, onRead(count))
+//   Tap.stopReading()
+//   Tap.writeBatch(frames: Uint8Array[], count) -> frames accepted (written now or queued)
+//   Tap.close()
+//   Tap.name / ifindex / mac (Buffer) / mtu / persistent / fd
+//   COUNTER_NAMES: the layout of the shared counters array (native writes, JS reads)
+//   Test hooks: socketPair(sndbufBytes) -> [fdA, fdB]; wrapFd(fd, { counters, writeQueueMax }) -> Tap
+//
+// Data path, all on the main libuv loop, no threads, no per-frame allocation:
+//   read:  one uv_poll (UV_READABLE) wake-up -> up to maxFrames read()s into the shared slab (one
+//          frame per stride) with their lengths in the shared Uint32Array -> ONE JS call onRead(n).
+//          Stops at EAGAIN. A fatal read error stops reading and calls onRead(-errno).
+//   write: writeBatch() write()s each frame at once (one syscall per frame: a TAP takes one frame
+//          per write). On EAGAIN the rest is copied into a bounded ring (reused slots), UV_WRITABLE
+//          is polled and the ring drained when writable; frames beyond the bound are dropped and
+//          counted. Order is kept: while the ring is not empty, new frames go behind it.
+//
+// Lifetime: close() stops polling, closes the fd at once (libuv documents this as safe right after
+// uv_poll_stop/uv_close, and it makes the interface disappear when close() returns) and uv_close()s
+// the poll handle, whose memory is freed in the close callback. An async env cleanup hook does the
+// same on environment teardown (worker exit), and the GC finalizer does it for an object dropped
+// without close() (while reading, the callback reference keeps the object alive, like a socket).
+//
+// Errors: C++ exceptions are off (NAPI_DISABLE_CPP_EXCEPTIONS); control-plane errors are thrown as
+// JS Errors with code (EPERM...), errno (negative, like Node's), syscall, and a message that says
+// what to do. Data-plane errors are never thrown: they are counters.
+
+#include <napi.h>
+#include <uv.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <linux/if_tun.h>
+#include <linux/sockios.h>
+#include <net/if.h>
+#include <net/if_arp.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace {
+
+// ---- Shared counters (Float64Array; doubles are exact to 2^53) ---------------------------------
+enum Counter : int {
+  C_TX_FRAMES = 0,         // frames handed to the kernel
+  C_TX_BYTES,              // their bytes
+  C_TX_DROPPED_QUEUE = 2,  // dropped: write queue full
+  C_TX_DROPPED_ERROR,      // dropped: write() failed (interface gone, malformed frame, closed)
+  C_RX_ERRORS,             // read() errors other than EAGAIN
+  C_TX_QUEUED,             // frames waiting in the write queue now
+  C_TX_EAGAIN,             // times write() said EAGAIN (kernel back-pressure)
+  C_LAST_ERRNO,            // last data-path errno seen (positive), 0 if none
+  C_COUNT
+};
+const char* const kCounterNames[C_COUNT] = {"txFrames",    "txBytes",  "txDroppedQueue", "txDroppedError",
+                                            "rxErrors",    "txQueued", "txEagain",       "lastErrno"};
+
+// ---- Errors ------------------------------------------------------------------------------------
+struct SysErr {
+  int err = 0;              // positive errno; 0 = no error
+  const char* syscall = "";
+  std::string message;
+};
+
+const char* ErrName(int err) {
+  const char* n = strerrorname_np(err);
+  return n ? n : uv_err_name(-err);
+}
+
+bool SetErr(SysErr* e, int err, const char* syscall, const std::string& message) {
+  e->err = err;
+  e->syscall = syscall;
+  e->message = message;
+  return false;
+}
+
+Napi::Value ThrowSys(Napi::Env env, const SysErr& e) {
+  Napi::Error error = Napi::Error::New(env, e.message);
+  error.Set("code", Napi::String::New(env, ErrName(e.err)));
+  error.Set("errno", Napi::Number::New(env, -e.err));
+  error.Set("syscall", Napi::String::New(env, e.syscall));
+  error.ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+Napi::Value ThrowType(Napi::Env env, const char* message) {
+  Napi::TypeError::New(env, message).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+std::string Describe(int err) { return std::string(strerror(err)) + " (" + ErrName(err) + ")"; }
+
+const char* kNeedsAdmin = "run as root or grant CAP_NET_ADMIN (e.g. AmbientCapabilities=CAP_NET_ADMIN)";
+
+// ---- Interface setup (plain C++, no N-API) -----------------------------------------------------
+struct OpenArgs {
+  std::string name;
+  int mtu = 0;
+  std::string bridge;  // empty = none
+};
+
+struct OpenResult {
+  int fd = -1;
+  std::string name;
+  int ifindex = 0;
+  uint8_t mac[6] = {0, 0, 0, 0, 0, 0};
+  int mtu = 0;
+  bool persistent = false;
+};
+
+// Linux's dev_valid_name(), plus "%d" which the kernel expands.
+bool ValidIfName(const std::string& n) {
+  if (n.empty() || n.size() >= IFNAMSIZ || n == "." || n == "..") return false;
+  for (char c : n)
+    if (c == '/' || c == ':' || c == ' ' || c == '\t' || c == '\n') return false;
+  return true;
+}
+
+void SetName(struct ifreq* ifr, const std::string& name) {
+  memset(ifr, 0, sizeof(*ifr));
+  memcpy(ifr->ifr_name, name.data(), name.size());  // size < IFNAMSIZ checked; rest is zero
+}
+
+bool SysfsExists(const std::string& ifname) {
+  return access(("/sys/class/net/" + ifname).c_str(), F_OK) == 0;
+}
+
+// Name of the interface's master (bridge), or "" if none.
+std::string MasterOf(const std::string& ifname) {
+  char buf[256];
+  ssize_t n = readlink(("/sys/class/net/" + ifname + "/master").c_str(), buf, sizeof buf - 1);
+  if (n <= 0) return "";
+  buf[n] = 0;
+  const char* slash = strrchr(buf, '/');
+  return slash ? slash + 1 : buf;
+}
+
+// An AF_INET (else AF_PACKET) datagram socket for interface ioctls.
+int ControlSocket() {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) s = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  return s;
+}
+
+bool LinkUp(int sock, const std::string& ifname, const char* what, SysErr* e) {
+  struct ifreq ifr;
+  SetName(&ifr, ifname);
+  if (ioctl(sock, SIOCGIFFLAGS, &ifr) < 0)
+    return SetErr(e, errno, "ioctl(SIOCGIFFLAGS)", std::string("reading flags of ") + what + " " + ifname +
+                                                        " failed: " + Describe(errno));
+  if (ifr.ifr_flags & IFF_UP) return true;
+  ifr.ifr_flags |= IFF_UP;
+  if (ioctl(sock, SIOCSIFFLAGS, &ifr) < 0) {
+    int err = errno;
+    if (err == EPERM || err == EACCES)
+      return SetErr(e, err, "ioctl(SIOCSIFFLAGS)",
+                    std::string("bringing ") + what + " " + ifname + " up needs root or CAP_NET_ADMIN (" +
+                        ErrName(err) + "); " + kNeedsAdmin + ", or bring it up beforehand (ip link set " +
+                        ifname + " up)");
+    return SetErr(e, err, "ioctl(SIOCSIFFLAGS)",
+                  std::string("bringing ") + what + " " + ifname + " up failed: " + Describe(err));
+  }
+  return true;
+}
+
+bool SetMtu(int sock, const std::string& ifname, int mtu, SysErr* e) {
+  struct ifreq ifr;
+  SetName(&ifr, ifname);
+  if (ioctl(sock, SIOCGIFMTU, &ifr) == 0 && ifr.ifr_mtu == mtu) return true;  // nothing to do
+  SetName(&ifr, ifname);
+  ifr.ifr_mtu = mtu;
+  if (ioctl(sock, SIOCSIFMTU, &ifr) == 0) return true;
+  int err = errno;
+  std::string m = std::to_string(mtu);
+  if (err == EPERM || err == EACCES)
+    return SetErr(e, err, "ioctl(SIOCSIFMTU)",
+                  "setting MTU " + m + " on " + ifname + " needs root or CAP_NET_ADMIN (" + ErrName(err) + "); " +
+                      kNeedsAdmin + ", or set it beforehand (ip link set " + ifname + " mtu " + m + ")");
+  if (err == EINVAL)
+    return SetErr(e, err, "ioctl(SIOCSIFMTU)",
+                  "MTU " + m + " is out of range for " + ifname + " (EINVAL); use 68..65521 (and at most the frame slab stride)");
+  return SetErr(e, err, "ioctl(SIOCSIFMTU)", "setting MTU " + m + " on " + ifname + " failed: " + Describe(err));
+}
+
+bool Enslave(int sock, const std::string& ifname, int ifindex, const std::string& bridge, SysErr* e) {
+  if (MasterOf(ifname) == bridge) return LinkUp(sock, bridge, "bridge", e);  // already there
+  char brname[IFNAMSIZ];
+  memset(brname, 0, sizeof brname);
+  memcpy(brname, bridge.data(), bridge.size());
+  if (ioctl(sock, SIOCBRADDBR, brname) < 0 && errno != EEXIST) {
+    int err = errno;
+    if (err == EPERM || err == EACCES)
+      return SetErr(e, err, "ioctl(SIOCBRADDBR)",
+                    "creating bridge " + bridge + " needs root or CAP_NET_ADMIN (" + ErrName(err) + "); " + kNeedsAdmin +
+                        ", or create it beforehand (ip link add " + bridge + " type bridge)");
+    if (err == ENOPKG || err == ENOSYS)
+      return SetErr(e, err, "ioctl(SIOCBRADDBR)",
+                    "creating bridge " + bridge + " failed: bridge support is missing (" + ErrName(err) +
+                        "); load the bridge module (modprobe bridge)");
+    return SetErr(e, err, "ioctl(SIOCBRADDBR)", "creating bridge " + bridge + " failed: " + Describe(err));
+  }
+  if (!LinkUp(sock, bridge, "bridge", e)) return false;
+  struct ifreq ifr;
+  SetName(&ifr, bridge);
+  ifr.ifr_ifindex = ifindex;
+  if (ioctl(sock, SIOCBRADDIF, &ifr) == 0) return true;
+  int err = errno;
+  if (err == EBUSY && MasterOf(ifname) == bridge) return true;
+  if (err == EOPNOTSUPP || err == EINVAL)
+    return SetErr(e, err, "ioctl(SIOCBRADDIF)",
+                  "cannot enslave " + ifname + " to " + bridge + ": " + bridge + " exists but is not a bridge (" +
+                      ErrName(err) + "); delete it or name another bridge");
+  if (err == EBUSY)
+    return SetErr(e, err, "ioctl(SIOCBRADDIF)",
+                  "cannot enslave " + ifname + " to " + bridge + ": it already has master " + MasterOf(ifname) +
+                      " (EBUSY); release it (ip link set " + ifname + " nomaster)");
+  if (err == EPERM || err == EACCES)
+    return SetErr(e, err, "ioctl(SIOCBRADDIF)",
+                  "enslaving " + ifname + " to bridge " + bridge + " needs root or CAP_NET_ADMIN (" + ErrName(err) +
+                      "); " + kNeedsAdmin);
+  return SetErr(e, err, "ioctl(SIOCBRADDIF)",
+                "enslaving " + ifname + " to bridge " + bridge + " failed: " + Describe(err));
+}
+
+bool OpenTap(const OpenArgs& a, OpenResult* r, SysErr* e) {
+  if (!ValidIfName(a.name))
+    return SetErr(e, EINVAL, "open", "invalid TAP name '" + a.name + "': use 1..15 characters without '/', ':' or spaces");
+  if (!a.bridge.empty() && (!ValidIfName(a.bridge) || a.bridge.find('%') != std::string::npos))
+    return SetErr(e, EINVAL, "open", "invalid bridge name '" + a.bridge + "': use 1..15 characters without '/', ':', '%' or spaces");
+
+  int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ENOENT || err == ENODEV || err == ENXIO)
+      return SetErr(e, err, "open", "/dev/net/tun is not available (" + std::string(ErrName(err)) +
+                                        "); load the tun module (modprobe tun)" +
+                                        (err == ENOENT ? ", or create the node (mknod /dev/net/tun c 10 200)" : ""));
+    if (err == EACCES || err == EPERM)
+      return SetErr(e, err, "open", "opening /dev/net/tun for TAP " + a.name + " needs root or CAP_NET_ADMIN (" +
+                                        ErrName(err) + "); " + kNeedsAdmin);
+    return SetErr(e, err, "open", "opening /dev/net/tun failed: " + Describe(err));
+  }
+  // O_CLOEXEC/O_NONBLOCK were asked for at open(); make sure (cheap, and some kernels ignore flags).
+  fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC);
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+
+  struct ifreq ifr;
+  SetName(&ifr, a.name);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+    int err = errno;
+    close(fd);
+    const std::string& n = a.name;
+    if (err == EPERM || err == EACCES)
+      return SetErr(e, err, "ioctl(TUNSETIFF)",
+                    "creating TAP " + n + " needs root or CAP_NET_ADMIN (" + ErrName(err) + "); " + kNeedsAdmin +
+                        (SysfsExists(n) ? " (or, if " + n + " is a persistent TAP, make it yours: ip tuntap add " + n +
+                                              " mode tap user <uid>)"
+                                        : ""));
+    if (err == EBUSY)
+      return SetErr(e, err, "ioctl(TUNSETIFF)",
+                    "TAP name " + n + " is in use by another process (EBUSY); stop that process or choose another name");
+    if (err == EINVAL && SysfsExists(n))
+      return SetErr(e, err, "ioctl(TUNSETIFF)",
+                    "an interface named " + n + " already exists and is not a TAP (EINVAL); delete it (ip link del " + n +
+                        ") or choose another name");
+    if (err == ENFILE || err == EMFILE)
+      return SetErr(e, err, "ioctl(TUNSETIFF)", "creating TAP " + n + " failed: " + Describe(err) + "; too many interfaces or open files");
+    return SetErr(e, err, "ioctl(TUNSETIFF)", "creating TAP " + n + " failed: " + Describe(err));
+  }
+  r->name.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
+  if (ioctl(fd, TUNGETIFF, &ifr) == 0) r->persistent = (ifr.ifr_flags & IFF_PERSIST) != 0;
+
+  int sock = ControlSocket();
+  if (sock < 0) {
+    int err = errno;
+    close(fd);
+    return SetErr(e, err, "socket", "opening a control socket to configure " + r->name + " failed: " + Describe(err));
+  }
+  bool ok = true;
+  SetName(&ifr, r->name);
+  if (ioctl(sock, SIOCGIFINDEX, &ifr) < 0) {
+    ok = SetErr(e, errno, "ioctl(SIOCGIFINDEX)", "reading the index of " + r->name + " failed: " + Describe(errno));
+  } else {
+    r->ifindex = ifr.ifr_ifindex;
+  }
+  if (ok) {
+    SetName(&ifr, r->name);
+    if (ioctl(sock, SIOCGIFHWADDR, &ifr) < 0)
+      ok = SetErr(e, errno, "ioctl(SIOCGIFHWADDR)", "reading the MAC address of " + r->name + " failed: " + Describe(errno));
+    else
+      memcpy(r->mac, ifr.ifr_hwaddr.sa_data, 6);
+  }
+  ok = ok && SetMtu(sock, r->name, a.mtu, e);
+  ok = ok && (a.bridge.empty() || Enslave(sock, r->name, r->ifindex, a.bridge, e));
+  ok = ok && LinkUp(sock, r->name, "TAP", e);
+  if (ok) {
+    SetName(&ifr, r->name);
+    r->mtu = ioctl(sock, SIOCGIFMTU, &ifr) == 0 ? ifr.ifr_mtu : a.mtu;
+  }
+  close(sock);
+  if (!ok) {
+    close(fd);  // a non-persistent TAP disappears with its last fd
+    return false;
+  }
+  r->fd = fd;
+  return true;
+}
+
+// ---- The Tap object ----------------------------------------------------------------------------
+class Tap;
+
+// Heap box for the poll handle: it outlives the Tap until libuv's close callback.
+struct PollBox {
+  uv_poll_t poll;
+  Tap* owner = nullptr;
+  napi_async_cleanup_hook_handle hook = nullptr;
+};
+
+struct Init {
+  int fd;
+  OpenResult info;
+  Napi::Float64Array counters;
+  uint32_t queueMax;
+};
+
+struct AddonData {
+  Napi::FunctionReference tapCtor;
+};
+
+class Tap : public Napi::ObjectWrap<Tap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Tap",
+                       {
+                           InstanceMethod<&Tap::StartReading>("startReading"),
+                           InstanceMethod<&Tap::StopReading>("stopReading"),
+                           InstanceMethod<&Tap::WriteBatch>("writeBatch"),
+                           InstanceMethod<&Tap::Close>("close"),
+                           InstanceAccessor<&Tap::GetName>("name"),
+                           InstanceAccessor<&Tap::GetIfindex>("ifindex"),
+                           InstanceAccessor<&Tap::GetMac>("mac"),
+                           InstanceAccessor<&Tap::GetMtu>("mtu"),
+                           InstanceAccessor<&Tap::GetPersistent>("persistent"),
+                           InstanceAccessor<&Tap::GetFd>("fd"),
+                       });
+  }
+
+  explicit Tap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsExternal()) {
+      ThrowType(env, "Tap cannot be constructed directly: use open()");
+      return;
+    }
+    Init* init = info[0].As<Napi::External<Init>>().Data();
+    fd_ = init->fd;
+    info_ = init->info;
+    ctr_ = init->counters.Data();
+    ctrRef_ = Napi::Persistent(static_cast<Napi::Object>(init->counters));
+    ring_.resize(init->queueMax);
+
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+      CloseNow(false);
+      ThrowType(env, "no libuv loop");
+      return;
+    }
+    box_ = new PollBox();
+    int rc = uv_poll_init(loop, &box_->poll, fd_);
+    if (rc != 0) {
+      delete box_;
+      box_ = nullptr;
+      CloseNow(false);
+      SysErr e;
+      SetErr(&e, -rc, "uv_poll_init", std::string("polling the TAP fd failed: ") + uv_strerror(rc));
+      ThrowSys(env, e);
+      return;
+    }
+    box_->owner = this;
+    box_->poll.data = box_;
+    napi_add_async_cleanup_hook(env, OnEnvTeardown, box_, &box_->hook);
+  }
+
+  ~Tap() override { CloseNow(false); }
+
+ private:
+  // --- JS methods ---
+  Napi::Value StartReading(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed_) return ThrowType(env, "TAP is closed");
+    if (reading_) return ThrowType(env, "already reading");
+    if (info.Length() < 5 || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsNumber() ||
+        !info[3].IsNumber() || !info[4].IsFunction())
+      return ThrowType(env, "startReading(slab: Uint8Array, lengths: Uint32Array, stride, maxFrames, onRead)");
+    Napi::TypedArray slab = info[0].As<Napi::TypedArray>();
+    Napi::TypedArray lens = info[1].As<Napi::TypedArray>();
+    if (slab.TypedArrayType() != napi_uint8_array || lens.TypedArrayType() != napi_uint32_array)
+      return ThrowType(env, "slab must be a Uint8Array/Buffer and lengths a Uint32Array");
+    int64_t stride = info[2].As<Napi::Number>().Int64Value();
+    int64_t maxFrames = info[3].As<Napi::Number>().Int64Value();
+    if (stride < 64 || maxFrames < 1 || (uint64_t)(stride * maxFrames) > slab.ByteLength() ||
+        (size_t)maxFrames > lens.ElementLength())
+      return ThrowType(env, "slab or lengths too small for stride * maxFrames");
+    slab_ = static_cast<uint8_t*>(slab.ArrayBuffer().Data()) + slab.ByteOffset();
+    lens_ = reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(lens.ArrayBuffer().Data()) + lens.ByteOffset());
+    stride_ = (size_t)stride;
+    maxFrames_ = (size_t)maxFrames;
+    slabRef_ = Napi::Persistent(static_cast<Napi::Object>(slab));
+    lensRef_ = Napi::Persistent(static_cast<Napi::Object>(lens));
+    onRead_ = Napi::Persistent(info[4].As<Napi::Function>());
+    if (asyncCtx_ == nullptr) {
+      napi_value resName = Napi::String::New(env, "HomewireTap");
+      napi_async_init(env, nullptr, resName, &asyncCtx_);
+    }
+    reading_ = true;
+    UpdatePoll();
+    return env.Undefined();
+  }
+
+  Napi::Value StopReading(const Napi::CallbackInfo& info) {
+    if (!closed_) {
+      reading_ = false;
+      UpdatePoll();
+      ReleaseReader(true);
+    }
+    return info.Env().Undefined();
+  }
+
+  // writeBatch(frames: Uint8Array[], count): writes frames[0..count). Returns how many were accepted
+  // (written or queued); the rest were dropped and counted.
+  Napi::Value WriteBatch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsArray() || !info[1].IsNumber())
+      return ThrowType(env, "writeBatch(frames: Uint8Array[], count: number)");
+    napi_value arr = info[0];
+    uint32_t n = info[1].As<Napi::Number>().Uint32Value();
+    if (closed_) {
+      ctr_[C_TX_DROPPED_ERROR] += n;
+      return Napi::Number::New(env, 0);
+    }
+    if (qcount_ > 0) DrainQueue();
+    uint32_t accepted = 0, i = 0;
+    if (qcount_ == 0) {
+      for (; i < n; i++) {
+        uint8_t* data;
+        size_t len;
+        if (!Frame(env, arr, i, &data, &len)) {
+          ctr_[C_TX_DROPPED_ERROR]++;
+          continue;
+        }
+        ssize_t w;
+        do w = write(fd_, data, len);
+        while (w < 0 && errno == EINTR);
+        if (w >= 0) {
+          ctr_[C_TX_FRAMES]++;
+          ctr_[C_TX_BYTES] += (double)len;
+          accepted++;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          ctr_[C_TX_EAGAIN]++;
+          break;  // frame i is not written: queue it and the rest
+        } else {
+          ctr_[C_TX_DROPPED_ERROR]++;
+          ctr_[C_LAST_ERRNO] = errno;
+        }
+      }
+    }
+    for (; i < n; i++) {
+      uint8_t* data;
+      size_t len;
+      if (!Frame(env, arr, i, &data, &len)) {
+        ctr_[C_TX_DROPPED_ERROR]++;
+      } else if (qcount_ >= ring_.size()) {
+        ctr_[C_TX_DROPPED_QUEUE]++;
+      } else {
+        ring_[(qhead_ + qcount_) % ring_.size()].assign(data, data + len);  // reuses the slot's capacity
+        qcount_++;
+        accepted++;
+      }
+    }
+    ctr_[C_TX_QUEUED] = (double)qcount_;
+    UpdatePoll();
+    return Napi::Number::New(env, accepted);
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    CloseNow(true);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value GetName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), info_.name); }
+  Napi::Value GetIfindex(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), info_.ifindex); }
+  Napi::Value GetMac(const Napi::CallbackInfo& info) { return Napi::Buffer<uint8_t>::Copy(info.Env(), info_.mac, 6); }
+  Napi::Value GetMtu(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), info_.mtu); }
+  Napi::Value GetPersistent(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), info_.persistent); }
+  Napi::Value GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
+
+  // --- internals ---
+  static bool Frame(napi_env env, napi_value arr, uint32_t i, uint8_t** data, size_t* len) {
+    napi_value v;
+    void* d = nullptr;
+    if (napi_get_element(env, arr, i, &v) != napi_ok) return false;
+    if (napi_get_buffer_info(env, v, &d, len) != napi_ok) {
+      // A Uint8Array that is not a Buffer (napi_get_buffer_info accepts those on current Node anyway).
+      napi_typedarray_type type;
+      size_t length, offset;
+      napi_value ab;
+      if (napi_get_typedarray_info(env, v, &type, &length, &d, &ab, &offset) != napi_ok || type != napi_uint8_array)
+        return false;
+      *len = length;
+    }
+    *data = static_cast<uint8_t*>(d);
+    return d != nullptr || *len == 0;
+  }
+
+  void UpdatePoll() {
+    if (box_ == nullptr) return;
+    int want = (reading_ ? UV_READABLE : 0) | (qcount_ > 0 ? UV_WRITABLE : 0);
+    if (want == events_) return;
+    int rc = want ? uv_poll_start(&box_->poll, want, OnPoll) : uv_poll_stop(&box_->poll);
+    if (rc != 0) {
+      ctr_[C_LAST_ERRNO] = -rc;
+      want = 0;
+    }
+    events_ = want;
+  }
+
+  void DrainQueue() {
+    while (qcount_ > 0) {
+      std::vector<uint8_t>& s = ring_[qhead_];
+      ssize_t w = write(fd_, s.data(), s.size());
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          ctr_[C_TX_EAGAIN]++;
+          break;
+        }
+        ctr_[C_TX_DROPPED_ERROR]++;
+        ctr_[C_LAST_ERRNO] = errno;
+      } else {
+        ctr_[C_TX_FRAMES]++;
+        ctr_[C_TX_BYTES] += (double)s.size();
+      }
+      qhead_ = (qhead_ + 1) % ring_.size();
+      qcount_--;
+    }
+    if (qcount_ == 0) qhead_ = 0;
+    ctr_[C_TX_QUEUED] = (double)qcount_;
+  }
+
+  static void OnPoll(uv_poll_t* handle, int status, int events) {
+    PollBox* box = static_cast<PollBox*>(handle->data);
+    Tap* t = box->owner;
+    if (t == nullptr) return;
+    if (status < 0) {
+      // libuv stopped the handle (POLLERR): the fd is broken, e.g. the interface was deleted.
+      t->events_ = 0;
+      t->ctr_[C_RX_ERRORS]++;
+      t->ctr_[C_LAST_ERRNO] = -status;
+      t->ctr_[C_TX_DROPPED_ERROR] += (double)t->qcount_;
+      t->qcount_ = t->qhead_ = 0;
+      t->ctr_[C_TX_QUEUED] = 0;
+      t->FailReading(-status);
+      return;
+    }
+    if (events & UV_WRITABLE) {
+      t->DrainQueue();
+      t->UpdatePoll();
+    }
+    if ((events & UV_READABLE) && t->reading_) t->ReadBatch();
+  }
+
+  void ReadBatch() {
+    size_t n = 0;
+    int err = 0;
+    while (n < maxFrames_) {
+      ssize_t r = read(fd_, slab_ + n * stride_, stride_);
+      if (r > 0) {
+        lens_[n++] = (uint32_t)r;
+      } else if (r == 0) {
+        break;
+      } else if (errno == EINTR) {
+        continue;
+      } else {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) err = errno;
+        break;
+      }
+    }
+    if (n > 0) {
+      CallRead((int32_t)n);
+      if (closed_ || !reading_) return;  // the callback closed or stopped us
+    }
+    if (err == 0) {
+      errWakeups_ = 0;
+      return;
+    }
+    ctr_[C_RX_ERRORS]++;
+    ctr_[C_LAST_ERRNO] = err;
+    // A transient error (one bad frame) is counted and skipped. The device being gone, or errors
+    // on every wake-up (the poll would spin), stops reading.
+    errWakeups_ = n > 0 ? 0 : errWakeups_ + 1;
+    if (err == EBADFD || err == EBADF || err == ENODEV || err == ENXIO || errWakeups_ >= 1000) FailReading(err);
+  }
+
+  void FailReading(int err) {
+    if (!reading_) return;
+    reading_ = false;
+    UpdatePoll();
+    CallRead(-err);
+    if (!closed_ && !reading_) ReleaseReader(true);
+  }
+
+  void CallRead(int32_t value) {
+    napi_env env = Env();
+    Napi::HandleScope scope(env);
+    napi_value fn = onRead_.Value();
+    napi_value recv = Value(), arg, result;  // napi_make_callback wants an object receiver
+    napi_create_int32(env, value, &arg);
+    inCallback_ = true;
+    napi_status st = napi_make_callback(env, asyncCtx_, recv, fn, 1, &arg, &result);
+    inCallback_ = false;
+    if (ctxToDestroy_ != nullptr) {  // released by close()/stopReading() inside the callback
+      napi_async_destroy(env, ctxToDestroy_);
+      ctxToDestroy_ = nullptr;
+    }
+    if (st == napi_pending_exception) {
+      // Like an exception thrown in any I/O callback: 'uncaughtException', by default fatal.
+      napi_value exc;
+      if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
+    }
+  }
+
+  void ReleaseReader(bool fromJs) {
+    onRead_.Reset();
+    slabRef_.Reset();
+    lensRef_.Reset();
+    slab_ = nullptr;
+    lens_ = nullptr;
+    if (asyncCtx_ != nullptr && fromJs) {
+      if (inCallback_)
+        ctxToDestroy_ = asyncCtx_;  // still in use by the running napi_make_callback
+      else
+        napi_async_destroy(Env(), asyncCtx_);
+    }
+    asyncCtx_ = nullptr;  // at teardown/finalization it is leaked rather than destroyed
+  }
+
+  void CloseNow(bool fromJs) {
+    if (closed_) return;
+    closed_ = true;
+    reading_ = false;
+    if (box_ != nullptr) {
+      uv_poll_stop(&box_->poll);
+      box_->owner = nullptr;
+      uv_close(reinterpret_cast<uv_handle_t*>(&box_->poll), OnPollClosed);
+      box_ = nullptr;
+    }
+    events_ = 0;
+    if (fd_ >= 0) {
+      close(fd_);  // safe right after uv_poll_stop(); the TAP disappears now (unless persistent)
+      fd_ = -1;
+    }
+    if (ctr_ != nullptr) {
+      ctr_[C_TX_DROPPED_ERROR] += (double)qcount_;
+      ctr_[C_TX_QUEUED] = 0;
+    }
+    qcount_ = qhead_ = 0;
+    std::vector<std::vector<uint8_t>>().swap(ring_);
+    ReleaseReader(fromJs);
+  }
+
+  static void OnPollClosed(uv_handle_t* handle) {
+    PollBox* box = static_cast<PollBox*>(handle->data);
+    if (box->hook != nullptr) napi_remove_async_cleanup_hook(box->hook);  // also "done" for OnEnvTeardown
+    delete box;
+  }
+
+  // Environment teardown (worker exit, process end): close, and let the close callback say done.
+  static void OnEnvTeardown(napi_async_cleanup_hook_handle handle, void* arg) {
+    PollBox* box = static_cast<PollBox*>(arg);
+    if (box->owner != nullptr) box->owner->CloseNow(false);
+  }
+
+  int fd_ = -1;
+  OpenResult info_;
+  PollBox* box_ = nullptr;
+  int events_ = 0;
+  bool closed_ = false;
+  bool reading_ = false;
+  // reading
+  uint32_t errWakeups_ = 0;  // consecutive wake-ups that read nothing but an error
+  uint8_t* slab_ = nullptr;
+  uint32_t* lens_ = nullptr;
+  size_t stride_ = 0, maxFrames_ = 0;
+  Napi::ObjectReference slabRef_, lensRef_;
+  Napi::FunctionReference onRead_;
+  napi_async_context asyncCtx_ = nullptr;
+  napi_async_context ctxToDestroy_ = nullptr;
+  bool inCallback_ = false;
+  // counters
+  double* ctr_ = nullptr;
+  Napi::ObjectReference ctrRef_;
+  // write queue: ring of reusable slots
+  std::vector<std::vector<uint8_t>> ring_;
+  size_t qhead_ = 0, qcount_ = 0;
+};
+
+// ---- Module functions --------------------------------------------------------------------------
+bool ReadCommon(Napi::Env env, Napi::Object o, Napi::Float64Array* counters, uint32_t* queueMax) {
+  Napi::Value c = o.Get("counters");
+  if (!c.IsTypedArray() || c.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+      c.As<Napi::Float64Array>().ElementLength() < C_COUNT) {
+    ThrowType(env, "counters must be a Float64Array of COUNTER_NAMES.length elements");
+    return false;
+  }
+  *counters = c.As<Napi::Float64Array>();
+  Napi::Value q = o.Get("writeQueueMax");
+  if (!q.IsNumber() || q.As<Napi::Number>().Int64Value() < 1 || q.As<Napi::Number>().Int64Value() > 1 << 20) {
+    ThrowType(env, "writeQueueMax must be a number in 1..1048576");
+    return false;
+  }
+  *queueMax = q.As<Napi::Number>().Uint32Value();
+  return true;
+}
+
+Napi::Value NewTap(Napi::Env env, Init* init) {
+  AddonData* data = env.GetInstanceData<AddonData>();
+  napi_value ext = Napi::External<Init>::New(env, init);
+  return data->tapCtor.New({ext});
+}
+
+// open({ name, mtu, bridge?, counters, writeQueueMax }) -> Tap
+Napi::Value Open(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) return ThrowType(env, "open(options) needs an options object");
+  Napi::Object o = info[0].As<Napi::Object>();
+  OpenArgs args;
+  Napi::Value name = o.Get("name"), mtu = o.Get("mtu"), bridge = o.Get("bridge");
+  if (!name.IsString()) return ThrowType(env, "name must be a string");
+  if (!mtu.IsNumber()) return ThrowType(env, "mtu must be a number");
+  if (!bridge.IsUndefined() && !bridge.IsNull() && !bridge.IsString()) return ThrowType(env, "bridge must be a string");
+  args.name = name.As<Napi::String>().Utf8Value();
+  args.mtu = mtu.As<Napi::Number>().Int32Value();
+  if (bridge.IsString()) args.bridge = bridge.As<Napi::String>().Utf8Value();
+  Init init{-1, {}, Napi::Float64Array(), 0};
+  if (!ReadCommon(env, o, &init.counters, &init.queueMax)) return env.Undefined();
+  SysErr e;
+  if (!OpenTap(args, &init.info, &e)) return ThrowSys(env, e);
+  init.fd = init.info.fd;
+  return NewTap(env, &init);  // on failure the constructor closed the fd and threw
+}
+
+// Test hook: wrapFd(fd, { counters, writeQueueMax }) -> Tap over any non-blocking datagram fd.
+Napi::Value WrapFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsObject())
+    return ThrowType(env, "wrapFd(fd, { counters, writeQueueMax })");
+  Init init{info[0].As<Napi::Number>().Int32Value(), {}, Napi::Float64Array(), 0};
+  if (!ReadCommon(env, info[1].As<Napi::Object>(), &init.counters, &init.queueMax)) return env.Undefined();
+  init.info.fd = init.fd;
+  init.info.name = "fd" + std::to_string(init.fd);
+  fcntl(init.fd, F_SETFL, fcntl(init.fd, F_GETFL) | O_NONBLOCK);
+  return NewTap(env, &init);
+}
+
+// Test hook: socketPair(sndbufBytes) -> [fdA, fdB], AF_UNIX SOCK_DGRAM, non-blocking, close-on-exec.
+// Datagrams keep frame boundaries like a TAP, and a small send buffer makes write() say EAGAIN.
+Napi::Value SocketPair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) {
+    SysErr e;
+    SetErr(&e, errno, "socketpair", "socketpair failed: " + Describe(errno));
+    return ThrowSys(env, e);
+  }
+  if (info.Length() > 0 && info[0].IsNumber()) {
+    int sz = info[0].As<Napi::Number>().Int32Value();
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+    setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+  }
+  Napi::Array a = Napi::Array::New(env, 2);
+  a.Set(0u, Napi::Number::New(env, sv[0]));
+  a.Set(1u, Napi::Number::New(env, sv[1]));
+  return a;
+}
+
+Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
+  AddonData* data = new AddonData();
+  data->tapCtor = Napi::Persistent(Tap::Define(env));
+  env.SetInstanceData<AddonData>(data);
+  Napi::Array names = Napi::Array::New(env, C_COUNT);
+  for (uint32_t i = 0; i < C_COUNT; i++) names.Set(i, Napi::String::New(env, kCounterNames[i]));
+  exports.Set("COUNTER_NAMES", names);
+  exports.Set("open", Napi::Function::New(env, Open, "open"));
+  exports.Set("wrapFd", Napi::Function::New(env, WrapFd, "wrapFd"));
+  exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(homewire_tap, InitModule)

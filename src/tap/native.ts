@@ -1,0 +1,251 @@
+// The real TAP device: a thin wrapper over the native addon (native/tap.cc, build/Release/homewire_tap.node).
+//
+// Reading: the addon drains up to TAP_FRAMES_PER_WAKEUP frames per wake-up into one slab shared with
+// JS and makes ONE call with the count; we hand out borrowed views and call batchEnd() once.
+// Writing: write() queues the owned buffer in a JS array and one setImmediate per loop turn hands the
+// whole turn's frames to the addon in one writeBatch() call (the UDP side delivers many datagrams
+// per turn; setImmediate runs after the poll phase, so they all land in one batch).
+
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { constants as osConstants } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { TAP_FRAMES_PER_WAKEUP, TAP_FRAME_STRIDE_BYTES, TAP_WRITE_QUEUE_MAX } from '../constants.ts';
+import { OperatorError } from '../errors.ts';
+import type { TapDevice, TapHandler, TapStats } from './device.ts';
+
+/** The addon's Tap object (see native/tap.cc). */
+export interface NativeTapHandle {
+  readonly name: string;
+  readonly ifindex: number;
+  readonly mac: Buffer;
+  readonly mtu: number;
+  readonly persistent: boolean;
+  readonly fd: number;
+  startReading(slab: Uint8Array, lengths: Uint32Array, stride: number, maxFrames: number, onRead: (count: number) => void): void;
+  stopReading(): void;
+  /** Writes frames[0..count); returns how many were written or queued (the rest were dropped and counted). */
+  writeBatch(frames: readonly (Uint8Array | undefined)[], count: number): number;
+  close(): void;
+}
+
+interface NativeCommonOptions {
+  counters: Float64Array;
+  writeQueueMax: number;
+}
+
+export interface TapAddon {
+  readonly COUNTER_NAMES: readonly string[];
+  open(opts: { name: string; mtu: number; bridge?: string } & NativeCommonOptions): NativeTapHandle;
+  /** Test hook: wrap any non-blocking datagram fd (see socketPair) as a Tap. */
+  wrapFd(fd: number, opts: NativeCommonOptions): NativeTapHandle;
+  /** Test hook: an AF_UNIX datagram socket pair, non-blocking, with the given send buffer. */
+  socketPair(sndbufBytes?: number): [number, number];
+}
+
+// Counter layout shared with native/tap.cc (checked against COUNTER_NAMES at load).
+const C = {
+  txFrames: 0,
+  txBytes: 1,
+  txDroppedQueue: 2,
+  txDroppedError: 3,
+  rxErrors: 4,
+  txQueued: 5,
+  txEagain: 6,
+  lastErrno: 7,
+} as const;
+const COUNTERS = Object.keys(C).length;
+
+const ADDON_REL_PATH = 'build/Release/homewire_tap.node';
+let addon: TapAddon | undefined;
+
+/** Loads build/Release/homewire_tap.node (relative to the repository root) once. */
+export function loadTapAddon(): TapAddon {
+  if (addon) return addon;
+  const root = new URL('../../', import.meta.url);
+  const file = fileURLToPath(new URL(ADDON_REL_PATH, root));
+  if (!existsSync(file)) {
+    throw new OperatorError('ENOENT', `native TAP addon ${file} is missing: run \`npm run build\` (node-gyp) first`);
+  }
+  const loaded = createRequire(import.meta.url)(file) as TapAddon;
+  const names = Object.keys(C);
+  if (loaded.COUNTER_NAMES.length !== names.length || loaded.COUNTER_NAMES.some((n, i) => n !== names[i])) {
+    throw new OperatorError('EADDON', `native TAP addon ${file} is stale (counter layout differs): run \`npm run build\` (node-gyp) again`);
+  }
+  addon = loaded;
+  return addon;
+}
+
+export interface NativeTapOptions {
+  /** Interface name (up to 15 characters); "hw%d" lets the kernel pick a number. */
+  name: string;
+  mtu: number;
+  /** Bridge to enslave the TAP to; created (and brought up) if missing, never deleted. */
+  bridge?: string;
+}
+
+export class NativeTap implements TapDevice {
+  /** The name the kernel gave (differs from the requested one when it had "%d"). */
+  readonly name: string;
+  readonly mtu: number;
+  /** Interface hardware address (6 bytes). */
+  readonly mac: Buffer;
+  readonly ifindex: number;
+  /** The TAP existed as a persistent device: close() then leaves it in place. */
+  readonly persistent: boolean;
+  /** Called when reading stopped for good (the interface was deleted under us...). Default: a process warning. */
+  onerror: ((err: Error) => void) | null = null;
+
+  private readonly native: NativeTapHandle;
+  private readonly counters: Float64Array;
+  private readonly slab: Buffer;
+  private readonly lengths: Uint32Array;
+  private handler: TapHandler | null = null;
+  private closed = false;
+  private rxFrames = 0;
+  private rxBytes = 0;
+  private jsDropped = 0;
+  // Frames waiting for this turn's flush: a reused array, cleared after each batch.
+  private pending: (Buffer | undefined)[] = [];
+  private pendingCount = 0;
+  private flushScheduled = false;
+  private readonly flushBound = (): void => this.flush();
+
+  /** Creates (or attaches to) the TAP, sets its MTU, enslaves it to `bridge` if given and brings it up.
+   *  Throws OperatorError with an errno code (EPERM, EBUSY, ENOENT...) and a message that says what to do. */
+  static open(opts: NativeTapOptions): NativeTap {
+    if (!Number.isInteger(opts.mtu) || opts.mtu < 68 || opts.mtu > TAP_FRAME_STRIDE_BYTES - 18) {
+      throw new OperatorError('EINVAL', `TAP MTU ${opts.mtu} is out of range: use 68..${TAP_FRAME_STRIDE_BYTES - 18}`);
+    }
+    const a = loadTapAddon();
+    const counters = new Float64Array(COUNTERS);
+    let handle: NativeTapHandle;
+    try {
+      handle = a.open({ name: opts.name, mtu: opts.mtu, bridge: opts.bridge, counters, writeQueueMax: TAP_WRITE_QUEUE_MAX });
+    } catch (e) {
+      throw toOperatorError(e);
+    }
+    return new NativeTap(handle, counters);
+  }
+
+  /** Test hook: a NativeTap over one end of an addon socketPair() (datagrams behave like frames). */
+  static _fromFd(fd: number, opts: { writeQueueMax?: number } = {}): NativeTap {
+    const counters = new Float64Array(COUNTERS);
+    return new NativeTap(loadTapAddon().wrapFd(fd, { counters, writeQueueMax: opts.writeQueueMax ?? TAP_WRITE_QUEUE_MAX }), counters);
+  }
+
+  private constructor(native: NativeTapHandle, counters: Float64Array) {
+    this.native = native;
+    this.counters = counters;
+    this.name = native.name;
+    this.mtu = native.mtu;
+    this.mac = native.mac;
+    this.ifindex = native.ifindex;
+    this.persistent = native.persistent;
+    this.slab = Buffer.allocUnsafeSlow(TAP_FRAMES_PER_WAKEUP * TAP_FRAME_STRIDE_BYTES);
+    this.lengths = new Uint32Array(TAP_FRAMES_PER_WAKEUP);
+  }
+
+  get stats(): TapStats {
+    const c = this.counters;
+    return {
+      rxFrames: this.rxFrames,
+      rxBytes: this.rxBytes,
+      txFrames: c[C.txFrames],
+      txBytes: c[C.txBytes],
+      txDropped: c[C.txDroppedQueue] + c[C.txDroppedError] + this.jsDropped,
+      rxErrors: c[C.rxErrors],
+    };
+  }
+
+  /** Native detail beyond TapStats: queue depth now, EAGAIN count, drops by cause, last errno. */
+  get detail(): { txQueued: number; txEagain: number; txDroppedQueue: number; txDroppedError: number; txRefused: number; lastErrno: number } {
+    const c = this.counters;
+    return {
+      txQueued: c[C.txQueued],
+      txEagain: c[C.txEagain],
+      txDroppedQueue: c[C.txDroppedQueue],
+      txDroppedError: c[C.txDroppedError],
+      txRefused: this.jsDropped, // write() said false: closed, or the native queue was full
+      lastErrno: c[C.lastErrno],
+    };
+  }
+
+  start(handler: TapHandler): void {
+    if (this.closed) throw new Error(`TAP ${this.name} is closed`);
+    if (this.handler) throw new Error(`TAP ${this.name} is already started`);
+    this.handler = handler;
+    this.native.startReading(this.slab, this.lengths, TAP_FRAME_STRIDE_BYTES, TAP_FRAMES_PER_WAKEUP, this.onRead);
+  }
+
+  // One call per wake-up with the number of frames in the slab (negative: -errno, reading stopped).
+  private readonly onRead = (count: number): void => {
+    if (count < 0) return this.readFailed(-count);
+    const h = this.handler;
+    if (!h) return;
+    const slab = this.slab;
+    const lengths = this.lengths;
+    let bytes = 0;
+    for (let i = 0, off = 0; i < count; i++, off += TAP_FRAME_STRIDE_BYTES) {
+      const len = lengths[i];
+      bytes += len;
+      h.frame(slab.subarray(off, off + len));
+    }
+    this.rxFrames += count;
+    this.rxBytes += bytes;
+    h.batchEnd();
+  };
+
+  private readFailed(errno: number): void {
+    const code = Object.entries(osConstants.errno).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
+    const err = Object.assign(new Error(`reading TAP ${this.name} stopped (${code}): was the interface deleted? Close and reopen it`), {
+      code,
+      errno: -errno,
+    });
+    this.handler = null;
+    if (this.onerror) this.onerror(err);
+    else process.emitWarning(err.message, { code: 'HOMEWIRE_TAP_READ' });
+  }
+
+  write(frame: Buffer): boolean {
+    if (this.closed || this.counters[C.txQueued] >= TAP_WRITE_QUEUE_MAX) {
+      this.jsDropped++;
+      return false;
+    }
+    this.pending[this.pendingCount++] = frame;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushBound);
+    }
+    return true;
+  }
+
+  /** Hands this turn's frames to the kernel now (normally done by the setImmediate write() scheduled). */
+  flush(): void {
+    this.flushScheduled = false;
+    const n = this.pendingCount;
+    if (n === 0 || this.closed) return;
+    this.pendingCount = 0;
+    const p = this.pending;
+    this.native.writeBatch(p, n);
+    for (let i = 0; i < n; i++) p[i] = undefined; // let the buffers go, keep the array's capacity
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.jsDropped += this.pendingCount; // no point writing into an interface being removed
+    this.pending = [];
+    this.pendingCount = 0;
+    this.handler = null;
+    this.native.close();
+  }
+}
+
+function toOperatorError(e: unknown): Error {
+  if (e instanceof Error && typeof (e as NodeJS.ErrnoException).code === 'string') {
+    const x = e as NodeJS.ErrnoException;
+    return Object.assign(new OperatorError(x.code!, x.message), { errno: x.errno, syscall: x.syscall });
+  }
+  return e as Error;
+}
