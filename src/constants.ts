@@ -66,3 +66,12 @@ export const TICK_MS = 250; // one tick drives all ageing, retries, keepalives
 export const TAP_FRAMES_PER_WAKEUP = 64;
 export const TAP_FRAME_STRIDE_BYTES = 9216; // room for jumbo frames up to 9 KB
 export const TAP_WRITE_QUEUE_MAX = 1024; // frames waiting on EAGAIN before new ones are dropped
+
+// --- MAC mobility (live migration) ------------------------------------------------------------------
+export const MOVE_FORWARD_GRACE_MS = 2_000; // old host forwards frames for a moved MAC to its new host
+export const MOVE_SETTLE_MS = 1_000; // after an announced move, data-plane learning may not move it back
+export const EXPECT_DUAL_SEND_MS = 15_000; // "about to arrive": frames go to both hosts this long at most
+export const FLAP_MOVES_MAX = 6; // more moves than this within FLAP_WINDOW_MS is flapping
+export const FLAP_WINDOW_MS = 10_000;
+export const FLAP_HOLDDOWN_MS = 30_000; // a flapping MAC stays where it is this long
+export const ANNOUNCE_REPEAT_MS = [0, 50, 200]; // a move is announced again (UDP may lose one)

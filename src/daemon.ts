@@ -41,7 +41,7 @@ export class Daemon {
       }
     }
     const mesh = new Mesh({ publicKey: cfg.publicKey, secretKey: cfg.privateKey }, socket, cfg.peers, deps.log, now);
-    const sw = new Switch(tap, mesh, maxFrameBytes(cfg.listen.family));
+    const sw = new Switch(tap, mesh, maxFrameBytes(cfg.listen.family), cfg.publicKey.toString('hex'), deps.log);
     return new Daemon(cfg, tap, mesh, sw, deps.log, now, null);
   }
 
@@ -49,7 +49,7 @@ export class Daemon {
     const { sw, mesh, log } = this;
     mesh.start({
       frame: (peer, frame) => sw.fromPeer(peer, frame),
-      control: () => {},
+      control: (peer, payload) => sw.onControl(peer, payload),
       peerState: (peer, up) => log.info({ peer: peer.name, endpoint: peer.endpoint }, up ? 'peer up' : 'peer down'),
     });
     this.tap.start({ frame: (frame) => sw.fromTap(frame), batchEnd: () => {} });

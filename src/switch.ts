@@ -2,11 +2,21 @@
 //
 //   fromTap  (inside):  learn src → local; service? → known peer: send | group/unknown: flood to all peers
 //   fromPeer (outside): learn src → peer;  service? → group/unknown/local: write to the TAP
-//                       (split horizon: a frame from a peer never goes back out to peers)
-// MACs are 48-bit numbers (exact in a double). Ageing is driven by tick(), not by per-entry timers.
-import { ETHERNET_HEADER_BYTES, MAC_AGEING_MS, MAC_TABLE_MAX } from './constants.ts';
+//                       (split horizon: a frame from a peer never goes back out to peers, except to a MAC that
+//                        just moved away from here: the old host forwards to the new one for a grace period)
+//
+// MAC mobility (live migration): a guest MAC showing up on the local side while the table placed it behind a
+// peer is a move; the switch announces "MAC m is at me, sequence n" to every peer at once (mobility.ts), and
+// a coordinator can pre-announce an arrival (expect) so peers send the MAC's frames to both hosts meanwhile.
+// MACs are 48-bit numbers (exact in a double). All ageing is driven by tick(), not by per-entry timers.
+import {
+  ANNOUNCE_REPEAT_MS, ETHERNET_HEADER_BYTES, EXPECT_DUAL_SEND_MS, FLAP_HOLDDOWN_MS, FLAP_MOVES_MAX, FLAP_WINDOW_MS,
+  MAC_AGEING_MS, MAC_TABLE_MAX, MOVE_FORWARD_GRACE_MS, MOVE_SETTLE_MS,
+} from './constants.ts';
+import type { Logger } from './log.ts';
 import type { Mesh } from './mesh/mesh.ts';
 import type { Peer } from './mesh/peer.ts';
+import { CTRL_EXPECT, CTRL_MAC_AT, decodeControl, encodeExpect, encodeMacAt } from './mobility.ts';
 import type { TapDevice } from './tap/device.ts';
 
 /** Port name of the local side in services and logs. */
@@ -22,6 +32,15 @@ export interface SegmentService {
 export interface MacEntry {
   port: Peer | null; // null = the local side (TAP)
   seenMs: number;
+  seq: number; // mobility sequence (announced moves)
+  settledUntilMs: number; // an announced move: data-plane learning may not move it before this
+  forwardTo: Peer | null; // moved away from here: frames from peers are forwarded there until forwardUntilMs
+  forwardUntilMs: number;
+  alsoTo: Peer | null; // expected arrival: frames are sent there too until alsoUntilMs
+  alsoUntilMs: number;
+  expectedUntilMs: number; // expected to arrive here: frames from peers go to the TAP until then
+  moveTimes: number[]; // recent move times (flap detection)
+  holdUntilMs: number; // flapping: held where it is until then
 }
 
 export class SwitchDrops {
@@ -30,17 +49,30 @@ export class SwitchDrops {
   local_unicast = 0; // from the TAP to a MAC that is also on the TAP side
   split_horizon = 0; // from a peer to a MAC behind another peer
   table_full = 0;
+  control_malformed = 0;
+}
+
+export class MobilityStats {
+  moves = 0; // a MAC changed port
+  announced = 0; // MAC_AT messages sent
+  forwardedAfterMove = 0; // frames the old host forwarded to the new one
+  dualSent = 0; // frames also sent to an expected host
+  flapHolddowns = 0;
+  staleAnnouncements = 0; // lower sequence than known
 }
 
 export class Switch {
   readonly table = new Map<number, MacEntry>();
   readonly drops = new SwitchDrops();
-  moves = 0;
+  readonly mobility = new MobilityStats();
   nowMs = Date.now();
+  /** Announce moves to peers (off: plain data-plane learning, for comparison in bench/). */
+  announceMoves = true;
   private readonly serviceMac: number;
+  private readonly announcements: Array<{ mac: number; seq: number; atMs: number }> = [];
 
   constructor(private readonly tap: TapDevice, private readonly mesh: Mesh, private readonly maxFrameBytes: number,
-    private readonly service: SegmentService | null = null) {
+    private readonly localKeyHex: string, private readonly log: Logger, private readonly service: SegmentService | null = null) {
     this.serviceMac = service ? macKey(service.mac, 0) : -1;
   }
 
@@ -57,6 +89,7 @@ export class Switch {
       if (entry !== undefined) {
         if (entry.port === null) this.drops.local_unicast++;
         else this.mesh.sendFrame(entry.port, frame);
+        if (entry.alsoTo !== null) this.sendAlso(entry, frame);
         return;
       }
     }
@@ -73,7 +106,18 @@ export class Switch {
     if (this.service !== null && (group || dst === this.serviceMac) && this.service.offer(frame, peer.name)) return;
     if (!group) {
       const entry = this.table.get(dst);
-      if (entry !== undefined && entry.port !== null) { this.drops.split_horizon++; return; }
+      if (entry !== undefined && entry.port !== null) {
+        // The MAC left this host a moment ago: pass what is still in flight on to its new host.
+        if (entry.forwardTo === entry.port && entry.forwardUntilMs > this.nowMs && entry.port !== peer) {
+          this.mobility.forwardedAfterMove++;
+          this.mesh.sendFrame(entry.port, frame);
+        } else if (entry.expectedUntilMs > this.nowMs) {
+          this.tap.write(frame); // a migration is in flight to here: the (paused) guest takes it after resume
+        } else {
+          this.drops.split_horizon++;
+        }
+        return;
+      }
     }
     this.tap.write(frame);
   }
@@ -85,29 +129,146 @@ export class Switch {
     if (peer) this.mesh.sendFrame(peer, frame);
   }
 
-  private learn(mac: number, port: Peer | null): void {
-    const entry = this.table.get(mac);
-    if (entry !== undefined) {
-      entry.seenMs = this.nowMs;
-      if (entry.port !== port) {
-        entry.port = port;
-        this.moves++;
-      }
-      return;
-    }
-    if (this.table.size >= MAC_TABLE_MAX) { this.drops.table_full++; return; }
-    this.table.set(mac, { port, seenMs: this.nowMs });
+  private sendAlso(entry: MacEntry, frame: Buffer): void {
+    if (entry.alsoUntilMs <= this.nowMs || entry.alsoTo === entry.port) { entry.alsoTo = null; return; }
+    this.mobility.dualSent++;
+    this.mesh.sendFrame(entry.alsoTo!, frame);
   }
 
-  /** Ages out entries not seen for MAC_AGEING_MS; forgets entries of removed peers. */
+  // ---- learning and mobility -----------------------------------------------------------------------
+
+  private learn(mac: number, port: Peer | null): void {
+    const entry = this.table.get(mac);
+    if (entry === undefined) {
+      if (this.table.size >= MAC_TABLE_MAX) { this.drops.table_full++; return; }
+      this.table.set(mac, newEntry(port, this.nowMs));
+      return;
+    }
+    entry.seenMs = this.nowMs;
+    if (entry.port === port) return;
+    this.move(mac, entry, port, false);
+  }
+
+  /** Moves a MAC to another port (data-plane learning or an announcement); returns false if refused. */
+  private move(mac: number, entry: MacEntry, port: Peer | null, announced: boolean): boolean {
+    const now = this.nowMs;
+    if (entry.holdUntilMs > now) return false;
+    if (!announced && port !== null && entry.settledUntilMs > now) return false;
+    // Flap detection: too many moves in the window holds the entry where it is.
+    const times = entry.moveTimes;
+    while (times.length > 0 && now - times[0] > FLAP_WINDOW_MS) times.shift();
+    times.push(now);
+    if (times.length > FLAP_MOVES_MAX) {
+      entry.holdUntilMs = now + FLAP_HOLDDOWN_MS;
+      times.length = 0;
+      this.mobility.flapHolddowns++;
+      this.log.warn({ mac: macString(mac), holdSeconds: FLAP_HOLDDOWN_MS / 1000 }, 'MAC is flapping between hosts; holding it down');
+      return false;
+    }
+    const from = entry.port;
+    entry.port = port;
+    entry.alsoTo = null;
+    entry.expectedUntilMs = 0;
+    this.mobility.moves++;
+    if (from === null && port !== null) {
+      // It left us: forward what is still in flight to its new host for a grace period.
+      entry.forwardTo = port;
+      entry.forwardUntilMs = now + MOVE_FORWARD_GRACE_MS;
+    } else {
+      entry.forwardTo = null;
+    }
+    if (port === null && from !== null) {
+      // It arrived here (RARP, gratuitous ARP or any frame): tell every peer at once.
+      entry.seq = (entry.seq + 1) >>> 0;
+      entry.settledUntilMs = now + MOVE_SETTLE_MS;
+      if (this.announceMoves) this.announce(mac, entry.seq);
+    }
+    this.log.debug({ mac: macString(mac), from: from?.name ?? LOCAL, to: port?.name ?? LOCAL }, 'MAC moved');
+    return true;
+  }
+
+  private announce(mac: number, seq: number): void {
+    for (const delay of ANNOUNCE_REPEAT_MS) this.announcements.push({ mac, seq, atMs: this.nowMs + delay });
+    this.sendDueAnnouncements();
+  }
+
+  private sendDueAnnouncements(): void {
+    for (let i = 0; i < this.announcements.length;) {
+      const a = this.announcements[i];
+      if (a.atMs > this.nowMs) { i++; continue; }
+      this.announcements.splice(i, 1);
+      const entry = this.table.get(a.mac);
+      if (!entry || entry.port !== null || entry.seq !== a.seq) continue; // superseded
+      const msg = encodeMacAt(a.mac, a.seq);
+      for (const peer of this.mesh.peers) this.mesh.sendControl(peer, msg);
+      this.mobility.announced++;
+    }
+  }
+
+  /** A control message from a peer (authenticated by the mesh). */
+  onControl(peer: Peer, payload: Buffer): void {
+    const msg = decodeControl(payload);
+    if (msg === null) { this.drops.control_malformed++; return; }
+    let entry = this.table.get(msg.mac);
+    if (msg.type === CTRL_EXPECT) {
+      if (entry === undefined || entry.port === peer) return;
+      entry.alsoTo = peer;
+      entry.alsoUntilMs = this.nowMs + EXPECT_DUAL_SEND_MS;
+      return;
+    }
+    if (msg.type !== CTRL_MAC_AT) return;
+    if (entry === undefined) {
+      if (this.table.size >= MAC_TABLE_MAX) { this.drops.table_full++; return; }
+      entry = newEntry(peer, this.nowMs);
+      entry.seq = msg.seq;
+      entry.settledUntilMs = this.nowMs + MOVE_SETTLE_MS;
+      this.table.set(msg.mac, entry);
+      return;
+    }
+    const newer = seqNewer(msg.seq, entry.seq)
+      || (msg.seq === entry.seq && entry.port !== peer && peer.keyHex > (entry.port?.keyHex ?? this.localKeyHex));
+    if (!newer) {
+      if (entry.port === peer) return;
+      this.mobility.staleAnnouncements++;
+      // We hold it with a newer sequence: say so again, so the stale claimant's peers converge.
+      if (entry.port === null && this.announceMoves) this.announce(msg.mac, entry.seq);
+      return;
+    }
+    entry.seq = msg.seq;
+    entry.seenMs = this.nowMs;
+    if (entry.port !== peer && this.move(msg.mac, entry, peer, true)) entry.settledUntilMs = this.nowMs + MOVE_SETTLE_MS;
+  }
+
+  /** The coordinator says MAC mac is about to arrive here: peers send its frames here too meanwhile. */
+  expect(mac: number): void {
+    const entry = this.table.get(mac);
+    if (entry !== undefined) entry.expectedUntilMs = this.nowMs + EXPECT_DUAL_SEND_MS;
+    const msg = encodeExpect(mac);
+    for (const peer of this.mesh.peers) this.mesh.sendControl(peer, msg);
+  }
+
+  /** Ages out entries not seen for MAC_AGEING_MS; forgets entries of removed peers; sends due announcements. */
   tick(now: number): void {
     this.nowMs = now;
+    if (this.announcements.length) this.sendDueAnnouncements();
     for (const [mac, entry] of this.table) {
       if (now - entry.seenMs > MAC_AGEING_MS || (entry.port !== null && !this.mesh.peers.includes(entry.port))) {
         this.table.delete(mac);
       }
     }
   }
+}
+
+function newEntry(port: Peer | null, now: number): MacEntry {
+  return {
+    port, seenMs: now, seq: 0, settledUntilMs: 0, forwardTo: null, forwardUntilMs: 0, alsoTo: null, alsoUntilMs: 0, expectedUntilMs: 0,
+    moveTimes: [], holdUntilMs: 0,
+  };
+}
+
+/** Serial-number comparison (RFC 1982) of 32-bit sequences. */
+function seqNewer(a: number, b: number): boolean {
+  return a !== b && ((a - b) >>> 0) < 0x8000_0000;
 }
 
 /** The 48-bit MAC at offset as a number. */
