@@ -13,8 +13,15 @@ Keys:
                               (homewire genkey | tee host.key | homewire pubkey > host.pub)
 Daemon:
   check --config FILE         validate a config file; exit 0, or name the key and what is wrong
-  up --config FILE            run the daemon in the foreground (SIGINT/SIGTERM stop it; needs root
-                              or CAP_NET_ADMIN for the TAP device)
+  up --config FILE            run the daemon in the foreground (SIGINT/SIGTERM stop it, SIGHUP
+                              reloads the config; needs root or CAP_NET_ADMIN for the TAP device)
+  status --config FILE [--json]
+                              peers (endpoint, handshake, rx/tx, RTT), local MACs, leases
+  reload --config FILE        re-read the config in the running daemon (same as SIGHUP)
+  expect --config FILE --mac MAC
+                              live migration: MAC is about to arrive on this host
+  leases --config FILE [--json]
+                              DHCP leases of a serving site (MAC, IP, hostname, expiry, site)
   help                        this text
 
 Environment: HOMEWIRE_LOG_LEVEL (fatal|error|warn|info|debug|trace) overrides log_level.
@@ -58,6 +65,19 @@ async function main(argv: string[]): Promise<void> {
     }
     case 'up':
       return up(requireConfig(args));
+    case 'status':
+    case 'reload':
+    case 'expect':
+      return control(cmd, args);
+    case 'leases': {
+      const cfg = loadConfig(requireConfig(args));
+      if (cfg.dhcp === undefined) fail(`${cfg.file} has no dhcp: section; leases live on the site that serves DHCP`);
+      const { parseDhcpConfig } = await import('./dhcp/config.ts');
+      const { listLeases, formatLeases } = await import('./dhcp/leases-cli.ts');
+      const dhcp = parseDhcpConfig(cfg.dhcp, cfg.file);
+      process.stdout.write(formatLeases(listLeases(dhcp.leaseDb), args.includes('--json')));
+      return;
+    }
     case undefined:
     case 'help':
     case '--help':
@@ -73,8 +93,9 @@ async function up(file: string): Promise<void> {
   const cfg = loadConfig(file);
   const log = createLogger(process.env.HOMEWIRE_LOG_LEVEL ?? cfg.logLevel);
   const { Daemon } = await import('./daemon.ts');
-  const daemon = await Daemon.fromConfig(cfg, { log });
-  daemon.start();
+  const daemon = await Daemon.fromConfig(cfg, { log, services: true });
+  await daemon.start();
+  process.on('SIGHUP', () => { daemon.reloadFromFile().catch(() => {}); });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -85,6 +106,65 @@ async function up(file: string): Promise<void> {
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+async function control(cmd: string, args: string[]): Promise<void> {
+  const cfg = loadConfig(requireConfig(args));
+  const { controlRequest, defaultControlSocket } = await import('./control.ts');
+  const socket = cfg.control?.socket ?? defaultControlSocket(cfg.name);
+  if (cmd === 'reload') {
+    const r = await controlRequest(socket, 'POST', '/v1/reload');
+    if (!r.body.ok) fail(`reload refused, the daemon keeps its running config: ${r.body.error}`, 1);
+    process.stdout.write(`reloaded: ${r.body.changes.length ? r.body.changes.join('; ') : 'no changes'}\n`);
+    return;
+  }
+  if (cmd === 'expect') {
+    const mac = option(args, '--mac');
+    if (!mac) fail('missing --mac MAC');
+    const r = await controlRequest(socket, 'POST', `/v1/expect?mac=${encodeURIComponent(mac!)}`);
+    if (!r.body.ok) fail(r.body.error, 1);
+    process.stdout.write(`expecting ${mac} on ${cfg.name}\n`);
+    return;
+  }
+  const r = await controlRequest(socket, 'GET', '/v1/status');
+  if (args.includes('--json')) { process.stdout.write(JSON.stringify(r.body, null, 2) + '\n'); return; }
+  process.stdout.write(formatStatus(r.body));
+}
+
+function ago(s: number | null): string {
+  if (s === null) return 'never';
+  if (s < 120) return `${s} seconds ago`;
+  return `${Math.round(s / 60)} minutes ago`;
+}
+
+function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 2 : 0)} ${units[i]}`;
+}
+
+/** Human status, in the manner of `wg show`. */
+function formatStatus(s: any): string {
+  const out: string[] = [];
+  out.push(`node: ${s.name}`, `  public key: ${s.publicKey}`, `  listening: ${s.listen}`,
+    `  tap: ${s.tap.name} (mtu ${s.tap.mtu}), up ${ago(s.uptimeSeconds).replace(' ago', '')}`, '');
+  for (const p of s.peers) {
+    out.push(`peer: ${p.name} (${p.up ? 'up' : 'down'})`, `  public key: ${p.publicKey}`,
+      `  endpoint: ${p.endpoint ?? '(none yet)'}`, `  latest handshake: ${ago(p.lastHandshakeSecondsAgo)}`,
+      `  transfer: ${bytes(p.rxBytes)} received, ${bytes(p.txBytes)} sent`,
+      `  rtt: ${p.rttMs === null ? '-' : p.rttMs + ' ms'}`, '');
+  }
+  const local = s.macs.filter((m: any) => m.port === 'local');
+  out.push(`local MACs: ${local.length ? local.map((m: any) => m.mac).join(', ') : '(none)'}`);
+  out.push(`MAC table: ${s.macs.length} entries`);
+  const drops = Object.entries(s.drops).filter(([, v]) => (v as number) > 0);
+  out.push(`drops: ${drops.length ? drops.map(([k, v]) => `${k}=${v}`).join(' ') : 'none'}`);
+  if (s.dhcp) {
+    out.push('', `dhcp leases (${s.dhcp.active} active):`);
+    for (const l of s.dhcp.leases) out.push(`  ${l.mac}  ${l.ip.padEnd(15)}  ${(l.hostname ?? '-').padEnd(16)}  ${l.site}  ${l.state}`);
+  }
+  return out.join('\n') + '\n';
 }
 
 main(process.argv.slice(2)).catch((err) => {

@@ -1,11 +1,18 @@
 // The per-host daemon: TAP ↔ switch ↔ mesh ↔ UDP, built from a Config, with one tick for all ageing.
-// Lifecycle: fromConfig → start → stop (idempotent). I/O comes in through the TapDevice and UdpSocket
-// seams so tests can run whole meshes in one process with the in-memory twins.
+// Lifecycle: fromConfig → start → reload (SIGHUP) → stop (idempotent). I/O comes in through the TapDevice
+// and UdpSocket seams, so tests run whole meshes in one process with the in-memory twins.
+import type http from 'node:http';
 import { maxFrameBytes, TICK_MS } from './constants.ts';
-import type { Config } from './config.ts';
+import { type Config, loadConfig } from './config.ts';
+import { defaultControlSocket, serveControl } from './control.ts';
+import { parseDhcpConfig } from './dhcp/config.ts';
+import { DhcpServer } from './dhcp/server.ts';
 import type { Logger } from './log.ts';
+import { encodeKey } from './mesh/keys.ts';
 import { Mesh } from './mesh/mesh.ts';
-import { Switch, type SegmentService } from './switch.ts';
+import type { PeerConfig } from './mesh/peer.ts';
+import { parseMac } from './mobility.ts';
+import { LOCAL, macString, Switch } from './switch.ts';
 import type { TapDevice } from './tap/device.ts';
 import { DgramSocket } from './udp/dgram.ts';
 import type { UdpSocket } from './udp/socket.ts';
@@ -15,18 +22,26 @@ export interface DaemonDeps {
   socket?: UdpSocket;
   log: Logger;
   now?: () => number;
+  /** Serve the control socket and metrics (the real daemon does; in-process tests do not). */
+  services?: boolean;
 }
 
 export class Daemon {
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
+  private servers: http.Server[] = [];
+  readonly startedMs: number;
 
-  private constructor(readonly config: Config, readonly tap: TapDevice, readonly mesh: Mesh, readonly sw: Switch,
-    readonly log: Logger, private readonly now: () => number, readonly service: SegmentService | null) {}
+  private constructor(public config: Config, readonly tap: TapDevice, readonly mesh: Mesh, readonly sw: Switch,
+    readonly log: Logger, private readonly now: () => number, readonly dhcp: DhcpServer | null,
+    private readonly services: boolean) {
+    this.startedMs = now();
+  }
 
-  /** Binds the UDP socket first (fails fast if the port is taken), then creates the TAP. */
+  /** Validates everything, binds the UDP socket (fails fast if the port is taken), then creates the TAP. */
   static async fromConfig(cfg: Config, deps: DaemonDeps): Promise<Daemon> {
     const now = deps.now ?? Date.now;
+    const dhcpConfig = cfg.dhcp === undefined ? null : parseDhcpConfig(cfg.dhcp, cfg.file);
     const socket = deps.socket ?? await DgramSocket.bind(cfg.listen.address, cfg.listen.port);
     let tap: TapDevice;
     if (deps.tap) {
@@ -41,11 +56,25 @@ export class Daemon {
       }
     }
     const mesh = new Mesh({ publicKey: cfg.publicKey, secretKey: cfg.privateKey }, socket, cfg.peers, deps.log, now);
-    const sw = new Switch(tap, mesh, maxFrameBytes(cfg.listen.family), cfg.publicKey.toString('hex'), deps.log);
-    return new Daemon(cfg, tap, mesh, sw, deps.log, now, null);
+    let dhcp: DhcpServer | null = null;
+    let sw: Switch | null = null;
+    if (dhcpConfig) {
+      try {
+        dhcp = DhcpServer.open(dhcpConfig, {
+          mtu: tap.mtu, now, log: deps.log.child({ part: 'dhcp' }),
+          send: (frame, to) => sw!.sendTo(to, frame),
+        });
+      } catch (err) {
+        tap.close();
+        await mesh.close();
+        throw err;
+      }
+    }
+    sw = new Switch(tap, mesh, maxFrameBytes(cfg.listen.family), cfg.publicKey.toString('hex'), deps.log, dhcp);
+    return new Daemon(cfg, tap, mesh, sw, deps.log, now, dhcp, deps.services ?? false);
   }
 
-  start(): void {
+  async start(): Promise<void> {
     const { sw, mesh, log } = this;
     mesh.start({
       frame: (peer, frame) => sw.fromPeer(peer, frame),
@@ -54,24 +83,146 @@ export class Daemon {
     });
     this.tap.start({ frame: (frame) => sw.fromTap(frame), batchEnd: () => {} });
     this.timer = setInterval(() => this.tick(), TICK_MS);
+    if (this.services) {
+      try {
+        await this.startServices();
+      } catch (err) {
+        await this.stop();
+        throw err;
+      }
+    }
     log.info({
       name: this.config.name, listen: `${this.mesh.socket.address}:${this.mesh.socket.port}`, tap: this.tap.name,
-      mtu: this.tap.mtu, peers: this.mesh.peers.map((p) => p.name),
+      mtu: this.tap.mtu, peers: this.mesh.peers.map((p) => p.name), dhcp: this.dhcp !== null,
     }, 'homewire up');
+  }
+
+  private async startServices(): Promise<void> {
+    const socketPath = this.config.control?.socket ?? defaultControlSocket(this.config.name);
+    this.servers.push(await serveControl(socketPath, {
+      status: () => this.status(),
+      reload: () => this.reloadFromFile(),
+      expect: (mac) => this.expect(mac),
+    }));
+    if (this.config.metrics) {
+      const { daemonRegistry, serveMetrics } = await import('./metrics.ts');
+      this.servers.push(await serveMetrics(daemonRegistry(this), this.config.metrics.listen));
+    }
   }
 
   private tick(): void {
     const now = this.now();
     this.mesh.tick();
     this.sw.tick(now);
+    this.dhcp?.tick(now);
+  }
+
+  expect(macText: string): { ok: boolean; error?: string } {
+    const mac = parseMac(macText);
+    if (mac < 0) return { ok: false, error: `"${macText}" is not a MAC address (aa:bb:cc:dd:ee:ff)` };
+    this.sw.expect(mac);
+    this.log.info({ mac: macText }, 'MAC expected here: peers send its frames here too until it arrives');
+    return { ok: true };
+  }
+
+  /** Re-reads the config file; an invalid one is refused and the running config kept. */
+  async reloadFromFile(): Promise<{ ok: boolean; error?: string; changes?: string[] }> {
+    let next: Config;
+    try {
+      next = loadConfig(this.config.file);
+      if (next.dhcp !== undefined) parseDhcpConfig(next.dhcp, next.file);
+    } catch (err) {
+      const error = (err as Error).message;
+      this.log.error({ error }, 'reload refused: the new config is invalid; keeping the running one');
+      return { ok: false, error };
+    }
+    const changes = this.apply(next);
+    this.log.info({ changes }, 'config reloaded');
+    return { ok: true, changes };
+  }
+
+  /** Applies what can change live: peers (added, removed, re-keyed, new endpoints) and the log level. */
+  apply(next: Config): string[] {
+    const changes: string[] = [];
+    const old = this.config;
+    const byName = new Map(next.peers.map((p) => [p.name, p]));
+    for (const peer of [...this.mesh.peers]) {
+      const want = byName.get(peer.name);
+      if (!want || !want.publicKey.equals(peer.publicKey)) {
+        this.mesh.removePeer(peer);
+        changes.push(want ? `peer ${peer.name}: new key` : `peer ${peer.name} removed`);
+      }
+    }
+    for (const want of next.peers) {
+      const peer = this.mesh.peerByName(want.name);
+      if (!peer) {
+        this.mesh.addPeer(want);
+        if (!changes.includes(`peer ${want.name}: new key`)) changes.push(`peer ${want.name} added`);
+      } else if (!sameEndpoint(want, old.peers.find((p) => p.name === want.name))) {
+        peer.endpoint = want.endpoint ?? peer.endpoint;
+        changes.push(`peer ${want.name}: endpoint ${want.endpoint ? `${want.endpoint.address}:${want.endpoint.port}` : 'learned'}`);
+      }
+    }
+    if (next.logLevel !== old.logLevel) {
+      this.log.level = next.logLevel;
+      changes.push(`log_level ${old.logLevel} -> ${next.logLevel}`);
+    }
+    for (const [key, a, b] of [
+      ['name', old.name, next.name], ['private key', encodeKey(old.privateKey), encodeKey(next.privateKey)],
+      ['listen', JSON.stringify(old.listen), JSON.stringify(next.listen)], ['tap', JSON.stringify(old.tap), JSON.stringify(next.tap)],
+      ['metrics', JSON.stringify(old.metrics), JSON.stringify(next.metrics)], ['dhcp', JSON.stringify(old.dhcp), JSON.stringify(next.dhcp)],
+      ['control', JSON.stringify(old.control), JSON.stringify(next.control)],
+    ] as const) {
+      if (a !== b) {
+        this.log.warn({ key }, 'this setting changed but applies only after a restart');
+        changes.push(`${key}: needs a restart`);
+      }
+    }
+    this.config = { ...old, peers: next.peers, logLevel: next.logLevel };
+    this.mesh.tick();
+    return changes;
+  }
+
+  status(): object {
+    const now = this.now();
+    const sock = this.mesh.socket;
+    return {
+      name: this.config.name,
+      publicKey: encodeKey(this.config.publicKey),
+      listen: sock.family === 6 ? `[${sock.address}]:${sock.port}` : `${sock.address}:${sock.port}`,
+      tap: { name: this.tap.name, mtu: this.tap.mtu, ...this.tap.stats },
+      uptimeSeconds: Math.round((now - this.startedMs) / 1000),
+      peers: this.mesh.peers.map((p) => ({
+        name: p.name,
+        publicKey: encodeKey(p.publicKey),
+        endpoint: p.endpoint ? (p.endpoint.address.includes(':') ? `[${p.endpoint.address}]:${p.endpoint.port}` : `${p.endpoint.address}:${p.endpoint.port}`) : null,
+        up: p.up,
+        lastHandshakeSecondsAgo: p.lastHandshakeMs ? Math.round((now - p.lastHandshakeMs) / 1000) : null,
+        rttMs: p.rttMs < 0 ? null : p.rttMs,
+        ...p.stats,
+      })),
+      macs: [...this.sw.table].map(([mac, e]) => ({
+        mac: macString(mac), port: e.port?.name ?? LOCAL, ageSeconds: Math.round((now - e.seenMs) / 1000), seq: e.seq,
+      })),
+      drops: { ...this.mesh.drops, ...this.sw.drops },
+      handshakes: { ...this.mesh.handshakes },
+      mobility: { ...this.sw.mobility },
+      dhcp: this.dhcp ? { leases: this.dhcp.leases(), active: this.dhcp.stats.leasesActive } : null,
+    };
   }
 
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    for (const s of this.servers) s.close();
     this.tap.close();
+    this.dhcp?.close();
     await this.mesh.close();
     this.log.info('homewire stopped');
   }
+}
+
+function sameEndpoint(a: PeerConfig, b: PeerConfig | undefined): boolean {
+  return a.endpoint?.address === b?.endpoint?.address && a.endpoint?.port === b?.endpoint?.port;
 }

@@ -41,6 +41,8 @@ export interface MacEntry {
   expectedUntilMs: number; // expected to arrive here: frames from peers go to the TAP until then
   moveTimes: number[]; // recent move times (flap detection)
   holdUntilMs: number; // flapping: held where it is until then
+  rxBytes: number; // local MACs: bytes from this MAC into the overlay
+  txBytes: number; // local MACs: bytes from the overlay to this MAC
 }
 
 export class SwitchDrops {
@@ -80,7 +82,10 @@ export class Switch {
   fromTap(frame: Buffer): void {
     if (frame.length < ETHERNET_HEADER_BYTES) { this.drops.runt++; return; }
     if (frame.length > this.maxFrameBytes) { this.drops.too_big++; return; }
-    if ((frame[6] & 1) === 0) this.learn(macKey(frame, 6), null);
+    if ((frame[6] & 1) === 0) {
+      const src = this.learn(macKey(frame, 6), null);
+      if (src !== undefined) src.rxBytes += frame.length;
+    }
     const group = (frame[0] & 1) === 1;
     const dst = group ? -1 : macKey(frame, 0);
     if (this.service !== null && (group || dst === this.serviceMac) && this.service.offer(frame, LOCAL)) return;
@@ -118,6 +123,7 @@ export class Switch {
         }
         return;
       }
+      if (entry !== undefined) entry.txBytes += frame.length;
     }
     this.tap.write(frame);
   }
@@ -137,16 +143,17 @@ export class Switch {
 
   // ---- learning and mobility -----------------------------------------------------------------------
 
-  private learn(mac: number, port: Peer | null): void {
-    const entry = this.table.get(mac);
+  private learn(mac: number, port: Peer | null): MacEntry | undefined {
+    let entry = this.table.get(mac);
     if (entry === undefined) {
-      if (this.table.size >= MAC_TABLE_MAX) { this.drops.table_full++; return; }
-      this.table.set(mac, newEntry(port, this.nowMs));
-      return;
+      if (this.table.size >= MAC_TABLE_MAX) { this.drops.table_full++; return undefined; }
+      entry = newEntry(port, this.nowMs);
+      this.table.set(mac, entry);
+      return entry;
     }
     entry.seenMs = this.nowMs;
-    if (entry.port === port) return;
-    this.move(mac, entry, port, false);
+    if (entry.port !== port) this.move(mac, entry, port, false);
+    return entry;
   }
 
   /** Moves a MAC to another port (data-plane learning or an announcement); returns false if refused. */
@@ -262,7 +269,7 @@ export class Switch {
 function newEntry(port: Peer | null, now: number): MacEntry {
   return {
     port, seenMs: now, seq: 0, settledUntilMs: 0, forwardTo: null, forwardUntilMs: 0, alsoTo: null, alsoUntilMs: 0, expectedUntilMs: 0,
-    moveTimes: [], holdUntilMs: 0,
+    moveTimes: [], holdUntilMs: 0, rxBytes: 0, txBytes: 0,
   };
 }
 

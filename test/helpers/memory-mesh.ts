@@ -48,7 +48,7 @@ export async function buildMesh(spec: MeshSpec): Promise<{ net: MemoryNetwork; n
     const tap = new MemoryTap(cfg.tap.name, cfg.tap.mtu);
     const socket = net.bind(me.address, me.port);
     const daemon = await Daemon.fromConfig(cfg, { tap, socket, log: silentLogger, now: spec.now });
-    daemon.start();
+    await daemon.start();
     nodes.set(me.name, { ...me, daemon, tap });
   }
   return {

@@ -1,0 +1,81 @@
+// The daemon's local control interface: HTTP over a unix socket (mode 0600, so only root or the daemon's
+// user can use it). Used by `homewire status|reload|expect|leases` and by the coordinator's host agent.
+//
+//   GET  /v1/status            peers, local MACs, leases (JSON)
+//   POST /v1/reload            re-read the config file (as SIGHUP)
+//   POST /v1/expect?mac=M      MAC M is about to arrive here (live migration): peers send its frames here too
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import path from 'node:path';
+import { OperatorError } from './errors.ts';
+
+export interface ControlHandlers {
+  status(): unknown;
+  reload(): Promise<{ ok: boolean; error?: string; changes?: string[] }>;
+  expect(mac: string): { ok: boolean; error?: string };
+}
+
+export function defaultControlSocket(name: string): string {
+  return `/run/homewire/${name}.sock`;
+}
+
+/** Listens on the socket path; refuses if a live daemon already answers there, removes a stale socket. */
+export async function serveControl(socketPath: string, h: ControlHandlers): Promise<http.Server> {
+  fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
+  if (fs.existsSync(socketPath)) {
+    if (await answers(socketPath)) {
+      throw new OperatorError('EADDRINUSE', `control socket ${socketPath} belongs to a running homewire daemon with the same name: stop it, or set control.socket`);
+    }
+    fs.unlinkSync(socketPath);
+  }
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://local');
+    const reply = (code: number, body: unknown) => {
+      res.writeHead(code, { 'content-type': 'application/json' }).end(JSON.stringify(body) + '\n');
+    };
+    if (req.method === 'GET' && url.pathname === '/v1/status') return reply(200, h.status());
+    if (req.method === 'POST' && url.pathname === '/v1/reload') {
+      h.reload().then((r) => reply(r.ok ? 200 : 400, r), (err) => reply(500, { ok: false, error: String(err) }));
+      return;
+    }
+    if (req.method === 'POST' && url.pathname === '/v1/expect') {
+      const r = h.expect(url.searchParams.get('mac') ?? '');
+      return reply(r.ok ? 200 : 400, r);
+    }
+    reply(404, { ok: false, error: `no such endpoint: ${req.method} ${url.pathname}` });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, () => { server.off('error', reject); resolve(); });
+  });
+  fs.chmodSync(socketPath, 0o600);
+  return server;
+}
+
+function answers(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(socketPath);
+    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('error', () => resolve(false));
+  });
+}
+
+/** A request to a daemon's control socket; throws OperatorError with what to do if nobody answers. */
+export function controlRequest(socketPath: string, method: 'GET' | 'POST', urlPath: string): Promise<{ status: number; body: any }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ socketPath, method, path: urlPath, timeout: 5000 }, (res) => {
+      let data = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => (data += c));
+      res.on('end', () => {
+        try { resolve({ status: res.statusCode ?? 0, body: JSON.parse(data) }); } catch { reject(new Error(`bad reply from ${socketPath}`)); }
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error('timed out')));
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      reject(new OperatorError(err.code ?? 'ECONTROL', `cannot reach the daemon at ${socketPath} (${err.code ?? err.message}): is \`homewire up\` running with this config, and are you root?`));
+    });
+    req.end();
+  });
+}

@@ -1,0 +1,69 @@
+// IPv4 addresses as unsigned 32-bit numbers, and MAC addresses, for the DHCP module. Parsers return null
+// on bad input (never throw): config code turns null into a ConfigError naming the key.
+
+const DOTTED_RE = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
+const MAC_RE = /^([0-9a-fA-F]{2})([:-])([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})$/;
+
+/** "192.168.1.2" -> 0xc0a80102; null unless exactly four decimal octets 0-255 (no leading zeros). */
+export function parseIPv4(s: string): number | null {
+  const m = DOTTED_RE.exec(s);
+  if (!m) return null;
+  let n = 0;
+  for (let i = 1; i <= 4; i++) {
+    const part = m[i];
+    if (part.length > 1 && part[0] === '0') return null; // "010" is octal to some tools: refuse it
+    const v = Number(part);
+    if (v > 255) return null;
+    n = n * 256 + v;
+  }
+  return n;
+}
+
+export function formatIPv4(n: number): string {
+  return `${(n >>> 24) & 255}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+}
+
+/** Netmask of a prefix length, as an unsigned number (prefix 0 -> 0). */
+export function prefixMask(prefix: number): number {
+  return prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+}
+
+export interface Cidr {
+  network: number;
+  prefix: number;
+}
+
+/** "10.0.0.0/8" -> {network, prefix}; null if malformed. `hostBitsZero` reports whether bits past the prefix are 0. */
+export function parseCidr(s: string): (Cidr & { hostBitsZero: boolean }) | null {
+  const slash = s.indexOf('/');
+  if (slash < 0) return null;
+  const ip = parseIPv4(s.slice(0, slash));
+  const p = s.slice(slash + 1);
+  if (ip === null || !/^\d{1,2}$/.test(p)) return null;
+  const prefix = Number(p);
+  if (prefix > 32) return null;
+  const network = (ip & prefixMask(prefix)) >>> 0;
+  return { network, prefix, hostBitsZero: network === ip };
+}
+
+export function inCidr(ip: number, c: Cidr): boolean {
+  return ((ip & prefixMask(c.prefix)) >>> 0) === c.network;
+}
+
+export function broadcastOf(c: Cidr): number {
+  return (c.network | ~prefixMask(c.prefix)) >>> 0;
+}
+
+/** "52:54:00:AB:cd:01" or "52-54-00-ab-cd-01" -> 6 bytes; null otherwise. */
+export function parseMac(s: string): Buffer | null {
+  const m = MAC_RE.exec(s);
+  if (!m) return null;
+  return Buffer.from([m[1], m[3], m[4], m[5], m[6], m[7]].join(''), 'hex');
+}
+
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+
+/** Six bytes at `off` as "aa:bb:cc:dd:ee:ff" (lower case). */
+export function formatMac(b: Uint8Array, off = 0): string {
+  return `${HEX[b[off]]}:${HEX[b[off + 1]]}:${HEX[b[off + 2]]}:${HEX[b[off + 3]]}:${HEX[b[off + 4]]}:${HEX[b[off + 5]]}`;
+}
