@@ -22,6 +22,8 @@ export interface MeshSpec {
   family?: 4 | 6;
   /** A clock for every daemon (tests advance it to drive timers). */
   now?: () => number;
+  /** Extra YAML for a node's config (e.g. a dhcp: section). */
+  extra?: (name: string) => string;
 }
 
 export async function buildMesh(spec: MeshSpec): Promise<{ net: MemoryNetwork; nodes: Map<string, Node>; stop: () => Promise<void> }> {
@@ -43,7 +45,7 @@ export async function buildMesh(spec: MeshSpec): Promise<{ net: MemoryNetwork; n
       return `  - { name: ${p.name}, public_key: "${encodeKey(publicKeyOf(p.key))}"${w.endpoint ? `, endpoint: ${ep}` : ''} }`;
     });
     const listen = family === 6 ? `"[${me.address}]:${me.port}"` : `${me.address}:${me.port}`;
-    const yaml = `name: ${me.name}\nprivate_key: "${encodeKey(me.key)}"\nlisten: ${listen}\ntap: { name: hw-${me.name} }\npeers:\n${peers.join('\n') || '  []'}\n`;
+    const yaml = `name: ${me.name}\nprivate_key: "${encodeKey(me.key)}"\nlisten: ${listen}\ntap: { name: hw-${me.name} }\npeers:\n${peers.join('\n') || '  []'}\n${spec.extra?.(me.name) ?? ''}\n`;
     const cfg = parseConfig(yaml.replace('peers:\n  []', 'peers: []'), `${me.name}.yaml`);
     const tap = new MemoryTap(cfg.tap.name, cfg.tap.mtu);
     const socket = net.bind(me.address, me.port);
