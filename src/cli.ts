@@ -72,10 +72,8 @@ async function main(argv: string[]): Promise<void> {
     case 'leases': {
       const cfg = loadConfig(requireConfig(args));
       if (cfg.dhcp === undefined) fail(`${cfg.file} has no dhcp: section; leases live on the site that serves DHCP`);
-      const { parseDhcpConfig } = await import('./dhcp/config.ts');
       const { listLeases, formatLeases } = await import('./dhcp/leases-cli.ts');
-      const dhcp = parseDhcpConfig(cfg.dhcp, cfg.file);
-      process.stdout.write(formatLeases(listLeases(dhcp.leaseDb), args.includes('--json')));
+      process.stdout.write(formatLeases(listLeases(cfg.dhcp!.leaseDb), args.includes('--json')));
       return;
     }
     case undefined:

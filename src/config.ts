@@ -5,6 +5,7 @@ import net from 'node:net';
 import path from 'node:path';
 import YAML from 'yaml';
 import { defaultTapMtu, DEFAULT_PORT } from './constants.ts';
+import { type DhcpConfig, parseDhcpConfig } from './dhcp/config.ts';
 import { ConfigError } from './errors.ts';
 import { decodeKey, publicKeyOf } from './mesh/keys.ts';
 import type { Endpoint, PeerConfig } from './mesh/peer.ts';
@@ -25,8 +26,8 @@ export interface Config {
   peers: PeerConfig[];
   metrics?: { listen: Endpoint };
   logLevel: string;
-  /** Raw `dhcp:` section, validated by the DHCP module. */
-  dhcp?: unknown;
+  /** This site serves DHCP for the overlay (validated by the DHCP module). */
+  dhcp?: DhcpConfig;
   control?: { socket: string };
 }
 
@@ -136,7 +137,7 @@ export function parseConfig(text: string, file: string): Config {
 
   return {
     file, name, privateKey, publicKey, listen: { ...listen, family }, tap: { name: tapName, mtu, bridge }, peers,
-    metrics, logLevel, dhcp: top.dhcp, control,
+    metrics, logLevel, dhcp: top.dhcp === undefined ? undefined : parseDhcpConfig(top.dhcp, file), control,
   };
 }
 

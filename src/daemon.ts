@@ -5,7 +5,6 @@ import type http from 'node:http';
 import { maxFrameBytes, TICK_MS } from './constants.ts';
 import { type Config, loadConfig } from './config.ts';
 import { defaultControlSocket, serveControl } from './control.ts';
-import { parseDhcpConfig } from './dhcp/config.ts';
 import { DhcpServer } from './dhcp/server.ts';
 import type { Logger } from './log.ts';
 import { encodeKey } from './mesh/keys.ts';
@@ -41,7 +40,7 @@ export class Daemon {
   /** Validates everything, binds the UDP socket (fails fast if the port is taken), then creates the TAP. */
   static async fromConfig(cfg: Config, deps: DaemonDeps): Promise<Daemon> {
     const now = deps.now ?? Date.now;
-    const dhcpConfig = cfg.dhcp === undefined ? null : parseDhcpConfig(cfg.dhcp, cfg.file);
+    const dhcpConfig = cfg.dhcp ?? null;
     const socket = deps.socket ?? await DgramSocket.bind(cfg.listen.address, cfg.listen.port);
     let tap: TapDevice;
     if (deps.tap) {
@@ -130,7 +129,6 @@ export class Daemon {
     let next: Config;
     try {
       next = loadConfig(this.config.file);
-      if (next.dhcp !== undefined) parseDhcpConfig(next.dhcp, next.file);
     } catch (err) {
       const error = (err as Error).message;
       this.log.error({ error }, 'reload refused: the new config is invalid; keeping the running one');

@@ -155,3 +155,16 @@ test('config validation names the file, the key and what to do', (t) => {
   fs.writeFileSync(path.join(dir, 'good.key'), sk + '\n');
   t.notThrows(() => parseConfig(base.replace(`private_key: "${sk}"`, 'private_key_file: good.key'), path.join(dir, 'site.yaml')));
 });
+
+test('the example configs in deploy/examples are valid once keys are filled in', (t) => {
+  const dir = tmp();
+  const keyFile = path.join(dir, 'private.key');
+  fs.writeFileSync(keyFile, encodeKey(generatePrivateKey()) + '\n');
+  for (const name of ['home.yaml', 'vm-host.yaml']) {
+    let text = fs.readFileSync(new URL(`../deploy/examples/${name}`, import.meta.url), 'utf8');
+    text = text.replace(/REPLACE_WITH_[A-Z_]+=*/g, () => encodeKey(publicKeyOf(generatePrivateKey())));
+    text = text.replace(/private_key_file: .*/, `private_key_file: ${keyFile}`);
+    const cfg = parseConfig(text, name);
+    t.true(cfg.peers.length >= 2, name);
+  }
+});
