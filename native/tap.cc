@@ -107,6 +107,7 @@ struct OpenArgs {
   std::string name;
   int mtu = 0;
   std::string bridge;  // empty = none
+  int txQueueLen = 0;  // 0 = leave the kernel's default (1000)
 };
 
 struct OpenResult {
@@ -302,6 +303,12 @@ bool OpenTap(const OpenArgs& a, OpenResult* r, SysErr* e) {
       memcpy(r->mac, ifr.ifr_hwaddr.sa_data, 6);
   }
   ok = ok && SetMtu(sock, r->name, a.mtu, e);
+  if (ok && a.txQueueLen > 0) {
+    // Best effort: a deeper kernel queue towards the daemon absorbs bursts while JS is busy.
+    SetName(&ifr, r->name);
+    ifr.ifr_qlen = a.txQueueLen;
+    (void)ioctl(sock, SIOCSIFTXQLEN, &ifr);
+  }
   ok = ok && (a.bridge.empty() || Enslave(sock, r->name, r->ifindex, a.bridge, e));
   ok = ok && LinkUp(sock, r->name, "TAP", e);
   if (ok) {
@@ -751,6 +758,8 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   args.name = name.As<Napi::String>().Utf8Value();
   args.mtu = mtu.As<Napi::Number>().Int32Value();
   if (bridge.IsString()) args.bridge = bridge.As<Napi::String>().Utf8Value();
+  Napi::Value qlen = o.Get("txQueueLen");
+  if (qlen.IsNumber()) args.txQueueLen = qlen.As<Napi::Number>().Int32Value();
   Init init{-1, {}, Napi::Float64Array(), 0};
   if (!ReadCommon(env, o, &init.counters, &init.queueMax)) return env.Undefined();
   SysErr e;

@@ -65,6 +65,7 @@ export const TICK_MS = 250; // one tick drives all ageing, retries, keepalives
 // --- TAP --------------------------------------------------------------------------------------------
 export const TAP_FRAMES_PER_WAKEUP = 64;
 export const TAP_FRAME_STRIDE_BYTES = 9216; // room for jumbo frames up to 9 KB
+export const TAP_TX_QUEUE_LEN = 10_000; // kernel queue towards the daemon (default 1000 overflows in bursts)
 export const TAP_WRITE_QUEUE_MAX = 1024; // frames waiting on EAGAIN before new ones are dropped
 
 // --- MAC mobility (live migration) ------------------------------------------------------------------

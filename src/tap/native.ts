@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { TAP_FRAMES_PER_WAKEUP, TAP_FRAME_STRIDE_BYTES, TAP_WRITE_QUEUE_MAX } from '../constants.ts';
+import { TAP_FRAMES_PER_WAKEUP, TAP_FRAME_STRIDE_BYTES, TAP_TX_QUEUE_LEN, TAP_WRITE_QUEUE_MAX } from '../constants.ts';
 import { OperatorError } from '../errors.ts';
 import type { TapDevice, TapHandler, TapStats } from './device.ts';
 
@@ -36,7 +36,7 @@ interface NativeCommonOptions {
 
 export interface TapAddon {
   readonly COUNTER_NAMES: readonly string[];
-  open(opts: { name: string; mtu: number; bridge?: string } & NativeCommonOptions): NativeTapHandle;
+  open(opts: { name: string; mtu: number; bridge?: string; txQueueLen?: number } & NativeCommonOptions): NativeTapHandle;
   /** Test hook: wrap any non-blocking datagram fd (see socketPair) as a Tap. */
   wrapFd(fd: number, opts: NativeCommonOptions): NativeTapHandle;
   /** Test hook: an AF_UNIX datagram socket pair, non-blocking, with the given send buffer. */
@@ -121,7 +121,7 @@ export class NativeTap implements TapDevice {
     const counters = new Float64Array(COUNTERS);
     let handle: NativeTapHandle;
     try {
-      handle = a.open({ name: opts.name, mtu: opts.mtu, bridge: opts.bridge, counters, writeQueueMax: TAP_WRITE_QUEUE_MAX });
+      handle = a.open({ name: opts.name, mtu: opts.mtu, bridge: opts.bridge, counters, writeQueueMax: TAP_WRITE_QUEUE_MAX, txQueueLen: TAP_TX_QUEUE_LEN });
     } catch (e) {
       throw toOperatorError(e);
     }
