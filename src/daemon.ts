@@ -91,7 +91,7 @@ export class Daemon {
       }
     }
     log.info({
-      name: this.config.name, listen: `${this.mesh.socket.address}:${this.mesh.socket.port}`, tap: this.tap.name,
+      node: this.config.name, listen: `${this.mesh.socket.address}:${this.mesh.socket.port}`, tap: this.tap.name,
       mtu: this.tap.mtu, peers: this.mesh.peers.map((p) => p.name), dhcp: this.dhcp !== null,
     }, 'homewire up');
   }

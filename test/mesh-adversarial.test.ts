@@ -62,6 +62,15 @@ test('a replayed handshake initiation is refused and does not move the peer', as
   net.inject(init!, '203.0.113.9', 9999, '192.0.2.1', 51820);
   await waitFor(() => home.daemon.mesh.handshakes.replay === 1);
   t.deepEqual(home.daemon.mesh.peers[0].endpoint, { address: '192.0.2.2', port: 51820 });
+  // After a restart no timestamp is remembered: the replay is answered, but the peer does not move, and
+  // the session it would start can never be confirmed by the replayer.
+  home.daemon.mesh.peers[0].lastTimestamp = null;
+  net.inject(init!, '203.0.113.9', 9999, '192.0.2.1', 51820);
+  await waitFor(() => home.daemon.mesh.handshakes.responded === responded + 2);
+  await new Promise((r) => setTimeout(r, 30));
+  t.deepEqual(home.daemon.mesh.peers[0].endpoint, { address: '192.0.2.2', port: 51820 });
+  a.tap.inject(arp(1, '52:54:00:00:00:0a', '198.51.100.10', '00:00:00:00:00:00', '198.51.100.1'));
+  await waitFor(() => home.tap.written.length === 1);
 });
 
 test('a node whose key is not in the config cannot reach the mesh', async (t) => {

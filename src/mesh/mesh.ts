@@ -248,9 +248,9 @@ export class Mesh {
     if (peer.next) this.retire(peer.next);
     peer.next = keypair;
     this.byIndex.set(index, { peer, keypair });
-    if (peer.endpoint === null || peer.endpoint.address !== h.address || peer.endpoint.port !== h.port) {
-      this.roam(peer, h.address, h.port);
-    }
+    // The endpoint does not move here: an initiation can be replayed (e.g. after a restart, when no
+    // timestamp is remembered). It moves with the first data packet on the new session, which only the
+    // holder of the initiator's key can send.
     peer.lastHandshakeMs = this.nowMs;
     this.handshakes.responded++;
     this.socket.send(msg, h.port, h.address);
