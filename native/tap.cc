@@ -30,6 +30,9 @@
 // what to do. Data-plane errors are never thrown: they are counters.
 
 #include <napi.h>
+#include <sys/uio.h>
+
+#include "gro.h"
 #include <uv.h>
 
 #include <cerrno>
@@ -60,10 +63,13 @@ enum Counter : int {
   C_TX_QUEUED,             // frames waiting in the write queue now
   C_TX_EAGAIN,             // times write() said EAGAIN (kernel back-pressure)
   C_LAST_ERRNO,            // last data-path errno seen (positive), 0 if none
+  C_TX_COALESCED,          // frames written as part of a coalesced (GSO) frame
+  C_TX_WRITES,             // write() calls that succeeded (coalesced frames count once)
   C_COUNT
 };
 const char* const kCounterNames[C_COUNT] = {"txFrames",    "txBytes",  "txDroppedQueue", "txDroppedError",
-                                            "rxErrors",    "txQueued", "txEagain",       "lastErrno"};
+                                            "rxErrors",    "txQueued", "txEagain",       "lastErrno",
+                                            "txCoalesced", "txWrites"};
 
 // ---- Errors ------------------------------------------------------------------------------------
 struct SysErr {
@@ -112,6 +118,7 @@ struct OpenArgs {
 
 struct OpenResult {
   int fd = -1;
+  bool vnet = false;  // frames carry a virtio_net_hdr (read: stripped; write: coalescing possible)
   std::string name;
   int ifindex = 0;
   uint8_t mac[6] = {0, 0, 0, 0, 0, 0};
@@ -257,7 +264,7 @@ bool OpenTap(const OpenArgs& a, OpenResult* r, SysErr* e) {
 
   struct ifreq ifr;
   SetName(&ifr, a.name);
-  ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
   if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
     int err = errno;
     close(fd);
@@ -279,6 +286,15 @@ bool OpenTap(const OpenArgs& a, OpenResult* r, SysErr* e) {
       return SetErr(e, err, "ioctl(TUNSETIFF)", "creating TAP " + n + " failed: " + Describe(err) + "; too many interfaces or open files");
     return SetErr(e, err, "ioctl(TUNSETIFF)", "creating TAP " + n + " failed: " + Describe(err));
   }
+  {
+    // virtio_net_hdr on every frame: writes may then carry coalesced TCP (see gro.h). No offloads are
+    // enabled for reads, so frames from the kernel arrive whole, with checksums, and a zero header.
+    int hdrSize = (int)gro::kVnetHdrBytes;
+    (void)ioctl(fd, TUNSETVNETHDRSZ, &hdrSize);  // 10 is also the kernel's default
+    (void)ioctl(fd, TUNSETOFFLOAD, 0UL);
+    r->vnet = true;
+  }
+
   r->name.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
   if (ioctl(fd, TUNGETIFF, &ifr) == 0) r->persistent = (ifr.ifr_flags & IFF_PERSIST) != 0;
 
@@ -444,7 +460,8 @@ class Tap : public Napi::ObjectWrap<Tap> {
   }
 
   // writeBatch(frames: Uint8Array[], count): writes frames[0..count). Returns how many were accepted
-  // (written or queued); the rest were dropped and counted.
+  // (written or queued); the rest were dropped and counted. With a virtio_net_hdr TAP, runs of in-order
+  // segments of one TCP flow are coalesced into one GSO frame first (gro.h).
   Napi::Value WriteBatch(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsArray() || !info[1].IsNumber())
@@ -456,43 +473,44 @@ class Tap : public Napi::ObjectWrap<Tap> {
       return Napi::Number::New(env, 0);
     }
     if (qcount_ > 0) DrainQueue();
-    uint32_t accepted = 0, i = 0;
-    if (qcount_ == 0) {
-      for (; i < n; i++) {
-        uint8_t* data;
-        size_t len;
-        if (!Frame(env, arr, i, &data, &len)) {
-          ctr_[C_TX_DROPPED_ERROR]++;
-          continue;
-        }
-        ssize_t w;
-        do w = write(fd_, data, len);
-        while (w < 0 && errno == EINTR);
-        if (w >= 0) {
-          ctr_[C_TX_FRAMES]++;
-          ctr_[C_TX_BYTES] += (double)len;
-          accepted++;
-        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-          ctr_[C_TX_EAGAIN]++;
-          break;  // frame i is not written: queue it and the rest
-        } else {
-          ctr_[C_TX_DROPPED_ERROR]++;
-          ctr_[C_LAST_ERRNO] = errno;
-        }
-      }
-    }
-    for (; i < n; i++) {
+    uint32_t accepted = 0;
+    uint32_t i = 0;
+    while (i < n) {
       uint8_t* data;
       size_t len;
       if (!Frame(env, arr, i, &data, &len)) {
         ctr_[C_TX_DROPPED_ERROR]++;
-      } else if (qcount_ >= ring_.size()) {
-        ctr_[C_TX_DROPPED_QUEUE]++;
-      } else {
-        ring_[(qhead_ + qcount_) % ring_.size()].assign(data, data + len);  // reuses the slot's capacity
-        qcount_++;
-        accepted++;
+        i++;
+        continue;
       }
+      gro::Seg first;
+      if (!info_.vnet || groBroken_ || !gro::Parse(data, len, &first)) {
+        accepted += Emit(data, len, info_.vnet, 1, len);
+        i++;
+        continue;
+      }
+      segs_.clear();
+      segs_.push_back(first);
+      size_t payload = first.payload, bytes = len;
+      uint32_t j = i + 1;
+      for (; j < n; j++) {
+        gro::Seg next;
+        uint8_t* d2;
+        size_t l2;
+        if (!Frame(env, arr, j, &d2, &l2) || !gro::Parse(d2, l2, &next) ||
+            !gro::Follows(first, segs_.back(), next, payload, (int)segs_.size()))
+          break;
+        segs_.push_back(next);
+        payload += next.payload;
+        bytes += l2;
+      }
+      if (segs_.size() == 1) {
+        accepted += Emit(data, len, true, 1, len);
+      } else {
+        gro::Build(segs_.data(), (int)segs_.size(), payload, &merged_);
+        accepted += EmitMerged((uint32_t)segs_.size(), bytes);
+      }
+      i = j;
     }
     ctr_[C_TX_QUEUED] = (double)qcount_;
     UpdatePoll();
@@ -512,6 +530,87 @@ class Tap : public Napi::ObjectWrap<Tap> {
   Napi::Value GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
 
   // --- internals ---
+  // Writes one frame (with an all-zero virtio_net_hdr in front when zeroHdr), or queues it behind a
+  // non-empty queue or on EAGAIN. Returns the frames accepted (0 or frames).
+  uint32_t Emit(const uint8_t* data, size_t len, bool zeroHdr, uint32_t frames, size_t bytes) {
+    static const uint8_t kZero[gro::kVnetHdrBytes] = {};
+    if (qcount_ == 0) {
+      ssize_t w;
+      do {
+        if (zeroHdr) {
+          struct iovec iov[2] = {{const_cast<uint8_t*>(kZero), gro::kVnetHdrBytes}, {const_cast<uint8_t*>(data), len}};
+          w = writev(fd_, iov, 2);
+        } else {
+          w = write(fd_, data, len);
+        }
+      } while (w < 0 && errno == EINTR);
+      if (w >= 0) {
+        Written(frames, bytes);
+        return frames;
+      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        ctr_[C_TX_DROPPED_ERROR] += frames;
+        ctr_[C_LAST_ERRNO] = errno;
+        return 0;
+      }
+      ctr_[C_TX_EAGAIN]++;
+    }
+    if (qcount_ >= ring_.size()) {
+      ctr_[C_TX_DROPPED_QUEUE] += frames;
+      return 0;
+    }
+    std::vector<uint8_t>& slot = ring_[(qhead_ + qcount_) % ring_.size()];  // reuses the slot's capacity
+    if (zeroHdr) {
+      slot.assign(kZero, kZero + gro::kVnetHdrBytes);
+      slot.insert(slot.end(), data, data + len);
+    } else {
+      slot.assign(data, data + len);
+    }
+    qcount_++;
+    return frames;
+  }
+
+  // Writes merged_ (a coalesced frame with its header). A kernel that refuses it (EINVAL) gets the
+  // segments one by one from now on.
+  uint32_t EmitMerged(uint32_t frames, size_t bytes) {
+    if (qcount_ == 0) {
+      ssize_t w;
+      do w = write(fd_, merged_.data(), merged_.size());
+      while (w < 0 && errno == EINTR);
+      if (w >= 0) {
+        Written(frames, bytes);
+        ctr_[C_TX_COALESCED] += frames;
+        return frames;
+      }
+      if (errno == EINVAL) {
+        groBroken_ = true;
+        ctr_[C_LAST_ERRNO] = EINVAL;
+        uint32_t ok = 0;
+        for (const gro::Seg& sg : segs_) ok += Emit(sg.f, sg.len, true, 1, sg.len);
+        return ok;
+      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        ctr_[C_TX_DROPPED_ERROR] += frames;
+        ctr_[C_LAST_ERRNO] = errno;
+        return 0;
+      }
+      ctr_[C_TX_EAGAIN]++;
+    }
+    if (qcount_ >= ring_.size()) {
+      ctr_[C_TX_DROPPED_QUEUE] += frames;
+      return 0;
+    }
+    ring_[(qhead_ + qcount_) % ring_.size()].assign(merged_.begin(), merged_.end());
+    qcount_++;
+    return frames;
+  }
+
+  void Written(uint32_t frames, size_t bytes) {
+    ctr_[C_TX_FRAMES] += frames;
+    ctr_[C_TX_BYTES] += (double)bytes;
+    ctr_[C_TX_WRITES]++;
+  }
+
   static bool Frame(napi_env env, napi_value arr, uint32_t i, uint8_t** data, size_t* len) {
     napi_value v;
     void* d = nullptr;
@@ -554,8 +653,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
         ctr_[C_TX_DROPPED_ERROR]++;
         ctr_[C_LAST_ERRNO] = errno;
       } else {
-        ctr_[C_TX_FRAMES]++;
-        ctr_[C_TX_BYTES] += (double)s.size();
+        Written(1, s.size());
       }
       qhead_ = (qhead_ + 1) % ring_.size();
       qcount_--;
@@ -590,7 +688,14 @@ class Tap : public Napi::ObjectWrap<Tap> {
     size_t n = 0;
     int err = 0;
     while (n < maxFrames_) {
-      ssize_t r = read(fd_, slab_ + n * stride_, stride_);
+      ssize_t r;
+      if (info_.vnet) {
+        struct iovec iov[2] = {{vnetScratch_, gro::kVnetHdrBytes}, {slab_ + n * stride_, stride_}};
+        r = readv(fd_, iov, 2);
+        if (r >= 0) r = r > (ssize_t)gro::kVnetHdrBytes ? r - (ssize_t)gro::kVnetHdrBytes : 0;
+      } else {
+        r = read(fd_, slab_ + n * stride_, stride_);
+      }
       if (r > 0) {
         lens_[n++] = (uint32_t)r;
       } else if (r == 0) {
@@ -716,8 +821,13 @@ class Tap : public Napi::ObjectWrap<Tap> {
   // counters
   double* ctr_ = nullptr;
   Napi::ObjectReference ctrRef_;
-  // write queue: ring of reusable slots
+  // write queue: ring of reusable slots (with their virtio_net_hdr when info_.vnet)
   std::vector<std::vector<uint8_t>> ring_;
+  // coalescing (gro.h)
+  uint8_t vnetScratch_[gro::kVnetHdrBytes] = {};
+  std::vector<gro::Seg> segs_;
+  std::vector<uint8_t> merged_;
+  bool groBroken_ = false;  // the kernel refused a coalesced frame once: write segments one by one
   size_t qhead_ = 0, qcount_ = 0;
 };
 

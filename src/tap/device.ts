@@ -15,6 +15,8 @@ export interface TapStats {
   txBytes: number;
   txDropped: number; // write queue full (kernel not draining) or interface gone
   rxErrors: number;
+  txCoalesced?: number; // frames written as part of coalesced TCP (GSO) frames
+  txWrites?: number; // writes to the kernel (coalesced frames count once)
 }
 
 export interface TapDevice {

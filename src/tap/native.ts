@@ -53,6 +53,8 @@ const C = {
   txQueued: 5,
   txEagain: 6,
   lastErrno: 7,
+  txCoalesced: 8,
+  txWrites: 9,
 } as const;
 const COUNTERS = Object.keys(C).length;
 
@@ -155,6 +157,8 @@ export class NativeTap implements TapDevice {
       txBytes: c[C.txBytes],
       txDropped: c[C.txDroppedQueue] + c[C.txDroppedError] + this.jsDropped,
       rxErrors: c[C.rxErrors],
+      txCoalesced: c[C.txCoalesced],
+      txWrites: c[C.txWrites],
     };
   }
 
