@@ -270,6 +270,7 @@ export class Lab implements Teardown {
         : `private_key_file: ${path.basename(s.keyFile)}`,
       `listen: "${opts.listen ?? s.endpoint}"`,
       `log_level: ${this.opts.logLevel ?? 'info'}`,
+      `control: { socket: ${path.join(this.dir, s.name + '.sock')} }`, // labs run side by side: no shared /run path
       'tap:',
       `  name: ${TAP_NAME}`,
       ...(this.opts.tapMtu ? [`  mtu: ${this.opts.tapMtu}`] : []),
