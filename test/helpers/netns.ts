@@ -1,5 +1,5 @@
 // Namespace tests: a lab per test with its own random prefix, torn down by t.teardown even on failure.
-// They need root, iproute2, ping, iperf3 and the built TAP addon; without them they are skipped, saying why.
+// They need root, iproute2, ping, iperf3 and the built TAP addon; without them they fail, saying why.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -15,9 +15,9 @@ export const netnsSkipReason: string | null = (() => {
   return null;
 })();
 
-/** test.serial, or test.skip with the reason in the title when the lab cannot run. */
+/** test.serial; when the lab cannot run here, the test fails saying why (the suite needs root and tools). */
 export const netnsTest: typeof test.serial = (netnsSkipReason
-  ? ((title: string, ...rest: any[]) => (test.skip as any)(`${title} [skipped: ${netnsSkipReason}]`, ...rest))
+  ? ((title: string) => test.serial(title, (t) => t.fail(`cannot run: ${netnsSkipReason}`)))
   : test.serial) as typeof test.serial;
 
 export function newPrefix(): string {
