@@ -12,6 +12,10 @@ const PORT_SERIES_MAX = 256;
 export function daemonRegistry(d: Daemon): client.Registry {
   const register = new client.Registry();
   client.collectDefaultMetrics({ register, prefix: 'homewire_' });
+  // prom-client names these gauges *_total, which Prometheus conventions (and promtool) reserve for counters.
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+    register.removeSingleMetric('homewire_' + name);
+  }
   const peers = () => d.mesh.peers;
 
   const perPeer = (name: string, help: string, read: (p: any) => number, type: 'counter' | 'gauge') => {
