@@ -127,3 +127,85 @@ inline void Build(const Seg* segs, int count, size_t totalPayload, std::vector<u
 }
 
 }  // namespace gro
+
+// ---- Read side: the kernel hands the TAP large TCP frames (TSO) and partial checksums ------------------
+namespace gso {
+
+struct VnetHdr {
+  uint8_t flags, gsoType;
+  uint16_t hdrLen, gsoSize, csumStart, csumOffset;
+};
+
+inline VnetHdr ReadHdr(const uint8_t* v) {
+  VnetHdr h;
+  h.flags = v[0];
+  h.gsoType = v[1];
+  std::memcpy(&h.hdrLen, v + 2, 2);
+  std::memcpy(&h.gsoSize, v + 4, 2);
+  std::memcpy(&h.csumStart, v + 6, 2);
+  std::memcpy(&h.csumOffset, v + 8, 2);
+  return h;
+}
+
+// Completes a CHECKSUM_PARTIAL frame in place: the field at csumStart+csumOffset holds the pseudo-header
+// sum; the checksum covers everything from csumStart. False if the offsets are out of range.
+inline bool CompleteChecksum(uint8_t* f, size_t len, const VnetHdr& h) {
+  if ((size_t)h.csumStart + h.csumOffset + 2 > len) return false;
+  uint16_t c = (uint16_t)~gro::Fold(gro::Sum16(f + h.csumStart, len - h.csumStart, 0));
+  if (c == 0 && f[h.csumStart + 6] == 0) c = 0xffff;  // harmless for TCP; UDP's "no checksum" is 0
+  gro::Wr16(f + h.csumStart + h.csumOffset, c);
+  return true;
+}
+
+// Number of segments a TSO frame becomes, or 0 if it is not an IPv4 TCP frame this code can cut.
+inline size_t SegmentCount(const uint8_t* f, size_t len, const VnetHdr& h, size_t* hdrs) {
+  if (h.gsoSize == 0 || len < gro::kEth + 20 || f[12] != 0x08 || f[13] != 0x00) return 0;
+  const uint8_t* ip = f + gro::kEth;
+  size_t ihl = (size_t)(ip[0] & 15) * 4;
+  if ((ip[0] >> 4) != 4 || ihl < 20 || ip[9] != 6 || len < gro::kEth + ihl + 20) return 0;
+  size_t thl = (size_t)(ip[ihl + 12] >> 4) * 4;
+  *hdrs = gro::kEth + ihl + thl;
+  if (thl < 20 || *hdrs >= len) return 0;
+  return (len - *hdrs + h.gsoSize - 1) / h.gsoSize;
+}
+
+// Cuts a TSO frame into segment frames of at most gsoSize payload bytes, each with its own IPv4 header
+// (length, ID, checksum) and full TCP checksum; FIN/PSH only on the last, CWR only on the first.
+// Segment i goes to out + i*stride; its length to lens[i].
+inline void Segment(const uint8_t* f, size_t len, const VnetHdr& h, size_t hdrs, uint8_t* out, size_t stride,
+                    uint32_t* lens) {
+  const uint8_t* ip = f + gro::kEth;
+  size_t ihl = (size_t)(ip[0] & 15) * 4;
+  size_t thl = hdrs - gro::kEth - ihl;
+  size_t payload = len - hdrs;
+  uint32_t seq0 = gro::Rd32(ip + ihl + 4);
+  uint16_t id0 = gro::Rd16(ip + 4);
+  uint32_t pseudoAddrs = gro::Sum16(ip + 12, 8, 0) + 6;
+  size_t i = 0;
+  for (size_t off = 0; off < payload; off += h.gsoSize, i++) {
+    size_t n = payload - off < h.gsoSize ? payload - off : h.gsoSize;
+    bool last = off + n >= payload;
+    uint8_t* s = out + i * stride;
+    std::memcpy(s, f, hdrs);
+    std::memcpy(s + hdrs, f + hdrs + off, n);
+    uint8_t* sip = s + gro::kEth;
+    uint8_t* tcp = sip + ihl;
+    gro::Wr16(sip + 2, (uint16_t)(ihl + thl + n));
+    gro::Wr16(sip + 4, (uint16_t)(id0 + i));
+    gro::Wr16(sip + 10, 0);
+    gro::Wr16(sip + 10, (uint16_t)~gro::Fold(gro::Sum16(sip, ihl, 0)));
+    uint32_t seq = seq0 + (uint32_t)off;
+    tcp[4] = (uint8_t)(seq >> 24);
+    tcp[5] = (uint8_t)(seq >> 16);
+    tcp[6] = (uint8_t)(seq >> 8);
+    tcp[7] = (uint8_t)seq;
+    if (!last) tcp[13] &= (uint8_t)~0x09;  // FIN, PSH
+    if (i > 0) tcp[13] &= (uint8_t)~0x80;  // CWR
+    gro::Wr16(tcp + 16, 0);
+    uint32_t sum = gro::Sum16(tcp, thl + n, pseudoAddrs + (uint32_t)(thl + n));
+    gro::Wr16(tcp + 16, (uint16_t)~gro::Fold(sum));
+    lens[i] = (uint32_t)(hdrs + n);
+  }
+}
+
+}  // namespace gso

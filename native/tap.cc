@@ -65,11 +65,12 @@ enum Counter : int {
   C_LAST_ERRNO,            // last data-path errno seen (positive), 0 if none
   C_TX_COALESCED,          // frames written as part of a coalesced (GSO) frame
   C_TX_WRITES,             // write() calls that succeeded (coalesced frames count once)
+  C_RX_SEGMENTED,          // frames cut out of large (TSO) reads
   C_COUNT
 };
 const char* const kCounterNames[C_COUNT] = {"txFrames",    "txBytes",  "txDroppedQueue", "txDroppedError",
                                             "rxErrors",    "txQueued", "txEagain",       "lastErrno",
-                                            "txCoalesced", "txWrites"};
+                                            "txCoalesced", "txWrites", "rxSegmented"};
 
 // ---- Errors ------------------------------------------------------------------------------------
 struct SysErr {
@@ -291,7 +292,9 @@ bool OpenTap(const OpenArgs& a, OpenResult* r, SysErr* e) {
     // enabled for reads, so frames from the kernel arrive whole, with checksums, and a zero header.
     int hdrSize = (int)gro::kVnetHdrBytes;
     (void)ioctl(fd, TUNSETVNETHDRSZ, &hdrSize);  // 10 is also the kernel's default
-    (void)ioctl(fd, TUNSETOFFLOAD, 0UL);
+    // Reads: the kernel may hand over large TCP frames (TSO) and partial checksums; the addon cuts and
+    // completes them (gro.h, gso::) before JS sees them, so the mesh only ever carries ordinary frames.
+    if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4)) != 0) (void)ioctl(fd, TUNSETOFFLOAD, 0UL);
     r->vnet = true;
   }
 
@@ -530,6 +533,33 @@ class Tap : public Napi::ObjectWrap<Tap> {
   Napi::Value GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
 
   // --- internals ---
+  // A frame read with its virtio_net_hdr into big_: copied into the slab as it is, with its checksum
+  // completed, or cut into segments (TSO). Delivers the batch first when the segments would not fit.
+  // False if the frame was malformed (dropped).
+  bool TakeOffloaded(size_t len, size_t* n) {
+    gso::VnetHdr h = gso::ReadHdr(vnetScratch_);
+    uint8_t* f = big_.data();
+    if (h.gsoType == 0) {
+      if (len > stride_) return false;
+      if ((h.flags & gro::kVnetFlagNeedsCsum) && !gso::CompleteChecksum(f, len, h)) return false;
+      std::memcpy(slab_ + *n * stride_, f, len);
+      lens_[(*n)++] = (uint32_t)len;
+      return true;
+    }
+    size_t hdrs = 0;
+    size_t k = h.gsoType == 1 ? gso::SegmentCount(f, len, h, &hdrs) : 0;  // VIRTIO_NET_HDR_GSO_TCPV4
+    if (k == 0 || k > maxFrames_ || hdrs + h.gsoSize > stride_) return false;
+    if (*n + k > maxFrames_) {
+      CallRead((int32_t)*n);
+      *n = 0;
+      if (closed_ || !reading_) return true;
+    }
+    gso::Segment(f, len, h, hdrs, slab_ + *n * stride_, stride_, lens_ + *n);
+    *n += k;
+    ctr_[C_RX_SEGMENTED] += (double)k;
+    return true;
+  }
+
   // Writes one frame (with an all-zero virtio_net_hdr in front when zeroHdr), or queues it behind a
   // non-empty queue or on EAGAIN. Returns the frames accepted (0 or frames).
   uint32_t Emit(const uint8_t* data, size_t len, bool zeroHdr, uint32_t frames, size_t bytes) {
@@ -690,9 +720,18 @@ class Tap : public Napi::ObjectWrap<Tap> {
     while (n < maxFrames_) {
       ssize_t r;
       if (info_.vnet) {
-        struct iovec iov[2] = {{vnetScratch_, gro::kVnetHdrBytes}, {slab_ + n * stride_, stride_}};
+        struct iovec iov[2] = {{vnetScratch_, gro::kVnetHdrBytes}, {big_.data(), big_.size()}};
         r = readv(fd_, iov, 2);
-        if (r >= 0) r = r > (ssize_t)gro::kVnetHdrBytes ? r - (ssize_t)gro::kVnetHdrBytes : 0;
+        if (r >= 0) {
+          size_t len = r > (ssize_t)gro::kVnetHdrBytes ? (size_t)r - gro::kVnetHdrBytes : 0;
+          if (len == 0) continue;
+          if (!TakeOffloaded(len, &n)) {
+            if (closed_ || !reading_) return;
+            ctr_[C_RX_ERRORS]++;
+          }
+          if (closed_ || !reading_) return;
+          continue;
+        }
       } else {
         r = read(fd_, slab_ + n * stride_, stride_);
       }
@@ -826,6 +865,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
   // coalescing (gro.h)
   uint8_t vnetScratch_[gro::kVnetHdrBytes] = {};
   std::vector<gro::Seg> segs_;
+  std::vector<uint8_t> big_ = std::vector<uint8_t>(65536 + 256);  // one offloaded (TSO) read
   std::vector<uint8_t> merged_;
   bool groBroken_ = false;  // the kernel refused a coalesced frame once: write segments one by one
   size_t qhead_ = 0, qcount_ = 0;

@@ -63,7 +63,7 @@ export const MAC_TABLE_MAX = 16_384;
 export const TICK_MS = 250; // one tick drives all ageing, retries, keepalives
 
 // --- TAP --------------------------------------------------------------------------------------------
-export const TAP_FRAMES_PER_WAKEUP = 64;
+export const TAP_FRAMES_PER_WAKEUP = 128; // slab slots: a 64 KB TSO read alone cuts into ~48 frames
 export const TAP_FRAME_STRIDE_BYTES = 9216; // room for jumbo frames up to 9 KB
 export const TAP_TX_QUEUE_LEN = 10_000; // kernel queue towards the daemon (default 1000 overflows in bursts)
 export const TAP_WRITE_QUEUE_MAX = 1024; // frames waiting on EAGAIN before new ones are dropped

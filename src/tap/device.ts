@@ -17,6 +17,7 @@ export interface TapStats {
   rxErrors: number;
   txCoalesced?: number; // frames written as part of coalesced TCP (GSO) frames
   txWrites?: number; // writes to the kernel (coalesced frames count once)
+  rxSegmented?: number; // frames cut out of large (TSO) reads
 }
 
 export interface TapDevice {

@@ -55,6 +55,7 @@ const C = {
   lastErrno: 7,
   txCoalesced: 8,
   txWrites: 9,
+  rxSegmented: 10,
 } as const;
 const COUNTERS = Object.keys(C).length;
 
@@ -159,6 +160,7 @@ export class NativeTap implements TapDevice {
       rxErrors: c[C.rxErrors],
       txCoalesced: c[C.txCoalesced],
       txWrites: c[C.txWrites],
+      rxSegmented: c[C.rxSegmented],
     };
   }
 
