@@ -51,6 +51,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+void InitUdp(Napi::Env env, Napi::Object exports);  // native/udp.cc: batched UDP sends
+
 namespace {
 
 // ---- Shared counters (Float64Array; doubles are exact to 2^53) ---------------------------------
@@ -953,6 +955,7 @@ Napi::Value SocketPair(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
+  InitUdp(env, exports);
   AddonData* data = new AddonData();
   data->tapCtor = Napi::Persistent(Tap::Define(env));
   env.SetInstanceData<AddonData>(data);

@@ -80,7 +80,7 @@ export class Daemon {
       control: (peer, payload) => sw.onControl(peer, payload),
       peerState: (peer, up) => log.info({ peer: peer.name, endpoint: peer.endpoint }, up ? 'peer up' : 'peer down'),
     });
-    this.tap.start({ frame: (frame) => sw.fromTap(frame), batchEnd: () => {} });
+    this.tap.start({ frame: (frame) => sw.fromTap(frame), batchEnd: () => mesh.flush() });
     this.timer = setInterval(() => this.tick(), TICK_MS);
     if (this.services) {
       try {

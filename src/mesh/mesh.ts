@@ -1,6 +1,8 @@
 // The encrypted mesh: sessions with every configured peer over one UDP socket.
 //
-// Outbound (send path):  switch → sendFrame → current keypair → seal → udp.send
+// Outbound (send path):  switch → sendFrame → current keypair → seal → peer outbox → flush → udp.sendBatch
+//                        (flushed at the end of each TAP batch, else on the next turn: one batched send
+//                         per peer per batch, so runs of full-size datagrams leave as one UDP GSO send)
 // Inbound  (receive):    udp message → classify → index table → open (decrypt in place) → replay → roam → switch
 // Handshake messages are queued and processed on their own event-loop turns (processHandshakes), never on
 // the receive path. All time policy lives in timers.ts; the data path only records times.
@@ -79,6 +81,9 @@ export class Mesh {
   private readonly timers: MeshTimers;
   private handler: MeshHandler | null = null;
   private closed = false;
+  private readonly outboxPeers: Peer[] = [];
+  private flushScheduled = false;
+  private readonly flushBound = () => this.flush();
 
   constructor(private readonly keys: StaticKeys, readonly socket: UdpSocket, peers: PeerConfig[],
     private readonly log: Logger, private readonly now: () => number = Date.now) {
@@ -173,12 +178,30 @@ export class Mesh {
     }
     const out = keypair.seal(type, payload);
     if (out === null) { this.drops.counter_range++; this.timers.sessionWanted(peer); return; }
-    this.socket.send(out, ep.port, ep.address);
+    if (peer.outbox.push(out) === 1) this.outboxPeers.push(peer);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushBound);
+    }
     peer.lastSentMs = this.nowMs;
     if (payload.length > 0) {
       peer.stats.txPackets++;
       peer.stats.txBytes += payload.length;
     }
+  }
+
+  /** Sends every peer's sealed datagrams, one batch per peer. Called at the end of a TAP batch. */
+  flush(): void {
+    this.flushScheduled = false;
+    const peers = this.outboxPeers;
+    for (let i = 0; i < peers.length; i++) {
+      const peer = peers[i];
+      const box = peer.outbox;
+      const ep = peer.endpoint;
+      if (ep !== null && !this.closed) this.socket.sendBatch(box, box.length, ep.port, ep.address);
+      box.length = 0;
+    }
+    peers.length = 0;
   }
 
   /** @internal timers: an authenticated empty data message. */

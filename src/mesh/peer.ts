@@ -40,6 +40,8 @@ export class Peer {
   lastHandshakeMs = 0; // completed, either side
   rttMs = -1; // handshake round trip as initiator
   up = false; // an authenticated packet arrived within PEER_DOWN_AFTER_MS
+  /** Sealed datagrams waiting for this turn's batched send (Mesh.flush). */
+  outbox: Buffer[] = [];
   /** Frames waiting for a session (copies), bounded. */
   staged: Buffer[] = [];
   readonly stats: PeerStats = { rxBytes: 0, rxPackets: 0, txBytes: 0, txPackets: 0, roams: 0 };

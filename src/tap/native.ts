@@ -39,6 +39,8 @@ export interface TapAddon {
   open(opts: { name: string; mtu: number; bridge?: string; txQueueLen?: number } & NativeCommonOptions): NativeTapHandle;
   /** Test hook: wrap any non-blocking datagram fd (see socketPair) as a Tap. */
   wrapFd(fd: number, opts: NativeCommonOptions): NativeTapHandle;
+  /** native/udp.cc: batched sends on a UDP socket's fd (UDP GSO for runs of equal-size datagrams). */
+  udpSendBatch(fd: number, address: string, port: number, packets: readonly Buffer[], count: number, gso: boolean): number;
   /** Test hook: an AF_UNIX datagram socket pair, non-blocking, with the given send buffer. */
   socketPair(sndbufBytes?: number): [number, number];
 }

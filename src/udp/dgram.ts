@@ -1,12 +1,33 @@
 // The underlay socket on node:dgram. One event and one Buffer per datagram: the Buffer is handed to the
 // mesh, which decrypts it in place and passes the frame on without copying.
 import dgram from 'node:dgram';
+import os from 'node:os';
 import { OperatorError } from '../errors.ts';
 import type { UdpHandler, UdpSocket } from './socket.ts';
 
 const SOCKET_BUFFER_BYTES = 8 * 1024 * 1024; // capped by net.core.rmem_max / wmem_max
 
+type BatchSender = (fd: number, address: string, port: number, packets: readonly Buffer[], count: number, gso: boolean) => number;
+
+/** The addon's batched sender, if the addon is built (the daemon runs without it, one send per datagram). */
+async function loadBatchSender(): Promise<BatchSender | null> {
+  try {
+    const { loadTapAddon } = await import('../tap/native.ts');
+    return loadTapAddon().udpSendBatch;
+  } catch {
+    return null;
+  }
+}
+
+const EAGAIN = os.constants.errno.EAGAIN;
+
 export class DgramSocket implements UdpSocket {
+  private batchSender: BatchSender | null = null;
+  private fd = -1;
+  private gso = true;
+  /** Datagrams that went out through the batched path, and how many fell back to dgram. */
+  readonly batchStats = { batched: 0, fallback: 0, gsoDisabled: false };
+
   private constructor(private readonly sock: dgram.Socket, readonly address: string, readonly port: number,
     readonly family: 4 | 6) {}
 
@@ -35,7 +56,16 @@ export class DgramSocket implements UdpSocket {
           sock.setSendBufferSize(SOCKET_BUFFER_BYTES);
         } catch { /* best effort: capped by sysctl */ }
         const bound = sock.address();
-        resolve(new DgramSocket(sock, bound.address, bound.port, family));
+        const socket = new DgramSocket(sock, bound.address, bound.port, family);
+        // dgram's own fd (Linux): sends in batches through the addon; receiving stays dgram's.
+        const fd = (sock as any)._handle?.fd;
+        loadBatchSender().then((sender) => {
+          if (sender && typeof fd === 'number' && fd >= 0) {
+            socket.batchSender = sender;
+            socket.fd = fd;
+          }
+          resolve(socket);
+        });
       });
     });
   }
@@ -48,6 +78,27 @@ export class DgramSocket implements UdpSocket {
 
   send(msg: Buffer, port: number, address: string): void {
     this.sock.send(msg, port, address);
+  }
+
+  /** Runs of equal-size datagrams leave as one UDP GSO send; the rest in one sendmmsg. */
+  sendBatch(msgs: Buffer[], count: number, port: number, address: string): void {
+    let sent = 0;
+    if (this.batchSender !== null) {
+      let r = this.batchSender(this.fd, address, port, msgs, count, this.gso);
+      if (r < 0 && this.gso && r !== -EAGAIN) {
+        // A kernel or path without UDP GSO: plain sendmmsg from now on.
+        this.gso = false;
+        this.batchStats.gsoDisabled = true;
+        r = this.batchSender(this.fd, address, port, msgs, count, false);
+      }
+      sent = r > 0 ? r : 0;
+      this.batchStats.batched += sent;
+    }
+    // What the batch did not take (no addon, EAGAIN, an error) goes through dgram, which queues.
+    for (let i = sent; i < count; i++) {
+      this.batchStats.fallback++;
+      this.sock.send(msgs[i], port, address);
+    }
   }
 
   close(): Promise<void> {

@@ -48,6 +48,9 @@ export class MemoryUdp implements UdpSocket {
   }
   start(handler: UdpHandler): void { this.handler = handler; }
   send(msg: Buffer, port: number, address: string): void { this.net.route(msg, this, port, address); }
+  sendBatch(msgs: Buffer[], count: number, port: number, address: string): void {
+    for (let i = 0; i < count; i++) this.net.route(msgs[i], this, port, address);
+  }
   deliver(msg: Buffer, address: string, port: number): void {
     this.net.delivered++;
     this.handler?.(msg, address, port);

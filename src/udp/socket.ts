@@ -13,5 +13,7 @@ export interface UdpSocket {
   start(handler: UdpHandler): void;
   /** Fire-and-forget send. OWNERSHIP of msg passes to the socket. */
   send(msg: Buffer, port: number, address: string): void;
+  /** Fire-and-forget send of msgs[0..count) to one destination, in order. OWNERSHIP passes. */
+  sendBatch(msgs: Buffer[], count: number, port: number, address: string): void;
   close(): Promise<void>;
 }
