@@ -21,6 +21,13 @@ async function loadBatchSender(): Promise<BatchSender | null> {
 
 const EAGAIN = os.constants.errno.EAGAIN;
 
+/** The fd under a bound dgram socket (Linux), via its internal state (the public _handle is deprecated). */
+function socketFd(sock: dgram.Socket): number {
+  const state = Object.getOwnPropertySymbols(sock).find((s) => s.description === 'state symbol');
+  const fd = state ? (sock as any)[state]?.handle?.fd : undefined;
+  return typeof fd === 'number' ? fd : -1;
+}
+
 export class DgramSocket implements UdpSocket {
   private batchSender: BatchSender | null = null;
   private fd = -1;
@@ -58,7 +65,7 @@ export class DgramSocket implements UdpSocket {
         const bound = sock.address();
         const socket = new DgramSocket(sock, bound.address, bound.port, family);
         // dgram's own fd (Linux): sends in batches through the addon; receiving stays dgram's.
-        const fd = (sock as any)._handle?.fd;
+        const fd = socketFd(sock);
         loadBatchSender().then((sender) => {
           if (sender && typeof fd === 'number' && fd >= 0) {
             socket.batchSender = sender;
