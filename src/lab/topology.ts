@@ -74,7 +74,7 @@ export interface LabOptions {
   peersOf?: (site: string, sites: string[]) => string[];
   /** TAP MTU written into the configs (default: the daemon's own default for the family, not written). */
   tapMtu?: number;
-  /** Static overlay addresses on the LAN host and the guests (default true; false when DHCP hands them out). */
+  /** Static overlay addresses on the guests (default true; false when DHCP hands them out). The LAN host always has one. */
   staticAddresses?: boolean;
   /** Extra YAML appended to a site's config (e.g. a dhcp: section). */
   siteConfig?: (site: string) => string;
@@ -242,7 +242,8 @@ export class Lab implements Teardown {
       await ipn(s.ns, 'link', 'add', port, 'mtu', mtu, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', h.ns);
       await ipn(s.ns, 'link', 'set', port, 'master', SITE_BRIDGE, 'up');
       await ipn(h.ns, 'link', 'set', 'eth0', 'mtu', mtu);
-      if (this.opts.staticAddresses !== false) {
+      // The LAN host's address is the home router's business (static here); guests may use DHCP.
+      if (this.opts.staticAddresses !== false || s.role === 'home') {
         await ipn(h.ns, 'addr', 'add', `${h.ip}/${PLAN.overlayLen}`, 'dev', 'eth0');
       }
       await ipn(h.ns, 'link', 'set', 'eth0', 'up');
