@@ -30,6 +30,7 @@ missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
+command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
 if [ "$need_build" = 1 ]; then
   { command -v make >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1; } || missing+=(build-essential)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)

@@ -8,7 +8,7 @@
 // Exits non-zero if a ping through the mesh fails.
 import fs from 'node:fs';
 import path from 'node:path';
-import { hasProgram, Lab, PLAN } from './topology.ts';
+import { hasProgram, HOMEWIRE_BIN, Lab, PLAN } from './topology.ts';
 import type { Packet } from './pcap.ts';
 import type { PingResult } from './run.ts';
 
@@ -36,12 +36,21 @@ async function main(): Promise<number> {
 
   step(1, 'Building the sites');
   const t0 = Date.now();
-  const lab = await Lab.create({ prefix: 'hwdemo-', family: ipv6 ? 6 : 4, start: false });
+  const lab = await Lab.create({
+    prefix: 'hwdemo-', family: ipv6 ? 6 : 4, start: false, staticAddresses: false,
+    // The home site serves DHCP to the guests behind the mesh (the LAN host keeps the home router's address).
+    siteConfig: (site) => site !== 'home' ? '' : ['dhcp:', `  subnet: ${PLAN.lan.replace(/\.1$/, '.0')}/${PLAN.overlayLen}`,
+      `  server_ip: ${PLAN.dhcpServer}`, `  pool: ${PLAN.dhcpPool[0]}-${PLAN.dhcpPool[1]}`, `  router: ${PLAN.lan}`,
+      '  domain: home.example', '  lease_seconds: 3600', '  lease_db: leases.db'].join('\n') + '\n',
+  });
+  const addr = new Map<string, string>([['lan', lab.host('lan').ip]]);
+  const ipOf = (name: string) => addr.get(name) ?? lab.host(name).ip;
   const fam = ipv6 ? 'IPv6 2001:db8::/64' : 'IPv4 192.0.2.0/24 (TEST-NET-1)';
   say(`   ${'underlay'.padEnd(8)} namespace ${lab.underlayNs}: a bridge standing in for the internet, ${fam}`);
   for (const s of lab.sites) {
     const what = s.role === 'home' ? `LAN host ${s.host.name}` : `VM ${s.host.name}`;
-    say(`   ${s.name.padEnd(8)} underlay ${s.address.padEnd(12)} ${what.padEnd(17)} ${s.host.ip.padEnd(14)} public key ${s.publicKey}`);
+    const where = s.role === 'home' ? s.host.ip : '(DHCP)';
+    say(`   ${s.name.padEnd(8)} underlay ${s.address.padEnd(12)} ${what.padEnd(17)} ${where.padEnd(14)} public key ${s.publicKey}`);
   }
   say(`   The home LAN is ${PLAN.lan.replace(/\.1$/, '.0')}/${PLAN.overlayLen} (TEST-NET-2). Each site bridges its TAP hw0 and its LAN/VM`);
   say(`   port on br-hw; the LAN host and VMs use MTU ${lab.tapMtu}, the TAP's (an L2 overlay cannot send "fragmentation needed").`);
@@ -58,22 +67,37 @@ async function main(): Promise<number> {
   }
   say(dim(`   (lab built and meshed in ${((Date.now() - t0) / 1000).toFixed(1)} s)`));
 
+  let failed = 0;
+  step(3, 'Guests on the VM hosts ask for an address: DHCP over the mesh, answered by the home site');
+  for (const guest of ['guest-a', 'guest-b']) {
+    const lease = await dhcpLease(lab, guest);
+    if (!lease) {
+      failed++;
+      say(`   ${guest.padEnd(8)} ${bad('got no lease')}`);
+      continue;
+    }
+    addr.set(guest, lease.ip);
+    say(`   ${guest.padEnd(8)} ${good(lease.ip)} from server ${lease.serverid}, router ${lease.router}, domain ${lease.domain}, MTU ${lease.mtu}, lease ${lease.lease} s`);
+  }
+  const leases = await lab.exec('home', [process.execPath, HOMEWIRE_BIN, 'leases', '--config', lab.site('home').configFile]);
+  say(dim('   `homewire leases` at home:'));
+  for (const line of leases.stdout.trimEnd().split('\n')) say(dim(`     ${line}`));
+
   const snmpBefore = await lab.snmp('home');
   const ulBefore = await lab.linkStats('home', 'eth0');
 
-  step(3, 'Pinging through the mesh (5 pings each)');
-  let failed = 0;
+  step(4, 'Pinging through the mesh (5 pings each)');
   const pairs: Array<[string, string]> = [['guest-a', 'guest-b'], ['guest-b', 'guest-a'], ['lan', 'guest-a'], ['guest-a', 'lan'], ['lan', 'guest-b'], ['guest-b', 'lan']];
   for (const [from, to] of pairs) {
-    const p = await lab.ping(from, to, { count: 5, intervalS: 0.2 });
+    const p = await lab.ping(from, ipOf(to), { count: 5, intervalS: 0.2 });
     if (!p.ok) failed++;
-    say(`   ${from.padEnd(7)} → ${to.padEnd(7)} ${lab.host(to).ip.padEnd(14)} ${pingLine(p)}`);
+    say(`   ${from.padEnd(7)} → ${to.padEnd(7)} ${ipOf(to).padEnd(14)} ${pingLine(p)}`);
   }
-  const full = await lab.ping('guest-a', 'lan', { count: 3, intervalS: 0.2, size: lab.tapMtu - 28, dontFragment: true });
+  const full = await lab.ping('guest-a', ipOf('lan'), { count: 3, intervalS: 0.2, size: lab.tapMtu - 28, dontFragment: true });
   if (!full.ok) failed++;
   say(`   guest-a → lan     full ${lab.tapMtu}-byte packets, don't fragment: ${pingLine(full)}`);
 
-  step(4, 'Throughput: iperf3 TCP, 3 s, guest-a → lan');
+  step(5, 'Throughput: iperf3 TCP, 3 s, guest-a → lan');
   try {
     const r = await lab.iperf3('guest-a', 'lan', { seconds: 3 });
     say(`   ${bold(`${r.mbps.toFixed(0)} Mbit/s`)} received${r.retransmits !== null ? `, ${r.retransmits} TCP retransmits` : ''} ${dim('(one stream, through encryption and two TAPs, on this machine)')}`);
@@ -81,32 +105,33 @@ async function main(): Promise<number> {
     say(`   ${bad('iperf3 failed:')} ${(err as Error).message}`);
   }
 
-  step(5, 'What the underlay carries');
+  step(6, 'What the underlay carries');
   const snmpAfter = await lab.snmp('home');
   const ulAfter = await lab.linkStats('home', 'eth0');
   const d = (k: string) => (snmpAfter[k] ?? 0) - (snmpBefore[k] ?? 0);
   const udpIn = d('Udp.InDatagrams') + d('Udp6InDatagrams');
   const tcpIn = d('Tcp.InSegs');
   const icmpIn = d('Icmp.InEchos') + d('Icmp.InEchoReps') + d('Icmp6InEchos') + d('Icmp6InEchoReplies');
-  say(`   Kernel counters of home's own network stack during steps 3-4 (the LAN's ICMP and TCP crossed home):`);
+  say(`   Kernel counters of home's own network stack during steps 4-5 (the LAN's ICMP and TCP crossed home):`);
   say(`     ${udpIn} UDP datagrams in, ${tcpIn} TCP segments in, ${icmpIn} ICMP echo messages in; eth0 received ${ulAfter.rxPackets - ulBefore.rxPackets} packets.`);
   const onlyUdp = tcpIn === 0 && icmpIn === 0 && udpIn > 0;
   say(`     ${onlyUdp ? good('✔') : bad('✘')} home's stack saw the LAN traffic only as UDP to its homewire port: the pings and the TCP stream`);
   say('       went through br-hw as Ethernet frames, and over the underlay inside encrypted datagrams.');
   if (hasProgram('tcpdump')) {
-    await showCapture(lab);
+    await showCapture(lab, ipOf);
   } else {
     say(dim('   (install tcpdump to also see a capture of the underlay: apt-get install tcpdump)'));
   }
 
-  step(6, failed ? bad(`${failed} ping run(s) failed`) : good('Every ping went through.'));
+  step(7, failed ? bad(`${failed} ping run(s) failed`) : good('Every ping went through.'));
   if (failed) {
     for (const s of lab.sites) say(dim(`--- ${s.name} log ---\n${lab.logTail(s.name, 10)}`));
   }
   if (keep) {
     say('   The lab keeps running until Ctrl-C. Try, in another terminal:');
     say(`     sudo ip netns exec ${lab.ns('guest-a')} ping ${PLAN.lan}`);
-    say(`     sudo ip netns exec ${lab.ns('lan')} ping ${lab.host('guest-b').ip}`);
+    say(`     sudo ip netns exec ${lab.ns('lan')} ping ${ipOf('guest-b')}`);
+    say(`     sudo node ${HOMEWIRE_BIN} status --config ${lab.site('home').configFile}`);
     say(`     sudo ip netns exec ${lab.ns('home')} ip -s link show hw0`);
     say(`     tail -f ${lab.site('home').logFile}`);
     say(`     sudo kill -TERM ${lab.site('home').daemon!.pid}   # stop home's daemon: its TAP goes away, pings stop`);
@@ -123,13 +148,28 @@ function pingLine(p: PingResult): string {
 }
 
 /** Captures the underlay (all ports of br-ul) and home's LAN port during patterned pings. */
-async function showCapture(lab: Lab): Promise<void> {
+/** Runs busybox udhcpc in the guest's namespace with a hook script of ours; returns the lease it applied. */
+async function dhcpLease(lab: Lab, guest: string): Promise<Record<string, string> | null> {
+  const script = path.join(lab.dir, `udhcpc-${guest}.sh`);
+  const envFile = `${script}.env`;
+  fs.writeFileSync(script, `#!/bin/sh\ncase "$1" in bound|renew)\n  ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface"\n  env > "${envFile}";;\nesac\nexit 0\n`, { mode: 0o755 });
+  const r = await lab.exec(guest, ['busybox', 'udhcpc', '-i', 'eth0', '-f', '-q', '-n', '-t', '10', '-T', '1', '-x', `hostname:${guest}`, '-s', script], { timeoutMs: 30_000 });
+  if (r.code !== 0 || !fs.existsSync(envFile)) return null;
+  const env: Record<string, string> = {};
+  for (const line of fs.readFileSync(envFile, 'utf8').split('\n')) {
+    const i = line.indexOf('=');
+    if (i > 0) env[line.slice(0, i)] = line.slice(i + 1);
+  }
+  return env;
+}
+
+async function showCapture(lab: Lab, ipOf: (name: string) => string): Promise<void> {
   const port = lab.site('home').port;
   const ulCap = await lab.capture('ul', 'any', path.join(lab.dir, 'underlay.pcap'));
   const lanCap = await lab.capture('home', 'lan0', path.join(lab.dir, 'lan0.pcap'));
   const hex = Buffer.from(PATTERN).toString('hex');
   await lab.ping('guest-a', 'lan', { count: 10, intervalS: 0.05, pattern: hex });
-  await lab.ping('guest-b', 'guest-a', { count: 10, intervalS: 0.05, pattern: hex });
+  await lab.ping('guest-b', ipOf('guest-a'), { count: 10, intervalS: 0.05, pattern: hex });
   const ul = await ulCap.stop();
   const lan = await lanCap.stop();
   const needle = Buffer.from(PATTERN.slice(0, 13));
