@@ -172,8 +172,12 @@ function fetchKernel(pkg: string, kernelDir: string, log: (msg: string) => void)
     log(`guest image: decompressing ${vmlinuz}`);
     fs.writeFileSync(path.join(staging, 'vmlinux'), extractVmlinux(fs.readFileSync(path.join(work, 'boot', vmlinuz)), work));
     fs.writeFileSync(path.join(staging, 'version'), version + '\n');
-    fs.rmSync(kernelDir, { recursive: true, force: true });
-    fs.renameSync(staging, kernelDir);
+    try {
+      fs.renameSync(staging, kernelDir);
+    } catch (err) {
+      // Another builder finished first (rename onto a non-empty directory fails): keep theirs, which may be in use.
+      if (!fs.existsSync(path.join(kernelDir, 'vmlinux'))) throw err;
+    }
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }
