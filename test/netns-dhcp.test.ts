@@ -33,7 +33,7 @@ async function dhcpLab(t: ExecutionContext): Promise<{ lab: Lab; leaseDb: string
 function hook(dir: string, name: string, body: string): string {
   const file = path.join(dir, name);
   // Written whole, then renamed: the test polls for the file and must never read half of it.
-  fs.writeFileSync(file, `#!/bin/sh\nenv | sort > "${dir}/${name}.$1.env.tmp" 2>/dev/null; mv "${dir}/${name}.$1.env.tmp" "${dir}/${name}.$1.env"\n${body}\nexit 0\n`, { mode: 0o755 });
+  fs.writeFileSync(file, `#!/bin/sh\n${body}\nenv | sort > "${dir}/${name}.$1.env.tmp" 2>/dev/null; mv "${dir}/${name}.$1.env.tmp" "${dir}/${name}.$1.env"\nexit 0\n`, { mode: 0o755 });
   return file;
 }
 
