@@ -76,11 +76,17 @@ async function main(argv: string[]): Promise<void> {
       process.stdout.write(formatLeases(listLeases(cfg.dhcp!.leaseDb), args.includes('--json')));
       return;
     }
+    case 'coordinator':
+    case 'agent':
+    case 'host':
+    case 'vm':
+    case 'image':
+      return (await import('./coordinator/cli.ts')).runCoordinatorCli(argv);
     case undefined:
     case 'help':
     case '--help':
     case '-h':
-      process.stdout.write(USAGE + '\n');
+      process.stdout.write(USAGE + '\n\n' + (await import('./coordinator/cli.ts')).COORDINATOR_USAGE + '\n');
       return;
     default:
       fail(`unknown command "${cmd}"\n${USAGE}`);

@@ -5,6 +5,7 @@ import net from 'node:net';
 import path from 'node:path';
 import YAML from 'yaml';
 import { defaultTapMtu, DEFAULT_PORT } from './constants.ts';
+import { type AgentConfig, parseAgentConfig } from './agent/config.ts';
 import { type DhcpConfig, parseDhcpConfig } from './dhcp/config.ts';
 import { ConfigError } from './errors.ts';
 import { decodeKey, publicKeyOf } from './mesh/keys.ts';
@@ -29,9 +30,11 @@ export interface Config {
   /** This site serves DHCP for the overlay (validated by the DHCP module). */
   dhcp?: DhcpConfig;
   control?: { socket: string };
+  /** This host joins a lifecycle coordinator (validated by the agent module). */
+  coordinator?: AgentConfig;
 }
 
-const TOP_KEYS = ['name', 'private_key', 'private_key_file', 'listen', 'tap', 'peers', 'metrics', 'log_level', 'dhcp', 'control'];
+const TOP_KEYS = ['name', 'private_key', 'private_key_file', 'listen', 'tap', 'peers', 'metrics', 'log_level', 'dhcp', 'control', 'coordinator'];
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$/;
 const IFNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$/;
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -138,6 +141,7 @@ export function parseConfig(text: string, file: string): Config {
   return {
     file, name, privateKey, publicKey, listen: { ...listen, family }, tap: { name: tapName, mtu, bridge }, peers,
     metrics, logLevel, dhcp: top.dhcp === undefined ? undefined : parseDhcpConfig(top.dhcp, file), control,
+    coordinator: top.coordinator === undefined ? undefined : parseAgentConfig(top.coordinator, file),
   };
 }
 

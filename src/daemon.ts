@@ -6,6 +6,7 @@ import { maxFrameBytes, TICK_MS } from './constants.ts';
 import { type Config, loadConfig } from './config.ts';
 import { defaultControlSocket, serveControl } from './control.ts';
 import { DhcpServer } from './dhcp/server.ts';
+import type { HostAgent } from './agent/agent.ts';
 import type { Logger } from './log.ts';
 import { encodeKey } from './mesh/keys.ts';
 import { Mesh } from './mesh/mesh.ts';
@@ -29,6 +30,7 @@ export class Daemon {
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
   private servers: http.Server[] = [];
+  private agent: HostAgent | null = null;
   readonly startedMs: number;
 
   private constructor(public config: Config, readonly tap: TapDevice, readonly mesh: Mesh, readonly sw: Switch,
@@ -89,6 +91,17 @@ export class Daemon {
         await this.stop();
         throw err;
       }
+    }
+    if (this.config.coordinator) {
+      // The host agent: registers with the coordinator, heartbeats, runs its VM commands (in the background).
+      const { HostAgent } = await import('./agent/agent.ts');
+      const dhcp = this.dhcp;
+      this.agent = new HostAgent(this.config.coordinator, {
+        name: this.config.name, bridge: this.config.tap.bridge, address: this.config.listen.address,
+        expect: (mac) => this.expect(mac), log: this.log.child({ part: 'agent' }),
+        reservations: dhcp ? (list) => dhcp.setExtraReservations(list) : undefined,
+      });
+      await this.agent.start();
     }
     log.info({
       node: this.config.name, listen: `${this.mesh.socket.address}:${this.mesh.socket.port}`, tap: this.tap.name,
@@ -170,6 +183,7 @@ export class Daemon {
       ['listen', JSON.stringify(old.listen), JSON.stringify(next.listen)], ['tap', JSON.stringify(old.tap), JSON.stringify(next.tap)],
       ['metrics', JSON.stringify(old.metrics), JSON.stringify(next.metrics)], ['dhcp', JSON.stringify(old.dhcp), JSON.stringify(next.dhcp)],
       ['control', JSON.stringify(old.control), JSON.stringify(next.control)],
+      ['coordinator', JSON.stringify(old.coordinator), JSON.stringify(next.coordinator)],
     ] as const) {
       if (a !== b) {
         this.log.warn({ key }, 'this setting changed but applies only after a restart');
@@ -206,6 +220,7 @@ export class Daemon {
       handshakes: { ...this.mesh.handshakes },
       mobility: { ...this.sw.mobility },
       dhcp: this.dhcp ? { leases: this.dhcp.leases(), active: this.dhcp.stats.leasesActive } : null,
+      agent: this.agent?.status() ?? null,
     };
   }
 
@@ -213,6 +228,7 @@ export class Daemon {
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    await this.agent?.stop();
     for (const s of this.servers) s.close();
     this.tap.close();
     this.dhcp?.close();

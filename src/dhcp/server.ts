@@ -582,6 +582,28 @@ export class DhcpServer {
     }
   }
 
+  /**
+   * Reservations from elsewhere (the coordinator's VMs), on top of the config's: rebuilds the reservation
+   * maps. Entries that are malformed, outside the subnet, or clash with a config reservation are ignored.
+   */
+  setExtraReservations(list: ReadonlyArray<{ mac: string; ip: string }>): void {
+    this.reservedByMac.clear();
+    this.reservedByIp.clear();
+    for (const r of this.cfg.reservations) {
+      const ip = parseIPv4(r.ip)!;
+      this.reservedByMac.set(r.mac, ip);
+      this.reservedByIp.set(ip, r.mac);
+    }
+    for (const r of list) {
+      const ip = parseIPv4(r.ip);
+      const mac = r.mac.toLowerCase();
+      if (ip === null || !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(mac) || !inCidr(ip, this.subnet) || ip === this.serverIp) continue;
+      if (this.reservedByMac.has(mac) || this.reservedByIp.has(ip)) continue;
+      this.reservedByMac.set(mac, ip);
+      this.reservedByIp.set(ip, mac);
+    }
+  }
+
   leases(): DhcpLeaseInfo[] {
     const now = this.now();
     const out: DhcpLeaseInfo[] = [];

@@ -1,0 +1,50 @@
+// `homewire agent --config FILE`: the host agent as its own process beside a running daemon, for hosts
+// where the agent should not live in the daemon (or before it does). It reads the daemon's config file
+// (name, tap.bridge, listen, control socket) plus its `coordinator:` section, and tells the daemon about
+// arriving MACs through the daemon's control socket (POST /v1/expect) instead of calling the switch.
+import fs from 'node:fs';
+import YAML from 'yaml';
+import { parseConfig } from '../config.ts';
+import { controlRequest, defaultControlSocket } from '../control.ts';
+import { ConfigError } from '../errors.ts';
+import { createLogger } from '../log.ts';
+import { HostAgent } from './agent.ts';
+import { parseAgentConfig } from './config.ts';
+
+export async function loadStandaloneAgent(file: string, log = createLogger()): Promise<HostAgent> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(file, '', `cannot read the config file (${(err as NodeJS.ErrnoException).code})`);
+  }
+  const doc = YAML.parse(text) as Record<string, unknown> | null;
+  if (!doc || typeof doc !== 'object' || doc.coordinator === undefined) {
+    throw new ConfigError(file, 'coordinator', 'missing: the agent needs a coordinator: section (url, token_file, ...)');
+  }
+  const agentCfg = parseAgentConfig(doc.coordinator, file);
+  const { coordinator: _, ...daemonPart } = doc;
+  const cfg = parseConfig(YAML.stringify(daemonPart), file); // the daemon's own keys, checked as the daemon does
+  const socket = cfg.control?.socket ?? defaultControlSocket(cfg.name);
+  return new HostAgent(agentCfg, {
+    name: cfg.name, bridge: cfg.tap.bridge, log, address: cfg.listen.address,
+    expect: async (mac) => (await controlRequest(socket, 'POST', `/v1/expect?mac=${encodeURIComponent(mac)}`)).body,
+  });
+}
+
+/** Runs until SIGINT/SIGTERM; stopping the agent stops this host's guests. */
+export async function runStandaloneAgent(file: string): Promise<void> {
+  const log = createLogger(process.env.HOMEWIRE_LOG_LEVEL ?? 'info');
+  const agent = await loadStandaloneAgent(file, log);
+  await agent.start();
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping the host agent');
+    setTimeout(() => process.exit(1), 10_000).unref();
+    agent.stop().then(() => process.exit(0), () => process.exit(1));
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}

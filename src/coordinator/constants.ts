@@ -1,0 +1,40 @@
+// Every coordinator and host-agent constant, grouped, with units in the names. Time policy lives here and in
+// the tick of server.ts; the API and the agent only call hooks.
+
+// --- Host agent ↔ coordinator -----------------------------------------------------------------------
+export const HEARTBEAT_MS = 2_000; // agent → coordinator: alive, its VMs, its free capacity
+export const HOST_DOWN_AFTER_MS = 3 * HEARTBEAT_MS + 1_000; // three missed heartbeats: the host is down
+export const POLL_WAIT_MS = 20_000; // a long poll is answered after this at the latest (empty: no work)
+export const AGENT_RETRY_MS = [250, 500, 1_000, 2_000, 5_000]; // backoff when the coordinator cannot be reached
+export const AGENT_REQUEST_TIMEOUT_MS = 10_000; // any agent request but the long poll
+export const COMMANDS_PER_POLL_MAX = 32;
+
+// --- Operations (coordinator → agent command, until its result) --------------------------------------
+export const START_TIMEOUT_MS = 120_000; // image fetch + QEMU launch
+export const INCOMING_TIMEOUT_MS = 120_000; // image fetch + QEMU -incoming launch
+export const MIGRATE_TIMEOUT_MS = 300_000; // RAM copy under TCG is slow
+export const SHORT_COMMAND_TIMEOUT_MS = 15_000; // expect, confirm, stop
+/** After a leader takes over, agents get this long to report before unfinished operations are settled. */
+export const TAKEOVER_GRACE_MS = 2 * HEARTBEAT_MS + 1_000;
+
+// --- Leadership (etcd) --------------------------------------------------------------------------------
+export const LEADER_LEASE_TTL_S = 2; // a dead leader's lease expires after this; a standby takes over
+export const LEADER_RECAMPAIGN_MS = 500; // after a failed campaign (etcd unreachable, lease lost)
+export const ETCD_PREFIX = 'homewire/coordinator/';
+export const ELECTION_NAME = 'leader';
+
+// --- Coordinator ----------------------------------------------------------------------------------------
+export const TICK_MS = 500; // one tick: host liveness, settling after takeover
+export const API_BODY_MAX_BYTES = 1 << 20;
+export const DEFAULT_LISTEN = '127.0.0.1:7100';
+export const DEFAULT_DATA_DIR = '/var/lib/homewire/coordinator';
+export const TOKEN_MIN_CHARS = 16;
+
+// --- VM defaults and limits -----------------------------------------------------------------------------
+export const VM_DEFAULT_CPUS = 1;
+export const VM_DEFAULT_MEMORY_MIB = 256;
+export const VM_MEMORY_MIB_MIN = 32;
+export const VM_CPUS_MAX = 256;
+export const VM_MEMORY_MIB_MAX = 4 * 1024 * 1024;
+/** Guest MACs: locally administered unicast (bit 1 of the first octet set, bit 0 clear), "hw" in octets 2-3. */
+export const VM_MAC_PREFIX = [0x02, 0x68, 0x77] as const;

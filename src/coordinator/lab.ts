@@ -1,0 +1,132 @@
+// The coordinator on the namespace lab (src/lab/topology.ts), for the QEMU test and the demo (`--vms`):
+//   underlay namespace   the coordinator (192.0.2.254:7100, SQLite) and an HTTP image server (:8080) serving
+//                        the lab guest's kernel and initramfs (src/lab/guest-image.ts)
+//   every VM-host site   a host agent beside the site's daemon (`homewire agent`: the daemon's config plus a
+//                        coordinator: section), QEMU guests on the site's br-hw
+// The lab must have been made with vmSiteConfig({ dhcp: true }) (src/vm/lab-guest.ts): control sockets in the
+// lab dir, the DHCP server at home. Admin commands run the real CLI inside the underlay namespace.
+import type { ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { GuestImage } from '../lab/guest-image.ts';
+import { type RunResult, sleep } from '../lab/run.ts';
+import { type Lab, PLAN, PROJECT_ROOT } from '../lab/topology.ts';
+import type { HostView } from './types.ts';
+
+export const LAB_COORDINATOR = `http://${PLAN.internet4}:7100`;
+export const LAB_IMAGES = `http://${PLAN.internet4}:8080`;
+/** This module's commands without the `homewire` dispatch (see main.ts). */
+export const CLI = [process.execPath, '--import', 'tsx', path.join(PROJECT_ROOT, 'src/coordinator/main.ts')];
+
+const IMAGE_SERVER = `import http from 'node:http'; import fs from 'node:fs'; import path from 'node:path';
+const [dir, host, port] = process.argv.slice(2);
+http.createServer((req, res) => {
+  const f = path.join(dir, path.basename(decodeURIComponent(req.url ?? '/')));
+  if (!fs.existsSync(f)) { res.writeHead(404).end(); return; }
+  res.writeHead(200, { 'content-length': fs.statSync(f).size }); fs.createReadStream(f).pipe(res);
+}).listen(Number(port), host);
+`;
+
+export interface GridOptions {
+  /** VM-host sites that get an agent (default: every site but home). */
+  hosts?: string[];
+  cpus?: number;
+  memoryMib?: number;
+  logLevel?: string;
+}
+
+export class GridLab {
+  readonly procs: ChildProcess[] = [];
+  readonly adminTokenFile: string;
+  readonly hosts: string[];
+
+  private constructor(readonly lab: Lab, readonly image: GuestImage, o: GridOptions) {
+    this.adminTokenFile = path.join(lab.dir, 'admin.token');
+    this.hosts = o.hosts ?? lab.sites.filter((s) => s.role === 'host').map((s) => s.name);
+  }
+
+  /** Starts the image server, the coordinator and the agents; resolves when every host is registered and up. */
+  static async start(lab: Lab, image: GuestImage, o: GridOptions = {}): Promise<GridLab> {
+    const g = new GridLab(lab, image, o);
+    const dir = lab.dir;
+    const served = path.join(dir, 'images');
+    fs.mkdirSync(served, { recursive: true });
+    fs.copyFileSync(image.kernel, path.join(served, 'vmlinux'));
+    fs.copyFileSync(image.initrd, path.join(served, 'initrd.cpio.gz'));
+    fs.writeFileSync(path.join(dir, 'image-server.mjs'), IMAGE_SERVER);
+    g.spawn('ul', 'image-server', [process.execPath, path.join(dir, 'image-server.mjs'), served, PLAN.internet4, '8080']);
+    fs.writeFileSync(g.adminTokenFile, crypto.randomBytes(24).toString('base64url') + '\n', { mode: 0o600 });
+    fs.writeFileSync(path.join(dir, 'host.token'), crypto.randomBytes(24).toString('base64url') + '\n', { mode: 0o600 });
+    fs.writeFileSync(path.join(dir, 'coordinator.yaml'), [`listen: ${PLAN.internet4}:7100`, 'store: sqlite', 'data_dir: coordinator-data',
+      'admin_token_file: admin.token', 'host_token_file: host.token', `log_level: ${o.logLevel ?? 'debug'}`].join('\n') + '\n');
+    g.spawn('ul', 'coordinator', [...CLI, 'coordinator', '--config', path.join(dir, 'coordinator.yaml')]);
+    for (const site of g.hosts) {
+      const s = lab.site(site);
+      fs.writeFileSync(g.agentConfig(site), fs.readFileSync(s.configFile, 'utf8') + [
+        'coordinator:', `  url: ${LAB_COORDINATOR}`, '  token_file: host.token', `  cpus: ${o.cpus ?? 2}`, `  memory_mib: ${o.memoryMib ?? 1024}`,
+        `  migration_address: ${s.underlay4}`, `  cache_dir: cache-${site}`, `  state_dir: state-${site}`,
+      ].join('\n') + '\n');
+      g.spawn(site, `agent-${site}`, [...CLI, 'agent', '--config', g.agentConfig(site)]);
+    }
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const r = await g.cli('host', 'list', '--json');
+      const up = r.code === 0 ? (JSON.parse(r.stdout) as { hosts: HostView[] }).hosts.filter((h) => h.state === 'up').length : 0;
+      if (up === g.hosts.length) break;
+      if (Date.now() > deadline) throw new Error(`hosts not registered after 30 s (${r.stderr.trim()})\n${g.logs()}`);
+      await sleep(100);
+    }
+    return g;
+  }
+
+  agentConfig(site: string): string {
+    return path.join(this.lab.dir, `${site}-agent.yaml`);
+  }
+
+  logFile(name: string): string {
+    return path.join(this.lab.dir, `${name}.log`);
+  }
+
+  /** A guest's serial console log on the host that runs it. */
+  serialLog(site: string, vm: string): string {
+    return path.join(this.lab.dir, `state-${site}`, `${vm}.serial`);
+  }
+
+  /** A long-running process in a namespace, output appended to <name>.log; the lab's destroy() ends it. */
+  private spawn(ns: string, name: string, argv: string[]): void {
+    this.procs.push(this.lab.spawn(ns, ['sh', '-c', 'exec "$@" >> "$0" 2>&1', this.logFile(name), ...argv]));
+  }
+
+  /** The CLI in the underlay namespace against the lab's coordinator, with the admin token. */
+  cli(...argv: string[]): Promise<RunResult> {
+    return this.lab.exec('ul', [...CLI, ...argv, '--coordinator', LAB_COORDINATOR, '--token-file', this.adminTokenFile],
+      { timeoutMs: 180_000, cwd: PROJECT_ROOT });
+  }
+
+  /** cli() that throws with stderr and the logs unless it exits 0; returns stdout. */
+  async ok(...argv: string[]): Promise<string> {
+    const r = await this.cli(...argv);
+    if (r.code !== 0) throw new Error(`homewire ${argv.join(' ')} failed (exit ${r.code}): ${r.stderr.trim()}\n${this.logs()}`);
+    return r.stdout;
+  }
+
+  async json<T>(...argv: string[]): Promise<T> {
+    return JSON.parse(await this.ok(...argv, '--json')) as T;
+  }
+
+  /** `image add` for the lab guest, served over HTTP, with its SHA-256. */
+  async addImage(name = 'tiny'): Promise<void> {
+    const sum = (f: string) => crypto.createHash('sha256').update(fs.readFileSync(f)).digest('hex');
+    await this.ok('image', 'add', name, '--kernel', `${LAB_IMAGES}/vmlinux`, '--initrd', `${LAB_IMAGES}/initrd.cpio.gz`,
+      '--kernel-sha256', sum(this.image.kernel), '--initrd-sha256', sum(this.image.initrd));
+  }
+
+  logs(lines = 25): string {
+    return ['coordinator', ...this.hosts.map((h) => `agent-${h}`)].map((n) => {
+      const f = this.logFile(n);
+      const text = fs.existsSync(f) ? fs.readFileSync(f, 'utf8').trimEnd().split('\n').slice(-lines).join('\n') : '(no log)';
+      return `--- ${n} ---\n${text}`;
+    }).join('\n');
+  }
+}

@@ -1,0 +1,51 @@
+// Prometheus exposition for a coordinator (served when the config has metrics.listen). Counters are plain
+// fields on the dispatcher and the lifecycle, read at scrape time; VM and host gauges read the store.
+import client from 'prom-client';
+import type { Coordinator } from './server.ts';
+import { VM_STATES } from './states.ts';
+import type { HostRecord, VmRecord } from './types.ts';
+
+export function coordinatorRegistry(c: Coordinator): client.Registry {
+  const register = new client.Registry();
+  client.collectDefaultMetrics({ register, prefix: 'homewire_coordinator_' });
+  new client.Gauge({
+    name: 'homewire_coordinator_leader', help: '1 if this coordinator is the leader.', registers: [register],
+    collect(this: any) { this.set(c.leadership.leading ? 1 : 0); },
+  });
+  new client.Gauge({
+    name: 'homewire_coordinator_vms', help: 'VMs by state.', labelNames: ['state'], registers: [register],
+    async collect(this: any) {
+      this.reset();
+      if (!c.leadership.leading) return;
+      const counts = Object.fromEntries(VM_STATES.map((s) => [s, 0])) as Record<string, number>;
+      for (const vm of await c.store.list<VmRecord>('vms')) counts[vm.state]++;
+      for (const [state, n] of Object.entries(counts)) this.set({ state }, n);
+    },
+  });
+  new client.Gauge({
+    name: 'homewire_coordinator_hosts', help: 'Registered hosts by state.', labelNames: ['state'], registers: [register],
+    async collect(this: any) {
+      this.reset();
+      if (!c.leadership.leading) return;
+      const counts: Record<string, number> = { up: 0, down: 0 };
+      for (const h of await c.store.list<HostRecord>('hosts')) counts[h.state]++;
+      for (const [state, n] of Object.entries(counts)) this.set({ state }, n);
+    },
+  });
+  const counter = (name: string, help: string, label: string, read: () => Record<string, number>) => new client.Counter({
+    name, help, labelNames: [label], registers: [register],
+    collect(this: any) {
+      this.reset();
+      for (const [k, v] of Object.entries(read())) this.inc({ [label]: k }, v);
+    },
+  });
+  counter('homewire_coordinator_commands_total', 'Commands sent to host agents, by outcome.', 'result', () => ({
+    sent: c.dispatch.stats.sent, ok: c.dispatch.stats.ok, failed: c.dispatch.stats.failed, timed_out: c.dispatch.stats.timedOut,
+  }));
+  counter('homewire_coordinator_vm_events_total', 'VM lifecycle outcomes.', 'event', () => ({
+    started: c.vms.stats.started, start_failed: c.vms.stats.startFailed, stopped: c.vms.stats.stopped,
+    migrated: c.vms.stats.migrated, migration_failed: c.vms.stats.migrationFailed, crashed: c.vms.stats.crashed,
+    settled_after_takeover: c.vms.stats.settled,
+  }));
+  return register;
+}

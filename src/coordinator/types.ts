@@ -1,0 +1,135 @@
+// The records the coordinator keeps (also the JSON the API returns: one shape, snake_case on the wire) and the
+// messages between the coordinator and host agents. Shared by the coordinator, the agent and the CLI.
+
+export type VmState = 'defined' | 'starting' | 'running' | 'migrating' | 'stopped' | 'failed';
+
+export interface ImageRecord {
+  name: string;
+  kernel: string; // http(s):// URL or absolute path on the hosts
+  initrd: string;
+  disk?: string;
+  sha256: { kernel: string; initrd: string; disk?: string };
+  /** Kernel command line (default: console=ttyS0). */
+  cmdline?: string;
+  created_at: string;
+}
+
+export interface VmRecord {
+  name: string;
+  image: string;
+  cpus: number;
+  memory_mib: number;
+  mac: string;
+  /** DHCP reservation at the home site, or null for a pool lease. */
+  ip: string | null;
+  state: VmState;
+  /** Where it runs (starting, running, migrating: the source), or ran last (stopped, failed). */
+  host: string | null;
+  /** Destination while migrating. */
+  target: string | null;
+  /** Placement constraints for automatic placement. */
+  placement: { site?: string; labels?: Record<string, string> };
+  cmdline?: string;
+  /** Why the last operation failed (kept until the next one succeeds). */
+  error: string | null;
+  created_at: string;
+  updated_at: string;
+  /** Bumped on every write: what a client saw is what it acted on. */
+  generation: number;
+}
+
+export interface Hypervisor {
+  kind: string; // 'qemu', 'fake'
+  available: boolean;
+  accel: 'kvm' | 'tcg' | null;
+  reason?: string; // why not available
+}
+
+/** What the agent says about itself at registration. */
+export interface HostInfo {
+  name: string;
+  site: string;
+  cpus: number;
+  memory_mib: number;
+  labels: Record<string, string>;
+  hypervisor: Hypervisor;
+  /** Address other hosts reach this one at for live migration. */
+  address: string | null;
+  bridge: string;
+  /** This site serves DHCP: it takes the coordinator's reservations. */
+  dhcp: boolean;
+  boot_id: string;
+  version: string;
+}
+
+export interface HostRecord extends HostInfo {
+  state: 'up' | 'down';
+  registered_at: string;
+  last_seen: string;
+}
+
+/** A host as the API shows it: the record plus what the coordinator computes. */
+export interface HostView extends HostRecord {
+  free: { cpus: number; memory_mib: number };
+  vms: string[];
+}
+
+/** VM state as the hypervisor on a host sees it. */
+export type GuestState = 'running' | 'paused' | 'incoming' | 'migrated' | 'exited';
+
+export interface GuestReport {
+  name: string;
+  state: GuestState;
+  mac: string;
+}
+
+export interface Heartbeat {
+  name: string;
+  boot_id: string;
+  /** Bumped by the agent whenever its set of guests changes; results carry it too (orders reports). */
+  guests_version: number;
+  guests: GuestReport[];
+}
+
+/** Everything a host needs to run a VM: no lookups on the host. */
+export interface LaunchSpec {
+  name: string;
+  mac: string;
+  cpus: number;
+  memory_mib: number;
+  image: ImageRecord;
+}
+
+export type Command =
+  | { id: string; type: 'start'; vm: LaunchSpec }
+  | { id: string; type: 'incoming'; vm: LaunchSpec }
+  | { id: string; type: 'expect'; mac: string }
+  | { id: string; type: 'migrate'; name: string; uri: string }
+  | { id: string; type: 'confirm'; name: string; resume?: boolean }
+  | { id: string; type: 'stop'; name: string };
+
+export type CommandBody = Command extends infer C ? (C extends { id: string } ? Omit<C, 'id'> : never) : never;
+
+export interface CommandResult {
+  id: string;
+  ok: boolean;
+  error?: string;
+  /** incoming: the migration URI; confirm: the guest's state. */
+  uri?: string;
+  state?: GuestState | 'absent';
+  guests_version: number;
+  boot_id: string;
+}
+
+export interface DhcpReservationView {
+  mac: string;
+  ip: string;
+  vm: string;
+}
+
+/** An API error: HTTP status, a stable code and a message that says what to do. */
+export class ApiError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string) {
+    super(message);
+  }
+}

@@ -1,0 +1,269 @@
+// The QEMU driver of the lab and the coordinator: launch a guest (optionally inside a network namespace, its
+// TAP joined to a bridge there), wait for serial-console output, live-migrate it, stop it.
+//
+//   const vm = await launch({ name, kernel, initrd, mac, tap: 'vmtap0', qmpSocket, serialLog, netns, bridge });
+//   await vm.waitSerial(/HOMEWIRE-READY ip=(\S+)/);
+//   const dst = await launch({ ...same, incoming: 'tcp:192.0.2.3:4444' });
+//   const r = await vm.migrate('tcp:192.0.2.3:4444');   // polls query-migrate until completed
+//   await vm.stop();
+//
+// The command shape and its pitfalls are measured in shared/notes/vm-testbed.md: TCG unless the CPU itself has
+// vmx/svm (this machine's /dev/kvm is paravirtual and hangs a stock kernel), `-m 128` (64 does not boot), the
+// uncompressed vmlinux, virtio-net without an option ROM, and QEMU's output redirected to a file.
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import { Qmp, type QmpEvent } from './qmp.ts';
+
+export type Accel = 'kvm' | 'tcg';
+
+export interface LaunchOptions {
+  name: string;
+  kernel: string;
+  initrd: string;
+  /** Kernel command line after "console=ttyS0" (default "quiet"). */
+  append?: string;
+  mac: string;
+  /** TAP interface name QEMU creates (at most 15 characters). */
+  tap: string;
+  memMb?: number; // default 128
+  qmpSocket: string;
+  serialLog: string;
+  /** Wait for a migration stream instead of booting: 'tcp:ADDR:PORT' or 'unix:PATH'. */
+  incoming?: string;
+  /** Run QEMU inside this network namespace (`ip netns exec`), so its TAP is made there. */
+  netns?: string;
+  /** Join the TAP to this bridge (in netns) and set it up once QEMU has made it. */
+  bridge?: string;
+  /** MTU of the TAP (set before it joins the bridge). */
+  tapMtu?: number;
+  accel?: Accel;
+  /** QEMU's own stdout/stderr (default: serialLog + '.qemu'). */
+  qemuLog?: string;
+  extraArgs?: string[];
+}
+
+export interface MigrationResult {
+  status: string;
+  /** QEMU's figures from query-migrate. */
+  totalTimeMs: number;
+  downtimeMs: number;
+  setupTimeMs: number;
+  ramTransferredBytes: number;
+  /** Wall clock (ms since the epoch) around the migrate command and its completion as polled. */
+  startedAtMs: number;
+  completedAtMs: number;
+  /** The source's STOP event (the guest paused for the last copy), QEMU's timestamp; null if not seen. */
+  stoppedAtMs: number | null;
+}
+
+let accelCache: Accel | null = null;
+
+/** KVM only when the CPU advertises vmx/svm and /dev/kvm exists; a paravirtual /dev/kvm alone means TCG. */
+export function detectAccel(): Accel {
+  if (accelCache) return accelCache;
+  let flags = '';
+  try { flags = fs.readFileSync('/proc/cpuinfo', 'utf8'); } catch { /* not Linux */ }
+  accelCache = /^flags\s*:.*\b(vmx|svm)\b/m.test(flags) && fs.existsSync('/dev/kvm') ? 'kvm' : 'tcg';
+  return accelCache;
+}
+
+export function qemuBinary(): string {
+  return 'qemu-system-x86_64';
+}
+
+/** The QEMU argument list for a guest (without the binary). */
+export function qemuArgs(o: LaunchOptions): string[] {
+  const accel = o.accel ?? detectAccel();
+  const args = [
+    '-name', o.name,
+    '-accel', accel, '-cpu', accel === 'kvm' ? 'host' : 'max', '-M', 'pc', '-m', String(o.memMb ?? 128), '-smp', '1',
+    '-display', 'none', '-nodefaults', '-no-user-config', '-no-reboot',
+    '-serial', `file:${o.serialLog}`,
+    '-qmp', `unix:${o.qmpSocket},server=on,wait=off`,
+    '-kernel', o.kernel, '-initrd', o.initrd,
+    '-append', `console=ttyS0 ${o.append ?? 'quiet'}`,
+    '-netdev', `tap,id=n0,ifname=${o.tap},script=no,downscript=no`,
+    '-device', `virtio-net-pci,netdev=n0,mac=${o.mac},romfile=`,
+  ];
+  if (o.incoming) args.push('-incoming', o.incoming);
+  if (o.extraArgs) args.push(...o.extraArgs);
+  return args;
+}
+
+export class Vm {
+  private stopping: Promise<void> | null = null;
+  readonly exited: Promise<void>;
+
+  constructor(readonly opts: LaunchOptions, readonly proc: ChildProcess, readonly qmp: Qmp, readonly qemuLog: string) {
+    this.exited = new Promise((r) => {
+      if (proc.exitCode !== null || proc.signalCode !== null) r();
+      else proc.once('exit', () => r());
+    });
+  }
+
+  get name(): string { return this.opts.name; }
+  get pid(): number | undefined { return this.proc.pid; }
+  get running(): boolean { return this.proc.exitCode === null && this.proc.signalCode === null; }
+
+  serial(): string {
+    try { return fs.readFileSync(this.opts.serialLog, 'utf8'); } catch { return ''; }
+  }
+
+  /** Waits until the serial console shows re; returns the match. Throws with the console's tail. */
+  async waitSerial(re: RegExp, timeoutMs = 30_000): Promise<RegExpMatchArray> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m = this.serial().match(re);
+      if (m) return m;
+      if (!this.running) throw new Error(`${this.name}: QEMU exited before the console showed ${re}:\n${this.tail()}`);
+      if (Date.now() > deadline) throw new Error(`${this.name}: the console did not show ${re} within ${timeoutMs} ms:\n${this.tail()}`);
+      await sleep(25);
+    }
+  }
+
+  tail(lines = 15): string {
+    let q = '';
+    try { q = fs.readFileSync(this.qemuLog, 'utf8').trim(); } catch { /* none */ }
+    return `--- serial ---\n${this.serial().trimEnd().split('\n').slice(-lines).join('\n')}${q ? `\n--- qemu ---\n${q}` : ''}`;
+  }
+
+  async status(): Promise<string> {
+    return (await this.qmp.execute('query-status')).status;
+  }
+
+  /** Waits until query-status says running (a migration destination: after it has loaded the last state). */
+  async waitRunning(timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const status = await this.status();
+      if (status === 'running') return;
+      if (Date.now() > deadline) throw new Error(`${this.name}: still ${status} after ${timeoutMs} ms`);
+      await sleep(10);
+    }
+  }
+
+  /**
+   * Live-migrates to uri (a destination launched with incoming: uri) and polls query-migrate every pollMs
+   * until it completes; throws if it fails or takes longer than timeoutMs (and cancels it then).
+   */
+  async migrate(uri: string, o: { pollMs?: number; timeoutMs?: number; maxBandwidthBytes?: number; downtimeLimitMs?: number } = {}): Promise<MigrationResult> {
+    const params: Record<string, number> = {};
+    if (o.maxBandwidthBytes !== undefined) params['max-bandwidth'] = o.maxBandwidthBytes;
+    if (o.downtimeLimitMs !== undefined) params['downtime-limit'] = o.downtimeLimitMs;
+    if (Object.keys(params).length) await this.qmp.execute('migrate-set-parameters', params);
+    const eventsFrom = this.qmp.events.length;
+    const startedAtMs = Date.now();
+    await this.qmp.execute('migrate', { uri });
+    const deadline = startedAtMs + (o.timeoutMs ?? 60_000);
+    for (;;) {
+      const info = await this.qmp.execute('query-migrate');
+      if (info.status === 'completed') {
+        const stop = this.qmp.events.slice(eventsFrom).find((e: QmpEvent) => e.event === 'STOP');
+        return {
+          status: info.status, totalTimeMs: info['total-time'] ?? NaN, downtimeMs: info.downtime ?? NaN,
+          setupTimeMs: info['setup-time'] ?? NaN, ramTransferredBytes: info.ram?.transferred ?? NaN,
+          startedAtMs, completedAtMs: Date.now(), stoppedAtMs: stop?.atMs ?? null,
+        };
+      }
+      if (info.status === 'failed' || info.status === 'cancelled') {
+        throw new Error(`${this.name}: migration to ${uri} ${info.status}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
+      }
+      if (Date.now() > deadline) {
+        await this.qmp.execute('migrate_cancel').catch(() => {});
+        throw new Error(`${this.name}: migration to ${uri} not completed after ${o.timeoutMs ?? 60_000} ms (status ${info.status})`);
+      }
+      await sleep(o.pollMs ?? 10);
+    }
+  }
+
+  /** QMP quit, then SIGTERM, then SIGKILL; idempotent, never throws. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      if (this.running && !this.qmp.isClosed) {
+        this.qmp.execute('quit').catch(() => {});
+        await Promise.race([this.exited, sleep(1500)]);
+      }
+      if (this.running) {
+        this.proc.kill('SIGTERM');
+        await Promise.race([this.exited, sleep(1500)]);
+      }
+      if (this.running) {
+        this.proc.kill('SIGKILL');
+        await Promise.race([this.exited, sleep(1500)]);
+      }
+      this.qmp.close();
+      for (const f of [this.opts.qmpSocket]) fs.rmSync(f, { force: true });
+    })();
+    return this.stopping;
+  }
+
+  /** For process-exit handlers, where promises no longer run. */
+  killSync(): void {
+    if (this.running) { try { this.proc.kill('SIGKILL'); } catch { /* gone */ } }
+  }
+}
+
+/** Starts QEMU, connects QMP and (with bridge) joins the TAP to the bridge. Throws with QEMU's output. */
+export async function launch(o: LaunchOptions): Promise<Vm> {
+  const qemuLog = o.qemuLog ?? `${o.serialLog}.qemu`;
+  for (const f of [o.qmpSocket, o.serialLog]) fs.rmSync(f, { force: true });
+  const argv = [qemuBinary(), ...qemuArgs(o)];
+  const full = o.netns ? ['ip', 'netns', 'exec', o.netns, ...argv] : argv;
+  // A background QEMU that inherits a pipe keeps it open: give it a file.
+  const fd = fs.openSync(qemuLog, 'a');
+  let proc: ChildProcess;
+  try {
+    proc = spawn(full[0], full.slice(1), { stdio: ['ignore', fd, fd] });
+  } finally {
+    fs.closeSync(fd);
+  }
+  proc.on('error', () => {});
+  const early = new Promise<never>((_, reject) => proc.once('exit', (code, sig) => {
+    let out = '';
+    try { out = fs.readFileSync(qemuLog, 'utf8').trim(); } catch { /* none */ }
+    reject(new Error(`${o.name}: QEMU exited (${sig ?? `code ${code}`}) at start: ${out || '(no output)'}\n  ${full.join(' ')}`));
+  }));
+  early.catch(() => {});
+  let qmp: Qmp;
+  try {
+    qmp = await Promise.race([Qmp.connect(o.qmpSocket, 15_000), early]);
+  } catch (err) {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    throw err;
+  }
+  const vm = new Vm(o, proc, qmp, qemuLog);
+  try {
+    if (o.bridge || o.tapMtu) await attachTap(o);
+  } catch (err) {
+    await vm.stop();
+    throw err;
+  }
+  return vm;
+}
+
+/** Sets the TAP's MTU, joins it to the bridge and sets it up (QEMU made it before QMP answered). */
+async function attachTap(o: LaunchOptions): Promise<void> {
+  const ipArgs = (...a: string[]) => (o.netns ? ['-n', o.netns, ...a] : a);
+  const run = (...a: string[]) => {
+    const r = spawnSync('ip', ipArgs(...a), { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`${o.name}: \`ip ${ipArgs(...a).join(' ')}\` failed: ${r.stderr.trim()}`);
+  };
+  if (o.tapMtu) run('link', 'set', 'dev', o.tap, 'mtu', String(o.tapMtu));
+  if (o.bridge) run('link', 'set', 'dev', o.tap, 'master', o.bridge);
+  run('link', 'set', 'dev', o.tap, 'up');
+}
+
+/** A locally administered unicast MAC in QEMU's 52:54:00 range from a small number. */
+export function guestMac(n: number): string {
+  const b = [0x52, 0x54, 0x00, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff];
+  return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
+}
+
+/** Whether QEMU for x86_64 is installed. */
+export function hasQemu(): boolean {
+  return spawnSync('sh', ['-c', `command -v ${qemuBinary()}`]).status === 0;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

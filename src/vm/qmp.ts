@@ -1,0 +1,120 @@
+// A QEMU Machine Protocol client over a unix socket: newline-delimited JSON, one command in flight at a time
+// per id, asynchronous events kept in a list with the time they arrived (tests read RESUME/STOP from it).
+//
+//   const qmp = await Qmp.connect('/run/vm.qmp');   // greeting, then qmp_capabilities
+//   await qmp.execute('query-status');              // → { status: 'running', running: true }
+//   qmp.close();
+import net from 'node:net';
+
+export interface QmpEvent {
+  event: string;
+  data?: any;
+  /** QEMU's own timestamp, in ms since the epoch. */
+  atMs: number;
+}
+
+export class QmpError extends Error {
+  constructor(readonly command: string, readonly qmpClass: string, desc: string) {
+    super(`QMP ${command}: ${qmpClass}: ${desc}`);
+  }
+}
+
+export class Qmp {
+  readonly events: QmpEvent[] = [];
+  private nextId = 1;
+  private buffer = '';
+  private readonly pending = new Map<string, { command: string; resolve: (v: any) => void; reject: (e: Error) => void }>();
+  private closed = false;
+  private greeting: ((v: unknown) => void) | null = null;
+
+  private constructor(private readonly socket: net.Socket) {
+    socket.setEncoding('utf8');
+    socket.on('data', (d: string) => this.onData(d));
+    const fail = (err?: Error) => {
+      this.closed = true;
+      for (const p of this.pending.values()) p.reject(err ?? new Error(`QMP connection closed during ${p.command}`));
+      this.pending.clear();
+    };
+    socket.on('error', fail);
+    socket.on('close', () => fail());
+  }
+
+  /** Connects (retrying until QEMU has made the socket, up to timeoutMs) and negotiates capabilities. */
+  static async connect(socketPath: string, timeoutMs = 10_000): Promise<Qmp> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        const socket = await new Promise<net.Socket>((resolve, reject) => {
+          const s = net.connect(socketPath);
+          s.once('connect', () => { s.off('error', reject); resolve(s); });
+          s.once('error', reject);
+        });
+        const qmp = new Qmp(socket);
+        await new Promise((resolve, reject) => {
+          qmp.greeting = resolve;
+          setTimeout(() => reject(new Error(`no QMP greeting on ${socketPath}`)), Math.max(1000, deadline - Date.now()));
+        });
+        await qmp.execute('qmp_capabilities');
+        return qmp;
+      } catch (err) {
+        if (Date.now() > deadline) throw new Error(`cannot connect to QMP at ${socketPath}: ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  }
+
+  get isClosed(): boolean { return this.closed; }
+
+  /** Runs a command; resolves with its "return" value, rejects with QmpError. */
+  execute(command: string, args?: Record<string, unknown>): Promise<any> {
+    if (this.closed) return Promise.reject(new Error(`QMP connection closed (${command})`));
+    const id = String(this.nextId++);
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { command, resolve, reject });
+      this.socket.write(JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id }) + '\n');
+    });
+  }
+
+  /** Resolves with the first event named name that arrives after this call (or is already at index from). */
+  waitEvent(name: string, timeoutMs = 10_000, from = this.events.length): Promise<QmpEvent> {
+    return new Promise((resolve, reject) => {
+      const started = Date.now();
+      const poll = () => {
+        const e = this.events.slice(from).find((x) => x.event === name);
+        if (e) return resolve(e);
+        if (this.closed) return reject(new Error(`QMP closed while waiting for ${name}`));
+        if (Date.now() - started > timeoutMs) return reject(new Error(`no ${name} event within ${timeoutMs} ms`));
+        setTimeout(poll, 10);
+      };
+      poll();
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    this.socket.destroy();
+  }
+
+  private onData(d: string): void {
+    this.buffer += d;
+    let nl: number;
+    while ((nl = this.buffer.indexOf('\n')) >= 0) {
+      const line = this.buffer.slice(0, nl).trim();
+      this.buffer = this.buffer.slice(nl + 1);
+      if (!line) continue;
+      let msg: any;
+      try { msg = JSON.parse(line); } catch { continue; }
+      if (msg.QMP) { this.greeting?.(msg); this.greeting = null; continue; }
+      if (msg.event) {
+        const ts = msg.timestamp;
+        this.events.push({ event: msg.event, data: msg.data, atMs: ts ? ts.seconds * 1000 + ts.microseconds / 1000 : Date.now() });
+        continue;
+      }
+      const p = msg.id !== undefined ? this.pending.get(String(msg.id)) : undefined;
+      if (!p) continue;
+      this.pending.delete(String(msg.id));
+      if (msg.error) p.reject(new QmpError(p.command, msg.error.class, msg.error.desc));
+      else p.resolve(msg.return);
+    }
+  }
+}
