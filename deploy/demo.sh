@@ -5,6 +5,7 @@
 #   sudo bash deploy/demo.sh            run the demo and clean up (Ctrl-C cleans up too)
 #   sudo bash deploy/demo.sh --keep     leave it running until Ctrl-C, to poke at it from another terminal
 #   sudo bash deploy/demo.sh --ipv6     the same over an IPv6 underlay
+#   sudo bash deploy/demo.sh --vms      then real QEMU guests via the coordinator: start, live-migrate, stop
 #
 # Touches nothing outside namespaces named hwdemo-*; uses documentation addresses only (192.0.2.0/24,
 # 198.51.100.0/24, 2001:db8::/64). Exits non-zero if a ping through the mesh fails.
@@ -31,6 +32,11 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
 command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
+case " $* " in *" --vms "*)
+  command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+  command -v cpio >/dev/null 2>&1 || missing+=(cpio)
+  command -v etcd >/dev/null 2>&1 || true ;;
+esac
 if [ "$need_build" = 1 ]; then
   { command -v make >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1; } || missing+=(build-essential)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)

@@ -5,6 +5,7 @@
 //   node --import tsx src/lab/demo.ts [--keep] [--ipv6]
 //     --keep   leave the lab running until Ctrl-C (try the printed commands in another terminal)
 //     --ipv6   run the mesh over an IPv6 underlay (2001:db8::/64)
+//     --vms    then run real QEMU guests through the lifecycle coordinator: start, live-migrate, stop
 // Exits non-zero if a ping through the mesh fails.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -14,6 +15,7 @@ import type { PingResult } from './run.ts';
 
 const keep = process.argv.includes('--keep');
 const ipv6 = process.argv.includes('--ipv6');
+const vms = process.argv.includes('--vms');
 const tty = process.stdout.isTTY;
 const bold = (s: string) => (tty ? `\x1b[1m${s}\x1b[0m` : s);
 const dim = (s: string) => (tty ? `\x1b[2m${s}\x1b[0m` : s);
@@ -123,7 +125,13 @@ async function main(): Promise<number> {
     say(dim('   (install tcpdump to also see a capture of the underlay: apt-get install tcpdump)'));
   }
 
-  step(7, failed ? bad(`${failed} ping run(s) failed`) : good('Every ping went through.'));
+  if (vms) {
+    step(7, 'VMs through the lifecycle coordinator: start on host-a, live-migrate to host-b while the LAN pings, stop');
+    const { runVmDemo } = await import('../coordinator/demo.ts');
+    if (!(await runVmDemo(lab, say))) failed++;
+  }
+
+  step(vms ? 8 : 7, failed ? bad(`${failed} step(s) failed`) : good('Every ping went through.'));
   if (failed) {
     for (const s of lab.sites) say(dim(`--- ${s.name} log ---\n${lab.logTail(s.name, 10)}`));
   }
