@@ -2,6 +2,7 @@
 // joined to the daemon's bridge, QMP on a socket in state_dir. Accelerator: KVM only when the CPU has
 // vmx/svm (detectAccel), else TCG. A disk is attached read-only, so both ends of a migration see the same
 // bytes without a block copy. The TAP takes the bridge's MTU (the daemon sized that to fit the overlay).
+import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -68,6 +69,13 @@ export class QemuHypervisor implements Hypervisor {
     const uri = `tcp:${address.includes(':') ? `[${address}]` : address}:${port}`;
     const vm = await launch(this.options(spec, uri));
     this.adopt(spec, vm, 'incoming'); // runs by itself once the stream has arrived: refresh() sees that
+    if (spec.bridge) {
+      // The bridge learned the guest's MAC on the homewire TAP (its frames came over the mesh). Point it at the
+      // incoming guest's TAP now, so frames the mesh sends here during the migration (expect) reach the guest
+      // the moment it resumes instead of waiting for its RARP to re-teach the bridge.
+      const r = spawnSync('bridge', ['fdb', 'replace', spec.mac, 'dev', vm.opts.tap, 'master', 'static'], { encoding: 'utf8' });
+      if (r.status !== 0) this.o.log.warn({ vm: spec.name, error: (r.stderr || String(r.error)).trim() }, 'could not pin the MAC on the bridge');
+    }
     return uri;
   }
 

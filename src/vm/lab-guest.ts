@@ -19,7 +19,7 @@ export const MIGRATION_PORT = 4444;
 export function vmSkipReason(): string | null {
   if (process.platform !== 'linux') return 'QEMU lab tests run on Linux only';
   if (process.getuid?.() !== 0) return 'QEMU lab tests need root (network namespaces, TAPs, ping -i 0.002)';
-  for (const [p, pkg] of [['ip', 'iproute2'], ['ping', 'iputils-ping'], ['tcpdump', 'tcpdump'], ['apt-get', 'apt'], ['dpkg-deb', 'dpkg']]) {
+  for (const [p, pkg] of [['ip', 'iproute2'], ['ping', 'iputils-ping'], ['tcpdump', 'tcpdump'], ['iperf3', 'iperf3'], ['apt-get', 'apt'], ['dpkg-deb', 'dpkg']]) {
     if (!hasProgram(p)) return `QEMU lab tests need ${p} (apt-get install ${pkg})`;
   }
   if (!hasQemu()) return 'QEMU lab tests need qemu-system-x86_64 (apt-get install qemu-system-x86)';
