@@ -40,3 +40,28 @@ test('a guest behind host-a gets a home address from the home site over the mesh
   t.is(lease.site, 'host-a');
   t.is(lease.hostname, 'guest7');
 });
+
+test('reservations handed over at run time (the coordinator\'s VMs) are what the guest gets', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-dhcpres-'));
+  const { nodes, stop } = await buildMesh({
+    names: ['home', 'host-a'],
+    extra: (name) => name !== 'home' ? '' : [
+      'dhcp:', '  subnet: 198.51.100.0/24', '  server_ip: 198.51.100.2', '  pool: 198.51.100.100-198.51.100.199',
+      '  lease_seconds: 600', `  lease_db: ${path.join(dir, 'leases.db')}`].join('\n'),
+  });
+  t.teardown(stop);
+  await waitFor(() => allUp(nodes));
+  const home = nodes.get('home')!;
+  const a = nodes.get('host-a')!;
+  const mac = simMac(9);
+  home.daemon.dhcp!.setExtraReservations([
+    { mac: [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':'), ip: '198.51.100.50' },
+    { mac: 'not-a-mac', ip: '198.51.100.51' },
+    { mac: '02:00:00:00:00:01', ip: '203.0.113.9' },
+  ]);
+  const client = new SimClient(mac, 'dhclient');
+  a.tap.inject(client.discover());
+  await waitFor(() => a.tap.written.length === 1);
+  const offer = parseReply(a.tap.written[0])!;
+  t.is(formatIPv4(offer.msg.yiaddr), '198.51.100.50');
+});
