@@ -562,27 +562,20 @@ class Tap : public Napi::ObjectWrap<Tap> {
     return true;
   }
 
-  // Writes one frame (with an all-zero virtio_net_hdr in front when zeroHdr), or queues it behind a
-  // non-empty queue or on EAGAIN. Returns the frames accepted (0 or frames).
-  uint32_t Emit(const uint8_t* data, size_t len, bool zeroHdr, uint32_t frames, size_t bytes) {
-    static const uint8_t kZero[gro::kVnetHdrBytes] = {};
+  // Writes the frame made of iov[0..n) with one writev(), or queues a copy of it behind a non-empty queue or
+  // on EAGAIN. Returns the frames accepted; *refused is the errno of a write the kernel refused, else 0.
+  uint32_t Put(const iovec* iov, int n, uint32_t frames, size_t bytes, int* refused) {
+    *refused = 0;
     if (qcount_ == 0) {
       ssize_t w;
-      do {
-        if (zeroHdr) {
-          struct iovec iov[2] = {{const_cast<uint8_t*>(kZero), gro::kVnetHdrBytes}, {const_cast<uint8_t*>(data), len}};
-          w = writev(fd_, iov, 2);
-        } else {
-          w = write(fd_, data, len);
-        }
-      } while (w < 0 && errno == EINTR);
+      do w = writev(fd_, iov, n);
+      while (w < 0 && errno == EINTR);
       if (w >= 0) {
         Written(frames, bytes);
         return frames;
       }
       if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        ctr_[C_TX_DROPPED_ERROR] += frames;
-        ctr_[C_LAST_ERRNO] = errno;
+        *refused = errno;
         return 0;
       }
       ctr_[C_TX_EAGAIN]++;
@@ -592,49 +585,48 @@ class Tap : public Napi::ObjectWrap<Tap> {
       return 0;
     }
     std::vector<uint8_t>& slot = ring_[(qhead_ + qcount_) % ring_.size()];  // reuses the slot's capacity
-    if (zeroHdr) {
-      slot.assign(kZero, kZero + gro::kVnetHdrBytes);
-      slot.insert(slot.end(), data, data + len);
-    } else {
-      slot.assign(data, data + len);
+    slot.clear();
+    for (int i = 0; i < n; i++) {
+      const uint8_t* b = static_cast<const uint8_t*>(iov[i].iov_base);
+      slot.insert(slot.end(), b, b + iov[i].iov_len);
     }
     qcount_++;
     return frames;
   }
 
-  // Writes merged_ (a coalesced frame with its header). A kernel that refuses it (EINVAL) gets the
-  // segments one by one from now on.
+  void Refused(int err, uint32_t frames) {
+    ctr_[C_TX_DROPPED_ERROR] += frames;
+    ctr_[C_LAST_ERRNO] = err;
+  }
+
+  // One frame as it came (with an all-zero virtio_net_hdr in front when zeroHdr).
+  uint32_t Emit(const uint8_t* data, size_t len, bool zeroHdr, uint32_t frames, size_t bytes) {
+    static const uint8_t kZero[gro::kVnetHdrBytes] = {};
+    iovec iov[2];
+    int n = 0;
+    if (zeroHdr) iov[n++] = {const_cast<uint8_t*>(kZero), gro::kVnetHdrBytes};
+    iov[n++] = {const_cast<uint8_t*>(data), len};
+    int refused;
+    uint32_t ok = Put(iov, n, frames, bytes, &refused);
+    if (refused != 0) Refused(refused, frames);
+    return ok;
+  }
+
+  // merged_ (a coalesced frame with its header). A kernel that refuses it (EINVAL) gets the segments one
+  // by one from now on.
   uint32_t EmitMerged(uint32_t frames, size_t bytes) {
-    if (qcount_ == 0) {
-      ssize_t w;
-      do w = write(fd_, merged_.data(), merged_.size());
-      while (w < 0 && errno == EINTR);
-      if (w >= 0) {
-        Written(frames, bytes);
-        ctr_[C_TX_COALESCED] += frames;
-        return frames;
-      }
-      if (errno == EINVAL) {
-        groBroken_ = true;
-        ctr_[C_LAST_ERRNO] = EINVAL;
-        uint32_t ok = 0;
-        for (const gro::Seg& sg : segs_) ok += Emit(sg.f, sg.len, true, 1, sg.len);
-        return ok;
-      }
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        ctr_[C_TX_DROPPED_ERROR] += frames;
-        ctr_[C_LAST_ERRNO] = errno;
-        return 0;
-      }
-      ctr_[C_TX_EAGAIN]++;
+    iovec iov = {merged_.data(), merged_.size()};
+    int refused;
+    uint32_t ok = Put(&iov, 1, frames, bytes, &refused);
+    if (ok > 0) ctr_[C_TX_COALESCED] += frames;
+    if (refused == EINVAL) {
+      groBroken_ = true;
+      ctr_[C_LAST_ERRNO] = EINVAL;
+      for (const gro::Seg& sg : segs_) ok += Emit(sg.f, sg.len, true, 1, sg.len);
+    } else if (refused != 0) {
+      Refused(refused, frames);
     }
-    if (qcount_ >= ring_.size()) {
-      ctr_[C_TX_DROPPED_QUEUE] += frames;
-      return 0;
-    }
-    ring_[(qhead_ + qcount_) % ring_.size()].assign(merged_.begin(), merged_.end());
-    qcount_++;
-    return frames;
+    return ok;
   }
 
   void Written(uint32_t frames, size_t bytes) {
@@ -682,8 +674,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
           ctr_[C_TX_EAGAIN]++;
           break;
         }
-        ctr_[C_TX_DROPPED_ERROR]++;
-        ctr_[C_LAST_ERRNO] = errno;
+        Refused(errno, 1);
       } else {
         Written(1, s.size());
       }

@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import { loadConfig } from './config.ts';
 import { ConfigError, OperatorError } from './errors.ts';
-import { createLogger } from './log.ts';
+import { createLogger, exitOnSignals } from './log.ts';
 import { decodeKey, encodeKey, generatePrivateKey, publicKeyOf } from './mesh/keys.ts';
 
 const USAGE = `usage: homewire COMMAND [options]
@@ -100,16 +100,7 @@ async function up(file: string): Promise<void> {
   const daemon = await Daemon.fromConfig(cfg, { log, services: true });
   await daemon.start();
   process.on('SIGHUP', () => { daemon.reloadFromFile().catch(() => {}); });
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'stopping');
-    setTimeout(() => process.exit(1), 2000).unref();
-    daemon.stop().then(() => process.exit(0), () => process.exit(1));
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
+  exitOnSignals(log, 'the daemon', () => daemon.stop(), 2000);
 }
 
 async function control(cmd: string, args: string[]): Promise<void> {

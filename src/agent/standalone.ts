@@ -7,7 +7,7 @@ import YAML from 'yaml';
 import { parseConfig } from '../config.ts';
 import { controlRequest, defaultControlSocket } from '../control.ts';
 import { ConfigError } from '../errors.ts';
-import { createLogger } from '../log.ts';
+import { createLogger, exitOnSignals } from '../log.ts';
 import { HostAgent } from './agent.ts';
 import { parseAgentConfig } from './config.ts';
 
@@ -37,14 +37,5 @@ export async function runStandaloneAgent(file: string): Promise<void> {
   const log = createLogger(process.env.HOMEWIRE_LOG_LEVEL ?? 'info');
   const agent = await loadStandaloneAgent(file, log);
   await agent.start();
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'stopping the host agent');
-    setTimeout(() => process.exit(1), 10_000).unref();
-    agent.stop().then(() => process.exit(0), () => process.exit(1));
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
+  exitOnSignals(log, 'the host agent', () => agent.stop(), 10_000);
 }

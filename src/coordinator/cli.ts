@@ -5,7 +5,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { Writable } from 'node:stream';
 import { OperatorError } from '../errors.ts';
-import { createLogger } from '../log.ts';
+import { createLogger, exitOnSignals } from '../log.ts';
 import { CoordinatorClient } from './client.ts';
 import { ApiError, type HostView, type ImageRecord, type VmRecord } from './types.ts';
 
@@ -127,16 +127,7 @@ async function coordinator(args: Args, print: (s: string) => void): Promise<void
   const { Coordinator } = await import('./server.ts');
   const c = await Coordinator.fromConfig(cfg, { log });
   await c.start();
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'stopping');
-    setTimeout(() => process.exit(1), 5000).unref();
-    c.stop().then(() => process.exit(0), () => process.exit(1));
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
+  exitOnSignals(log, 'the coordinator', () => c.stop(), 5000);
 }
 
 function client(args: Args): CoordinatorClient {
