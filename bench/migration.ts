@@ -3,12 +3,13 @@
 // 198.51.100.50) migrated back and forth between host-a and host-b over the underlay, the LAN host pinging it
 // every 2 ms, tcpdump on both guest TAPs. A benchmark reports figures; it never fails for being slow.
 //
-//   sudo node --import tsx bench/migration.ts [--runs N] [--modes expect,noexpect,vxlan]
+//   sudo node --import tsx bench/migration.ts [--runs N] [--modes expect,noexpect,off,vxlan]
 //     --runs N    migrations per mode (default 10)
 //     --modes     expect    homewire, `homewire expect` on the destination before QMP migrate
-//                 noexpect  homewire without expect: the move is learned from the destination's RARP (the
-//                           daemon still announces it to its peers: announcements cannot be switched off
-//                           from the config)
+//                 noexpect  homewire without expect: the destination announces the move when the RARP
+//                           arrives
+//                 off       homewire with mobility messages off (mobility.announce_moves: false): peers learn
+//                           the move from the RARP broadcast alone, like a plain learning overlay
 //                 vxlan     kernel VXLAN (id 42, learning, all-zero FDB flood entries to the other sites)
 //                           bridged into br-hw instead of homewire's TAP: the reference
 // Per migration, from the captures and the LAN host's ping (see src/vm/measure.ts):
@@ -34,7 +35,7 @@ import {
 } from '../src/vm/measure.ts';
 import { detectAccel, guestMac, type Vm } from '../src/vm/qemu.ts';
 
-type Mode = 'expect' | 'expect-cli' | 'noexpect' | 'vxlan';
+type Mode = 'expect' | 'expect-cli' | 'noexpect' | 'off' | 'vxlan';
 
 function option(name: string, fallback: string): string {
   const i = process.argv.indexOf(name);
@@ -42,7 +43,7 @@ function option(name: string, fallback: string): string {
 }
 
 const RUNS = Number(option('--runs', '10'));
-const MODES = option('--modes', 'expect,noexpect,vxlan').split(',') as Mode[];
+const MODES = option('--modes', 'expect,noexpect,off,vxlan').split(',') as Mode[];
 const GUEST_IP = '198.51.100.50';
 const MAC = guestMac(0xbe01);
 const PING_INTERVAL_S = 0.002;
@@ -123,7 +124,9 @@ async function addVxlan(lab: Lab): Promise<void> {
 
 async function runMode(modes: Mode[], prefix: string, runs: number, out: Figures[]): Promise<Record<string, unknown>> {
   const vxlan = modes[0] === 'vxlan';
-  const lab = await Lab.create({ prefix, start: !vxlan });
+  // 'off': homewire with its mobility messages switched off (plain data-plane learning, no expect).
+  const siteConfig = modes[0] === 'off' ? () => 'mobility: { announce_moves: false }\n' : undefined;
+  const lab = await Lab.create({ prefix, start: !vxlan, siteConfig });
   const guests = new LabGuests(lab, buildGuestImage({ log: (m) => process.stderr.write(m + '\n') }));
   const counters: Record<string, unknown> = {};
   try {
@@ -175,17 +178,18 @@ async function main(): Promise<number> {
   const skip = vmSkipReason();
   if (skip) { process.stderr.write(`bench: ${skip}\n`); return 1; }
   if (!Number.isInteger(RUNS) || RUNS < 1) throw new Error('--runs needs a positive whole number');
-  for (const m of MODES) if (!['expect', 'expect-cli', 'noexpect', 'vxlan'].includes(m)) throw new Error(`unknown mode "${m}" (expect, expect-cli, noexpect, vxlan)`);
+  for (const m of MODES) if (!['expect', 'expect-cli', 'noexpect', 'off', 'vxlan'].includes(m)) throw new Error(`unknown mode "${m}" (expect, expect-cli, noexpect, off, vxlan)`);
   const date = new Date();
   const loadBefore = os.loadavg()[0];
   const figures: Figures[] = [];
   const counters: Record<string, unknown> = {};
-  const homewireModes = MODES.filter((m) => m !== 'vxlan');
+  const homewireModes = MODES.filter((m) => m !== 'vxlan' && m !== 'off');
   if (homewireModes.length) counters.homewire = await runMode(homewireModes, 'hwbm-', RUNS, figures);
+  if (MODES.includes('off')) counters.off = await runMode(['off'], 'hwbmo-', RUNS, figures);
   if (MODES.includes('vxlan')) await runMode(['vxlan'], 'hwbmx-', RUNS, figures);
 
   const label: Record<Mode, string> = {
-    expect: 'homewire + expect', 'expect-cli': 'homewire + expect (CLI)', noexpect: 'homewire, no expect', vxlan: 'kernel VXLAN learning',
+    expect: 'homewire + expect', 'expect-cli': 'homewire + expect (CLI)', noexpect: 'homewire, no expect', off: 'homewire, mobility messages off', vxlan: 'kernel VXLAN learning',
   };
   const summary = MODES.map((mode) => {
     const f = figures.filter((x) => x.mode === mode && !x.error?.startsWith('the captures'));

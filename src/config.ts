@@ -30,11 +30,13 @@ export interface Config {
   /** This site serves DHCP for the overlay (validated by the DHCP module). */
   dhcp?: DhcpConfig;
   control?: { socket: string };
+  /** MAC mobility: announce guests that arrive here to every peer (default true). */
+  mobility: { announceMoves: boolean };
   /** This host joins a lifecycle coordinator (validated by the agent module). */
   coordinator?: AgentConfig;
 }
 
-const TOP_KEYS = ['name', 'private_key', 'private_key_file', 'listen', 'tap', 'peers', 'metrics', 'log_level', 'dhcp', 'control', 'coordinator'];
+const TOP_KEYS = ['name', 'private_key', 'private_key_file', 'listen', 'tap', 'peers', 'metrics', 'log_level', 'dhcp', 'control', 'coordinator', 'mobility'];
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$/;
 const IFNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$/;
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -132,6 +134,15 @@ export function parseConfig(text: string, file: string): Config {
     c.onlyKeys(m, ['socket'], 'control');
     control = { socket: path.resolve(path.dirname(file), c.string(m.socket, 'control.socket')) };
   }
+  let announceMoves = true;
+  if (top.mobility !== undefined) {
+    const m = c.object(top.mobility, 'mobility');
+    c.onlyKeys(m, ['announce_moves'], 'mobility');
+    if (m.announce_moves !== undefined) {
+      if (typeof m.announce_moves !== 'boolean') c.fail('mobility.announce_moves', 'must be true or false');
+      announceMoves = m.announce_moves;
+    }
+  }
   let logLevel = 'info';
   if (top.log_level !== undefined) {
     logLevel = c.string(top.log_level, 'log_level');
@@ -141,6 +152,7 @@ export function parseConfig(text: string, file: string): Config {
   return {
     file, name, privateKey, publicKey, listen: { ...listen, family }, tap: { name: tapName, mtu, bridge }, peers,
     metrics, logLevel, dhcp: top.dhcp === undefined ? undefined : parseDhcpConfig(top.dhcp, file), control,
+    mobility: { announceMoves },
     coordinator: top.coordinator === undefined ? undefined : parseAgentConfig(top.coordinator, file),
   };
 }

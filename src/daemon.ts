@@ -72,6 +72,7 @@ export class Daemon {
       }
     }
     sw = new Switch(tap, mesh, maxFrameBytes(cfg.listen.family), cfg.publicKey.toString('hex'), deps.log, dhcp);
+    sw.announceMoves = cfg.mobility.announceMoves;
     return new Daemon(cfg, tap, mesh, sw, deps.log, now, dhcp, deps.services ?? false);
   }
 
@@ -174,6 +175,10 @@ export class Daemon {
         changes.push(`peer ${want.name}: endpoint ${want.endpoint ? `${want.endpoint.address}:${want.endpoint.port}` : 'learned'}`);
       }
     }
+    if (next.mobility.announceMoves !== old.mobility.announceMoves) {
+      this.sw.announceMoves = next.mobility.announceMoves;
+      changes.push(`mobility.announce_moves ${old.mobility.announceMoves} -> ${next.mobility.announceMoves}`);
+    }
     if (next.logLevel !== old.logLevel) {
       this.log.level = next.logLevel;
       changes.push(`log_level ${old.logLevel} -> ${next.logLevel}`);
@@ -190,7 +195,7 @@ export class Daemon {
         changes.push(`${key}: needs a restart`);
       }
     }
-    this.config = { ...old, peers: next.peers, logLevel: next.logLevel };
+    this.config = { ...old, peers: next.peers, logLevel: next.logLevel, mobility: next.mobility };
     this.mesh.tick();
     return changes;
   }
