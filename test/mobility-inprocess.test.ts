@@ -85,3 +85,16 @@ test('expect: while a migration is in flight, frames go to both hosts', async (t
   await waitFor(() => home.daemon.sw.table.get(vmKey)?.port?.name === 'host-b');
   t.is(home.daemon.sw.table.get(vmKey)!.alsoTo, null);
 });
+
+test('with mobility.announce_moves: false, moves are learned from frames alone', async (t) => {
+  const m = await buildMesh({ names: ['home', 'host-a', 'host-b'], extra: () => 'mobility: { announce_moves: false }' });
+  t.teardown(m.stop);
+  await waitFor(() => allUp(m.nodes));
+  const [home, a, b] = ['home', 'host-a', 'host-b'].map((n) => m.nodes.get(n)!);
+  a.tap.inject(frame(LAN, VM, 0x0800, Buffer.alloc(60)));
+  await waitFor(() => home.daemon.sw.table.get(vmKey)?.port?.name === 'host-a');
+  b.tap.inject(arp(1, VM, '198.51.100.77', '00:00:00:00:00:00', '198.51.100.77'));
+  await waitFor(() => home.daemon.sw.table.get(vmKey)?.port?.name === 'host-b');
+  t.is(b.daemon.sw.mobility.announced, 0);
+  t.is(home.daemon.sw.table.get(vmKey)!.seq, 0, 'no sequenced announcement reached home');
+});
