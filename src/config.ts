@@ -39,26 +39,34 @@ export interface Config {
 const TOP_KEYS = ['name', 'private_key', 'private_key_file', 'listen', 'tap', 'peers', 'metrics', 'log_level', 'dhcp', 'control', 'coordinator', 'mobility'];
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$/;
 const IFNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$/;
-const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 export function loadConfig(file: string): Config {
-  let text: string;
+  return parseConfig(readConfigFile(file), file);
+}
+
+/** A config file's text, or a ConfigError naming it. */
+export function readConfigFile(file: string): string {
   try {
-    text = fs.readFileSync(file, 'utf8');
+    return fs.readFileSync(file, 'utf8');
   } catch (err) {
     throw new ConfigError(file, '', `cannot read the config file (${(err as NodeJS.ErrnoException).code}); check the path and permissions`);
   }
-  return parseConfig(text, file);
 }
 
-export function parseConfig(text: string, file: string): Config {
+/** YAML to plain values, or a ConfigError with the line and column of the first syntax error. */
+export function parseYaml(text: string, file: string): unknown {
   const doc = YAML.parseDocument(text, { uniqueKeys: true });
   if (doc.errors.length > 0) {
     const e = doc.errors[0];
     const line = e.linePos?.[0] ? ` (line ${e.linePos[0].line}, column ${e.linePos[0].col})` : '';
     throw new ConfigError(file, '', `not valid YAML${line}: ${e.message.split('\n')[0]}`);
   }
-  const raw = doc.toJS();
+  return doc.toJS();
+}
+
+export function parseConfig(text: string, file: string): Config {
+  const raw = parseYaml(text, file);
   const c = new Checker(file);
   const top = c.object(raw, '');
   c.onlyKeys(top, TOP_KEYS, '');

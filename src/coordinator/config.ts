@@ -13,8 +13,7 @@
 //   log_level: info
 import fs from 'node:fs';
 import path from 'node:path';
-import YAML from 'yaml';
-import { Checker } from '../config.ts';
+import { Checker, LOG_LEVELS, parseYaml, readConfigFile } from '../config.ts';
 import { ConfigError } from '../errors.ts';
 import type { Endpoint } from '../mesh/peer.ts';
 import { DEFAULT_DATA_DIR, TOKEN_MIN_CHARS } from './constants.ts';
@@ -37,27 +36,14 @@ export interface CoordinatorConfig {
 
 const KEYS = ['listen', 'store', 'data_dir', 'admin_token_file', 'host_token_file', 'advertise_url', 'image_server',
   'images', 'metrics', 'log_level'];
-const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 export function loadCoordinatorConfig(file: string): CoordinatorConfig {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new ConfigError(file, '', `cannot read the config file (${(err as NodeJS.ErrnoException).code}); check the path and permissions`);
-  }
-  return parseCoordinatorConfig(text, file);
+  return parseCoordinatorConfig(readConfigFile(file), file);
 }
 
 export function parseCoordinatorConfig(text: string, file: string): CoordinatorConfig {
-  const doc = YAML.parseDocument(text, { uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    const e = doc.errors[0];
-    const line = e.linePos?.[0] ? ` (line ${e.linePos[0].line}, column ${e.linePos[0].col})` : '';
-    throw new ConfigError(file, '', `not valid YAML${line}: ${e.message.split('\n')[0]}`);
-  }
   const c: Checker = new Checker(file);
-  const top = c.object(doc.toJS(), '');
+  const top = c.object(parseYaml(text, file), '');
   c.onlyKeys(top, KEYS, '');
   const rel = (p: string) => path.resolve(path.dirname(file), p);
 
