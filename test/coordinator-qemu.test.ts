@@ -6,7 +6,7 @@
 // Every admin step is the real CLI, run in the underlay namespace: image add, vm create, vm start on host-a
 // (the guest gets a home-network lease), vm migrate to host-b while the LAN host pings every 10 ms, vm stop
 // (QEMU, TAP and capacity released), vm delete. Needs root, QEMU and the guest image packages.
-import test, { type ExecutionContext } from 'ava';
+import type { ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import { tapName } from '../src/agent/qemu.ts';
 import { GridLab } from '../src/coordinator/lab.ts';
@@ -14,11 +14,10 @@ import type { HostView, VmRecord } from '../src/coordinator/types.ts';
 import { buildGuestImage, LEASE_MARK } from '../src/lab/guest-image.ts';
 import { sleep } from '../src/lab/run.ts';
 import { deleteNamespaces, HOMEWIRE_BIN, Lab, PLAN } from '../src/lab/topology.ts';
-import { parseLease, vmPrefix, vmSiteConfig, vmSkipReason } from '../src/vm/lab-guest.ts';
+import { parseLease, vmPrefix, vmSiteConfig } from '../src/vm/lab-guest.ts';
+import { vmTest } from './helpers/vm.ts';
 import { replyGaps, startPing } from '../src/vm/measure.ts';
 
-const skip = vmSkipReason();
-const vmTest = (skip ? (title: string) => test.serial(title, (t) => t.fail(`cannot run: ${skip}`)) : test.serial) as typeof test.serial;
 
 async function waitUntil<T>(what: string, timeoutMs: number, fn: () => Promise<T | null | undefined | false>): Promise<T> {
   const deadline = Date.now() + timeoutMs;

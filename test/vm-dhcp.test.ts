@@ -1,33 +1,19 @@
 // A real QEMU guest (TCG) on host-a gets its address from homewire's DHCP server at home, over the encrypted
 // overlay, and the LAN host at home reaches it (issue 3). Needs root, QEMU and the guest image packages (see
 // src/vm/lab-guest.ts vmSkipReason); the guest image is built once and cached (src/lab/guest-image.ts).
-import test from 'ava';
-import { buildGuestImage } from '../src/lab/guest-image.ts';
 import { parsePing } from '../src/lab/run.ts';
-import { deleteNamespaces, HOMEWIRE_BIN, Lab, PLAN } from '../src/lab/topology.ts';
-import { LabGuests, vmPrefix, vmSiteConfig, vmSkipReason } from '../src/vm/lab-guest.ts';
+import { HOMEWIRE_BIN, PLAN } from '../src/lab/topology.ts';
+import { vmSiteConfig } from '../src/vm/lab-guest.ts';
 import { guestMac } from '../src/vm/qemu.ts';
-
-const skip = vmSkipReason();
-// Without root or the tools the test fails saying why (as the namespace tests do): CI must install them.
-const vmTest = (skip ? (title: string) => test.serial(title, (t) => t.fail(`cannot run: ${skip}`)) : test.serial) as typeof test.serial;
+import { vmLab, vmTest } from './helpers/vm.ts';
 
 const ipNum = (ip: string) => ip.split('.').reduce((a, o) => a * 256 + Number(o), 0);
 
 vmTest('a QEMU guest on host-a gets a lease from home over the overlay, inside the pool, and the LAN host pings it', async (t) => {
   t.timeout(180_000);
-  const prefix = vmPrefix();
-  let lab: Lab | null = null;
-  let guests: LabGuests | null = null;
-  t.teardown(async () => {
-    await guests?.stopAll();
-    if (lab) await lab.destroy(); else await deleteNamespaces(prefix);
-  });
-  const image = buildGuestImage({ log: (m) => t.log(m) });
-  lab = await Lab.create({ prefix, siteConfig: vmSiteConfig({ dhcp: true }) });
-  guests = new LabGuests(lab, image);
+  const { lab, guests } = await vmLab(t, { siteConfig: vmSiteConfig({ dhcp: true }) });
   const mac = guestMac(0xd1c9);
-  const { vm, lease, bootMs } = await guests.boot('host-a', { mac });
+  const { vm, lease, bootMs } = await guests().boot('host-a', { mac });
   t.log(`guest ${mac} booted (${lab.tapMtu}-byte TAP MTU) and leased ${lease.ip}/${lease.mask} from ${lease.server} in ${bootMs} ms`);
 
   t.is(lease.server, PLAN.dhcpServer, 'the lease came from homewire\'s server at home');

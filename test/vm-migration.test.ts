@@ -12,33 +12,14 @@
 //      move of the veth between namespaces takes 20–45 ms here; it is logged beside the gap.)
 // Needs root, QEMU, tcpdump and the guest image packages (src/vm/lab-guest.ts vmSkipReason).
 import path from 'node:path';
-import test, { type ExecutionContext } from 'ava';
-import { buildGuestImage } from '../src/lab/guest-image.ts';
 import { sleep } from '../src/lab/run.ts';
-import { deleteNamespaces, HOMEWIRE_BIN, Lab, type LabOptions, SITE_BRIDGE } from '../src/lab/topology.ts';
-import { GUEST_TAP, LabGuests, vmPrefix, vmSiteConfig, vmSkipReason } from '../src/vm/lab-guest.ts';
+import { HOMEWIRE_BIN, type Lab, SITE_BRIDGE } from '../src/lab/topology.ts';
+import { GUEST_TAP, vmSiteConfig } from '../src/vm/lab-guest.ts';
 import {
   firstTowardsGuest, fromGuestFilter, gapSpanning, nicResponse, replyGaps, startPing, startTcpProbe, towardsGuestFilter, wirePause,
 } from '../src/vm/measure.ts';
 import { guestMac } from '../src/vm/qemu.ts';
-
-const skip = vmSkipReason();
-// Without root or the tools the test fails saying why (as the namespace tests do): CI must install them.
-const vmTest = (skip ? (title: string) => test.serial(title, (t) => t.fail(`cannot run: ${skip}`)) : test.serial) as typeof test.serial;
-
-/** A lab with its own hwv prefix; teardown stops the guests and deletes the namespaces even on failure. */
-async function vmLab(t: ExecutionContext, opts: Omit<LabOptions, 'prefix'>): Promise<{ lab: Lab; guests: () => LabGuests }> {
-  const prefix = vmPrefix();
-  let lab: Lab | null = null;
-  let guests: LabGuests | null = null;
-  t.teardown(async () => {
-    await guests?.stopAll();
-    if (lab) await lab.destroy(); else await deleteNamespaces(prefix);
-  });
-  lab = await Lab.create({ ...opts, prefix });
-  const l = lab;
-  return { lab, guests: () => (guests ??= new LabGuests(l, buildGuestImage({ log: (m) => t.log(m) }))) };
-}
+import { vmLab, vmTest } from './helpers/vm.ts';
 
 const fmt = (ms: number) => `${ms.toFixed(1)} ms`;
 
@@ -137,8 +118,9 @@ vmTest('a guest namespace moved from host-a\'s bridge to host-b\'s + one gratuit
   // the guest says where it is with one gratuitous ARP as soon as its link is back (a watcher armed beforehand,
   // as a guest's own link-up hook would be, so the tool's start-up is not part of the outage).
   const garp = lab.spawn('guest-a', ['busybox', 'sh', '-c', [
-    'up() { read c < /sys/class/net/eth0/carrier 2>/dev/null && [ "$c" = 1 ]; }',
-    'echo armed', 'while up; do :; done', 'while ! up; do :; done',
+    // carrier_changes counts every down and up, so a blink shorter than one look is not missed.
+    'n() { cat /sys/class/net/eth0/carrier_changes; }', 'up() { read c < /sys/class/net/eth0/carrier 2>/dev/null && [ "$c" = 1 ]; }',
+    'base=$(n)', 'echo armed', 'while [ $(( $(n) - base )) -lt 2 ] || ! up; do :; done',
     `exec busybox arping -U -c 1 -w 1 -I eth0 ${guest.ip}`,
   ].join('; ')], { stdio: 'pipe' });
   let garpOut = '';
