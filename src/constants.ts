@@ -40,11 +40,9 @@ export function maxFrameBytes(family: 4 | 6): number {
 export const REKEY_AFTER_MS = 120_000;
 export const REJECT_AFTER_MS = 180_000;
 export const REKEY_AFTER_MESSAGES = 2n ** 60n;
-export const REJECT_AFTER_MESSAGES = 2n ** 64n - 2n ** 13n - 1n;
 export const REKEY_TIMEOUT_MS = 5_000; // handshake retry interval
 export const REKEY_JITTER_MS = 333;
 export const KEEPALIVE_TIMEOUT_MS = 10_000; // passive keepalive after receiving without sending
-export const HANDSHAKE_ATTEMPT_GIVEUP_MS = 90_000; // stop retrying when nothing needs sending
 export const PEER_DOWN_AFTER_MS = KEEPALIVE_TIMEOUT_MS + REKEY_TIMEOUT_MS + 10_000;
 
 // --- Replay window (RFC 6479) ---------------------------------------------------------------------
