@@ -2,7 +2,7 @@
 // disk), N host agents, and per operation the latency through the real HTTP API, long polls included.
 //   node --import tsx bench/coordinator-api.ts [--hosts 20] [--vms 200]
 // Prints a table and a JSON line; a benchmark reports, it asserts nothing.
-import { Harness } from '../src/coordinator/harness.ts';
+import { Harness } from '../lab/coordinator/harness.ts';
 import type { VmRecord } from '../src/coordinator/types.ts';
 
 const arg = (name: string, dflt: number) => {

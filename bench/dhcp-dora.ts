@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { parseReply, SimClient, simMac } from '../src/dhcp/client-sim.ts';
+import { parseReply, SimClient, simMac } from '../lab/dhcp-client-sim.ts';
 import { parseDhcpConfig } from '../src/dhcp/config.ts';
 import { DHCPACK, DHCPOFFER } from '../src/dhcp/constants.ts';
 import { DhcpServer } from '../src/dhcp/server.ts';

@@ -12,7 +12,7 @@
 //                           the move from the RARP broadcast alone, like a plain learning overlay
 //                 vxlan     kernel VXLAN (id 42, learning, all-zero FDB flood entries to the other sites)
 //                           bridged into br-hw instead of homewire's TAP: the reference
-// Per migration, from the captures and the LAN host's ping (see src/vm/measure.ts):
+// Per migration, from the captures and the LAN host's ping (see lab/vm/measure.ts):
 //   pause     the guest's pause on the wire: its last frame out of the source TAP → the first frame with its
 //             MAC on the destination TAP (the destination QEMU's RARP)
 //   nic gap   its ping reply gap at its own NIC: last echo reply out of the source TAP → first on the
@@ -26,14 +26,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { controlRequest } from '../src/control.ts';
-import { buildGuestImage } from '../src/lab/guest-image.ts';
-import { median, runOk, sleep } from '../src/lab/run.ts';
-import { HOMEWIRE_BIN, Lab, PROJECT_ROOT, SITE_BRIDGE } from '../src/lab/topology.ts';
-import { GUEST_TAP, LabGuests, vmSkipReason } from '../src/vm/lab-guest.ts';
+import { buildGuestImage } from '../lab/guest-image.ts';
+import { median, runOk, sleep } from '../lab/run.ts';
+import { HOMEWIRE_BIN, Lab, PROJECT_ROOT, SITE_BRIDGE } from '../lab/topology.ts';
+import { GUEST_TAP, LabGuests, vmSkipReason } from '../lab/vm/guests.ts';
 import {
   firstTowardsGuest, fromGuestFilter, gapSpanning, nicResponse, replyGaps, startPing, towardsGuestFilter, wirePause,
-} from '../src/vm/measure.ts';
-import { detectAccel, guestMac, type Vm } from '../src/vm/qemu.ts';
+} from '../lab/vm/measure.ts';
+import { detectAccel, guestMac, type Vm } from '../src/agent/qemu/driver.ts';
 
 type Mode = 'expect' | 'expect-cli' | 'noexpect' | 'off' | 'vxlan';
 

@@ -11,8 +11,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Lab, PLAN, PROJECT_ROOT } from '../src/lab/topology.ts';
-import { median, type PingResult, runSync } from '../src/lab/run.ts';
+import { Lab, PLAN, PROJECT_ROOT } from '../lab/topology.ts';
+import { median, type PingResult, runSync } from '../lab/run.ts';
 
 function option(name: string, fallback: number): number {
   const i = process.argv.indexOf(name);

@@ -66,4 +66,4 @@ fi
 
 # --- the demo ---------------------------------------------------------------------------------------------
 # tsx is resolved from the project (the working directory), so this runs the TypeScript sources directly.
-exec node --import tsx src/lab/demo.ts "$@"
+exec node --import tsx lab/demo.ts "$@"

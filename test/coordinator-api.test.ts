@@ -10,7 +10,7 @@ import { ImageCache } from '../src/agent/images.ts';
 import { CoordinatorClient } from '../src/coordinator/client.ts';
 import { runCoordinatorCli } from '../src/coordinator/cli.ts';
 import { HOST_DOWN_AFTER_MS } from '../src/coordinator/constants.ts';
-import { Harness, waitFor } from '../src/coordinator/harness.ts';
+import { Harness, waitFor } from '../lab/coordinator/harness.ts';
 import { ApiError, type HostView, type VmRecord } from '../src/coordinator/types.ts';
 import { silentLogger } from '../src/log.ts';
 

@@ -2,7 +2,7 @@
 // destination daemon's switch through HostAgent's expect(mac) seam, and the home site's switch sends the
 // guest's frames to both hosts until the guest shows up at the destination.
 import test from 'ava';
-import { Harness, waitFor } from '../src/coordinator/harness.ts';
+import { Harness, waitFor } from '../lab/coordinator/harness.ts';
 import type { VmRecord } from '../src/coordinator/types.ts';
 import { parseMac } from '../src/mobility.ts';
 import { allUp, buildMesh, frame } from './helpers/memory-mesh.ts';

@@ -10,10 +10,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { HostAgent } from '../src/agent/agent.ts';
 import { parseAgentConfig } from '../src/agent/config.ts';
-import { FakeCloud, FakeHypervisor } from '../src/agent/hypervisor.ts';
+import { FakeCloud, FakeHypervisor } from '../lab/twins/hypervisor.ts';
 import { CoordinatorClient } from '../src/coordinator/client.ts';
 import { etcdClient, EtcdStore } from '../src/coordinator/etcd-store.ts';
-import { waitFor } from '../src/coordinator/harness.ts';
+import { waitFor } from '../lab/coordinator/harness.ts';
 import type { HostView, VmRecord } from '../src/coordinator/types.ts';
 import { silentLogger } from '../src/log.ts';
 
@@ -66,7 +66,7 @@ async function startEtcd(t: any, dir: string): Promise<string> {
 /** `homewire coordinator --config FILE` as its own process (so the test can SIGKILL it). */
 function spawnCoordinator(file: string, logFile: string): ChildProcess {
   const fd = fs.openSync(logFile, 'a');
-  const p = spawn(process.execPath, ['--import', 'tsx', 'src/coordinator/main.ts', 'coordinator', '--config', file],
+  const p = spawn(process.execPath, ['bin/homewire.mjs', 'coordinator', '--config', file],
     { cwd: ROOT, stdio: ['ignore', fd, fd] });
   fs.closeSync(fd);
   return p;

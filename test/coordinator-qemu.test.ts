@@ -1,6 +1,6 @@
-// The coordinator driving real QEMU guests (TCG) in the namespace topology (src/lab/topology.ts):
+// The coordinator driving real QEMU guests (TCG) in the namespace topology (lab/topology.ts):
 //   underlay namespace: the coordinator (192.0.2.254:7100, SQLite) and an HTTP image server (:8080) with the
-//                       lab's own kernel + busybox initramfs (src/lab/guest-image.ts)
+//                       lab's own kernel + busybox initramfs (lab/guest-image.ts)
 //   host-a, host-b:     `homewire up` (the lab's daemons) and beside each a host agent (`homewire agent`)
 //   home:               `homewire up` with the DHCP server; the LAN host pings from behind it
 // Every admin step is the real CLI, run in the underlay namespace: image add, vm create, vm start on host-a
@@ -8,15 +8,15 @@
 // (QEMU, TAP and capacity released), vm delete. Needs root, QEMU and the guest image packages.
 import type { ExecutionContext } from 'ava';
 import fs from 'node:fs';
-import { tapName } from '../src/agent/qemu.ts';
-import { GridLab } from '../src/coordinator/lab.ts';
+import { tapName } from '../src/agent/qemu/hypervisor.ts';
+import { GridLab } from '../lab/coordinator/grid.ts';
 import type { HostView, VmRecord } from '../src/coordinator/types.ts';
-import { buildGuestImage, LEASE_MARK } from '../src/lab/guest-image.ts';
-import { sleep } from '../src/lab/run.ts';
-import { deleteNamespaces, HOMEWIRE_BIN, Lab, PLAN } from '../src/lab/topology.ts';
-import { parseLease, vmPrefix, vmSiteConfig } from '../src/vm/lab-guest.ts';
+import { buildGuestImage, LEASE_MARK } from '../lab/guest-image.ts';
+import { sleep } from '../lab/run.ts';
+import { deleteNamespaces, HOMEWIRE_BIN, Lab, PLAN } from '../lab/topology.ts';
+import { parseLease, vmPrefix, vmSiteConfig } from '../lab/vm/guests.ts';
 import { vmTest } from './helpers/vm.ts';
-import { replyGaps, startPing } from '../src/vm/measure.ts';
+import { replyGaps, startPing } from '../lab/vm/measure.ts';
 
 
 async function waitUntil<T>(what: string, timeoutMs: number, fn: () => Promise<T | null | undefined | false>): Promise<T> {

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseReply, SimClient, simMac } from '../src/dhcp/client-sim.ts';
+import { parseReply, SimClient, simMac } from '../lab/dhcp-client-sim.ts';
 import { parseDhcpConfig } from '../src/dhcp/config.ts';
 import { DHCPACK, DHCPOFFER } from '../src/dhcp/constants.ts';
 import { listLeases } from '../src/dhcp/leases-cli.ts';
@@ -26,7 +26,7 @@ const CONFIG = {
 const CHILD = `
 import { DhcpServer } from ${JSON.stringify(path.join(ROOT, 'src/dhcp/server.ts'))};
 import { parseDhcpConfig } from ${JSON.stringify(path.join(ROOT, 'src/dhcp/config.ts'))};
-import { parseReply, SimClient, simMac } from ${JSON.stringify(path.join(ROOT, 'src/dhcp/client-sim.ts'))};
+import { parseReply, SimClient, simMac } from ${JSON.stringify(path.join(ROOT, 'lab/dhcp-client-sim.ts'))};
 const db = process.argv[2];
 const cfg = parseDhcpConfig({ ...${JSON.stringify(CONFIG)}, lease_db: db }, db + '.yaml');
 const clients = new Map();

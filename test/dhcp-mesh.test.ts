@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DHCPACK, DHCPOFFER } from '../src/dhcp/constants.ts';
-import { parseReply, SimClient, simMac } from '../src/dhcp/client-sim.ts';
+import { parseReply, SimClient, simMac } from '../lab/dhcp-client-sim.ts';
 import { formatIPv4 } from '../src/dhcp/ip.ts';
 import { allUp, buildMesh, waitFor } from './helpers/memory-mesh.ts';
 

@@ -3,7 +3,7 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { clientFrame, parseReply, SimClient, simMac, type ClientStyle, type ServerReply } from '../src/dhcp/client-sim.ts';
+import { clientFrame, parseReply, SimClient, simMac, type ClientStyle, type ServerReply } from '../lab/dhcp-client-sim.ts';
 import { u32 } from '../src/dhcp/codec.ts';
 import { parseDhcpConfig } from '../src/dhcp/config.ts';
 import {

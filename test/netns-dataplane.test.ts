@@ -3,7 +3,7 @@
 // Needs root (see helpers/netns.ts). Each test builds its own lab (own prefix) and tears it down.
 import fs from 'node:fs';
 import path from 'node:path';
-import { HOMEWIRE_BIN, hasProgram, PROJECT_ROOT, TAP_NAME } from '../src/lab/topology.ts';
+import { HOMEWIRE_BIN, hasProgram, PROJECT_ROOT, TAP_NAME } from '../lab/topology.ts';
 import { labFor, netnsTest, pingText } from './helpers/netns.ts';
 
 const fast = { count: 5, intervalS: 0.1 };
@@ -84,7 +84,7 @@ netnsTest('10,000 random and mutated datagrams at home\'s port leave it running 
   t.true(before.ok, `before: ${pingText(before)}`);
   await capture?.stop();
 
-  const fuzz = await lab.exec('ul', [process.execPath, '--import', 'tsx', 'src/lab/udp-fuzz.ts',
+  const fuzz = await lab.exec('ul', [process.execPath, '--import', 'tsx', 'lab/udp-fuzz.ts',
     '--to', lab.site('home').endpoint, '--count', '10000', ...(capture ? ['--pcap', pcap] : [])], { cwd: PROJECT_ROOT, timeoutMs: 60_000 });
   t.is(fuzz.code, 0, fuzz.stderr);
   const summary = JSON.parse(fuzz.stdout);

@@ -4,7 +4,7 @@
 // exposition passes `promtool check metrics`.
 import fs from 'node:fs';
 import path from 'node:path';
-import { PLAN } from '../src/lab/topology.ts';
+import { PLAN } from '../lab/topology.ts';
 import { labFor, netnsTest } from './helpers/netns.ts';
 
 const METRICS_PORT = 9586;

@@ -10,8 +10,8 @@ import { controlRequest } from '../src/control.ts';
 import { Daemon } from '../src/daemon.ts';
 import { silentLogger } from '../src/log.ts';
 import { encodeKey, generatePrivateKey, publicKeyOf } from '../src/mesh/keys.ts';
-import { MemoryTap } from '../src/tap/memory.ts';
-import { MemoryNetwork } from '../src/udp/memory.ts';
+import { MemoryTap } from '../lab/twins/tap.ts';
+import { MemoryNetwork } from '../lab/twins/udp.ts';
 import { arp, waitFor } from './helpers/memory-mesh.ts';
 
 interface Site { name: string; key: Buffer; address: string }

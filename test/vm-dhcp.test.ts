@@ -1,10 +1,10 @@
 // A real QEMU guest (TCG) on host-a gets its address from homewire's DHCP server at home, over the encrypted
 // overlay, and the LAN host at home reaches it (issue 3). Needs root, QEMU and the guest image packages (see
-// src/vm/lab-guest.ts vmSkipReason); the guest image is built once and cached (src/lab/guest-image.ts).
-import { parsePing } from '../src/lab/run.ts';
-import { HOMEWIRE_BIN, PLAN } from '../src/lab/topology.ts';
-import { vmSiteConfig } from '../src/vm/lab-guest.ts';
-import { guestMac } from '../src/vm/qemu.ts';
+// lab/vm/guests.ts vmSkipReason); the guest image is built once and cached (lab/guest-image.ts).
+import { parsePing } from '../lab/run.ts';
+import { HOMEWIRE_BIN, PLAN } from '../lab/topology.ts';
+import { vmSiteConfig } from '../lab/vm/guests.ts';
+import { guestMac } from '../src/agent/qemu/driver.ts';
 import { vmLab, vmTest } from './helpers/vm.ts';
 
 const ipNum = (ip: string) => ip.split('.').reduce((a, o) => a * 256 + Number(o), 0);

@@ -10,15 +10,15 @@
 //   2. a guest namespace's veth moves from host-a's bridge to host-b's, then one gratuitous ARP: a LAN host
 //      pinging every 10 ms loses at most 2 replies, and an iperf3 TCP stream survives. (The kernel's own
 //      move of the veth between namespaces takes 20–45 ms here; it is logged beside the gap.)
-// Needs root, QEMU, tcpdump and the guest image packages (src/vm/lab-guest.ts vmSkipReason).
+// Needs root, QEMU, tcpdump and the guest image packages (lab/vm/guests.ts vmSkipReason).
 import path from 'node:path';
-import { sleep } from '../src/lab/run.ts';
-import { HOMEWIRE_BIN, type Lab, SITE_BRIDGE } from '../src/lab/topology.ts';
-import { GUEST_TAP, vmSiteConfig } from '../src/vm/lab-guest.ts';
+import { sleep } from '../lab/run.ts';
+import { HOMEWIRE_BIN, type Lab, SITE_BRIDGE } from '../lab/topology.ts';
+import { GUEST_TAP, vmSiteConfig } from '../lab/vm/guests.ts';
 import {
   firstTowardsGuest, fromGuestFilter, gapSpanning, nicResponse, replyGaps, startPing, startTcpProbe, towardsGuestFilter, wirePause,
-} from '../src/vm/measure.ts';
-import { guestMac } from '../src/vm/qemu.ts';
+} from '../lab/vm/measure.ts';
+import { guestMac } from '../src/agent/qemu/driver.ts';
 import { vmLab, vmTest } from './helpers/vm.ts';
 
 const fmt = (ms: number) => `${ms.toFixed(1)} ms`;

@@ -74,7 +74,7 @@ export class HostAgent {
   }
 
   private async qemu(): Promise<Hypervisor> {
-    const { QemuHypervisor } = await import('./qemu.ts');
+    const { QemuHypervisor } = await import('./qemu/hypervisor.ts');
     return new QemuHypervisor({ stateDir: this.config.stateDir, log: this.deps.log.child({ part: 'qemu' }) });
   }
 

@@ -1,5 +1,5 @@
 // The TAP seam: the daemon's side of a layer-2 interface. Two implementations: the native addon
-// (tap/native.ts, a real kernel TAP) and an in-memory twin (tap/memory.ts) for in-process tests.
+// (tap/native.ts, a real kernel TAP) and an in-memory twin (lab/twins/tap.ts) for in-process tests.
 
 export interface TapHandler {
   /** One frame read from the interface. The buffer is BORROWED from a slab: valid only during this call. */

@@ -1,5 +1,5 @@
 // The UDP seam: the daemon's underlay socket. Two implementations: node:dgram (udp/dgram.ts) and an
-// in-memory network (udp/memory.ts) that lets tests run whole meshes in one process.
+// in-memory network (lab/twins/udp.ts) that lets tests run whole meshes in one process.
 
 export interface UdpHandler {
   /** A datagram. The buffer is OWNED by the handler (it may decrypt in place and keep it). */

@@ -3,8 +3,8 @@ import { parseConfig } from '../../src/config.ts';
 import { Daemon } from '../../src/daemon.ts';
 import { silentLogger } from '../../src/log.ts';
 import { encodeKey, generatePrivateKey, publicKeyOf } from '../../src/mesh/keys.ts';
-import { MemoryTap } from '../../src/tap/memory.ts';
-import { MemoryNetwork } from '../../src/udp/memory.ts';
+import { MemoryTap } from '../../lab/twins/tap.ts';
+import { MemoryNetwork } from '../../lab/twins/udp.ts';
 
 export interface Node {
   name: string;

@@ -4,7 +4,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import { deleteNamespaces, hasProgram, Lab, type LabOptions, PROJECT_ROOT } from '../../src/lab/topology.ts';
+import { deleteNamespaces, hasProgram, Lab, type LabOptions, PROJECT_ROOT } from '../../lab/topology.ts';
 
 /** Why the namespace tests cannot run here, or null if they can. */
 export const netnsSkipReason: string | null = (() => {

@@ -1,9 +1,9 @@
 // QEMU lab tests: a lab per test with its own hwv prefix; teardown stops the guests and deletes the namespaces
 // even on failure. Without root or the tools a test fails saying why (CI must install them).
 import test, { type ExecutionContext } from 'ava';
-import { buildGuestImage } from '../../src/lab/guest-image.ts';
-import { deleteNamespaces, Lab, type LabOptions } from '../../src/lab/topology.ts';
-import { LabGuests, vmPrefix, vmSkipReason } from '../../src/vm/lab-guest.ts';
+import { buildGuestImage } from '../../lab/guest-image.ts';
+import { deleteNamespaces, Lab, type LabOptions } from '../../lab/topology.ts';
+import { LabGuests, vmPrefix, vmSkipReason } from '../../lab/vm/guests.ts';
 
 const skip = vmSkipReason();
 

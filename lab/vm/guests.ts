@@ -1,4 +1,4 @@
-// QEMU guests in the namespace lab (src/lab/topology.ts): a guest runs inside a site's namespace, its TAP on
+// QEMU guests in the namespace lab (lab/topology.ts): a guest runs inside a site's namespace, its TAP on
 // the site's br-hw beside the daemon's TAP. Used by test/vm-*.test.ts and bench/migration.ts.
 //
 //   const guests = new LabGuests(lab, buildGuestImage());
@@ -8,9 +8,9 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { hasProgram, type Lab, PLAN, PROJECT_ROOT, SITE_BRIDGE } from '../lab/topology.ts';
-import { type GuestImage, LEASE_MARK, READY_MARK } from '../lab/guest-image.ts';
-import { hasQemu, launch, type LaunchOptions, type Vm } from './qemu.ts';
+import { hasProgram, type Lab, PLAN, PROJECT_ROOT, SITE_BRIDGE } from '../topology.ts';
+import { type GuestImage, LEASE_MARK, READY_MARK } from '../guest-image.ts';
+import { hasQemu, launch, type LaunchOptions, type Vm } from '../../src/agent/qemu/driver.ts';
 
 export const GUEST_TAP = 'vmtap0';
 export const MIGRATION_PORT = 4444;

@@ -281,7 +281,7 @@ function atomicWrite(file: string, data: Buffer): void {
   fs.renameSync(tmp, file);
 }
 
-// `npx tsx src/lab/guest-image.ts`: build (or find) the image and print where it is.
+// `npx tsx lab/guest-image.ts`: build (or find) the image and print where it is.
 if (import.meta.url === `file://${process.argv[1]}`) {
   const img = buildGuestImage({ log: (m) => process.stderr.write(m + '\n') });
   process.stdout.write(JSON.stringify(img, null, 2) + '\n');

@@ -1,6 +1,6 @@
 // In-memory twin of a TAP: inject() plays the kernel sending a frame to the daemon; frames the daemon
 // writes land in `written` (and in onWrite, if set).
-import type { TapDevice, TapHandler, TapStats } from './device.ts';
+import type { TapDevice, TapHandler, TapStats } from '../../src/tap/device.ts';
 
 export class MemoryTap implements TapDevice {
   readonly stats: TapStats = { rxFrames: 0, rxBytes: 0, txFrames: 0, txBytes: 0, txDropped: 0, rxErrors: 0 };

@@ -2,7 +2,7 @@
 // namespaces, one `homewire up` each, then the guests and the home LAN host talking through the encrypted
 // mesh, a throughput figure, and a look at what the underlay carries. Cleans up after itself (and on Ctrl-C).
 //
-//   node --import tsx src/lab/demo.ts [--keep] [--ipv6]
+//   node --import tsx lab/demo.ts [--keep] [--ipv6]
 //     --keep   leave the lab running until Ctrl-C (try the printed commands in another terminal)
 //     --ipv6   run the mesh over an IPv6 underlay (2001:db8::/64)
 //     --vms    then run real QEMU guests through the lifecycle coordinator: start, live-migrate, stop
@@ -127,7 +127,7 @@ async function main(): Promise<number> {
 
   if (vms) {
     step(7, 'VMs through the lifecycle coordinator: start on host-a, live-migrate to host-b while the LAN pings, stop');
-    const { runVmDemo } = await import('../coordinator/demo.ts');
+    const { runVmDemo } = await import('./coordinator/demo.ts');
     if (!(await runVmDemo(lab, say))) failed++;
   }
 

@@ -1,6 +1,6 @@
 // In-memory twin of the underlay: sockets on a MemoryNetwork deliver to each other by address:port on a
 // later event-loop turn, copying each datagram as a wire would. Tests can drop, rewrite or inject datagrams.
-import type { UdpHandler, UdpSocket } from './socket.ts';
+import type { UdpHandler, UdpSocket } from '../../src/udp/socket.ts';
 
 export type Filter = (msg: Buffer, from: string, to: string) => Buffer | null;
 

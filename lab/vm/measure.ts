@@ -4,13 +4,13 @@
 //   reply gap    the largest time between two consecutive first replies, and the one spanning a moment
 //   wire pause   the guest's pause as the wire sees it: its last frame out of the source TAP to its first frame
 //                (the destination QEMU's RARP, or the guest's own) on the destination TAP, from tcpdump
-//   tcp probe    a connection held through the move (src/vm/tcp-probe.ts): reset or not, echoes after
+//   tcp probe    a connection held through the move (lab/vm/tcp-probe.ts): reset or not, echoes after
 //
 // All times are ms since the epoch on the one host clock that ping, tcpdump and the probe share.
 import path from 'node:path';
-import { type Packet } from '../lab/pcap.ts';
-import { sleep } from '../lab/run.ts';
-import { type Lab, PROJECT_ROOT } from '../lab/topology.ts';
+import { type Packet } from '../pcap.ts';
+import { sleep } from '../run.ts';
+import { type Lab, PROJECT_ROOT } from '../topology.ts';
 
 export interface PingReply {
   seq: number;
@@ -212,9 +212,9 @@ export interface TcpProbeSummary {
   maxEchoGapFromMs: number;
 }
 
-/** Starts src/vm/tcp-probe.ts in a namespace; resolves once it is connected (throws if it cannot connect). */
+/** Starts lab/vm/tcp-probe.ts in a namespace; resolves once it is connected (throws if it cannot connect). */
 export async function startTcpProbe(lab: Lab, ns: string, to: string, intervalMs = 10): Promise<{ stop(): Promise<TcpProbeSummary> }> {
-  const child = lab.spawn(ns, [process.execPath, '--import', 'tsx', path.join(PROJECT_ROOT, 'src/vm/tcp-probe.ts'),
+  const child = lab.spawn(ns, [process.execPath, '--import', 'tsx', path.join(PROJECT_ROOT, 'lab/vm/tcp-probe.ts'),
     '--to', to, '--interval-ms', String(intervalMs)], { stdio: 'pipe' });
   let out = '';
   let err = '';

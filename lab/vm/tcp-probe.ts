@@ -1,6 +1,6 @@
 // A TCP connection held open through a migration, from inside a namespace:
 //
-//   node --import tsx src/vm/tcp-probe.ts --to 198.51.100.123:7 [--interval-ms 10] [--duration-ms 0]
+//   node --import tsx lab/vm/tcp-probe.ts --to 198.51.100.123:7 [--interval-ms 10] [--duration-ms 0]
 //
 // Connects to an echo service (the lab guest's port 7), writes one numbered line every interval and reads the
 // echoes back. Prints {"event":"connected",...} once connected, then on SIGTERM/SIGINT, on the end of

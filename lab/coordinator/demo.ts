@@ -1,14 +1,14 @@
-// The demo's `--vms` part (src/lab/demo.ts): the lifecycle coordinator on the lab, driving real QEMU guests.
-// Needs a lab made with vmSiteConfig({ dhcp: true }) and QEMU installed (vmSkipReason in src/vm/lab-guest.ts).
+// The demo's `--vms` part (lab/demo.ts): the lifecycle coordinator on the lab, driving real QEMU guests.
+// Needs a lab made with vmSiteConfig({ dhcp: true }) and QEMU installed (vmSkipReason in lab/vm/guests.ts).
 // Prints each command as a person would type it, then what came back. Returns false if a step failed.
 import fs from 'node:fs';
-import { buildGuestImage } from '../lab/guest-image.ts';
-import { sleep } from '../lab/run.ts';
-import type { Lab } from '../lab/topology.ts';
-import { parseLease } from '../vm/lab-guest.ts';
+import { buildGuestImage } from '../guest-image.ts';
+import { sleep } from '../run.ts';
+import type { Lab } from '../topology.ts';
+import { parseLease } from '../vm/guests.ts';
 import { replyGaps, startPing } from '../vm/measure.ts';
-import { GridLab, LAB_COORDINATOR } from './lab.ts';
-import type { VmRecord } from './types.ts';
+import { GridLab, LAB_COORDINATOR } from './grid.ts';
+import type { VmRecord } from '../../src/coordinator/types.ts';
 
 export async function runVmDemo(lab: Lab, say: (s?: string) => void): Promise<boolean> {
   const indent = (text: string) => text.trimEnd().split('\n').map((l) => `     ${l}`).join('\n');

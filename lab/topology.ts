@@ -25,8 +25,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_PORT, defaultTapMtu } from '../constants.ts';
-import { encodeKey, generatePrivateKey, publicKeyOf } from '../mesh/keys.ts';
+import { DEFAULT_PORT, defaultTapMtu } from '../src/constants.ts';
+import { encodeKey, generatePrivateKey, publicKeyOf } from '../src/mesh/keys.ts';
 import {
   deleteNamespaces, deleteNamespacesSync, ip, ipn, PREFIX_RE, releaseOnExit, running, type Teardown, tearDownOnExit,
 } from './netns.ts';
@@ -37,7 +37,7 @@ import {
 
 export { deleteNamespaces, hasProgram } from './netns.ts';
 
-export const PROJECT_ROOT = fileURLToPath(new URL('../..', import.meta.url));
+export const PROJECT_ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const HOMEWIRE_BIN = path.join(PROJECT_ROOT, 'bin', 'homewire.mjs');
 
 /** Documentation address plan (RFC 5737, RFC 3849). */

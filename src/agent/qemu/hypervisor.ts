@@ -1,4 +1,4 @@
-// The Hypervisor seam over the QEMU driver in src/vm/qemu.ts: one QEMU per guest, its TAP made by QEMU and
+// The Hypervisor seam over the QEMU driver in driver.ts: one QEMU per guest, its TAP made by QEMU and
 // joined to the daemon's bridge, QMP on a socket in state_dir. Accelerator: KVM only when the CPU has
 // vmx/svm (detectAccel), else TCG. A disk is attached read-only, so both ends of a migration see the same
 // bytes without a block copy. The TAP takes the bridge's MTU (the daemon sized that to fit the overlay).
@@ -6,11 +6,11 @@ import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../coordinator/types.ts';
-import type { Logger } from '../log.ts';
-import { detectAccel, hasQemu, launch, type LaunchOptions, type Vm } from '../vm/qemu.ts';
-import { freePort } from './agent.ts';
-import type { GuestSpec, Hypervisor } from './hypervisor.ts';
+import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../../coordinator/types.ts';
+import type { Logger } from '../../log.ts';
+import { detectAccel, hasQemu, launch, type LaunchOptions, type Vm } from './driver.ts';
+import { freePort } from '../agent.ts';
+import type { GuestSpec, Hypervisor } from '../hypervisor.ts';
 
 interface Guest {
   vm: Vm;

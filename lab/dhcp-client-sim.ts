@@ -5,10 +5,10 @@ import {
   BOOTP_FLAG_BROADCAST, BOOTREQUEST, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DHCPDECLINE, DHCPDISCOVER, DHCPINFORM,
   DHCPRELEASE, DHCPREQUEST, HTYPE_ETHERNET, OPT_CLIENT_ID, OPT_HOSTNAME, OPT_LEASE_TIME, OPT_MAX_MESSAGE_SIZE,
   OPT_MESSAGE_TYPE, OPT_PARAMETER_LIST, OPT_REQUESTED_IP, OPT_SERVER_ID,
-} from './constants.ts';
-import { decodeDhcp, encodeDhcp, messageType, optionIp, u16, u32, u8, type DhcpMessage, type OptionList } from './codec.ts';
-import { FRAME_HEADROOM_BYTES, fillUdpHeaders, finish, parseUdp, sum16 } from './frame.ts';
-import { formatMac } from './ip.ts';
+} from '../src/dhcp/constants.ts';
+import { decodeDhcp, encodeDhcp, messageType, optionIp, u16, u32, u8, type DhcpMessage, type OptionList } from '../src/dhcp/codec.ts';
+import { FRAME_HEADROOM_BYTES, fillUdpHeaders, finish, parseUdp, sum16 } from '../src/dhcp/frame.ts';
+import { formatMac } from '../src/dhcp/ip.ts';
 
 export type ClientStyle = 'udhcpc' | 'dhclient' | 'dhcpcd' | 'plain';
 

@@ -1,23 +1,23 @@
-// The coordinator on the namespace lab (src/lab/topology.ts), for the QEMU test and the demo (`--vms`):
+// The coordinator on the namespace lab (lab/topology.ts), for the QEMU test and the demo (`--vms`):
 //   underlay namespace   the coordinator (192.0.2.254:7100, SQLite) and an HTTP image server (:8080) serving
-//                        the lab guest's kernel and initramfs (src/lab/guest-image.ts)
+//                        the lab guest's kernel and initramfs (lab/guest-image.ts)
 //   every VM-host site   a host agent beside the site's daemon (`homewire agent`: the daemon's config plus a
 //                        coordinator: section), QEMU guests on the site's br-hw
-// The lab must have been made with vmSiteConfig({ dhcp: true }) (src/vm/lab-guest.ts): control sockets in the
+// The lab must have been made with vmSiteConfig({ dhcp: true }) (lab/vm/guests.ts): control sockets in the
 // lab dir, the DHCP server at home. Admin commands run the real CLI inside the underlay namespace.
 import type { ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { GuestImage } from '../lab/guest-image.ts';
-import { type RunResult, sleep } from '../lab/run.ts';
-import { type Lab, PLAN, PROJECT_ROOT } from '../lab/topology.ts';
-import type { HostView } from './types.ts';
+import type { GuestImage } from '../guest-image.ts';
+import { type RunResult, sleep } from '../run.ts';
+import { HOMEWIRE_BIN, type Lab, PLAN, PROJECT_ROOT } from '../topology.ts';
+import type { HostView } from '../../src/coordinator/types.ts';
 
 export const LAB_COORDINATOR = `http://${PLAN.internet4}:7100`;
 export const LAB_IMAGES = `http://${PLAN.internet4}:8080`;
-/** This module's commands without the `homewire` dispatch (see main.ts). */
-export const CLI = [process.execPath, '--import', 'tsx', path.join(PROJECT_ROOT, 'src/coordinator/main.ts')];
+/** The `homewire` executable, as the tests and the demo run it inside namespaces. */
+export const CLI = [process.execPath, HOMEWIRE_BIN];
 
 const IMAGE_SERVER = `import http from 'node:http'; import fs from 'node:fs'; import path from 'node:path';
 const [dir, host, port] = process.argv.slice(2);

@@ -1,6 +1,6 @@
 // Random and mutated datagrams at a homewire port, from inside a namespace:
 //
-//   node --import tsx src/lab/udp-fuzz.ts --to 192.0.2.1:51820 [--count 10000] [--seed N] [--pcap FILE]
+//   node --import tsx lab/udp-fuzz.ts --to 192.0.2.1:51820 [--count 10000] [--seed N] [--pcap FILE]
 //
 // Kinds: random bytes of awkward lengths; well-shaped headers (right type, reserved bytes and size) with
 // random contents; and, from real datagrams captured on the underlay (--pcap), bit flips, truncations,
@@ -8,7 +8,7 @@
 // Prints one JSON line with what was sent. Bounded: at most 256 datagrams in flight.
 import dgram from 'node:dgram';
 import fs from 'node:fs';
-import { HANDSHAKE_INIT_BYTES, HANDSHAKE_RESP_BYTES, MSG_CONTROL, MSG_DATA, MSG_HANDSHAKE_INIT, MSG_HANDSHAKE_RESP, TRANSPORT_OVERHEAD_BYTES } from '../constants.ts';
+import { HANDSHAKE_INIT_BYTES, HANDSHAKE_RESP_BYTES, MSG_CONTROL, MSG_DATA, MSG_HANDSHAKE_INIT, MSG_HANDSHAKE_RESP, TRANSPORT_OVERHEAD_BYTES } from '../src/constants.ts';
 import { readPcap } from './pcap.ts';
 
 function arg(name: string, fallback?: string): string | undefined {

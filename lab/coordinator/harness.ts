@@ -5,15 +5,15 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { HostAgent } from '../agent/agent.ts';
-import { parseAgentConfig } from '../agent/config.ts';
-import { FakeCloud, FakeHypervisor } from '../agent/hypervisor.ts';
-import { type Logger, silentLogger } from '../log.ts';
-import { CoordinatorClient } from './client.ts';
-import { parseCoordinatorConfig } from './config.ts';
-import type { Leadership } from './leader.ts';
-import { Coordinator } from './server.ts';
-import type { Store } from './store.ts';
+import { HostAgent } from '../../src/agent/agent.ts';
+import { parseAgentConfig } from '../../src/agent/config.ts';
+import { FakeCloud, FakeHypervisor } from '../twins/hypervisor.ts';
+import { type Logger, silentLogger } from '../../src/log.ts';
+import { CoordinatorClient } from '../../src/coordinator/client.ts';
+import { parseCoordinatorConfig } from '../../src/coordinator/config.ts';
+import type { Leadership } from '../../src/coordinator/leader.ts';
+import { Coordinator } from '../../src/coordinator/server.ts';
+import type { Store } from '../../src/coordinator/store.ts';
 
 export interface FakeHost {
   name: string;
