@@ -29,28 +29,44 @@ const h = await Harness.start();
 try {
   for (let i = 0; i < HOSTS; i++) await h.addHost(`host-${i}`, { cpus: 64, memoryMib: 65536, site: `dc${i % 3}` });
   await h.addImage();
-  const create: number[] = [], start: number[] = [], migrate: number[] = [], stop: number[] = [], list: number[] = [], hosts: number[] = [];
+  const create: number[] = [],
+    start: number[] = [],
+    migrate: number[] = [],
+    stop: number[] = [],
+    list: number[] = [],
+    hosts: number[] = [];
   const wall = performance.now();
   for (let i = 0; i < VMS; i++) {
     await timed(create, () => h.admin.request('POST', '/v1/vms', { name: `vm${i}`, image: 'tiny', memory_mib: 128 }));
     await timed(start, () => h.admin.request<VmRecord>('POST', `/v1/vms/vm${i}/start`, {}));
   }
-  for (let i = 0; i < Math.min(VMS, 100); i++) await timed(migrate, () => h.admin.request('POST', `/v1/vms/vm${i}/migrate`, {}));
+  for (let i = 0; i < Math.min(VMS, 100); i++)
+    await timed(migrate, () => h.admin.request('POST', `/v1/vms/vm${i}/migrate`, {}));
   for (let i = 0; i < 50; i++) {
     await timed(list, () => h.admin.request('GET', '/v1/vms'));
     await timed(hosts, () => h.admin.request('GET', '/v1/hosts?free_memory_mib=1024&site=dc1'));
   }
   for (let i = 0; i < VMS; i++) await timed(stop, () => h.admin.request('POST', `/v1/vms/vm${i}/stop`, {}));
   const seconds = (performance.now() - wall) / 1000;
-  const rows: [string, number[]][] = [['create', create], ['start', start], ['migrate (fake)', migrate], ['stop', stop],
-    [`GET /v1/vms (${VMS} vms)`, list], [`GET /v1/hosts filtered (${HOSTS} hosts)`, hosts]];
+  const rows: [string, number[]][] = [
+    ['create', create],
+    ['start', start],
+    ['migrate (fake)', migrate],
+    ['stop', stop],
+    [`GET /v1/vms (${VMS} vms)`, list],
+    [`GET /v1/hosts filtered (${HOSTS} hosts)`, hosts],
+  ];
   console.log(`coordinator, ${HOSTS} fake hosts, ${VMS} VMs, SQLite store (ms through HTTP, long polls included)`);
-  console.log(`${'operation'.padEnd(34)} ${'n'.padStart(5)} ${'p50'.padStart(8)} ${'p90'.padStart(8)} ${'p99'.padStart(8)} ${'max'.padStart(8)}`);
+  console.log(
+    `${'operation'.padEnd(34)} ${'n'.padStart(5)} ${'p50'.padStart(8)} ${'p90'.padStart(8)} ${'p99'.padStart(8)} ${'max'.padStart(8)}`,
+  );
   const out: Record<string, unknown> = {};
   for (const [name, ms] of rows) {
     const s = stats(ms);
     out[name] = s;
-    console.log(`${name.padEnd(34)} ${String(s.n).padStart(5)} ${[s.p50, s.p90, s.p99, s.max].map((v) => v.toFixed(2).padStart(8)).join(' ')}`);
+    console.log(
+      `${name.padEnd(34)} ${String(s.n).padStart(5)} ${[s.p50, s.p90, s.p99, s.max].map((v) => v.toFixed(2).padStart(8)).join(' ')}`,
+    );
   }
   console.log(`total ${seconds.toFixed(1)} s`);
   console.log(JSON.stringify({ bench: 'coordinator-api', hosts: HOSTS, vms: VMS, seconds, ops: out }));

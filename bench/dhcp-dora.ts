@@ -37,11 +37,20 @@ interface Result {
 async function run(clients: number, concurrency: number, dir: string): Promise<Result> {
   const db = path.join(dir, `leases-${concurrency}.db`);
   for (const f of [db, `${db}-wal`, `${db}-shm`]) fs.rmSync(f, { force: true });
-  const cfg = parseDhcpConfig({
-    subnet: '10.77.0.0/16', server_ip: '10.77.0.2', pool: '10.77.1.0-10.77.255.254', router: '10.77.0.1',
-    dns: ['10.77.0.1'], domain: 'home.example', lease_seconds: 3600, lease_db: db,
-    rate_limit_per_site_per_minute: 1_000_000,
-  }, path.join(dir, 'bench.yaml'));
+  const cfg = parseDhcpConfig(
+    {
+      subnet: '10.77.0.0/16',
+      server_ip: '10.77.0.2',
+      pool: '10.77.1.0-10.77.255.254',
+      router: '10.77.0.1',
+      dns: ['10.77.0.1'],
+      domain: 'home.example',
+      lease_seconds: 3600,
+      lease_db: db,
+      rate_limit_per_site_per_minute: 1_000_000,
+    },
+    path.join(dir, 'bench.yaml'),
+  );
 
   const byMac = new Map<string, { c: SimClient; site: string; start: number }>();
   const latencies = new Float64Array(clients);
@@ -49,7 +58,9 @@ async function run(clients: number, concurrency: number, dir: string): Promise<R
   let done = 0;
   let queue: Array<[Buffer, string]> = [];
   let finish!: () => void;
-  const finished = new Promise<void>((r) => { finish = r; });
+  const finished = new Promise<void>((r) => {
+    finish = r;
+  });
 
   const startNext = () => {
     const n = started++;
@@ -90,14 +101,21 @@ async function run(clients: number, concurrency: number, dir: string): Promise<R
   await finished;
   const seconds = (performance.now() - t0) / 1000;
   const commits = server.stats.commits;
-  if (server.stats.leasesActive !== clients) throw new Error(`expected ${clients} leases, have ${server.stats.leasesActive}`);
+  if (server.stats.leasesActive !== clients)
+    throw new Error(`expected ${clients} leases, have ${server.stats.leasesActive}`);
   server.close();
   const sorted = Array.from(latencies).sort((a, b) => a - b);
   const pct = (p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
   return {
-    clients, concurrency, seconds: round(seconds), leasesPerSecond: Math.round(clients / seconds),
-    p50Ms: round(pct(50)), p99Ms: round(pct(99)), maxMs: round(sorted[sorted.length - 1]),
-    commits, acksPerCommit: round(clients / commits),
+    clients,
+    concurrency,
+    seconds: round(seconds),
+    leasesPerSecond: Math.round(clients / seconds),
+    p50Ms: round(pct(50)),
+    p99Ms: round(pct(99)),
+    maxMs: round(sorted[sorted.length - 1]),
+    commits,
+    acksPerCommit: round(clients / commits),
   };
 }
 
@@ -124,12 +142,16 @@ async function main() {
     console.log(JSON.stringify(results));
     return;
   }
-  console.log(`DHCP DORA benchmark (node ${process.version}, ${os.cpus().length} cores, store in ${given || os.tmpdir()})`);
+  console.log(
+    `DHCP DORA benchmark (node ${process.version}, ${os.cpus().length} cores, store in ${given || os.tmpdir()})`,
+  );
   console.log('clients  concurrency  leases/s   p50 ms   p99 ms   max ms   commits  acks/commit');
   for (const r of results) {
-    console.log(`${String(r.clients).padStart(7)}  ${String(r.concurrency).padStart(11)}  ${String(r.leasesPerSecond).padStart(8)}  `
-      + `${r.p50Ms.toFixed(2).padStart(7)}  ${r.p99Ms.toFixed(2).padStart(7)}  ${r.maxMs.toFixed(2).padStart(7)}  `
-      + `${String(r.commits).padStart(8)}  ${r.acksPerCommit.toFixed(1).padStart(11)}`);
+    console.log(
+      `${String(r.clients).padStart(7)}  ${String(r.concurrency).padStart(11)}  ${String(r.leasesPerSecond).padStart(8)}  ` +
+        `${r.p50Ms.toFixed(2).padStart(7)}  ${r.p99Ms.toFixed(2).padStart(7)}  ${r.maxMs.toFixed(2).padStart(7)}  ` +
+        `${String(r.commits).padStart(8)}  ${r.acksPerCommit.toFixed(1).padStart(11)}`,
+    );
   }
 }
 

@@ -31,7 +31,14 @@ import { median, runOk, sleep } from '../lab/run.ts';
 import { HOMEWIRE_BIN, Lab, PROJECT_ROOT, SITE_BRIDGE } from '../lab/topology.ts';
 import { GUEST_TAP, LabGuests, vmSkipReason } from '../lab/vm/guests.ts';
 import {
-  firstTowardsGuest, fromGuestFilter, gapSpanning, nicResponse, replyGaps, startPing, towardsGuestFilter, wirePause,
+  firstTowardsGuest,
+  fromGuestFilter,
+  gapSpanning,
+  nicResponse,
+  replyGaps,
+  startPing,
+  towardsGuestFilter,
+  wirePause,
 } from '../lab/vm/measure.ts';
 import { detectAccel, guestMac, type Vm } from '../src/agent/qemu/driver.ts';
 
@@ -69,7 +76,15 @@ interface Figures {
 const round = (x: number | null) => (x === null || !Number.isFinite(x) ? null : Math.round(x * 10) / 10);
 
 /** One migration of vm from one site to the other, with captures and a 2 ms ping from the LAN host. */
-async function migrateOnce(lab: Lab, guests: LabGuests, vm: Vm, mode: Mode, run: number, from: string, to: string): Promise<{ figures: Figures; vm: Vm }> {
+async function migrateOnce(
+  lab: Lab,
+  guests: LabGuests,
+  vm: Vm,
+  mode: Mode,
+  run: number,
+  from: string,
+  to: string,
+): Promise<{ figures: Figures; vm: Vm }> {
   const dst = await guests.incoming(to, vm);
   const file = (n: string) => path.join(lab.dir, `run${run}-${mode}-${n}.pcap`);
   const capFrom = await lab.capture(from, GUEST_TAP, file('from'), fromGuestFilter(MAC));
@@ -79,10 +94,25 @@ async function migrateOnce(lab: Lab, guests: LabGuests, vm: Vm, mode: Mode, run:
   await sleep(800);
   if (mode === 'expect') {
     // What a coordinator's host agent does: one request on the daemon's control socket.
-    const r = await controlRequest(path.join(lab.dir, `${to}.sock`), 'POST', `/v1/expect?mac=${encodeURIComponent(MAC)}`);
+    const r = await controlRequest(
+      path.join(lab.dir, `${to}.sock`),
+      'POST',
+      `/v1/expect?mac=${encodeURIComponent(MAC)}`,
+    );
     if (!r.body.ok) throw new Error(`expect refused: ${r.body.error}`);
   } else if (mode === 'expect-cli') {
-    await runOk('ip', ['netns', 'exec', lab.ns(to), process.execPath, HOMEWIRE_BIN, 'expect', '--config', lab.site(to).configFile, '--mac', MAC]);
+    await runOk('ip', [
+      'netns',
+      'exec',
+      lab.ns(to),
+      process.execPath,
+      HOMEWIRE_BIN,
+      'expect',
+      '--config',
+      lab.site(to).configFile,
+      '--mac',
+      MAC,
+    ]);
   }
   const r = await vm.migrate(dst.uri);
   await dst.vm.waitRunning(10_000);
@@ -99,24 +129,51 @@ async function migrateOnce(lab: Lab, guests: LabGuests, vm: Vm, mode: Mode, run:
   const fwd = p ? firstTowardsGuest(toOut, MAC, p.firstOnDestMs) : null;
   const resp = p ? nicResponse(toIn, toOut, MAC, p.firstOnDestMs) : null;
   const figures: Figures = {
-    mode, run, from, to, qemuTotalMs: r.totalTimeMs, qemuDowntimeMs: r.downtimeMs,
-    pauseMs: round(p?.pauseMs ?? null), nicGapMs: round(p?.nicReplyGapMs ?? null), lanGapMs: round(lanGap),
+    mode,
+    run,
+    from,
+    to,
+    qemuTotalMs: r.totalTimeMs,
+    qemuDowntimeMs: r.downtimeMs,
+    pauseMs: round(p?.pauseMs ?? null),
+    nicGapMs: round(p?.nicReplyGapMs ?? null),
+    lanGapMs: round(lanGap),
     addsMs: round(p && lanGap !== null ? lanGap - p.pauseMs : null),
     addsNicMs: round(p?.nicReplyGapMs != null && lanGap !== null ? lanGap - p.nicReplyGapMs : null),
-    forwardMs: round(p && fwd ? fwd.atMs - p.firstOnDestMs : null), guestResponseMs: round(resp?.ms ?? null),
+    forwardMs: round(p && fwd ? fwd.atMs - p.firstOnDestMs : null),
+    guestResponseMs: round(resp?.ms ?? null),
     lost: trace.lost,
   };
   if (!p) figures.error = 'the captures did not see the guest on both TAPs';
-  else if (spanning && largest && spanning.ms !== largest.ms) figures.error = `largest LAN gap (${round(largest.ms)} ms) is not the one over the pause (${round(spanning.ms)} ms)`;
+  else if (spanning && largest && spanning.ms !== largest.ms)
+    figures.error = `largest LAN gap (${round(largest.ms)} ms) is not the one over the pause (${round(spanning.ms)} ms)`;
   return { figures, vm: dst.vm };
 }
 
 /** Kernel VXLAN in place of homewire: vx0 on br-hw in every site, flooding to every other site's underlay address. */
 async function addVxlan(lab: Lab): Promise<void> {
   for (const s of lab.sites) {
-    await runOk('ip', ['-n', s.ns, 'link', 'add', 'vx0', 'type', 'vxlan', 'id', '42', 'dstport', '4789', 'local', s.underlay4, 'dev', 'eth0', 'learning']);
+    await runOk('ip', [
+      '-n',
+      s.ns,
+      'link',
+      'add',
+      'vx0',
+      'type',
+      'vxlan',
+      'id',
+      '42',
+      'dstport',
+      '4789',
+      'local',
+      s.underlay4,
+      'dev',
+      'eth0',
+      'learning',
+    ]);
     for (const o of lab.sites) {
-      if (o !== s) await runOk('bridge', ['-n', s.ns, 'fdb', 'append', '00:00:00:00:00:00', 'dev', 'vx0', 'dst', o.underlay4]);
+      if (o !== s)
+        await runOk('bridge', ['-n', s.ns, 'fdb', 'append', '00:00:00:00:00:00', 'dev', 'vx0', 'dst', o.underlay4]);
     }
     await runOk('ip', ['-n', s.ns, 'link', 'set', 'vx0', 'mtu', String(lab.tapMtu), 'master', SITE_BRIDGE, 'up']);
   }
@@ -127,14 +184,15 @@ async function runMode(modes: Mode[], prefix: string, runs: number, out: Figures
   // 'off': homewire with its mobility messages switched off (plain data-plane learning, no expect).
   const siteConfig = modes[0] === 'off' ? () => 'mobility: { announce_moves: false }\n' : undefined;
   const lab = await Lab.create({ prefix, start: !vxlan, siteConfig });
-  const guests = new LabGuests(lab, buildGuestImage({ log: (m) => process.stderr.write(m + '\n') }));
+  const guests = new LabGuests(lab, buildGuestImage({ log: (m) => process.stderr.write(`${m}\n`) }));
   const counters: Record<string, unknown> = {};
   try {
     if (vxlan) await addVxlan(lab);
     let { vm } = await guests.boot('host-a', { mac: MAC, ip: `${GUEST_IP}/24` });
     let at = 'host-a';
     const warm = await lab.ping('lan', GUEST_IP, { count: 5, intervalS: 0.1 });
-    if (!warm.ok) throw new Error(`the LAN host cannot reach the guest over ${vxlan ? 'VXLAN' : 'homewire'}: ${warm.output}`);
+    if (!warm.ok)
+      throw new Error(`the LAN host cannot reach the guest over ${vxlan ? 'VXLAN' : 'homewire'}: ${warm.output}`);
     // Modes sharing a lab alternate, in an order that gives each mode both directions (a→b and b→a).
     for (let i = 0; i < runs; i++) {
       for (const mode of i % 2 ? [...modes].reverse() : modes) {
@@ -145,8 +203,10 @@ async function runMode(modes: Mode[], prefix: string, runs: number, out: Figures
           at = to;
           out.push(r.figures);
           const f = r.figures;
-          process.stderr.write(`${mode} #${i + 1} ${f.from}→${f.to}: pause ${f.pauseMs} ms, nic gap ${f.nicGapMs} ms, LAN gap ${f.lanGapMs} ms, `
-            + `adds ${f.addsMs} ms (vs nic ${f.addsNicMs} ms), forward ${f.forwardMs} ms, QEMU downtime ${f.qemuDowntimeMs} ms${f.error ? ` [${f.error}]` : ''}\n`);
+          process.stderr.write(
+            `${mode} #${i + 1} ${f.from}→${f.to}: pause ${f.pauseMs} ms, nic gap ${f.nicGapMs} ms, LAN gap ${f.lanGapMs} ms, ` +
+              `adds ${f.addsMs} ms (vs nic ${f.addsNicMs} ms), forward ${f.forwardMs} ms, QEMU downtime ${f.qemuDowntimeMs} ms${f.error ? ` [${f.error}]` : ''}\n`,
+          );
         } catch (err) {
           out.push({ mode, run: i + 1, from: at, to, error: String((err as Error).message ?? err) } as Figures);
           process.stderr.write(`${mode} #${i + 1}: ${(err as Error).message}\n`);
@@ -157,9 +217,22 @@ async function runMode(modes: Mode[], prefix: string, runs: number, out: Figures
     }
     if (!vxlan) {
       for (const s of lab.sites) {
-        const st = await runOk('ip', ['netns', 'exec', s.ns, process.execPath, HOMEWIRE_BIN, 'status', '--config', s.configFile, '--json']);
+        const st = await runOk('ip', [
+          'netns',
+          'exec',
+          s.ns,
+          process.execPath,
+          HOMEWIRE_BIN,
+          'status',
+          '--config',
+          s.configFile,
+          '--json',
+        ]);
         const j = JSON.parse(st.stdout);
-        counters[s.name] = { mobility: j.mobility, drops: Object.fromEntries(Object.entries(j.drops).filter(([, v]) => (v as number) > 0)) };
+        counters[s.name] = {
+          mobility: j.mobility,
+          drops: Object.fromEntries(Object.entries(j.drops).filter(([, v]) => (v as number) > 0)),
+        };
       }
     }
   } finally {
@@ -171,14 +244,21 @@ async function runMode(modes: Mode[], prefix: string, runs: number, out: Figures
 
 function stats(xs: Array<number | null>): { median: number | null; max: number | null; min: number | null; n: number } {
   const v = xs.filter((x): x is number => x !== null && Number.isFinite(x));
-  return v.length ? { median: round(median(v)), max: round(Math.max(...v)), min: round(Math.min(...v)), n: v.length } : { median: null, max: null, min: null, n: 0 };
+  return v.length
+    ? { median: round(median(v)), max: round(Math.max(...v)), min: round(Math.min(...v)), n: v.length }
+    : { median: null, max: null, min: null, n: 0 };
 }
 
 async function main(): Promise<number> {
   const skip = vmSkipReason();
-  if (skip) { process.stderr.write(`bench: ${skip}\n`); return 1; }
+  if (skip) {
+    process.stderr.write(`bench: ${skip}\n`);
+    return 1;
+  }
   if (!Number.isInteger(RUNS) || RUNS < 1) throw new Error('--runs needs a positive whole number');
-  for (const m of MODES) if (!['expect', 'expect-cli', 'noexpect', 'off', 'vxlan'].includes(m)) throw new Error(`unknown mode "${m}" (expect, expect-cli, noexpect, off, vxlan)`);
+  for (const m of MODES)
+    if (!['expect', 'expect-cli', 'noexpect', 'off', 'vxlan'].includes(m))
+      throw new Error(`unknown mode "${m}" (expect, expect-cli, noexpect, off, vxlan)`);
   const date = new Date();
   const loadBefore = os.loadavg()[0];
   const figures: Figures[] = [];
@@ -189,29 +269,53 @@ async function main(): Promise<number> {
   if (MODES.includes('vxlan')) await runMode(['vxlan'], 'hwbmx-', RUNS, figures);
 
   const label: Record<Mode, string> = {
-    expect: 'homewire + expect', 'expect-cli': 'homewire + expect (CLI)', noexpect: 'homewire, no expect', off: 'homewire, mobility messages off', vxlan: 'kernel VXLAN learning',
+    expect: 'homewire + expect',
+    'expect-cli': 'homewire + expect (CLI)',
+    noexpect: 'homewire, no expect',
+    off: 'homewire, mobility messages off',
+    vxlan: 'kernel VXLAN learning',
   };
   const summary = MODES.map((mode) => {
     const f = figures.filter((x) => x.mode === mode && !x.error?.startsWith('the captures'));
     return {
-      mode, label: label[mode], runs: f.length,
-      qemuDowntimeMs: stats(f.map((x) => x.qemuDowntimeMs)), pauseMs: stats(f.map((x) => x.pauseMs)), nicGapMs: stats(f.map((x) => x.nicGapMs)),
-      lanGapMs: stats(f.map((x) => x.lanGapMs)), addsMs: stats(f.map((x) => x.addsMs)), addsNicMs: stats(f.map((x) => x.addsNicMs)),
-      forwardMs: stats(f.map((x) => x.forwardMs)), guestResponseMs: stats(f.map((x) => x.guestResponseMs)), lost: stats(f.map((x) => x.lost)),
+      mode,
+      label: label[mode],
+      runs: f.length,
+      qemuDowntimeMs: stats(f.map((x) => x.qemuDowntimeMs)),
+      pauseMs: stats(f.map((x) => x.pauseMs)),
+      nicGapMs: stats(f.map((x) => x.nicGapMs)),
+      lanGapMs: stats(f.map((x) => x.lanGapMs)),
+      addsMs: stats(f.map((x) => x.addsMs)),
+      addsNicMs: stats(f.map((x) => x.addsNicMs)),
+      forwardMs: stats(f.map((x) => x.forwardMs)),
+      guestResponseMs: stats(f.map((x) => x.guestResponseMs)),
+      lost: stats(f.map((x) => x.lost)),
     };
   });
   const cpuModel = os.cpus()[0]?.model ?? 'unknown CPU';
   const result = {
     date: date.toISOString(),
     host: {
-      cpu: cpuModel, cores: os.cpus().length, kernel: os.release(), node: process.version, accel: detectAccel(),
-      loadavg1Before: round(loadBefore), loadavg1After: round(os.loadavg()[0]),
+      cpu: cpuModel,
+      cores: os.cpus().length,
+      kernel: os.release(),
+      node: process.version,
+      accel: detectAccel(),
+      loadavg1Before: round(loadBefore),
+      loadavg1After: round(os.loadavg()[0]),
     },
-    setup: { runsPerMode: RUNS, pingIntervalMs: PING_INTERVAL_S * 1000, guest: `${GUEST_IP}, ${MAC}, 128 MiB, QEMU ${detectAccel()}` },
-    summary, counters, runs: figures,
+    setup: {
+      runsPerMode: RUNS,
+      pingIntervalMs: PING_INTERVAL_S * 1000,
+      guest: `${GUEST_IP}, ${MAC}, 128 MiB, QEMU ${detectAccel()}`,
+    },
+    summary,
+    counters,
+    runs: figures,
   };
 
-  const cell = (s: { median: number | null; max: number | null }) => `${s.median ?? '—'} / ${s.max ?? '—'}`.padStart(15);
+  const cell = (s: { median: number | null; max: number | null }) =>
+    `${s.median ?? '—'} / ${s.max ?? '—'}`.padStart(15);
   const lines = [
     '',
     `live migration host-a ⇄ host-b, ${RUNS} per mode, LAN host pinging every ${PING_INTERVAL_S * 1000} ms; guest under ${detectAccel().toUpperCase()}`,
@@ -222,22 +326,30 @@ async function main(): Promise<number> {
     `${'mode'.padEnd(22)} ${'QEMU downtime'.padStart(15)} ${'pause (RARP)'.padStart(15)} ${'nic reply gap'.padStart(15)} ${'LAN gap'.padStart(15)} ${'LAN − pause'.padStart(15)} ${'LAN − nic gap'.padStart(15)} ${'forward'.padStart(15)}`,
   ];
   for (const s of summary) {
-    lines.push(`${s.label.padEnd(22)} ${cell(s.qemuDowntimeMs)} ${cell(s.pauseMs)} ${cell(s.nicGapMs)} ${cell(s.lanGapMs)} ${cell(s.addsMs)} ${cell(s.addsNicMs)} ${cell(s.forwardMs)}`);
+    lines.push(
+      `${s.label.padEnd(22)} ${cell(s.qemuDowntimeMs)} ${cell(s.pauseMs)} ${cell(s.nicGapMs)} ${cell(s.lanGapMs)} ${cell(s.addsMs)} ${cell(s.addsNicMs)} ${cell(s.forwardMs)}`,
+    );
   }
-  lines.push('', 'LAN − pause: what the LAN host saw beyond the guest\'s pause up to its RARP (includes a TCG guest\'s warm-up after resume);',
-    'LAN − nic gap: beyond the reply gap at the guest\'s own NIC; forward: RARP → first frame for the guest on the destination TAP.');
-  process.stdout.write(lines.join('\n') + '\n\n');
+  lines.push(
+    '',
+    "LAN − pause: what the LAN host saw beyond the guest's pause up to its RARP (includes a TCG guest's warm-up after resume);",
+    "LAN − nic gap: beyond the reply gap at the guest's own NIC; forward: RARP → first frame for the guest on the destination TAP.",
+  );
+  process.stdout.write(`${lines.join('\n')}\n\n`);
 
   const dir = path.join(PROJECT_ROOT, 'bench', 'results');
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, `migration-${date.toISOString().replace(/:/g, '-').replace(/\..*$/, '')}.json`);
-  fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
-  process.stdout.write(JSON.stringify({ summary }) + '\n');
+  fs.writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
+  process.stdout.write(`${JSON.stringify({ summary })}\n`);
   process.stderr.write(`written to ${path.relative(process.cwd(), file) || file}\n`);
   return summary.some((s) => s.runs > 0) ? 0 : 1;
 }
 
-main().then((code) => process.exit(code), (err) => {
-  process.stderr.write(`bench failed: ${err?.stack ?? err}\n`);
-  process.exit(1);
-});
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    process.stderr.write(`bench failed: ${err?.stack ?? err}\n`);
+    process.exit(1);
+  },
+);

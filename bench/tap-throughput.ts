@@ -54,7 +54,11 @@ interface Row {
   wakeups?: number;
 }
 
-async function measureCase(name: string, seconds: number, run: () => Promise<{ written?: number; read?: number; dropped?: number; wakeups?: number; secs?: number }>): Promise<Row> {
+async function measureCase(
+  name: string,
+  _seconds: number,
+  run: () => Promise<{ written?: number; read?: number; dropped?: number; wakeups?: number; secs?: number }>,
+): Promise<Row> {
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const r = await run();
@@ -137,9 +141,13 @@ async function main(): Promise<void> {
             if (c.w++ === 0) c.first = c.last;
           },
         });
-        const feeder = spawn(process.execPath, ['--import=tsx', fileURLToPath(import.meta.url), 'feeder', s.br, String(seconds)], {
-          stdio: ['ignore', 'pipe', 'inherit'],
-        });
+        const feeder = spawn(
+          process.execPath,
+          ['--import=tsx', fileURLToPath(import.meta.url), 'feeder', s.br, String(seconds)],
+          {
+            stdio: ['ignore', 'pipe', 'inherit'],
+          },
+        );
         let out = '';
         feeder.stdout.on('data', (d: Buffer) => (out += d));
         await new Promise((r) => feeder.on('exit', r));
@@ -168,16 +176,31 @@ async function main(): Promise<void> {
   );
 
   const fmt = (x: number | undefined, d = 0): string => (x === undefined ? '-' : x.toFixed(d));
-  const gbps = (fps: number | undefined): string => (fps === undefined ? '-' : ((fps * FRAME_BYTES * 8) / 1e9).toFixed(2));
-  console.log(`\n${FRAME_BYTES}-byte frames, ${PER_TURN} frames per write turn, ${seconds} s per case, write queue ${TAP_WRITE_QUEUE_MAX}`);
+  const gbps = (fps: number | undefined): string =>
+    fps === undefined ? '-' : ((fps * FRAME_BYTES * 8) / 1e9).toFixed(2);
+  console.log(
+    `\n${FRAME_BYTES}-byte frames, ${PER_TURN} frames per write turn, ${seconds} s per case, write queue ${TAP_WRITE_QUEUE_MAX}`,
+  );
   const head = ['case', 'written/s', 'Gbit/s', 'read/s', 'Gbit/s', 'lost', 'wakeups/s', 'CPU µs/frame'];
-  const table = rows.map((r) => [r.name, fmt(r.writtenFps), gbps(r.writtenFps), fmt(r.readFps), gbps(r.readFps), fmt(r.dropped), fmt(r.wakeups), fmt(r.cpuUsPerFrame, 2)]);
+  const table = rows.map((r) => [
+    r.name,
+    fmt(r.writtenFps),
+    gbps(r.writtenFps),
+    fmt(r.readFps),
+    gbps(r.readFps),
+    fmt(r.dropped),
+    fmt(r.wakeups),
+    fmt(r.cpuUsPerFrame, 2),
+  ]);
   const widths = head.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
-  const line = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
+  const line = (cells: string[]): string =>
+    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
   console.log(line(head));
   for (const row of table) console.log(line(row));
-  console.log('lost: frames written but not read (the kernel drops them at the reading TAP queue when the reader falls behind)');
-console.log('TAP write: nobody reads TAP B, so the kernel drops there; the figure is the write path alone');
+  console.log(
+    'lost: frames written but not read (the kernel drops them at the reading TAP queue when the reader falls behind)',
+  );
+  console.log('TAP write: nobody reads TAP B, so the kernel drops there; the figure is the write path alone');
 }
 
 // Feeder: its own TAP on the bridge, writing as fast as a single JS loop can; prints frames written.

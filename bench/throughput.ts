@@ -52,7 +52,11 @@ function cpuTicks(pid: number | undefined): number {
   }
 }
 
-async function measure(lab: Lab, c: Case, run: () => Promise<{ mbps: number; retransmits: number | null }>): Promise<void> {
+async function measure(
+  lab: Lab,
+  c: Case,
+  run: () => Promise<{ mbps: number; retransmits: number | null }>,
+): Promise<void> {
   const cpuSum: Record<string, number> = {};
   for (let i = 0; i < RUNS; i++) {
     const before = lab.sites.map((s) => cpuTicks(s.daemon?.pid));
@@ -68,7 +72,9 @@ async function measure(lab: Lab, c: Case, run: () => Promise<{ mbps: number; ret
     lab.sites.forEach((s, j) => {
       cpuSum[s.name] = (cpuSum[s.name] ?? 0) + ((cpuTicks(s.daemon?.pid) - before[j]) / CLK_TCK / wallS) * 100;
     });
-    process.stderr.write(`  ${c.label} ×${c.streams} run ${i + 1}/${RUNS}: ${c.mbps.length > i ? c.mbps[c.mbps.length - 1].toFixed(0) + ' Mbit/s' : 'error: ' + c.errors[c.errors.length - 1]}\n`);
+    process.stderr.write(
+      `  ${c.label} ×${c.streams} run ${i + 1}/${RUNS}: ${c.mbps.length > i ? `${c.mbps[c.mbps.length - 1].toFixed(0)} Mbit/s` : `error: ${c.errors[c.errors.length - 1]}`}\n`,
+    );
   }
   if (c.path === 'homewire') {
     c.cpu = Object.fromEntries(Object.entries(cpuSum).map(([k, v]) => [k, Math.round(v / RUNS)]));
@@ -100,12 +106,28 @@ async function main(): Promise<number> {
   const cases: Case[] = [];
   const streamsList = PARALLEL ? [1, 4] : [1];
   for (const streams of streamsList) {
-    for (const [p, label] of [['homewire', 'guest-a → lan (homewire)'], ['underlay', 'host-a → home (plain veth)']] as const) {
-      const c: Case = { path: p, label, streams, mbps: [], retransmits: [], cpu: null, errors: [], median: null, min: null, max: null };
+    for (const [p, label] of [
+      ['homewire', 'guest-a → lan (homewire)'],
+      ['underlay', 'host-a → home (plain veth)'],
+    ] as const) {
+      const c: Case = {
+        path: p,
+        label,
+        streams,
+        mbps: [],
+        retransmits: [],
+        cpu: null,
+        errors: [],
+        median: null,
+        min: null,
+        max: null,
+      };
       cases.push(c);
-      await measure(lab, c, () => (p === 'homewire'
-        ? lab.iperf3('guest-a', 'lan', { seconds: SECONDS, parallel: streams })
-        : lab.iperf3('host-a', underlayDst, { seconds: SECONDS, parallel: streams })));
+      await measure(lab, c, () =>
+        p === 'homewire'
+          ? lab.iperf3('guest-a', 'lan', { seconds: SECONDS, parallel: streams })
+          : lab.iperf3('host-a', underlayDst, { seconds: SECONDS, parallel: streams }),
+      );
     }
   }
   await lab.destroy();
@@ -116,16 +138,31 @@ async function main(): Promise<number> {
     date: date.toISOString(),
     host: { cpu: cpuModel, cores: os.cpus().length, kernel: os.release(), node: process.version },
     setup: {
-      sites: ['home', 'host-a'], underlay: IPV6 ? 'ipv6' : 'ipv4', tapMtu: lab.tapMtu, iperf3Seconds: SECONDS, runs: RUNS,
-      overlay: `${PLAN.guest(0)} → ${PLAN.lan}`, underlayPath: `${lab.site('host-a').address} → ${home.address}`,
+      sites: ['home', 'host-a'],
+      underlay: IPV6 ? 'ipv6' : 'ipv4',
+      tapMtu: lab.tapMtu,
+      iperf3Seconds: SECONDS,
+      runs: RUNS,
+      overlay: `${PLAN.guest(0)} → ${PLAN.lan}`,
+      underlayPath: `${lab.site('host-a').address} → ${home.address}`,
     },
     ping: { homewire: pingSummary(pingOverlay), underlay: pingSummary(pingUnderlay) },
     iperf3: cases.map(({ path: p, label, streams, median: med, min, max, mbps, retransmits, cpu, errors }) => ({
-      path: p, label, streams, medianMbps: med, minMbps: min, maxMbps: max, runsMbps: mbps.map(round), retransmits, daemonCpuPct: cpu, errors,
+      path: p,
+      label,
+      streams,
+      medianMbps: med,
+      minMbps: min,
+      maxMbps: max,
+      runsMbps: mbps.map(round),
+      retransmits,
+      daemonCpuPct: cpu,
+      errors,
     })),
   };
 
-  const fmt = (x: number | null | undefined, w: number) => (x === null || x === undefined ? '—' : String(x)).padStart(w);
+  const fmt = (x: number | null | undefined, w: number) =>
+    (x === null || x === undefined ? '—' : String(x)).padStart(w);
   const lines = [
     '',
     `homewire throughput: 2 sites in network namespaces, iperf3 TCP ${SECONDS} s × ${RUNS} runs, ${IPV6 ? 'IPv6' : 'IPv4'} underlay, TAP MTU ${lab.tapMtu}`,
@@ -137,30 +174,44 @@ async function main(): Promise<number> {
     const retr = c.retransmits.length ? Math.round(median(c.retransmits)) : null;
     const cpu = c.cpu ? `${c.cpu.home}/${c.cpu['host-a']}` : '';
     const err = c.errors.length ? `  ${c.errors.length} run(s) failed: ${c.errors[0]}` : '';
-    lines.push(`${c.label.padEnd(28)} ${fmt(c.streams, 7)} ${fmt(c.median, 8)} ${fmt(c.min, 8)} ${fmt(c.max, 8)} ${fmt(retr, 6)}  ${cpu}${err}`);
+    lines.push(
+      `${c.label.padEnd(28)} ${fmt(c.streams, 7)} ${fmt(c.median, 8)} ${fmt(c.min, 8)} ${fmt(c.max, 8)} ${fmt(retr, 6)}  ${cpu}${err}`,
+    );
   }
   lines.push(`${''.padEnd(28)} ${''.padStart(7)} ${'Mbit/s'.padStart(8)}`);
   for (const streams of streamsList) {
     const o = cases.find((c) => c.path === 'homewire' && c.streams === streams)?.median;
     const u = cases.find((c) => c.path === 'underlay' && c.streams === streams)?.median;
-    if (o && u) lines.push(`homewire carries ${((o / u) * 100).toFixed(1)} % of the plain underlay's throughput with ${streams} stream(s)`);
+    if (o && u)
+      lines.push(
+        `homewire carries ${((o / u) * 100).toFixed(1)} % of the plain underlay's throughput with ${streams} stream(s)`,
+      );
   }
-  const pr = (p: PingResult) => (p.rtt ? `avg ${p.rtt.avg} ms (min ${p.rtt.min}, max ${p.rtt.max}, mdev ${p.rtt.mdev}), ${p.lossPct}% loss` : `no replies (${p.lossPct}% loss)`);
+  const pr = (p: PingResult) =>
+    p.rtt
+      ? `avg ${p.rtt.avg} ms (min ${p.rtt.min}, max ${p.rtt.max}, mdev ${p.rtt.mdev}), ${p.lossPct}% loss`
+      : `no replies (${p.lossPct}% loss)`;
   lines.push(`ping RTT, 100 × 10 ms: homewire ${pr(pingOverlay)}`);
   lines.push(`                       underlay ${pr(pingUnderlay)}`);
-  process.stdout.write(lines.join('\n') + '\n\n');
+  process.stdout.write(`${lines.join('\n')}\n\n`);
 
   const dir = path.join(PROJECT_ROOT, 'bench', 'results');
   fs.mkdirSync(dir, { recursive: true });
-  const file = path.join(dir, `throughput-${date.toISOString().replace(/:/g, '-').replace(/\..*$/, '')}${IPV6 ? '-ipv6' : ''}.json`);
-  fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
-  process.stdout.write(JSON.stringify(result) + '\n');
+  const file = path.join(
+    dir,
+    `throughput-${date.toISOString().replace(/:/g, '-').replace(/\..*$/, '')}${IPV6 ? '-ipv6' : ''}.json`,
+  );
+  fs.writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
+  process.stdout.write(`${JSON.stringify(result)}\n`);
   process.stderr.write(`written to ${path.relative(process.cwd(), file) || file}\n`);
   // Slow is a figure, not a failure; no figure at all for homewire is.
   return cases.some((c) => c.path === 'homewire' && c.mbps.length > 0) ? 0 : 1;
 }
 
-main().then((code) => process.exit(code), (err) => {
-  process.stderr.write(`bench failed: ${err?.stack ?? err}\n`);
-  process.exit(1);
-});
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    process.stderr.write(`bench failed: ${err?.stack ?? err}\n`);
+    process.exit(1);
+  },
+);

@@ -21,7 +21,7 @@ const bold = (s: string) => (tty ? `\x1b[1m${s}\x1b[0m` : s);
 const dim = (s: string) => (tty ? `\x1b[2m${s}\x1b[0m` : s);
 const good = (s: string) => (tty ? `\x1b[32m${s}\x1b[0m` : s);
 const bad = (s: string) => (tty ? `\x1b[31m${s}\x1b[0m` : s);
-const say = (s = '') => process.stdout.write(s + '\n');
+const say = (s = '') => process.stdout.write(`${s}\n`);
 const step = (n: number, s: string) => say(`\n${bold(`${n}. ${s}`)}`);
 
 const PATTERN = 'homewire-demo!!!'; // 16 bytes: ping -p fills the ICMP payload with it
@@ -39,11 +39,24 @@ async function main(): Promise<number> {
   step(1, 'Building the sites');
   const t0 = Date.now();
   const lab = await Lab.create({
-    prefix: 'hwdemo-', family: ipv6 ? 6 : 4, start: false, staticAddresses: false,
+    prefix: 'hwdemo-',
+    family: ipv6 ? 6 : 4,
+    start: false,
+    staticAddresses: false,
     // The home site serves DHCP to the guests behind the mesh (the LAN host keeps the home router's address).
-    siteConfig: (site) => site !== 'home' ? '' : ['dhcp:', `  subnet: ${PLAN.lan.replace(/\.1$/, '.0')}/${PLAN.overlayLen}`,
-      `  server_ip: ${PLAN.dhcpServer}`, `  pool: ${PLAN.dhcpPool[0]}-${PLAN.dhcpPool[1]}`, `  router: ${PLAN.lan}`,
-      '  domain: home.example', '  lease_seconds: 3600', '  lease_db: leases.db'].join('\n') + '\n',
+    siteConfig: (site) =>
+      site !== 'home'
+        ? ''
+        : `${[
+            'dhcp:',
+            `  subnet: ${PLAN.lan.replace(/\.1$/, '.0')}/${PLAN.overlayLen}`,
+            `  server_ip: ${PLAN.dhcpServer}`,
+            `  pool: ${PLAN.dhcpPool[0]}-${PLAN.dhcpPool[1]}`,
+            `  router: ${PLAN.lan}`,
+            '  domain: home.example',
+            '  lease_seconds: 3600',
+            '  lease_db: leases.db',
+          ].join('\n')}\n`,
   });
   const addr = new Map<string, string>([['lan', lab.host('lan').ip]]);
   const ipOf = (name: string) => addr.get(name) ?? lab.host(name).ip;
@@ -52,19 +65,28 @@ async function main(): Promise<number> {
   for (const s of lab.sites) {
     const what = s.role === 'home' ? `LAN host ${s.host.name}` : `VM ${s.host.name}`;
     const where = s.role === 'home' ? s.host.ip : '(DHCP)';
-    say(`   ${s.name.padEnd(8)} underlay ${s.address.padEnd(12)} ${what.padEnd(17)} ${where.padEnd(14)} public key ${s.publicKey}`);
+    say(
+      `   ${s.name.padEnd(8)} underlay ${s.address.padEnd(12)} ${what.padEnd(17)} ${where.padEnd(14)} public key ${s.publicKey}`,
+    );
   }
-  say(`   The home LAN is ${PLAN.lan.replace(/\.1$/, '.0')}/${PLAN.overlayLen} (TEST-NET-2). Each site bridges its TAP hw0 and its LAN/VM`);
-  say(`   port on br-hw; the LAN host and VMs use MTU ${lab.tapMtu}, the TAP's (an L2 overlay cannot send "fragmentation needed").`);
+  say(
+    `   The home LAN is ${PLAN.lan.replace(/\.1$/, '.0')}/${PLAN.overlayLen} (TEST-NET-2). Each site bridges its TAP hw0 and its LAN/VM`,
+  );
+  say(
+    `   port on br-hw; the LAN host and VMs use MTU ${lab.tapMtu}, the TAP's (an L2 overlay cannot send "fragmentation needed").`,
+  );
   say(dim(`   Configs, keys and logs: ${lab.dir}. home's config:`));
-  for (const line of fs.readFileSync(lab.site('home').configFile, 'utf8').trimEnd().split('\n')) say(dim(`     ${line}`));
+  for (const line of fs.readFileSync(lab.site('home').configFile, 'utf8').trimEnd().split('\n'))
+    say(dim(`     ${line}`));
 
   step(2, 'Starting one `homewire up` per site and waiting for the encrypted sessions (Noise IK)');
   const started = Date.now();
   for (const s of lab.sites) lab.startDaemon(s.name);
   await lab.waitPeersUp(20_000);
   for (const s of lab.sites) {
-    const up = [...lab.peersUp(s.name)].sort((a, b) => a[1] - b[1]).map(([p, at]) => `${p} (+${Math.max(0, at - started)} ms)`);
+    const up = [...lab.peersUp(s.name)]
+      .sort((a, b) => a[1] - b[1])
+      .map(([p, at]) => `${p} (+${Math.max(0, at - started)} ms)`);
     say(`   ${s.name.padEnd(8)} pid ${String(s.daemon!.pid).padEnd(7)} peer up: ${up.join(', ')}`);
   }
   say(dim(`   (lab built and meshed in ${((Date.now() - t0) / 1000).toFixed(1)} s)`));
@@ -79,9 +101,17 @@ async function main(): Promise<number> {
       continue;
     }
     addr.set(guest, lease.ip);
-    say(`   ${guest.padEnd(8)} ${good(lease.ip)} from server ${lease.serverid}, router ${lease.router}, domain ${lease.domain}, MTU ${lease.mtu}, lease ${lease.lease} s`);
+    say(
+      `   ${guest.padEnd(8)} ${good(lease.ip)} from server ${lease.serverid}, router ${lease.router}, domain ${lease.domain}, MTU ${lease.mtu}, lease ${lease.lease} s`,
+    );
   }
-  const leases = await lab.exec('home', [process.execPath, HOMEWIRE_BIN, 'leases', '--config', lab.site('home').configFile]);
+  const leases = await lab.exec('home', [
+    process.execPath,
+    HOMEWIRE_BIN,
+    'leases',
+    '--config',
+    lab.site('home').configFile,
+  ]);
   say(dim('   `homewire leases` at home:'));
   for (const line of leases.stdout.trimEnd().split('\n')) say(dim(`     ${line}`));
 
@@ -89,20 +119,34 @@ async function main(): Promise<number> {
   const ulBefore = await lab.linkStats('home', 'eth0');
 
   step(4, 'Pinging through the mesh (5 pings each)');
-  const pairs: Array<[string, string]> = [['guest-a', 'guest-b'], ['guest-b', 'guest-a'], ['lan', 'guest-a'], ['guest-a', 'lan'], ['lan', 'guest-b'], ['guest-b', 'lan']];
+  const pairs: Array<[string, string]> = [
+    ['guest-a', 'guest-b'],
+    ['guest-b', 'guest-a'],
+    ['lan', 'guest-a'],
+    ['guest-a', 'lan'],
+    ['lan', 'guest-b'],
+    ['guest-b', 'lan'],
+  ];
   for (const [from, to] of pairs) {
     const p = await lab.ping(from, ipOf(to), { count: 5, intervalS: 0.2 });
     if (!p.ok) failed++;
     say(`   ${from.padEnd(7)} → ${to.padEnd(7)} ${ipOf(to).padEnd(14)} ${pingLine(p)}`);
   }
-  const full = await lab.ping('guest-a', ipOf('lan'), { count: 3, intervalS: 0.2, size: lab.tapMtu - 28, dontFragment: true });
+  const full = await lab.ping('guest-a', ipOf('lan'), {
+    count: 3,
+    intervalS: 0.2,
+    size: lab.tapMtu - 28,
+    dontFragment: true,
+  });
   if (!full.ok) failed++;
   say(`   guest-a → lan     full ${lab.tapMtu}-byte packets, don't fragment: ${pingLine(full)}`);
 
   step(5, 'Throughput: iperf3 TCP, 3 s, guest-a → lan');
   try {
     const r = await lab.iperf3('guest-a', 'lan', { seconds: 3 });
-    say(`   ${bold(`${r.mbps.toFixed(0)} Mbit/s`)} received${r.retransmits !== null ? `, ${r.retransmits} TCP retransmits` : ''} ${dim('(one stream, through encryption and two TAPs, on this machine)')}`);
+    say(
+      `   ${bold(`${r.mbps.toFixed(0)} Mbit/s`)} received${r.retransmits !== null ? `, ${r.retransmits} TCP retransmits` : ''} ${dim('(one stream, through encryption and two TAPs, on this machine)')}`,
+    );
   } catch (err) {
     say(`   ${bad('iperf3 failed:')} ${(err as Error).message}`);
   }
@@ -115,9 +159,13 @@ async function main(): Promise<number> {
   const tcpIn = d('Tcp.InSegs');
   const icmpIn = d('Icmp.InEchos') + d('Icmp.InEchoReps') + d('Icmp6InEchos') + d('Icmp6InEchoReplies');
   say(`   Kernel counters of home's own network stack during steps 4-5 (the LAN's ICMP and TCP crossed home):`);
-  say(`     ${udpIn} UDP datagrams in, ${tcpIn} TCP segments in, ${icmpIn} ICMP echo messages in; eth0 received ${ulAfter.rxPackets - ulBefore.rxPackets} packets.`);
+  say(
+    `     ${udpIn} UDP datagrams in, ${tcpIn} TCP segments in, ${icmpIn} ICMP echo messages in; eth0 received ${ulAfter.rxPackets - ulBefore.rxPackets} packets.`,
+  );
   const onlyUdp = tcpIn === 0 && icmpIn === 0 && udpIn > 0;
-  say(`     ${onlyUdp ? good('✔') : bad('✘')} home's stack saw the LAN traffic only as UDP to its homewire port: the pings and the TCP stream`);
+  say(
+    `     ${onlyUdp ? good('✔') : bad('✘')} home's stack saw the LAN traffic only as UDP to its homewire port: the pings and the TCP stream`,
+  );
   say('       went through br-hw as Ethernet frames, and over the underlay inside encrypted datagrams.');
   if (hasProgram('tcpdump')) {
     await showCapture(lab, ipOf);
@@ -160,8 +208,32 @@ function pingLine(p: PingResult): string {
 async function dhcpLease(lab: Lab, guest: string): Promise<Record<string, string> | null> {
   const script = path.join(lab.dir, `udhcpc-${guest}.sh`);
   const envFile = `${script}.env`;
-  fs.writeFileSync(script, `#!/bin/sh\ncase "$1" in bound|renew)\n  ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface"\n  env > "${envFile}";;\nesac\nexit 0\n`, { mode: 0o755 });
-  const r = await lab.exec(guest, ['busybox', 'udhcpc', '-i', 'eth0', '-f', '-q', '-n', '-t', '10', '-T', '1', '-x', `hostname:${guest}`, '-s', script], { timeoutMs: 30_000 });
+  fs.writeFileSync(
+    script,
+    `#!/bin/sh\ncase "$1" in bound|renew)\n  ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface"\n  env > "${envFile}";;\nesac\nexit 0\n`,
+    { mode: 0o755 },
+  );
+  const r = await lab.exec(
+    guest,
+    [
+      'busybox',
+      'udhcpc',
+      '-i',
+      'eth0',
+      '-f',
+      '-q',
+      '-n',
+      '-t',
+      '10',
+      '-T',
+      '1',
+      '-x',
+      `hostname:${guest}`,
+      '-s',
+      script,
+    ],
+    { timeoutMs: 30_000 },
+  );
   if (r.code !== 0 || !fs.existsSync(envFile)) return null;
   const env: Record<string, string> = {};
   for (const line of fs.readFileSync(envFile, 'utf8').split('\n')) {
@@ -184,17 +256,30 @@ async function showCapture(lab: Lab, ipOf: (name: string) => string): Promise<vo
   const leaks = (ps: Packet[]) => ps.filter((p) => p.frame.includes(needle)).length;
   const mesh = ul.filter((p) => p.kind === 'udp' && (p.sport === port || p.dport === port)).length;
   // ARP, and IPv6 neighbour discovery / MLD of the sites' own underlay interfaces.
-  const arp = ul.filter((p) => p.kind === 'arp' || (p.kind === 'icmp6' && [133, 134, 135, 136, 143].includes(p.icmpType!))).length;
+  const arp = ul.filter(
+    (p) => p.kind === 'arp' || (p.kind === 'icmp6' && [133, 134, 135, 136, 143].includes(p.icmpType!)),
+  ).length;
   const other = ul.length - mesh - arp;
-  say(`   tcpdump on every underlay port while guest-a pinged lan and guest-b pinged guest-a with the payload "${PATTERN}":`);
-  say(`     ${ul.length} frames seen on the underlay's interfaces: ${mesh} UDP to/from port ${port}, ${arp} ARP/neighbour discovery, ${other} other`);
-  say(`     the payload in plaintext: ${leaks(lan)} of ${lan.length} frames on home's LAN port lan0, ${leaks(ul)} of ${ul.length} on the underlay`);
+  say(
+    `   tcpdump on every underlay port while guest-a pinged lan and guest-b pinged guest-a with the payload "${PATTERN}":`,
+  );
+  say(
+    `     ${ul.length} frames seen on the underlay's interfaces: ${mesh} UDP to/from port ${port}, ${arp} ARP/neighbour discovery, ${other} other`,
+  );
+  say(
+    `     the payload in plaintext: ${leaks(lan)} of ${lan.length} frames on home's LAN port lan0, ${leaks(ul)} of ${ul.length} on the underlay`,
+  );
   const ok = other === 0 && leaks(ul) === 0 && leaks(lan) > 0;
-  say(`     ${ok ? good('✔') : bad('✘')} the underlay carried only homewire's UDP, and nothing of the payload in the clear.`);
+  say(
+    `     ${ok ? good('✔') : bad('✘')} the underlay carried only homewire's UDP, and nothing of the payload in the clear.`,
+  );
 }
 
-main().then((code) => process.exit(code), (err) => {
-  if (interrupted) return; // daemons stopped by the same Ctrl-C: not a failure worth a stack trace
-  process.stderr.write(`${bad('demo failed:')} ${err?.stack ?? err}\n`);
-  process.exit(1);
-});
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    if (interrupted) return; // daemons stopped by the same Ctrl-C: not a failure worth a stack trace
+    process.stderr.write(`${bad('demo failed:')} ${err?.stack ?? err}\n`);
+    process.exit(1);
+  },
+);

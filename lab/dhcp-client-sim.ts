@@ -2,11 +2,36 @@
 // option sets of busybox udhcpc, ISC dhclient and dhcpcd) and reads the server's replies. Not used by the
 // daemon.
 import {
-  BOOTP_FLAG_BROADCAST, BOOTREQUEST, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DHCPDECLINE, DHCPDISCOVER, DHCPINFORM,
-  DHCPRELEASE, DHCPREQUEST, HTYPE_ETHERNET, OPT_CLIENT_ID, OPT_HOSTNAME, OPT_LEASE_TIME, OPT_MAX_MESSAGE_SIZE,
-  OPT_MESSAGE_TYPE, OPT_PARAMETER_LIST, OPT_REQUESTED_IP, OPT_SERVER_ID,
+  BOOTP_FLAG_BROADCAST,
+  BOOTREQUEST,
+  DHCP_CLIENT_PORT,
+  DHCP_SERVER_PORT,
+  DHCPDECLINE,
+  DHCPDISCOVER,
+  DHCPINFORM,
+  DHCPRELEASE,
+  DHCPREQUEST,
+  HTYPE_ETHERNET,
+  OPT_CLIENT_ID,
+  OPT_HOSTNAME,
+  OPT_LEASE_TIME,
+  OPT_MAX_MESSAGE_SIZE,
+  OPT_MESSAGE_TYPE,
+  OPT_PARAMETER_LIST,
+  OPT_REQUESTED_IP,
+  OPT_SERVER_ID,
 } from '../src/dhcp/constants.ts';
-import { decodeDhcp, encodeDhcp, messageType, optionIp, u16, u32, u8, type DhcpMessage, type OptionList } from '../src/dhcp/codec.ts';
+import {
+  decodeDhcp,
+  encodeDhcp,
+  messageType,
+  optionIp,
+  u16,
+  u32,
+  u8,
+  type DhcpMessage,
+  type OptionList,
+} from '../src/dhcp/codec.ts';
 import { FRAME_HEADROOM_BYTES, fillUdpHeaders, finish, parseUdp, sum16 } from '../src/dhcp/frame.ts';
 import { formatMac } from '../src/dhcp/ip.ts';
 
@@ -51,13 +76,20 @@ export function clientFrame(s: ClientFrameSpec): Buffer {
   if (s.serverId !== undefined) opts.push([OPT_SERVER_ID, u32(s.serverId)]);
   const asking = s.type === DHCPDISCOVER || s.type === DHCPREQUEST || s.type === DHCPINFORM;
   if (style === 'udhcpc' && asking) {
-    opts.push([OPT_MAX_MESSAGE_SIZE, u16(576)], [OPT_PARAMETER_LIST, Buffer.from([1, 3, 6, 12, 15, 28, 42])],
-      [60, Buffer.from('udhcp 1.36.1')]);
+    opts.push(
+      [OPT_MAX_MESSAGE_SIZE, u16(576)],
+      [OPT_PARAMETER_LIST, Buffer.from([1, 3, 6, 12, 15, 28, 42])],
+      [60, Buffer.from('udhcp 1.36.1')],
+    );
   } else if (style === 'dhclient' && asking) {
     opts.push([OPT_PARAMETER_LIST, Buffer.from([1, 28, 2, 3, 15, 6, 119, 12, 44, 47, 26, 121, 42])]);
   } else if (style === 'dhcpcd' && asking) {
-    opts.push([OPT_MAX_MESSAGE_SIZE, u16(1472)], [60, Buffer.from('dhcpcd-10.0.6:Linux-6.1.0:x86_64:QEMU')],
-      [145, Buffer.from([1])], [OPT_PARAMETER_LIST, Buffer.from([1, 121, 33, 3, 6, 28, 51, 58, 59, 12, 15, 26, 119])]);
+    opts.push(
+      [OPT_MAX_MESSAGE_SIZE, u16(1472)],
+      [60, Buffer.from('dhcpcd-10.0.6:Linux-6.1.0:x86_64:QEMU')],
+      [145, Buffer.from([1])],
+      [OPT_PARAMETER_LIST, Buffer.from([1, 121, 33, 3, 6, 28, 51, 58, 59, 12, 15, 26, 119])],
+    );
     if (s.type === DHCPDISCOVER) opts.push([80, Buffer.alloc(0)]); // rapid commit: empty option
   }
   if (s.hostname !== undefined) opts.push([OPT_HOSTNAME, Buffer.from(s.hostname)]);
@@ -66,13 +98,37 @@ export function clientFrame(s: ClientFrameSpec): Buffer {
   s.mac.copy(chaddr);
   const ciaddr = s.ciaddr ?? 0;
   // udhcpc always sends a 548-byte message (options field of 308); others end after END (>= 300 bytes).
-  const frame = encodeDhcp({
-    op: BOOTREQUEST, htype: HTYPE_ETHERNET, hlen: 6, hops: 0, xid: s.xid, secs: 0,
-    flags: s.broadcastFlag ? BOOTP_FLAG_BROADCAST : 0, ciaddr, yiaddr: 0, siaddr: 0, giaddr: 0, chaddr,
-  }, opts, 576 - 28, FRAME_HEADROOM_BYTES);
+  const frame = encodeDhcp(
+    {
+      op: BOOTREQUEST,
+      htype: HTYPE_ETHERNET,
+      hlen: 6,
+      hops: 0,
+      xid: s.xid,
+      secs: 0,
+      flags: s.broadcastFlag ? BOOTP_FLAG_BROADCAST : 0,
+      ciaddr,
+      yiaddr: 0,
+      siaddr: 0,
+      giaddr: 0,
+      chaddr,
+    },
+    opts,
+    576 - 28,
+    FRAME_HEADROOM_BYTES,
+  );
   if (frame === null) throw new Error('client-sim: options do not fit');
-  const full = style === 'udhcpc' ? Buffer.concat([frame, Buffer.alloc(FRAME_HEADROOM_BYTES + 548 - frame.length)]) : frame;
-  return fillUdpHeaders(full, s.dstMac ?? BCAST_MAC, s.mac, s.srcIp ?? ciaddr, s.dstIp ?? 0xffffffff, DHCP_CLIENT_PORT, DHCP_SERVER_PORT);
+  const full =
+    style === 'udhcpc' ? Buffer.concat([frame, Buffer.alloc(FRAME_HEADROOM_BYTES + 548 - frame.length)]) : frame;
+  return fillUdpHeaders(
+    full,
+    s.dstMac ?? BCAST_MAC,
+    s.mac,
+    s.srcIp ?? ciaddr,
+    s.dstIp ?? 0xffffffff,
+    DHCP_CLIENT_PORT,
+    DHCP_SERVER_PORT,
+  );
 }
 
 export interface ServerReply {
@@ -100,8 +156,16 @@ export function parseReply(frame: Buffer): ServerReply | null {
   const ipChecksumOk = finish(sum16(frame, 14, ihl, 0)) === 0;
   const udpSum = finish(sum16(frame, udpOff, udpLen, sum16(frame, 14 + 12, 8, 0) + 17 + udpLen));
   return {
-    dstMac: formatMac(frame, 0), srcMac: formatMac(frame, 6), srcIp: u.srcIp, dstIp: u.dstIp, srcPort: u.srcPort,
-    dstPort: u.dstPort, type: messageType(msg), msg, ipChecksumOk, udpChecksumOk: frame.readUInt16BE(udpOff + 6) === 0 || udpSum === 0,
+    dstMac: formatMac(frame, 0),
+    srcMac: formatMac(frame, 6),
+    srcIp: u.srcIp,
+    dstIp: u.dstIp,
+    srcPort: u.srcPort,
+    dstPort: u.dstPort,
+    type: messageType(msg),
+    msg,
+    ipChecksumOk,
+    udpChecksumOk: frame.readUInt16BE(udpOff + 6) === 0 || udpSum === 0,
   };
 }
 
@@ -113,12 +177,25 @@ export class SimClient {
   serverMac: Buffer | null = null;
   leaseSeconds = 0;
 
-  constructor(readonly mac: Buffer, readonly style: ClientStyle = 'plain', readonly hostname?: string, readonly clientId?: Buffer | null) {
+  constructor(
+    readonly mac: Buffer,
+    readonly style: ClientStyle = 'plain',
+    readonly hostname?: string,
+    readonly clientId?: Buffer | null,
+  ) {
     this.xid = mac.readUInt32BE(2) ^ 0x5a5a5a5a;
   }
 
   private frame(type: number, extra: Partial<ClientFrameSpec>): Buffer {
-    return clientFrame({ type, mac: this.mac, xid: this.xid, style: this.style, hostname: this.hostname, clientId: this.clientId, ...extra });
+    return clientFrame({
+      type,
+      mac: this.mac,
+      xid: this.xid,
+      style: this.style,
+      hostname: this.hostname,
+      clientId: this.clientId,
+      ...extra,
+    });
   }
 
   discover(requestedIp?: number): Buffer {
@@ -161,7 +238,12 @@ export class SimClient {
 
   release(): Buffer {
     this.xid = (this.xid + 1) >>> 0;
-    return this.frame(DHCPRELEASE, { ciaddr: this.ip, serverId: this.serverId, dstIp: this.serverId, dstMac: this.serverMac ?? BCAST_MAC });
+    return this.frame(DHCPRELEASE, {
+      ciaddr: this.ip,
+      serverId: this.serverId,
+      dstIp: this.serverId,
+      dstMac: this.serverMac ?? BCAST_MAC,
+    });
   }
 
   decline(ip = this.ip): Buffer {

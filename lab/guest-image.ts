@@ -24,7 +24,14 @@ import zlib from 'node:zlib';
 
 /** Load order of the virtio NIC modules (`modprobe --show-depends virtio_net virtio_pci`), each a .ko file. */
 export const VIRTIO_MODULES = [
-  'virtio_ring', 'virtio', 'failover', 'net_failover', 'virtio_net', 'virtio_pci_modern_dev', 'virtio_pci_legacy_dev', 'virtio_pci',
+  'virtio_ring',
+  'virtio',
+  'failover',
+  'net_failover',
+  'virtio_net',
+  'virtio_pci_modern_dev',
+  'virtio_pci_legacy_dev',
+  'virtio_pci',
 ] as const;
 
 export const GUEST_ECHO_PORT = 7;
@@ -128,7 +135,8 @@ export function buildGuestImage(opts: GuestImageOptions = {}): GuestImage {
     cpio.file('bin/busybox', fs.readFileSync(busybox), 0o755);
     cpio.symlink('bin/sh', 'busybox');
     cpio.file('etc/udhcpc.script', Buffer.from(UDHCPC_SCRIPT), 0o755);
-    for (const m of VIRTIO_MODULES) cpio.file(`lib/modules/${m}.ko`, fs.readFileSync(path.join(kernelDir, 'modules', `${m}.ko`)), 0o644);
+    for (const m of VIRTIO_MODULES)
+      cpio.file(`lib/modules/${m}.ko`, fs.readFileSync(path.join(kernelDir, 'modules', `${m}.ko`)), 0o644);
     atomicWrite(initrd, zlib.gzipSync(cpio.end(), { level: 6 }));
   }
   return { kernel: path.join(kernelDir, 'vmlinux'), initrd, kernelVersion, dir };
@@ -143,10 +151,15 @@ function resolveKernelPackage(cacheDir: string): string {
   if (m) return m[1];
   // No apt lists (or no apt): a kernel cached by an earlier run still does.
   const cached = fs.existsSync(cacheDir)
-    ? fs.readdirSync(cacheDir).filter((d) => d.startsWith('linux-image-') && fs.existsSync(path.join(cacheDir, d, 'vmlinux'))).sort()
+    ? fs
+        .readdirSync(cacheDir)
+        .filter((d) => d.startsWith('linux-image-') && fs.existsSync(path.join(cacheDir, d, 'vmlinux')))
+        .sort()
     : [];
   if (cached.length) return cached[cached.length - 1];
-  throw new Error('cannot resolve the Debian kernel package: `apt-cache depends linux-image-amd64` names none (run apt-get update)');
+  throw new Error(
+    'cannot resolve the Debian kernel package: `apt-cache depends linux-image-amd64` names none (run apt-get update)',
+  );
 }
 
 function fetchKernel(pkg: string, kernelDir: string, log: (msg: string) => void): void {
@@ -158,7 +171,11 @@ function fetchKernel(pkg: string, kernelDir: string, log: (msg: string) => void)
     if (!deb) throw new Error(`apt-get download ${pkg} left no .deb in ${work}`);
     // Only what we need: the bzImage and the virtio .ko files (the whole package unpacks to ~400 MB).
     const patterns = ['./boot/vmlinuz-*', ...VIRTIO_MODULES.map((m) => `*/${m}.ko`)];
-    must('sh', ['-c', `dpkg-deb --fsys-tarfile "$1" | tar -x --wildcards ${patterns.map((p) => `'${p}'`).join(' ')}`, 'sh', deb], work);
+    must(
+      'sh',
+      ['-c', `dpkg-deb --fsys-tarfile "$1" | tar -x --wildcards ${patterns.map((p) => `'${p}'`).join(' ')}`, 'sh', deb],
+      work,
+    );
     const vmlinuz = fs.readdirSync(path.join(work, 'boot')).find((f) => f.startsWith('vmlinuz-'));
     if (!vmlinuz) throw new Error(`${deb} holds no /boot/vmlinuz-*`);
     const version = vmlinuz.slice('vmlinuz-'.length);
@@ -170,8 +187,11 @@ function fetchKernel(pkg: string, kernelDir: string, log: (msg: string) => void)
       fs.copyFileSync(found, path.join(staging, 'modules', `${m}.ko`));
     }
     log(`guest image: decompressing ${vmlinuz}`);
-    fs.writeFileSync(path.join(staging, 'vmlinux'), extractVmlinux(fs.readFileSync(path.join(work, 'boot', vmlinuz)), work));
-    fs.writeFileSync(path.join(staging, 'version'), version + '\n');
+    fs.writeFileSync(
+      path.join(staging, 'vmlinux'),
+      extractVmlinux(fs.readFileSync(path.join(work, 'boot', vmlinuz)), work),
+    );
+    fs.writeFileSync(path.join(staging, 'version'), `${version}\n`);
     try {
       fs.renameSync(staging, kernelDir);
     } catch (err) {
@@ -190,7 +210,8 @@ function fetchKernel(pkg: string, kernelDir: string, log: (msg: string) => void)
  * which busybox unxz lacks): Python's lzma, or xz-utils, unpack it.
  */
 export function extractVmlinux(bzImage: Buffer, workDir: string): Buffer {
-  if (bzImage.length < 0x250 || bzImage.toString('latin1', 0x202, 0x206) !== 'HdrS') throw new Error('not a bzImage (no HdrS boot header)');
+  if (bzImage.length < 0x250 || bzImage.toString('latin1', 0x202, 0x206) !== 'HdrS')
+    throw new Error('not a bzImage (no HdrS boot header)');
   const setupSects = bzImage[0x1f1] || 4;
   const start = (setupSects + 1) * 512 + bzImage.readUInt32LE(0x248);
   const payload = bzImage.subarray(start, start + bzImage.readUInt32LE(0x24c));
@@ -198,9 +219,15 @@ export function extractVmlinux(bzImage: Buffer, workDir: string): Buffer {
   fs.writeFileSync(file, payload);
   let out: Buffer | null = null;
   if (payload.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) {
-    const py = spawnSync('python3', ['-c',
-      'import lzma,sys; d=lzma.LZMADecompressor(lzma.FORMAT_XZ); sys.stdout.buffer.write(d.decompress(open(sys.argv[1],"rb").read()))', file],
-    { maxBuffer: 1 << 30 });
+    const py = spawnSync(
+      'python3',
+      [
+        '-c',
+        'import lzma,sys; d=lzma.LZMADecompressor(lzma.FORMAT_XZ); sys.stdout.buffer.write(d.decompress(open(sys.argv[1],"rb").read()))',
+        file,
+      ],
+      { maxBuffer: 1 << 30 },
+    );
     if (py.status === 0) out = py.stdout;
     else {
       // xz-utils: the payload ends in 4 bytes of uncompressed size, so xz reports "unexpected end" after writing it all.
@@ -213,7 +240,8 @@ export function extractVmlinux(bzImage: Buffer, workDir: string): Buffer {
   } else {
     throw new Error(`unsupported kernel compression (payload magic ${payload.subarray(0, 6).toString('hex')})`);
   }
-  if (out.length < 4 || out.readUInt32BE(0) !== 0x7f454c46) throw new Error('the decompressed kernel is not an ELF file');
+  if (out.length < 4 || out.readUInt32BE(0) !== 0x7f454c46)
+    throw new Error('the decompressed kernel is not an ELF file');
   return out;
 }
 
@@ -224,9 +252,15 @@ export class CpioWriter {
   private readonly parts: Buffer[] = [];
   private ino = 1;
 
-  dir(name: string, mode = 0o755): void { this.entry(name, 0o040000 | mode, Buffer.alloc(0)); }
-  file(name: string, data: Buffer, mode = 0o644): void { this.entry(name, 0o100000 | mode, data); }
-  symlink(name: string, target: string): void { this.entry(name, 0o120000 | 0o777, Buffer.from(target)); }
+  dir(name: string, mode = 0o755): void {
+    this.entry(name, 0o040000 | mode, Buffer.alloc(0));
+  }
+  file(name: string, data: Buffer, mode = 0o644): void {
+    this.entry(name, 0o100000 | mode, data);
+  }
+  symlink(name: string, target: string): void {
+    this.entry(name, 0o120000 | 0o777, Buffer.from(target));
+  }
   charDevice(name: string, major: number, minor: number, mode = 0o600): void {
     this.entry(name, 0o020000 | mode, Buffer.alloc(0), major, minor);
   }
@@ -237,10 +271,23 @@ export class CpioWriter {
   }
 
   private entry(name: string, mode: number, data: Buffer, rdevMajor = 0, rdevMinor = 0): void {
-    const nameBytes = Buffer.from(name + '\0');
-    const fields = [this.ino++, mode, 0, 0, (mode & 0o170000) === 0o040000 ? 2 : 1, 0, data.length, 0, 0,
-      rdevMajor, rdevMinor, nameBytes.length, 0];
-    const header = Buffer.from('070701' + fields.map((f) => f.toString(16).padStart(8, '0')).join(''), 'latin1');
+    const nameBytes = Buffer.from(`${name}\0`);
+    const fields = [
+      this.ino++,
+      mode,
+      0,
+      0,
+      (mode & 0o170000) === 0o040000 ? 2 : 1,
+      0,
+      data.length,
+      0,
+      0,
+      rdevMajor,
+      rdevMinor,
+      nameBytes.length,
+      0,
+    ];
+    const header = Buffer.from(`070701${fields.map((f) => f.toString(16).padStart(8, '0')).join('')}`, 'latin1');
     this.parts.push(header, nameBytes, pad4(header.length + nameBytes.length), data, pad4(data.length));
   }
 }
@@ -255,21 +302,29 @@ function checkStaticBusybox(busybox: string): void {
   if (!fs.existsSync(busybox)) throw new Error(`${busybox} is missing: apt-get install busybox-static`);
   const head = Buffer.alloc(4096);
   const fd = fs.openSync(busybox, 'r');
-  try { fs.readSync(fd, head, 0, head.length, 0); } finally { fs.closeSync(fd); }
+  try {
+    fs.readSync(fd, head, 0, head.length, 0);
+  } finally {
+    fs.closeSync(fd);
+  }
   // A dynamically linked ELF names its interpreter (/lib64/ld-linux-x86-64.so.2) near the start.
   if (head.includes('ld-linux')) throw new Error(`${busybox} is dynamically linked: apt-get install busybox-static`);
 }
 
 function must(cmd: string, args: string[], cwd: string): void {
   const r = spawnSync(cmd, args, { cwd, encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`\`${cmd} ${args.join(' ')}\` failed: ${(r.stderr || r.stdout || String(r.error)).trim()}`);
+  if (r.status !== 0)
+    throw new Error(`\`${cmd} ${args.join(' ')}\` failed: ${(r.stderr || r.stdout || String(r.error)).trim()}`);
 }
 
 function findFile(dir: string, name: string): string | null {
   if (!fs.existsSync(dir)) return null;
   for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
     const p = path.join(dir, e.name);
-    if (e.isDirectory()) { const f = findFile(p, name); if (f) return f; } else if (e.name === name) return p;
+    if (e.isDirectory()) {
+      const f = findFile(p, name);
+      if (f) return f;
+    } else if (e.name === name) return p;
   }
   return null;
 }
@@ -283,6 +338,6 @@ function atomicWrite(file: string, data: Buffer): void {
 
 // `npx tsx lab/guest-image.ts`: build (or find) the image and print where it is.
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const img = buildGuestImage({ log: (m) => process.stderr.write(m + '\n') });
-  process.stdout.write(JSON.stringify(img, null, 2) + '\n');
+  const img = buildGuestImage({ log: (m) => process.stderr.write(`${m}\n`) });
+  process.stdout.write(`${JSON.stringify(img, null, 2)}\n`);
 }

@@ -31,7 +31,10 @@ export function running(pid: number): boolean {
 }
 
 function namespacesWith(prefix: string, listing: string): string[] {
-  return listing.split('\n').map((l) => l.trim().split(/\s+/)[0]).filter((n) => n && n.startsWith(prefix));
+  return listing
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/)[0])
+    .filter((n) => n?.startsWith(prefix));
 }
 
 /** Deletes every namespace whose name starts with prefix, first ending the processes left inside them. */
@@ -46,25 +49,47 @@ export function deleteNamespacesSync(prefix: string): void {
   if (!PREFIX_RE.test(prefix)) return;
   const names = namespacesWith(prefix, runSync('ip', ['netns', 'list']).stdout);
   const pids = names.flatMap((ns) => pidsIn(runSync('ip', ['netns', 'pids', ns]).stdout));
-  for (const pid of pids) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
   for (const ns of names) runSync('ip', ['netns', 'del', ns]);
 }
 
 /** Processes still inside the lab's namespaces (left by a crashed earlier run): SIGTERM, then SIGKILL. */
 async function endProcessesIn(names: string[]): Promise<void> {
-  const list = async () => (await Promise.all(names.map((ns) => run('ip', ['netns', 'pids', ns])))).flatMap((r) => pidsIn(r.stdout));
+  const list = async () =>
+    (await Promise.all(names.map((ns) => run('ip', ['netns', 'pids', ns])))).flatMap((r) => pidsIn(r.stdout));
   let pids = await list();
   if (pids.length === 0) return;
-  for (const pid of pids) { try { process.kill(pid, 'SIGTERM'); } catch { /* gone */ } }
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      /* gone */
+    }
+  }
   for (let i = 0; i < 40 && pids.length > 0; i++) {
     await sleep(50);
     pids = (await list()).filter(running);
   }
-  for (const pid of pids) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
 }
 
 function pidsIn(text: string): number[] {
-  return text.split('\n').map(Number).filter((n) => Number.isInteger(n) && n > 1 && n !== process.pid);
+  return text
+    .split('\n')
+    .map(Number)
+    .filter((n) => Number.isInteger(n) && n > 1 && n !== process.pid);
 }
 
 export interface Teardown {
@@ -80,9 +105,15 @@ export function tearDownOnExit(t: Teardown): void {
   live.add(t);
   if (hooked) return;
   hooked = true;
-  process.on('exit', () => { for (const x of [...live]) x.destroySync(); });
+  process.on('exit', () => {
+    for (const x of [...live]) x.destroySync();
+  });
   let signalled = false;
-  for (const [sig, num] of [['SIGINT', 2], ['SIGTERM', 15], ['SIGHUP', 1]] as const) {
+  for (const [sig, num] of [
+    ['SIGINT', 2],
+    ['SIGTERM', 15],
+    ['SIGHUP', 1],
+  ] as const) {
     process.on(sig, () => {
       if (signalled) process.exit(128 + num); // a second Ctrl-C: the exit hook still cleans up
       signalled = true;

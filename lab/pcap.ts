@@ -29,16 +29,20 @@ export function readPcap(buf: Buffer): Packet[] {
   const magic = buf.readUInt32LE(0);
   let le: boolean;
   let nano: boolean;
-  if (magic === 0xa1b2c3d4 || magic === 0xa1b23c4d) { le = true; nano = magic === 0xa1b23c4d; }
-  else if (magic === 0xd4c3b2a1 || magic === 0x4d3cb2a1) { le = false; nano = magic === 0x4d3cb2a1; }
-  else throw new Error(`not a classic pcap file (magic ${magic.toString(16)}); pcapng is not supported`);
+  if (magic === 0xa1b2c3d4 || magic === 0xa1b23c4d) {
+    le = true;
+    nano = magic === 0xa1b23c4d;
+  } else if (magic === 0xd4c3b2a1 || magic === 0x4d3cb2a1) {
+    le = false;
+    nano = magic === 0x4d3cb2a1;
+  } else throw new Error(`not a classic pcap file (magic ${magic.toString(16)}); pcapng is not supported`);
   const u32 = (o: number) => (le ? buf.readUInt32LE(o) : buf.readUInt32BE(o));
   const linktype = u32(20) & 0xffff;
   if (linktype !== LINKTYPE_ETHERNET && linktype !== LINKTYPE_LINUX_SLL && linktype !== LINKTYPE_LINUX_SLL2) {
     throw new Error(`pcap link type ${linktype} is not Ethernet or Linux cooked capture`);
   }
   const out: Packet[] = [];
-  for (let off = 24; off + 16 <= buf.length;) {
+  for (let off = 24; off + 16 <= buf.length; ) {
     const ts = u32(off) + u32(off + 4) / (nano ? 1e9 : 1e6);
     const caplen = u32(off + 8);
     if (off + 16 + caplen > buf.length) break; // truncated last record (capture killed mid-write)
@@ -60,14 +64,20 @@ export function decodeEthernet(frame: Buffer, ts = 0): Packet {
   if (frame.length < 14) return { ts, frame, ethertype: 0, kind: 'other' };
   let off = 12;
   let type = frame.readUInt16BE(off);
-  while ((type === 0x8100 || type === 0x88a8) && frame.length >= off + 6) { off += 4; type = frame.readUInt16BE(off); }
+  while ((type === 0x8100 || type === 0x88a8) && frame.length >= off + 6) {
+    off += 4;
+    type = frame.readUInt16BE(off);
+  }
   return decodeFrom(frame, type, off + 2, ts);
 }
 
 /** Decodes the network and transport headers of a frame whose ethertype is type, starting at off. */
 function decodeFrom(frame: Buffer, type: number, off: number, ts: number): Packet {
   const p: Packet = { ts, frame, ethertype: type, kind: 'other' };
-  if (type === 0x0806) { p.kind = 'arp'; return p; }
+  if (type === 0x0806) {
+    p.kind = 'arp';
+    return p;
+  }
   let proto = -1;
   if (type === 0x0800 && frame.length >= off + 20) {
     const ihl = (frame[off] & 0x0f) * 4;
@@ -77,17 +87,28 @@ function decodeFrom(frame: Buffer, type: number, off: number, ts: number): Packe
     const fragOffset = frame.readUInt16BE(off + 6) & 0x1fff;
     off += ihl;
     if (fragOffset !== 0) return p; // a later fragment: no transport header here
-    if (proto === 1) { p.kind = 'icmp'; p.icmpType = frame[off]; return p; }
+    if (proto === 1) {
+      p.kind = 'icmp';
+      p.icmpType = frame[off];
+      return p;
+    }
   } else if (type === 0x86dd && frame.length >= off + 40) {
     proto = frame[off + 6];
     p.src = ip6(frame.subarray(off + 8, off + 24));
     p.dst = ip6(frame.subarray(off + 24, off + 40));
     off += 40;
-    if (proto === 58) { p.kind = 'icmp6'; p.icmpType = frame[off]; return p; }
+    if (proto === 58) {
+      p.kind = 'icmp6';
+      p.icmpType = frame[off];
+      return p;
+    }
   } else {
     return p;
   }
-  if (proto === 6) { p.kind = 'tcp'; return p; }
+  if (proto === 6) {
+    p.kind = 'tcp';
+    return p;
+  }
   if (proto === 17 && frame.length >= off + 8) {
     p.kind = 'udp';
     p.sport = frame.readUInt16BE(off);
@@ -101,5 +122,8 @@ function decodeFrom(frame: Buffer, type: number, off: number, ts: number): Packe
 function ip6(b: Buffer): string {
   const groups: string[] = [];
   for (let i = 0; i < 16; i += 2) groups.push(b.readUInt16BE(i).toString(16));
-  return groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::').replace(/:{3,}/, '::');
+  return groups
+    .join(':')
+    .replace(/(^|:)0(:0)+(:|$)/, '::')
+    .replace(/:{3,}/, '::');
 }

@@ -26,8 +26,12 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
     const child = spawn(cmd, args, spawnOpts);
     let stdout = '';
     let stderr = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+    });
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
     const timer = opts.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs) : null;
     child.on('error', (err) => {
       if (timer) clearTimeout(timer);
@@ -46,7 +50,9 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
 export async function runOk(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
   const r = await run(cmd, args, opts);
   if (r.code !== 0) {
-    throw new Error(`\`${[cmd, ...args].join(' ')}\` failed (${r.signal ?? 'exit ' + r.code}): ${(r.stderr || r.stdout).trim()}`);
+    throw new Error(
+      `\`${[cmd, ...args].join(' ')}\` failed (${r.signal ?? `exit ${r.code}`}): ${(r.stderr || r.stdout).trim()}`,
+    );
   }
   return r;
 }

@@ -28,11 +28,28 @@ import { fileURLToPath } from 'node:url';
 import { DEFAULT_PORT, defaultTapMtu } from '../src/constants.ts';
 import { encodeKey, generatePrivateKey, publicKeyOf } from '../src/mesh/keys.ts';
 import {
-  deleteNamespaces, deleteNamespacesSync, ip, ipn, PREFIX_RE, releaseOnExit, running, type Teardown, tearDownOnExit,
+  deleteNamespaces,
+  deleteNamespacesSync,
+  ip,
+  ipn,
+  PREFIX_RE,
+  releaseOnExit,
+  running,
+  type Teardown,
+  tearDownOnExit,
 } from './netns.ts';
 import { type Packet, readPcap } from './pcap.ts';
 import {
-  type IperfResult, parseIperf3, parsePing, type PingResult, run, runOk, type RunOptions, type RunResult, sleep, sleepSync,
+  type IperfResult,
+  parseIperf3,
+  parsePing,
+  type PingResult,
+  run,
+  runOk,
+  type RunOptions,
+  type RunResult,
+  sleep,
+  sleepSync,
 } from './run.ts';
 
 export { deleteNamespaces, hasProgram } from './netns.ts';
@@ -144,10 +161,12 @@ export class Lab implements Teardown {
     this.tapMtu = opts.tapMtu ?? defaultTapMtu(this.family);
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), opts.prefix));
     fs.chmodSync(this.dir, 0o755); // configs readable by an unprivileged daemon in the permission test
-    this.underlayNs = opts.prefix + 'ul';
+    this.underlayNs = `${opts.prefix}ul`;
   }
 
-  get prefix(): string { return this.opts.prefix; }
+  get prefix(): string {
+    return this.opts.prefix;
+  }
 
   /** Builds the namespaces, writes keys and configs, starts the daemons and waits for the mesh. */
   static async create(opts: LabOptions): Promise<Lab> {
@@ -189,23 +208,39 @@ export class Lab implements Teardown {
       const index = i + 1;
       const role = name === home ? 'home' : 'host';
       const hostName = role === 'home' ? 'lan' : `guest-${name.replace(/^host-/, '')}`;
-      const host: Host = { name: hostName, ns: this.ns(hostName), ip: role === 'home' ? PLAN.lan : PLAN.guest(guests++), site: name };
+      const host: Host = {
+        name: hostName,
+        ns: this.ns(hostName),
+        ip: role === 'home' ? PLAN.lan : PLAN.guest(guests++),
+        site: name,
+      };
       const underlay6 = this.family === 6 || this.opts.ipv6 ? PLAN.underlay6(index) : null;
       const address = this.family === 6 ? underlay6! : PLAN.underlay4(index);
       this.sites.push({
-        name, ns: this.ns(name), index, role, underlay4: PLAN.underlay4(index), underlay6, address, port,
+        name,
+        ns: this.ns(name),
+        index,
+        role,
+        underlay4: PLAN.underlay4(index),
+        underlay6,
+        address,
+        port,
         endpoint: this.family === 6 ? `[${address}]:${port}` : `${address}:${port}`,
-        host, peers: [], publicKey: '',
+        host,
+        peers: [],
+        publicKey: '',
         configFile: path.join(this.dir, `${name}.yaml`),
         keyFile: path.join(this.dir, `${name}.key`),
         logFile: path.join(this.dir, `${name}.log`),
-        daemon: null, logOffset: 0,
+        daemon: null,
+        logOffset: 0,
       });
       this.hosts.push(host);
     });
     for (const s of this.sites) {
       s.peers = this.opts.peersOf?.(s.name, names) ?? names.filter((n) => n !== s.name);
-      for (const p of s.peers) if (!names.includes(p) || p === s.name) throw new Error(`site ${s.name}: bad peer "${p}"`);
+      for (const p of s.peers)
+        if (!names.includes(p) || p === s.name) throw new Error(`site ${s.name}: bad peer "${p}"`);
     }
     if (this.hosts.some((h) => h.name === 'guest-')) throw new Error('a VM-host site needs a name after "host-"');
   }
@@ -256,7 +291,7 @@ export class Lab implements Teardown {
       const sk = generatePrivateKey();
       keys.set(s.name, sk);
       s.publicKey = encodeKey(publicKeyOf(sk));
-      fs.writeFileSync(s.keyFile, encodeKey(sk) + '\n', { mode: 0o600 });
+      fs.writeFileSync(s.keyFile, `${encodeKey(sk)}\n`, { mode: 0o600 });
     }
     for (const s of this.sites) fs.writeFileSync(s.configFile, this.configText(s), { mode: 0o644 });
   }
@@ -271,7 +306,7 @@ export class Lab implements Teardown {
         : `private_key_file: ${path.basename(s.keyFile)}`,
       `listen: "${opts.listen ?? s.endpoint}"`,
       `log_level: ${this.opts.logLevel ?? 'info'}`,
-      `control: { socket: ${path.join(this.dir, s.name + '.sock')} }`, // labs run side by side: no shared /run path
+      `control: { socket: ${path.join(this.dir, `${s.name}.sock`)} }`, // labs run side by side: no shared /run path
       'tap:',
       `  name: ${TAP_NAME}`,
       ...(this.opts.tapMtu ? [`  mtu: ${this.opts.tapMtu}`] : []),
@@ -285,7 +320,7 @@ export class Lab implements Teardown {
     }
     const extra = this.opts.siteConfig?.(s.name);
     if (extra) lines.push(extra.trimEnd());
-    return lines.join('\n') + '\n';
+    return `${lines.join('\n')}\n`;
   }
 
   // ---- lookups -------------------------------------------------------------------------------------
@@ -321,7 +356,9 @@ export class Lab implements Teardown {
   /** A long-running process in a namespace; destroy() kills it if it is still running. */
   spawn(ns: string, argv: string[], opts: { stdio?: 'ignore' | 'pipe'; env?: NodeJS.ProcessEnv } = {}): ChildProcess {
     const child = spawn('ip', ['netns', 'exec', this.ns(ns), ...argv], {
-      stdio: opts.stdio ?? 'ignore', env: opts.env ?? process.env, cwd: PROJECT_ROOT,
+      stdio: opts.stdio ?? 'ignore',
+      env: opts.env ?? process.env,
+      cwd: PROJECT_ROOT,
     });
     child.on('error', () => {});
     this.children.add(child);
@@ -330,10 +367,31 @@ export class Lab implements Teardown {
   }
 
   /** ping from a namespace to an address or host name. Never throws: look at .ok, .lossPct, .rtt. */
-  async ping(from: string, to: string, o: { count?: number; intervalS?: number; size?: number; dontFragment?: boolean; pattern?: string; waitS?: number } = {}): Promise<PingResult> {
+  async ping(
+    from: string,
+    to: string,
+    o: {
+      count?: number;
+      intervalS?: number;
+      size?: number;
+      dontFragment?: boolean;
+      pattern?: string;
+      waitS?: number;
+    } = {},
+  ): Promise<PingResult> {
     const ipAddr = /^[\d.]+$|:/.test(to) ? to : this.host(to).ip;
     const count = o.count ?? 5;
-    const args = ['ping', '-n', '-q', '-c', String(count), '-i', String(o.intervalS ?? 0.2), '-W', String(o.waitS ?? 1)];
+    const args = [
+      'ping',
+      '-n',
+      '-q',
+      '-c',
+      String(count),
+      '-i',
+      String(o.intervalS ?? 0.2),
+      '-W',
+      String(o.waitS ?? 1),
+    ];
     if (o.size !== undefined) args.push('-s', String(o.size));
     if (o.dontFragment) args.push('-M', 'do');
     if (o.pattern) args.push('-p', o.pattern);
@@ -343,7 +401,11 @@ export class Lab implements Teardown {
   }
 
   /** iperf3 TCP from one namespace to a host name or (ns, address); the server runs for this one test. */
-  async iperf3(from: string, to: string | { ns: string; ip: string }, o: { seconds?: number; parallel?: number; port?: number } = {}): Promise<IperfResult> {
+  async iperf3(
+    from: string,
+    to: string | { ns: string; ip: string },
+    o: { seconds?: number; parallel?: number; port?: number } = {},
+  ): Promise<IperfResult> {
     const dst = typeof to === 'string' ? this.host(to) : to;
     const port = String(o.port ?? 5201);
     const server = this.spawn(dst.ns, ['iperf3', '-s', '-1', '-B', dst.ip, '-p', port]);
@@ -366,16 +428,31 @@ export class Lab implements Teardown {
   }
 
   /** Starts tcpdump writing a pcap of an interface; resolves once it is listening. stop() returns the packets. */
-  async capture(ns: string, iface: string, file: string, filter: string[] = []): Promise<{ stop(): Promise<Packet[]> }> {
-    const child = this.spawn(ns, ['tcpdump', '-i', iface, '-nn', '-U', '--immediate-mode', '-s', '0', '-Z', 'root', '-w', file, ...filter], { stdio: 'pipe' });
+  async capture(
+    ns: string,
+    iface: string,
+    file: string,
+    filter: string[] = [],
+  ): Promise<{ stop(): Promise<Packet[]> }> {
+    const child = this.spawn(
+      ns,
+      ['tcpdump', '-i', iface, '-nn', '-U', '--immediate-mode', '-s', '0', '-Z', 'root', '-w', file, ...filter],
+      { stdio: 'pipe' },
+    );
     let err = '';
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`tcpdump on ${iface} in ${ns} did not start: ${err}`)), 5000);
       child.stderr!.setEncoding('utf8').on('data', (d: string) => {
         err += d;
-        if (/listening on/.test(err)) { clearTimeout(timer); resolve(); }
+        if (/listening on/.test(err)) {
+          clearTimeout(timer);
+          resolve();
+        }
       });
-      child.once('exit', () => { clearTimeout(timer); reject(new Error(`tcpdump on ${iface} in ${ns} exited: ${err.trim()}`)); });
+      child.once('exit', () => {
+        clearTimeout(timer);
+        reject(new Error(`tcpdump on ${iface} in ${ns} exited: ${err.trim()}`));
+      });
     });
     child.stdout!.resume();
     return {
@@ -403,7 +480,9 @@ export class Lab implements Teardown {
     for (let i = 0; i + 1 < lines.length; i += 2) {
       const [proto, ...names] = lines[i].split(/\s+/);
       const values = lines[i + 1].split(/\s+/).slice(1);
-      names.forEach((n, j) => { out[`${proto.replace(':', '')}.${n}`] = Number(values[j]); });
+      names.forEach((n, j) => {
+        out[`${proto.replace(':', '')}.${n}`] = Number(values[j]);
+      });
     }
     const v6 = await this.exec(ns, ['cat', '/proc/net/snmp6']);
     for (const line of v6.stdout.trim().split('\n')) {
@@ -414,7 +493,10 @@ export class Lab implements Teardown {
   }
 
   /** Kernel counters of an interface (`ip -s -j link`). */
-  async linkStats(ns: string, ifname: string): Promise<{ rxPackets: number; txPackets: number; rxBytes: number; txBytes: number }> {
+  async linkStats(
+    ns: string,
+    ifname: string,
+  ): Promise<{ rxPackets: number; txPackets: number; rxBytes: number; txBytes: number }> {
     const r = await runOk('ip', ['-n', this.ns(ns), '-s', '-j', 'link', 'show', 'dev', ifname]);
     const s = JSON.parse(r.stdout)[0].stats64;
     return { rxPackets: s.rx.packets, txPackets: s.tx.packets, rxBytes: s.rx.bytes, txBytes: s.tx.bytes };
@@ -431,9 +513,14 @@ export class Lab implements Teardown {
     s.logOffset = fs.existsSync(s.logFile) ? fs.statSync(s.logFile).size : 0;
     const fd = fs.openSync(s.logFile, 'a');
     try {
-      s.daemon = spawn('ip', ['netns', 'exec', s.ns, process.execPath, HOMEWIRE_BIN, 'up', '--config', s.configFile, ...extraArgs], {
-        stdio: ['ignore', fd, fd], cwd: this.dir,
-      });
+      s.daemon = spawn(
+        'ip',
+        ['netns', 'exec', s.ns, process.execPath, HOMEWIRE_BIN, 'up', '--config', s.configFile, ...extraArgs],
+        {
+          stdio: ['ignore', fd, fd],
+          cwd: this.dir,
+        },
+      );
     } finally {
       fs.closeSync(fd);
     }
@@ -442,7 +529,10 @@ export class Lab implements Teardown {
   }
 
   /** Signals the site's daemon and waits for it to exit (SIGKILL after timeoutMs). */
-  async stopDaemon(name: string, o: { signal?: NodeJS.Signals; timeoutMs?: number } = {}): Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number; killed: boolean }> {
+  async stopDaemon(
+    name: string,
+    o: { signal?: NodeJS.Signals; timeoutMs?: number } = {},
+  ): Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number; killed: boolean }> {
     const s = this.site(name);
     const d = s.daemon;
     if (!d || d.exitCode !== null || d.signalCode !== null) {
@@ -465,9 +555,16 @@ export class Lab implements Teardown {
     const s = this.site(name);
     if (!fs.existsSync(s.logFile)) return [];
     const text = fs.readFileSync(s.logFile, 'utf8').slice(s.logOffset);
-    return text.split('\n').filter(Boolean).map((line) => {
-      try { return JSON.parse(line) as LogLine; } catch { return { level: 0, time: 0, msg: line }; }
-    });
+    return text
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => {
+        try {
+          return JSON.parse(line) as LogLine;
+        } catch {
+          return { level: 0, time: 0, msg: line };
+        }
+      });
   }
 
   logTail(name: string, lines = 15): string {
@@ -492,10 +589,16 @@ export class Lab implements Teardown {
         const d = this.site(name).daemon;
         if (!d) continue;
         if (d.exitCode !== null || d.signalCode !== null) {
-          throw new Error(`homewire at ${name} exited (${d.signalCode ?? 'code ' + d.exitCode}) before its peers came up:\n${this.logTail(name)}`);
+          throw new Error(
+            `homewire at ${name} exited (${d.signalCode ?? `code ${d.exitCode}`}) before its peers came up:\n${this.logTail(name)}`,
+          );
         }
         const up = this.peersUp(name);
-        missing = missing.concat(this.mutualPeers(name).filter((p) => !up.has(p)).map((p) => `${name}→${p}`));
+        missing = missing.concat(
+          this.mutualPeers(name)
+            .filter((p) => !up.has(p))
+            .map((p) => `${name}→${p}`),
+        );
       }
       if (missing.length === 0) return;
       if (Date.now() > deadline) {
@@ -512,9 +615,13 @@ export class Lab implements Teardown {
   destroy(): Promise<void> {
     this.destroying ??= (async () => {
       const procs = this.processes();
-      const exits = procs.map((p) => new Promise<void>((r) => {
-        if (p.exitCode !== null || p.signalCode !== null) r(); else p.once('exit', () => r());
-      }));
+      const exits = procs.map(
+        (p) =>
+          new Promise<void>((r) => {
+            if (p.exitCode !== null || p.signalCode !== null) r();
+            else p.once('exit', () => r());
+          }),
+      );
       for (const p of procs) p.kill('SIGTERM');
       const all = Promise.all(exits);
       if (!(await Promise.race([all.then(() => true), sleep(2000).then(() => false)]))) {
@@ -531,10 +638,23 @@ export class Lab implements Teardown {
   /** destroy() for process exit, when promises no longer run. */
   destroySync(): void {
     const procs = this.processes();
-    for (const p of procs) { try { p.kill('SIGTERM'); } catch { /* gone */ } }
+    for (const p of procs) {
+      try {
+        p.kill('SIGTERM');
+      } catch {
+        /* gone */
+      }
+    }
     const deadline = Date.now() + 2000;
     while (procs.some((p) => p.pid && running(p.pid)) && Date.now() < deadline) sleepSync(20);
-    for (const p of procs) if (p.pid && running(p.pid)) { try { p.kill('SIGKILL'); } catch { /* gone */ } }
+    for (const p of procs)
+      if (p.pid && running(p.pid)) {
+        try {
+          p.kill('SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
     deleteNamespacesSync(this.prefix);
     if (!this.opts.keepDir) fs.rmSync(this.dir, { recursive: true, force: true });
     releaseOnExit(this);

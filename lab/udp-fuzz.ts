@@ -8,7 +8,15 @@
 // Prints one JSON line with what was sent. Bounded: at most 256 datagrams in flight.
 import dgram from 'node:dgram';
 import fs from 'node:fs';
-import { HANDSHAKE_INIT_BYTES, HANDSHAKE_RESP_BYTES, MSG_CONTROL, MSG_DATA, MSG_HANDSHAKE_INIT, MSG_HANDSHAKE_RESP, TRANSPORT_OVERHEAD_BYTES } from '../src/constants.ts';
+import {
+  HANDSHAKE_INIT_BYTES,
+  HANDSHAKE_RESP_BYTES,
+  MSG_CONTROL,
+  MSG_DATA,
+  MSG_HANDSHAKE_INIT,
+  MSG_HANDSHAKE_RESP,
+  TRANSPORT_OVERHEAD_BYTES,
+} from '../src/constants.ts';
 import { readPcap } from './pcap.ts';
 
 function arg(name: string, fallback?: string): string | undefined {
@@ -40,7 +48,11 @@ const count = Math.min(Number(arg('--count', '10000')), 1_000_000);
 const seed = Number(arg('--seed', String(Date.now() & 0x7fffffff)));
 const rand = rng(seed);
 const int = (n: number) => Math.floor(rand() * n);
-const bytes = (n: number) => { const b = Buffer.allocUnsafe(n); for (let i = 0; i < n; i++) b[i] = int(256); return b; };
+const bytes = (n: number) => {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i++) b[i] = int(256);
+  return b;
+};
 
 // Real datagrams to or from the target port, from a capture of the underlay.
 const templates: Buffer[] = [];
@@ -60,9 +72,12 @@ function randomDatagram(): Buffer {
 
 function shaped(): Buffer {
   const type = TYPES[int(TYPES.length)];
-  const len = type === MSG_HANDSHAKE_INIT ? HANDSHAKE_INIT_BYTES
-    : type === MSG_HANDSHAKE_RESP ? HANDSHAKE_RESP_BYTES
-      : TRANSPORT_OVERHEAD_BYTES + int(1400);
+  const len =
+    type === MSG_HANDSHAKE_INIT
+      ? HANDSHAKE_INIT_BYTES
+      : type === MSG_HANDSHAKE_RESP
+        ? HANDSHAKE_RESP_BYTES
+        : TRANSPORT_OVERHEAD_BYTES + int(1400);
   const b = bytes(len);
   b[0] = type;
   b[1] = b[2] = b[3] = 0;
@@ -74,17 +89,33 @@ function mutated(): { msg: Buffer; kind: string } {
   const t = templates[int(templates.length)];
   const b = Buffer.from(t);
   switch (int(7)) {
-    case 0: { // flip 1-8 bits anywhere
+    case 0: {
+      // flip 1-8 bits anywhere
       const n = 1 + int(8);
       for (let i = 0; i < n && b.length > 0; i++) b[int(b.length)] ^= 1 << int(8);
       return { msg: b, kind: 'bitflip' };
     }
-    case 1: return { msg: b.subarray(0, int(b.length)), kind: 'truncated' };
-    case 2: return { msg: Buffer.concat([b, bytes(1 + int(64))]), kind: 'extended' };
-    case 3: { if (b.length) b[0] = TYPES[int(TYPES.length)]; return { msg: b, kind: 'retyped' }; }
-    case 4: { if (b.length >= 16) { b.writeUInt32LE(int(2 ** 32), 8); b.writeUInt32LE(int(2 ** 32), 12); } return { msg: b, kind: 'recountered' }; }
-    case 5: { if (b.length >= 8) b.writeUInt32LE(int(2 ** 32), 4); return { msg: b, kind: 'reindexed' }; }
-    default: return { msg: b, kind: 'replayed' };
+    case 1:
+      return { msg: b.subarray(0, int(b.length)), kind: 'truncated' };
+    case 2:
+      return { msg: Buffer.concat([b, bytes(1 + int(64))]), kind: 'extended' };
+    case 3: {
+      if (b.length) b[0] = TYPES[int(TYPES.length)];
+      return { msg: b, kind: 'retyped' };
+    }
+    case 4: {
+      if (b.length >= 16) {
+        b.writeUInt32LE(int(2 ** 32), 8);
+        b.writeUInt32LE(int(2 ** 32), 12);
+      }
+      return { msg: b, kind: 'recountered' };
+    }
+    case 5: {
+      if (b.length >= 8) b.writeUInt32LE(int(2 ** 32), 4);
+      return { msg: b, kind: 'reindexed' };
+    }
+    default:
+      return { msg: b, kind: 'replayed' };
   }
 }
 
@@ -100,13 +131,24 @@ for (let i = 0; i < count; i++) {
   let kind: string;
   const r = rand();
   if (templates.length > 0 && r < 0.5) ({ msg, kind } = mutated());
-  else if (r < 0.75) { msg = shaped(); kind = 'shaped'; }
-  else { msg = randomDatagram(); kind = 'random'; }
+  else if (r < 0.75) {
+    msg = shaped();
+    kind = 'shaped';
+  } else {
+    msg = randomDatagram();
+    kind = 'random';
+  }
   byKind[kind] = (byKind[kind] ?? 0) + 1;
   while (inFlight >= 256) await new Promise((res) => setImmediate(res));
   inFlight++;
-  sock.send(msg, port, address, (err) => { inFlight--; if (err) errors++; else sent++; });
+  sock.send(msg, port, address, (err) => {
+    inFlight--;
+    if (err) errors++;
+    else sent++;
+  });
 }
 while (inFlight > 0) await new Promise((res) => setImmediate(res));
 sock.close();
-process.stdout.write(JSON.stringify({ to, count, sent, errors, seed, templates: templates.length, byKind, ms: Date.now() - started }) + '\n');
+process.stdout.write(
+  `${JSON.stringify({ to, count, sent, errors, seed, templates: templates.length, byKind, ms: Date.now() - started })}\n`,
+);

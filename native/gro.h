@@ -32,9 +32,16 @@ struct Seg {
   uint8_t flags = 0;
 };
 
-inline uint16_t Rd16(const uint8_t* p) { return (uint16_t)(p[0] << 8 | p[1]); }
-inline uint32_t Rd32(const uint8_t* p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
-inline void Wr16(uint8_t* p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+inline uint16_t Rd16(const uint8_t* p) {
+  return (uint16_t)(p[0] << 8 | p[1]);
+}
+inline uint32_t Rd32(const uint8_t* p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+inline void Wr16(uint8_t* p, uint16_t v) {
+  p[0] = (uint8_t)(v >> 8);
+  p[1] = (uint8_t)v;
+}
 
 // True if the frame is an untagged IPv4 (no options, not fragmented) TCP segment with payload and only
 // ACK/PSH set: the only kind that is merged.
@@ -69,14 +76,14 @@ inline bool Follows(const Seg& first, const Seg& last, const Seg& n, size_t grou
   if (n.thl != first.thl) return false;
   const uint8_t* a = first.f;
   const uint8_t* b = n.f;
-  if (std::memcmp(a, b, kEth) != 0) return false;                      // MACs, ethertype
+  if (std::memcmp(a, b, kEth) != 0) return false;                              // MACs, ethertype
   if (a[kEth + 1] != b[kEth + 1] || a[kEth + 8] != b[kEth + 8]) return false;  // TOS/ECN, TTL
-  if (std::memcmp(a + kEth + 12, b + kEth + 12, 8) != 0) return false;  // addresses
+  if (std::memcmp(a + kEth + 12, b + kEth + 12, 8) != 0) return false;         // addresses
   const uint8_t* ta = a + kEth + 20;
   const uint8_t* tb = b + kEth + 20;
-  if (std::memcmp(ta, tb, 4) != 0) return false;                  // ports
-  if (std::memcmp(ta + 8, tb + 8, 4) != 0) return false;          // ACK number
-  if (std::memcmp(ta + 14, tb + 14, 2) != 0) return false;        // window
+  if (std::memcmp(ta, tb, 4) != 0) return false;                         // ports
+  if (std::memcmp(ta + 8, tb + 8, 4) != 0) return false;                 // ACK number
+  if (std::memcmp(ta + 14, tb + 14, 2) != 0) return false;               // window
   if (std::memcmp(ta + 20, tb + 20, first.thl - 20) != 0) return false;  // options (timestamps...)
   return true;
 }

@@ -76,7 +76,7 @@ const char* const kCounterNames[C_COUNT] = {"txFrames",    "txBytes",  "txDroppe
 
 // ---- Errors ------------------------------------------------------------------------------------
 struct SysErr {
-  int err = 0;              // positive errno; 0 = no error
+  int err = 0;  // positive errno; 0 = no error
   const char* syscall = "";
   std::string message;
 };
@@ -107,7 +107,9 @@ Napi::Value ThrowType(Napi::Env env, const char* message) {
   return env.Undefined();
 }
 
-std::string Describe(int err) { return std::string(strerror(err)) + " (" + ErrName(err) + ")"; }
+std::string Describe(int err) {
+  return std::string(strerror(err)) + " (" + ErrName(err) + ")";
+}
 
 const char* kNeedsAdmin = "run as root or grant CAP_NET_ADMIN (e.g. AmbientCapabilities=CAP_NET_ADMIN)";
 
@@ -167,8 +169,8 @@ bool LinkUp(int sock, const std::string& ifname, const char* what, SysErr* e) {
   struct ifreq ifr;
   SetName(&ifr, ifname);
   if (ioctl(sock, SIOCGIFFLAGS, &ifr) < 0)
-    return SetErr(e, errno, "ioctl(SIOCGIFFLAGS)", std::string("reading flags of ") + what + " " + ifname +
-                                                        " failed: " + Describe(errno));
+    return SetErr(e, errno, "ioctl(SIOCGIFFLAGS)",
+                  std::string("reading flags of ") + what + " " + ifname + " failed: " + Describe(errno));
   if (ifr.ifr_flags & IFF_UP) return true;
   ifr.ifr_flags |= IFF_UP;
   if (ioctl(sock, SIOCSIFFLAGS, &ifr) < 0) {
@@ -176,8 +178,8 @@ bool LinkUp(int sock, const std::string& ifname, const char* what, SysErr* e) {
     if (err == EPERM || err == EACCES)
       return SetErr(e, err, "ioctl(SIOCSIFFLAGS)",
                     std::string("bringing ") + what + " " + ifname + " up needs root or CAP_NET_ADMIN (" +
-                        ErrName(err) + "); " + kNeedsAdmin + ", or bring it up beforehand (ip link set " +
-                        ifname + " up)");
+                        ErrName(err) + "); " + kNeedsAdmin + ", or bring it up beforehand (ip link set " + ifname +
+                        " up)");
     return SetErr(e, err, "ioctl(SIOCSIFFLAGS)",
                   std::string("bringing ") + what + " " + ifname + " up failed: " + Describe(err));
   }
@@ -198,8 +200,9 @@ bool SetMtu(int sock, const std::string& ifname, int mtu, SysErr* e) {
                   "setting MTU " + m + " on " + ifname + " needs root or CAP_NET_ADMIN (" + ErrName(err) + "); " +
                       kNeedsAdmin + ", or set it beforehand (ip link set " + ifname + " mtu " + m + ")");
   if (err == EINVAL)
-    return SetErr(e, err, "ioctl(SIOCSIFMTU)",
-                  "MTU " + m + " is out of range for " + ifname + " (EINVAL); use 68..65521 (and at most the frame slab stride)");
+    return SetErr(
+        e, err, "ioctl(SIOCSIFMTU)",
+        "MTU " + m + " is out of range for " + ifname + " (EINVAL); use 68..65521 (and at most the frame slab stride)");
   return SetErr(e, err, "ioctl(SIOCSIFMTU)", "setting MTU " + m + " on " + ifname + " failed: " + Describe(err));
 }
 
@@ -212,8 +215,8 @@ bool Enslave(int sock, const std::string& ifname, int ifindex, const std::string
     int err = errno;
     if (err == EPERM || err == EACCES)
       return SetErr(e, err, "ioctl(SIOCBRADDBR)",
-                    "creating bridge " + bridge + " needs root or CAP_NET_ADMIN (" + ErrName(err) + "); " + kNeedsAdmin +
-                        ", or create it beforehand (ip link add " + bridge + " type bridge)");
+                    "creating bridge " + bridge + " needs root or CAP_NET_ADMIN (" + ErrName(err) + "); " +
+                        kNeedsAdmin + ", or create it beforehand (ip link add " + bridge + " type bridge)");
     if (err == ENOPKG || err == ENOSYS)
       return SetErr(e, err, "ioctl(SIOCBRADDBR)",
                     "creating bridge " + bridge + " failed: bridge support is missing (" + ErrName(err) +
@@ -245,20 +248,24 @@ bool Enslave(int sock, const std::string& ifname, int ifindex, const std::string
 
 bool OpenTap(const OpenArgs& a, OpenResult* r, SysErr* e) {
   if (!ValidIfName(a.name))
-    return SetErr(e, EINVAL, "open", "invalid TAP name '" + a.name + "': use 1..15 characters without '/', ':' or spaces");
+    return SetErr(e, EINVAL, "open",
+                  "invalid TAP name '" + a.name + "': use 1..15 characters without '/', ':' or spaces");
   if (!a.bridge.empty() && (!ValidIfName(a.bridge) || a.bridge.find('%') != std::string::npos))
-    return SetErr(e, EINVAL, "open", "invalid bridge name '" + a.bridge + "': use 1..15 characters without '/', ':', '%' or spaces");
+    return SetErr(e, EINVAL, "open",
+                  "invalid bridge name '" + a.bridge + "': use 1..15 characters without '/', ':', '%' or spaces");
 
   int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT || err == ENODEV || err == ENXIO)
-      return SetErr(e, err, "open", "/dev/net/tun is not available (" + std::string(ErrName(err)) +
-                                        "); load the tun module (modprobe tun)" +
-                                        (err == ENOENT ? ", or create the node (mknod /dev/net/tun c 10 200)" : ""));
+      return SetErr(e, err, "open",
+                    "/dev/net/tun is not available (" + std::string(ErrName(err)) +
+                        "); load the tun module (modprobe tun)" +
+                        (err == ENOENT ? ", or create the node (mknod /dev/net/tun c 10 200)" : ""));
     if (err == EACCES || err == EPERM)
-      return SetErr(e, err, "open", "opening /dev/net/tun for TAP " + a.name + " needs root or CAP_NET_ADMIN (" +
-                                        ErrName(err) + "); " + kNeedsAdmin);
+      return SetErr(e, err, "open",
+                    "opening /dev/net/tun for TAP " + a.name + " needs root or CAP_NET_ADMIN (" + ErrName(err) + "); " +
+                        kNeedsAdmin);
     return SetErr(e, err, "open", "opening /dev/net/tun failed: " + Describe(err));
   }
   // O_CLOEXEC/O_NONBLOCK were asked for at open(); make sure (cheap, and some kernels ignore flags).
@@ -279,14 +286,16 @@ bool OpenTap(const OpenArgs& a, OpenResult* r, SysErr* e) {
                                               " mode tap user <uid>)"
                                         : ""));
     if (err == EBUSY)
-      return SetErr(e, err, "ioctl(TUNSETIFF)",
-                    "TAP name " + n + " is in use by another process (EBUSY); stop that process or choose another name");
+      return SetErr(
+          e, err, "ioctl(TUNSETIFF)",
+          "TAP name " + n + " is in use by another process (EBUSY); stop that process or choose another name");
     if (err == EINVAL && SysfsExists(n))
       return SetErr(e, err, "ioctl(TUNSETIFF)",
-                    "an interface named " + n + " already exists and is not a TAP (EINVAL); delete it (ip link del " + n +
-                        ") or choose another name");
+                    "an interface named " + n + " already exists and is not a TAP (EINVAL); delete it (ip link del " +
+                        n + ") or choose another name");
     if (err == ENFILE || err == EMFILE)
-      return SetErr(e, err, "ioctl(TUNSETIFF)", "creating TAP " + n + " failed: " + Describe(err) + "; too many interfaces or open files");
+      return SetErr(e, err, "ioctl(TUNSETIFF)",
+                    "creating TAP " + n + " failed: " + Describe(err) + "; too many interfaces or open files");
     return SetErr(e, err, "ioctl(TUNSETIFF)", "creating TAP " + n + " failed: " + Describe(err));
   }
   {
@@ -319,7 +328,8 @@ bool OpenTap(const OpenArgs& a, OpenResult* r, SysErr* e) {
   if (ok) {
     SetName(&ifr, r->name);
     if (ioctl(sock, SIOCGIFHWADDR, &ifr) < 0)
-      ok = SetErr(e, errno, "ioctl(SIOCGIFHWADDR)", "reading the MAC address of " + r->name + " failed: " + Describe(errno));
+      ok = SetErr(e, errno, "ioctl(SIOCGIFHWADDR)",
+                  "reading the MAC address of " + r->name + " failed: " + Describe(errno));
     else
       memcpy(r->mac, ifr.ifr_hwaddr.sa_data, 6);
   }

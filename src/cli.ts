@@ -30,7 +30,7 @@ See README.md for the config reference and the wire format.`;
 function option(args: string[], name: string): string | undefined {
   const i = args.indexOf(name);
   if (i >= 0) return args[i + 1];
-  const eq = args.find((a) => a.startsWith(name + '='));
+  const eq = args.find((a) => a.startsWith(`${name}=`));
   return eq?.slice(name.length + 1);
 }
 
@@ -49,18 +49,20 @@ async function main(argv: string[]): Promise<void> {
   const [cmd, ...args] = argv;
   switch (cmd) {
     case 'genkey':
-      process.stdout.write(encodeKey(generatePrivateKey()) + '\n');
+      process.stdout.write(`${encodeKey(generatePrivateKey())}\n`);
       return;
     case 'pubkey': {
       const text = fs.readFileSync(0, 'utf8');
       const key = decodeKey(text);
       if (!key) fail('stdin does not hold a base64 Curve25519 private key (make one with `homewire genkey`)');
-      process.stdout.write(encodeKey(publicKeyOf(key!)) + '\n');
+      process.stdout.write(`${encodeKey(publicKeyOf(key!))}\n`);
       return;
     }
     case 'check': {
       const cfg = loadConfig(requireConfig(args));
-      process.stdout.write(`${cfg.file}: ok (node ${cfg.name}, public key ${encodeKey(cfg.publicKey)}, ${cfg.peers.length} peers)\n`);
+      process.stdout.write(
+        `${cfg.file}: ok (node ${cfg.name}, public key ${encodeKey(cfg.publicKey)}, ${cfg.peers.length} peers)\n`,
+      );
       return;
     }
     case 'up':
@@ -86,7 +88,7 @@ async function main(argv: string[]): Promise<void> {
     case 'help':
     case '--help':
     case '-h':
-      process.stdout.write(USAGE + '\n\n' + (await import('./coordinator/cli.ts')).COORDINATOR_USAGE + '\n');
+      process.stdout.write(`${USAGE}\n\n${(await import('./coordinator/cli.ts')).COORDINATOR_USAGE}\n`);
       return;
     default:
       fail(`unknown command "${cmd}"\n${USAGE}`);
@@ -99,7 +101,9 @@ async function up(file: string): Promise<void> {
   const { Daemon } = await import('./daemon.ts');
   const daemon = await Daemon.fromConfig(cfg, { log, services: true });
   await daemon.start();
-  process.on('SIGHUP', () => { daemon.reloadFromFile().catch(() => {}); });
+  process.on('SIGHUP', () => {
+    daemon.reloadFromFile().catch(() => {});
+  });
   exitOnSignals(log, 'the daemon', () => daemon.stop(), 2000);
 }
 
@@ -122,7 +126,10 @@ async function control(cmd: string, args: string[]): Promise<void> {
     return;
   }
   const r = await controlRequest(socket, 'GET', '/v1/status');
-  if (args.includes('--json')) { process.stdout.write(JSON.stringify(r.body, null, 2) + '\n'); return; }
+  if (args.includes('--json')) {
+    process.stdout.write(`${JSON.stringify(r.body, null, 2)}\n`);
+    return;
+  }
   process.stdout.write(formatStatus(r.body));
 }
 
@@ -135,20 +142,33 @@ function ago(s: number | null): string {
 function bytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
   return `${n.toFixed(i ? 2 : 0)} ${units[i]}`;
 }
 
 /** Human status, in the manner of `wg show`. */
 function formatStatus(s: any): string {
   const out: string[] = [];
-  out.push(`node: ${s.name}`, `  public key: ${s.publicKey}`, `  listening: ${s.listen}`,
-    `  tap: ${s.tap.name} (mtu ${s.tap.mtu}), up ${ago(s.uptimeSeconds).replace(' ago', '')}`, '');
+  out.push(
+    `node: ${s.name}`,
+    `  public key: ${s.publicKey}`,
+    `  listening: ${s.listen}`,
+    `  tap: ${s.tap.name} (mtu ${s.tap.mtu}), up ${ago(s.uptimeSeconds).replace(' ago', '')}`,
+    '',
+  );
   for (const p of s.peers) {
-    out.push(`peer: ${p.name} (${p.up ? 'up' : 'down'})`, `  public key: ${p.publicKey}`,
-      `  endpoint: ${p.endpoint ?? '(none yet)'}`, `  latest handshake: ${ago(p.lastHandshakeSecondsAgo)}`,
+    out.push(
+      `peer: ${p.name} (${p.up ? 'up' : 'down'})`,
+      `  public key: ${p.publicKey}`,
+      `  endpoint: ${p.endpoint ?? '(none yet)'}`,
+      `  latest handshake: ${ago(p.lastHandshakeSecondsAgo)}`,
       `  transfer: ${bytes(p.rxBytes)} received, ${bytes(p.txBytes)} sent`,
-      `  rtt: ${p.rttMs === null ? '-' : p.rttMs + ' ms'}`, '');
+      `  rtt: ${p.rttMs === null ? '-' : `${p.rttMs} ms`}`,
+      '',
+    );
   }
   const local = s.macs.filter((m: any) => m.port === 'local');
   out.push(`local MACs: ${local.length ? local.map((m: any) => m.mac).join(', ') : '(none)'}`);
@@ -157,9 +177,10 @@ function formatStatus(s: any): string {
   out.push(`drops: ${drops.length ? drops.map(([k, v]) => `${k}=${v}`).join(' ') : 'none'}`);
   if (s.dhcp) {
     out.push('', `dhcp leases (${s.dhcp.active} active):`);
-    for (const l of s.dhcp.leases) out.push(`  ${l.mac}  ${l.ip.padEnd(15)}  ${(l.hostname ?? '-').padEnd(16)}  ${l.site}  ${l.state}`);
+    for (const l of s.dhcp.leases)
+      out.push(`  ${l.mac}  ${l.ip.padEnd(15)}  ${(l.hostname ?? '-').padEnd(16)}  ${l.site}  ${l.state}`);
   }
-  return out.join('\n') + '\n';
+  return `${out.join('\n')}\n`;
 }
 
 main(process.argv.slice(2)).catch((err) => {

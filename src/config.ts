@@ -36,7 +36,20 @@ export interface Config {
   coordinator?: AgentConfig;
 }
 
-const TOP_KEYS = ['name', 'private_key', 'private_key_file', 'listen', 'tap', 'peers', 'metrics', 'log_level', 'dhcp', 'control', 'coordinator', 'mobility'];
+const TOP_KEYS = [
+  'name',
+  'private_key',
+  'private_key_file',
+  'listen',
+  'tap',
+  'peers',
+  'metrics',
+  'log_level',
+  'dhcp',
+  'control',
+  'coordinator',
+  'mobility',
+];
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$/;
 const IFNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$/;
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -50,7 +63,11 @@ export function readConfigFile(file: string): string {
   try {
     return fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw new ConfigError(file, '', `cannot read the config file (${(err as NodeJS.ErrnoException).code}); check the path and permissions`);
+    throw new ConfigError(
+      file,
+      '',
+      `cannot read the config file (${(err as NodeJS.ErrnoException).code}); check the path and permissions`,
+    );
   }
 }
 
@@ -72,7 +89,8 @@ export function parseConfig(text: string, file: string): Config {
   c.onlyKeys(top, TOP_KEYS, '');
 
   const name = c.string(top.name, 'name');
-  if (!NAME_RE.test(name)) c.fail('name', `"${name}" is not a valid node name: use 1-32 letters, digits, '.', '_' or '-'`);
+  if (!NAME_RE.test(name))
+    c.fail('name', `"${name}" is not a valid node name: use 1-32 letters, digits, '.', '_' or '-'`);
 
   const privateKey = readPrivateKey(c, top, file);
   const publicKey = publicKeyOf(privateKey);
@@ -83,13 +101,17 @@ export function parseConfig(text: string, file: string): Config {
   const tapRaw = c.object(top.tap, 'tap');
   c.onlyKeys(tapRaw, ['name', 'mtu', 'bridge'], 'tap');
   const tapName = c.string(tapRaw.name, 'tap.name');
-  if (!IFNAME_RE.test(tapName)) c.fail('tap.name', `"${tapName}" is not a valid interface name: 1-15 letters, digits, '.', '_' or '-'`);
+  if (!IFNAME_RE.test(tapName))
+    c.fail('tap.name', `"${tapName}" is not a valid interface name: 1-15 letters, digits, '.', '_' or '-'`);
   const maxMtu = defaultTapMtu(family);
   let mtu = maxMtu;
   if (tapRaw.mtu !== undefined) {
     mtu = c.integer(tapRaw.mtu, 'tap.mtu', 576, 9000);
     if (mtu > maxMtu) {
-      c.fail('tap.mtu', `${mtu} does not fit a 1500-byte underlay without fragmentation over IPv${family}: use at most ${maxMtu} (the default)`);
+      c.fail(
+        'tap.mtu',
+        `${mtu} does not fit a 1500-byte underlay without fragmentation over IPv${family}: use at most ${maxMtu} (the default)`,
+      );
     }
   }
   let bridge: string | undefined;
@@ -108,15 +130,18 @@ export function parseConfig(text: string, file: string): Config {
     const o = c.object(p, at);
     c.onlyKeys(o, ['name', 'public_key', 'endpoint'], at);
     const pname = c.string(o.name, `${at}.name`);
-    if (!NAME_RE.test(pname)) c.fail(`${at}.name`, `"${pname}" is not a valid peer name: use 1-32 letters, digits, '.', '_' or '-'`);
+    if (!NAME_RE.test(pname))
+      c.fail(`${at}.name`, `"${pname}" is not a valid peer name: use 1-32 letters, digits, '.', '_' or '-'`);
     if (names.has(pname)) c.fail(`${at}.name`, `duplicate peer name "${pname}": each peer needs its own name`);
     if (pname === name) c.fail(`${at}.name`, `"${pname}" is this node's own name`);
     names.add(pname);
     const keyText = c.string(o.public_key, `${at}.public_key`);
     const key = decodeKey(keyText);
-    if (!key) c.fail(`${at}.public_key`, 'not a base64 Curve25519 public key (44 characters, as printed by `homewire pubkey`)');
+    if (!key)
+      c.fail(`${at}.public_key`, 'not a base64 Curve25519 public key (44 characters, as printed by `homewire pubkey`)');
     const hex = key!.toString('hex');
-    if (keys.has(hex)) c.fail(`${at}.public_key`, `duplicate peer key: peer "${keys.get(hex)}" has the same public key`);
+    if (keys.has(hex))
+      c.fail(`${at}.public_key`, `duplicate peer key: peer "${keys.get(hex)}" has the same public key`);
     if (key!.equals(publicKey)) c.fail(`${at}.public_key`, "is this node's own public key: list the other sites' keys");
     keys.set(hex, pname);
     const peer: PeerConfig = { name: pname, publicKey: key! };
@@ -124,7 +149,10 @@ export function parseConfig(text: string, file: string): Config {
       peer.endpoint = c.endpoint(o.endpoint, `${at}.endpoint`, false);
       const epFamily = peer.endpoint.address.includes(':') ? 6 : 4;
       if (epFamily !== family) {
-        c.fail(`${at}.endpoint`, `is IPv${epFamily} but 'listen' is IPv${family}: the underlay socket can only reach IPv${family} endpoints`);
+        c.fail(
+          `${at}.endpoint`,
+          `is IPv${epFamily} but 'listen' is IPv${family}: the underlay socket can only reach IPv${family} endpoints`,
+        );
       }
     }
     peers.push(peer);
@@ -158,8 +186,17 @@ export function parseConfig(text: string, file: string): Config {
   }
 
   return {
-    file, name, privateKey, publicKey, listen: { ...listen, family }, tap: { name: tapName, mtu, bridge }, peers,
-    metrics, logLevel, dhcp: top.dhcp === undefined ? undefined : parseDhcpConfig(top.dhcp, file), control,
+    file,
+    name,
+    privateKey,
+    publicKey,
+    listen: { ...listen, family },
+    tap: { name: tapName, mtu, bridge },
+    peers,
+    metrics,
+    logLevel,
+    dhcp: top.dhcp === undefined ? undefined : parseDhcpConfig(top.dhcp, file),
+    control,
     mobility: { announceMoves },
     coordinator: top.coordinator === undefined ? undefined : parseAgentConfig(top.coordinator, file),
   };
@@ -175,7 +212,10 @@ function readPrivateKey(c: Checker, top: Record<string, unknown>, file: string):
     return key!;
   }
   if (top.private_key_file === undefined) {
-    c.fail('private_key_file', 'missing: set private_key_file (a file made by `homewire genkey > FILE`) or private_key');
+    c.fail(
+      'private_key_file',
+      'missing: set private_key_file (a file made by `homewire genkey > FILE`) or private_key',
+    );
   }
   const keyFile = path.resolve(path.dirname(file), c.string(top.private_key_file, 'private_key_file'));
   let text: string;
@@ -183,12 +223,19 @@ function readPrivateKey(c: Checker, top: Record<string, unknown>, file: string):
     text = fs.readFileSync(keyFile, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    c.fail('private_key_file', code === 'ENOENT'
-      ? `${keyFile} does not exist: create it with \`homewire genkey > ${keyFile}\` (mode 600)`
-      : `cannot read ${keyFile} (${code}): check its permissions`);
+    c.fail(
+      'private_key_file',
+      code === 'ENOENT'
+        ? `${keyFile} does not exist: create it with \`homewire genkey > ${keyFile}\` (mode 600)`
+        : `cannot read ${keyFile} (${code}): check its permissions`,
+    );
   }
   const key = decodeKey(text!);
-  if (!key) c.fail('private_key_file', `${keyFile} does not hold a base64 Curve25519 private key (create one with \`homewire genkey\`)`);
+  if (!key)
+    c.fail(
+      'private_key_file',
+      `${keyFile} does not hold a base64 Curve25519 private key (create one with \`homewire genkey\`)`,
+    );
   return key!;
 }
 
@@ -221,7 +268,8 @@ export class Checker {
   }
 
   integer(v: unknown, key: string, min: number, max: number): number {
-    if (typeof v !== 'number' || !Number.isInteger(v)) this.fail(key, `must be a whole number between ${min} and ${max}`);
+    if (typeof v !== 'number' || !Number.isInteger(v))
+      this.fail(key, `must be a whole number between ${min} and ${max}`);
     if ((v as number) < min || (v as number) > max) this.fail(key, `${v} is out of range: use ${min} to ${max}`);
     return v as number;
   }

@@ -25,18 +25,24 @@ export async function serveControl(socketPath: string, h: ControlHandlers): Prom
   fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
   if (fs.existsSync(socketPath)) {
     if (await answers(socketPath)) {
-      throw new OperatorError('EADDRINUSE', `control socket ${socketPath} belongs to a running homewire daemon with the same name: stop it, or set control.socket`);
+      throw new OperatorError(
+        'EADDRINUSE',
+        `control socket ${socketPath} belongs to a running homewire daemon with the same name: stop it, or set control.socket`,
+      );
     }
     fs.unlinkSync(socketPath);
   }
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://local');
     const reply = (code: number, body: unknown) => {
-      res.writeHead(code, { 'content-type': 'application/json' }).end(JSON.stringify(body) + '\n');
+      res.writeHead(code, { 'content-type': 'application/json' }).end(`${JSON.stringify(body)}\n`);
     };
     if (req.method === 'GET' && url.pathname === '/v1/status') return reply(200, h.status());
     if (req.method === 'POST' && url.pathname === '/v1/reload') {
-      h.reload().then((r) => reply(r.ok ? 200 : 400, r), (err) => reply(500, { ok: false, error: String(err) }));
+      h.reload().then(
+        (r) => reply(r.ok ? 200 : 400, r),
+        (err) => reply(500, { ok: false, error: String(err) }),
+      );
       return;
     }
     if (req.method === 'POST' && url.pathname === '/v1/expect') {
@@ -47,7 +53,10 @@ export async function serveControl(socketPath: string, h: ControlHandlers): Prom
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(socketPath, () => { server.off('error', reject); resolve(); });
+    server.listen(socketPath, () => {
+      server.off('error', reject);
+      resolve();
+    });
   });
   fs.chmodSync(socketPath, 0o600);
   return server;
@@ -56,25 +65,41 @@ export async function serveControl(socketPath: string, h: ControlHandlers): Prom
 function answers(socketPath: string): Promise<boolean> {
   return new Promise((resolve) => {
     const s = net.connect(socketPath);
-    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
     s.once('error', () => resolve(false));
   });
 }
 
 /** A request to a daemon's control socket; throws OperatorError with what to do if nobody answers. */
-export function controlRequest(socketPath: string, method: 'GET' | 'POST', urlPath: string): Promise<{ status: number; body: any }> {
+export function controlRequest(
+  socketPath: string,
+  method: 'GET' | 'POST',
+  urlPath: string,
+): Promise<{ status: number; body: any }> {
   return new Promise((resolve, reject) => {
     const req = http.request({ socketPath, method, path: urlPath, timeout: 5000 }, (res) => {
       let data = '';
       res.setEncoding('utf8');
       res.on('data', (c) => (data += c));
       res.on('end', () => {
-        try { resolve({ status: res.statusCode ?? 0, body: JSON.parse(data) }); } catch { reject(new Error(`bad reply from ${socketPath}`)); }
+        try {
+          resolve({ status: res.statusCode ?? 0, body: JSON.parse(data) });
+        } catch {
+          reject(new Error(`bad reply from ${socketPath}`));
+        }
       });
     });
     req.on('timeout', () => req.destroy(new Error('timed out')));
     req.on('error', (err: NodeJS.ErrnoException) => {
-      reject(new OperatorError(err.code ?? 'ECONTROL', `cannot reach the daemon at ${socketPath} (${err.code ?? err.message}): is \`homewire up\` running with this config, and are you root?`));
+      reject(
+        new OperatorError(
+          err.code ?? 'ECONTROL',
+          `cannot reach the daemon at ${socketPath} (${err.code ?? err.message}): is \`homewire up\` running with this config, and are you root?`,
+        ),
+      );
     });
     req.end();
   });

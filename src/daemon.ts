@@ -33,9 +33,16 @@ export class Daemon {
   private agent: HostAgent | null = null;
   readonly startedMs: number;
 
-  private constructor(public config: Config, readonly tap: TapDevice, readonly mesh: Mesh, readonly sw: Switch,
-    readonly log: Logger, private readonly now: () => number, readonly dhcp: DhcpServer | null,
-    private readonly services: boolean) {
+  private constructor(
+    public config: Config,
+    readonly tap: TapDevice,
+    readonly mesh: Mesh,
+    readonly sw: Switch,
+    readonly log: Logger,
+    private readonly now: () => number,
+    readonly dhcp: DhcpServer | null,
+    private readonly services: boolean,
+  ) {
     this.startedMs = now();
   }
 
@@ -43,7 +50,7 @@ export class Daemon {
   static async fromConfig(cfg: Config, deps: DaemonDeps): Promise<Daemon> {
     const now = deps.now ?? Date.now;
     const dhcpConfig = cfg.dhcp ?? null;
-    const socket = deps.socket ?? await DgramSocket.bind(cfg.listen.address, cfg.listen.port);
+    const socket = deps.socket ?? (await DgramSocket.bind(cfg.listen.address, cfg.listen.port));
     let tap: TapDevice;
     if (deps.tap) {
       tap = deps.tap;
@@ -62,7 +69,9 @@ export class Daemon {
     if (dhcpConfig) {
       try {
         dhcp = DhcpServer.open(dhcpConfig, {
-          mtu: tap.mtu, now, log: deps.log.child({ part: 'dhcp' }),
+          mtu: tap.mtu,
+          now,
+          log: deps.log.child({ part: 'dhcp' }),
           send: (frame, to) => sw!.sendTo(to, frame),
         });
       } catch (err) {
@@ -98,25 +107,37 @@ export class Daemon {
       const { HostAgent } = await import('./agent/agent.ts');
       const dhcp = this.dhcp;
       this.agent = new HostAgent(this.config.coordinator, {
-        name: this.config.name, bridge: this.config.tap.bridge, address: this.config.listen.address,
-        expect: (mac) => this.expect(mac), log: this.log.child({ part: 'agent' }),
+        name: this.config.name,
+        bridge: this.config.tap.bridge,
+        address: this.config.listen.address,
+        expect: (mac) => this.expect(mac),
+        log: this.log.child({ part: 'agent' }),
         reservations: dhcp ? (list) => dhcp.setExtraReservations(list) : undefined,
       });
       await this.agent.start();
     }
-    log.info({
-      node: this.config.name, listen: `${this.mesh.socket.address}:${this.mesh.socket.port}`, tap: this.tap.name,
-      mtu: this.tap.mtu, peers: this.mesh.peers.map((p) => p.name), dhcp: this.dhcp !== null,
-    }, 'homewire up');
+    log.info(
+      {
+        node: this.config.name,
+        listen: `${this.mesh.socket.address}:${this.mesh.socket.port}`,
+        tap: this.tap.name,
+        mtu: this.tap.mtu,
+        peers: this.mesh.peers.map((p) => p.name),
+        dhcp: this.dhcp !== null,
+      },
+      'homewire up',
+    );
   }
 
   private async startServices(): Promise<void> {
     const socketPath = this.config.control?.socket ?? defaultControlSocket(this.config.name);
-    this.servers.push(await serveControl(socketPath, {
-      status: () => this.status(),
-      reload: () => this.reloadFromFile(),
-      expect: (mac) => this.expect(mac),
-    }));
+    this.servers.push(
+      await serveControl(socketPath, {
+        status: () => this.status(),
+        reload: () => this.reloadFromFile(),
+        expect: (mac) => this.expect(mac),
+      }),
+    );
     if (this.config.metrics) {
       const { daemonRegistry, serveMetrics } = await import('./metrics.ts');
       this.servers.push(await serveMetrics(daemonRegistry(this), this.config.metrics.listen));
@@ -160,7 +181,7 @@ export class Daemon {
     const byName = new Map(next.peers.map((p) => [p.name, p]));
     for (const peer of [...this.mesh.peers]) {
       const want = byName.get(peer.name);
-      if (!want || !want.publicKey.equals(peer.publicKey)) {
+      if (!want?.publicKey.equals(peer.publicKey)) {
         this.mesh.removePeer(peer);
         changes.push(want ? `peer ${peer.name}: new key` : `peer ${peer.name} removed`);
       }
@@ -170,9 +191,16 @@ export class Daemon {
       if (!peer) {
         this.mesh.addPeer(want);
         if (!changes.includes(`peer ${want.name}: new key`)) changes.push(`peer ${want.name} added`);
-      } else if (!sameEndpoint(want, old.peers.find((p) => p.name === want.name))) {
+      } else if (
+        !sameEndpoint(
+          want,
+          old.peers.find((p) => p.name === want.name),
+        )
+      ) {
         peer.endpoint = want.endpoint ?? peer.endpoint;
-        changes.push(`peer ${want.name}: endpoint ${want.endpoint ? `${want.endpoint.address}:${want.endpoint.port}` : 'learned'}`);
+        changes.push(
+          `peer ${want.name}: endpoint ${want.endpoint ? `${want.endpoint.address}:${want.endpoint.port}` : 'learned'}`,
+        );
       }
     }
     if (next.mobility.announceMoves !== old.mobility.announceMoves) {
@@ -184,9 +212,12 @@ export class Daemon {
       changes.push(`log_level ${old.logLevel} -> ${next.logLevel}`);
     }
     for (const [key, a, b] of [
-      ['name', old.name, next.name], ['private key', encodeKey(old.privateKey), encodeKey(next.privateKey)],
-      ['listen', JSON.stringify(old.listen), JSON.stringify(next.listen)], ['tap', JSON.stringify(old.tap), JSON.stringify(next.tap)],
-      ['metrics', JSON.stringify(old.metrics), JSON.stringify(next.metrics)], ['dhcp', JSON.stringify(old.dhcp), JSON.stringify(next.dhcp)],
+      ['name', old.name, next.name],
+      ['private key', encodeKey(old.privateKey), encodeKey(next.privateKey)],
+      ['listen', JSON.stringify(old.listen), JSON.stringify(next.listen)],
+      ['tap', JSON.stringify(old.tap), JSON.stringify(next.tap)],
+      ['metrics', JSON.stringify(old.metrics), JSON.stringify(next.metrics)],
+      ['dhcp', JSON.stringify(old.dhcp), JSON.stringify(next.dhcp)],
       ['control', JSON.stringify(old.control), JSON.stringify(next.control)],
       ['coordinator', JSON.stringify(old.coordinator), JSON.stringify(next.coordinator)],
     ] as const) {
@@ -212,14 +243,21 @@ export class Daemon {
       peers: this.mesh.peers.map((p) => ({
         name: p.name,
         publicKey: encodeKey(p.publicKey),
-        endpoint: p.endpoint ? (p.endpoint.address.includes(':') ? `[${p.endpoint.address}]:${p.endpoint.port}` : `${p.endpoint.address}:${p.endpoint.port}`) : null,
+        endpoint: p.endpoint
+          ? p.endpoint.address.includes(':')
+            ? `[${p.endpoint.address}]:${p.endpoint.port}`
+            : `${p.endpoint.address}:${p.endpoint.port}`
+          : null,
         up: p.up,
         lastHandshakeSecondsAgo: p.lastHandshakeMs ? Math.round((now - p.lastHandshakeMs) / 1000) : null,
         rttMs: p.rttMs < 0 ? null : p.rttMs,
         ...p.stats,
       })),
       macs: [...this.sw.table].map(([mac, e]) => ({
-        mac: macString(mac), port: e.port?.name ?? LOCAL, ageSeconds: Math.round((now - e.seenMs) / 1000), seq: e.seq,
+        mac: macString(mac),
+        port: e.port?.name ?? LOCAL,
+        ageSeconds: Math.round((now - e.seenMs) / 1000),
+        seq: e.seq,
       })),
       drops: { ...this.mesh.drops, ...this.sw.drops },
       handshakes: { ...this.mesh.handshakes },

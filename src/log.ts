@@ -20,7 +20,10 @@ export function exitOnSignals(log: Logger, what: string, stop: () => Promise<voi
     stopping = true;
     log.info({ signal }, `stopping ${what}`);
     setTimeout(() => process.exit(1), graceMs).unref();
-    stop().then(() => process.exit(0), () => process.exit(1));
+    stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
   };
   process.on('SIGINT', () => onSignal('SIGINT'));
   process.on('SIGTERM', () => onSignal('SIGTERM'));

@@ -14,77 +14,156 @@ export function daemonRegistry(d: Daemon): client.Registry {
   client.collectDefaultMetrics({ register, prefix: 'homewire_' });
   // prom-client names these gauges *_total, which Prometheus conventions (and promtool) reserve for counters.
   for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
-    register.removeSingleMetric('homewire_' + name);
+    register.removeSingleMetric(`homewire_${name}`);
   }
   const peers = () => d.mesh.peers;
 
   const perPeer = (name: string, help: string, read: (p: any) => number, type: 'counter' | 'gauge') => {
     const Metric = type === 'counter' ? client.Counter : client.Gauge;
     new Metric({
-      name, help, labelNames: ['peer'], registers: [register],
+      name,
+      help,
+      labelNames: ['peer'],
+      registers: [register],
       collect(this: any) {
         this.reset();
         for (const p of peers()) {
           const v = read(p);
           if (v < 0) continue;
-          if (type === 'counter') this.inc({ peer: p.name }, v); else this.set({ peer: p.name }, v);
+          if (type === 'counter') this.inc({ peer: p.name }, v);
+          else this.set({ peer: p.name }, v);
         }
       },
     });
   };
-  perPeer('homewire_peer_rx_bytes_total', 'Payload bytes received from the peer (decrypted frames).', (p) => p.stats.rxBytes, 'counter');
+  perPeer(
+    'homewire_peer_rx_bytes_total',
+    'Payload bytes received from the peer (decrypted frames).',
+    (p) => p.stats.rxBytes,
+    'counter',
+  );
   perPeer('homewire_peer_tx_bytes_total', 'Payload bytes sent to the peer.', (p) => p.stats.txBytes, 'counter');
   perPeer('homewire_peer_rx_packets_total', 'Frames received from the peer.', (p) => p.stats.rxPackets, 'counter');
   perPeer('homewire_peer_tx_packets_total', 'Frames sent to the peer.', (p) => p.stats.txPackets, 'counter');
-  perPeer('homewire_peer_roams_total', 'Times the peer\'s endpoint moved (authenticated packets from a new address).', (p) => p.stats.roams, 'counter');
-  perPeer('homewire_peer_up', '1 if an authenticated packet arrived from the peer recently.', (p) => (p.up ? 1 : 0), 'gauge');
-  perPeer('homewire_peer_last_handshake_timestamp_seconds', 'Unix time of the last completed handshake (0: never).',
-    (p) => p.lastHandshakeMs / 1000, 'gauge');
-  perPeer('homewire_peer_rtt_seconds', 'Round trip of the last handshake this node initiated.', (p) => (p.rttMs < 0 ? -1 : p.rttMs / 1000), 'gauge');
+  perPeer(
+    'homewire_peer_roams_total',
+    "Times the peer's endpoint moved (authenticated packets from a new address).",
+    (p) => p.stats.roams,
+    'counter',
+  );
+  perPeer(
+    'homewire_peer_up',
+    '1 if an authenticated packet arrived from the peer recently.',
+    (p) => (p.up ? 1 : 0),
+    'gauge',
+  );
+  perPeer(
+    'homewire_peer_last_handshake_timestamp_seconds',
+    'Unix time of the last completed handshake (0: never).',
+    (p) => p.lastHandshakeMs / 1000,
+    'gauge',
+  );
+  perPeer(
+    'homewire_peer_rtt_seconds',
+    'Round trip of the last handshake this node initiated.',
+    (p) => (p.rttMs < 0 ? -1 : p.rttMs / 1000),
+    'gauge',
+  );
 
-  counterFrom(register, 'homewire_handshakes_total', 'Handshake messages by result.', 'result', () => ({ ...d.mesh.handshakes }));
+  counterFrom(register, 'homewire_handshakes_total', 'Handshake messages by result.', 'result', () => ({
+    ...d.mesh.handshakes,
+  }));
   counterFrom(register, 'homewire_dropped_packets_total', 'Packets and frames dropped, by reason.', 'reason', () => {
     const out: Record<string, number> = { ...d.mesh.drops, ...d.sw.drops };
     out.tap_write = d.tap.stats.txDropped;
     return out;
   });
   new client.Gauge({
-    name: 'homewire_mac_table_entries', help: 'MAC addresses in the switch table.', registers: [register],
-    collect(this: any) { this.set(d.sw.table.size); },
+    name: 'homewire_mac_table_entries',
+    help: 'MAC addresses in the switch table.',
+    registers: [register],
+    collect(this: any) {
+      this.set(d.sw.table.size);
+    },
   });
-  const local = (field: 'rxBytes' | 'txBytes') => function (this: any) {
-    this.reset();
-    let n = 0;
-    for (const [mac, e] of d.sw.table) {
-      if (e.port !== null || n++ >= PORT_SERIES_MAX) continue;
-      this.inc({ mac: macString(mac) }, e[field]);
-    }
-  };
-  new client.Counter({ name: 'homewire_port_rx_bytes_total', help: 'Bytes from each local guest MAC into the overlay.', labelNames: ['mac'], registers: [register], collect: local('rxBytes') });
-  new client.Counter({ name: 'homewire_port_tx_bytes_total', help: 'Bytes from the overlay to each local guest MAC.', labelNames: ['mac'], registers: [register], collect: local('txBytes') });
+  const local = (field: 'rxBytes' | 'txBytes') =>
+    function (this: any) {
+      this.reset();
+      let n = 0;
+      for (const [mac, e] of d.sw.table) {
+        if (e.port !== null || n++ >= PORT_SERIES_MAX) continue;
+        this.inc({ mac: macString(mac) }, e[field]);
+      }
+    };
+  new client.Counter({
+    name: 'homewire_port_rx_bytes_total',
+    help: 'Bytes from each local guest MAC into the overlay.',
+    labelNames: ['mac'],
+    registers: [register],
+    collect: local('rxBytes'),
+  });
+  new client.Counter({
+    name: 'homewire_port_tx_bytes_total',
+    help: 'Bytes from the overlay to each local guest MAC.',
+    labelNames: ['mac'],
+    registers: [register],
+    collect: local('txBytes'),
+  });
   single(register, 'homewire_mac_moves_total', 'MAC addresses that moved between hosts.', () => d.sw.mobility.moves);
   single(register, 'homewire_mac_move_announcements_total', 'Move announcements sent.', () => d.sw.mobility.announced);
-  single(register, 'homewire_mac_forwarded_after_move_total', 'Frames the old host forwarded to a moved MAC\'s new host.', () => d.sw.mobility.forwardedAfterMove);
-  single(register, 'homewire_mac_flap_holddowns_total', 'MACs held down for flapping between hosts.', () => d.sw.mobility.flapHolddowns);
+  single(
+    register,
+    'homewire_mac_forwarded_after_move_total',
+    "Frames the old host forwarded to a moved MAC's new host.",
+    () => d.sw.mobility.forwardedAfterMove,
+  );
+  single(
+    register,
+    'homewire_mac_flap_holddowns_total',
+    'MACs held down for flapping between hosts.',
+    () => d.sw.mobility.flapHolddowns,
+  );
   single(register, 'homewire_tap_rx_frames_total', 'Frames read from the TAP.', () => d.tap.stats.rxFrames);
   single(register, 'homewire_tap_tx_frames_total', 'Frames written to the TAP.', () => d.tap.stats.txFrames);
 
   const dhcp = d.dhcp;
   if (dhcp) {
-    counterFrom(register, 'homewire_dhcp_messages_total', 'DHCP messages received and sent, by type.', 'type', () => ({ ...dhcp.stats.messages }));
-    counterFrom(register, 'homewire_dhcp_dropped_total', 'DHCP messages dropped, by reason.', 'reason', () => ({ ...dhcp.stats.dropped }));
-    single(register, 'homewire_dhcp_foreign_offers_total', 'OFFERs from another DHCP server seen on the segment.', () => dhcp.stats.foreignOffers);
+    counterFrom(register, 'homewire_dhcp_messages_total', 'DHCP messages received and sent, by type.', 'type', () => ({
+      ...dhcp.stats.messages,
+    }));
+    counterFrom(register, 'homewire_dhcp_dropped_total', 'DHCP messages dropped, by reason.', 'reason', () => ({
+      ...dhcp.stats.dropped,
+    }));
+    single(
+      register,
+      'homewire_dhcp_foreign_offers_total',
+      'OFFERs from another DHCP server seen on the segment.',
+      () => dhcp.stats.foreignOffers,
+    );
     new client.Gauge({
-      name: 'homewire_dhcp_leases_active', help: 'Active DHCP leases.', registers: [register],
-      collect(this: any) { this.set(dhcp.stats.leasesActive); },
+      name: 'homewire_dhcp_leases_active',
+      help: 'Active DHCP leases.',
+      registers: [register],
+      collect(this: any) {
+        this.set(dhcp.stats.leasesActive);
+      },
     });
   }
   return register;
 }
 
-function counterFrom(register: client.Registry, name: string, help: string, label: string, read: () => Record<string, number>): void {
+function counterFrom(
+  register: client.Registry,
+  name: string,
+  help: string,
+  label: string,
+  read: () => Record<string, number>,
+): void {
   new client.Counter({
-    name, help, labelNames: [label], registers: [register],
+    name,
+    help,
+    labelNames: [label],
+    registers: [register],
     collect(this: any) {
       this.reset();
       for (const [k, v] of Object.entries(read())) if (typeof v === 'number') this.inc({ [label]: k }, v);
@@ -93,7 +172,15 @@ function counterFrom(register: client.Registry, name: string, help: string, labe
 }
 
 function single(register: client.Registry, name: string, help: string, read: () => number): void {
-  new client.Counter({ name, help, registers: [register], collect(this: any) { this.reset(); this.inc(read()); } });
+  new client.Counter({
+    name,
+    help,
+    registers: [register],
+    collect(this: any) {
+      this.reset();
+      this.inc(read());
+    },
+  });
 }
 
 /** Serves GET /metrics; resolves once listening. */
@@ -112,6 +199,9 @@ export function serveMetrics(register: client.Registry, listen: Endpoint): Promi
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(listen.port, listen.address, () => { server.off('error', reject); resolve(server); });
+    server.listen(listen.port, listen.address, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
   });
 }

@@ -29,7 +29,8 @@ export function encodeExpect(mac: number): Buffer {
 
 /** Decodes a control payload, or null if malformed (never throws). */
 export function decodeControl(b: Buffer): ControlMessage | null {
-  if (b.length === 11 && b[0] === CTRL_MAC_AT) return { type: CTRL_MAC_AT, mac: b.readUIntBE(1, 6), seq: b.readUInt32BE(7) };
+  if (b.length === 11 && b[0] === CTRL_MAC_AT)
+    return { type: CTRL_MAC_AT, mac: b.readUIntBE(1, 6), seq: b.readUInt32BE(7) };
   if (b.length === 7 && b[0] === CTRL_EXPECT) return { type: CTRL_EXPECT, mac: b.readUIntBE(1, 6) };
   return null;
 }

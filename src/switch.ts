@@ -10,8 +10,16 @@
 // a coordinator can pre-announce an arrival (expect) so peers send the MAC's frames to both hosts meanwhile.
 // MACs are 48-bit numbers (exact in a double). All ageing is driven by tick(), not by per-entry timers.
 import {
-  ANNOUNCE_REPEAT_MS, ETHERNET_HEADER_BYTES, EXPECT_DUAL_SEND_MS, FLAP_HOLDDOWN_MS, FLAP_MOVES_MAX, FLAP_WINDOW_MS,
-  MAC_AGEING_MS, MAC_TABLE_MAX, MOVE_FORWARD_GRACE_MS, MOVE_SETTLE_MS,
+  ANNOUNCE_REPEAT_MS,
+  ETHERNET_HEADER_BYTES,
+  EXPECT_DUAL_SEND_MS,
+  FLAP_HOLDDOWN_MS,
+  FLAP_MOVES_MAX,
+  FLAP_WINDOW_MS,
+  MAC_AGEING_MS,
+  MAC_TABLE_MAX,
+  MOVE_FORWARD_GRACE_MS,
+  MOVE_SETTLE_MS,
 } from './constants.ts';
 import type { Logger } from './log.ts';
 import type { Mesh } from './mesh/mesh.ts';
@@ -73,15 +81,27 @@ export class Switch {
   private readonly serviceMac: number;
   private readonly announcements: Array<{ mac: number; seq: number; atMs: number }> = [];
 
-  constructor(private readonly tap: TapDevice, private readonly mesh: Mesh, private readonly maxFrameBytes: number,
-    private readonly localKeyHex: string, private readonly log: Logger, private readonly service: SegmentService | null = null) {
+  constructor(
+    private readonly tap: TapDevice,
+    private readonly mesh: Mesh,
+    private readonly maxFrameBytes: number,
+    private readonly localKeyHex: string,
+    private readonly log: Logger,
+    private readonly service: SegmentService | null = null,
+  ) {
     this.serviceMac = service ? macKey(service.mac, 0) : -1;
   }
 
   /** A frame from the TAP (BORROWED: valid during this call only). */
   fromTap(frame: Buffer): void {
-    if (frame.length < ETHERNET_HEADER_BYTES) { this.drops.runt++; return; }
-    if (frame.length > this.maxFrameBytes) { this.drops.too_big++; return; }
+    if (frame.length < ETHERNET_HEADER_BYTES) {
+      this.drops.runt++;
+      return;
+    }
+    if (frame.length > this.maxFrameBytes) {
+      this.drops.too_big++;
+      return;
+    }
     if ((frame[6] & 1) === 0) {
       const src = this.learn(macKey(frame, 6), null);
       if (src !== undefined) src.rxBytes += frame.length;
@@ -104,7 +124,10 @@ export class Switch {
 
   /** A frame from a peer (OWNED: handed on to the TAP without copying). */
   fromPeer(peer: Peer, frame: Buffer): void {
-    if (frame.length < ETHERNET_HEADER_BYTES) { this.drops.runt++; return; }
+    if (frame.length < ETHERNET_HEADER_BYTES) {
+      this.drops.runt++;
+      return;
+    }
     if ((frame[6] & 1) === 0) this.learn(macKey(frame, 6), peer);
     const group = (frame[0] & 1) === 1;
     const dst = group ? -1 : macKey(frame, 0);
@@ -130,13 +153,19 @@ export class Switch {
 
   /** Sends a frame the daemon itself made (e.g. a DHCP reply) to exactly one port. Ownership passes. */
   sendTo(port: string, frame: Buffer): void {
-    if (port === LOCAL) { this.tap.write(frame); return; }
+    if (port === LOCAL) {
+      this.tap.write(frame);
+      return;
+    }
     const peer = this.mesh.peerByName(port);
     if (peer) this.mesh.sendFrame(peer, frame);
   }
 
   private sendAlso(entry: MacEntry, frame: Buffer): void {
-    if (entry.alsoUntilMs <= this.nowMs || entry.alsoTo === entry.port) { entry.alsoTo = null; return; }
+    if (entry.alsoUntilMs <= this.nowMs || entry.alsoTo === entry.port) {
+      entry.alsoTo = null;
+      return;
+    }
     this.mobility.dualSent++;
     this.mesh.sendFrame(entry.alsoTo!, frame);
   }
@@ -146,7 +175,10 @@ export class Switch {
   private learn(mac: number, port: Peer | null): MacEntry | undefined {
     let entry = this.table.get(mac);
     if (entry === undefined) {
-      if (this.table.size >= MAC_TABLE_MAX) { this.drops.table_full++; return undefined; }
+      if (this.table.size >= MAC_TABLE_MAX) {
+        this.drops.table_full++;
+        return undefined;
+      }
       entry = newEntry(port, this.nowMs);
       this.table.set(mac, entry);
       return entry;
@@ -169,7 +201,10 @@ export class Switch {
       entry.holdUntilMs = now + FLAP_HOLDDOWN_MS;
       times.length = 0;
       this.mobility.flapHolddowns++;
-      this.log.warn({ mac: macString(mac), holdSeconds: FLAP_HOLDDOWN_MS / 1000 }, 'MAC is flapping between hosts; holding it down');
+      this.log.warn(
+        { mac: macString(mac), holdSeconds: FLAP_HOLDDOWN_MS / 1000 },
+        'MAC is flapping between hosts; holding it down',
+      );
       return false;
     }
     const from = entry.port;
@@ -200,9 +235,12 @@ export class Switch {
   }
 
   private sendDueAnnouncements(): void {
-    for (let i = 0; i < this.announcements.length;) {
+    for (let i = 0; i < this.announcements.length; ) {
       const a = this.announcements[i];
-      if (a.atMs > this.nowMs) { i++; continue; }
+      if (a.atMs > this.nowMs) {
+        i++;
+        continue;
+      }
       this.announcements.splice(i, 1);
       const entry = this.table.get(a.mac);
       if (!entry || entry.port !== null || entry.seq !== a.seq) continue; // superseded
@@ -215,7 +253,10 @@ export class Switch {
   /** A control message from a peer (authenticated by the mesh). */
   onControl(peer: Peer, payload: Buffer): void {
     const msg = decodeControl(payload);
-    if (msg === null) { this.drops.control_malformed++; return; }
+    if (msg === null) {
+      this.drops.control_malformed++;
+      return;
+    }
     let entry = this.table.get(msg.mac);
     if (msg.type === CTRL_EXPECT) {
       if (entry === undefined || entry.port === peer) return;
@@ -225,15 +266,19 @@ export class Switch {
     }
     if (msg.type !== CTRL_MAC_AT) return;
     if (entry === undefined) {
-      if (this.table.size >= MAC_TABLE_MAX) { this.drops.table_full++; return; }
+      if (this.table.size >= MAC_TABLE_MAX) {
+        this.drops.table_full++;
+        return;
+      }
       entry = newEntry(peer, this.nowMs);
       entry.seq = msg.seq;
       entry.settledUntilMs = this.nowMs + MOVE_SETTLE_MS;
       this.table.set(msg.mac, entry);
       return;
     }
-    const newer = seqNewer(msg.seq, entry.seq)
-      || (msg.seq === entry.seq && entry.port !== peer && peer.keyHex > (entry.port?.keyHex ?? this.localKeyHex));
+    const newer =
+      seqNewer(msg.seq, entry.seq) ||
+      (msg.seq === entry.seq && entry.port !== peer && peer.keyHex > (entry.port?.keyHex ?? this.localKeyHex));
     if (!newer) {
       if (entry.port === peer) return;
       this.mobility.staleAnnouncements++;
@@ -243,7 +288,8 @@ export class Switch {
     }
     entry.seq = msg.seq;
     entry.seenMs = this.nowMs;
-    if (entry.port !== peer && this.move(msg.mac, entry, peer, true)) entry.settledUntilMs = this.nowMs + MOVE_SETTLE_MS;
+    if (entry.port !== peer && this.move(msg.mac, entry, peer, true))
+      entry.settledUntilMs = this.nowMs + MOVE_SETTLE_MS;
   }
 
   /** The coordinator says MAC mac is about to arrive here: peers send its frames here too meanwhile. */
@@ -268,14 +314,25 @@ export class Switch {
 
 function newEntry(port: Peer | null, now: number): MacEntry {
   return {
-    port, seenMs: now, seq: 0, settledUntilMs: 0, forwardTo: null, forwardUntilMs: 0, alsoTo: null, alsoUntilMs: 0, expectedUntilMs: 0,
-    moveTimes: [], holdUntilMs: 0, rxBytes: 0, txBytes: 0,
+    port,
+    seenMs: now,
+    seq: 0,
+    settledUntilMs: 0,
+    forwardTo: null,
+    forwardUntilMs: 0,
+    alsoTo: null,
+    alsoUntilMs: 0,
+    expectedUntilMs: 0,
+    moveTimes: [],
+    holdUntilMs: 0,
+    rxBytes: 0,
+    txBytes: 0,
   };
 }
 
 /** Serial-number comparison (RFC 1982) of 32-bit sequences. */
 function seqNewer(a: number, b: number): boolean {
-  return a !== b && ((a - b) >>> 0) < 0x8000_0000;
+  return a !== b && (a - b) >>> 0 < 0x8000_0000;
 }
 
 /** The 48-bit MAC at offset as a number. */
@@ -284,5 +341,8 @@ export function macKey(buf: Buffer, offset: number): number {
 }
 
 export function macString(mac: number): string {
-  return mac.toString(16).padStart(12, '0').replace(/(..)(?!$)/g, '$1:');
+  return mac
+    .toString(16)
+    .padStart(12, '0')
+    .replace(/(..)(?!$)/g, '$1:');
 }

@@ -6,7 +6,8 @@ import os from 'node:os';
 import path from 'node:path';
 
 const BIN = path.resolve('bin/homewire.mjs');
-const run = (args: string[], input?: string) => spawnSync(process.execPath, [BIN, ...args], { input, encoding: 'utf8', timeout: 30_000 });
+const run = (args: string[], input?: string) =>
+  spawnSync(process.execPath, [BIN, ...args], { input, encoding: 'utf8', timeout: 30_000 });
 
 test('genkey | pubkey, like wg genkey | wg pubkey', (t) => {
   const key = run(['genkey']);
@@ -26,7 +27,7 @@ test('check: exit 0 for a good config, non-zero naming the file, the key and wha
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-cli-'));
   const key = run(['genkey']).stdout.trim();
   const peer = run(['pubkey'], run(['genkey']).stdout).stdout.trim();
-  fs.writeFileSync(path.join(dir, 'a.key'), key + '\n', { mode: 0o600 });
+  fs.writeFileSync(path.join(dir, 'a.key'), `${key}\n`, { mode: 0o600 });
   const good = `name: host-a\nprivate_key_file: a.key\nlisten: 192.0.2.2:51820\ntap: { name: hw0 }\npeers:\n  - { name: home, public_key: "${peer}", endpoint: 192.0.2.1:51820 }\n`;
   fs.writeFileSync(path.join(dir, 'good.yaml'), good);
   const ok = run(['check', '--config', path.join(dir, 'good.yaml')]);
@@ -36,8 +37,11 @@ test('check: exit 0 for a good config, non-zero naming the file, the key and wha
   const cases: Array<[string, RegExp]> = [
     [good.replace('192.0.2.1:51820', '192.0.2.1'), /good\.yaml: peers\[0\]\.endpoint: "192\.0\.2\.1" has no port/],
     [good.replace(`"${peer}"`, '"abc"'), /peers\[0\]\.public_key: not a base64 Curve25519 public key/],
-    [good + 'extra: 1\n', /extra: unknown key; allowed here/],
-    [good.replace('a.key', 'missing.key'), /private_key_file: .*missing\.key does not exist: create it with `homewire genkey/],
+    [`${good}extra: 1\n`, /extra: unknown key; allowed here/],
+    [
+      good.replace('a.key', 'missing.key'),
+      /private_key_file: .*missing\.key does not exist: create it with `homewire genkey/,
+    ],
   ];
   for (const [text, want] of cases) {
     fs.writeFileSync(path.join(dir, 'good.yaml'), text);
@@ -54,12 +58,27 @@ test('check: exit 0 for a good config, non-zero naming the file, the key and wha
 test('help lists every command; status without a running daemon says what to do', (t) => {
   const help = run(['help']);
   t.is(help.status, 0);
-  for (const cmd of ['genkey', 'pubkey', 'check', 'up', 'status', 'reload', 'expect', 'leases', 'coordinator', 'vm', 'host']) {
+  for (const cmd of [
+    'genkey',
+    'pubkey',
+    'check',
+    'up',
+    'status',
+    'reload',
+    'expect',
+    'leases',
+    'coordinator',
+    'vm',
+    'host',
+  ]) {
     t.true(help.stdout.includes(cmd), cmd);
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-cli-'));
   const key = run(['genkey']).stdout.trim();
-  fs.writeFileSync(path.join(dir, 'c.yaml'), `name: x\nprivate_key: "${key}"\nlisten: 192.0.2.2:51820\ntap: { name: hw0 }\ncontrol: { socket: ${dir}/x.sock }\n`);
+  fs.writeFileSync(
+    path.join(dir, 'c.yaml'),
+    `name: x\nprivate_key: "${key}"\nlisten: 192.0.2.2:51820\ntap: { name: hw0 }\ncontrol: { socket: ${dir}/x.sock }\n`,
+  );
   const st = run(['status', '--config', path.join(dir, 'c.yaml')]);
   t.is(st.status, 1);
   t.regex(st.stderr, /cannot reach the daemon at .*x\.sock .*is `homewire up` running with this config/);

@@ -21,14 +21,20 @@ async function harness(t: any, o: Parameters<typeof Harness.start>[0] = {}): Pro
 }
 
 async function apiError(t: any, p: Promise<unknown>, status: number, code: string): Promise<ApiError> {
-  const err = await t.throwsAsync(p) as ApiError;
+  const err = (await t.throwsAsync(p)) as ApiError;
   t.true(err instanceof ApiError, String(err));
   t.is(err.status, status, err.message);
   t.is(err.code, code, err.message);
   return err;
 }
 
-function raw(url: string, method: string, p: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number; body: any }> {
+function raw(
+  url: string,
+  method: string,
+  p: string,
+  headers: Record<string, string> = {},
+  body?: string,
+): Promise<{ status: number; body: any }> {
   return new Promise((resolve, reject) => {
     const req = http.request(url + p, { method, headers, agent: false }, (res) => {
       let d = '';
@@ -57,7 +63,13 @@ test('without a valid token every endpoint answers 401 and nothing changes', asy
     ['GET', '/no/such/path', {}],
   ];
   for (const [method, p, headers] of cases) {
-    const r = await raw(url, method, p, { 'content-type': 'application/json', ...headers }, method === 'GET' ? undefined : body);
+    const r = await raw(
+      url,
+      method,
+      p,
+      { 'content-type': 'application/json', ...headers },
+      method === 'GET' ? undefined : body,
+    );
     t.is(r.status, 401, `${method} ${p}`);
     t.is(r.body.error.code, 'unauthorized');
     t.truthy(r.body.error.message);
@@ -74,7 +86,10 @@ test('hosts register and are listed with free capacity; filters by site, labels,
   await h.addHost('host-b', { cpus: 2, memoryMib: 1024, site: 'dc2' });
   await h.addHost('host-c', { cpus: 4, memoryMib: 4096, site: 'dc1', available: false });
   const all = (await h.admin.request<{ hosts: HostView[] }>('GET', '/v1/hosts')).hosts;
-  t.deepEqual(all.map((x) => x.name), ['host-a', 'host-b', 'host-c']);
+  t.deepEqual(
+    all.map((x) => x.name),
+    ['host-a', 'host-b', 'host-c'],
+  );
   const a = all[0];
   t.is(a.site, 'dc1');
   t.is(a.state, 'up');
@@ -82,7 +97,8 @@ test('hosts register and are listed with free capacity; filters by site, labels,
   t.deepEqual(a.labels, { ssd: 'yes' });
   t.is(a.hypervisor.kind, 'fake');
   t.false(all[2].hypervisor.available);
-  const names = async (q: string) => (await h.admin.request<{ hosts: HostView[] }>('GET', `/v1/hosts?${q}`)).hosts.map((x) => x.name);
+  const names = async (q: string) =>
+    (await h.admin.request<{ hosts: HostView[] }>('GET', `/v1/hosts?${q}`)).hosts.map((x) => x.name);
   t.deepEqual(await names('site=dc1'), ['host-a', 'host-c']);
   t.deepEqual(await names('label=ssd=yes'), ['host-a']);
   t.deepEqual(await names('label=ssd'), ['host-a']);
@@ -99,7 +115,11 @@ test('a host that misses its heartbeats is marked down, and up again when it com
   const a = await h.addHost('host-a');
   await a.agent.stop();
   const started = Date.now();
-  await waitFor(async () => (await h.admin.request<HostView>('GET', '/v1/hosts/host-a')).state === 'down', HOST_DOWN_AFTER_MS + 3000, 'host-a down');
+  await waitFor(
+    async () => (await h.admin.request<HostView>('GET', '/v1/hosts/host-a')).state === 'down',
+    HOST_DOWN_AFTER_MS + 3000,
+    'host-a down',
+  );
   t.true(Date.now() - started >= HOST_DOWN_AFTER_MS - 2500, 'not marked down before its heartbeats were missed');
   h.hosts.delete('host-a');
   await h.addHost('host-a'); // the daemon restarted: it registers again
@@ -113,7 +133,12 @@ test('vm lifecycle: create → start (placed) → stop → start → delete, wit
   await h.addImage();
   await apiError(t, h.admin.request('POST', '/v1/vms', { name: 'web', image: 'nope' }), 400, 'unknown_image');
   await apiError(t, h.admin.request('POST', '/v1/vms', { name: 'bad name!', image: 'tiny' }), 400, 'bad_request');
-  await apiError(t, h.admin.request('POST', '/v1/vms', { name: 'web', image: 'tiny', colour: 'red' }), 400, 'bad_request');
+  await apiError(
+    t,
+    h.admin.request('POST', '/v1/vms', { name: 'web', image: 'tiny', colour: 'red' }),
+    400,
+    'bad_request',
+  );
   const vm = await h.admin.request<VmRecord>('POST', '/v1/vms', { name: 'web', image: 'tiny', memory_mib: 512 });
   t.is(vm.state, 'defined');
   t.regex(vm.mac, /^02:68:77:[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}$/);
@@ -129,7 +154,7 @@ test('vm lifecycle: create → start (placed) → stop → start → delete, wit
   const running = await h.admin.request<VmRecord>('POST', '/v1/vms/web/start', {});
   t.is(running.state, 'running');
   t.is(running.host, 'host-b', 'placed on the host with the most free memory');
-  t.is((await h.host('host-b').hv.state('web')), 'running');
+  t.is(await h.host('host-b').hv.state('web'), 'running');
   const b = await h.admin.request<HostView>('GET', '/v1/hosts/host-b');
   t.deepEqual(b.free, { cpus: 3, memory_mib: 3584 });
   t.deepEqual(b.vms, ['web']);
@@ -161,7 +186,11 @@ test('start with wait=false answers 202 in state starting; a second operation me
   const vm = await h.admin.request<VmRecord>('POST', '/v1/vms/slow/start', { wait: false });
   t.is(vm.state, 'starting');
   await apiError(t, h.admin.request('POST', '/v1/vms/slow/stop', {}), 409, 'invalid_transition');
-  await waitFor(async () => (await h.admin.request<VmRecord>('GET', '/v1/vms/slow')).state === 'running', 5000, 'running');
+  await waitFor(
+    async () => (await h.admin.request<VmRecord>('GET', '/v1/vms/slow')).state === 'running',
+    5000,
+    'running',
+  );
   a.hv.delayMs = 300;
   const stop = h.admin.request('POST', '/v1/vms/slow/stop', {});
   await new Promise((r) => setTimeout(r, 50));
@@ -202,7 +231,10 @@ test('migrate: incoming on the destination, expect, QMP migrate, confirm, source
   t.deepEqual(b.expects, [vm.mac], 'the destination daemon was told the MAC is about to arrive');
   t.is(b.hv.guests.get('db')?.memory, 'state written on host-a', 'the guest state arrived');
   await waitFor(async () => (await a.hv.state('db')) === 'absent', 2000, 'source cleaned up');
-  t.deepEqual(b.hv.calls.filter((c) => !c.startsWith('state')), ['incoming db']);
+  t.deepEqual(
+    b.hv.calls.filter((c) => !c.startsWith('state')),
+    ['incoming db'],
+  );
   // Migrating to the host it runs on is refused.
   await apiError(t, h.admin.request('POST', '/v1/vms/db/migrate', { host: 'host-b' }), 409, 'same_host');
   // And back to host-a, by name.
@@ -217,7 +249,12 @@ test('a failed migration leaves the vm running on the source and cleans up the d
   await h.admin.request('POST', '/v1/vms', { name: 'db', image: 'tiny' });
   await h.admin.request('POST', '/v1/vms/db/start', { host: 'host-a' });
   a.hv.failNext.migrate = 'migration stream broke (Connection reset by peer)';
-  const err = await apiError(t, h.admin.request('POST', '/v1/vms/db/migrate', { host: 'host-b' }), 409, 'migration_failed');
+  const err = await apiError(
+    t,
+    h.admin.request('POST', '/v1/vms/db/migrate', { host: 'host-b' }),
+    409,
+    'migration_failed',
+  );
   t.regex(err.message, /keeps running on host-a: .*Connection reset by peer/);
   const vm = await h.admin.request<VmRecord>('GET', '/v1/vms/db');
   t.is(vm.state, 'running');
@@ -244,11 +281,27 @@ test('a guest that dies fails its vm; a failed vm can be started again; unknown 
   await h.admin.request('POST', '/v1/vms', { name: 'crashy', image: 'tiny' });
   await h.admin.request('POST', '/v1/vms/crashy/start', {});
   a.hv.crash('crashy');
-  await waitFor(async () => (await h.admin.request<VmRecord>('GET', '/v1/vms/crashy')).state === 'failed', 5000, 'vm failed');
-  t.regex((await h.admin.request<VmRecord>('GET', '/v1/vms/crashy')).error!, /the guest on host-a is gone \(QEMU exited\)/);
+  await waitFor(
+    async () => (await h.admin.request<VmRecord>('GET', '/v1/vms/crashy')).state === 'failed',
+    5000,
+    'vm failed',
+  );
+  t.regex(
+    (await h.admin.request<VmRecord>('GET', '/v1/vms/crashy')).error!,
+    /the guest on host-a is gone \(QEMU exited\)/,
+  );
   t.is((await h.admin.request<VmRecord>('POST', '/v1/vms/crashy/start', {})).state, 'running');
   // A guest the coordinator knows nothing about (left from an earlier life) is stopped.
-  await a.hv.launch({ name: 'ghost', mac: '02:00:00:00:00:99', cpus: 1, memoryMib: 64, kernel: '', initrd: '', cmdline: '', bridge: 'br-hw' });
+  await a.hv.launch({
+    name: 'ghost',
+    mac: '02:00:00:00:00:99',
+    cpus: 1,
+    memoryMib: 64,
+    kernel: '',
+    initrd: '',
+    cmdline: '',
+    bridge: 'br-hw',
+  });
   await waitFor(async () => (await a.hv.state('ghost')) === 'absent', 6000, 'ghost stopped');
   t.is(await a.hv.state('crashy'), 'running');
 });
@@ -256,7 +309,11 @@ test('a guest that dies fails its vm; a failed vm can be started again; unknown 
 test('a start that fails on the host (bad image checksum) fails the vm with the reason', async (t) => {
   const h = await harness(t);
   await h.addHost('host-a');
-  await h.admin.request('POST', '/v1/images', { ...h.image, name: 'broken', sha256: { ...h.image.sha256, initrd: 'ab'.repeat(32) } });
+  await h.admin.request('POST', '/v1/images', {
+    ...h.image,
+    name: 'broken',
+    sha256: { ...h.image.sha256, initrd: 'ab'.repeat(32) },
+  });
   await h.admin.request('POST', '/v1/vms', { name: 'v', image: 'broken' });
   const err = await apiError(t, h.admin.request('POST', '/v1/vms/v/start', {}), 409, 'start_failed');
   t.regex(err.message, /has SHA-256 [0-9a-f]{64}, but the image says abab/);
@@ -265,20 +322,37 @@ test('a start that fails on the host (bad image checksum) fails the vm with the 
   t.deepEqual(await h.admin.request('DELETE', '/v1/vms/v'), { deleted: 'v' });
 });
 
-test('an operation the previous leader left unfinished is settled from the hosts\' reports', async (t) => {
+test("an operation the previous leader left unfinished is settled from the hosts' reports", async (t) => {
   const h = await harness(t);
   const a = await h.addHost('host-a');
   await h.addImage();
   const vm = await h.admin.request<VmRecord>('POST', '/v1/vms', { name: 'orphan', image: 'tiny' });
   // As if a leader had written "starting" and died before the result: the guest does run on host-a.
   await h.coordinator.store.put('vms', 'orphan', { ...vm, state: 'starting', host: 'host-a' });
-  await a.hv.launch({ name: 'orphan', mac: vm.mac, cpus: 1, memoryMib: 256, kernel: '', initrd: '', cmdline: '', bridge: 'br-hw' });
-  await waitFor(async () => (await h.admin.request<VmRecord>('GET', '/v1/vms/orphan')).state === 'running', 6000, 'settled running');
+  await a.hv.launch({
+    name: 'orphan',
+    mac: vm.mac,
+    cpus: 1,
+    memoryMib: 256,
+    kernel: '',
+    initrd: '',
+    cmdline: '',
+    bridge: 'br-hw',
+  });
+  await waitFor(
+    async () => (await h.admin.request<VmRecord>('GET', '/v1/vms/orphan')).state === 'running',
+    6000,
+    'settled running',
+  );
   // And a migration left half-way whose destination never got the guest: back to the source.
   const cur = await h.admin.request<VmRecord>('GET', '/v1/vms/orphan');
   await h.addHost('host-b');
   await h.coordinator.store.put('vms', 'orphan', { ...cur, state: 'migrating', target: 'host-b' });
-  await waitFor(async () => (await h.admin.request<VmRecord>('GET', '/v1/vms/orphan')).state === 'running', 6000, 'settled back');
+  await waitFor(
+    async () => (await h.admin.request<VmRecord>('GET', '/v1/vms/orphan')).state === 'running',
+    6000,
+    'settled back',
+  );
   const back = await h.admin.request<VmRecord>('GET', '/v1/vms/orphan');
   t.is(back.host, 'host-a');
   t.regex(back.error!, /stayed on the source/);
@@ -288,10 +362,24 @@ test('DHCP reservations: a vm created with an ip reaches the site that serves DH
   const h = await harness(t);
   const home = await h.addHost('home', { dhcp: true, available: false });
   await h.addImage();
-  const vm = await h.admin.request<VmRecord>('POST', '/v1/vms', { name: 'printer', image: 'tiny', ip: '198.51.100.50' });
+  const vm = await h.admin.request<VmRecord>('POST', '/v1/vms', {
+    name: 'printer',
+    image: 'tiny',
+    ip: '198.51.100.50',
+  });
   t.is(vm.ip, '198.51.100.50');
-  await apiError(t, h.admin.request('POST', '/v1/vms', { name: 'other', image: 'tiny', ip: '198.51.100.50' }), 409, 'ip_taken');
-  await apiError(t, h.admin.request('POST', '/v1/vms', { name: 'other', image: 'tiny', ip: '300.1.1.1' }), 400, 'bad_request');
+  await apiError(
+    t,
+    h.admin.request('POST', '/v1/vms', { name: 'other', image: 'tiny', ip: '198.51.100.50' }),
+    409,
+    'ip_taken',
+  );
+  await apiError(
+    t,
+    h.admin.request('POST', '/v1/vms', { name: 'other', image: 'tiny', ip: '300.1.1.1' }),
+    400,
+    'bad_request',
+  );
   await waitFor(() => home.reservations?.length === 1, 5000, 'reservations at home');
   t.deepEqual(home.reservations, [{ mac: vm.mac, ip: '198.51.100.50', vm: 'printer' }]);
   t.deepEqual((await h.admin.request('GET', '/v1/reservations')).reservations, home.reservations);
@@ -301,9 +389,39 @@ test('DHCP reservations: a vm created with an ip reaches the site that serves DH
 
 test('images: validated on POST, listed, refused for delete while in use', async (t) => {
   const h = await harness(t);
-  await apiError(t, h.admin.request('POST', '/v1/images', { name: 'x', kernel: 'ftp://a/b', initrd: '/i', sha256: { kernel: 'a'.repeat(64), initrd: 'b'.repeat(64) } }), 400, 'bad_request');
-  await apiError(t, h.admin.request('POST', '/v1/images', { name: 'x', kernel: '/k', initrd: '/i', sha256: { kernel: 'short', initrd: 'b'.repeat(64) } }), 400, 'bad_request');
-  await apiError(t, h.admin.request('POST', '/v1/images', { name: 'x', kernel: 'rel/k', initrd: '/i', sha256: { kernel: 'a'.repeat(64), initrd: 'b'.repeat(64) } }), 400, 'bad_request');
+  await apiError(
+    t,
+    h.admin.request('POST', '/v1/images', {
+      name: 'x',
+      kernel: 'ftp://a/b',
+      initrd: '/i',
+      sha256: { kernel: 'a'.repeat(64), initrd: 'b'.repeat(64) },
+    }),
+    400,
+    'bad_request',
+  );
+  await apiError(
+    t,
+    h.admin.request('POST', '/v1/images', {
+      name: 'x',
+      kernel: '/k',
+      initrd: '/i',
+      sha256: { kernel: 'short', initrd: 'b'.repeat(64) },
+    }),
+    400,
+    'bad_request',
+  );
+  await apiError(
+    t,
+    h.admin.request('POST', '/v1/images', {
+      name: 'x',
+      kernel: 'rel/k',
+      initrd: '/i',
+      sha256: { kernel: 'a'.repeat(64), initrd: 'b'.repeat(64) },
+    }),
+    400,
+    'bad_request',
+  );
   const img = await h.admin.request('POST', '/v1/images', h.image);
   t.is(img.name, 'tiny');
   t.truthy(img.created_at);
@@ -342,7 +460,10 @@ test('the image cache fetches over HTTP once, verifies SHA-256, never keeps a ba
   t.teardown(() => server.close());
   const base = `http://127.0.0.1:${(server.address() as any).port}`;
   const cache = new ImageCache(path.join(dir, 'cache'), silentLogger);
-  const [p1, p2] = await Promise.all([cache.file(`${base}/good`, sum, 'kernel'), cache.file(`${base}/good`, sum, 'kernel')]);
+  const [p1, p2] = await Promise.all([
+    cache.file(`${base}/good`, sum, 'kernel'),
+    cache.file(`${base}/good`, sum, 'kernel'),
+  ]);
   t.is(p1, p2);
   t.true(fs.readFileSync(p1).equals(content));
   t.is(requests, 1, 'concurrent requests share one download');
@@ -353,7 +474,9 @@ test('the image cache fetches over HTTP once, verifies SHA-256, never keeps a ba
   t.regex(err!.message, /initrd: .*\/tampered has SHA-256 [0-9a-f]{64}, but the image says d{64}/);
   await t.throwsAsync(cache.file(`${base}/missing`, other, 'disk'), { message: /answered HTTP 404/ });
   t.deepEqual(fs.readdirSync(path.join(dir, 'cache')), [sum], 'no partial or wrong file left behind');
-  await t.throwsAsync(cache.file(`http://127.0.0.1:${await closedPort()}/x`, other, 'kernel'), { message: /cannot fetch .*ECONNREFUSED/ });
+  await t.throwsAsync(cache.file(`http://127.0.0.1:${await closedPort()}/x`, other, 'kernel'), {
+    message: /cannot fetch .*ECONNREFUSED/,
+  });
 });
 
 test('CLI: host list, vm create/start/migrate/stop/delete/list/show, tables and --json, env defaults', async (t) => {
@@ -364,15 +487,26 @@ test('CLI: host list, vm create/start/migrate/stop/delete/list/show, tables and 
   const tokenFile = path.join(h.dir, 'admin.token');
   const cli = async (...argv: string[]) => {
     let out = '';
-    const w = new Writable({ write(c, _e, cb) { out += c; cb(); } });
+    const w = new Writable({
+      write(c, _e, cb) {
+        out += c;
+        cb();
+      },
+    });
     await runCoordinatorCli([...argv, '--coordinator', h.coordinator.url, '--token-file', tokenFile], w);
     return out;
   };
   const hosts = await cli('host', 'list');
   t.regex(hosts, /^NAME\s+SITE\s+STATE\s+HYPERVISOR\s+CPUS FREE\s+MEMORY FREE/);
   t.regex(hosts, /host-a\s+dc1\s+up\s+fake\/tcg\s+4\/4\s+4096\/4096 MiB\s+0\s+ssd=yes/);
-  t.deepEqual(JSON.parse(await cli('host', 'list', '--site', 'dc2', '--json')).hosts.map((x: HostView) => x.name), ['host-b']);
-  t.regex(await cli('vm', 'create', 'web', '--image', 'tiny', '--memory', '128', '--cpus', '2'), /vm web defined \(mac 02:68:77:/);
+  t.deepEqual(
+    JSON.parse(await cli('host', 'list', '--site', 'dc2', '--json')).hosts.map((x: HostView) => x.name),
+    ['host-b'],
+  );
+  t.regex(
+    await cli('vm', 'create', 'web', '--image', 'tiny', '--memory', '128', '--cpus', '2'),
+    /vm web defined \(mac 02:68:77:/,
+  );
   t.regex(await cli('vm', 'start', 'web', '--host', 'host-a'), /vm web running on host-a/);
   t.regex(await cli('vm', 'migrate', 'web', '--to', 'host-b'), /vm web migrated: running on host-b/);
   const list = await cli('vm', 'list');
@@ -389,13 +523,34 @@ test('CLI: host list, vm create/start/migrate/stop/delete/list/show, tables and 
   // From the environment instead of flags.
   process.env.HOMEWIRE_COORDINATOR = h.coordinator.url;
   process.env.HOMEWIRE_TOKEN_FILE = tokenFile;
-  t.teardown(() => { delete process.env.HOMEWIRE_COORDINATOR; delete process.env.HOMEWIRE_TOKEN_FILE; });
+  t.teardown(() => {
+    delete process.env.HOMEWIRE_COORDINATOR;
+    delete process.env.HOMEWIRE_TOKEN_FILE;
+  });
   let out = '';
-  await runCoordinatorCli(['host', 'list', '--json'], new Writable({ write(c, _e, cb) { out += c; cb(); } }));
+  await runCoordinatorCli(
+    ['host', 'list', '--json'],
+    new Writable({
+      write(c, _e, cb) {
+        out += c;
+        cb();
+      },
+    }),
+  );
   t.is(JSON.parse(out).hosts.length, 2);
   // A wrong token is refused.
   fs.writeFileSync(path.join(h.dir, 'wrong.token'), 'not-the-admin-token-at-all\n');
-  await t.throwsAsync(runCoordinatorCli(['vm', 'list', '--coordinator', h.coordinator.url, '--token-file', path.join(h.dir, 'wrong.token')], new Writable({ write(_c, _e, cb) { cb(); } })), { message: /missing or wrong bearer token/ });
+  await t.throwsAsync(
+    runCoordinatorCli(
+      ['vm', 'list', '--coordinator', h.coordinator.url, '--token-file', path.join(h.dir, 'wrong.token')],
+      new Writable({
+        write(_c, _e, cb) {
+          cb();
+        },
+      }),
+    ),
+    { message: /missing or wrong bearer token/ },
+  );
 });
 
 async function closedPort(): Promise<number> {

@@ -27,6 +27,10 @@ test('migrate: the destination daemon is told the MAC is about to arrive; home d
   const moved = await h.admin.request<VmRecord>('POST', '/v1/vms/web/migrate', {});
   t.is(moved.host, 'host-b');
   t.deepEqual(h.host('host-b').expects, [vm.mac]);
-  await waitFor(() => homeSw.table.get(mac)?.alsoTo?.name === 'host-b', 3000, 'home sends the guest\'s frames to host-b too');
+  await waitFor(
+    () => homeSw.table.get(mac)?.alsoTo?.name === 'host-b',
+    3000,
+    "home sends the guest's frames to host-b too",
+  );
   t.pass();
 });

@@ -3,8 +3,16 @@
 import test from 'ava';
 import path from 'node:path';
 import {
-  decodeClasslessRoutes, decodeDhcp, encodeClasslessRoutes, encodeDhcp, messageType, optionIp, u32, u8,
-  type DhcpHeader, type OptionList,
+  decodeClasslessRoutes,
+  decodeDhcp,
+  encodeClasslessRoutes,
+  encodeDhcp,
+  messageType,
+  optionIp,
+  u32,
+  u8,
+  type DhcpHeader,
+  type OptionList,
 } from '../src/dhcp/codec.ts';
 import { parseDhcpConfig } from '../src/dhcp/config.ts';
 import { BOOTP_FILE_OFFSET, BOOTP_SNAME_OFFSET, DHCP_MAGIC_COOKIE } from '../src/dhcp/constants.ts';
@@ -18,14 +26,28 @@ const ip = (s: string) => parseIPv4(s)!;
 function header(): DhcpHeader {
   const chaddr = Buffer.alloc(16);
   simMac(7).copy(chaddr);
-  return { op: 2, htype: 1, hlen: 6, hops: 0, xid: 0xdeadbeef, secs: 3, flags: 0x8000, ciaddr: ip('192.168.77.5'),
-    yiaddr: ip('192.168.77.100'), siaddr: 0, giaddr: 0, chaddr };
+  return {
+    op: 2,
+    htype: 1,
+    hlen: 6,
+    hops: 0,
+    xid: 0xdeadbeef,
+    secs: 3,
+    flags: 0x8000,
+    ciaddr: ip('192.168.77.5'),
+    yiaddr: ip('192.168.77.100'),
+    siaddr: 0,
+    giaddr: 0,
+    chaddr,
+  };
 }
 
 /** A BOOTREQUEST with a hand-written options area (bytes after the cookie). */
 function rawMessage(options: number[], total = 300): Buffer {
   const b = Buffer.alloc(Math.max(total, 240 + options.length));
-  b[0] = 1; b[1] = 1; b[2] = 6;
+  b[0] = 1;
+  b[1] = 1;
+  b[2] = 6;
   b.writeUInt32BE(0x01020304, 4);
   simMac(1).copy(b, 28);
   b.writeUInt32BE(DHCP_MAGIC_COOKIE, 236);
@@ -34,13 +56,32 @@ function rawMessage(options: number[], total = 300): Buffer {
 }
 
 test('encode/decode round trip keeps header and options', (t) => {
-  const opts: OptionList = [[53, u8(5)], [54, u32(ip('192.168.77.2'))], [51, u32(3600)], [12, Buffer.from('vm1')], [80, Buffer.alloc(0)]];
+  const opts: OptionList = [
+    [53, u8(5)],
+    [54, u32(ip('192.168.77.2'))],
+    [51, u32(3600)],
+    [12, Buffer.from('vm1')],
+    [80, Buffer.alloc(0)],
+  ];
   const b = encodeDhcp(header(), opts, 548)!;
   t.is(b.length, 300, 'padded to the BOOTP minimum');
   const m = decodeDhcp(b)!;
   t.truthy(m);
   const h = header();
-  for (const k of ['op', 'htype', 'hlen', 'hops', 'xid', 'secs', 'flags', 'ciaddr', 'yiaddr', 'siaddr', 'giaddr'] as const) t.is(m[k], h[k], k);
+  for (const k of [
+    'op',
+    'htype',
+    'hlen',
+    'hops',
+    'xid',
+    'secs',
+    'flags',
+    'ciaddr',
+    'yiaddr',
+    'siaddr',
+    'giaddr',
+  ] as const)
+    t.is(m[k], h[k], k);
   t.deepEqual(m.chaddr, h.chaddr);
   t.is(messageType(m), 5);
   t.is(optionIp(m, 54), ip('192.168.77.2'));
@@ -74,7 +115,14 @@ test('repeated options are concatenated (RFC 3396) and long values are split whe
   const m = decodeDhcp(rawMessage([6, 4, 1, 1, 1, 1, 53, 1, 1, 6, 4, 8, 8, 8, 8, 255]))!;
   t.deepEqual([...m.options.get(6)!], [1, 1, 1, 1, 8, 8, 8, 8]);
   const long = Buffer.alloc(300, 0x41);
-  const b = encodeDhcp(header(), [[53, u8(5)], [77, long]], 1500)!;
+  const b = encodeDhcp(
+    header(),
+    [
+      [53, u8(5)],
+      [77, long],
+    ],
+    1500,
+  )!;
   t.is(b[240 + 3], 77);
   t.is(b[240 + 4], 255, 'first piece 255 bytes');
   t.deepEqual(decodeDhcp(b)!.options.get(77), long);
@@ -96,7 +144,15 @@ test('overload: options that do not fit go to file, then sname, and decode back'
 
 test('overload: an option too long for any one field is split across fields (RFC 3396)', (t) => {
   const long = Buffer.from(Array.from({ length: 400 }, (_, i) => i & 255));
-  const b = encodeDhcp(header(), [[53, u8(5)], [121, long], [12, Buffer.from('vm')]], 548)!;
+  const b = encodeDhcp(
+    header(),
+    [
+      [53, u8(5)],
+      [121, long],
+      [12, Buffer.from('vm')],
+    ],
+    548,
+  )!;
   t.truthy(b);
   t.is(b.length, 548);
   const m = decodeDhcp(b)!;
@@ -154,7 +210,10 @@ test('option 121 matches the RFC 3442 examples', (t) => {
     t.deepEqual(decodeClasslessRoutes(b), [{ network: ip(net), prefix, gateway: r }]);
   }
   const all = encodeClasslessRoutes(cases.map(([net, prefix]) => ({ network: ip(net), prefix, gateway: r })));
-  t.deepEqual([...all], cases.flatMap(([, , d]) => [...d, ...gw]));
+  t.deepEqual(
+    [...all],
+    cases.flatMap(([, , d]) => [...d, ...gw]),
+  );
   t.is(decodeClasslessRoutes(Buffer.from([33, 10, 0, 0, 0, 0, 1, 2, 3, 4])), null, 'prefix > 32');
   t.is(decodeClasslessRoutes(Buffer.from([24, 10, 0, 0, 1, 2])), null, 'truncated router');
 });
@@ -192,8 +251,14 @@ test('ARP reply answers the requester with our MAC', (t) => {
   req.fill(0xff, 0, 6);
   simMac(9).copy(req, 6);
   req.writeUInt16BE(0x0806, 12);
-  req.writeUInt16BE(1, 14); req.writeUInt16BE(0x0800, 16); req[18] = 6; req[19] = 4; req.writeUInt16BE(1, 20);
-  simMac(9).copy(req, 22); req.writeUInt32BE(ip('192.168.77.100'), 28); req.writeUInt32BE(ip('192.168.77.2'), 38);
+  req.writeUInt16BE(1, 14);
+  req.writeUInt16BE(0x0800, 16);
+  req[18] = 6;
+  req[19] = 4;
+  req.writeUInt16BE(1, 20);
+  simMac(9).copy(req, 22);
+  req.writeUInt32BE(ip('192.168.77.100'), 28);
+  req.writeUInt32BE(ip('192.168.77.2'), 38);
   const a = parseArp(req)!;
   const ours = Buffer.from([2, 9, 9, 9, 9, 9]);
   const rep = parseArp(buildArpReply(a, ours, ip('192.168.77.2')))!;
@@ -208,9 +273,15 @@ test('ARP reply answers the requester with our MAC', (t) => {
 
 const FILE = '/etc/homewire/home.yaml';
 const base = {
-  subnet: '192.168.77.0/24', server_ip: '192.168.77.2', pool: '192.168.77.100-192.168.77.199', router: '192.168.77.1',
-  dns: ['192.168.77.1'], domain: 'home.example', lease_seconds: 3600,
-  reservations: [{ mac: '52:54:00:00:00:10', ip: '192.168.77.10' }], lease_db: 'leases.db',
+  subnet: '192.168.77.0/24',
+  server_ip: '192.168.77.2',
+  pool: '192.168.77.100-192.168.77.199',
+  router: '192.168.77.1',
+  dns: ['192.168.77.1'],
+  domain: 'home.example',
+  lease_seconds: 3600,
+  reservations: [{ mac: '52:54:00:00:00:10', ip: '192.168.77.10' }],
+  lease_db: 'leases.db',
 };
 
 test('config: the documented example parses, relative lease_db resolved against the config file', (t) => {
@@ -221,8 +292,15 @@ test('config: the documented example parses, relative lease_db resolved against 
   t.false(c.serveLocal);
   t.is(c.newLeasesPerSitePerMinute, 16);
   t.deepEqual(c.reservations, [{ mac: '52:54:00:00:00:10', ip: '192.168.77.10' }]);
-  const c2 = parseDhcpConfig({ ...base, serve_local: true, rate_limit_per_site_per_minute: 100,
-    routes: [{ destination: '10.0.0.0/8', gateway: '192.168.77.1' }] }, FILE);
+  const c2 = parseDhcpConfig(
+    {
+      ...base,
+      serve_local: true,
+      rate_limit_per_site_per_minute: 100,
+      routes: [{ destination: '10.0.0.0/8', gateway: '192.168.77.1' }],
+    },
+    FILE,
+  );
   t.true(c2.serveLocal);
   t.is(c2.newLeasesPerSitePerMinute, 100);
   t.deepEqual(c2.classlessRoutes, [{ destination: '10.0.0.0/8', gateway: '192.168.77.1' }]);
@@ -247,12 +325,36 @@ test('config: errors name the key and say what to do', (t) => {
   bad({ lease_seconds: 5 }, 'dhcp.lease_seconds', /60/);
   bad({ lease_seconds: '1h' }, 'dhcp.lease_seconds', /whole number/);
   bad({ reservations: [{ mac: 'zz', ip: '192.168.77.10' }] }, 'dhcp.reservations[0].mac', /not a MAC/);
-  bad({ reservations: [{ mac: '52:54:00:00:00:10', ip: '10.0.0.1' }] }, 'dhcp.reservations[0].ip', /outside the subnet/);
-  bad({ reservations: [{ mac: '52:54:00:00:00:10', ip: '192.168.77.10' }, { mac: '52:54:00:00:00:10', ip: '192.168.77.11' }] },
-    'dhcp.reservations[1].mac', /already reserved/);
-  bad({ reservations: [{ mac: '52:54:00:00:00:10', ip: '192.168.77.10' }, { mac: '52:54:00:00:00:11', ip: '192.168.77.10' }] },
-    'dhcp.reservations[1].ip', /already reserved/);
-  bad({ reservations: [{ mac: '52:54:00:00:00:10', ip: '192.168.77.10', name: 'x' }] }, 'dhcp.reservations[0].name', /unknown key/);
+  bad(
+    { reservations: [{ mac: '52:54:00:00:00:10', ip: '10.0.0.1' }] },
+    'dhcp.reservations[0].ip',
+    /outside the subnet/,
+  );
+  bad(
+    {
+      reservations: [
+        { mac: '52:54:00:00:00:10', ip: '192.168.77.10' },
+        { mac: '52:54:00:00:00:10', ip: '192.168.77.11' },
+      ],
+    },
+    'dhcp.reservations[1].mac',
+    /already reserved/,
+  );
+  bad(
+    {
+      reservations: [
+        { mac: '52:54:00:00:00:10', ip: '192.168.77.10' },
+        { mac: '52:54:00:00:00:11', ip: '192.168.77.10' },
+      ],
+    },
+    'dhcp.reservations[1].ip',
+    /already reserved/,
+  );
+  bad(
+    { reservations: [{ mac: '52:54:00:00:00:10', ip: '192.168.77.10', name: 'x' }] },
+    'dhcp.reservations[0].name',
+    /unknown key/,
+  );
   bad({ serve_local: 'yes' }, 'dhcp.serve_local', /true or false/);
   bad({ rate_limit_per_site_per_minute: 0 }, 'dhcp.rate_limit_per_site_per_minute', /whole number/);
   bad({ routes: [{ destination: '10.0.0.1/8', gateway: '192.168.77.1' }] }, 'dhcp.routes[0].destination', /host bits/);
@@ -261,9 +363,12 @@ test('config: errors name the key and say what to do', (t) => {
   bad({ domain: 'bad_domain!' }, 'dhcp.domain', /not a DNS domain/);
   const routes = Array.from({ length: 32 }, (_, i) => ({ destination: `10.${i}.1.0/24`, gateway: '192.168.77.1' }));
   const dns = Array.from({ length: 16 }, (_, i) => `192.168.77.${20 + i}`);
-  bad({ routes, dns, domain: 'a'.repeat(60) + '.' + 'b'.repeat(60) + '.example' }, 'dhcp', /do not fit/);
+  bad({ routes, dns, domain: `${'a'.repeat(60)}.${'b'.repeat(60)}.example` }, 'dhcp', /do not fit/);
   const e = t.throws(() => parseDhcpConfig('x', FILE), { instanceOf: ConfigError }) as ConfigError;
   t.is(e.key, 'dhcp');
   t.is((t.throws(() => parseDhcpConfig({ ...base, subnet: undefined }, FILE)) as ConfigError).key, 'dhcp.subnet');
-  t.is((t.throws(() => parseDhcpConfig({ ...base, bogus: 1 }, FILE, 'sites.home.dhcp')) as ConfigError).key, 'sites.home.dhcp.bogus');
+  t.is(
+    (t.throws(() => parseDhcpConfig({ ...base, bogus: 1 }, FILE, 'sites.home.dhcp')) as ConfigError).key,
+    'sites.home.dhcp.bogus',
+  );
 });

@@ -16,7 +16,10 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const ACKS_BEFORE_KILL = 300 + Math.floor(Math.random() * 300); // a different moment each run
 
 const CONFIG = {
-  subnet: '10.77.0.0/16', server_ip: '10.77.0.2', pool: '10.77.1.0-10.77.200.255', lease_seconds: 3600,
+  subnet: '10.77.0.0/16',
+  server_ip: '10.77.0.2',
+  pool: '10.77.1.0-10.77.200.255',
+  lease_seconds: 3600,
   rate_limit_per_site_per_minute: 1_000_000,
 };
 
@@ -57,10 +60,17 @@ test('SIGKILL while leasing: every ACKed lease is in the store, none twice; a re
   const db = path.join(dir, 'leases.db');
   const childFile = path.join(dir, 'child.mts');
   fs.writeFileSync(childFile, CHILD);
-  const child = spawn(process.execPath, ['--import', 'tsx', childFile, db], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  const child = spawn(process.execPath, ['--import', 'tsx', childFile, db], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
   let stderr = '';
-  child.stderr.on('data', (d) => { stderr += d; });
+  child.stderr.on('data', (d) => {
+    stderr += d;
+  });
   const acked = new Map<string, number>(); // mac -> ip
   let partial = '';
   const killed = new Promise<NodeJS.Signals | null>((resolve, reject) => {
@@ -79,7 +89,7 @@ test('SIGKILL while leasing: every ACKed lease is in the store, none twice; a re
   const signal = await killed;
   t.is(signal, 'SIGKILL', `child ended by itself: ${stderr}`);
   t.true(acked.size >= ACKS_BEFORE_KILL);
-  t.true(fs.existsSync(db + '-wal'), 'killed with the WAL still open (no clean checkpoint)');
+  t.true(fs.existsSync(`${db}-wal`), 'killed with the WAL still open (no clean checkpoint)');
 
   const rows = listLeases(db, Date.now());
   const byMac = new Map(rows.map((r) => [r.mac, r]));

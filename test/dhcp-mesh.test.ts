@@ -13,9 +13,18 @@ test('a guest behind host-a gets a home address from the home site over the mesh
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-dhcpmesh-'));
   const { nodes, stop } = await buildMesh({
     names: ['home', 'host-a', 'host-b'],
-    extra: (name) => name !== 'home' ? '' : [
-      'dhcp:', '  subnet: 198.51.100.0/24', '  server_ip: 198.51.100.2', '  pool: 198.51.100.100-198.51.100.199',
-      '  router: 198.51.100.1', '  lease_seconds: 600', `  lease_db: ${path.join(dir, 'leases.db')}`].join('\n'),
+    extra: (name) =>
+      name !== 'home'
+        ? ''
+        : [
+            'dhcp:',
+            '  subnet: 198.51.100.0/24',
+            '  server_ip: 198.51.100.2',
+            '  pool: 198.51.100.100-198.51.100.199',
+            '  router: 198.51.100.1',
+            '  lease_seconds: 600',
+            `  lease_db: ${path.join(dir, 'leases.db')}`,
+          ].join('\n'),
   });
   t.teardown(stop);
   await waitFor(() => allUp(nodes));
@@ -34,20 +43,32 @@ test('a guest behind host-a gets a home address from the home site over the mesh
   await new Promise((r) => setTimeout(r, 50));
   t.is(home.tap.written.length, 0, 'the DISCOVER/REQUEST broadcasts were not passed onto the home LAN');
   const serverMac = home.daemon.dhcp!.mac;
-  t.is(b.tap.written.filter((f) => f.subarray(6, 12).equals(serverMac)).length, 0, 'replies went to host-a only, not to every site');
-  t.is(b.tap.written.length, 2, 'host-b saw the guest\'s two broadcasts, as any site does');
+  t.is(
+    b.tap.written.filter((f) => f.subarray(6, 12).equals(serverMac)).length,
+    0,
+    'replies went to host-a only, not to every site',
+  );
+  t.is(b.tap.written.length, 2, "host-b saw the guest's two broadcasts, as any site does");
   const lease = home.daemon.dhcp!.leases()[0];
   t.is(lease.site, 'host-a');
   t.is(lease.hostname, 'guest7');
 });
 
-test('reservations handed over at run time (the coordinator\'s VMs) are what the guest gets', async (t) => {
+test("reservations handed over at run time (the coordinator's VMs) are what the guest gets", async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-dhcpres-'));
   const { nodes, stop } = await buildMesh({
     names: ['home', 'host-a'],
-    extra: (name) => name !== 'home' ? '' : [
-      'dhcp:', '  subnet: 198.51.100.0/24', '  server_ip: 198.51.100.2', '  pool: 198.51.100.100-198.51.100.199',
-      '  lease_seconds: 600', `  lease_db: ${path.join(dir, 'leases.db')}`].join('\n'),
+    extra: (name) =>
+      name !== 'home'
+        ? ''
+        : [
+            'dhcp:',
+            '  subnet: 198.51.100.0/24',
+            '  server_ip: 198.51.100.2',
+            '  pool: 198.51.100.100-198.51.100.199',
+            '  lease_seconds: 600',
+            `  lease_db: ${path.join(dir, 'leases.db')}`,
+          ].join('\n'),
   });
   t.teardown(stop);
   await waitFor(() => allUp(nodes));

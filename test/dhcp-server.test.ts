@@ -3,13 +3,35 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { clientFrame, parseReply, SimClient, simMac, type ClientStyle, type ServerReply } from '../lab/dhcp-client-sim.ts';
+import {
+  clientFrame,
+  parseReply,
+  SimClient,
+  simMac,
+  type ClientStyle,
+  type ServerReply,
+} from '../lab/dhcp-client-sim.ts';
 import { u32 } from '../src/dhcp/codec.ts';
 import { parseDhcpConfig } from '../src/dhcp/config.ts';
 import {
-  DECLINE_QUARANTINE_MS, DHCPACK, DHCPNAK, DHCPOFFER, OFFER_HOLD_MS, OPT_BROADCAST, OPT_CLASSLESS_ROUTES,
-  OPT_CLIENT_ID, OPT_DNS, OPT_DOMAIN, OPT_HOSTNAME, OPT_INTERFACE_MTU, OPT_LEASE_TIME, OPT_REBINDING_TIME,
-  OPT_RENEWAL_TIME, OPT_ROUTER, OPT_SERVER_ID, OPT_SUBNET_MASK,
+  DECLINE_QUARANTINE_MS,
+  DHCPACK,
+  DHCPNAK,
+  DHCPOFFER,
+  OFFER_HOLD_MS,
+  OPT_BROADCAST,
+  OPT_CLASSLESS_ROUTES,
+  OPT_CLIENT_ID,
+  OPT_DNS,
+  OPT_DOMAIN,
+  OPT_HOSTNAME,
+  OPT_INTERFACE_MTU,
+  OPT_LEASE_TIME,
+  OPT_REBINDING_TIME,
+  OPT_RENEWAL_TIME,
+  OPT_ROUTER,
+  OPT_SERVER_ID,
+  OPT_SUBNET_MASK,
 } from '../src/dhcp/constants.ts';
 import { decodeClasslessRoutes, encodeDhcp, u8 } from '../src/dhcp/codec.ts';
 import { FRAME_HEADROOM_BYTES, fillUdpHeaders } from '../src/dhcp/frame.ts';
@@ -21,12 +43,21 @@ const ip = (s: string) => parseIPv4(s)!;
 const SERVER = ip('192.168.77.2');
 const T0 = 1_700_000_000_000;
 const BASE = {
-  subnet: '192.168.77.0/24', server_ip: '192.168.77.2', pool: '192.168.77.100-192.168.77.199', router: '192.168.77.1',
-  dns: ['192.168.77.1'], domain: 'home.example', lease_seconds: 3600,
+  subnet: '192.168.77.0/24',
+  server_ip: '192.168.77.2',
+  pool: '192.168.77.100-192.168.77.199',
+  router: '192.168.77.1',
+  dns: ['192.168.77.1'],
+  domain: 'home.example',
+  lease_seconds: 3600,
   reservations: [{ mac: '52:54:00:00:00:10', ip: '192.168.77.10' }],
 };
 
-interface Sent { frame: Buffer; to: string; r: ServerReply | null }
+interface Sent {
+  frame: Buffer;
+  to: string;
+  r: ServerReply | null;
+}
 
 function setup(t: ExecutionContext, over: Record<string, unknown> = {}, dir?: string) {
   const d = dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'hwdhcp-'));
@@ -35,13 +66,31 @@ function setup(t: ExecutionContext, over: Record<string, unknown> = {}, dir?: st
   let now = T0;
   const sent: Sent[] = [];
   const warnings: string[] = [];
-  const log = { info() {}, debug() {}, warn(_o: object, msg?: string) { warnings.push(msg ?? ''); } };
-  const server = DhcpServer.open(cfg, { mtu: 1400, send: (frame, to) => sent.push({ frame, to, r: parseReply(frame) }), now: () => now, log });
+  const log = {
+    info() {},
+    debug() {},
+    warn(_o: object, msg?: string) {
+      warnings.push(msg ?? '');
+    },
+  };
+  const server = DhcpServer.open(cfg, {
+    mtu: 1400,
+    send: (frame, to) => sent.push({ frame, to, r: parseReply(frame) }),
+    now: () => now,
+    log,
+  });
   t.teardown(() => server.close());
   const h = {
-    server, sent, warnings, dir: d, cfg,
+    server,
+    sent,
+    warnings,
+    dir: d,
+    cfg,
     now: () => now,
-    advance(ms: number) { now += ms; server.tick(now); },
+    advance(ms: number) {
+      now += ms;
+      server.tick(now);
+    },
     /** Offer a frame, let the end-of-turn commit run, return what was sent. */
     async exchange(frame: Buffer, from = 'hostA'): Promise<{ consumed: boolean; out: Sent[] }> {
       sent.length = 0;
@@ -104,7 +153,14 @@ test('DORA: offer and ack carry the address and every configured option; sent on
   t.is(ack!.msg.yiaddr, offer.msg.yiaddr);
   c.bound(ack!);
   const [l] = h.server.leases();
-  t.like(l, { mac: '52:54:00:00:00:01', ip: formatIPv4(offer.msg.yiaddr), hostname: 'vm-one', site: 'hostA', state: 'bound', clientId: null });
+  t.like(l, {
+    mac: '52:54:00:00:00:01',
+    ip: formatIPv4(offer.msg.yiaddr),
+    hostname: 'vm-one',
+    site: 'hostA',
+    state: 'bound',
+    clientId: null,
+  });
   t.is(l.expiresAt, T0 + 3600_000);
   t.is(h.server.stats.leasesActive, 1);
   t.like(h.server.stats.messages, { discover: 1, offer: 1, request: 1, ack: 1 });
@@ -131,7 +187,11 @@ test('real client option sets (udhcpc, dhclient, dhcpcd) all complete DORA; clie
   }
   t.is(ips.size, 3);
   const rows = h.server.leases();
-  t.is(rows.find((r) => r.hostname === 'guest-dhcpcd')!.clientId!.slice(0, 2), 'ff', 'dhcpcd RFC 4361 client-id stored');
+  t.is(
+    rows.find((r) => r.hostname === 'guest-dhcpcd')!.clientId!.slice(0, 2),
+    'ff',
+    'dhcpcd RFC 4361 client-id stored',
+  );
   t.is(rows.find((r) => r.hostname === 'guest-udhcpc')!.clientId, '01525400000014');
 });
 
@@ -144,7 +204,10 @@ test('two concurrent DISCOVERs get different addresses; a repeated DISCOVER gets
   const [a, b, a2] = h.sent.map((s) => s.r!.msg.yiaddr);
   t.not(a, b);
   t.is(a, a2);
-  t.deepEqual(h.sent.map((s) => s.to), ['hostA', 'hostB', 'hostA']);
+  t.deepEqual(
+    h.sent.map((s) => s.to),
+    ['hostA', 'hostB', 'hostA'],
+  );
 });
 
 test('leases are keyed by client-id when present, else by MAC', async (t) => {
@@ -187,7 +250,15 @@ test('a REQUEST naming another server is ignored and our offer released', async 
   const offer = await h.one(a.discover());
   t.is(offer!.type, DHCPOFFER);
   t.is(await h.one(new SimClient(simMac(2)).discover()), null, 'only address is held by the offer');
-  const { consumed, out } = await h.exchange(clientFrame({ type: 3, mac: simMac(1), xid: a.xid, requestedIp: ip('192.168.77.100'), serverId: ip('192.168.77.1') }));
+  const { consumed, out } = await h.exchange(
+    clientFrame({
+      type: 3,
+      mac: simMac(1),
+      xid: a.xid,
+      requestedIp: ip('192.168.77.100'),
+      serverId: ip('192.168.77.1'),
+    }),
+  );
   t.true(consumed);
   t.is(out.length, 0);
   t.is(h.server.stats.dropped.other_server, 1);
@@ -209,16 +280,25 @@ test('RENEW: unicast to server_ip with ciaddr, answered unicast; ARP for server_
   await h.dora(c);
   // The client resolves server_ip before unicasting.
   const arp = Buffer.alloc(42);
-  arp.fill(0xff, 0, 6); simMac(1).copy(arp, 6); arp.writeUInt16BE(0x0806, 12);
-  arp.writeUInt16BE(1, 14); arp.writeUInt16BE(0x0800, 16); arp[18] = 6; arp[19] = 4; arp.writeUInt16BE(1, 20);
-  simMac(1).copy(arp, 22); arp.writeUInt32BE(c.ip, 28); arp.writeUInt32BE(SERVER, 38);
+  arp.fill(0xff, 0, 6);
+  simMac(1).copy(arp, 6);
+  arp.writeUInt16BE(0x0806, 12);
+  arp.writeUInt16BE(1, 14);
+  arp.writeUInt16BE(0x0800, 16);
+  arp[18] = 6;
+  arp[19] = 4;
+  arp.writeUInt16BE(1, 20);
+  simMac(1).copy(arp, 22);
+  arp.writeUInt32BE(c.ip, 28);
+  arp.writeUInt32BE(SERVER, 38);
   const { consumed, out } = await h.exchange(arp, 'hostA');
   t.true(consumed);
   t.is(out.length, 1);
   t.is(out[0].to, 'hostA');
   t.deepEqual(out[0].frame.subarray(22, 28), h.server.mac, 'ARP reply: server_ip is at our MAC');
   t.is(out[0].frame.readUInt32BE(28), SERVER);
-  const other = Buffer.from(arp); other.writeUInt32BE(ip('192.168.77.1'), 38);
+  const other = Buffer.from(arp);
+  other.writeUInt32BE(ip('192.168.77.1'), 38);
   t.false(h.server.offer(other, 'hostA'), 'ARP for other addresses is not ours');
 
   h.advance(1800_000);
@@ -266,7 +346,8 @@ test('RELEASE frees the address; the same client gets it back first', async (t) 
   await h.dora(c);
   t.is(c.ip, released, 'the released address is reused when needed');
   // A RELEASE for an address that is not the sender's is ignored.
-  const x = new SimClient(simMac(4)); x.ip = c.ip;
+  const x = new SimClient(simMac(4));
+  x.ip = c.ip;
   await h.exchange(x.release());
   t.is(h.server.stats.leasesActive, 2);
 });
@@ -277,7 +358,8 @@ test('DECLINE quarantines the address; only its holder may decline it', async (t
   await h.dora(a);
   const bad = a.ip;
   // Someone else declining a's address is ignored.
-  const m = new SimClient(simMac(9)); m.serverId = SERVER;
+  const m = new SimClient(simMac(9));
+  m.serverId = SERVER;
   await h.exchange(m.decline(bad));
   t.is(h.server.stats.dropped.not_for_us, 1);
   t.is(h.server.stats.leasesActive, 1);
@@ -382,7 +464,11 @@ test('rate limit: new leases per site per minute; existing clients and other sit
     t.is(ack!.type, DHCPACK);
     c.bound(ack!);
   }
-  t.is((await h.one(new SimClient(simMac(300)).discover(), 'hostB'))!.type, DHCPOFFER, 'another site has its own budget');
+  t.is(
+    (await h.one(new SimClient(simMac(300)).discover(), 'hostB'))!.type,
+    DHCPOFFER,
+    'another site has its own budget',
+  );
   t.is((await h.one(clients[0].renew(), 'hostA'))!.type, DHCPACK, 'renewals need no budget');
   h.advance(20_000); // one token back (3 per 60 s)
   t.is((await h.one(clients[3].discover(), 'hostA'))!.type, DHCPOFFER);
@@ -397,7 +483,14 @@ test('serve_local false: the home LAN is left to its own server; peers are alway
   const { consumed, out } = await h.exchange(c.discover(), 'local');
   t.false(consumed, 'a local broadcast goes on to the home LAN as usual');
   t.is(out.length, 0);
-  const unicast = clientFrame({ type: 3, mac: simMac(1), xid: 1, ciaddr: ip('192.168.77.120'), dstIp: SERVER, dstMac: h.server.mac });
+  const unicast = clientFrame({
+    type: 3,
+    mac: simMac(1),
+    xid: 1,
+    ciaddr: ip('192.168.77.120'),
+    dstIp: SERVER,
+    dstMac: h.server.mac,
+  });
   t.true(h.server.offer(unicast, 'local'), 'unicast to our MAC is ours to drop');
   t.is(h.server.stats.dropped.local_not_served, 1);
   t.is(h.sent.length, 0);
@@ -406,7 +499,7 @@ test('serve_local false: the home LAN is left to its own server; peers are alway
   bad.writeUInt32BE(0, FRAME_HEADROOM_BYTES + 236); // break the magic cookie
   t.true(h.server.offer(bad, 'hostA'));
   t.is(h.server.stats.dropped.malformed, 1);
-  t.false(h.server.offer(bad, 'local'), 'a malformed local broadcast is the home LAN\'s business');
+  t.false(h.server.offer(bad, 'local'), "a malformed local broadcast is the home LAN's business");
 });
 
 test('serve_local true: local clients are served, replies go to local', async (t) => {
@@ -417,12 +510,41 @@ test('serve_local true: local clients are served, replies go to local', async (t
   t.is(h.server.leases()[0].site, 'local');
 });
 
-test('another server\'s OFFER is counted and logged, and not consumed', async (t) => {
+test("another server's OFFER is counted and logged, and not consumed", async (t) => {
   const h = setup(t);
-  const chaddr = Buffer.alloc(16); simMac(1).copy(chaddr);
-  const f = encodeDhcp({ op: 2, htype: 1, hlen: 6, hops: 0, xid: 1, secs: 0, flags: 0, ciaddr: 0, yiaddr: ip('192.168.77.30'),
-    siaddr: 0, giaddr: 0, chaddr }, [[53, u8(DHCPOFFER)], [54, u32(ip('192.168.77.1'))]], 548, FRAME_HEADROOM_BYTES)!;
-  fillUdpHeaders(f, Buffer.alloc(6, 0xff), Buffer.from([0, 0x11, 0x22, 0x33, 0x44, 0x55]), ip('192.168.77.1'), 0xffffffff, 67, 68);
+  const chaddr = Buffer.alloc(16);
+  simMac(1).copy(chaddr);
+  const f = encodeDhcp(
+    {
+      op: 2,
+      htype: 1,
+      hlen: 6,
+      hops: 0,
+      xid: 1,
+      secs: 0,
+      flags: 0,
+      ciaddr: 0,
+      yiaddr: ip('192.168.77.30'),
+      siaddr: 0,
+      giaddr: 0,
+      chaddr,
+    },
+    [
+      [53, u8(DHCPOFFER)],
+      [54, u32(ip('192.168.77.1'))],
+    ],
+    548,
+    FRAME_HEADROOM_BYTES,
+  )!;
+  fillUdpHeaders(
+    f,
+    Buffer.alloc(6, 0xff),
+    Buffer.from([0, 0x11, 0x22, 0x33, 0x44, 0x55]),
+    ip('192.168.77.1'),
+    0xffffffff,
+    67,
+    68,
+  );
   t.false(h.server.offer(f, 'local'));
   t.false(h.server.offer(f, 'local'));
   t.is(h.server.stats.foreignOffers, 2);
@@ -480,7 +602,10 @@ test('restart: leases survive close/open, renewals keep their address, new clien
 
   const rows = listLeases(path.join(dir, 'leases.db'), h2.now());
   t.is(rows.length, 6);
-  t.deepEqual(rows.map((r) => r.ip), [...rows.map((r) => r.ip)].sort((a, b) => ip(a) - ip(b)));
+  t.deepEqual(
+    rows.map((r) => r.ip),
+    [...rows.map((r) => r.ip)].sort((a, b) => ip(a) - ip(b)),
+  );
   const table = formatLeases(rows, false, h2.now());
   t.regex(table.split('\n')[0], /^MAC\s+IP\s+HOSTNAME\s+EXPIRES\s+SITE$/);
   t.regex(table, /52:54:00:00:00:01\s+192\.168\.77\.\d+\s+-\s+\S+ \(in 60m\)\s+hostA/);

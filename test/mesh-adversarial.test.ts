@@ -48,14 +48,19 @@ test('an authentic packet from a new address moves the peer (roaming)', async (t
 });
 
 test('a replayed handshake initiation is refused and does not move the peer', async (t) => {
-  const { nodes, net, stop } = await buildMesh({ names: ['home', 'host-a'], peersOf: (n) => n === 'home'
-    ? [{ name: 'host-a', endpoint: false }] : [{ name: 'home', endpoint: true }] });
+  const { nodes, net, stop } = await buildMesh({
+    names: ['home', 'host-a'],
+    peersOf: (n) => (n === 'home' ? [{ name: 'host-a', endpoint: false }] : [{ name: 'home', endpoint: true }]),
+  });
   t.teardown(stop);
   await waitFor(() => allUp(nodes));
   const home = nodes.get('home')!;
   const a = nodes.get('host-a')!;
   let init: Buffer | null = null;
-  net.filter = (msg) => { if (classify(msg) === 1 && !init) init = Buffer.from(msg); return msg; };
+  net.filter = (msg) => {
+    if (classify(msg) === 1 && !init) init = Buffer.from(msg);
+    return msg;
+  };
   const responded = home.daemon.mesh.handshakes.responded;
   a.daemon.mesh.initiate(a.daemon.mesh.peers[0]);
   await waitFor(() => init !== null && home.daemon.mesh.handshakes.responded === responded + 1);
@@ -77,7 +82,7 @@ test('a node whose key is not in the config cannot reach the mesh', async (t) =>
   // "intruder" lists home as a peer, but home does not list the intruder.
   const { nodes, stop } = await buildMesh({
     names: ['home', 'intruder'],
-    peersOf: (n) => n === 'home' ? [] : [{ name: 'home', endpoint: true }],
+    peersOf: (n) => (n === 'home' ? [] : [{ name: 'home', endpoint: true }]),
   });
   t.teardown(stop);
   const home = nodes.get('home')!;
@@ -96,11 +101,17 @@ test('10,000 random and mutated datagrams leave a daemon running and forwarding'
   const home = nodes.get('home')!;
   const a = nodes.get('host-a')!;
   const samples: Buffer[] = [];
-  net.filter = (msg) => { if (samples.length < 20) samples.push(Buffer.from(msg)); return msg; };
+  net.filter = (msg) => {
+    if (samples.length < 20) samples.push(Buffer.from(msg));
+    return msg;
+  };
   a.tap.inject(arp(1, GUEST_A, '192.168.77.10', '00:00:00:00:00:00', '192.168.77.1'));
   await waitFor(() => home.tap.written.length === 1);
   let seed = 12345;
-  const rand = () => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed; };
+  const rand = () => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed;
+  };
   for (let i = 0; i < 10_000; i++) {
     let msg: Buffer;
     if (i % 2 === 0 && samples.length) {
@@ -114,11 +125,18 @@ test('10,000 random and mutated datagrams leave a daemon running and forwarding'
       if (msg.length > 0 && rand() % 3 === 0) msg[0] = [1, 2, 4, 5][rand() % 4];
       if (msg.length > 4 && rand() % 2 === 0) msg.fill(0, 1, 4);
     }
-    net.inject(msg, `203.0.113.${rand() % 250 + 1}`, 1000 + (rand() % 60000), '192.0.2.1', 51820);
+    net.inject(msg, `203.0.113.${(rand() % 250) + 1}`, 1000 + (rand() % 60000), '192.0.2.1', 51820);
   }
   await new Promise((r) => setTimeout(r, 300));
   const d = home.daemon.mesh.drops;
-  const dropped = d.malformed + d.unknown_index + d.auth_failed + d.replay + d.counter_range + d.handshake_invalid + d.handshake_unknown_key;
+  const dropped =
+    d.malformed +
+    d.unknown_index +
+    d.auth_failed +
+    d.replay +
+    d.counter_range +
+    d.handshake_invalid +
+    d.handshake_unknown_key;
   t.true(dropped >= 9_000, `dropped ${dropped}`);
   t.deepEqual(home.daemon.mesh.peers[0].endpoint, { address: '192.0.2.2', port: 51820 });
   a.tap.inject(arp(1, GUEST_A, '192.168.77.10', '00:00:00:00:00:00', '192.168.77.2'));

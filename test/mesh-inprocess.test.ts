@@ -46,7 +46,8 @@ test('split horizon: a frame from a peer is never sent on to other peers', async
   let relayed = 0;
   net.filter = (msg, from, to) => {
     // Anything home sends to host-b after host-a's broadcast would be a relay.
-    if (from.startsWith('192.0.2.1:') && to.startsWith('192.0.2.3:') && classify(msg) === 4 && msg.length > 60) relayed++;
+    if (from.startsWith('192.0.2.1:') && to.startsWith('192.0.2.3:') && classify(msg) === 4 && msg.length > 60)
+      relayed++;
     return msg;
   };
   a.tap.inject(arp(1, GUEST_A, '192.168.77.10', '00:00:00:00:00:00', '192.168.77.99'));
@@ -79,7 +80,7 @@ test('IPv6 underlay', async (t) => {
 test('a peer without an endpoint is reached once it has spoken to us', async (t) => {
   const { nodes, stop } = await buildMesh({
     names: ['home', 'host-a'],
-    peersOf: (name) => name === 'home' ? [{ name: 'host-a', endpoint: false }] : [{ name: 'home', endpoint: true }],
+    peersOf: (name) => (name === 'home' ? [{ name: 'host-a', endpoint: false }] : [{ name: 'home', endpoint: true }]),
   });
   t.teardown(stop);
   await waitFor(() => allUp(nodes));

@@ -22,7 +22,10 @@ test('a guest MAC appearing on a new host is announced and every peer follows at
   await waitFor(() => home.daemon.sw.table.get(vmKey)?.port?.name === 'host-a');
   // The guest resumes on host-b and sends a unicast frame (no broadcast): only the announcement tells home.
   b.tap.inject(frame(LAN, VM, 0x0800, Buffer.alloc(60)));
-  await waitFor(() => home.daemon.sw.table.get(vmKey)?.port?.name === 'host-b' && a.daemon.sw.table.get(vmKey)?.port?.name === 'host-b');
+  await waitFor(
+    () =>
+      home.daemon.sw.table.get(vmKey)?.port?.name === 'host-b' && a.daemon.sw.table.get(vmKey)?.port?.name === 'host-b',
+  );
   t.true(b.daemon.sw.mobility.announced >= 1);
   t.is(home.daemon.sw.table.get(vmKey)!.seq, 1);
   // home → VM now goes to host-b only.
@@ -46,7 +49,10 @@ test('the old host forwards frames still arriving for a moved MAC to the new hos
   home.tap.inject(frame(VM, LAN, 0x0800, Buffer.alloc(200, 2)));
   await waitFor(() => b.tap.written.some((f) => f.length === 214));
   t.is(a.daemon.sw.mobility.forwardedAfterMove, 1);
-  t.false(a.tap.written.some((f) => f.length === 214), 'not delivered to the old host\'s TAP');
+  t.false(
+    a.tap.written.some((f) => f.length === 214),
+    "not delivered to the old host's TAP",
+  );
 });
 
 test('crossing announcements converge on the higher sequence', async (t) => {
@@ -56,7 +62,10 @@ test('crossing announcements converge on the higher sequence', async (t) => {
   b.tap.inject(frame(LAN, VM, 0x0800, Buffer.alloc(60))); // seq 1 at b
   await waitFor(() => a.daemon.sw.table.get(vmKey)?.port?.name === 'host-b');
   a.tap.inject(frame(LAN, VM, 0x0800, Buffer.alloc(60))); // back to a: seq 2
-  await waitFor(() => home.daemon.sw.table.get(vmKey)?.port?.name === 'host-a' && b.daemon.sw.table.get(vmKey)?.port?.name === 'host-a');
+  await waitFor(
+    () =>
+      home.daemon.sw.table.get(vmKey)?.port?.name === 'host-a' && b.daemon.sw.table.get(vmKey)?.port?.name === 'host-a',
+  );
   t.is(home.daemon.sw.table.get(vmKey)!.seq, 2);
   t.is(b.daemon.sw.table.get(vmKey)!.seq, 2);
 });
@@ -67,14 +76,21 @@ test('a MAC flapping between hosts is held down and counted', async (t) => {
     (i % 2 ? b : a).tap.inject(frame(LAN, VM, 0x0800, Buffer.alloc(60)));
     await new Promise((r) => setTimeout(r, 10));
   }
-  await waitFor(() => home.daemon.sw.mobility.flapHolddowns + a.daemon.sw.mobility.flapHolddowns + b.daemon.sw.mobility.flapHolddowns >= 1);
+  await waitFor(
+    () =>
+      home.daemon.sw.mobility.flapHolddowns + a.daemon.sw.mobility.flapHolddowns + b.daemon.sw.mobility.flapHolddowns >=
+      1,
+  );
   t.pass();
 });
 
 test('expect: while a migration is in flight, frames go to both hosts', async (t) => {
   const { home, a, b } = await threeSites(t);
   a.tap.inject(frame(LAN, VM, 0x0800, Buffer.alloc(60)));
-  await waitFor(() => home.daemon.sw.table.get(vmKey)?.port?.name === 'host-a' && b.daemon.sw.table.get(vmKey)?.port?.name === 'host-a');
+  await waitFor(
+    () =>
+      home.daemon.sw.table.get(vmKey)?.port?.name === 'host-a' && b.daemon.sw.table.get(vmKey)?.port?.name === 'host-a',
+  );
   b.daemon.sw.expect(vmKey);
   await waitFor(() => home.daemon.sw.table.get(vmKey)?.alsoTo?.name === 'host-b');
   home.tap.inject(frame(VM, LAN, 0x0800, Buffer.alloc(300, 3)));
@@ -87,7 +103,10 @@ test('expect: while a migration is in flight, frames go to both hosts', async (t
 });
 
 test('with mobility.announce_moves: false, moves are learned from frames alone', async (t) => {
-  const m = await buildMesh({ names: ['home', 'host-a', 'host-b'], extra: () => 'mobility: { announce_moves: false }' });
+  const m = await buildMesh({
+    names: ['home', 'host-a', 'host-b'],
+    extra: () => 'mobility: { announce_moves: false }',
+  });
   t.teardown(m.stop);
   await waitFor(() => allUp(m.nodes));
   const [home, a, b] = ['home', 'host-a', 'host-b'].map((n) => m.nodes.get(n)!);

@@ -39,23 +39,53 @@ netnsTest('32 MB each way between a guest and the LAN host arrive byte-exact (SH
   const want = crypto.createHash('sha256').update(data).digest('hex');
   const lanIp = lab.host('lan').ip;
 
-  for (const [direction, serverMode, clientMode, port] of [['guest-a → lan', 'recv', 'send', 7001], ['lan → guest-a', 'send', 'recv', 7002]] as const) {
-    const server = lab.spawn('lan', [process.execPath, '-e', SERVER, serverMode, lanIp, String(port), file], { stdio: 'pipe' });
+  for (const [direction, serverMode, clientMode, port] of [
+    ['guest-a → lan', 'recv', 'send', 7001],
+    ['lan → guest-a', 'send', 'recv', 7002],
+  ] as const) {
+    const server = lab.spawn('lan', [process.execPath, '-e', SERVER, serverMode, lanIp, String(port), file], {
+      stdio: 'pipe',
+    });
     let out = '';
     server.stdout!.on('data', (d) => (out += d));
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('server did not start')), 10_000);
-      server.stdout!.on('data', () => { if (out.includes('listening')) { clearTimeout(timer); resolve(); } });
+      server.stdout!.on('data', () => {
+        if (out.includes('listening')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
     });
-    const client = await lab.exec('guest-a', [process.execPath, '-e', CLIENT, clientMode, lanIp, String(port), file], { timeoutMs: 120_000 });
+    const client = await lab.exec('guest-a', [process.execPath, '-e', CLIENT, clientMode, lanIp, String(port), file], {
+      timeoutMs: 120_000,
+    });
     t.is(client.code, 0, client.stderr);
-    await new Promise<void>((resolve) => { if (server.exitCode !== null) resolve(); else server.once('exit', () => resolve()); });
-    const result = JSON.parse((serverMode === 'recv' ? out.split('\n').find((l) => l.startsWith('{')) : client.stdout.trim())!);
+    await new Promise<void>((resolve) => {
+      if (server.exitCode !== null) resolve();
+      else server.once('exit', () => resolve());
+    });
+    const result = JSON.parse(
+      (serverMode === 'recv' ? out.split('\n').find((l) => l.startsWith('{')) : client.stdout.trim())!,
+    );
     t.is(result.n, BYTES, direction);
     t.is(result.sha, want, `${direction}: the bytes that arrived are the bytes that were sent`);
   }
-  const status = JSON.parse((await lab.exec('home', [process.execPath, path.resolve('bin/homewire.mjs'), 'status', '--json', '--config', lab.site('home').configFile])).stdout);
+  const status = JSON.parse(
+    (
+      await lab.exec('home', [
+        process.execPath,
+        path.resolve('bin/homewire.mjs'),
+        'status',
+        '--json',
+        '--config',
+        lab.site('home').configFile,
+      ])
+    ).stdout,
+  );
   t.is(status.drops.auth_failed, 0);
   t.is(status.drops.replay, 0);
-  t.log(`home's TAP: ${status.tap.txFrames} frames written in ${status.tap.txWrites} writes (${status.tap.txCoalesced} coalesced); ${status.tap.rxSegmented} of ${status.tap.rxFrames} frames read were cut from TSO frames`);
+  t.log(
+    `home's TAP: ${status.tap.txFrames} frames written in ${status.tap.txWrites} writes (${status.tap.txCoalesced} coalesced); ${status.tap.rxSegmented} of ${status.tap.rxFrames} frames read were cut from TSO frames`,
+  );
 });

@@ -14,20 +14,35 @@ import { MemoryTap } from '../lab/twins/tap.ts';
 import { MemoryNetwork } from '../lab/twins/udp.ts';
 import { arp, waitFor } from './helpers/memory-mesh.ts';
 
-interface Site { name: string; key: Buffer; address: string }
+interface Site {
+  name: string;
+  key: Buffer;
+  address: string;
+}
 
 function yaml(me: Site, peers: Site[], dir: string, extra = ''): string {
-  return [`name: ${me.name}`, `private_key: "${encodeKey(me.key)}"`, `listen: ${me.address}:51820`, 'tap: { name: hw0 }',
-    `control: { socket: ${path.join(dir, me.name + '.sock')} }`,
+  return `${[
+    `name: ${me.name}`,
+    `private_key: "${encodeKey(me.key)}"`,
+    `listen: ${me.address}:51820`,
+    'tap: { name: hw0 }',
+    `control: { socket: ${path.join(dir, `${me.name}.sock`)} }`,
     peers.length ? 'peers:' : 'peers: []',
-    ...peers.map((p) => `  - { name: ${p.name}, public_key: "${encodeKey(publicKeyOf(p.key))}", endpoint: "${p.address}:51820" }`),
-    extra].join('\n') + '\n';
+    ...peers.map(
+      (p) => `  - { name: ${p.name}, public_key: "${encodeKey(publicKeyOf(p.key))}", endpoint: "${p.address}:51820" }`,
+    ),
+    extra,
+  ].join('\n')}\n`;
 }
 
 test('reload adds and removes peers, keeps unchanged sessions, refuses an invalid config', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-reload-'));
   const net = new MemoryNetwork();
-  const sites: Site[] = ['home', 'host-a', 'host-b'].map((name, i) => ({ name, key: generatePrivateKey(), address: `192.0.2.${i + 1}` }));
+  const sites: Site[] = ['home', 'host-a', 'host-b'].map((name, i) => ({
+    name,
+    key: generatePrivateKey(),
+    address: `192.0.2.${i + 1}`,
+  }));
   const [home, a, b] = sites;
   const daemons = new Map<string, Daemon>();
   const taps = new Map<string, MemoryTap>();
@@ -35,14 +50,22 @@ test('reload adds and removes peers, keeps unchanged sessions, refuses an invali
     const file = path.join(dir, `${s.name}.yaml`);
     fs.writeFileSync(file, yaml(s, peers, dir));
     const tap = new MemoryTap();
-    const d = await Daemon.fromConfig(loadConfig(file), { tap, socket: net.bind(s.address, 51820), log: silentLogger, services: true });
+    const d = await Daemon.fromConfig(loadConfig(file), {
+      tap,
+      socket: net.bind(s.address, 51820),
+      log: silentLogger,
+      services: true,
+    });
     await d.start();
-    daemons.set(s.name, d); taps.set(s.name, tap);
+    daemons.set(s.name, d);
+    taps.set(s.name, tap);
   };
   await start(home, [a]);
   await start(a, [home]);
   await start(b, [home]);
-  t.teardown(async () => { for (const d of daemons.values()) await d.stop(); });
+  t.teardown(async () => {
+    for (const d of daemons.values()) await d.stop();
+  });
   const dh = daemons.get('home')!;
   await waitFor(() => dh.mesh.peerByName('host-a')?.up === true);
   const sessionA = dh.mesh.peerByName('host-a')!.current;
@@ -53,7 +76,10 @@ test('reload adds and removes peers, keeps unchanged sessions, refuses an invali
   const bad = await controlRequest(path.join(dir, 'home.sock'), 'POST', '/v1/reload');
   t.is(bad.status, 400);
   t.regex(bad.body.error, /bogus_key: unknown key/);
-  t.deepEqual(dh.mesh.peers.map((p) => p.name), ['host-a']);
+  t.deepEqual(
+    dh.mesh.peers.map((p) => p.name),
+    ['host-a'],
+  );
 
   // Adding host-b brings it up; host-a keeps its session.
   fs.writeFileSync(homeFile, yaml(home, [a, b], dir));
@@ -69,7 +95,10 @@ test('reload adds and removes peers, keeps unchanged sessions, refuses an invali
   fs.writeFileSync(homeFile, yaml(home, [b], dir));
   const removed = await dh.reloadFromFile();
   t.deepEqual(removed.changes, ['peer host-a removed']);
-  t.deepEqual(dh.mesh.peers.map((p) => p.name), ['host-b']);
+  t.deepEqual(
+    dh.mesh.peers.map((p) => p.name),
+    ['host-b'],
+  );
 
   // Status over the control socket.
   const st = await controlRequest(path.join(dir, 'home.sock'), 'GET', '/v1/status');
@@ -87,20 +116,37 @@ test('metrics: names and values a scrape sees', async (t) => {
   const port = 20000 + Math.floor(Math.random() * 20000);
   const daemons: Daemon[] = [];
   const taps: MemoryTap[] = [];
-  for (const [me, peer, extra] of [[home, a, `metrics: { listen: "127.0.0.1:${port}" }`], [a, home, '']] as const) {
+  for (const [me, peer, extra] of [
+    [home, a, `metrics: { listen: "127.0.0.1:${port}" }`],
+    [a, home, ''],
+  ] as const) {
     const file = path.join(dir, `${me.name}.yaml`);
     fs.writeFileSync(file, yaml(me, [peer], dir, extra));
     const tap = new MemoryTap();
-    const d = await Daemon.fromConfig(loadConfig(file), { tap, socket: net.bind(me.address, 51820), log: silentLogger, services: true });
+    const d = await Daemon.fromConfig(loadConfig(file), {
+      tap,
+      socket: net.bind(me.address, 51820),
+      log: silentLogger,
+      services: true,
+    });
     await d.start();
-    daemons.push(d); taps.push(tap);
+    daemons.push(d);
+    taps.push(tap);
   }
-  t.teardown(async () => { for (const d of daemons) await d.stop(); });
+  t.teardown(async () => {
+    for (const d of daemons) await d.stop();
+  });
   await waitFor(() => daemons.every((d) => d.mesh.peers[0].up));
   taps[1].inject(arp(1, '52:54:00:00:00:0a', '198.51.100.10', '00:00:00:00:00:00', '198.51.100.1'));
   await waitFor(() => taps[0].written.length === 1);
   const text = await new Promise<string>((resolve, reject) => {
-    http.get(`http://127.0.0.1:${port}/metrics`, (res) => { let s = ''; res.on('data', (c) => (s += c)); res.on('end', () => resolve(s)); }).on('error', reject);
+    http
+      .get(`http://127.0.0.1:${port}/metrics`, (res) => {
+        let s = '';
+        res.on('data', (c) => (s += c));
+        res.on('end', () => resolve(s));
+      })
+      .on('error', reject);
   });
   t.regex(text, /homewire_peer_rx_bytes_total\{peer="host-a"\} 42/);
   t.regex(text, /homewire_peer_rx_packets_total\{peer="host-a"\} 1/);

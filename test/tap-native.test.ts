@@ -14,7 +14,8 @@ const NATIVE_TS = fileURLToPath(new URL('../src/tap/native.ts', import.meta.url)
 const ETH_P_ARP = 0x0806;
 
 const uniq = (prefix: string): string => prefix + randomBytes(2).toString('hex'); // hwt + 4 hex <= 15 chars
-const sh = (cmd: string, ...args: string[]): string => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+const sh = (cmd: string, ...args: string[]): string =>
+  execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 const linkExists = (name: string, ns?: string): boolean =>
   spawnSync('ip', [...(ns ? ['-n', ns] : []), 'link', 'show', 'dev', name], { stdio: 'ignore' }).status === 0;
 const macString = (b: Buffer): string => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
@@ -60,14 +61,24 @@ async function until(cond: () => boolean, ms: number): Promise<boolean> {
 function run(cmd: string, args: string[]): Promise<{ status: number; stdout: string; stderr: string; error?: Error }> {
   return new Promise((resolve) =>
     execFile(cmd, args, { encoding: 'utf8' }, (error, stdout, stderr) =>
-      resolve({ status: error ? (typeof error.code === 'number' ? error.code : -1) : 0, stdout, stderr, error: error && typeof error.code === 'string' ? error : undefined }),
+      resolve({
+        status: error ? (typeof error.code === 'number' ? error.code : -1) : 0,
+        stdout,
+        stderr,
+        error: error && typeof error.code === 'string' ? error : undefined,
+      }),
     ),
   );
 }
 /** Runs an ESM snippet in a child node with tsx; resolves with its exit code, stdout and timings. */
-function child(code: string, nodeArgs: string[] = []): Promise<{ code: number | null; out: string; lines: { text: string; at: number }[]; exitAt: number }> {
+function child(
+  code: string,
+  nodeArgs: string[] = [],
+): Promise<{ code: number | null; out: string; lines: { text: string; at: number }[]; exitAt: number }> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [...nodeArgs, '--import=tsx', '--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const p = spawn(process.execPath, [...nodeArgs, '--import=tsx', '--input-type=module', '-e', code], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     let out = '';
     const lines: { text: string; at: number }[] = [];
     p.stdout.on('data', (d: Buffer) => {
@@ -114,14 +125,24 @@ test('round trip: an ARP request written into the TAP gets the kernel ARP reply 
   sh('ip', 'link', 'set', 'dev', tap.name, 'netns', ns);
   sh('ip', '-n', ns, 'addr', 'add', '192.0.2.1/24', 'dev', tap.name);
   sh('ip', '-n', ns, 'link', 'set', 'dev', tap.name, 'up');
-  const kernelMac = Buffer.from(sh('ip', '-n', ns, '-o', 'link', 'show', 'dev', tap.name).match(/link\/ether ([0-9a-f:]{17})/)![1].replace(/:/g, ''), 'hex');
+  const kernelMac = Buffer.from(
+    sh('ip', '-n', ns, '-o', 'link', 'show', 'dev', tap.name)
+      .match(/link\/ether ([0-9a-f:]{17})/)![1]
+      .replace(/:/g, ''),
+    'hex',
+  );
 
   const ourMac = Buffer.from('020000c0ffee', 'hex');
   const ourIp = Buffer.from([192, 0, 2, 2]);
   const request = Buffer.concat([
-    Buffer.from('ffffffffffff', 'hex'), ourMac, Buffer.from('0806', 'hex'), // Ethernet: broadcast, ARP
+    Buffer.from('ffffffffffff', 'hex'),
+    ourMac,
+    Buffer.from('0806', 'hex'), // Ethernet: broadcast, ARP
     Buffer.from('0001080006040001', 'hex'), // Ethernet/IPv4, request
-    ourMac, ourIp, Buffer.alloc(6), Buffer.from([192, 0, 2, 1]),
+    ourMac,
+    ourIp,
+    Buffer.alloc(6),
+    Buffer.from([192, 0, 2, 1]),
   ]);
 
   let reply: Buffer | undefined;
@@ -303,7 +324,9 @@ test('errors say what to do: name in use, not a TAP, not a bridge, bad MTU or na
   t.is(notTap?.code, 'EINVAL');
   t.regex(notTap!.message, /exists and is not a TAP/);
 
-  const notBridge = t.throws(() => NativeTap.open({ name: uniq('hwt'), mtu: 1400, bridge: tap.name }), { instanceOf: OperatorError });
+  const notBridge = t.throws(() => NativeTap.open({ name: uniq('hwt'), mtu: 1400, bridge: tap.name }), {
+    instanceOf: OperatorError,
+  });
   t.is(notBridge?.code, 'EOPNOTSUPP');
   t.regex(notBridge!.message, /is not a bridge/);
 
@@ -312,14 +335,21 @@ test('errors say what to do: name in use, not a TAP, not a bridge, bad MTU or na
   t.is(t.throws<OperatorError>(() => NativeTap.open({ name: 'hwt0123456789abcdef', mtu: 1400 }))?.code, 'EINVAL');
 
   // No /dev/net/tun (hidden by a tmpfs in a private mount namespace).
-  const noTun = await run(
-    'unshare',
-    ['-m', 'sh', '-c', `mount -t tmpfs none /dev/net && exec "$0" "$@"`, process.execPath, '--import=tsx', '--input-type=module', '-e', `
+  const noTun = await run('unshare', [
+    '-m',
+    'sh',
+    '-c',
+    `mount -t tmpfs none /dev/net && exec "$0" "$@"`,
+    process.execPath,
+    '--import=tsx',
+    '--input-type=module',
+    '-e',
+    `
       import { NativeTap } from ${JSON.stringify(NATIVE_TS)};
       try { NativeTap.open({ name: 'hwtnotun', mtu: 1400 }); console.log('{}'); }
       catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }
-    `],
-  );
+    `,
+  ]);
   t.is(noTun.status, 0, `unshare (util-linux) must run here: ${noTun.stderr.trim()}`);
   const e = JSON.parse(noTun.stdout.trim()) as { code: string; message: string };
   t.is(e.code, 'ENOENT');
@@ -327,16 +357,24 @@ test('errors say what to do: name in use, not a TAP, not a bridge, bad MTU or na
 
   // Root without CAP_NET_ADMIN: the kernel refuses TUNSETIFF.
   const name = uniq('hwt');
-  const r = await run(
-    'setpriv',
-    ['--inh-caps=-net_admin', '--bounding-set=-net_admin', process.execPath, '--import=tsx', '--input-type=module', '-e', `
+  const r = await run('setpriv', [
+    '--inh-caps=-net_admin',
+    '--bounding-set=-net_admin',
+    process.execPath,
+    '--import=tsx',
+    '--input-type=module',
+    '-e',
+    `
       import { NativeTap } from ${JSON.stringify(NATIVE_TS)};
       try { NativeTap.open({ name: ${JSON.stringify(name)}, mtu: 1400 }); console.log('opened'); }
       catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }
-    `],
-  );
+    `,
+  ]);
   t.falsy(r.error, `setpriv (util-linux) must run here: ${r.error?.message}`);
   const out = JSON.parse(r.stdout.trim()) as { code: string; message: string };
   t.is(out.code, 'EPERM', r.stdout + r.stderr);
-  t.is(out.message, `creating TAP ${name} needs root or CAP_NET_ADMIN (EPERM); run as root or grant CAP_NET_ADMIN (e.g. AmbientCapabilities=CAP_NET_ADMIN)`);
+  t.is(
+    out.message,
+    `creating TAP ${name} needs root or CAP_NET_ADMIN (EPERM); run as root or grant CAP_NET_ADMIN (e.g. AmbientCapabilities=CAP_NET_ADMIN)`,
+  );
 });

@@ -3,7 +3,13 @@ import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { MAC_AGEING_MS, HANDSHAKE_INIT_BYTES, HANDSHAKE_RESP_BYTES, defaultTapMtu, maxFrameBytes } from '../src/constants.ts';
+import {
+  MAC_AGEING_MS,
+  HANDSHAKE_INIT_BYTES,
+  HANDSHAKE_RESP_BYTES,
+  defaultTapMtu,
+  maxFrameBytes,
+} from '../src/constants.ts';
 import { parseConfig } from '../src/config.ts';
 import { ConfigError } from '../src/errors.ts';
 import { encodeKey, generatePrivateKey, publicKeyOf, decodeKey } from '../src/mesh/keys.ts';
@@ -32,16 +38,21 @@ test('classify rejects malformed datagrams without throwing', (t) => {
   t.is(classify(Buffer.from([4, 0, 1, 0, ...Buffer.alloc(40)])), 0, 'reserved bytes must be zero');
   t.is(classify(Buffer.from([9, 0, 0, 0, ...Buffer.alloc(40)])), 0, 'unknown type');
   t.is(classify(Buffer.alloc(HANDSHAKE_INIT_BYTES - 1, 0).fill(1, 0, 1)), 0, 'short initiation');
-  const init = Buffer.alloc(HANDSHAKE_INIT_BYTES); init[0] = 1;
+  const init = Buffer.alloc(HANDSHAKE_INIT_BYTES);
+  init[0] = 1;
   t.is(classify(init), 1);
-  const resp = Buffer.alloc(HANDSHAKE_RESP_BYTES); resp[0] = 2;
+  const resp = Buffer.alloc(HANDSHAKE_RESP_BYTES);
+  resp[0] = 2;
   t.is(classify(resp), 2);
   t.is(classify(Buffer.concat([resp, Buffer.alloc(1)])), 0, 'long response');
 });
 
 test('replay window agrees with a naive model on random counter sequences', (t) => {
   let seed = 7;
-  const rand = (n: number) => { seed = (seed * 48271) % 2147483647; return seed % n; };
+  const rand = (n: number) => {
+    seed = (seed * 48271) % 2147483647;
+    return seed % n;
+  };
   for (let round = 0; round < 20; round++) {
     const w = new ReplayWindow();
     const seen = new Set<number>();
@@ -61,8 +72,14 @@ test('replay window agrees with a naive model on random counter sequences', (t) 
       const expected = !seen.has(c) && (highest < 0 || c > highest || highest - c < REPLAY_WINDOW_SIZE);
       t.is(w.wouldAccept(c), expected);
       const got = w.accept(c);
-      if (got !== expected) { t.fail(`counter ${c} highest ${highest}: got ${got}`); return; }
-      if (got) { seen.add(c); if (c > highest) highest = c; }
+      if (got !== expected) {
+        t.fail(`counter ${c} highest ${highest}: got ${got}`);
+        return;
+      }
+      if (got) {
+        seen.add(c);
+        if (c > highest) highest = c;
+      }
     }
   }
   t.true(REPLAY_WINDOW_SIZE >= 2048);
@@ -112,54 +129,97 @@ test('sessions rekey after 120 s and old keys are refused after 180 s', async (t
   const a = nodes.get('host-a')!.daemon.mesh;
   const first = a.peers[0].current!;
   now += 121_000;
-  a.tick(); home.tick();
-  await waitFor(() => a.peers[0].current !== first && home.peers[0].current !== null
-    && home.peers[0].current!.localIndex === a.peers[0].current!.remoteIndex);
+  a.tick();
+  home.tick();
+  await waitFor(
+    () =>
+      a.peers[0].current !== first &&
+      home.peers[0].current !== null &&
+      home.peers[0].current!.localIndex === a.peers[0].current!.remoteIndex,
+  );
   t.not(a.peers[0].current, first);
-  t.true(a.peers[0].current!.createdMs >= now, "a session made after the clock moved");
+  t.true(a.peers[0].current!.createdMs >= now, 'a session made after the clock moved');
   now += 60_000;
-  a.tick(); home.tick();
+  a.tick();
+  home.tick();
   t.true(a.peers[0].previous !== first, 'the first session is gone after 180 s');
   nodes.get('host-a')!.tap.inject(frame('ff:ff:ff:ff:ff:ff', '52:54:00:00:00:0a', 0x88b5, Buffer.alloc(46)));
   await waitFor(() => nodes.get('home')!.tap.written.length === 1);
 });
 
-function tmp(): string { return fs.mkdtempSync(path.join(os.tmpdir(), 'hw-cfg-')); }
+function tmp(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'hw-cfg-'));
+}
 
 function expectError(t: any, yaml: string, key: string, words: RegExp, file = 'site.yaml'): void {
   const err = t.throws(() => parseConfig(yaml, file), { instanceOf: ConfigError });
   t.is(err.key, key, err.message);
   t.regex(err.message, words);
-  t.true(err.message.startsWith(file + ': '), err.message);
+  t.true(err.message.startsWith(`${file}: `), err.message);
 }
 
 test('config validation names the file, the key and what to do', (t) => {
   const sk = encodeKey(generatePrivateKey());
   const pk = encodeKey(publicKeyOf(generatePrivateKey()));
   const base = `name: host-a\nprivate_key: "${sk}"\nlisten: 192.0.2.2:51820\ntap: { name: hw0 }\n`;
-  t.notThrows(() => parseConfig(base + `peers:\n  - { name: home, public_key: "${pk}", endpoint: 192.0.2.1:51820 }\n`, 'x.yaml'));
-  expectError(t, base + 'colour: blue\n', 'colour', /unknown key/);
-  expectError(t, base + 'peers:\n  - { name: home, public_key: "abc" }\n', 'peers[0].public_key', /base64/);
-  expectError(t, base + `peers:\n  - { name: home, public_key: "${pk}", endpoint: 192.0.2.300:1 }\n`, 'peers[0].endpoint', /not an IP address/);
-  expectError(t, base + `peers:\n  - { name: home, public_key: "${pk}" }\n  - { name: home2, public_key: "${pk}" }\n`, 'peers[1].public_key', /duplicate peer key/);
-  expectError(t, base + `peers:\n  - { name: home, public_key: "${pk}" }\n  - { name: home, public_key: "${encodeKey(publicKeyOf(generatePrivateKey()))}" }\n`, 'peers[1].name', /duplicate peer name/);
-  expectError(t, base + `peers:\n  - { name: home, public_key: "${pk}", endpoint: "[2001:db8::1]:51820" }\n`, 'peers[0].endpoint', /IPv6 but 'listen' is IPv4/);
+  t.notThrows(() =>
+    parseConfig(`${base}peers:\n  - { name: home, public_key: "${pk}", endpoint: 192.0.2.1:51820 }\n`, 'x.yaml'),
+  );
+  expectError(t, `${base}colour: blue\n`, 'colour', /unknown key/);
+  expectError(t, `${base}peers:\n  - { name: home, public_key: "abc" }\n`, 'peers[0].public_key', /base64/);
+  expectError(
+    t,
+    `${base}peers:\n  - { name: home, public_key: "${pk}", endpoint: 192.0.2.300:1 }\n`,
+    'peers[0].endpoint',
+    /not an IP address/,
+  );
+  expectError(
+    t,
+    `${base}peers:\n  - { name: home, public_key: "${pk}" }\n  - { name: home2, public_key: "${pk}" }\n`,
+    'peers[1].public_key',
+    /duplicate peer key/,
+  );
+  expectError(
+    t,
+    `${base}peers:\n  - { name: home, public_key: "${pk}" }\n  - { name: home, public_key: "${encodeKey(publicKeyOf(generatePrivateKey()))}" }\n`,
+    'peers[1].name',
+    /duplicate peer name/,
+  );
+  expectError(
+    t,
+    `${base}peers:\n  - { name: home, public_key: "${pk}", endpoint: "[2001:db8::1]:51820" }\n`,
+    'peers[0].endpoint',
+    /IPv6 but 'listen' is IPv4/,
+  );
   expectError(t, base.replace('{ name: hw0 }', '{ name: hw0, mtu: 1500 }'), 'tap.mtu', /at most 1422/);
   expectError(t, base.replace('listen: 192.0.2.2:51820\n', ''), 'listen', /missing/);
-  expectError(t, base.replace(`private_key: "${sk}"`, 'private_key_file: /nonexistent/hw.key'), 'private_key_file', /does not exist.*homewire genkey/);
-  expectError(t, base + 'tap: {}\n', '', /not valid YAML.*line/);
-  expectError(t, base + 'peers:\n  - { name: home, public_key: "' + pk + '", mtu: 9 }\n', 'peers[0].mtu', /unknown key/);
+  expectError(
+    t,
+    base.replace(`private_key: "${sk}"`, 'private_key_file: /nonexistent/hw.key'),
+    'private_key_file',
+    /does not exist.*homewire genkey/,
+  );
+  expectError(t, `${base}tap: {}\n`, '', /not valid YAML.*line/);
+  expectError(t, `${base}peers:\n  - { name: home, public_key: "${pk}", mtu: 9 }\n`, 'peers[0].mtu', /unknown key/);
   const dir = tmp();
   fs.writeFileSync(path.join(dir, 'bad.key'), 'hello\n');
-  expectError(t, base.replace(`private_key: "${sk}"`, 'private_key_file: bad.key'), 'private_key_file', /does not hold a base64/, path.join(dir, 'site.yaml'));
-  fs.writeFileSync(path.join(dir, 'good.key'), sk + '\n');
-  t.notThrows(() => parseConfig(base.replace(`private_key: "${sk}"`, 'private_key_file: good.key'), path.join(dir, 'site.yaml')));
+  expectError(
+    t,
+    base.replace(`private_key: "${sk}"`, 'private_key_file: bad.key'),
+    'private_key_file',
+    /does not hold a base64/,
+    path.join(dir, 'site.yaml'),
+  );
+  fs.writeFileSync(path.join(dir, 'good.key'), `${sk}\n`);
+  t.notThrows(() =>
+    parseConfig(base.replace(`private_key: "${sk}"`, 'private_key_file: good.key'), path.join(dir, 'site.yaml')),
+  );
 });
 
 test('the example configs in deploy/examples are valid once keys are filled in', (t) => {
   const dir = tmp();
   const keyFile = path.join(dir, 'private.key');
-  fs.writeFileSync(keyFile, encodeKey(generatePrivateKey()) + '\n');
+  fs.writeFileSync(keyFile, `${encodeKey(generatePrivateKey())}\n`);
   for (const name of ['home.yaml', 'vm-host.yaml']) {
     let text = fs.readFileSync(new URL(`../deploy/examples/${name}`, import.meta.url), 'utf8');
     text = text.replace(/REPLACE_WITH_[A-Z_]+=*/g, () => encodeKey(publicKeyOf(generatePrivateKey())));

@@ -11,11 +11,18 @@ import { GridLab, LAB_COORDINATOR } from './grid.ts';
 import type { VmRecord } from '../../src/coordinator/types.ts';
 
 export async function runVmDemo(lab: Lab, say: (s?: string) => void): Promise<boolean> {
-  const indent = (text: string) => text.trimEnd().split('\n').map((l) => `     ${l}`).join('\n');
+  const indent = (text: string) =>
+    text
+      .trimEnd()
+      .split('\n')
+      .map((l) => `     ${l}`)
+      .join('\n');
   say('   Building the guest image (Debian kernel + busybox initramfs; cached after the first run)…');
   const image = buildGuestImage();
   const grid = await GridLab.start(lab, image, { logLevel: 'info' });
-  say(`   Coordinator at ${LAB_COORDINATOR} (underlay namespace); a host agent beside the daemon on ${grid.hosts.join(', ')}.`);
+  say(
+    `   Coordinator at ${LAB_COORDINATOR} (underlay namespace); a host agent beside the daemon on ${grid.hosts.join(', ')}.`,
+  );
   const run = async (...argv: string[]) => {
     say(`   $ homewire ${argv.join(' ')}`);
     const out = await grid.ok(...argv);
@@ -25,7 +32,9 @@ export async function runVmDemo(lab: Lab, say: (s?: string) => void): Promise<bo
   try {
     await run('host', 'list');
     await grid.addImage('tiny');
-    say('   $ homewire image add tiny --kernel http://192.0.2.254:8080/vmlinux --initrd http://192.0.2.254:8080/initrd.cpio.gz …');
+    say(
+      '   $ homewire image add tiny --kernel http://192.0.2.254:8080/vmlinux --initrd http://192.0.2.254:8080/initrd.cpio.gz …',
+    );
     await run('vm', 'create', 'demo-vm', '--image', 'tiny', '--memory', '128');
     const [first, second] = grid.hosts;
     await run('vm', 'start', 'demo-vm', '--host', first);
@@ -36,7 +45,10 @@ export async function runVmDemo(lab: Lab, say: (s?: string) => void): Promise<bo
       lease = text.includes('HOMEWIRE-READY') ? parseLease(text) : null;
       if (!lease) await sleep(100);
     }
-    if (!lease) { say('   the guest got no DHCP lease within 60 s'); return false; }
+    if (!lease) {
+      say('   the guest got no DHCP lease within 60 s');
+      return false;
+    }
     say(`   The guest booted on ${first} and leased ${lease.ip} from the home DHCP server ${lease.server}.`);
     const ping = startPing(lab, 'lan', lease.ip, 0.01);
     await sleep(1000);
@@ -44,7 +56,9 @@ export async function runVmDemo(lab: Lab, say: (s?: string) => void): Promise<bo
     await sleep(1500);
     const trace = await ping.stop();
     const gap = replyGaps(trace)[0]?.ms ?? NaN;
-    say(`   The LAN host pinged it every 10 ms throughout: ${trace.replies.length} replies, ${trace.lost} lost, largest gap ${gap.toFixed(0)} ms.`);
+    say(
+      `   The LAN host pinged it every 10 ms throughout: ${trace.replies.length} replies, ${trace.lost} lost, largest gap ${gap.toFixed(0)} ms.`,
+    );
     await run('vm', 'list');
     await run('vm', 'stop', 'demo-vm');
     await run('vm', 'delete', 'demo-vm');

@@ -41,7 +41,11 @@ export class GridLab {
   readonly adminTokenFile: string;
   readonly hosts: string[];
 
-  private constructor(readonly lab: Lab, readonly image: GuestImage, o: GridOptions) {
+  private constructor(
+    readonly lab: Lab,
+    readonly image: GuestImage,
+    o: GridOptions,
+  ) {
     this.adminTokenFile = path.join(lab.dir, 'admin.token');
     this.hosts = o.hosts ?? lab.sites.filter((s) => s.role === 'host').map((s) => s.name);
   }
@@ -55,24 +59,54 @@ export class GridLab {
     fs.copyFileSync(image.kernel, path.join(served, 'vmlinux'));
     fs.copyFileSync(image.initrd, path.join(served, 'initrd.cpio.gz'));
     fs.writeFileSync(path.join(dir, 'image-server.mjs'), IMAGE_SERVER);
-    g.spawn('ul', 'image-server', [process.execPath, path.join(dir, 'image-server.mjs'), served, PLAN.internet4, '8080']);
-    fs.writeFileSync(g.adminTokenFile, crypto.randomBytes(24).toString('base64url') + '\n', { mode: 0o600 });
-    fs.writeFileSync(path.join(dir, 'host.token'), crypto.randomBytes(24).toString('base64url') + '\n', { mode: 0o600 });
-    fs.writeFileSync(path.join(dir, 'coordinator.yaml'), [`listen: ${PLAN.internet4}:7100`, 'store: sqlite', 'data_dir: coordinator-data',
-      'admin_token_file: admin.token', 'host_token_file: host.token', `log_level: ${o.logLevel ?? 'debug'}`].join('\n') + '\n');
+    g.spawn('ul', 'image-server', [
+      process.execPath,
+      path.join(dir, 'image-server.mjs'),
+      served,
+      PLAN.internet4,
+      '8080',
+    ]);
+    fs.writeFileSync(g.adminTokenFile, `${crypto.randomBytes(24).toString('base64url')}\n`, { mode: 0o600 });
+    fs.writeFileSync(path.join(dir, 'host.token'), `${crypto.randomBytes(24).toString('base64url')}\n`, {
+      mode: 0o600,
+    });
+    fs.writeFileSync(
+      path.join(dir, 'coordinator.yaml'),
+      `${[
+        `listen: ${PLAN.internet4}:7100`,
+        'store: sqlite',
+        'data_dir: coordinator-data',
+        'admin_token_file: admin.token',
+        'host_token_file: host.token',
+        `log_level: ${o.logLevel ?? 'debug'}`,
+      ].join('\n')}\n`,
+    );
     g.spawn('ul', 'coordinator', [...CLI, 'coordinator', '--config', path.join(dir, 'coordinator.yaml')]);
     for (const site of g.hosts) {
       const s = lab.site(site);
-      fs.writeFileSync(g.agentConfig(site), fs.readFileSync(s.configFile, 'utf8') + [
-        'coordinator:', `  url: ${LAB_COORDINATOR}`, '  token_file: host.token', `  cpus: ${o.cpus ?? 2}`, `  memory_mib: ${o.memoryMib ?? 1024}`,
-        `  migration_address: ${s.underlay4}`, `  cache_dir: cache-${site}`, `  state_dir: state-${site}`,
-      ].join('\n') + '\n');
+      fs.writeFileSync(
+        g.agentConfig(site),
+        `${
+          fs.readFileSync(s.configFile, 'utf8') +
+          [
+            'coordinator:',
+            `  url: ${LAB_COORDINATOR}`,
+            '  token_file: host.token',
+            `  cpus: ${o.cpus ?? 2}`,
+            `  memory_mib: ${o.memoryMib ?? 1024}`,
+            `  migration_address: ${s.underlay4}`,
+            `  cache_dir: cache-${site}`,
+            `  state_dir: state-${site}`,
+          ].join('\n')
+        }\n`,
+      );
       g.spawn(site, `agent-${site}`, [...CLI, 'agent', '--config', g.agentConfig(site)]);
     }
     const deadline = Date.now() + 30_000;
     for (;;) {
       const r = await g.cli('host', 'list', '--json');
-      const up = r.code === 0 ? (JSON.parse(r.stdout) as { hosts: HostView[] }).hosts.filter((h) => h.state === 'up').length : 0;
+      const up =
+        r.code === 0 ? (JSON.parse(r.stdout) as { hosts: HostView[] }).hosts.filter((h) => h.state === 'up').length : 0;
       if (up === g.hosts.length) break;
       if (Date.now() > deadline) throw new Error(`hosts not registered after 30 s (${r.stderr.trim()})\n${g.logs()}`);
       await sleep(100);
@@ -100,14 +134,18 @@ export class GridLab {
 
   /** The CLI in the underlay namespace against the lab's coordinator, with the admin token. */
   cli(...argv: string[]): Promise<RunResult> {
-    return this.lab.exec('ul', [...CLI, ...argv, '--coordinator', LAB_COORDINATOR, '--token-file', this.adminTokenFile],
-      { timeoutMs: 180_000, cwd: PROJECT_ROOT });
+    return this.lab.exec(
+      'ul',
+      [...CLI, ...argv, '--coordinator', LAB_COORDINATOR, '--token-file', this.adminTokenFile],
+      { timeoutMs: 180_000, cwd: PROJECT_ROOT },
+    );
   }
 
   /** cli() that throws with stderr and the logs unless it exits 0; returns stdout. */
   async ok(...argv: string[]): Promise<string> {
     const r = await this.cli(...argv);
-    if (r.code !== 0) throw new Error(`homewire ${argv.join(' ')} failed (exit ${r.code}): ${r.stderr.trim()}\n${this.logs()}`);
+    if (r.code !== 0)
+      throw new Error(`homewire ${argv.join(' ')} failed (exit ${r.code}): ${r.stderr.trim()}\n${this.logs()}`);
     return r.stdout;
   }
 
@@ -118,15 +156,30 @@ export class GridLab {
   /** `image add` for the lab guest, served over HTTP, with its SHA-256. */
   async addImage(name = 'tiny'): Promise<void> {
     const sum = (f: string) => crypto.createHash('sha256').update(fs.readFileSync(f)).digest('hex');
-    await this.ok('image', 'add', name, '--kernel', `${LAB_IMAGES}/vmlinux`, '--initrd', `${LAB_IMAGES}/initrd.cpio.gz`,
-      '--kernel-sha256', sum(this.image.kernel), '--initrd-sha256', sum(this.image.initrd));
+    await this.ok(
+      'image',
+      'add',
+      name,
+      '--kernel',
+      `${LAB_IMAGES}/vmlinux`,
+      '--initrd',
+      `${LAB_IMAGES}/initrd.cpio.gz`,
+      '--kernel-sha256',
+      sum(this.image.kernel),
+      '--initrd-sha256',
+      sum(this.image.initrd),
+    );
   }
 
   logs(lines = 25): string {
-    return ['coordinator', ...this.hosts.map((h) => `agent-${h}`)].map((n) => {
-      const f = this.logFile(n);
-      const text = fs.existsSync(f) ? fs.readFileSync(f, 'utf8').trimEnd().split('\n').slice(-lines).join('\n') : '(no log)';
-      return `--- ${n} ---\n${text}`;
-    }).join('\n');
+    return ['coordinator', ...this.hosts.map((h) => `agent-${h}`)]
+      .map((n) => {
+        const f = this.logFile(n);
+        const text = fs.existsSync(f)
+          ? fs.readFileSync(f, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
+          : '(no log)';
+        return `--- ${n} ---\n${text}`;
+      })
+      .join('\n');
   }
 }

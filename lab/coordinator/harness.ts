@@ -42,8 +42,13 @@ export class Harness {
   readonly admin: CoordinatorClient;
   readonly image: { name: string; kernel: string; initrd: string; sha256: { kernel: string; initrd: string } };
 
-  private constructor(readonly dir: string, readonly coordinator: Coordinator, readonly adminToken: string,
-    readonly hostToken: string, readonly log: Logger) {
+  private constructor(
+    readonly dir: string,
+    readonly coordinator: Coordinator,
+    readonly adminToken: string,
+    readonly hostToken: string,
+    readonly log: Logger,
+  ) {
     this.admin = new CoordinatorClient([coordinator.url], adminToken);
     const file = (n: string, text: string) => {
       const p = path.join(dir, n);
@@ -55,18 +60,31 @@ export class Harness {
     this.image = { name: 'tiny', kernel: k.p, initrd: i.p, sha256: { kernel: k.sum, initrd: i.sum } };
   }
 
-  static async start(o: { log?: Logger; store?: Store; leadership?: Leadership; configExtra?: string; now?: () => number } = {}): Promise<Harness> {
+  static async start(
+    o: { log?: Logger; store?: Store; leadership?: Leadership; configExtra?: string; now?: () => number } = {},
+  ): Promise<Harness> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-coord-'));
     const adminToken = crypto.randomBytes(24).toString('base64url');
     const hostToken = crypto.randomBytes(24).toString('base64url');
-    fs.writeFileSync(path.join(dir, 'admin.token'), adminToken + '\n', { mode: 0o600 });
-    fs.writeFileSync(path.join(dir, 'host.token'), hostToken + '\n', { mode: 0o600 });
-    const text = ['listen: 127.0.0.1:0', 'store: sqlite', `data_dir: ${path.join(dir, 'data')}`, 'admin_token_file: admin.token',
-      'host_token_file: host.token', o.configExtra ?? ''].join('\n');
+    fs.writeFileSync(path.join(dir, 'admin.token'), `${adminToken}\n`, { mode: 0o600 });
+    fs.writeFileSync(path.join(dir, 'host.token'), `${hostToken}\n`, { mode: 0o600 });
+    const text = [
+      'listen: 127.0.0.1:0',
+      'store: sqlite',
+      `data_dir: ${path.join(dir, 'data')}`,
+      'admin_token_file: admin.token',
+      'host_token_file: host.token',
+      o.configExtra ?? '',
+    ].join('\n');
     const file = path.join(dir, 'coordinator.yaml');
     fs.writeFileSync(file, text);
     const log = o.log ?? silentLogger;
-    const c = await Coordinator.fromConfig(parseCoordinatorConfig(text, file), { log, store: o.store, leadership: o.leadership, now: o.now });
+    const c = await Coordinator.fromConfig(parseCoordinatorConfig(text, file), {
+      log,
+      store: o.store,
+      leadership: o.leadership,
+      now: o.now,
+    });
     await c.start();
     return new Harness(dir, c, adminToken, hostToken, log);
   }
@@ -74,17 +92,38 @@ export class Harness {
   /** Starts a host agent with a fake hypervisor and waits until the coordinator lists it. */
   async addHost(name: string, o: HostOptions = {}): Promise<FakeHost> {
     const cfgFile = path.join(this.dir, `${name}.yaml`);
-    const cfg = parseAgentConfig({
-      url: this.coordinator.url, token_file: 'host.token', cpus: o.cpus ?? 4, memory_mib: o.memoryMib ?? 4096,
-      ...(o.site ? { site: o.site } : {}), labels: o.labels ?? {}, cache_dir: `cache-${name}`, state_dir: `state-${name}`,
-    }, cfgFile);
+    const cfg = parseAgentConfig(
+      {
+        url: this.coordinator.url,
+        token_file: 'host.token',
+        cpus: o.cpus ?? 4,
+        memory_mib: o.memoryMib ?? 4096,
+        ...(o.site ? { site: o.site } : {}),
+        labels: o.labels ?? {},
+        cache_dir: `cache-${name}`,
+        state_dir: `state-${name}`,
+      },
+      cfgFile,
+    );
     const hv = new FakeHypervisor(this.cloud, name, { available: o.available });
     const host: FakeHost = { name, agent: null as unknown as HostAgent, hv, expects: [], reservations: null };
     host.agent = new HostAgent(cfg, {
-      name, bridge: 'br-hw', log: this.log, hypervisor: hv,
-      address: o.address === null ? undefined : o.address ?? `192.0.2.${this.hosts.size + 2}`,
-      expect: (mac) => { host.expects.push(mac); return o.expect ? o.expect(mac) : { ok: true }; },
-      ...(o.dhcp ? { reservations: (list: FakeHost['reservations']) => { host.reservations = list; } } : {}),
+      name,
+      bridge: 'br-hw',
+      log: this.log,
+      hypervisor: hv,
+      address: o.address === null ? undefined : (o.address ?? `192.0.2.${this.hosts.size + 2}`),
+      expect: (mac) => {
+        host.expects.push(mac);
+        return o.expect ? o.expect(mac) : { ok: true };
+      },
+      ...(o.dhcp
+        ? {
+            reservations: (list: FakeHost['reservations']) => {
+              host.reservations = list;
+            },
+          }
+        : {}),
     });
     this.hosts.set(name, host);
     await host.agent.start();
@@ -109,7 +148,11 @@ export class Harness {
   }
 }
 
-export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs = 5000, what = 'condition'): Promise<void> {
+export async function waitFor(
+  cond: () => boolean | Promise<boolean>,
+  timeoutMs = 5000,
+  what = 'condition',
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await cond())) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);

@@ -7,7 +7,9 @@ import type { GuestSpec, Hypervisor } from '../../src/agent/hypervisor.ts';
 export class FakeCloud {
   readonly incoming = new Map<string, { hv: FakeHypervisor; name: string }>();
   private port = 40000;
-  nextPort(): number { return this.port++; }
+  nextPort(): number {
+    return this.port++;
+  }
 }
 
 interface FakeGuest {
@@ -27,9 +29,18 @@ export class FakeHypervisor implements Hypervisor {
   onChange: (() => void) | null = null;
   readonly calls: string[] = [];
 
-  constructor(readonly cloud: FakeCloud, readonly host: string, o: { available?: boolean; accel?: 'kvm' | 'tcg' } = {}) {
+  constructor(
+    readonly cloud: FakeCloud,
+    readonly host: string,
+    o: { available?: boolean; accel?: 'kvm' | 'tcg' } = {},
+  ) {
     const available = o.available ?? true;
-    this.info = { kind: 'fake', available, accel: available ? o.accel ?? 'tcg' : null, ...(available ? {} : { reason: 'fake: no hypervisor' }) };
+    this.info = {
+      kind: 'fake',
+      available,
+      accel: available ? (o.accel ?? 'tcg') : null,
+      ...(available ? {} : { reason: 'fake: no hypervisor' }),
+    };
   }
 
   private async step(call: keyof FakeHypervisor['failNext'] | 'stop' | 'state', name: string): Promise<void> {
@@ -59,7 +70,7 @@ export class FakeHypervisor implements Hypervisor {
 
   async migrate(name: string, uri: string): Promise<void> {
     const g = this.guests.get(name);
-    if (!g || g.state !== 'running') throw new Error(`no running guest ${name} here`);
+    if (g?.state !== 'running') throw new Error(`no running guest ${name} here`);
     try {
       await this.step('migrate', name);
     } catch (err) {

@@ -9,9 +9,14 @@ export class MemoryTap implements TapDevice {
   private handler: TapHandler | null = null;
   closed = false;
 
-  constructor(readonly name = 'mem0', readonly mtu = 1406) {}
+  constructor(
+    readonly name = 'mem0',
+    readonly mtu = 1406,
+  ) {}
 
-  start(handler: TapHandler): void { this.handler = handler; }
+  start(handler: TapHandler): void {
+    this.handler = handler;
+  }
 
   /** The kernel hands frames to the daemon, as one batch (one wake-up). */
   inject(...frames: Buffer[]): void {
@@ -28,7 +33,10 @@ export class MemoryTap implements TapDevice {
   }
 
   write(frame: Buffer): boolean {
-    if (this.closed) { this.stats.txDropped++; return false; }
+    if (this.closed) {
+      this.stats.txDropped++;
+      return false;
+    }
     this.stats.txFrames++;
     this.stats.txBytes += frame.length;
     this.written.push(frame);
@@ -36,5 +44,8 @@ export class MemoryTap implements TapDevice {
     return true;
   }
 
-  close(): void { this.closed = true; this.handler = null; }
+  close(): void {
+    this.closed = true;
+    this.handler = null;
+  }
 }

@@ -43,11 +43,19 @@ export class MemoryNetwork {
 export class MemoryUdp implements UdpSocket {
   private handler: UdpHandler | null = null;
   readonly family: 4 | 6;
-  constructor(private readonly net: MemoryNetwork, readonly address: string, readonly port: number) {
+  constructor(
+    private readonly net: MemoryNetwork,
+    readonly address: string,
+    readonly port: number,
+  ) {
     this.family = address.includes(':') ? 6 : 4;
   }
-  start(handler: UdpHandler): void { this.handler = handler; }
-  send(msg: Buffer, port: number, address: string): void { this.net.route(msg, this, port, address); }
+  start(handler: UdpHandler): void {
+    this.handler = handler;
+  }
+  send(msg: Buffer, port: number, address: string): void {
+    this.net.route(msg, this, port, address);
+  }
   sendBatch(msgs: Buffer[], count: number, port: number, address: string): void {
     for (let i = 0; i < count; i++) this.net.route(msgs[i], this, port, address);
   }
@@ -55,7 +63,10 @@ export class MemoryUdp implements UdpSocket {
     this.net.delivered++;
     this.handler?.(msg, address, port);
   }
-  async close(): Promise<void> { this.handler = null; this.net.unbind(this); }
+  async close(): Promise<void> {
+    this.handler = null;
+    this.net.unbind(this);
+  }
 }
 
 function endpointKey(address: string, port: number): string {

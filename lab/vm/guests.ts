@@ -19,12 +19,21 @@ export const MIGRATION_PORT = 4444;
 export function vmSkipReason(): string | null {
   if (process.platform !== 'linux') return 'QEMU lab tests run on Linux only';
   if (process.getuid?.() !== 0) return 'QEMU lab tests need root (network namespaces, TAPs, ping -i 0.002)';
-  for (const [p, pkg] of [['ip', 'iproute2'], ['ping', 'iputils-ping'], ['tcpdump', 'tcpdump'], ['iperf3', 'iperf3'], ['apt-get', 'apt'], ['dpkg-deb', 'dpkg']]) {
+  for (const [p, pkg] of [
+    ['ip', 'iproute2'],
+    ['ping', 'iputils-ping'],
+    ['tcpdump', 'tcpdump'],
+    ['iperf3', 'iperf3'],
+    ['apt-get', 'apt'],
+    ['dpkg-deb', 'dpkg'],
+  ]) {
     if (!hasProgram(p)) return `QEMU lab tests need ${p} (apt-get install ${pkg})`;
   }
   if (!hasQemu()) return 'QEMU lab tests need qemu-system-x86_64 (apt-get install qemu-system-x86)';
-  if (!fs.existsSync('/bin/busybox')) return 'QEMU lab tests need a static busybox for the guest (apt-get install busybox-static)';
-  if (!fs.existsSync(path.join(PROJECT_ROOT, 'build/Release/homewire_tap.node'))) return 'the TAP addon is not built (npm run build)';
+  if (!fs.existsSync('/bin/busybox'))
+    return 'QEMU lab tests need a static busybox for the guest (apt-get install busybox-static)';
+  if (!fs.existsSync(path.join(PROJECT_ROOT, 'build/Release/homewire_tap.node')))
+    return 'the TAP addon is not built (npm run build)';
   return null;
 }
 
@@ -38,8 +47,15 @@ export function vmPrefix(): string {
 export function vmSiteConfig(o: { dhcp?: boolean; home?: string } = {}): (site: string) => string {
   return (site) => {
     if (!o.dhcp || site !== (o.home ?? 'home')) return '';
-    return ['dhcp:', '  subnet: 198.51.100.0/24', `  server_ip: ${PLAN.dhcpServer}`, `  pool: ${PLAN.dhcpPool[0]}-${PLAN.dhcpPool[1]}`,
-      `  router: ${PLAN.lan}`, '  lease_seconds: 600', '  lease_db: leases.db'].join('\n');
+    return [
+      'dhcp:',
+      '  subnet: 198.51.100.0/24',
+      `  server_ip: ${PLAN.dhcpServer}`,
+      `  pool: ${PLAN.dhcpPool[0]}-${PLAN.dhcpPool[1]}`,
+      `  router: ${PLAN.lan}`,
+      '  lease_seconds: 600',
+      '  lease_db: leases.db',
+    ].join('\n');
   };
 }
 
@@ -63,19 +79,33 @@ export class LabGuests {
   readonly vms: Vm[] = [];
   private n = 0;
 
-  constructor(readonly lab: Lab, readonly image: GuestImage) {}
+  constructor(
+    readonly lab: Lab,
+    readonly image: GuestImage,
+  ) {}
 
   private options(site: string, mac: string, extra: Partial<LaunchOptions>): LaunchOptions {
     const id = `${site}-${++this.n}`;
     return {
-      name: id, kernel: this.image.kernel, initrd: this.image.initrd, mac, tap: GUEST_TAP,
-      qmpSocket: path.join(this.lab.dir, `${id}.qmp`), serialLog: path.join(this.lab.dir, `${id}.serial`),
-      netns: this.lab.ns(site), bridge: SITE_BRIDGE, tapMtu: this.lab.tapMtu, ...extra,
+      name: id,
+      kernel: this.image.kernel,
+      initrd: this.image.initrd,
+      mac,
+      tap: GUEST_TAP,
+      qmpSocket: path.join(this.lab.dir, `${id}.qmp`),
+      serialLog: path.join(this.lab.dir, `${id}.serial`),
+      netns: this.lab.ns(site),
+      bridge: SITE_BRIDGE,
+      tapMtu: this.lab.tapMtu,
+      ...extra,
     };
   }
 
   /** Boots a guest at a site and waits until it has its address and services (static with ip: 'A/LEN'). */
-  async boot(site: string, o: { mac: string; ip?: string; timeoutMs?: number }): Promise<{ vm: Vm; lease: Lease; bootMs: number }> {
+  async boot(
+    site: string,
+    o: { mac: string; ip?: string; timeoutMs?: number },
+  ): Promise<{ vm: Vm; lease: Lease; bootMs: number }> {
     const started = Date.now();
     const vm = await launch(this.options(site, o.mac, { append: `quiet${o.ip ? ` hw.ip=${o.ip}` : ''}` }));
     this.vms.push(vm);

@@ -8,7 +8,7 @@
 //
 // All times are ms since the epoch on the one host clock that ping, tcpdump and the probe share.
 import path from 'node:path';
-import { type Packet } from '../pcap.ts';
+import type { Packet } from '../pcap.ts';
 import { sleep } from '../run.ts';
 import { type Lab, PROJECT_ROOT } from '../topology.ts';
 
@@ -48,7 +48,10 @@ export function parsePingTrace(output: string): PingTrace {
     const m = REPLY_RE.exec(line);
     if (!m) continue;
     const seq = Number(m[2]);
-    if (m[4] || seen.has(seq)) { dups++; continue; }
+    if (m[4] || seen.has(seq)) {
+      dups++;
+      continue;
+    }
     seen.add(seq);
     replies.push({ seq, atMs: Number(m[1]) * 1000, rttMs: Number(m[3]) });
   }
@@ -56,8 +59,11 @@ export function parsePingTrace(output: string): PingTrace {
   const maxSeq = replies.reduce((a, r) => Math.max(a, r.seq), 0);
   const minSeq = replies.reduce((a, r) => Math.min(a, r.seq), Infinity);
   return {
-    replies, dups, transmitted: tx ? Number(tx[1]) : 0,
-    lost: replies.length ? maxSeq - minSeq + 1 - replies.length : 0, output,
+    replies,
+    dups,
+    transmitted: tx ? Number(tx[1]) : 0,
+    lost: replies.length ? maxSeq - minSeq + 1 - replies.length : 0,
+    output,
   };
 }
 
@@ -66,7 +72,13 @@ export function replyGaps(trace: PingTrace): Gap[] {
   const gaps: Gap[] = [];
   const r = trace.replies;
   for (let i = 1; i < r.length; i++) {
-    gaps.push({ ms: r[i].atMs - r[i - 1].atMs, fromMs: r[i - 1].atMs, toMs: r[i].atMs, fromSeq: r[i - 1].seq, toSeq: r[i].seq });
+    gaps.push({
+      ms: r[i].atMs - r[i - 1].atMs,
+      fromMs: r[i - 1].atMs,
+      toMs: r[i].atMs,
+      fromSeq: r[i - 1].seq,
+      toSeq: r[i].seq,
+    });
   }
   return gaps.sort((a, b) => b.ms - a.ms);
 }
@@ -76,7 +88,13 @@ export function gapSpanning(trace: PingTrace, atMs: number): Gap | null {
   const r = trace.replies;
   for (let i = 1; i < r.length; i++) {
     if (r[i - 1].atMs <= atMs && r[i].atMs > atMs) {
-      return { ms: r[i].atMs - r[i - 1].atMs, fromMs: r[i - 1].atMs, toMs: r[i].atMs, fromSeq: r[i - 1].seq, toSeq: r[i].seq };
+      return {
+        ms: r[i].atMs - r[i - 1].atMs,
+        fromMs: r[i - 1].atMs,
+        toMs: r[i].atMs,
+        fromSeq: r[i - 1].seq,
+        toSeq: r[i].seq,
+      };
     }
   }
   return null;
@@ -86,8 +104,12 @@ export function gapSpanning(trace: PingTrace, atMs: number): Gap | null {
 export function startPing(lab: Lab, ns: string, ip: string, intervalS: number): { stop(): Promise<PingTrace> } {
   const child = lab.spawn(ns, ['ping', '-n', '-D', '-W', '1', '-i', String(intervalS), ip], { stdio: 'pipe' });
   let out = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => { out += d; });
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+  });
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+  });
   return {
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
@@ -152,10 +174,15 @@ export function wirePause(source: Packet[], dest: Packet[], mac: string): WirePa
   const lastReply = before.filter(isReply).pop();
   const firstReply = dest.find(isReply);
   return {
-    lastFromSourceMs: last.ts * 1000, firstOnDestMs: first.ts * 1000, firstOnDestKind: frameKind(first),
-    firstOwnOnDestMs: own ? own.ts * 1000 : null, firstOwnOnDestKind: own ? frameKind(own) : null,
-    pauseMs: (first.ts - last.ts) * 1000, guestPauseMs: own ? (own.ts - last.ts) * 1000 : null,
-    lastReplyFromSourceMs: lastReply ? lastReply.ts * 1000 : null, firstReplyOnDestMs: firstReply ? firstReply.ts * 1000 : null,
+    lastFromSourceMs: last.ts * 1000,
+    firstOnDestMs: first.ts * 1000,
+    firstOnDestKind: frameKind(first),
+    firstOwnOnDestMs: own ? own.ts * 1000 : null,
+    firstOwnOnDestKind: own ? frameKind(own) : null,
+    pauseMs: (first.ts - last.ts) * 1000,
+    guestPauseMs: own ? (own.ts - last.ts) * 1000 : null,
+    lastReplyFromSourceMs: lastReply ? lastReply.ts * 1000 : null,
+    firstReplyOnDestMs: firstReply ? firstReply.ts * 1000 : null,
     nicReplyGapMs: lastReply && firstReply ? (firstReply.ts - lastReply.ts) * 1000 : null,
   };
 }
@@ -177,12 +204,21 @@ function echoSeq(p: Packet): number | null {
  * How long the guest took to answer the first ping request the destination TAP carried to it at or after
  * atMs (its response time at its own NIC: ~1 ms normally, tens of ms right after a TCG guest resumes).
  */
-export function nicResponse(destIn: Packet[], destOut: Packet[], mac: string, atMs: number): { seq: number; requestAtMs: number; replyAtMs: number; ms: number } | null {
+export function nicResponse(
+  destIn: Packet[],
+  destOut: Packet[],
+  mac: string,
+  atMs: number,
+): { seq: number; requestAtMs: number; replyAtMs: number; ms: number } | null {
   const m = macBytes(mac);
-  const req = destOut.find((p) => p.ts * 1000 >= atMs && p.frame.subarray(0, 6).equals(m) && p.icmpType === 8 && echoSeq(p) !== null);
+  const req = destOut.find(
+    (p) => p.ts * 1000 >= atMs && p.frame.subarray(0, 6).equals(m) && p.icmpType === 8 && echoSeq(p) !== null,
+  );
   if (!req) return null;
   const seq = echoSeq(req)!;
-  const rep = destIn.find((p) => p.ts >= req.ts && p.frame.subarray(6, 12).equals(m) && p.icmpType === 0 && echoSeq(p) === seq);
+  const rep = destIn.find(
+    (p) => p.ts >= req.ts && p.frame.subarray(6, 12).equals(m) && p.icmpType === 0 && echoSeq(p) === seq,
+  );
   return rep ? { seq, requestAtMs: req.ts * 1000, replyAtMs: rep.ts * 1000, ms: (rep.ts - req.ts) * 1000 } : null;
 }
 
@@ -213,22 +249,44 @@ export interface TcpProbeSummary {
 }
 
 /** Starts lab/vm/tcp-probe.ts in a namespace; resolves once it is connected (throws if it cannot connect). */
-export async function startTcpProbe(lab: Lab, ns: string, to: string, intervalMs = 10): Promise<{ stop(): Promise<TcpProbeSummary> }> {
-  const child = lab.spawn(ns, [process.execPath, '--import', 'tsx', path.join(PROJECT_ROOT, 'lab/vm/tcp-probe.ts'),
-    '--to', to, '--interval-ms', String(intervalMs)], { stdio: 'pipe' });
+export async function startTcpProbe(
+  lab: Lab,
+  ns: string,
+  to: string,
+  intervalMs = 10,
+): Promise<{ stop(): Promise<TcpProbeSummary> }> {
+  const child = lab.spawn(
+    ns,
+    [
+      process.execPath,
+      '--import',
+      'tsx',
+      path.join(PROJECT_ROOT, 'lab/vm/tcp-probe.ts'),
+      '--to',
+      to,
+      '--interval-ms',
+      String(intervalMs),
+    ],
+    { stdio: 'pipe' },
+  );
   let out = '';
   let err = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; });
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => { err += d; });
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+  });
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    err += d;
+  });
   const summary = () => {
     const line = out.split('\n').find((l) => l.includes('"summary"'));
-    return line ? JSON.parse(line) as TcpProbeSummary : null;
+    return line ? (JSON.parse(line) as TcpProbeSummary) : null;
   };
   const deadline = Date.now() + 15_000;
   while (!out.includes('"connected"')) {
     const s = summary();
     if (s) throw new Error(`tcp probe to ${to} did not connect: ${s.error ?? 'closed'}`);
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`tcp probe to ${to} did not connect: ${err.trim() || out.trim()}`);
+    if (child.exitCode !== null || Date.now() > deadline)
+      throw new Error(`tcp probe to ${to} did not connect: ${err.trim() || out.trim()}`);
     await sleep(20);
   }
   return {

@@ -24,8 +24,17 @@ const intervalMs = Number(arg('--interval-ms', '10'));
 const durationMs = Number(arg('--duration-ms', '0'));
 
 const s = {
-  connected: false, connectedAtMs: 0, sent: 0, echoed: 0, inOrder: true, error: null as string | null, peerClosed: false,
-  firstEchoAtMs: 0, lastEchoAtMs: 0, maxEchoGapMs: 0, maxEchoGapFromMs: 0,
+  connected: false,
+  connectedAtMs: 0,
+  sent: 0,
+  echoed: 0,
+  inOrder: true,
+  error: null as string | null,
+  peerClosed: false,
+  firstEchoAtMs: 0,
+  lastEchoAtMs: 0,
+  maxEchoGapMs: 0,
+  maxEchoGapFromMs: 0,
 };
 let buffer = '';
 let timer: NodeJS.Timeout | null = null;
@@ -37,8 +46,10 @@ sock.setEncoding('utf8');
 sock.on('connect', () => {
   s.connected = true;
   s.connectedAtMs = Date.now();
-  process.stdout.write(JSON.stringify({ event: 'connected', atMs: s.connectedAtMs }) + '\n');
-  timer = setInterval(() => { sock.write(`${s.sent++}\n`); }, intervalMs);
+  process.stdout.write(`${JSON.stringify({ event: 'connected', atMs: s.connectedAtMs })}\n`);
+  timer = setInterval(() => {
+    sock.write(`${s.sent++}\n`);
+  }, intervalMs);
   if (durationMs > 0) setTimeout(() => finish(), durationMs);
 });
 sock.on('data', (d: string) => {
@@ -50,13 +61,22 @@ sock.on('data', (d: string) => {
     if (n !== s.echoed) s.inOrder = false;
     s.echoed++;
     const now = Date.now();
-    if (s.lastEchoAtMs && now - s.lastEchoAtMs > s.maxEchoGapMs) { s.maxEchoGapMs = now - s.lastEchoAtMs; s.maxEchoGapFromMs = s.lastEchoAtMs; }
+    if (s.lastEchoAtMs && now - s.lastEchoAtMs > s.maxEchoGapMs) {
+      s.maxEchoGapMs = now - s.lastEchoAtMs;
+      s.maxEchoGapFromMs = s.lastEchoAtMs;
+    }
     if (!s.firstEchoAtMs) s.firstEchoAtMs = now;
     s.lastEchoAtMs = now;
   }
 });
-sock.on('error', (err: NodeJS.ErrnoException) => { s.error = err.code ?? err.message; finish(); });
-sock.on('end', () => { s.peerClosed = true; finish(); });
+sock.on('error', (err: NodeJS.ErrnoException) => {
+  s.error = err.code ?? err.message;
+  finish();
+});
+sock.on('end', () => {
+  s.peerClosed = true;
+  finish();
+});
 sock.on('close', () => finish());
 process.on('SIGTERM', () => finish());
 process.on('SIGINT', () => finish());
@@ -65,7 +85,7 @@ function finish(): void {
   if (done) return;
   done = true;
   if (timer) clearInterval(timer);
-  process.stdout.write(JSON.stringify({ event: 'summary', ...s }) + '\n', () => {
+  process.stdout.write(`${JSON.stringify({ event: 'summary', ...s })}\n`, () => {
     sock.destroy();
     process.exit(0);
   });

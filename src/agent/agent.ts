@@ -56,21 +56,39 @@ export class HostAgent {
   private lastError = '';
   private beating = false;
 
-  constructor(readonly config: AgentConfig, private readonly deps: AgentDeps) {
+  constructor(
+    readonly config: AgentConfig,
+    private readonly deps: AgentDeps,
+  ) {
     this.client = new CoordinatorClient(config.urls, config.token);
     this.images = new ImageCache(config.cacheDir, deps.log);
   }
 
-  get name(): string { return this.deps.name; }
-  get bridge(): string | undefined { return this.config.bridge ?? this.deps.bridge; }
-  get hypervisor(): Hypervisor | null { return this.hv; }
-  get isRegistered(): boolean { return this.registered; }
+  get name(): string {
+    return this.deps.name;
+  }
+  get bridge(): string | undefined {
+    return this.config.bridge ?? this.deps.bridge;
+  }
+  get hypervisor(): Hypervisor | null {
+    return this.hv;
+  }
+  get isRegistered(): boolean {
+    return this.registered;
+  }
 
   async start(): Promise<void> {
     this.hv = this.deps.hypervisor ?? (this.config.hypervisor === 'qemu' ? await this.qemu() : null);
-    if (this.hv) this.hv.onChange = () => { this.guestsVersion++; this.heartbeatSoon(); };
+    if (this.hv)
+      this.hv.onChange = () => {
+        this.guestsVersion++;
+        this.heartbeatSoon();
+      };
     this.loops.push(this.pollLoop());
-    this.deps.log.info({ coordinator: this.config.urls, bridge: this.bridge, hypervisor: this.hv?.info ?? null }, 'host agent started');
+    this.deps.log.info(
+      { coordinator: this.config.urls, bridge: this.bridge, hypervisor: this.hv?.info ?? null },
+      'host agent started',
+    );
   }
 
   private async qemu(): Promise<Hypervisor> {
@@ -81,22 +99,44 @@ export class HostAgent {
   // ---- registration and heartbeats -----------------------------------------------------------------
 
   private info(): HostInfo {
-    const hv = this.hv?.info ?? { kind: 'none', available: false, accel: null, reason: 'hypervisor: none in the agent config' };
+    const hv = this.hv?.info ?? {
+      kind: 'none',
+      available: false,
+      accel: null,
+      reason: 'hypervisor: none in the agent config',
+    };
     const bridge = this.bridge;
-    const hypervisor = bridge || !hv.available ? hv : { ...hv, available: false, reason: 'no bridge: set tap.bridge or coordinator.bridge' };
+    const hypervisor =
+      bridge || !hv.available
+        ? hv
+        : { ...hv, available: false, reason: 'no bridge: set tap.bridge or coordinator.bridge' };
     return {
-      name: this.name, site: this.config.site ?? this.name, cpus: this.config.cpus, memory_mib: this.config.memoryMib,
-      labels: this.config.labels, hypervisor, address: this.config.migrationAddress ?? this.deps.address ?? null,
-      bridge: bridge ?? '', dhcp: this.deps.reservations !== undefined, boot_id: this.bootId, version: 'homewire 0.1.0',
+      name: this.name,
+      site: this.config.site ?? this.name,
+      cpus: this.config.cpus,
+      memory_mib: this.config.memoryMib,
+      labels: this.config.labels,
+      hypervisor,
+      address: this.config.migrationAddress ?? this.deps.address ?? null,
+      bridge: bridge ?? '',
+      dhcp: this.deps.reservations !== undefined,
+      boot_id: this.bootId,
+      version: 'homewire 0.1.0',
     };
   }
 
   private async register(): Promise<void> {
-    const r = await this.client.request('POST', '/v1/agent/register', this.info(), { timeoutMs: AGENT_REQUEST_TIMEOUT_MS, signal: this.abort.signal });
+    const r = await this.client.request('POST', '/v1/agent/register', this.info(), {
+      timeoutMs: AGENT_REQUEST_TIMEOUT_MS,
+      signal: this.abort.signal,
+    });
     this.registered = true;
     this.stats.registrations++;
     this.lastError = '';
-    this.deps.log.info({ coordinator: this.client.url, heartbeatMs: r.heartbeat_ms }, 'registered with the coordinator');
+    this.deps.log.info(
+      { coordinator: this.client.url, heartbeatMs: r.heartbeat_ms },
+      'registered with the coordinator',
+    );
     if (!this.heartbeatTimer) this.heartbeatTimer = setInterval(() => this.heartbeat(), HEARTBEAT_MS);
   }
 
@@ -108,18 +148,30 @@ export class HostAgent {
     if (this.stopped || !this.registered || this.beating) return;
     this.beating = true;
     const version = this.guestsVersion; // taken before the states: a change meanwhile bumps it past this
-    (this.hv?.refresh?.() ?? Promise.resolve()).catch(() => {}).then(() => {
-      const body = { name: this.name, boot_id: this.bootId, guests_version: version, guests: this.hv?.list() ?? [] };
-      return this.client.request('POST', '/v1/agent/heartbeat', body, { timeoutMs: AGENT_REQUEST_TIMEOUT_MS, signal: this.abort.signal });
-    }).finally(() => { this.beating = false; }).then((r) => {
-      this.stats.heartbeats++;
-      if (r?.reservations && this.deps.reservations) this.deps.reservations(r.reservations);
-    }, (err) => {
-      if (this.stopped) return;
-      this.stats.heartbeatFailures++;
-      if (err instanceof ApiError && err.code === 'unknown_host') this.registered = false; // the poll loop registers again
-      this.warn(err, 'heartbeat failed');
-    });
+    (this.hv?.refresh?.() ?? Promise.resolve())
+      .catch(() => {})
+      .then(() => {
+        const body = { name: this.name, boot_id: this.bootId, guests_version: version, guests: this.hv?.list() ?? [] };
+        return this.client.request('POST', '/v1/agent/heartbeat', body, {
+          timeoutMs: AGENT_REQUEST_TIMEOUT_MS,
+          signal: this.abort.signal,
+        });
+      })
+      .finally(() => {
+        this.beating = false;
+      })
+      .then(
+        (r) => {
+          this.stats.heartbeats++;
+          if (r?.reservations && this.deps.reservations) this.deps.reservations(r.reservations);
+        },
+        (err) => {
+          if (this.stopped) return;
+          this.stats.heartbeatFailures++;
+          if (err instanceof ApiError && err.code === 'unknown_host') this.registered = false; // the poll loop registers again
+          this.warn(err, 'heartbeat failed');
+        },
+      );
   }
 
   private warn(err: unknown, msg: string): void {
@@ -136,15 +188,24 @@ export class HostAgent {
     while (!this.stopped) {
       try {
         if (!this.registered) await this.register();
-        const r = await this.client.request<{ commands: Command[] }>('POST', '/v1/agent/poll', { name: this.name, wait_ms: POLL_WAIT_MS },
-          { timeoutMs: POLL_WAIT_MS + AGENT_REQUEST_TIMEOUT_MS, signal: this.abort.signal });
+        const r = await this.client.request<{ commands: Command[] }>(
+          'POST',
+          '/v1/agent/poll',
+          { name: this.name, wait_ms: POLL_WAIT_MS },
+          { timeoutMs: POLL_WAIT_MS + AGENT_REQUEST_TIMEOUT_MS, signal: this.abort.signal },
+        );
         this.stats.polls++;
         failures = 0;
         for (const c of r.commands) this.track(this.execute(c));
       } catch (err) {
         if (this.stopped) return;
         if (err instanceof ApiError && err.code === 'unknown_host') this.registered = false;
-        this.warn(err, this.registered ? 'polling the coordinator failed; retrying' : 'cannot register with the coordinator; retrying');
+        this.warn(
+          err,
+          this.registered
+            ? 'polling the coordinator failed; retrying'
+            : 'cannot register with the coordinator; retrying',
+        );
         await sleep(AGENT_RETRY_MS[Math.min(failures++, AGENT_RETRY_MS.length - 1)], this.abort.signal);
       }
     }
@@ -167,11 +228,26 @@ export class HostAgent {
       result = { ok: false, error: (err as Error).message };
     }
     const level = result.ok ? 'info' : 'warn';
-    this.deps.log[level]({ command: c.type, target: 'vm' in c ? c.vm.name : 'name' in c ? c.name : c.mac, ms: Date.now() - started, ...(result.ok ? {} : { error: result.error }) }, `command ${c.type} ${result.ok ? 'done' : 'failed'}`);
-    const body = { name: this.name, result: { ...result, id: c.id, guests_version: this.guestsVersion, boot_id: this.bootId } };
+    this.deps.log[level](
+      {
+        command: c.type,
+        target: 'vm' in c ? c.vm.name : 'name' in c ? c.name : c.mac,
+        ms: Date.now() - started,
+        ...(result.ok ? {} : { error: result.error }),
+      },
+      `command ${c.type} ${result.ok ? 'done' : 'failed'}`,
+    );
+    const body = {
+      name: this.name,
+      result: { ...result, id: c.id, guests_version: this.guestsVersion, boot_id: this.bootId },
+    };
     for (let i = 0; i < 5 && !this.stopped; i++) {
       try {
-        await this.client.request('POST', '/v1/agent/result', body, { timeoutMs: AGENT_REQUEST_TIMEOUT_MS, signal: this.abort.signal, retryForMs: 2000 });
+        await this.client.request('POST', '/v1/agent/result', body, {
+          timeoutMs: AGENT_REQUEST_TIMEOUT_MS,
+          signal: this.abort.signal,
+          retryForMs: 2000,
+        });
         return;
       } catch (err) {
         this.warn(err, 'posting a command result failed; retrying');
@@ -198,7 +274,8 @@ export class HostAgent {
       }
       case 'incoming': {
         const address = this.config.migrationAddress ?? this.deps.address;
-        if (!address || address === '0.0.0.0' || address === '::') throw new Error(`host ${this.name} has no migration address: set coordinator.migration_address`);
+        if (!address || address === '0.0.0.0' || address === '::')
+          throw new Error(`host ${this.name} has no migration address: set coordinator.migration_address`);
         if ((await hv.state(c.vm.name)) !== 'absent') await hv.stop(c.vm.name); // a leftover of an earlier attempt
         const spec = await this.spec(c.vm);
         const uri = await hv.incoming(spec, address);
@@ -215,7 +292,7 @@ export class HostAgent {
       case 'confirm': {
         let state = await hv.state(c.name);
         // A destination loads the last state after the source reported "completed": give it a moment.
-        for (const deadline = Date.now() + CONFIRM_WAIT_MS; state === 'incoming' && Date.now() < deadline;) {
+        for (const deadline = Date.now() + CONFIRM_WAIT_MS; state === 'incoming' && Date.now() < deadline; ) {
           await sleep(20, this.abort.signal);
           state = await hv.state(c.name);
         }
@@ -238,15 +315,27 @@ export class HostAgent {
     if (!bridge) throw new Error(`host ${this.name} has no bridge for guests: set tap.bridge (or coordinator.bridge)`);
     const files = await this.images.image(vm.image);
     return {
-      name: vm.name, mac: vm.mac, cpus: vm.cpus, memoryMib: vm.memory_mib, kernel: files.kernel, initrd: files.initrd,
-      ...(files.disk ? { disk: files.disk } : {}), cmdline: vm.image.cmdline ?? 'quiet', bridge,
+      name: vm.name,
+      mac: vm.mac,
+      cpus: vm.cpus,
+      memoryMib: vm.memory_mib,
+      kernel: files.kernel,
+      initrd: files.initrd,
+      ...(files.disk ? { disk: files.disk } : {}),
+      cmdline: vm.image.cmdline ?? 'quiet',
+      bridge,
     };
   }
 
   status(): object {
     return {
-      coordinator: this.client.url, registered: this.registered, bootId: this.bootId, guests: this.hv?.list() ?? [],
-      hypervisor: this.hv?.info ?? null, ...this.stats, images: { ...this.images.stats },
+      coordinator: this.client.url,
+      registered: this.registered,
+      bootId: this.bootId,
+      guests: this.hv?.list() ?? [],
+      hypervisor: this.hv?.info ?? null,
+      ...this.stats,
+      images: { ...this.images.stats },
     };
   }
 
@@ -265,7 +354,14 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     if (signal.aborted) return resolve();
     const t = setTimeout(resolve, ms);
-    signal.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
+    signal.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(t);
+        resolve();
+      },
+      { once: true },
+    );
   });
 }
 

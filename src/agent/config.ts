@@ -34,8 +34,19 @@ export interface AgentConfig {
   hypervisor: 'qemu' | 'none';
 }
 
-const KEYS = ['url', 'token_file', 'site', 'cpus', 'memory_mib', 'labels', 'bridge', 'migration_address', 'cache_dir',
-  'state_dir', 'hypervisor'];
+const KEYS = [
+  'url',
+  'token_file',
+  'site',
+  'cpus',
+  'memory_mib',
+  'labels',
+  'bridge',
+  'migration_address',
+  'cache_dir',
+  'state_dir',
+  'hypervisor',
+];
 const LABEL_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
 
 /** Validates a raw `coordinator:` section (parsed YAML); keyPrefix names it in errors. */
@@ -46,13 +57,25 @@ export function parseAgentConfig(raw: unknown, file: string, keyPrefix = 'coordi
   c.onlyKeys(o, KEYS, keyPrefix);
   const rel = (p: string) => path.resolve(path.dirname(file), p);
 
-  const urlList = typeof o.url === 'string' ? o.url.split(',').map((s: string) => s.trim()).filter(Boolean) : o.url;
-  if (!Array.isArray(urlList) || urlList.length === 0) c.fail(k('url'), 'missing: give the coordinator URL, e.g. http://192.0.2.10:7100 (several for failover: a list)');
+  const urlList =
+    typeof o.url === 'string'
+      ? o.url
+          .split(',')
+          .map((s: string) => s.trim())
+          .filter(Boolean)
+      : o.url;
+  if (!Array.isArray(urlList) || urlList.length === 0)
+    c.fail(k('url'), 'missing: give the coordinator URL, e.g. http://192.0.2.10:7100 (several for failover: a list)');
   const urls = (urlList as unknown[]).map((u, i) => {
     const text = c.string(u, `${k('url')}${Array.isArray(o.url) ? `[${i}]` : ''}`);
     let parsed: URL;
-    try { parsed = new URL(text); } catch { c.fail(k('url'), `"${text}" is not a URL like http://192.0.2.10:7100`); }
-    if (parsed!.protocol !== 'http:' && parsed!.protocol !== 'https:') c.fail(k('url'), `"${text}" must be http:// or https://`);
+    try {
+      parsed = new URL(text);
+    } catch {
+      c.fail(k('url'), `"${text}" is not a URL like http://192.0.2.10:7100`);
+    }
+    if (parsed!.protocol !== 'http:' && parsed!.protocol !== 'https:')
+      c.fail(k('url'), `"${text}" must be http:// or https://`);
     return text.replace(/\/+$/, '');
   });
 
@@ -62,40 +85,67 @@ export function parseAgentConfig(raw: unknown, file: string, keyPrefix = 'coordi
     token = fs.readFileSync(tokenFile, 'utf8').trim();
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    c.fail(k('token_file'), code === 'ENOENT' ? `${tokenFile} does not exist: copy the coordinator's host token there (mode 600)` : `cannot read ${tokenFile} (${code})`);
+    c.fail(
+      k('token_file'),
+      code === 'ENOENT'
+        ? `${tokenFile} does not exist: copy the coordinator's host token there (mode 600)`
+        : `cannot read ${tokenFile} (${code})`,
+    );
   }
-  if (token.length < TOKEN_MIN_CHARS || /\s/.test(token)) c.fail(k('token_file'), `${tokenFile} must hold the coordinator's host token (one line, at least ${TOKEN_MIN_CHARS} characters)`);
+  if (token.length < TOKEN_MIN_CHARS || /\s/.test(token))
+    c.fail(
+      k('token_file'),
+      `${tokenFile} must hold the coordinator's host token (one line, at least ${TOKEN_MIN_CHARS} characters)`,
+    );
 
   const site = o.site === undefined ? undefined : c.string(o.site, k('site'));
   const cpus = o.cpus === undefined ? os.cpus().length : c.integer(o.cpus, k('cpus'), 0, 4096);
   const totalMib = Math.floor(os.totalmem() / 1048576);
-  const memoryMib = o.memory_mib === undefined ? Math.max(0, totalMib - 1024) : c.integer(o.memory_mib, k('memory_mib'), 0, 64 * 1024 * 1024);
+  const memoryMib =
+    o.memory_mib === undefined
+      ? Math.max(0, totalMib - 1024)
+      : c.integer(o.memory_mib, k('memory_mib'), 0, 64 * 1024 * 1024);
 
   const labels: Record<string, string> = {};
   if (o.labels !== undefined && o.labels !== null) {
     const l = c.object(o.labels, k('labels'));
     for (const [name, v] of Object.entries(l)) {
-      if (!LABEL_RE.test(name)) c.fail(`${k('labels')}.${name}`, 'label names are 1-63 letters, digits, ".", "_", "/" or "-"');
-      if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') c.fail(`${k('labels')}.${name}`, 'must be a string (quote yes/no/numbers)');
+      if (!LABEL_RE.test(name))
+        c.fail(`${k('labels')}.${name}`, 'label names are 1-63 letters, digits, ".", "_", "/" or "-"');
+      if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean')
+        c.fail(`${k('labels')}.${name}`, 'must be a string (quote yes/no/numbers)');
       labels[name] = String(v);
     }
   }
   let bridge: string | undefined;
   if (o.bridge !== undefined) {
     bridge = c.string(o.bridge, k('bridge'));
-    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$/.test(bridge)) c.fail(k('bridge'), `"${bridge}" is not a valid interface name`);
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$/.test(bridge))
+      c.fail(k('bridge'), `"${bridge}" is not a valid interface name`);
   }
   let migrationAddress: string | undefined;
   if (o.migration_address !== undefined) {
     migrationAddress = c.string(o.migration_address, k('migration_address'));
     if (net.isIP(migrationAddress) === 0) c.fail(k('migration_address'), `"${migrationAddress}" is not an IP address`);
   }
-  const cacheDir = rel(o.cache_dir === undefined ? '/var/cache/homewire/images' : c.string(o.cache_dir, k('cache_dir')));
+  const cacheDir = rel(
+    o.cache_dir === undefined ? '/var/cache/homewire/images' : c.string(o.cache_dir, k('cache_dir')),
+  );
   const stateDir = rel(o.state_dir === undefined ? '/var/lib/homewire/vms' : c.string(o.state_dir, k('state_dir')));
   const hypervisor = o.hypervisor === undefined ? 'qemu' : c.string(o.hypervisor, k('hypervisor'));
   if (hypervisor !== 'qemu' && hypervisor !== 'none') c.fail(k('hypervisor'), `"${hypervisor}" is not qemu or none`);
   return {
-    file, urls, token, site, cpus, memoryMib, labels, bridge, migrationAddress, cacheDir, stateDir,
+    file,
+    urls,
+    token,
+    site,
+    cpus,
+    memoryMib,
+    labels,
+    bridge,
+    migrationAddress,
+    cacheDir,
+    stateDir,
     hypervisor: hypervisor as 'qemu' | 'none',
   };
 }

@@ -22,7 +22,10 @@ export class ImageCache {
   private readonly inflight = new Map<string, Promise<string>>();
   readonly stats = { hits: 0, fetched: 0, bytes: 0, mismatches: 0 };
 
-  constructor(readonly dir: string, private readonly log: Logger) {}
+  constructor(
+    readonly dir: string,
+    private readonly log: Logger,
+  ) {}
 
   async image(img: ImageRecord): Promise<ImageFiles> {
     const [kernel, initrd, disk] = await Promise.all([
@@ -57,12 +60,17 @@ export class ImageCache {
     const started = Date.now();
     try {
       const source = await open(location, what);
-      source.on('data', (c: Buffer) => { hash.update(c); bytes += c.length; });
+      source.on('data', (c: Buffer) => {
+        hash.update(c);
+        bytes += c.length;
+      });
       await pipeline(source, fs.createWriteStream(tmp, { mode: 0o644 }));
       const got = hash.digest('hex');
       if (got !== want) {
         this.stats.mismatches++;
-        throw new Error(`${what}: ${location} has SHA-256 ${got}, but the image says ${want}: the file changed or the image definition is wrong`);
+        throw new Error(
+          `${what}: ${location} has SHA-256 ${got}, but the image says ${want}: the file changed or the image definition is wrong`,
+        );
       }
       fs.renameSync(tmp, target);
     } catch (err) {

@@ -20,14 +20,21 @@ export async function loadStandaloneAgent(file: string, log = createLogger()): P
   }
   const doc = YAML.parse(text) as Record<string, unknown> | null;
   if (!doc || typeof doc !== 'object' || doc.coordinator === undefined) {
-    throw new ConfigError(file, 'coordinator', 'missing: the agent needs a coordinator: section (url, token_file, ...)');
+    throw new ConfigError(
+      file,
+      'coordinator',
+      'missing: the agent needs a coordinator: section (url, token_file, ...)',
+    );
   }
   const agentCfg = parseAgentConfig(doc.coordinator, file);
   const { coordinator: _, ...daemonPart } = doc;
   const cfg = parseConfig(YAML.stringify(daemonPart), file); // the daemon's own keys, checked as the daemon does
   const socket = cfg.control?.socket ?? defaultControlSocket(cfg.name);
   return new HostAgent(agentCfg, {
-    name: cfg.name, bridge: cfg.tap.bridge, log, address: cfg.listen.address,
+    name: cfg.name,
+    bridge: cfg.tap.bridge,
+    log,
+    address: cfg.listen.address,
     expect: async (mac) => (await controlRequest(socket, 'POST', `/v1/expect?mac=${encodeURIComponent(mac)}`)).body,
   });
 }

@@ -12,7 +12,15 @@ import type { HostQuery, HostRegistry } from './hosts.ts';
 import { checkImage, checkName } from './images.ts';
 import type { Leadership } from './leader.ts';
 import type { Store } from './store.ts';
-import { ApiError, type CommandResult, type Heartbeat, type HostInfo, type HostRecord, type ImageRecord, type VmRecord } from './types.ts';
+import {
+  ApiError,
+  type CommandResult,
+  type Heartbeat,
+  type HostInfo,
+  type HostRecord,
+  type ImageRecord,
+  type VmRecord,
+} from './types.ts';
 import { type Lifecycle, reservations } from './vms.ts';
 
 export interface ApiContext {
@@ -44,23 +52,49 @@ export function apiHandler(ctx: ApiContext): http.RequestListener {
     // Compare digests in constant time: neither the token nor its length leaks through timing.
     if (token === null || !crypto.timingSafeEqual(digest(token), role === 'admin' ? admin : host)) {
       req.resume();
-      return reply(res, 401, { error: { code: 'unauthorized', message: `missing or wrong bearer token: this endpoint needs the ${role === 'admin' ? 'admin token (--token-file)' : 'host token (coordinator.token_file)'}` } }, { 'www-authenticate': 'Bearer' });
+      return reply(
+        res,
+        401,
+        {
+          error: {
+            code: 'unauthorized',
+            message: `missing or wrong bearer token: this endpoint needs the ${role === 'admin' ? 'admin token (--token-file)' : 'host token (coordinator.token_file)'}`,
+          },
+        },
+        { 'www-authenticate': 'Bearer' },
+      );
     }
     if (url.pathname === '/v1/status' && req.method === 'GET') {
-      ctx.leadership.leaderUrl().then((leader) => reply(res, 200, {
-        id: ctx.id, url: ctx.url, leader: ctx.leadership.leading, leader_url: leader, store: ctx.store.backend,
-      }), (err) => fail(res, err, ctx.log));
+      ctx.leadership.leaderUrl().then(
+        (leader) =>
+          reply(res, 200, {
+            id: ctx.id,
+            url: ctx.url,
+            leader: ctx.leadership.leading,
+            leader_url: leader,
+            store: ctx.store.backend,
+          }),
+        (err) => fail(res, err, ctx.log),
+      );
       return;
     }
     if (!ctx.leadership.leading) {
       proxy(ctx, req, res);
       return;
     }
-    route(ctx, req, res, url).then((r) => reply(res, r.status, r.body), (err) => fail(res, err, ctx.log));
+    route(ctx, req, res, url).then(
+      (r) => reply(res, r.status, r.body),
+      (err) => fail(res, err, ctx.log),
+    );
   };
 }
 
-async function route(ctx: ApiContext, req: http.IncomingMessage, res: http.ServerResponse, url: URL): Promise<{ status: number; body: unknown }> {
+async function route(
+  ctx: ApiContext,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  url: URL,
+): Promise<{ status: number; body: unknown }> {
   const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent); // ['v1', 'vms', NAME, 'start']
   const m = req.method ?? 'GET';
   const ok = (body: unknown, status = 200) => ({ status, body });
@@ -95,22 +129,42 @@ async function route(ctx: ApiContext, req: http.IncomingMessage, res: http.Serve
       return ok({ deleted: name });
     }
     if (m === 'POST' && (action === 'start' || action === 'stop' || action === 'migrate')) {
-      const body = await readJson(req, true) as Record<string, unknown>;
+      const body = (await readJson(req, true)) as Record<string, unknown>;
       for (const k of Object.keys(body)) {
-        if (!(k === 'wait' || (k === 'host' && action !== 'stop'))) throw new ApiError(400, 'bad_request', `unknown key "${k}" for ${action}; allowed: ${action === 'stop' ? 'wait' : 'host, wait'}`);
+        if (!(k === 'wait' || (k === 'host' && action !== 'stop')))
+          throw new ApiError(
+            400,
+            'bad_request',
+            `unknown key "${k}" for ${action}; allowed: ${action === 'stop' ? 'wait' : 'host, wait'}`,
+          );
       }
-      if (body.host !== undefined && typeof body.host !== 'string') throw new ApiError(400, 'bad_request', 'host must be a host name');
-      if (body.wait !== undefined && typeof body.wait !== 'boolean') throw new ApiError(400, 'bad_request', 'wait must be true or false');
+      if (body.host !== undefined && typeof body.host !== 'string')
+        throw new ApiError(400, 'bad_request', 'host must be a host name');
+      if (body.wait !== undefined && typeof body.wait !== 'boolean')
+        throw new ApiError(400, 'bad_request', 'wait must be true or false');
       const o = { host: body.host as string | undefined, wait: body.wait as boolean | undefined };
-      const vm = action === 'start' ? await ctx.vms.start(name, o) : action === 'stop' ? await ctx.vms.stop(name, o) : await ctx.vms.migrate(name, o);
+      const vm =
+        action === 'start'
+          ? await ctx.vms.start(name, o)
+          : action === 'stop'
+            ? await ctx.vms.stop(name, o)
+            : await ctx.vms.migrate(name, o);
       return ok(vm, o.wait === false ? 202 : 200);
     }
   }
   if (what === 'images' && name === undefined) {
     if (m === 'GET') return ok({ images: await ctx.store.list<ImageRecord>('images') });
     if (m === 'POST') {
-      const img: ImageRecord = { ...checkImage(await readJson(req), ctx.imageServer), created_at: new Date(ctx.now()).toISOString() };
-      if (!(await ctx.store.create('images', img.name, img))) throw new ApiError(409, 'name_taken', `an image named ${img.name} exists already: delete it first to redefine it`);
+      const img: ImageRecord = {
+        ...checkImage(await readJson(req), ctx.imageServer),
+        created_at: new Date(ctx.now()).toISOString(),
+      };
+      if (!(await ctx.store.create('images', img.name, img)))
+        throw new ApiError(
+          409,
+          'name_taken',
+          `an image named ${img.name} exists already: delete it first to redefine it`,
+        );
       ctx.log.info({ image: img.name }, 'image added');
       return ok(img, 201);
     }
@@ -123,19 +177,26 @@ async function route(ctx: ApiContext, req: http.IncomingMessage, res: http.Serve
     }
     if (m === 'DELETE') {
       const users = (await ctx.vms.list()).filter((v) => v.image === name).map((v) => v.name);
-      if (users.length) throw new ApiError(409, 'in_use', `image ${name} is used by vm ${users.join(', ')}: delete those first`);
+      if (users.length)
+        throw new ApiError(409, 'in_use', `image ${name} is used by vm ${users.join(', ')}: delete those first`);
       if (!(await ctx.store.delete('images', name))) throw new ApiError(404, 'not_found', `no image named ${name}`);
       return ok({ deleted: name });
     }
   }
-  if (what === 'reservations' && m === 'GET' && name === undefined) return ok({ reservations: reservations(await ctx.vms.list()) });
+  if (what === 'reservations' && m === 'GET' && name === undefined)
+    return ok({ reservations: reservations(await ctx.vms.list()) });
   throw notFound(m, url.pathname);
 }
 
 /** /v1/agent/register|heartbeat|poll|result (host token). */
-async function agent(ctx: ApiContext, req: http.IncomingMessage, res: http.ServerResponse, what: string | undefined): Promise<{ status: number; body: unknown }> {
+async function agent(
+  ctx: ApiContext,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  what: string | undefined,
+): Promise<{ status: number; body: unknown }> {
   if (req.method !== 'POST') throw notFound(req.method ?? 'GET', `/v1/agent/${what}`);
-  const body = await readJson(req) as Record<string, unknown>;
+  const body = (await readJson(req)) as Record<string, unknown>;
   const name = checkName(body.name, 'host');
   switch (what) {
     case 'register': {
@@ -148,16 +209,27 @@ async function agent(ctx: ApiContext, req: http.IncomingMessage, res: http.Serve
       }
       const hb = body as unknown as Heartbeat;
       const r = await ctx.hosts.heartbeat(hb);
-      if (!r.known) throw new ApiError(404, 'unknown_host', `host ${name} is not registered with this coordinator (or restarted): register again`);
+      if (!r.known)
+        throw new ApiError(
+          404,
+          'unknown_host',
+          `host ${name} is not registered with this coordinator (or restarted): register again`,
+        );
       if (r.guests) ctx.reconcile(name, r.guests);
       const rec = await ctx.store.get<HostRecord>('hosts', name);
-      return { status: 200, body: { ok: true, ...(rec?.dhcp ? { reservations: reservations(await ctx.vms.list()) } : {}) } };
+      return {
+        status: 200,
+        body: { ok: true, ...(rec?.dhcp ? { reservations: reservations(await ctx.vms.list()) } : {}) },
+      };
     }
     case 'poll': {
-      if (!ctx.hosts.live.has(name)) throw new ApiError(404, 'unknown_host', `host ${name} is not registered with this coordinator: register again`);
+      if (!ctx.hosts.live.has(name))
+        throw new ApiError(404, 'unknown_host', `host ${name} is not registered with this coordinator: register again`);
       const wait = typeof body.wait_ms === 'number' ? Math.max(0, Math.min(body.wait_ms, POLL_WAIT_MS)) : POLL_WAIT_MS;
       let gone = false;
-      res.once('close', () => { gone = !res.writableFinished; });
+      res.once('close', () => {
+        gone = !res.writableFinished;
+      });
       const commands = await ctx.dispatch.poll(name, wait);
       if (gone && commands.length) {
         ctx.dispatch.requeue(name, commands); // the agent left (or a proxy died) before hearing them
@@ -167,7 +239,8 @@ async function agent(ctx: ApiContext, req: http.IncomingMessage, res: http.Serve
     }
     case 'result': {
       const r = body.result as CommandResult;
-      if (!r || typeof r.id !== 'string' || typeof r.ok !== 'boolean') throw new ApiError(400, 'bad_request', 'a result is { name, result: { id, ok, ... } }');
+      if (!r || typeof r.id !== 'string' || typeof r.ok !== 'boolean')
+        throw new ApiError(400, 'bad_request', 'a result is { name, result: { id, ok, ... } }');
       ctx.hosts.noteResult(name, r.boot_id, r.guests_version);
       return { status: 200, body: { accepted: ctx.dispatch.result(name, r) } };
     }
@@ -177,18 +250,42 @@ async function agent(ctx: ApiContext, req: http.IncomingMessage, res: http.Serve
 }
 
 function hostInfo(b: Record<string, unknown>): HostInfo {
-  const bad = (m: string): never => { throw new ApiError(400, 'bad_request', `registration: ${m}`); };
-  const str = (k: string) => (typeof b[k] === 'string' && b[k] ? b[k] as string : bad(`${k} must be a non-empty string`));
-  const num = (k: string) => (typeof b[k] === 'number' && Number.isInteger(b[k]) && (b[k] as number) >= 0 ? b[k] as number : bad(`${k} must be a whole number`));
+  const bad = (m: string): never => {
+    throw new ApiError(400, 'bad_request', `registration: ${m}`);
+  };
+  const str = (k: string) =>
+    typeof b[k] === 'string' && b[k] ? (b[k] as string) : bad(`${k} must be a non-empty string`);
+  const num = (k: string) =>
+    typeof b[k] === 'number' && Number.isInteger(b[k]) && (b[k] as number) >= 0
+      ? (b[k] as number)
+      : bad(`${k} must be a whole number`);
   const hv = b.hypervisor as HostInfo['hypervisor'];
-  if (!hv || typeof hv.kind !== 'string' || typeof hv.available !== 'boolean') bad('hypervisor must be { kind, available, accel }');
+  if (!hv || typeof hv.kind !== 'string' || typeof hv.available !== 'boolean')
+    bad('hypervisor must be { kind, available, accel }');
   const labels = b.labels ?? {};
-  if (typeof labels !== 'object' || Array.isArray(labels) || Object.values(labels as object).some((v) => typeof v !== 'string')) bad('labels must map names to strings');
+  if (
+    typeof labels !== 'object' ||
+    Array.isArray(labels) ||
+    Object.values(labels as object).some((v) => typeof v !== 'string')
+  )
+    bad('labels must map names to strings');
   return {
-    name: str('name'), site: str('site'), cpus: num('cpus'), memory_mib: num('memory_mib'), labels: labels as Record<string, string>,
-    hypervisor: { kind: hv.kind, available: hv.available, accel: hv.accel ?? null, ...(hv.reason ? { reason: String(hv.reason) } : {}) },
-    address: typeof b.address === 'string' ? b.address : null, bridge: str('bridge'), dhcp: b.dhcp === true,
-    boot_id: str('boot_id'), version: typeof b.version === 'string' ? b.version : 'unknown',
+    name: str('name'),
+    site: str('site'),
+    cpus: num('cpus'),
+    memory_mib: num('memory_mib'),
+    labels: labels as Record<string, string>,
+    hypervisor: {
+      kind: hv.kind,
+      available: hv.available,
+      accel: hv.accel ?? null,
+      ...(hv.reason ? { reason: String(hv.reason) } : {}),
+    },
+    address: typeof b.address === 'string' ? b.address : null,
+    bridge: str('bridge'),
+    dhcp: b.dhcp === true,
+    boot_id: str('boot_id'),
+    version: typeof b.version === 'string' ? b.version : 'unknown',
   };
 }
 
@@ -208,7 +305,11 @@ export function hostQuery(p: URLSearchParams): HostQuery {
   };
   for (const k of p.keys()) {
     if (!['site', 'label', 'free_cpus', 'free_memory_mib', 'state', 'hypervisor'].includes(k)) {
-      throw new ApiError(400, 'bad_request', `unknown filter ${k}; allowed: site, label, free_cpus, free_memory_mib, state, hypervisor`);
+      throw new ApiError(
+        400,
+        'bad_request',
+        `unknown filter ${k}; allowed: site, label, free_cpus, free_memory_mib, state, hypervisor`,
+      );
     }
   }
   if (p.has('site')) q.site = p.get('site')!;
@@ -218,7 +319,8 @@ export function hostQuery(p: URLSearchParams): HostQuery {
     for (const l of labels) {
       const i = l.indexOf('=');
       if (i === 0 || l === '') throw new ApiError(400, 'bad_request', `label filter "${l}" must be NAME or NAME=VALUE`);
-      if (i < 0) q.labels[l] = null; else q.labels[l.slice(0, i)] = l.slice(i + 1);
+      if (i < 0) q.labels[l] = null;
+      else q.labels[l.slice(0, i)] = l.slice(i + 1);
     }
   }
   q.freeCpus = num('free_cpus');
@@ -235,23 +337,45 @@ export function hostQuery(p: URLSearchParams): HostQuery {
 
 /** A standby passes the request to the leader unchanged (token included) and streams the answer back. */
 function proxy(ctx: ApiContext, req: http.IncomingMessage, res: http.ServerResponse): void {
-  ctx.leadership.leaderUrl().then((leader) => {
-    if (!leader || leader === ctx.url) {
-      req.resume();
-      return reply(res, 503, { error: { code: 'no_leader', message: 'no coordinator is the leader right now (election in progress): retry in a second' } });
-    }
-    const target = new URL(req.url ?? '/', leader);
-    const up = http.request(target, { method: req.method, headers: { ...req.headers, host: target.host, 'x-forwarded-by': ctx.id } }, (r) => {
-      res.writeHead(r.statusCode ?? 502, r.headers);
-      r.pipe(res);
-    });
-    up.on('error', (err: NodeJS.ErrnoException) => {
-      if (res.headersSent) { res.destroy(); return; }
-      reply(res, 503, { error: { code: 'no_leader', message: `the leader at ${leader} does not answer (${err.code ?? err.message}): retry; a standby takes over within seconds` } });
-    });
-    res.on('close', () => { if (!res.writableFinished) up.destroy(); });
-    req.pipe(up);
-  }, (err) => fail(res, err, ctx.log));
+  ctx.leadership.leaderUrl().then(
+    (leader) => {
+      if (!leader || leader === ctx.url) {
+        req.resume();
+        return reply(res, 503, {
+          error: {
+            code: 'no_leader',
+            message: 'no coordinator is the leader right now (election in progress): retry in a second',
+          },
+        });
+      }
+      const target = new URL(req.url ?? '/', leader);
+      const up = http.request(
+        target,
+        { method: req.method, headers: { ...req.headers, host: target.host, 'x-forwarded-by': ctx.id } },
+        (r) => {
+          res.writeHead(r.statusCode ?? 502, r.headers);
+          r.pipe(res);
+        },
+      );
+      up.on('error', (err: NodeJS.ErrnoException) => {
+        if (res.headersSent) {
+          res.destroy();
+          return;
+        }
+        reply(res, 503, {
+          error: {
+            code: 'no_leader',
+            message: `the leader at ${leader} does not answer (${err.code ?? err.message}): retry; a standby takes over within seconds`,
+          },
+        });
+      });
+      res.on('close', () => {
+        if (!res.writableFinished) up.destroy();
+      });
+      req.pipe(up);
+    },
+    (err) => fail(res, err, ctx.log),
+  );
 }
 
 function readJson(req: http.IncomingMessage, emptyOk = false): Promise<unknown> {
@@ -270,7 +394,8 @@ function readJson(req: http.IncomingMessage, emptyOk = false): Promise<unknown> 
     req.on('error', reject);
     req.on('end', () => {
       const text = Buffer.concat(chunks).toString('utf8').trim();
-      if (text === '') return emptyOk ? resolve({}) : reject(new ApiError(400, 'bad_request', 'the body must be a JSON object'));
+      if (text === '')
+        return emptyOk ? resolve({}) : reject(new ApiError(400, 'bad_request', 'the body must be a JSON object'));
       try {
         const v = JSON.parse(text);
         if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
@@ -284,7 +409,7 @@ function readJson(req: http.IncomingMessage, emptyOk = false): Promise<unknown> 
 
 function reply(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   if (res.headersSent || res.destroyed) return;
-  res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(JSON.stringify(body) + '\n');
+  res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(`${JSON.stringify(body)}\n`);
 }
 
 function fail(res: http.ServerResponse, err: unknown, log: Logger): void {

@@ -46,7 +46,7 @@ class Args {
       if (v === undefined || v.startsWith('--')) usage(`${name} needs a value`);
       return v;
     }
-    const eq = this.a.find((x) => x.startsWith(name + '='));
+    const eq = this.a.find((x) => x.startsWith(`${name}=`));
     return eq?.slice(name.length + 1);
   }
 
@@ -54,7 +54,7 @@ class Args {
     const out: string[] = [];
     this.a.forEach((x, i) => {
       if (x === name && this.a[i + 1] !== undefined) out.push(this.a[i + 1]);
-      else if (x.startsWith(name + '=')) out.push(x.slice(name.length + 1));
+      else if (x.startsWith(`${name}=`)) out.push(x.slice(name.length + 1));
     });
     return out;
   }
@@ -91,12 +91,13 @@ function usage(message: string): never {
 export async function runCoordinatorCli(argv: string[], out: Writable = process.stdout): Promise<void> {
   const [cmd, ...rest] = argv;
   const args = new Args(rest);
-  const print = (s: string) => out.write(s.endsWith('\n') ? s : s + '\n');
+  const print = (s: string) => out.write(s.endsWith('\n') ? s : `${s}\n`);
   switch (cmd) {
     case 'coordinator':
       return coordinator(args, print);
     case 'agent': {
-      const file = args.opt('--config') ?? usage('missing --config FILE (the daemon config with a coordinator: section)');
+      const file =
+        args.opt('--config') ?? usage('missing --config FILE (the daemon config with a coordinator: section)');
       const { runStandaloneAgent } = await import('../agent/standalone.ts');
       return runStandaloneAgent(file);
     }
@@ -119,7 +120,9 @@ async function coordinator(args: Args, print: (s: string) => void): Promise<void
   const { loadCoordinatorConfig } = await import('./config.ts');
   const cfg = loadCoordinatorConfig(file);
   if (sub === 'check') {
-    print(`${cfg.file}: ok (listen ${cfg.listen.address}:${cfg.listen.port}, store ${cfg.store.backend}, ${cfg.images.length} images)`);
+    print(
+      `${cfg.file}: ok (listen ${cfg.listen.address}:${cfg.listen.port}, store ${cfg.store.backend}, ${cfg.images.length} images)`,
+    );
     return;
   }
   if (sub !== undefined) usage(`unknown coordinator subcommand "${sub}"`);
@@ -139,9 +142,18 @@ function client(args: Args): CoordinatorClient {
   try {
     token = fs.readFileSync(tokenFile!, 'utf8').trim();
   } catch (err) {
-    throw new OperatorError('ETOKEN', `cannot read the token file ${tokenFile} (${(err as NodeJS.ErrnoException).code})`);
+    throw new OperatorError(
+      'ETOKEN',
+      `cannot read the token file ${tokenFile} (${(err as NodeJS.ErrnoException).code})`,
+    );
   }
-  return new CoordinatorClient(url!.split(',').map((u) => u.trim().replace(/\/+$/, '')).filter(Boolean), token);
+  return new CoordinatorClient(
+    url!
+      .split(',')
+      .map((u) => u.trim().replace(/\/+$/, ''))
+      .filter(Boolean),
+    token,
+  );
 }
 
 async function api(cmd: string, args: Args, print: (s: string) => void): Promise<void> {
@@ -151,7 +163,10 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
   const call = async <T = any>(method: string, path: string, body?: unknown): Promise<T> => {
     try {
       // Operations wait for QEMU (image fetch, boot, RAM copy): allow them minutes.
-      return await c.request<T>(method, path, body, { timeoutMs: 600_000, retryForMs: method === 'GET' ? 10_000 : 6_000 });
+      return await c.request<T>(method, path, body, {
+        timeoutMs: 600_000,
+        retryForMs: method === 'GET' ? 10_000 : 6_000,
+      });
     } catch (err) {
       if (err instanceof ApiError) throw new OperatorError(err.code, err.message);
       throw err;
@@ -165,7 +180,12 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
   if (cmd === 'host') {
     if (sub === 'list') {
       const q = new URLSearchParams();
-      for (const [flag, key] of [['--site', 'site'], ['--free-cpus', 'free_cpus'], ['--free-memory', 'free_memory_mib'], ['--state', 'state']]) {
+      for (const [flag, key] of [
+        ['--site', 'site'],
+        ['--free-cpus', 'free_cpus'],
+        ['--free-memory', 'free_memory_mib'],
+        ['--state', 'state'],
+      ]) {
         const v = args.opt(flag);
         if (v !== undefined) q.set(key, v);
       }
@@ -183,7 +203,12 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
   if (cmd === 'image') {
     if (sub === 'list') {
       const r = await call<{ images: ImageRecord[] }>('GET', '/v1/images');
-      return show(r, () => table(['NAME', 'KERNEL', 'INITRD', 'DISK'], r.images.map((i) => [i.name, i.kernel, i.initrd, i.disk ?? '-'])));
+      return show(r, () =>
+        table(
+          ['NAME', 'KERNEL', 'INITRD', 'DISK'],
+          r.images.map((i) => [i.name, i.kernel, i.initrd, i.disk ?? '-']),
+        ),
+      );
     }
     if (sub === 'show') {
       const i = await call<ImageRecord>('GET', `/v1/images/${enc(need('NAME'))}`);
@@ -202,19 +227,24 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
           continue;
         }
         body[f] = loc;
-        (body.sha256 as Record<string, string>)[f] = args.opt(`--${f}-sha256`) ?? await sha256Of(loc);
+        (body.sha256 as Record<string, string>)[f] = args.opt(`--${f}-sha256`) ?? (await sha256Of(loc));
       }
       const cmdline = args.opt('--cmdline');
       if (cmdline !== undefined) body.cmdline = cmdline;
       const i = await call<ImageRecord>('POST', '/v1/images', body);
-      return show(i, () => `image ${i.name} added (kernel ${i.sha256.kernel.slice(0, 12)}…, initrd ${i.sha256.initrd.slice(0, 12)}…)`);
+      return show(
+        i,
+        () =>
+          `image ${i.name} added (kernel ${i.sha256.kernel.slice(0, 12)}…, initrd ${i.sha256.initrd.slice(0, 12)}…)`,
+      );
     }
     usage(`unknown image subcommand "${sub ?? ''}"`);
   }
 
   // vm
   const wait = !args.flag('--no-wait');
-  const verb = (vm: VmRecord, done: string) => (wait ? `vm ${vm.name} ${done}` : `vm ${vm.name}: ${vm.state} (not waiting; see \`homewire vm show ${vm.name}\`)`);
+  const verb = (vm: VmRecord, done: string) =>
+    wait ? `vm ${vm.name} ${done}` : `vm ${vm.name}: ${vm.state} (not waiting; see \`homewire vm show ${vm.name}\`)`;
   switch (sub) {
     case 'list': {
       const q = new URLSearchParams();
@@ -228,25 +258,40 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
       return show(vm, () => vmDetails(vm));
     }
     case 'create': {
-      const body: Record<string, unknown> = { name: need('NAME'), image: args.opt('--image') ?? usage('vm create: missing --image NAME') };
+      const body: Record<string, unknown> = {
+        name: need('NAME'),
+        image: args.opt('--image') ?? usage('vm create: missing --image NAME'),
+      };
       const cpus = args.int('--cpus');
       const mem = args.int('--memory');
       if (cpus !== undefined) body.cpus = cpus;
       if (mem !== undefined) body.memory_mib = mem;
-      for (const [flag, key] of [['--mac', 'mac'], ['--ip', 'ip'], ['--host', 'host'], ['--site', 'site'], ['--cmdline', 'cmdline']]) {
+      for (const [flag, key] of [
+        ['--mac', 'mac'],
+        ['--ip', 'ip'],
+        ['--host', 'host'],
+        ['--site', 'site'],
+        ['--cmdline', 'cmdline'],
+      ]) {
         const v = args.opt(flag);
         if (v !== undefined) body[key] = v;
       }
       const labels = args.all('--label');
       if (labels.length) {
-        body.labels = Object.fromEntries(labels.map((l) => {
-          const i = l.indexOf('=');
-          if (i <= 0) usage(`--label ${l}: write NAME=VALUE`);
-          return [l.slice(0, i), l.slice(i + 1)];
-        }));
+        body.labels = Object.fromEntries(
+          labels.map((l) => {
+            const i = l.indexOf('=');
+            if (i <= 0) usage(`--label ${l}: write NAME=VALUE`);
+            return [l.slice(0, i), l.slice(i + 1)];
+          }),
+        );
       }
       const vm = await call<VmRecord>('POST', '/v1/vms', body);
-      return show(vm, () => `vm ${vm.name} defined (mac ${vm.mac}${vm.ip ? `, reserved ip ${vm.ip}` : ''}); start it with \`homewire vm start ${vm.name}\``);
+      return show(
+        vm,
+        () =>
+          `vm ${vm.name} defined (mac ${vm.mac}${vm.ip ? `, reserved ip ${vm.ip}` : ''}); start it with \`homewire vm start ${vm.name}\``,
+      );
     }
     case 'start': {
       const body: Record<string, unknown> = { wait };
@@ -278,14 +323,22 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
 async function sha256Of(location: string): Promise<string> {
   const hash = crypto.createHash('sha256');
   if (/^https?:\/\//.test(location)) {
-    const res = await fetch(location).catch((err) => { throw new OperatorError('EFETCH', `cannot fetch ${location} to compute its checksum: ${err.cause?.code ?? err.message}`); });
+    const res = await fetch(location).catch((err) => {
+      throw new OperatorError(
+        'EFETCH',
+        `cannot fetch ${location} to compute its checksum: ${err.cause?.code ?? err.message}`,
+      );
+    });
     if (!res.ok) throw new OperatorError('EFETCH', `${location} answered HTTP ${res.status}`);
     hash.update(Buffer.from(await res.arrayBuffer()));
   } else {
     try {
       hash.update(fs.readFileSync(location));
     } catch (err) {
-      throw new OperatorError('EREAD', `cannot read ${location} to compute its checksum (${(err as NodeJS.ErrnoException).code}); give --*-sha256`);
+      throw new OperatorError(
+        'EREAD',
+        `cannot read ${location} to compute its checksum (${(err as NodeJS.ErrnoException).code}); give --*-sha256`,
+      );
     }
   }
   return hash.digest('hex');
@@ -296,7 +349,11 @@ async function sha256Of(location: string): Promise<string> {
 export function table(head: string[], rows: string[][]): string {
   if (rows.length === 0) return '(none)';
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (r: string[]) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd();
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i])))
+      .join('  ')
+      .trimEnd();
   return [line(head), ...rows.map(line)].join('\n');
 }
 
@@ -306,29 +363,62 @@ function ago(iso: string): string {
 }
 
 export function hostTable(hosts: HostView[]): string {
-  return table(['NAME', 'SITE', 'STATE', 'HYPERVISOR', 'CPUS FREE', 'MEMORY FREE', 'VMS', 'LABELS', 'SEEN'], hosts.map((h) => [
-    h.name, h.site, h.state, h.hypervisor.available ? `${h.hypervisor.kind}/${h.hypervisor.accel}` : 'none',
-    `${h.free.cpus}/${h.cpus}`, `${h.free.memory_mib}/${h.memory_mib} MiB`, String(h.vms.length),
-    Object.entries(h.labels).map(([k, v]) => `${k}=${v}`).join(',') || '-', ago(h.last_seen),
-  ]));
+  return table(
+    ['NAME', 'SITE', 'STATE', 'HYPERVISOR', 'CPUS FREE', 'MEMORY FREE', 'VMS', 'LABELS', 'SEEN'],
+    hosts.map((h) => [
+      h.name,
+      h.site,
+      h.state,
+      h.hypervisor.available ? `${h.hypervisor.kind}/${h.hypervisor.accel}` : 'none',
+      `${h.free.cpus}/${h.cpus}`,
+      `${h.free.memory_mib}/${h.memory_mib} MiB`,
+      String(h.vms.length),
+      Object.entries(h.labels)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(',') || '-',
+      ago(h.last_seen),
+    ]),
+  );
 }
 
 export function vmTable(vms: VmRecord[]): string {
-  return table(['NAME', 'STATE', 'HOST', 'IMAGE', 'CPUS', 'MEMORY', 'MAC', 'IP', 'ERROR'], vms.map((v) => [
-    v.name, v.state, v.state === 'migrating' ? `${v.host}→${v.target}` : v.host ?? '-', v.image, String(v.cpus), `${v.memory_mib} MiB`,
-    v.mac, v.ip ?? 'dhcp', v.error ? (v.error.length > 60 ? v.error.slice(0, 59) + '…' : v.error) : '',
-  ]));
+  return table(
+    ['NAME', 'STATE', 'HOST', 'IMAGE', 'CPUS', 'MEMORY', 'MAC', 'IP', 'ERROR'],
+    vms.map((v) => [
+      v.name,
+      v.state,
+      v.state === 'migrating' ? `${v.host}→${v.target}` : (v.host ?? '-'),
+      v.image,
+      String(v.cpus),
+      `${v.memory_mib} MiB`,
+      v.mac,
+      v.ip ?? 'dhcp',
+      v.error ? (v.error.length > 60 ? `${v.error.slice(0, 59)}…` : v.error) : '',
+    ]),
+  );
 }
 
 function vmDetails(v: VmRecord): string {
   return keyValues({
-    name: v.name, state: v.state, host: v.host ?? '-', ...(v.target ? { target: v.target } : {}), image: v.image, cpus: v.cpus,
-    memory: `${v.memory_mib} MiB`, mac: v.mac, ip: v.ip ?? 'dhcp (pool)', placement: JSON.stringify(v.placement),
-    error: v.error ?? '-', created: v.created_at, updated: v.updated_at,
+    name: v.name,
+    state: v.state,
+    host: v.host ?? '-',
+    ...(v.target ? { target: v.target } : {}),
+    image: v.image,
+    cpus: v.cpus,
+    memory: `${v.memory_mib} MiB`,
+    mac: v.mac,
+    ip: v.ip ?? 'dhcp (pool)',
+    placement: JSON.stringify(v.placement),
+    error: v.error ?? '-',
+    created: v.created_at,
+    updated: v.updated_at,
   });
 }
 
 function keyValues(o: Record<string, unknown>): string {
   const w = Math.max(...Object.keys(o).map((k) => k.length)) + 1;
-  return Object.entries(o).map(([k, v]) => `${(k + ':').padEnd(w)} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join('\n');
+  return Object.entries(o)
+    .map(([k, v]) => `${(`${k}:`).padEnd(w)} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
+    .join('\n');
 }

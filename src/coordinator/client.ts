@@ -11,12 +11,22 @@ export interface RequestOptions {
   retryForMs?: number;
 }
 
-const SAFE_TO_RETRY = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
+const SAFE_TO_RETRY = new Set([
+  'ECONNREFUSED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'UND_ERR_CONNECT_TIMEOUT',
+]);
 
 export class CoordinatorClient {
   private current = 0;
 
-  constructor(readonly urls: string[], private readonly token: string) {
+  constructor(
+    readonly urls: string[],
+    private readonly token: string,
+  ) {
     if (urls.length === 0) throw new Error('no coordinator URL');
   }
 
@@ -33,10 +43,14 @@ export class CoordinatorClient {
         return await this.once<T>(base, method, path, body, o);
       } catch (err) {
         const retryable = err instanceof ApiError && (err.code === 'no_leader' || err.code === 'unreachable_safe');
-        if (!retryable || o.signal?.aborted) throw err instanceof ApiError && err.code === 'unreachable_safe' ? new ApiError(0, 'unreachable', err.message) : err;
+        if (!retryable || o.signal?.aborted)
+          throw err instanceof ApiError && err.code === 'unreachable_safe'
+            ? new ApiError(0, 'unreachable', err.message)
+            : err;
         this.current = (this.current + 1) % this.urls.length;
         tries++;
-        if (Date.now() >= deadline) throw err.code === 'unreachable_safe' ? new ApiError(0, 'unreachable', err.message) : err;
+        if (Date.now() >= deadline)
+          throw err.code === 'unreachable_safe' ? new ApiError(0, 'unreachable', err.message) : err;
         if (tries % this.urls.length === 0) await new Promise((r) => setTimeout(r, 250));
       }
     }
@@ -49,22 +63,36 @@ export class CoordinatorClient {
     try {
       res = await fetch(base + path, {
         method,
-        headers: { authorization: `Bearer ${this.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+        headers: {
+          authorization: `Bearer ${this.token}`,
+          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+        },
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: AbortSignal.any(signals),
       });
     } catch (err) {
       const code = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).name;
       const safe = SAFE_TO_RETRY.has(code);
-      throw new ApiError(0, safe ? 'unreachable_safe' : 'unreachable',
-        `cannot reach the coordinator at ${base} (${code === 'TimeoutError' ? 'timed out' : code}): is \`homewire coordinator\` running there?`);
+      throw new ApiError(
+        0,
+        safe ? 'unreachable_safe' : 'unreachable',
+        `cannot reach the coordinator at ${base} (${code === 'TimeoutError' ? 'timed out' : code}): is \`homewire coordinator\` running there?`,
+      );
     }
     const text = await res.text();
     let json: any = null;
-    try { json = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
+    try {
+      json = text ? JSON.parse(text) : null;
+    } catch {
+      /* not JSON */
+    }
     if (!res.ok) {
       const e = json?.error;
-      throw new ApiError(res.status, e?.code ?? `http_${res.status}`, e?.message ?? `HTTP ${res.status} from ${base}${path}`);
+      throw new ApiError(
+        res.status,
+        e?.code ?? `http_${res.status}`,
+        e?.message ?? `HTTP ${res.status} from ${base}${path}`,
+      );
     }
     return json as T;
   }

@@ -14,7 +14,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Checker, LOG_LEVELS, parseYaml, readConfigFile } from '../config.ts';
-import { ConfigError } from '../errors.ts';
 import type { Endpoint } from '../mesh/peer.ts';
 import { DEFAULT_DATA_DIR, TOKEN_MIN_CHARS } from './constants.ts';
 import { checkImage } from './images.ts';
@@ -34,8 +33,18 @@ export interface CoordinatorConfig {
   logLevel: string;
 }
 
-const KEYS = ['listen', 'store', 'data_dir', 'admin_token_file', 'host_token_file', 'advertise_url', 'image_server',
-  'images', 'metrics', 'log_level'];
+const KEYS = [
+  'listen',
+  'store',
+  'data_dir',
+  'admin_token_file',
+  'host_token_file',
+  'advertise_url',
+  'image_server',
+  'images',
+  'metrics',
+  'log_level',
+];
 
 export function loadCoordinatorConfig(file: string): CoordinatorConfig {
   return parseCoordinatorConfig(readConfigFile(file), file);
@@ -53,10 +62,15 @@ export function parseCoordinatorConfig(text: string, file: string): CoordinatorC
   if (storeText === 'sqlite') {
     store = { backend: 'sqlite' };
   } else if (storeText.startsWith('etcd://')) {
-    const endpoints = storeText.slice('etcd://'.length).split(',').map((s) => s.trim()).filter(Boolean);
+    const endpoints = storeText
+      .slice('etcd://'.length)
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
     if (endpoints.length === 0) c.fail('store', 'etcd:// needs at least one HOST:PORT, e.g. etcd://127.0.0.1:2379');
     for (const ep of endpoints) {
-      if (!/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(ep)) c.fail('store', `"${ep}" is not HOST:PORT (etcd://host1:2379,host2:2379)`);
+      if (!/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(ep))
+        c.fail('store', `"${ep}" is not HOST:PORT (etcd://host1:2379,host2:2379)`);
     }
     store = { backend: 'etcd', endpoints: endpoints.map((ep) => `http://${ep}`) };
   } else {
@@ -65,18 +79,30 @@ export function parseCoordinatorConfig(text: string, file: string): CoordinatorC
   const dataDir = top.data_dir === undefined ? DEFAULT_DATA_DIR : rel(c.string(top.data_dir, 'data_dir'));
   const adminToken = readToken(c, top.admin_token_file, 'admin_token_file', rel);
   const hostToken = readToken(c, top.host_token_file, 'host_token_file', rel);
-  if (adminToken === hostToken) c.fail('host_token_file', 'holds the same token as admin_token_file: hosts must not get admin rights, use two tokens');
+  if (adminToken === hostToken)
+    c.fail(
+      'host_token_file',
+      'holds the same token as admin_token_file: hosts must not get admin rights, use two tokens',
+    );
 
   let advertiseUrl = `http://${listen.address.includes(':') ? `[${listen.address}]` : listen.address}:${listen.port}`;
   if (top.advertise_url !== undefined) advertiseUrl = httpUrl(c, top.advertise_url, 'advertise_url');
   else if (listen.address === '0.0.0.0' || listen.address === '::') {
-    if (store.backend === 'etcd') c.fail('advertise_url', `missing: listen is ${listen.address}, so set the URL the other coordinators reach this one at`);
+    if (store.backend === 'etcd')
+      c.fail(
+        'advertise_url',
+        `missing: listen is ${listen.address}, so set the URL the other coordinators reach this one at`,
+      );
   }
   const imageServer = top.image_server === undefined ? undefined : httpUrl(c, top.image_server, 'image_server');
 
   const images: CoordinatorConfig['images'] = [];
   if (top.images !== undefined && top.images !== null) {
-    if (!Array.isArray(top.images)) c.fail('images', 'must be a list like - { name: tiny, kernel: http://..., initrd: http://..., sha256: { kernel: ..., initrd: ... } }');
+    if (!Array.isArray(top.images))
+      c.fail(
+        'images',
+        'must be a list like - { name: tiny, kernel: http://..., initrd: http://..., sha256: { kernel: ..., initrd: ... } }',
+      );
     const seen = new Set<string>();
     (top.images as unknown[]).forEach((raw, i) => {
       const at = `images[${i}]`;
@@ -113,12 +139,18 @@ function readToken(c: Checker, v: unknown, key: string, rel: (p: string) => stri
     text = fs.readFileSync(file, 'utf8').trim();
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    c.fail(key, code === 'ENOENT'
-      ? `${file} does not exist: create it, e.g. \`head -c 32 /dev/urandom | base64 > ${file}; chmod 600 ${file}\``
-      : `cannot read ${file} (${code}): check its permissions`);
+    c.fail(
+      key,
+      code === 'ENOENT'
+        ? `${file} does not exist: create it, e.g. \`head -c 32 /dev/urandom | base64 > ${file}; chmod 600 ${file}\``
+        : `cannot read ${file} (${code}): check its permissions`,
+    );
   }
   if (text!.length < TOKEN_MIN_CHARS || /\s/.test(text!)) {
-    c.fail(key, `${file} must hold one token of at least ${TOKEN_MIN_CHARS} characters without spaces (head -c 32 /dev/urandom | base64)`);
+    c.fail(
+      key,
+      `${file} must hold one token of at least ${TOKEN_MIN_CHARS} characters without spaces (head -c 32 /dev/urandom | base64)`,
+    );
   }
   return text!;
 }
@@ -126,7 +158,11 @@ function readToken(c: Checker, v: unknown, key: string, rel: (p: string) => stri
 function httpUrl(c: Checker, v: unknown, key: string): string {
   const text = c.string(v, key);
   let u: URL;
-  try { u = new URL(text); } catch { c.fail(key, `"${text}" is not a URL like http://192.0.2.10:7100`); }
+  try {
+    u = new URL(text);
+  } catch {
+    c.fail(key, `"${text}" is not a URL like http://192.0.2.10:7100`);
+  }
   if (u!.protocol !== 'http:' && u!.protocol !== 'https:') c.fail(key, `"${text}" must be an http:// or https:// URL`);
   return text.replace(/\/+$/, '');
 }

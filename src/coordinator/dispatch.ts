@@ -36,7 +36,13 @@ export class Dispatcher {
         this.pending.delete(command.id);
         this.dequeue(host, command.id);
         this.stats.timedOut++;
-        reject(new ApiError(409, 'host_timeout', `host ${host} did not finish ${command.type} within ${Math.round(timeoutMs / 1000)} s: is its agent running?`));
+        reject(
+          new ApiError(
+            409,
+            'host_timeout',
+            `host ${host} did not finish ${command.type} within ${Math.round(timeoutMs / 1000)} s: is its agent running?`,
+          ),
+        );
       }, timeoutMs);
       this.pending.set(command.id, { host, command, resolve, reject, timer });
       const q = this.queues.get(host) ?? [];
@@ -57,7 +63,13 @@ export class Dispatcher {
         this.waiters.delete(host);
         resolve([]);
       }, waitMs);
-      this.waiters.set(host, { resolve: (c) => { clearTimeout(timer); resolve(c); }, timer });
+      this.waiters.set(host, {
+        resolve: (c) => {
+          clearTimeout(timer);
+          resolve(c);
+        },
+        timer,
+      });
     });
   }
 
@@ -74,7 +86,8 @@ export class Dispatcher {
     if (!p || p.host !== host) return false;
     this.pending.delete(r.id);
     clearTimeout(p.timer);
-    if (r.ok) this.stats.ok++; else this.stats.failed++;
+    if (r.ok) this.stats.ok++;
+    else this.stats.failed++;
     p.resolve(r);
     return true;
   }

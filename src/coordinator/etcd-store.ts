@@ -19,7 +19,10 @@ export class EtcdStore implements Store {
   /** The key whose existence proves leadership (our campaign key), or null: no writes. */
   fence: string | null = null;
 
-  constructor(private readonly client: Etcd3, private readonly ownsClient = true) {}
+  constructor(
+    private readonly client: Etcd3,
+    private readonly ownsClient = true,
+  ) {}
 
   private key(kind: Kind, name: string): string {
     return `${ETCD_PREFIX}${kind}/${name}`;
@@ -27,7 +30,7 @@ export class EtcdStore implements Store {
 
   async get<T>(kind: Kind, name: string): Promise<T | null> {
     const v = await this.client.get(this.key(kind, name)).string();
-    return v === null ? null : JSON.parse(v) as T;
+    return v === null ? null : (JSON.parse(v) as T);
   }
 
   async list<T>(kind: Kind): Promise<T[]> {
@@ -46,15 +49,20 @@ export class EtcdStore implements Store {
 
   async create(kind: Kind, name: string, value: unknown): Promise<boolean> {
     const key = this.key(kind, name);
-    const r = await this.fenced().and(key, 'Create', '==', 0).then(this.client.put(key).value(JSON.stringify(value)))
-      .else(this.client.get(this.fence!)).commit();
+    const r = await this.fenced()
+      .and(key, 'Create', '==', 0)
+      .then(this.client.put(key).value(JSON.stringify(value)))
+      .else(this.client.get(this.fence!))
+      .commit();
     if (r.succeeded) return true;
     if ((r.responses[0]?.response_range?.kvs.length ?? 0) === 0) this.deposed();
     return false;
   }
 
   async put(kind: Kind, name: string, value: unknown): Promise<void> {
-    const r = await this.fenced().then(this.client.put(this.key(kind, name)).value(JSON.stringify(value))).commit();
+    const r = await this.fenced()
+      .then(this.client.put(this.key(kind, name)).value(JSON.stringify(value)))
+      .commit();
     if (!r.succeeded) this.deposed();
   }
 
@@ -81,7 +89,11 @@ export class EtcdLeadership implements Leadership {
   private events: LeadershipEvents | null = null;
   private url = '';
 
-  constructor(private readonly client: Etcd3, private readonly store: EtcdStore, private readonly log: Logger) {
+  constructor(
+    readonly client: Etcd3,
+    private readonly store: EtcdStore,
+    private readonly log: Logger,
+  ) {
     this.election = client.namespace(ETCD_PREFIX).election(ELECTION_NAME, LEADER_LEASE_TTL_S);
   }
 
@@ -116,13 +128,16 @@ export class EtcdLeadership implements Leadership {
     this.campaign = c;
     c.on('elected', () => {
       if (this.campaign !== c || this.stopped) return;
-      c.getCampaignKey().then((key) => {
-        if (this.campaign !== c || this.stopped) return;
-        this.store.fence = key;
-        this.leading = true;
-        this.log.info({ url: this.url }, 'elected leader');
-        this.events!.elected();
-      }, (err) => this.fail(c, err));
+      c.getCampaignKey().then(
+        (key) => {
+          if (this.campaign !== c || this.stopped) return;
+          this.store.fence = key;
+          this.leading = true;
+          this.log.info({ url: this.url }, 'elected leader');
+          this.events!.elected();
+        },
+        (err) => this.fail(c, err),
+      );
     });
     c.on('error', (err: Error) => this.fail(c, err));
   }
@@ -133,7 +148,10 @@ export class EtcdLeadership implements Leadership {
     c.resign().catch(() => {});
     this.depose(`campaign failed: ${err.message}`);
     if (!this.stopped) {
-      this.log.warn({ error: err.message }, 'leader campaign failed (etcd unreachable or lease lost); campaigning again');
+      this.log.warn(
+        { error: err.message },
+        'leader campaign failed (etcd unreachable or lease lost); campaigning again',
+      );
       this.retry = setTimeout(() => this.run(), LEADER_RECAMPAIGN_MS);
     }
   }

@@ -6,7 +6,15 @@ import type { Logger } from '../log.ts';
 import { HOST_DOWN_AFTER_MS } from './constants.ts';
 import { holdsCapacity } from './states.ts';
 import type { Store } from './store.ts';
-import { ApiError, type GuestReport, type Heartbeat, type HostInfo, type HostRecord, type HostView, type VmRecord } from './types.ts';
+import {
+  ApiError,
+  type GuestReport,
+  type Heartbeat,
+  type HostInfo,
+  type HostRecord,
+  type HostView,
+  type VmRecord,
+} from './types.ts';
 
 export interface Liveness {
   lastSeenMs: number;
@@ -31,25 +39,45 @@ export interface HostQuery {
 export class HostRegistry {
   readonly live = new Map<string, Liveness>();
 
-  constructor(private readonly store: Store, private readonly log: Logger, private readonly now: () => number,
-    private readonly onDown: (host: string) => void) {}
+  constructor(
+    private readonly store: Store,
+    private readonly log: Logger,
+    private readonly now: () => number,
+    private readonly onDown: (host: string) => void,
+  ) {}
 
   async register(info: HostInfo): Promise<HostRecord> {
     const now = this.now();
     const old = await this.store.get<HostRecord>('hosts', info.name);
     const rec: HostRecord = {
-      ...info, state: 'up', registered_at: new Date(now).toISOString(), last_seen: new Date(now).toISOString(),
+      ...info,
+      state: 'up',
+      registered_at: new Date(now).toISOString(),
+      last_seen: new Date(now).toISOString(),
     };
     await this.store.put('hosts', info.name, rec);
     const l = this.live.get(info.name);
     const sameBoot = l?.bootId === info.boot_id;
     this.live.set(info.name, {
-      lastSeenMs: now, bootId: info.boot_id, minGuestsVersion: sameBoot ? l!.minGuestsVersion : 0,
-      guests: sameBoot ? l!.guests : null, guestsVersion: sameBoot ? l!.guestsVersion : 0, reportedMs: sameBoot ? l!.reportedMs : 0,
+      lastSeenMs: now,
+      bootId: info.boot_id,
+      minGuestsVersion: sameBoot ? l!.minGuestsVersion : 0,
+      guests: sameBoot ? l!.guests : null,
+      guestsVersion: sameBoot ? l!.guestsVersion : 0,
+      reportedMs: sameBoot ? l!.reportedMs : 0,
       down: false,
     });
-    this.log.info({ host: info.name, site: info.site, cpus: info.cpus, memoryMib: info.memory_mib, hypervisor: info.hypervisor,
-      again: old !== null }, old ? 'host registered again' : 'host registered');
+    this.log.info(
+      {
+        host: info.name,
+        site: info.site,
+        cpus: info.cpus,
+        memoryMib: info.memory_mib,
+        hypervisor: info.hypervisor,
+        again: old !== null,
+      },
+      old ? 'host registered again' : 'host registered',
+    );
     return rec;
   }
 
@@ -86,8 +114,16 @@ export class HostRegistry {
       const l = this.live.get(rec.name);
       const last = l?.lastSeenMs ?? 0;
       if (now - last < HOST_DOWN_AFTER_MS) continue;
-      await this.store.put('hosts', rec.name, { ...rec, state: 'down', last_seen: new Date(last || Date.parse(rec.last_seen)).toISOString() });
-      if (l) { l.guests = null; l.reportedMs = 0; l.down = true; }
+      await this.store.put('hosts', rec.name, {
+        ...rec,
+        state: 'down',
+        last_seen: new Date(last || Date.parse(rec.last_seen)).toISOString(),
+      });
+      if (l) {
+        l.guests = null;
+        l.reportedMs = 0;
+        l.down = true;
+      }
       this.log.warn({ host: rec.name, silentMs: last ? now - last : null }, 'host down: missed its heartbeats');
       this.onDown(rec.name);
     }
@@ -98,7 +134,15 @@ export class HostRegistry {
     const now = this.now();
     this.live.clear();
     for (const rec of await this.store.list<HostRecord>('hosts')) {
-      this.live.set(rec.name, { lastSeenMs: now, bootId: rec.boot_id, minGuestsVersion: 0, guests: null, guestsVersion: 0, reportedMs: 0, down: rec.state === 'down' });
+      this.live.set(rec.name, {
+        lastSeenMs: now,
+        bootId: rec.boot_id,
+        minGuestsVersion: 0,
+        guests: null,
+        guestsVersion: 0,
+        reportedMs: 0,
+        down: rec.state === 'down',
+      });
     }
   }
 
@@ -122,7 +166,12 @@ export class HostRegistry {
       }
       const l = this.live.get(h.name);
       const lastSeen = l && h.state === 'up' ? new Date(l.lastSeenMs).toISOString() : h.last_seen;
-      return { ...h, last_seen: lastSeen, free: { cpus: Math.max(0, h.cpus - cpus), memory_mib: Math.max(0, h.memory_mib - mem) }, vms: names };
+      return {
+        ...h,
+        last_seen: lastSeen,
+        free: { cpus: Math.max(0, h.cpus - cpus), memory_mib: Math.max(0, h.memory_mib - mem) },
+        vms: names,
+      };
     });
   }
 
@@ -145,7 +194,8 @@ export class HostRegistry {
   unfit(h: HostView, vm: VmRecord): string | null {
     if (h.state !== 'up') return `${h.name} is down`;
     if (!h.hypervisor.available) return `${h.name} has no hypervisor (${h.hypervisor.reason ?? 'not available'})`;
-    if (vm.placement.site !== undefined && h.site !== vm.placement.site) return `${h.name} is in site ${h.site}, not ${vm.placement.site}`;
+    if (vm.placement.site !== undefined && h.site !== vm.placement.site)
+      return `${h.name} is in site ${h.site}, not ${vm.placement.site}`;
     for (const [k, v] of Object.entries(vm.placement.labels ?? {})) {
       if (h.labels[k] !== v) return `${h.name} lacks label ${k}=${v}`;
     }
@@ -159,7 +209,8 @@ export class HostRegistry {
     if (o.host !== undefined) {
       const h = views.find((x) => x.name === o.host);
       if (!h) throw new ApiError(404, 'not_found', `no host named ${o.host} (homewire host list)`);
-      if (h.name === o.exclude) throw new ApiError(409, 'same_host', `vm ${vm.name} already runs on ${h.name}: pick another host`);
+      if (h.name === o.exclude)
+        throw new ApiError(409, 'same_host', `vm ${vm.name} already runs on ${h.name}: pick another host`);
       const why = this.unfit(h, vm);
       if (why) throw new ApiError(409, 'no_host', `vm ${vm.name} cannot run on ${why}`);
       return h;
@@ -172,9 +223,15 @@ export class HostRegistry {
       return why === null;
     });
     if (fits.length === 0) {
-      throw new ApiError(409, 'no_host', `no host fits vm ${vm.name} (${vm.cpus} CPUs, ${vm.memory_mib} MiB)${reasons.length ? ': ' + reasons.join('; ') : ': no hosts registered'}`);
+      throw new ApiError(
+        409,
+        'no_host',
+        `no host fits vm ${vm.name} (${vm.cpus} CPUs, ${vm.memory_mib} MiB)${reasons.length ? `: ${reasons.join('; ')}` : ': no hosts registered'}`,
+      );
     }
-    fits.sort((a, b) => b.free.memory_mib - a.free.memory_mib || b.free.cpus - a.free.cpus || a.name.localeCompare(b.name));
+    fits.sort(
+      (a, b) => b.free.memory_mib - a.free.memory_mib || b.free.cpus - a.free.cpus || a.name.localeCompare(b.name),
+    );
     return fits[0];
   }
 }

@@ -14,21 +14,26 @@ function bad(message: string): never {
 
 export function checkName(v: unknown, what: string): string {
   if (typeof v !== 'string' || !NAME_RE.test(v)) {
-    bad(`${what} name ${JSON.stringify(v)} is not valid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+    bad(
+      `${what} name ${JSON.stringify(v)} is not valid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`,
+    );
   }
   return v as string;
 }
 
 /** Validates an image definition (config entry or POST /v1/images body); relative locations need imageServer. */
 export function checkImage(raw: unknown, imageServer?: string): Omit<ImageRecord, 'created_at'> {
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) bad('an image is a mapping: { name, kernel, initrd, sha256: { kernel, initrd } }');
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
+    bad('an image is a mapping: { name, kernel, initrd, sha256: { kernel, initrd } }');
   const o = raw as Record<string, unknown>;
   for (const k of Object.keys(o)) if (!KEYS.includes(k)) bad(`unknown image key "${k}"; allowed: ${KEYS.join(', ')}`);
   const name = checkName(o.name, 'image');
   const sums = o.sha256;
-  if (sums === null || typeof sums !== 'object' || Array.isArray(sums)) bad(`image ${name}: sha256 must be a mapping { kernel: HEX, initrd: HEX${o.disk ? ', disk: HEX' : ''} }`);
+  if (sums === null || typeof sums !== 'object' || Array.isArray(sums))
+    bad(`image ${name}: sha256 must be a mapping { kernel: HEX, initrd: HEX${o.disk ? ', disk: HEX' : ''} }`);
   const s = sums as Record<string, unknown>;
-  for (const k of Object.keys(s)) if (!FILES.includes(k as any)) bad(`image ${name}: sha256.${k} is not one of kernel, initrd, disk`);
+  for (const k of Object.keys(s))
+    if (!FILES.includes(k as any)) bad(`image ${name}: sha256.${k} is not one of kernel, initrd, disk`);
   const out: Omit<ImageRecord, 'created_at'> = { name, kernel: '', initrd: '', sha256: { kernel: '', initrd: '' } };
   for (const f of FILES) {
     if (o[f] === undefined || o[f] === null) {
@@ -47,7 +52,8 @@ export function checkImage(raw: unknown, imageServer?: string): Omit<ImageRecord
     out.sha256[f] = (sum as string).toLowerCase();
   }
   if (o.cmdline !== undefined) {
-    if (typeof o.cmdline !== 'string' || o.cmdline.length > 1024) bad(`image ${name}: cmdline must be a string of at most 1024 characters`);
+    if (typeof o.cmdline !== 'string' || o.cmdline.length > 1024)
+      bad(`image ${name}: cmdline must be a string of at most 1024 characters`);
     out.cmdline = o.cmdline as string;
   }
   return out;
@@ -58,10 +64,18 @@ function resolveLocation(v: unknown, imageServer: string | undefined, what: stri
   const text = v as string;
   if (text.startsWith('/')) return text;
   if (/^https?:\/\//.test(text)) {
-    try { new URL(text); } catch { bad(`${what}: "${text}" is not a valid URL`); }
+    try {
+      new URL(text);
+    } catch {
+      bad(`${what}: "${text}" is not a valid URL`);
+    }
     return text;
   }
-  if (/^[a-z][a-z0-9+.-]*:/i.test(text)) bad(`${what}: "${text}": only http://, https:// and absolute paths are supported`);
-  if (!imageServer) bad(`${what}: "${text}" is relative: give a full http(s):// URL or absolute path, or set image_server in the coordinator config`);
-  return new URL(text, imageServer + '/').toString();
+  if (/^[a-z][a-z0-9+.-]*:/i.test(text))
+    bad(`${what}: "${text}": only http://, https:// and absolute paths are supported`);
+  if (!imageServer)
+    bad(
+      `${what}: "${text}" is relative: give a full http(s):// URL or absolute path, or set image_server in the coordinator config`,
+    );
+  return new URL(text, `${imageServer}/`).toString();
 }

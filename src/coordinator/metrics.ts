@@ -9,11 +9,18 @@ export function coordinatorRegistry(c: Coordinator): client.Registry {
   const register = new client.Registry();
   client.collectDefaultMetrics({ register, prefix: 'homewire_coordinator_' });
   new client.Gauge({
-    name: 'homewire_coordinator_leader', help: '1 if this coordinator is the leader.', registers: [register],
-    collect(this: any) { this.set(c.leadership.leading ? 1 : 0); },
+    name: 'homewire_coordinator_leader',
+    help: '1 if this coordinator is the leader.',
+    registers: [register],
+    collect(this: any) {
+      this.set(c.leadership.leading ? 1 : 0);
+    },
   });
   new client.Gauge({
-    name: 'homewire_coordinator_vms', help: 'VMs by state.', labelNames: ['state'], registers: [register],
+    name: 'homewire_coordinator_vms',
+    help: 'VMs by state.',
+    labelNames: ['state'],
+    registers: [register],
     async collect(this: any) {
       this.reset();
       if (!c.leadership.leading) return;
@@ -23,7 +30,10 @@ export function coordinatorRegistry(c: Coordinator): client.Registry {
     },
   });
   new client.Gauge({
-    name: 'homewire_coordinator_hosts', help: 'Registered hosts by state.', labelNames: ['state'], registers: [register],
+    name: 'homewire_coordinator_hosts',
+    help: 'Registered hosts by state.',
+    labelNames: ['state'],
+    registers: [register],
     async collect(this: any) {
       this.reset();
       if (!c.leadership.leading) return;
@@ -32,19 +42,30 @@ export function coordinatorRegistry(c: Coordinator): client.Registry {
       for (const [state, n] of Object.entries(counts)) this.set({ state }, n);
     },
   });
-  const counter = (name: string, help: string, label: string, read: () => Record<string, number>) => new client.Counter({
-    name, help, labelNames: [label], registers: [register],
-    collect(this: any) {
-      this.reset();
-      for (const [k, v] of Object.entries(read())) this.inc({ [label]: k }, v);
-    },
-  });
+  const counter = (name: string, help: string, label: string, read: () => Record<string, number>) =>
+    new client.Counter({
+      name,
+      help,
+      labelNames: [label],
+      registers: [register],
+      collect(this: any) {
+        this.reset();
+        for (const [k, v] of Object.entries(read())) this.inc({ [label]: k }, v);
+      },
+    });
   counter('homewire_coordinator_commands_total', 'Commands sent to host agents, by outcome.', 'result', () => ({
-    sent: c.dispatch.stats.sent, ok: c.dispatch.stats.ok, failed: c.dispatch.stats.failed, timed_out: c.dispatch.stats.timedOut,
+    sent: c.dispatch.stats.sent,
+    ok: c.dispatch.stats.ok,
+    failed: c.dispatch.stats.failed,
+    timed_out: c.dispatch.stats.timedOut,
   }));
   counter('homewire_coordinator_vm_events_total', 'VM lifecycle outcomes.', 'event', () => ({
-    started: c.vms.stats.started, start_failed: c.vms.stats.startFailed, stopped: c.vms.stats.stopped,
-    migrated: c.vms.stats.migrated, migration_failed: c.vms.stats.migrationFailed, crashed: c.vms.stats.crashed,
+    started: c.vms.stats.started,
+    start_failed: c.vms.stats.startFailed,
+    stopped: c.vms.stats.stopped,
+    migrated: c.vms.stats.migrated,
+    migration_failed: c.vms.stats.migrationFailed,
+    crashed: c.vms.stats.crashed,
     settled_after_takeover: c.vms.stats.settled,
   }));
   return register;

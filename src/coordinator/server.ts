@@ -37,12 +37,24 @@ export class Coordinator {
   /** Bumped at each election: a tick or reconcile begun under an older term does nothing. */
   private term = 0;
 
-  private constructor(readonly config: CoordinatorConfig, readonly store: Store, readonly leadership: Leadership,
-    readonly log: Logger, now: () => number) {
+  private constructor(
+    readonly config: CoordinatorConfig,
+    readonly store: Store,
+    readonly leadership: Leadership,
+    readonly log: Logger,
+    now: () => number,
+  ) {
     this.now = now;
-    this.hosts = new HostRegistry(store, log.child({ part: 'hosts' }), now, (host) => this.dispatch.failHost(host, 'went down'));
+    this.hosts = new HostRegistry(store, log.child({ part: 'hosts' }), now, (host) =>
+      this.dispatch.failHost(host, 'went down'),
+    );
     this.vms = new Lifecycle({
-      store, hosts: this.hosts, dispatch: this.dispatch, log: log.child({ part: 'vms' }), now, leading: () => this.leadership.leading,
+      store,
+      hosts: this.hosts,
+      dispatch: this.dispatch,
+      log: log.child({ part: 'vms' }),
+      now,
+      leading: () => this.leadership.leading,
     });
   }
 
@@ -57,7 +69,13 @@ export class Coordinator {
     const { etcdClient, EtcdLeadership, EtcdStore } = await import('./etcd-store.ts');
     const client = etcdClient(cfg.store.endpoints);
     const store = new EtcdStore(client);
-    return new Coordinator(cfg, store, new EtcdLeadership(client, store, deps.log.child({ part: 'leader' })), deps.log, now);
+    return new Coordinator(
+      cfg,
+      store,
+      new EtcdLeadership(client, store, deps.log.child({ part: 'leader' })),
+      deps.log,
+      now,
+    );
   }
 
   /** The URL the API listens at (port 0 in the config: the one the OS chose). */
@@ -76,23 +94,39 @@ export class Coordinator {
   async start(): Promise<void> {
     const { config, log } = this;
     const self = this;
-    const server = http.createServer(apiHandler({
-      id: this.id, get url() { return self.advertiseUrl; }, adminToken: config.adminToken, hostToken: config.hostToken, store: this.store,
-      hosts: this.hosts, vms: this.vms, dispatch: this.dispatch, leadership: this.leadership, imageServer: config.imageServer,
-      log: log.child({ part: 'api' }), now: this.now,
-      reconcile: (host, guests) => {
-        const term = this.term;
-        if (!this.leadership.leading) return;
-        this.vms.reconcile(host, guests).catch((err) => {
-          if (term === this.term) log.warn({ host, error: (err as Error).message }, 'reconcile failed');
-        });
-      },
-    }));
+    const server = http.createServer(
+      apiHandler({
+        id: this.id,
+        get url() {
+          return self.advertiseUrl;
+        },
+        adminToken: config.adminToken,
+        hostToken: config.hostToken,
+        store: this.store,
+        hosts: this.hosts,
+        vms: this.vms,
+        dispatch: this.dispatch,
+        leadership: this.leadership,
+        imageServer: config.imageServer,
+        log: log.child({ part: 'api' }),
+        now: this.now,
+        reconcile: (host, guests) => {
+          const term = this.term;
+          if (!this.leadership.leading) return;
+          this.vms.reconcile(host, guests).catch((err) => {
+            if (term === this.term) log.warn({ host, error: (err as Error).message }, 'reconcile failed');
+          });
+        },
+      }),
+    );
     server.keepAliveTimeout = 65_000;
     server.requestTimeout = 0; // long polls and migrations outlast the default
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(config.listen.port, config.listen.address, () => { server.off('error', reject); resolve(); });
+      server.listen(config.listen.port, config.listen.address, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
     this.server = server;
     if (config.listen.port === 0 && /:0$/.test(config.advertiseUrl)) this.advertised = this.url;
@@ -102,10 +136,15 @@ export class Coordinator {
       this.metricsServer = await serveMetrics(coordinatorRegistry(this), config.metrics.listen);
     }
     await this.leadership.start(this.advertiseUrl, {
-      elected: () => { this.onElected().catch((err) => log.error({ error: (err as Error).message }, 'taking over failed')); },
+      elected: () => {
+        this.onElected().catch((err) => log.error({ error: (err as Error).message }, 'taking over failed'));
+      },
       deposed: (reason) => this.onDeposed(reason),
     });
-    log.info({ id: this.id, listen: this.url, store: this.store.backend, leader: this.leadership.leading }, 'coordinator up');
+    log.info(
+      { id: this.id, listen: this.url, store: this.store.backend, leader: this.leadership.leading },
+      'coordinator up',
+    );
   }
 
   private async onElected(): Promise<void> {
@@ -113,8 +152,13 @@ export class Coordinator {
     await this.hosts.takeover();
     for (const img of this.config.images) {
       const old = await this.store.get<ImageRecord>('images', img.name);
-      const same = old && JSON.stringify({ ...old, created_at: undefined }) === JSON.stringify({ ...img, created_at: undefined });
-      if (!same) await this.store.put('images', img.name, { ...img, created_at: old?.created_at ?? new Date(this.now()).toISOString() });
+      const same =
+        old && JSON.stringify({ ...old, created_at: undefined }) === JSON.stringify({ ...img, created_at: undefined });
+      if (!same)
+        await this.store.put('images', img.name, {
+          ...img,
+          created_at: old?.created_at ?? new Date(this.now()).toISOString(),
+        });
     }
     const [hosts, vms] = await Promise.all([this.store.list<HostRecord>('hosts'), this.vms.list()]);
     this.log.info({ term, hosts: hosts.length, vms: vms.length }, 'leading: acting on the store');
@@ -142,9 +186,13 @@ export class Coordinator {
         const l = this.hosts.live.get(host);
         return !l || l.down ? 'down' : l.guests;
       });
-    })().catch((err) => {
-      if (term === this.term) this.log.warn({ error: (err as Error).message }, 'tick failed');
-    }).finally(() => { this.ticking = false; });
+    })()
+      .catch((err) => {
+        if (term === this.term) this.log.warn({ error: (err as Error).message }, 'tick failed');
+      })
+      .finally(() => {
+        this.ticking = false;
+      });
   }
 
   async stop(): Promise<void> {
@@ -154,11 +202,12 @@ export class Coordinator {
     this.timer = null;
     this.dispatch.close('is stopping');
     await this.leadership.stop();
-    const close = (s: http.Server | null) => new Promise<void>((r) => {
-      if (!s) return r();
-      s.close(() => r());
-      s.closeAllConnections();
-    });
+    const close = (s: http.Server | null) =>
+      new Promise<void>((r) => {
+        if (!s) return r();
+        s.close(() => r());
+        s.closeAllConnections();
+      });
     await Promise.all([close(this.server), close(this.metricsServer)]);
     await this.store.close();
     this.log.info({ id: this.id }, 'coordinator stopped');

@@ -41,8 +41,11 @@ export function canTransition(from: VmState, to: VmState): boolean {
 export function checkOperation(vm: VmRecord, op: Operation): void {
   if (FROM[op].includes(vm.state)) return;
   const hint = HINT[vm.state] ? `: ${HINT[vm.state]}` : '';
-  throw new ApiError(409, 'invalid_transition',
-    `vm ${vm.name} is ${vm.state}; ${op} is allowed only when it is ${FROM[op].join(', ')}${hint}`);
+  throw new ApiError(
+    409,
+    'invalid_transition',
+    `vm ${vm.name} is ${vm.state}; ${op} is allowed only when it is ${FROM[op].join(', ')}${hint}`,
+  );
 }
 
 /** A copy of the VM in its next state; throws if the table does not allow the change (a coordinator bug). */

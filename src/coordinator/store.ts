@@ -39,7 +39,9 @@ export class SqliteStore implements Store {
       get: db.prepare('SELECT value FROM records WHERE kind = ? AND name = ?'),
       list: db.prepare('SELECT value FROM records WHERE kind = ? ORDER BY name'),
       create: db.prepare('INSERT OR IGNORE INTO records (kind, name, value) VALUES (?, ?, ?)'),
-      put: db.prepare('INSERT INTO records (kind, name, value) VALUES (?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET value = excluded.value'),
+      put: db.prepare(
+        'INSERT INTO records (kind, name, value) VALUES (?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET value = excluded.value',
+      ),
       del: db.prepare('DELETE FROM records WHERE kind = ? AND name = ?'),
     };
   }
@@ -51,7 +53,10 @@ export class SqliteStore implements Store {
       try {
         fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
       } catch (err) {
-        throw new OperatorError('EDATADIR', `cannot create the data directory ${dataDir} (${(err as NodeJS.ErrnoException).code}): create it or set data_dir`);
+        throw new OperatorError(
+          'EDATADIR',
+          `cannot create the data directory ${dataDir} (${(err as NodeJS.ErrnoException).code}): create it or set data_dir`,
+        );
       }
       file = path.join(dataDir, 'coordinator.db');
     }
@@ -69,7 +74,7 @@ export class SqliteStore implements Store {
 
   async get<T>(kind: Kind, name: string): Promise<T | null> {
     const row = this.q.get.get(kind, name) as { value: string } | undefined;
-    return row ? JSON.parse(row.value) as T : null;
+    return row ? (JSON.parse(row.value) as T) : null;
   }
 
   async list<T>(kind: Kind): Promise<T[]> {

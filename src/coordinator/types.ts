@@ -129,7 +129,11 @@ export interface DhcpReservationView {
 
 /** An API error: HTTP status, a stable code and a message that says what to do. */
 export class ApiError extends Error {
-  constructor(readonly status: number, readonly code: string, message: string) {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
     super(message);
   }
 }

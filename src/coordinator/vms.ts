@@ -7,8 +7,16 @@ import crypto from 'node:crypto';
 import net from 'node:net';
 import type { Logger } from '../log.ts';
 import {
-  INCOMING_TIMEOUT_MS, MIGRATE_TIMEOUT_MS, SHORT_COMMAND_TIMEOUT_MS, START_TIMEOUT_MS, VM_CPUS_MAX, VM_DEFAULT_CPUS,
-  VM_DEFAULT_MEMORY_MIB, VM_MAC_PREFIX, VM_MEMORY_MIB_MAX, VM_MEMORY_MIB_MIN,
+  INCOMING_TIMEOUT_MS,
+  MIGRATE_TIMEOUT_MS,
+  SHORT_COMMAND_TIMEOUT_MS,
+  START_TIMEOUT_MS,
+  VM_CPUS_MAX,
+  VM_DEFAULT_CPUS,
+  VM_DEFAULT_MEMORY_MIB,
+  VM_MAC_PREFIX,
+  VM_MEMORY_MIB_MAX,
+  VM_MEMORY_MIB_MIN,
 } from './constants.ts';
 import type { Dispatcher } from './dispatch.ts';
 import type { HostRegistry } from './hosts.ts';
@@ -16,8 +24,15 @@ import { checkName } from './images.ts';
 import { checkOperation, type Operation, transition } from './states.ts';
 import type { Store } from './store.ts';
 import {
-  ApiError, type CommandBody, type CommandResult, type GuestReport, type HostRecord, type ImageRecord, type LaunchSpec,
-  type VmRecord, type VmState,
+  ApiError,
+  type CommandBody,
+  type CommandResult,
+  type GuestReport,
+  type HostRecord,
+  type ImageRecord,
+  type LaunchSpec,
+  type VmRecord,
+  type VmState,
 } from './types.ts';
 
 export interface LifecycleDeps {
@@ -74,13 +89,18 @@ export class Lifecycle {
   // ---- create / delete ---------------------------------------------------------------------------
 
   async create(body: unknown): Promise<VmRecord> {
-    if (body === null || typeof body !== 'object' || Array.isArray(body)) bad('the body must be a JSON object { name, image, ... }');
+    if (body === null || typeof body !== 'object' || Array.isArray(body))
+      bad('the body must be a JSON object { name, image, ... }');
     const o = body as Record<string, unknown>;
-    for (const k of Object.keys(o)) if (!CREATE_KEYS.includes(k)) bad(`unknown key "${k}"; allowed: ${CREATE_KEYS.join(', ')}`);
+    for (const k of Object.keys(o))
+      if (!CREATE_KEYS.includes(k)) bad(`unknown key "${k}"; allowed: ${CREATE_KEYS.join(', ')}`);
     const name = checkName(o.name, 'vm');
     const imageName = checkName(o.image, 'image');
     const cpus = o.cpus === undefined ? VM_DEFAULT_CPUS : int(o.cpus, 'cpus', 1, VM_CPUS_MAX);
-    const memory = o.memory_mib === undefined ? VM_DEFAULT_MEMORY_MIB : int(o.memory_mib, 'memory_mib', VM_MEMORY_MIB_MIN, VM_MEMORY_MIB_MAX);
+    const memory =
+      o.memory_mib === undefined
+        ? VM_DEFAULT_MEMORY_MIB
+        : int(o.memory_mib, 'memory_mib', VM_MEMORY_MIB_MIN, VM_MEMORY_MIB_MAX);
     const placement: VmRecord['placement'] = {};
     if (o.site !== undefined) placement.site = str(o.site, 'site');
     if (o.labels !== undefined) placement.labels = labels(o.labels);
@@ -89,18 +109,36 @@ export class Lifecycle {
     if (o.cmdline !== undefined) cmdline = str(o.cmdline, 'cmdline');
     return this.locked(async () => {
       if (!(await this.d.store.get<ImageRecord>('images', imageName))) {
-        throw new ApiError(400, 'unknown_image', `no image named ${imageName}: add it first (POST /v1/images, or images: in the coordinator config)`);
+        throw new ApiError(
+          400,
+          'unknown_image',
+          `no image named ${imageName}: add it first (POST /v1/images, or images: in the coordinator config)`,
+        );
       }
       const vms = await this.list();
       const mac = o.mac === undefined ? this.newMac(vms) : checkMac(o.mac, vms);
       const ip = o.ip === undefined || o.ip === null ? null : checkIp(o.ip, vms);
       const at = new Date(this.d.now()).toISOString();
       const vm: VmRecord = {
-        name, image: imageName, cpus, memory_mib: memory, mac, ip, state: 'defined', host: pinned ?? null, target: null,
-        placement, ...(cmdline ? { cmdline } : {}), error: null, created_at: at, updated_at: at, generation: 1,
+        name,
+        image: imageName,
+        cpus,
+        memory_mib: memory,
+        mac,
+        ip,
+        state: 'defined',
+        host: pinned ?? null,
+        target: null,
+        placement,
+        ...(cmdline ? { cmdline } : {}),
+        error: null,
+        created_at: at,
+        updated_at: at,
+        generation: 1,
       };
       if (!this.d.leading()) throw new ApiError(503, 'not_leader', 'this coordinator is no longer the leader; retry');
-      if (!(await this.d.store.create('vms', name, vm))) throw new ApiError(409, 'name_taken', `a vm named ${name} exists already`);
+      if (!(await this.d.store.create('vms', name, vm)))
+        throw new ApiError(409, 'name_taken', `a vm named ${name} exists already`);
       this.d.log.info({ vm: name, mac, ip, image: imageName }, 'vm defined');
       return vm;
     });
@@ -137,12 +175,20 @@ export class Lifecycle {
       checkOperation(vm, 'start');
       this.checkIdle(vm, 'start');
       const image = await this.d.store.get<ImageRecord>('images', vm.image);
-      if (!image) throw new ApiError(409, 'unknown_image', `vm ${name} uses image ${vm.image}, which no longer exists: add it again`);
-      const chosen = o.host ?? (vm.state === 'defined' ? vm.host ?? undefined : undefined);
+      if (!image)
+        throw new ApiError(
+          409,
+          'unknown_image',
+          `vm ${name} uses image ${vm.image}, which no longer exists: add it again`,
+        );
+      const chosen = o.host ?? (vm.state === 'defined' ? (vm.host ?? undefined) : undefined);
       const host = this.d.hosts.place(await this.hostViews(), vm, { host: chosen });
       this.busy.set(name, 'start');
       try {
-        return { vm: await this.write(transition(vm, 'starting', { host: host.name, target: null, error: null }, this.date())), image };
+        return {
+          vm: await this.write(transition(vm, 'starting', { host: host.name, target: null, error: null }, this.date())),
+          image,
+        };
       } catch (err) {
         this.busy.delete(name);
         throw err;
@@ -152,7 +198,13 @@ export class Lifecycle {
       const host = vm.host!;
       this.d.log.info({ vm: name, host }, 'starting vm');
       try {
-        await this.command(host, { type: 'start', vm: spec(vm, image) }, START_TIMEOUT_MS, 'start_failed', `starting vm ${name} on ${host}`);
+        await this.command(
+          host,
+          { type: 'start', vm: spec(vm, image) },
+          START_TIMEOUT_MS,
+          'start_failed',
+          `starting vm ${name} on ${host}`,
+        );
       } catch (err) {
         this.stats.startFailed++;
         this.fireAndForget(host, { type: 'stop', name });
@@ -182,7 +234,13 @@ export class Lifecycle {
       let note: string | null = null;
       if (host && this.d.hosts.isUp(rec)) {
         try {
-          await this.command(host, { type: 'stop', name }, SHORT_COMMAND_TIMEOUT_MS, 'stop_failed', `stopping vm ${name} on ${host}`);
+          await this.command(
+            host,
+            { type: 'stop', name },
+            SHORT_COMMAND_TIMEOUT_MS,
+            'stop_failed',
+            `stopping vm ${name} on ${host}`,
+          );
         } catch (err) {
           if (vm.state === 'running') throw err; // still running there: the VM stays running
           note = `stopped here, but ${host} could not confirm: ${(err as Error).message}`;
@@ -205,12 +263,27 @@ export class Lifecycle {
       checkOperation(vm, 'migrate');
       this.checkIdle(vm, 'migrate');
       const image = await this.d.store.get<ImageRecord>('images', vm.image);
-      if (!image) throw new ApiError(409, 'unknown_image', `vm ${name} uses image ${vm.image}, which no longer exists: add it again`);
+      if (!image)
+        throw new ApiError(
+          409,
+          'unknown_image',
+          `vm ${name} uses image ${vm.image}, which no longer exists: add it again`,
+        );
       const views = await this.hostViews();
       const src = views.find((h) => h.name === vm.host);
-      if (!src || src.state !== 'up') throw new ApiError(409, 'host_down', `vm ${name} runs on ${vm.host}, which is down: it cannot be migrated live`);
+      if (src?.state !== 'up')
+        throw new ApiError(
+          409,
+          'host_down',
+          `vm ${name} runs on ${vm.host}, which is down: it cannot be migrated live`,
+        );
       const dest = this.d.hosts.place(views, vm, { host: o.host, exclude: vm.host! });
-      if (!dest.address) throw new ApiError(409, 'no_host', `host ${dest.name} has no migration address (agent config migration_address)`);
+      if (!dest.address)
+        throw new ApiError(
+          409,
+          'no_host',
+          `host ${dest.name} has no migration address (agent config migration_address)`,
+        );
       this.busy.set(name, 'migrate');
       try {
         return { vm: await this.write(transition(vm, 'migrating', { target: dest.name }, this.date())), image };
@@ -231,16 +304,42 @@ export class Lifecycle {
     const started = this.d.now();
     this.d.log.info({ vm: name, from: src, to: dest }, 'migrating vm');
     try {
-      const inc = await this.command(dest, { type: 'incoming', vm: spec(vm, image) }, INCOMING_TIMEOUT_MS, 'migration_failed',
-        `starting the incoming guest on ${dest}`);
-      if (!inc.uri) throw new ApiError(409, 'migration_failed', `${dest} started the incoming guest but gave no migration URI`);
-      await this.command(dest, { type: 'expect', mac: vm.mac }, SHORT_COMMAND_TIMEOUT_MS, 'migration_failed',
-        `telling ${dest}'s daemon that ${vm.mac} is about to arrive`);
-      await this.command(src, { type: 'migrate', name, uri: inc.uri }, MIGRATE_TIMEOUT_MS, 'migration_failed',
-        `migrating ${name} from ${src} to ${dest} (${inc.uri})`);
-      const conf = await this.command(dest, { type: 'confirm', name }, SHORT_COMMAND_TIMEOUT_MS, 'migration_failed',
-        `confirming ${name} on ${dest}`);
-      if (conf.state !== 'running') throw new ApiError(409, 'migration_failed', `after migration the guest on ${dest} is ${conf.state}, not running`);
+      const inc = await this.command(
+        dest,
+        { type: 'incoming', vm: spec(vm, image) },
+        INCOMING_TIMEOUT_MS,
+        'migration_failed',
+        `starting the incoming guest on ${dest}`,
+      );
+      if (!inc.uri)
+        throw new ApiError(409, 'migration_failed', `${dest} started the incoming guest but gave no migration URI`);
+      await this.command(
+        dest,
+        { type: 'expect', mac: vm.mac },
+        SHORT_COMMAND_TIMEOUT_MS,
+        'migration_failed',
+        `telling ${dest}'s daemon that ${vm.mac} is about to arrive`,
+      );
+      await this.command(
+        src,
+        { type: 'migrate', name, uri: inc.uri },
+        MIGRATE_TIMEOUT_MS,
+        'migration_failed',
+        `migrating ${name} from ${src} to ${dest} (${inc.uri})`,
+      );
+      const conf = await this.command(
+        dest,
+        { type: 'confirm', name },
+        SHORT_COMMAND_TIMEOUT_MS,
+        'migration_failed',
+        `confirming ${name} on ${dest}`,
+      );
+      if (conf.state !== 'running')
+        throw new ApiError(
+          409,
+          'migration_failed',
+          `after migration the guest on ${dest} is ${conf.state}, not running`,
+        );
     } catch (err) {
       this.stats.migrationFailed++;
       const why = (err as Error).message;
@@ -250,14 +349,39 @@ export class Lifecycle {
       try {
         back = await this.d.dispatch.send(src, { type: 'confirm', name, resume: true }, SHORT_COMMAND_TIMEOUT_MS);
         this.noteResult(src, back);
-      } catch { /* source unreachable: failed below */ }
-      if (back?.ok && back.state === 'running') {
-        await this.update(name, (v) => transition(v, 'running', { target: null, error: `migration to ${dest} failed: ${why}` }, this.date()));
-        this.d.log.warn({ vm: name, from: src, to: dest, error: why }, 'migration failed; the vm keeps running on the source');
-        throw new ApiError(409, 'migration_failed', `migration of ${name} to ${dest} failed, it keeps running on ${src}: ${why}`);
+      } catch {
+        /* source unreachable: failed below */
       }
-      await this.update(name, (v) => transition(v, 'failed', { target: null, error: `migration to ${dest} failed (${why}) and the source ${src} does not run it (${back?.error ?? back?.state ?? 'unreachable'})` }, this.date()));
-      throw new ApiError(409, 'migration_failed', `migration of ${name} to ${dest} failed and the source no longer runs it: ${why}`);
+      if (back?.ok && back.state === 'running') {
+        await this.update(name, (v) =>
+          transition(v, 'running', { target: null, error: `migration to ${dest} failed: ${why}` }, this.date()),
+        );
+        this.d.log.warn(
+          { vm: name, from: src, to: dest, error: why },
+          'migration failed; the vm keeps running on the source',
+        );
+        throw new ApiError(
+          409,
+          'migration_failed',
+          `migration of ${name} to ${dest} failed, it keeps running on ${src}: ${why}`,
+        );
+      }
+      await this.update(name, (v) =>
+        transition(
+          v,
+          'failed',
+          {
+            target: null,
+            error: `migration to ${dest} failed (${why}) and the source ${src} does not run it (${back?.error ?? back?.state ?? 'unreachable'})`,
+          },
+          this.date(),
+        ),
+      );
+      throw new ApiError(
+        409,
+        'migration_failed',
+        `migration of ${name} to ${dest} failed and the source no longer runs it: ${why}`,
+      );
     }
     this.stats.migrated++;
     await this.update(name, (v) => transition(v, 'running', { host: dest, target: null, error: null }, this.date()));
@@ -280,18 +404,30 @@ export class Lifecycle {
       await this.locked(async () => {
         if (this.busy.has(vm.name)) return;
         const cur = await this.d.store.get<VmRecord>('vms', vm.name);
-        if (!cur || cur.state !== 'running' || cur.host !== host) return;
-        await this.write(transition(cur, 'failed', { error: `the guest on ${host} is gone (${g ? 'QEMU exited' : 'not running there'})` }, this.date()));
+        if (cur?.state !== 'running' || cur.host !== host) return;
+        await this.write(
+          transition(
+            cur,
+            'failed',
+            { error: `the guest on ${host} is gone (${g ? 'QEMU exited' : 'not running there'})` },
+            this.date(),
+          ),
+        );
       });
       this.d.log.warn({ vm: vm.name, host }, 'vm failed: its guest is gone');
     }
     for (const g of guests) {
       const vm = known.get(g.name);
       if (vm && this.busy.has(vm.name)) continue;
-      const belongs = vm !== undefined && ((vm.host === host && (vm.state === 'running' || vm.state === 'starting' || vm.state === 'migrating'))
-        || (vm.state === 'migrating' && vm.target === host));
+      const belongs =
+        vm !== undefined &&
+        ((vm.host === host && (vm.state === 'running' || vm.state === 'starting' || vm.state === 'migrating')) ||
+          (vm.state === 'migrating' && vm.target === host));
       if (belongs) continue;
-      this.d.log.warn({ vm: g.name, host, state: vm?.state ?? 'no record' }, 'stopping a guest that should not run there');
+      this.d.log.warn(
+        { vm: g.name, host, state: vm?.state ?? 'no record' },
+        'stopping a guest that should not run there',
+      );
       this.fireAndForget(host, { type: 'stop', name: g.name });
     }
   }
@@ -310,25 +446,57 @@ export class Lifecycle {
       try {
         this.stats.settled++;
         if (vm.state === 'starting') {
-          if (gs?.state === 'running') await this.update(vm.name, (v) => transition(v, 'running', { error: null }, this.date()));
+          if (gs?.state === 'running')
+            await this.update(vm.name, (v) => transition(v, 'running', { error: null }, this.date()));
           else {
             if (gs) this.fireAndForget(vm.host!, { type: 'stop', name: vm.name });
-            await this.update(vm.name, (v) => transition(v, 'failed', { error: 'the start did not finish: the coordinator that ran it stopped' }, this.date()));
+            await this.update(vm.name, (v) =>
+              transition(
+                v,
+                'failed',
+                { error: 'the start did not finish: the coordinator that ran it stopped' },
+                this.date(),
+              ),
+            );
           }
         } else if (gd?.state === 'running') {
-          await this.update(vm.name, (v) => transition(v, 'running', { host: vm.target, target: null, error: null }, this.date()));
+          await this.update(vm.name, (v) =>
+            transition(v, 'running', { host: vm.target, target: null, error: null }, this.date()),
+          );
           if (gs) this.fireAndForget(vm.host!, { type: 'stop', name: vm.name });
         } else {
           if (gd) this.fireAndForget(vm.target!, { type: 'stop', name: vm.name });
           let state = gs?.state;
           if (gs && state !== 'running') {
-            const r = await this.d.dispatch.send(vm.host!, { type: 'confirm', name: vm.name, resume: true }, SHORT_COMMAND_TIMEOUT_MS).catch(() => null);
+            const r = await this.d.dispatch
+              .send(vm.host!, { type: 'confirm', name: vm.name, resume: true }, SHORT_COMMAND_TIMEOUT_MS)
+              .catch(() => null);
             state = r?.ok && r.state === 'running' ? 'running' : state;
           }
           if (state === 'running') {
-            await this.update(vm.name, (v) => transition(v, 'running', { target: null, error: 'the migration did not finish (coordinator failover); the vm stayed on the source' }, this.date()));
+            await this.update(vm.name, (v) =>
+              transition(
+                v,
+                'running',
+                {
+                  target: null,
+                  error: 'the migration did not finish (coordinator failover); the vm stayed on the source',
+                },
+                this.date(),
+              ),
+            );
           } else {
-            await this.update(vm.name, (v) => transition(v, 'failed', { target: null, error: 'the migration did not finish (coordinator failover) and neither host runs the vm' }, this.date()));
+            await this.update(vm.name, (v) =>
+              transition(
+                v,
+                'failed',
+                {
+                  target: null,
+                  error: 'the migration did not finish (coordinator failover) and neither host runs the vm',
+                },
+                this.date(),
+              ),
+            );
           }
         }
         this.d.log.warn({ vm: vm.name, was: vm.state }, 'settled an operation left by the previous leader');
@@ -344,7 +512,8 @@ export class Lifecycle {
 
   private checkIdle(vm: VmRecord, op: Operation): void {
     const running = this.busy.get(vm.name);
-    if (running) throw new ApiError(409, 'busy', `vm ${vm.name} is busy (${running} in progress): ${op} it when that ends`);
+    if (running)
+      throw new ApiError(409, 'busy', `vm ${vm.name} is busy (${running} in progress): ${op} it when that ends`);
   }
 
   /** Runs the long phase; clears `busy` at the end, whatever happens. */
@@ -366,7 +535,13 @@ export class Lifecycle {
   }
 
   /** One command; a result with ok=false becomes ApiError(409, code, "<what>: <agent's error>"). */
-  private async command(host: string, body: CommandBody, timeoutMs: number, code: string, what: string): Promise<CommandResult> {
+  private async command(
+    host: string,
+    body: CommandBody,
+    timeoutMs: number,
+    code: string,
+    what: string,
+  ): Promise<CommandResult> {
     let r: CommandResult;
     try {
       r = await this.d.dispatch.send(host, body, timeoutMs);
@@ -387,10 +562,16 @@ export class Lifecycle {
     const key = `${host}\0${JSON.stringify(body)}`;
     if (this.cleaning.has(key)) return;
     this.cleaning.add(key);
-    this.d.dispatch.send(host, body, SHORT_COMMAND_TIMEOUT_MS).then(
-      (r) => { this.noteResult(host, r); if (!r.ok) this.d.log.warn({ host, command: body.type, error: r.error }, 'cleanup command failed'); },
-      (err) => this.d.log.warn({ host, command: body.type, error: (err as Error).message }, 'cleanup command failed'),
-    ).finally(() => this.cleaning.delete(key));
+    this.d.dispatch
+      .send(host, body, SHORT_COMMAND_TIMEOUT_MS)
+      .then(
+        (r) => {
+          this.noteResult(host, r);
+          if (!r.ok) this.d.log.warn({ host, command: body.type, error: r.error }, 'cleanup command failed');
+        },
+        (err) => this.d.log.warn({ host, command: body.type, error: (err as Error).message }, 'cleanup command failed'),
+      )
+      .finally(() => this.cleaning.delete(key));
   }
 
   private date(): Date {
@@ -415,7 +596,8 @@ function bad(message: string): never {
 }
 
 function int(v: unknown, key: string, min: number, max: number): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) bad(`${key} must be a whole number from ${min} to ${max}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
+    bad(`${key} must be a whole number from ${min} to ${max}`);
   return v as number;
 }
 
@@ -425,7 +607,8 @@ function str(v: unknown, key: string): string {
 }
 
 function labels(v: unknown): Record<string, string> {
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) bad('labels must be an object of strings { "gpu": "yes" }');
+  if (v === null || typeof v !== 'object' || Array.isArray(v))
+    bad('labels must be an object of strings { "gpu": "yes" }');
   const out: Record<string, string> = {};
   for (const [k, x] of Object.entries(v as object)) out[k] = str(x, `labels.${k}`);
   return out;
@@ -441,7 +624,8 @@ function checkMac(v: unknown, vms: VmRecord[]): string {
 }
 
 function checkIp(v: unknown, vms: VmRecord[]): string {
-  if (typeof v !== 'string' || net.isIPv4(v) === false) bad(`ip ${JSON.stringify(v)} is not an IPv4 address: give the home-network address to reserve`);
+  if (typeof v !== 'string' || net.isIPv4(v) === false)
+    bad(`ip ${JSON.stringify(v)} is not an IPv4 address: give the home-network address to reserve`);
   const other = vms.find((x) => x.ip === v);
   if (other) throw new ApiError(409, 'ip_taken', `ip ${v as string} is reserved for vm ${other.name}`);
   return v as string;

@@ -2,9 +2,21 @@
 // Decoding never throws: anything malformed decodes to null. Encoding sizes the reply first, allocates once
 // (with headroom for the Ethernet/IPv4/UDP headers in front) and writes in place.
 import {
-  BOOTP_FILE_BYTES, BOOTP_FILE_OFFSET, BOOTP_FIXED_BYTES, BOOTP_MIN_MESSAGE_BYTES, BOOTP_SNAME_BYTES,
-  BOOTP_SNAME_OFFSET, DHCP_MAGIC_COOKIE, DHCP_OPTIONS_OFFSET, DHCP_OPTION_VALUE_MAX_BYTES, OPT_END,
-  OPT_MESSAGE_TYPE, OPT_OVERLOAD, OPT_PAD, OVERLOAD_FILE, OVERLOAD_SNAME,
+  BOOTP_FILE_BYTES,
+  BOOTP_FILE_OFFSET,
+  BOOTP_FIXED_BYTES,
+  BOOTP_MIN_MESSAGE_BYTES,
+  BOOTP_SNAME_BYTES,
+  BOOTP_SNAME_OFFSET,
+  DHCP_MAGIC_COOKIE,
+  DHCP_OPTIONS_OFFSET,
+  DHCP_OPTION_VALUE_MAX_BYTES,
+  OPT_END,
+  OPT_MESSAGE_TYPE,
+  OPT_OVERLOAD,
+  OPT_PAD,
+  OVERLOAD_FILE,
+  OVERLOAD_SNAME,
 } from './constants.ts';
 import { prefixMask } from './ip.ts';
 
@@ -46,7 +58,8 @@ export function decodeDhcp(buf: Buffer): DhcpMessage | null {
     if (readOptionArea(buf, BOOTP_FILE_OFFSET, BOOTP_FILE_OFFSET + BOOTP_FILE_BYTES, options, false) < 0) return null;
   }
   if (overload & OVERLOAD_SNAME) {
-    if (readOptionArea(buf, BOOTP_SNAME_OFFSET, BOOTP_SNAME_OFFSET + BOOTP_SNAME_BYTES, options, false) < 0) return null;
+    if (readOptionArea(buf, BOOTP_SNAME_OFFSET, BOOTP_SNAME_OFFSET + BOOTP_SNAME_BYTES, options, false) < 0)
+      return null;
   }
   return {
     op: buf[0],
@@ -72,7 +85,10 @@ function readOptionArea(buf: Buffer, start: number, end: number, out: Map<number
   let i = start;
   while (i < end) {
     const code = buf[i];
-    if (code === OPT_PAD) { i++; continue; }
+    if (code === OPT_PAD) {
+      i++;
+      continue;
+    }
     if (code === OPT_END) return overload; // what follows END is padding, whatever it holds
     if (i + 1 >= end) return -1; // code without a length byte
     const len = buf[i + 1];

@@ -4,8 +4,15 @@
 // Received UDP checksums are NOT verified: guests behind virtio/TAP often hand over frames with a partial
 // (offloaded) UDP checksum, and frames from peers were already authenticated by the mesh.
 import {
-  ARP_OP_REPLY, ARP_PACKET_BYTES, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, ETHERNET_MIN_FRAME_BYTES, ETHERTYPE_ARP,
-  ETHERTYPE_IPV4, IP_PROTO_UDP, IP_TTL_HOPS,
+  ARP_OP_REPLY,
+  ARP_PACKET_BYTES,
+  DHCP_CLIENT_PORT,
+  DHCP_SERVER_PORT,
+  ETHERNET_MIN_FRAME_BYTES,
+  ETHERTYPE_ARP,
+  ETHERTYPE_IPV4,
+  IP_PROTO_UDP,
+  IP_TTL_HOPS,
 } from './constants.ts';
 
 const ETH_BYTES = 14;
@@ -83,13 +90,26 @@ let ipId = 0;
  * Fill the Ethernet/IPv4/UDP headers in front of a DHCP message that encodeDhcp placed at
  * FRAME_HEADROOM_BYTES in `frame`: server port 67 to client port 68.
  */
-export function fillDhcpReplyHeaders(frame: Buffer, dstMac: Uint8Array, srcMac: Uint8Array, srcIp: number, dstIp: number): Buffer {
+export function fillDhcpReplyHeaders(
+  frame: Buffer,
+  dstMac: Uint8Array,
+  srcMac: Uint8Array,
+  srcIp: number,
+  dstIp: number,
+): Buffer {
   return fillUdpHeaders(frame, dstMac, srcMac, srcIp, dstIp, DHCP_SERVER_PORT, DHCP_CLIENT_PORT);
 }
 
 /** Fill Ethernet, IPv4 (checksummed) and UDP (checksummed) headers in the first FRAME_HEADROOM_BYTES. */
-export function fillUdpHeaders(frame: Buffer, dstMac: Uint8Array, srcMac: Uint8Array, srcIp: number, dstIp: number,
-  srcPort: number, dstPort: number): Buffer {
+export function fillUdpHeaders(
+  frame: Buffer,
+  dstMac: Uint8Array,
+  srcMac: Uint8Array,
+  srcIp: number,
+  dstIp: number,
+  srcPort: number,
+  dstPort: number,
+): Buffer {
   const udpLen = frame.length - ETH_BYTES - IP_BYTES;
   frame.set(dstMac.subarray(0, 6), 0);
   frame.set(srcMac.subarray(0, 6), 6);

@@ -2,7 +2,8 @@
 // on bad input (never throw): config code turns null into a ConfigError naming the key.
 
 const DOTTED_RE = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
-const MAC_RE = /^([0-9a-fA-F]{2})([:-])([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})$/;
+const MAC_RE =
+  /^([0-9a-fA-F]{2})([:-])([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})$/;
 
 /** "192.168.1.2" -> 0xc0a80102; null unless exactly four decimal octets 0-255 (no leading zeros). */
 export function parseIPv4(s: string): number | null {
@@ -47,7 +48,7 @@ export function parseCidr(s: string): (Cidr & { hostBitsZero: boolean }) | null 
 }
 
 export function inCidr(ip: number, c: Cidr): boolean {
-  return ((ip & prefixMask(c.prefix)) >>> 0) === c.network;
+  return (ip & prefixMask(c.prefix)) >>> 0 === c.network;
 }
 
 export function broadcastOf(c: Cidr): number {

@@ -22,18 +22,29 @@ export function listLeases(dbPath: string, now = Date.now()): LeaseListRow[] {
   try {
     db = openDatabase(dbPath, { readonly: true, fileMustExist: true });
   } catch (err) {
-    throw new OperatorError('EDHCPDB', `cannot read the lease database ${dbPath}: ${(err as Error).message}; `
-      + 'check dhcp.lease_db in the config (the file exists once the DHCP server has run) and that you may read it');
+    throw new OperatorError(
+      'EDHCPDB',
+      `cannot read the lease database ${dbPath}: ${(err as Error).message}; ` +
+        'check dhcp.lease_db in the config (the file exists once the DHCP server has run) and that you may read it',
+    );
   }
   try {
     return readLeaseRows(db)
       .map((r) => ({
-        mac: r.mac, ip: r.ip, hostname: r.hostname, clientId: r.clientId, expiresAt: r.expiresAt, site: r.site,
-        state: r.state === 'bound' && r.expiresAt <= now ? 'expired' as const : r.state,
+        mac: r.mac,
+        ip: r.ip,
+        hostname: r.hostname,
+        clientId: r.clientId,
+        expiresAt: r.expiresAt,
+        site: r.site,
+        state: r.state === 'bound' && r.expiresAt <= now ? ('expired' as const) : r.state,
       }))
       .sort((a, b) => (parseIPv4(a.ip) ?? 0) - (parseIPv4(b.ip) ?? 0));
   } catch (err) {
-    throw new OperatorError('EDHCPDB', `${dbPath} is not a homewire lease database (${(err as Error).message}); check dhcp.lease_db`);
+    throw new OperatorError(
+      'EDHCPDB',
+      `${dbPath} is not a homewire lease database (${(err as Error).message}); check dhcp.lease_db`,
+    );
   } finally {
     db.close();
   }
@@ -41,13 +52,18 @@ export function listLeases(dbPath: string, now = Date.now()): LeaseListRow[] {
 
 /** A table (MAC IP HOSTNAME EXPIRES SITE) or, with json, a JSON array. */
 export function formatLeases(rows: LeaseListRow[], json: boolean, now = Date.now()): string {
-  if (json) return JSON.stringify(rows.map((r) => ({ ...r, expiresAt: new Date(r.expiresAt).toISOString() })), null, 2) + '\n';
+  if (json)
+    return `${JSON.stringify(
+      rows.map((r) => ({ ...r, expiresAt: new Date(r.expiresAt).toISOString() })),
+      null,
+      2,
+    )}\n`;
   const header = ['MAC', 'IP', 'HOSTNAME', 'EXPIRES', 'SITE'];
   const lines = rows.map((r) => [r.mac, r.ip, r.hostname ?? '-', expiry(r, now), r.site]);
   if (lines.length === 0) return 'no leases\n';
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
   const fmt = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join('  ');
-  return [fmt(header), ...lines.map(fmt)].join('\n') + '\n';
+  return `${[fmt(header), ...lines.map(fmt)].join('\n')}\n`;
 }
 
 function expiry(r: LeaseListRow, now: number): string {

@@ -10,7 +10,10 @@ interface Bucket {
 export class SiteBudget {
   private readonly buckets = new Map<string, Bucket>();
 
-  constructor(private readonly perWindow: number, private readonly windowMs: number) {}
+  constructor(
+    private readonly perWindow: number,
+    private readonly windowMs: number,
+  ) {}
 
   private refill(site: string, now: number): Bucket {
     let b = this.buckets.get(site);

@@ -1,9 +1,24 @@
 // Building a server reply (RFC 2131 section 4.3.1 table 3 for the fields, section 4.1 for where it goes) as
 // one complete Ethernet frame: size first, allocate once, headers written in front of the message.
 import {
-  BOOTP_FLAG_BROADCAST, BOOTREPLY, DHCPACK, DHCPNAK, HTYPE_ETHERNET, IP_DATAGRAM_MIN_BYTES, MAC_BYTES, OPT_CLIENT_ID,
-  OPT_HOSTNAME, OPT_LEASE_TIME, OPT_MAX_MESSAGE_SIZE, OPT_MESSAGE, OPT_MESSAGE_TYPE, OPT_REBINDING_TIME,
-  OPT_RENEWAL_TIME, OPT_SERVER_ID, REBINDING_TIME_FRACTION, RENEWAL_TIME_FRACTION,
+  BOOTP_FLAG_BROADCAST,
+  BOOTREPLY,
+  DHCPACK,
+  DHCPNAK,
+  HTYPE_ETHERNET,
+  IP_DATAGRAM_MIN_BYTES,
+  MAC_BYTES,
+  OPT_CLIENT_ID,
+  OPT_HOSTNAME,
+  OPT_LEASE_TIME,
+  OPT_MAX_MESSAGE_SIZE,
+  OPT_MESSAGE,
+  OPT_MESSAGE_TYPE,
+  OPT_REBINDING_TIME,
+  OPT_RENEWAL_TIME,
+  OPT_SERVER_ID,
+  REBINDING_TIME_FRACTION,
+  RENEWAL_TIME_FRACTION,
 } from './constants.ts';
 import { encodeDhcp, optionU16, u32, u8, type DhcpMessage, type OptionList } from './codec.ts';
 import { fillDhcpReplyHeaders, FRAME_HEADROOM_BYTES } from './frame.ts';
@@ -35,16 +50,29 @@ export interface ReplyClient {
  * A complete reply frame of `type` (OFFER, ACK or NAK) to request `m`, or null if it cannot be encoded.
  * `withLease` adds lease time, T1 and T2 (not for INFORM). `informIp` is where an INFORM's ACK goes.
  */
-export function buildReply(ctx: ReplyContext, type: number, m: DhcpMessage, c: ReplyClient, yiaddr: number,
-  withLease: boolean, informIp = 0): Buffer | null {
-  const opts: OptionList = [[OPT_MESSAGE_TYPE, u8(type)], [OPT_SERVER_ID, u32(ctx.serverIp)]];
+export function buildReply(
+  ctx: ReplyContext,
+  type: number,
+  m: DhcpMessage,
+  c: ReplyClient,
+  yiaddr: number,
+  withLease: boolean,
+  informIp = 0,
+): Buffer | null {
+  const opts: OptionList = [
+    [OPT_MESSAGE_TYPE, u8(type)],
+    [OPT_SERVER_ID, u32(ctx.serverIp)],
+  ];
   if (type === DHCPNAK) {
     opts.push([OPT_MESSAGE, NAK_TEXT]);
   } else {
     if (withLease) {
       const s = ctx.leaseSeconds;
-      opts.push([OPT_LEASE_TIME, u32(s)], [OPT_RENEWAL_TIME, u32(Math.floor(s * RENEWAL_TIME_FRACTION))],
-        [OPT_REBINDING_TIME, u32(Math.floor(s * REBINDING_TIME_FRACTION))]);
+      opts.push(
+        [OPT_LEASE_TIME, u32(s)],
+        [OPT_RENEWAL_TIME, u32(Math.floor(s * RENEWAL_TIME_FRACTION))],
+        [OPT_REBINDING_TIME, u32(Math.floor(s * REBINDING_TIME_FRACTION))],
+      );
     }
     for (const o of ctx.commonOptions) opts.push(o);
   }
@@ -58,13 +86,24 @@ export function buildReply(ctx: ReplyContext, type: number, m: DhcpMessage, c: R
   if (asked !== null && asked > maxIp) maxIp = asked;
   maxIp = Math.min(maxIp, ctx.maxIpBytes);
   const header = {
-    op: BOOTREPLY, htype: HTYPE_ETHERNET, hlen: MAC_BYTES, hops: 0, xid: m.xid, secs: 0, flags: m.flags,
-    ciaddr: type === DHCPACK ? m.ciaddr : 0, yiaddr, siaddr: 0, giaddr: 0, chaddr: c.chaddr,
+    op: BOOTREPLY,
+    htype: HTYPE_ETHERNET,
+    hlen: MAC_BYTES,
+    hops: 0,
+    xid: m.xid,
+    secs: 0,
+    flags: m.flags,
+    ciaddr: type === DHCPACK ? m.ciaddr : 0,
+    yiaddr,
+    siaddr: 0,
+    giaddr: 0,
+    chaddr: c.chaddr,
   };
   const maxDhcp = maxIp - IP_UDP_HEADER_BYTES;
   // The configured options always fit the smallest reply (config.ts checks); the echoes are dropped if need be.
-  const frame = encodeDhcp(header, opts, maxDhcp, FRAME_HEADROOM_BYTES)
-    ?? encodeDhcp(header, opts.slice(0, configured), maxDhcp, FRAME_HEADROOM_BYTES);
+  const frame =
+    encodeDhcp(header, opts, maxDhcp, FRAME_HEADROOM_BYTES) ??
+    encodeDhcp(header, opts.slice(0, configured), maxDhcp, FRAME_HEADROOM_BYTES);
   if (frame === null) return null;
 
   // Where it goes (4.1; giaddr is always 0: relays are not served): a NAK is broadcast; a client with an

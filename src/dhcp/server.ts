@@ -11,14 +11,52 @@
 import { createHash } from 'node:crypto';
 import { OperatorError } from '../errors.ts';
 import {
-  ARP_OP_REQUEST, BOOTREPLY, BOOTREQUEST, DECLINE_QUARANTINE_MS, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DHCPACK,
-  DHCPDECLINE, DHCPDISCOVER, DHCPINFORM, DHCPNAK, DHCPOFFER, DHCPRELEASE, DHCPREQUEST, ETHERTYPE_ARP, ETHERTYPE_IPV4,
-  HOSTNAME_MAX_BYTES, HTYPE_ETHERNET, IP_DATAGRAM_MIN_BYTES, IP_PROTO_UDP, LOG_REPEAT_INTERVAL_MS, MAC_BYTES,
-  OFFER_HOLD_MS, OPT_BROADCAST, OPT_CLASSLESS_ROUTES, OPT_CLIENT_ID, OPT_DNS, OPT_DOMAIN, OPT_HOSTNAME,
-  OPT_INTERFACE_MTU, OPT_REQUESTED_IP, OPT_ROUTER, OPT_SERVER_ID, OPT_SUBNET_MASK, RATE_WINDOW_MS,
+  ARP_OP_REQUEST,
+  BOOTREPLY,
+  BOOTREQUEST,
+  DECLINE_QUARANTINE_MS,
+  DHCP_CLIENT_PORT,
+  DHCP_SERVER_PORT,
+  DHCPACK,
+  DHCPDECLINE,
+  DHCPDISCOVER,
+  DHCPINFORM,
+  DHCPNAK,
+  DHCPOFFER,
+  DHCPRELEASE,
+  DHCPREQUEST,
+  ETHERTYPE_ARP,
+  ETHERTYPE_IPV4,
+  HOSTNAME_MAX_BYTES,
+  HTYPE_ETHERNET,
+  IP_DATAGRAM_MIN_BYTES,
+  IP_PROTO_UDP,
+  LOG_REPEAT_INTERVAL_MS,
+  MAC_BYTES,
+  OFFER_HOLD_MS,
+  OPT_BROADCAST,
+  OPT_CLASSLESS_ROUTES,
+  OPT_CLIENT_ID,
+  OPT_DNS,
+  OPT_DOMAIN,
+  OPT_HOSTNAME,
+  OPT_INTERFACE_MTU,
+  OPT_REQUESTED_IP,
+  OPT_ROUTER,
+  OPT_SERVER_ID,
+  OPT_SUBNET_MASK,
+  RATE_WINDOW_MS,
 } from './constants.ts';
 import {
-  decodeDhcp, encodeClasslessRoutes, ipList, messageType, optionIp, u16, u32, type ClasslessRoute, type DhcpMessage,
+  decodeDhcp,
+  encodeClasslessRoutes,
+  ipList,
+  messageType,
+  optionIp,
+  u16,
+  u32,
+  type ClasslessRoute,
+  type DhcpMessage,
   type OptionList,
 } from './codec.ts';
 import type { DhcpConfig } from './config.ts';
@@ -123,7 +161,11 @@ export class DhcpServer {
   private flushScheduled = false;
   private closed = false;
 
-  private constructor(readonly cfg: DhcpConfig, private readonly store: LeaseStore, opts: DhcpServerOptions) {
+  private constructor(
+    readonly cfg: DhcpConfig,
+    private readonly store: LeaseStore,
+    opts: DhcpServerOptions,
+  ) {
     if (!Number.isInteger(opts.mtu) || opts.mtu < IP_DATAGRAM_MIN_BYTES || opts.mtu > 65535) {
       throw new RangeError(`DhcpServer: mtu ${opts.mtu} must be a whole number of bytes from ${IP_DATAGRAM_MIN_BYTES}`);
     }
@@ -150,7 +192,10 @@ export class DhcpServer {
     this.budget = new SiteBudget(cfg.newLeasesPerSitePerMinute, RATE_WINDOW_MS);
     this.stats = newStats(() => this.table.activeCount(this.now()));
 
-    const o: OptionList = [[OPT_SUBNET_MASK, u32(prefixMask(this.subnet.prefix))], [OPT_BROADCAST, u32(this.subnetBroadcast)]];
+    const o: OptionList = [
+      [OPT_SUBNET_MASK, u32(prefixMask(this.subnet.prefix))],
+      [OPT_BROADCAST, u32(this.subnetBroadcast)],
+    ];
     if (cfg.router) o.push([OPT_ROUTER, u32(ip(cfg.router))]);
     if (cfg.dns) o.push([OPT_DNS, ipList(cfg.dns.map(ip))]);
     if (cfg.domain) o.push([OPT_DOMAIN, Buffer.from(cfg.domain, 'ascii')]);
@@ -165,7 +210,13 @@ export class DhcpServer {
       }
       o.push([OPT_CLASSLESS_ROUTES, encodeClasslessRoutes(routes)]);
     }
-    this.replyCtx = { serverIp: this.serverIp, serverMac: this.mac, leaseSeconds: cfg.leaseSeconds, commonOptions: o, maxIpBytes: opts.mtu };
+    this.replyCtx = {
+      serverIp: this.serverIp,
+      serverMac: this.mac,
+      leaseSeconds: cfg.leaseSeconds,
+      commonOptions: o,
+      maxIpBytes: opts.mtu,
+    };
   }
 
   /** Open the lease store, load it and start serving. Throws OperatorError if the store cannot be opened. */
@@ -178,8 +229,11 @@ export class DhcpServer {
     } catch (err) {
       store.close();
       if (err instanceof RangeError) throw err;
-      throw new OperatorError('EDHCPDB', `cannot load the leases in ${cfg.leaseDb}: ${(err as Error).message}; `
-        + 'if the file is damaged, move it away (clients then get new addresses) and restart');
+      throw new OperatorError(
+        'EDHCPDB',
+        `cannot load the leases in ${cfg.leaseDb}: ${(err as Error).message}; ` +
+          'if the file is damaged, move it away (clients then get new addresses) and restart',
+      );
     }
   }
 
@@ -191,10 +245,21 @@ export class DhcpServer {
       if (inCidr(l.ip, this.subnet)) kept.push(l);
       else this.store.remove(l.key); // the subnet changed: the address is no longer ours to track
     }
-    this.table.load(kept, quarantine.filter((q) => inCidr(q.ip, this.subnet)), now);
+    this.table.load(
+      kept,
+      quarantine.filter((q) => inCidr(q.ip, this.subnet)),
+      now,
+    );
     if (this.store.pending > 0) this.store.commit();
-    this.log?.info({ leases: kept.length, active: this.table.activeCount(now), dropped: leases.length - kept.length, db: this.cfg.leaseDb },
-      'dhcp: lease store loaded');
+    this.log?.info(
+      {
+        leases: kept.length,
+        active: this.table.activeCount(now),
+        dropped: leases.length - kept.length,
+        db: this.cfg.leaseDb,
+      },
+      'dhcp: lease store loaded',
+    );
   }
 
   // --- Frames in ------------------------------------------------------------------------------------
@@ -207,7 +272,11 @@ export class DhcpServer {
       return this.classify(frame, from);
     } catch (err) {
       this.stats.dropped.internal_error++;
-      this.warnLimited('internal', { err: String((err as Error)?.stack ?? err) }, 'dhcp: internal error handling a frame (dropped)');
+      this.warnLimited(
+        'internal',
+        { err: String((err as Error)?.stack ?? err) },
+        'dhcp: internal error handling a frame (dropped)',
+      );
       return from !== 'local' && isDhcpToServer(frame);
     }
   }
@@ -246,8 +315,11 @@ export class DhcpServer {
     if (a === null) return this.notForUs(toUs);
     if (a.senderIp === this.serverIp && !macEquals(a.senderMac, this.mac)) {
       this.stats.addressConflicts++;
-      this.warnLimited('conflict', { ip: this.cfg.serverIp, mac: formatMac(a.senderMac), site: from },
-        'dhcp: another host claims server_ip on the segment; give the DHCP server an unused address (dhcp.server_ip)');
+      this.warnLimited(
+        'conflict',
+        { ip: this.cfg.serverIp, mac: formatMac(a.senderMac), site: from },
+        'dhcp: another host claims server_ip on the segment; give the DHCP server an unused address (dhcp.server_ip)',
+      );
     }
     if (a.op === ARP_OP_REQUEST && a.targetIp === this.serverIp) {
       this.stats.arpReplies++;
@@ -286,12 +358,23 @@ export class DhcpServer {
     }
     const broadcast = udp.dstIp !== this.serverIp;
     switch (messageType(m)) {
-      case DHCPDISCOVER: this.discover(m, client); break;
-      case DHCPREQUEST: this.request(m, client, broadcast); break;
-      case DHCPDECLINE: this.decline(m, client); break;
-      case DHCPRELEASE: this.release(m, client); break;
-      case DHCPINFORM: this.inform(m, client, udp); break;
-      default: this.stats.dropped.unknown_type++;
+      case DHCPDISCOVER:
+        this.discover(m, client);
+        break;
+      case DHCPREQUEST:
+        this.request(m, client, broadcast);
+        break;
+      case DHCPDECLINE:
+        this.decline(m, client);
+        break;
+      case DHCPRELEASE:
+        this.release(m, client);
+        break;
+      case DHCPINFORM:
+        this.inform(m, client, udp);
+        break;
+      default:
+        this.stats.dropped.unknown_type++;
     }
     return true;
   }
@@ -319,10 +402,17 @@ export class DhcpServer {
     const m = decodeDhcp(udp.payload);
     if (m === null || m.op !== BOOTREPLY || messageType(m) !== DHCPOFFER) return;
     this.stats.foreignOffers++;
-    this.warnLimited('foreign', {
-      server: formatIPv4(optionIp(m, OPT_SERVER_ID) ?? udp.srcIp), serverMac: formatMac(udp.srcMac), site: from,
-      offered: formatIPv4(m.yiaddr), foreignOffers: this.stats.foreignOffers,
-    }, 'dhcp: another DHCP server is offering addresses on the overlay segment; make sure its pool does not overlap dhcp.pool');
+    this.warnLimited(
+      'foreign',
+      {
+        server: formatIPv4(optionIp(m, OPT_SERVER_ID) ?? udp.srcIp),
+        serverMac: formatMac(udp.srcMac),
+        site: from,
+        offered: formatIPv4(m.yiaddr),
+        foreignOffers: this.stats.foreignOffers,
+      },
+      'dhcp: another DHCP server is offering addresses on the overlay segment; make sure its pool does not overlap dhcp.pool',
+    );
   }
 
   // --- RFC 2131 section 4.3 -------------------------------------------------------------------------
@@ -343,33 +433,44 @@ export class DhcpServer {
     if (reserved !== undefined) {
       if (this.table.freeFor(reserved, c.key, now)) return reserved;
       this.stats.dropped.reservation_busy++;
-      this.warnLimited('reservation_busy', { mac: c.mac, ip: formatIPv4(reserved) },
-        'dhcp: a reserved address is still leased to another client; it is free again when that lease ends');
+      this.warnLimited(
+        'reservation_busy',
+        { mac: c.mac, ip: formatIPv4(reserved) },
+        'dhcp: a reserved address is still leased to another client; it is free again when that lease ends',
+      );
       return null;
     }
     const offered = this.table.offerOf(c.key, now);
     if (offered !== null) return offered;
     const lease = this.table.byKey.get(c.key);
-    if (lease !== undefined && this.assignable(lease.ip, c) && this.table.freeFor(lease.ip, c.key, now)) return lease.ip;
+    if (lease !== undefined && this.assignable(lease.ip, c) && this.table.freeFor(lease.ip, c.key, now))
+      return lease.ip;
     const isNew = lease === undefined;
     if (isNew && !this.budget.available(c.site, now)) return this.rateLimited(c);
     let ip: number | null = null;
     const requested = optionIp(m, OPT_REQUESTED_IP);
-    if (requested !== null && this.assignable(requested, c) && this.table.freeFor(requested, c.key, now)) ip = requested;
+    if (requested !== null && this.assignable(requested, c) && this.table.freeFor(requested, c.key, now))
+      ip = requested;
     ip ??= this.table.allocate(c.key, now);
     if (ip === null) {
       ip = this.table.reclaimQuarantined();
       if (ip !== null) {
         this.store.unquarantine(ip);
         this.scheduleFlush();
-        this.warnLimited('reclaim', { ip: formatIPv4(ip), mac: c.mac, site: c.site },
-          'dhcp: pool exhausted; offering a declined (quarantined) address early');
+        this.warnLimited(
+          'reclaim',
+          { ip: formatIPv4(ip), mac: c.mac, site: c.site },
+          'dhcp: pool exhausted; offering a declined (quarantined) address early',
+        );
       }
     }
     if (ip === null) {
       this.stats.dropped.pool_exhausted++;
-      this.warnLimited('pool_exhausted', { pool: `${this.cfg.pool.start}-${this.cfg.pool.end}`, mac: c.mac, site: c.site },
-        'dhcp: address pool exhausted, no offer made; enlarge dhcp.pool or shorten dhcp.lease_seconds');
+      this.warnLimited(
+        'pool_exhausted',
+        { pool: `${this.cfg.pool.start}-${this.cfg.pool.end}`, mac: c.mac, site: c.site },
+        'dhcp: address pool exhausted, no offer made; enlarge dhcp.pool or shorten dhcp.lease_seconds',
+      );
       return null;
     }
     if (isNew) this.budget.take(c.site, now);
@@ -378,8 +479,11 @@ export class DhcpServer {
 
   private rateLimited(c: Client): null {
     this.stats.dropped.rate_limited++;
-    this.warnLimited(`rate:${c.site}`, { site: c.site, mac: c.mac, perMinute: this.cfg.newLeasesPerSitePerMinute },
-      'dhcp: a site asks for more new leases than dhcp.rate_limit_per_site_per_minute allows; request ignored');
+    this.warnLimited(
+      `rate:${c.site}`,
+      { site: c.site, mac: c.mac, perMinute: this.cfg.newLeasesPerSitePerMinute },
+      'dhcp: a site asks for more new leases than dhcp.rate_limit_per_site_per_minute allows; request ignored',
+    );
     return null;
   }
 
@@ -403,9 +507,12 @@ export class DhcpServer {
     }
     const requested = optionIp(m, OPT_REQUESTED_IP);
     let ip: number;
-    if (serverId !== null) ip = requested ?? m.ciaddr; // SELECTING
-    else if (m.ciaddr !== 0) ip = m.ciaddr; // RENEWING (unicast) or REBINDING (broadcast)
-    else if (requested !== null) ip = requested; // INIT-REBOOT
+    if (serverId !== null)
+      ip = requested ?? m.ciaddr; // SELECTING
+    else if (m.ciaddr !== 0)
+      ip = m.ciaddr; // RENEWING (unicast) or REBINDING (broadcast)
+    else if (requested !== null)
+      ip = requested; // INIT-REBOOT
     else {
       this.stats.dropped.malformed++;
       return;
@@ -435,14 +542,21 @@ export class DhcpServer {
       else this.stats.renewals++;
     }
     const lease: Lease = {
-      key: c.key, ip, mac: c.mac, clientId: c.clientId, hostname: c.hostname ?? prev?.hostname ?? null, site: c.site,
-      expiresAt: now + this.leaseMs, state: 'bound',
+      key: c.key,
+      ip,
+      mac: c.mac,
+      clientId: c.clientId,
+      hostname: c.hostname ?? prev?.hostname ?? null,
+      site: c.site,
+      expiresAt: now + this.leaseMs,
+      state: 'bound',
     };
     this.table.bind(lease);
     this.store.put(lease, now);
     this.stats.messages.ack++;
     this.reply(DHCPACK, m, c, ip, true, true);
-    if (this.debug && prev?.ip !== ip) this.log?.debug({ mac: c.mac, ip: formatIPv4(ip), site: c.site }, 'dhcp: lease bound');
+    if (this.debug && prev?.ip !== ip)
+      this.log?.debug({ mac: c.mac, ip: formatIPv4(ip), site: c.site }, 'dhcp: lease bound');
   }
 
   private decline(m: DhcpMessage, c: Client): void {
@@ -468,8 +582,11 @@ export class DhcpServer {
     this.table.setQuarantine(ip, until);
     this.store.quarantine(ip, until);
     this.scheduleFlush();
-    this.warnLimited('decline', { ip: formatIPv4(ip), mac: c.mac, site: c.site, minutes: DECLINE_QUARANTINE_MS / 60_000 },
-      'dhcp: a client declined its address (another host answers ARP for it); address quarantined');
+    this.warnLimited(
+      'decline',
+      { ip: formatIPv4(ip), mac: c.mac, site: c.site, minutes: DECLINE_QUARANTINE_MS / 60_000 },
+      'dhcp: a client declined its address (another host answers ARP for it); address quarantined',
+    );
   }
 
   private release(m: DhcpMessage, c: Client): void {
@@ -512,7 +629,15 @@ export class DhcpServer {
   // --- Replies (RFC 2131 4.1, 4.3.1 table 3) ---------------------------------------------------------
 
   /** Build and send (or, for a committed ACK, queue until the commit) a reply to the request's port. */
-  private reply(type: number, m: DhcpMessage, c: Client, yiaddr: number, withLease: boolean, afterCommit: boolean, informIp = 0): void {
+  private reply(
+    type: number,
+    m: DhcpMessage,
+    c: Client,
+    yiaddr: number,
+    withLease: boolean,
+    afterCommit: boolean,
+    informIp = 0,
+  ): void {
     const frame = buildReply(this.replyCtx, type, m, c, yiaddr, withLease, informIp);
     if (frame === null) {
       this.stats.dropped.reply_too_big++;
@@ -558,8 +683,11 @@ export class DhcpServer {
         this.stats.commits++;
       } catch (err) {
         this.stats.dropped.store_error += acks.length;
-        this.warnLimited('store', { err: (err as Error).message, db: this.cfg.leaseDb, acksDropped: acks.length },
-          'dhcp: cannot write the lease store; ACKs withheld until it works again (check the disk)');
+        this.warnLimited(
+          'store',
+          { err: (err as Error).message, db: this.cfg.leaseDb, acksDropped: acks.length },
+          'dhcp: cannot write the lease store; ACKs withheld until it works again (check the disk)',
+        );
         return;
       }
     }
@@ -572,7 +700,9 @@ export class DhcpServer {
     try {
       const { expired, unquarantined } = this.table.expire(nowMs);
       this.stats.expired += expired.length;
-      if (this.debug) for (const l of expired) this.log?.debug({ mac: l.mac, ip: formatIPv4(l.ip), site: l.site }, 'dhcp: lease expired');
+      if (this.debug)
+        for (const l of expired)
+          this.log?.debug({ mac: l.mac, ip: formatIPv4(l.ip), site: l.site }, 'dhcp: lease expired');
       for (const ip of unquarantined) this.store.unquarantine(ip); // expiries need no write: load() derives them
       this.budget.prune(nowMs);
       if (this.store.pending > 0) this.scheduleFlush();
@@ -597,7 +727,13 @@ export class DhcpServer {
     for (const r of list) {
       const ip = parseIPv4(r.ip);
       const mac = r.mac.toLowerCase();
-      if (ip === null || !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(mac) || !inCidr(ip, this.subnet) || ip === this.serverIp) continue;
+      if (
+        ip === null ||
+        !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(mac) ||
+        !inCidr(ip, this.subnet) ||
+        ip === this.serverIp
+      )
+        continue;
       if (this.reservedByMac.has(mac) || this.reservedByIp.has(ip)) continue;
       this.reservedByMac.set(mac, ip);
       this.reservedByIp.set(ip, mac);
@@ -609,7 +745,15 @@ export class DhcpServer {
     const out: DhcpLeaseInfo[] = [];
     for (const l of this.table.byKey.values()) {
       const state: LeaseState = l.state === 'bound' && l.expiresAt <= now ? 'expired' : l.state;
-      out.push({ mac: l.mac, ip: formatIPv4(l.ip), hostname: l.hostname, clientId: l.clientId, expiresAt: l.expiresAt, site: l.site, state });
+      out.push({
+        mac: l.mac,
+        ip: formatIPv4(l.ip),
+        hostname: l.hostname,
+        clientId: l.clientId,
+        expiresAt: l.expiresAt,
+        site: l.site,
+        state,
+      });
     }
     return out.sort((a, b) => parseIPv4(a.ip)! - parseIPv4(b.ip)!);
   }
@@ -621,7 +765,9 @@ export class DhcpServer {
     this.closed = true;
     try {
       this.store.close();
-    } catch { /* closing anyway */ }
+    } catch {
+      /* closing anyway */
+    }
   }
 
   private warnLimited(key: string, fields: object, msg: string): void {
@@ -645,7 +791,8 @@ export function serverMac(serverIp: string): Buffer {
 
 /** Cheap look at a frame that failed parseUdp: IPv4/UDP to port 67 at all? (decides malformed vs other). */
 function isDhcpToServer(frame: Buffer): boolean {
-  if (frame.length < 14 + 20 + 4 || frame.readUInt16BE(12) !== ETHERTYPE_IPV4 || frame[14 + 9] !== IP_PROTO_UDP) return false;
+  if (frame.length < 14 + 20 + 4 || frame.readUInt16BE(12) !== ETHERTYPE_IPV4 || frame[14 + 9] !== IP_PROTO_UDP)
+    return false;
   const ihl = (frame[14] & 15) * 4;
   if (ihl < 20 || 14 + ihl + 4 > frame.length) return false;
   return frame.readUInt16BE(14 + ihl + 2) === DHCP_SERVER_PORT;

@@ -17,7 +17,10 @@ export interface Database {
   close(): void;
 }
 
-type DatabaseCtor = new (file: string, options?: { readonly?: boolean; fileMustExist?: boolean; timeout?: number }) => Database;
+type DatabaseCtor = new (
+  file: string,
+  options?: { readonly?: boolean; fileMustExist?: boolean; timeout?: number },
+) => Database;
 
 let ctor: DatabaseCtor | undefined;
 

@@ -75,15 +75,21 @@ export class LeaseStore {
   private readonly unquar: Statement;
   private readonly run: (ops: Op[]) => void;
 
-  private constructor(private readonly db: Database, readonly file: string) {
+  private constructor(
+    private readonly db: Database,
+    readonly file: string,
+  ) {
     this.freeIp = db.prepare('DELETE FROM leases WHERE ip = ? AND client_key <> ?');
-    this.upsert = db.prepare(`INSERT INTO leases (client_key, ip, mac, client_id, hostname, site, expires_at, state, updated_at)
+    this.upsert =
+      db.prepare(`INSERT INTO leases (client_key, ip, mac, client_id, hostname, site, expires_at, state, updated_at)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
       ON CONFLICT (client_key) DO UPDATE SET ip = excluded.ip, mac = excluded.mac, client_id = excluded.client_id,
         hostname = excluded.hostname, site = excluded.site, expires_at = excluded.expires_at, state = excluded.state,
         updated_at = excluded.updated_at`);
     this.del = db.prepare('DELETE FROM leases WHERE client_key = ?');
-    this.quar = db.prepare('INSERT INTO quarantine (ip, until) VALUES (?, ?) ON CONFLICT (ip) DO UPDATE SET until = excluded.until');
+    this.quar = db.prepare(
+      'INSERT INTO quarantine (ip, until) VALUES (?, ?) ON CONFLICT (ip) DO UPDATE SET until = excluded.until',
+    );
     this.unquar = db.prepare('DELETE FROM quarantine WHERE ip = ?');
     this.run = db.transaction((ops: Op[]) => {
       for (const op of ops) {
@@ -123,15 +129,25 @@ export class LeaseStore {
       const version = db.pragma('user_version', { simple: true }) as number;
       if (version > SCHEMA_VERSION) {
         db.close();
-        throw new OperatorError('EDHCPDB', `lease database ${file} was written by a newer homewire (schema ${version}); upgrade homewire or move the file away`);
+        throw new OperatorError(
+          'EDHCPDB',
+          `lease database ${file} was written by a newer homewire (schema ${version}); upgrade homewire or move the file away`,
+        );
       }
       db.exec(SCHEMA);
       db.pragma(`user_version = ${SCHEMA_VERSION}`);
       return new LeaseStore(db, file);
     } catch (err) {
       if (err instanceof OperatorError) throw err;
-      try { db?.close(); } catch { /* already failing */ }
-      throw new OperatorError('EDHCPDB', `cannot open the lease database ${file}: ${(err as Error).message}; check that its directory is writable by homewire (dhcp.lease_db)`);
+      try {
+        db?.close();
+      } catch {
+        /* already failing */
+      }
+      throw new OperatorError(
+        'EDHCPDB',
+        `cannot open the lease database ${file}: ${(err as Error).message}; check that its directory is writable by homewire (dhcp.lease_db)`,
+      );
     }
   }
 
@@ -140,7 +156,16 @@ export class LeaseStore {
     for (const r of readLeaseRows(this.db)) {
       const ip = parseIPv4(r.ip);
       if (ip === null) continue;
-      leases.push({ key: r.key, ip, mac: r.mac, clientId: r.clientId, hostname: r.hostname, site: r.site, expiresAt: r.expiresAt, state: r.state });
+      leases.push({
+        key: r.key,
+        ip,
+        mac: r.mac,
+        clientId: r.clientId,
+        hostname: r.hostname,
+        site: r.site,
+        expiresAt: r.expiresAt,
+        state: r.state,
+      });
     }
     const quarantine: Quarantined[] = [];
     for (const r of this.db.prepare('SELECT ip, until FROM quarantine').all() as Array<{ ip: string; until: number }>) {
@@ -187,6 +212,8 @@ export class LeaseStore {
 
 /** All lease rows, as stored. Used by load() and by the `homewire leases` CLI. */
 export function readLeaseRows(db: Database): LeaseRowText[] {
-  return db.prepare(`SELECT client_key AS key, ip, mac, client_id AS clientId, hostname, site, expires_at AS expiresAt, state
-    FROM leases`).all() as LeaseRowText[];
+  return db
+    .prepare(`SELECT client_key AS key, ip, mac, client_id AS clientId, hostname, site, expires_at AS expiresAt, state
+    FROM leases`)
+    .all() as LeaseRowText[];
 }

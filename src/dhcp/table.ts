@@ -23,7 +23,11 @@ export class LeaseTable {
   private nextExpiry = Infinity; // earliest expiry among bound leases (ms): expire() scans only past it
 
   /** `notDynamic`: addresses inside the pool never handed out dynamically (reservations, server, router...). */
-  constructor(private readonly poolStart: number, private readonly poolEnd: number, private readonly notDynamic: ReadonlySet<number>) {
+  constructor(
+    private readonly poolStart: number,
+    private readonly poolEnd: number,
+    private readonly notDynamic: ReadonlySet<number>,
+  ) {
     this.cursor = poolStart;
   }
 

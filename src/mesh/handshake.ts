@@ -3,7 +3,11 @@
 // every path, and the split cipher states are copied out and freed at once.
 import { createRequire } from 'node:module';
 import {
-  HANDSHAKE_INIT_BYTES, HANDSHAKE_RESP_BYTES, NOISE_KEY_BYTES, NOISE_PROLOGUE, TIMESTAMP_BYTES,
+  HANDSHAKE_INIT_BYTES,
+  HANDSHAKE_RESP_BYTES,
+  NOISE_KEY_BYTES,
+  NOISE_PROLOGUE,
+  TIMESTAMP_BYTES,
 } from '../constants.ts';
 import { writeHandshakeInit, writeHandshakeResp } from './wire.ts';
 
@@ -24,7 +28,11 @@ export interface SessionKeys {
 
 /** An initiation in flight: owns a HandshakeState until consumeResponse() or abandon(). */
 export class PendingHandshake {
-  constructor(private state: any, readonly localIndex: number, readonly sentMs: number) {}
+  constructor(
+    private state: any,
+    readonly localIndex: number,
+    readonly sentMs: number,
+  ) {}
 
   /** Completes the handshake from a response datagram; null if it does not authenticate. Always frees the state. */
   consumeResponse(msg: Buffer): SessionKeys | null {
@@ -48,8 +56,13 @@ export class PendingHandshake {
 }
 
 /** Starts an IK handshake to the peer's static key; the payload carries a strictly increasing timestamp. */
-export function createInitiation(local: StaticKeys, remote: Buffer, localIndex: number, nowMs: number, timestamp: Buffer)
-  : { msg: Buffer; pending: PendingHandshake } {
+export function createInitiation(
+  local: StaticKeys,
+  remote: Buffer,
+  localIndex: number,
+  nowMs: number,
+  timestamp: Buffer,
+): { msg: Buffer; pending: PendingHandshake } {
   const state = noise.initialize('IK', true, NOISE_PROLOGUE, local, null, remote);
   try {
     const msg = Buffer.alloc(HANDSHAKE_INIT_BYTES);
@@ -127,7 +140,10 @@ export class TimestampClock {
   next(nowMs: number): Buffer {
     const out = Buffer.alloc(TIMESTAMP_BYTES);
     if (nowMs <= this.lastMs) this.seq++;
-    else { this.lastMs = nowMs; this.seq = 0; }
+    else {
+      this.lastMs = nowMs;
+      this.seq = 0;
+    }
     const seconds = Math.floor(this.lastMs / 1000);
     out.writeUInt32BE(0x4000_0000, 0); // TAI64 label offset (2^62) in the high word
     out.writeUInt32BE(seconds, 4);

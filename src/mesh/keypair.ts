@@ -32,7 +32,13 @@ export class Keypair {
     nonce.writeUInt32LE(counter >>> 0, 4);
     nonce.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), 8);
     sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
-      out.subarray(TRANSPORT_HEADER_BYTES), payload, out.subarray(0, TRANSPORT_HEADER_BYTES), null, nonce, this.sendKey);
+      out.subarray(TRANSPORT_HEADER_BYTES),
+      payload,
+      out.subarray(0, TRANSPORT_HEADER_BYTES),
+      null,
+      nonce,
+      this.sendKey,
+    );
     return out;
   }
 
@@ -51,8 +57,13 @@ export class Keypair {
     const plainLength = msg.length - TRANSPORT_HEADER_BYTES - AEAD_TAG_BYTES;
     try {
       sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
-        msg.subarray(TRANSPORT_HEADER_BYTES, TRANSPORT_HEADER_BYTES + plainLength), null,
-        msg.subarray(TRANSPORT_HEADER_BYTES), msg.subarray(0, TRANSPORT_HEADER_BYTES), nonce, this.recvKey);
+        msg.subarray(TRANSPORT_HEADER_BYTES, TRANSPORT_HEADER_BYTES + plainLength),
+        null,
+        msg.subarray(TRANSPORT_HEADER_BYTES),
+        msg.subarray(0, TRANSPORT_HEADER_BYTES),
+        nonce,
+        this.recvKey,
+      );
     } catch {
       return -1;
     }

@@ -8,7 +8,12 @@
 // the receive path. All time policy lives in timers.ts; the data path only records times.
 import sodium from 'sodium-native';
 import {
-  HANDSHAKE_QUEUE_MAX, HANDSHAKES_PER_TICK_MAX, MSG_CONTROL, MSG_DATA, MSG_HANDSHAKE_INIT, MSG_HANDSHAKE_RESP,
+  HANDSHAKE_QUEUE_MAX,
+  HANDSHAKES_PER_TICK_MAX,
+  MSG_CONTROL,
+  MSG_DATA,
+  MSG_HANDSHAKE_INIT,
+  MSG_HANDSHAKE_RESP,
   REJECT_AFTER_MS,
 } from '../constants.ts';
 import type { Logger } from '../log.ts';
@@ -85,8 +90,13 @@ export class Mesh {
   private flushScheduled = false;
   private readonly flushBound = () => this.flush();
 
-  constructor(private readonly keys: StaticKeys, readonly socket: UdpSocket, peers: PeerConfig[],
-    private readonly log: Logger, private readonly now: () => number = Date.now) {
+  constructor(
+    private readonly keys: StaticKeys,
+    readonly socket: UdpSocket,
+    peers: PeerConfig[],
+    private readonly log: Logger,
+    private readonly now: () => number = Date.now,
+  ) {
     this.nowMs = now();
     for (const p of peers) this.addPeer(p);
     this.timers = new MeshTimers(this);
@@ -105,8 +115,14 @@ export class Mesh {
     if (type === MSG_DATA || type === MSG_CONTROL) {
       const slot = this.byIndex.get(readReceiver(msg));
       const keypair = slot?.keypair;
-      if (!slot || !keypair) { this.drops.unknown_index++; return; }
-      if (keypair.createdMs + REJECT_AFTER_MS < this.nowMs) { this.drops.expired_session++; return; }
+      if (!slot || !keypair) {
+        this.drops.unknown_index++;
+        return;
+      }
+      if (keypair.createdMs + REJECT_AFTER_MS < this.nowMs) {
+        this.drops.expired_session++;
+        return;
+      }
       const n = keypair.open(msg);
       if (n < 0) {
         if (n === -1) this.drops.auth_failed++;
@@ -133,7 +149,10 @@ export class Mesh {
       return;
     }
     if (type === MSG_HANDSHAKE_INIT || type === MSG_HANDSHAKE_RESP) {
-      if (this.handshakeQueue.length >= HANDSHAKE_QUEUE_MAX) { this.drops.handshake_queue_full++; return; }
+      if (this.handshakeQueue.length >= HANDSHAKE_QUEUE_MAX) {
+        this.drops.handshake_queue_full++;
+        return;
+      }
       this.handshakeQueue.push({ msg, address, port });
       if (!this.handshakeScheduled) {
         this.handshakeScheduled = true;
@@ -166,9 +185,15 @@ export class Mesh {
   private send(peer: Peer, type: number, payload: Buffer): void {
     const keypair = peer.current;
     const ep = peer.endpoint;
-    if (ep === null) { this.drops.no_endpoint++; return; }
+    if (ep === null) {
+      this.drops.no_endpoint++;
+      return;
+    }
     if (keypair === null || keypair.createdMs + REJECT_AFTER_MS < this.nowMs) {
-      if (peer.staged.length >= STAGED_FRAMES_MAX) { this.drops.staging_full++; return; }
+      if (peer.staged.length >= STAGED_FRAMES_MAX) {
+        this.drops.staging_full++;
+        return;
+      }
       const staged = Buffer.allocUnsafe(payload.length + 1);
       staged[0] = type;
       payload.copy(staged, 1);
@@ -177,7 +202,11 @@ export class Mesh {
       return;
     }
     const out = keypair.seal(type, payload);
-    if (out === null) { this.drops.counter_range++; this.timers.sessionWanted(peer); return; }
+    if (out === null) {
+      this.drops.counter_range++;
+      this.timers.sessionWanted(peer);
+      return;
+    }
     if (peer.outbox.push(out) === 1) this.outboxPeers.push(peer);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
@@ -232,7 +261,13 @@ export class Mesh {
     if (!ep || this.closed) return;
     this.abandonPending(peer);
     const index = this.newIndex();
-    const { msg, pending } = createInitiation(this.keys, peer.publicKey, index, this.nowMs, this.timestamps.next(Date.now()));
+    const { msg, pending } = createInitiation(
+      this.keys,
+      peer.publicKey,
+      index,
+      this.nowMs,
+      this.timestamps.next(Date.now()),
+    );
     peer.pending = pending;
     this.byIndex.set(index, { peer, keypair: null });
     this.handshakes.initiated++;
@@ -249,13 +284,20 @@ export class Mesh {
 
   private handleInitiation(h: QueuedHandshake): void {
     const init = consumeInitiation(this.keys, h.msg);
-    if (!init) { this.handshakes.invalid++; this.drops.handshake_invalid++; return; }
+    if (!init) {
+      this.handshakes.invalid++;
+      this.drops.handshake_invalid++;
+      return;
+    }
     const peer = this.byKey.get(init.remoteStatic.toString('hex'));
     if (!peer) {
       init.reject();
       this.handshakes.unknown_key++;
       this.drops.handshake_unknown_key++;
-      this.log.debug({ from: fmt(h), key: init.remoteStatic.toString('base64') }, 'handshake from a key not in the config');
+      this.log.debug(
+        { from: fmt(h), key: init.remoteStatic.toString('base64') },
+        'handshake from a key not in the config',
+      );
       return;
     }
     if (peer.lastTimestamp && Buffer.compare(init.timestamp, peer.lastTimestamp) <= 0) {

@@ -46,7 +46,11 @@ export class Peer {
   staged: Buffer[] = [];
   readonly stats: PeerStats = { rxBytes: 0, rxPackets: 0, txBytes: 0, txPackets: 0, roams: 0 };
 
-  constructor(readonly name: string, readonly publicKey: Buffer, endpoint: Endpoint | undefined) {
+  constructor(
+    readonly name: string,
+    readonly publicKey: Buffer,
+    endpoint: Endpoint | undefined,
+  ) {
     this.keyHex = publicKey.toString('hex');
     this.endpoint = endpoint ?? null;
   }

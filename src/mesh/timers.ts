@@ -5,7 +5,12 @@
 // homewire keeps a session up with every peer whose endpoint it knows (a site mesh is always on), rather
 // than only on demand as WireGuard does: broadcasts and DHCP must find every site reachable at once.
 import {
-  KEEPALIVE_TIMEOUT_MS, PEER_DOWN_AFTER_MS, REJECT_AFTER_MS, REKEY_AFTER_MESSAGES, REKEY_AFTER_MS, REKEY_JITTER_MS,
+  KEEPALIVE_TIMEOUT_MS,
+  PEER_DOWN_AFTER_MS,
+  REJECT_AFTER_MS,
+  REKEY_AFTER_MESSAGES,
+  REKEY_AFTER_MS,
+  REKEY_JITTER_MS,
   REKEY_TIMEOUT_MS,
 } from '../constants.ts';
 import type { Mesh } from './mesh.ts';
@@ -67,9 +72,10 @@ export class MeshTimers {
   private maybeInitiate(peer: Peer, now: number): void {
     if (!peer.endpoint || peer.pending || now < peer.nextHandshakeMs) return;
     const kp = peer.current;
-    const needed = kp === null
-      || now - kp.createdMs >= REKEY_AFTER_MS + (kp.initiator ? 0 : 2 * REKEY_TIMEOUT_MS)
-      || kp.sendCounter >= REKEY_AFTER_MESSAGES_N;
+    const needed =
+      kp === null ||
+      now - kp.createdMs >= REKEY_AFTER_MS + (kp.initiator ? 0 : 2 * REKEY_TIMEOUT_MS) ||
+      kp.sendCounter >= REKEY_AFTER_MESSAGES_N;
     if (!needed) return;
     peer.nextHandshakeMs = now + REKEY_TIMEOUT_MS + Math.floor(Math.random() * REKEY_JITTER_MS);
     this.mesh.initiate(peer);

@@ -7,8 +7,14 @@
 // The 16-byte transport header is the AEAD's associated data, so type, index and counter are authenticated.
 // Decoders never throw: a malformed datagram classifies as null and is counted by the caller.
 import {
-  HANDSHAKE_INIT_BYTES, HANDSHAKE_RESP_BYTES, MSG_CONTROL, MSG_DATA, MSG_HANDSHAKE_INIT, MSG_HANDSHAKE_RESP,
-  TRANSPORT_HEADER_BYTES, AEAD_TAG_BYTES,
+  HANDSHAKE_INIT_BYTES,
+  HANDSHAKE_RESP_BYTES,
+  MSG_CONTROL,
+  MSG_DATA,
+  MSG_HANDSHAKE_INIT,
+  MSG_HANDSHAKE_RESP,
+  TRANSPORT_HEADER_BYTES,
+  AEAD_TAG_BYTES,
 } from '../constants.ts';
 
 /** Largest counter we accept: counters are JS numbers on the hot path (2^53 is ~285 years at 1 Mpps). */

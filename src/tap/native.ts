@@ -22,7 +22,13 @@ export interface NativeTapHandle {
   readonly mtu: number;
   readonly persistent: boolean;
   readonly fd: number;
-  startReading(slab: Uint8Array, lengths: Uint32Array, stride: number, maxFrames: number, onRead: (count: number) => void): void;
+  startReading(
+    slab: Uint8Array,
+    lengths: Uint32Array,
+    stride: number,
+    maxFrames: number,
+    onRead: (count: number) => void,
+  ): void;
   stopReading(): void;
   /** Writes frames[0..count); returns how many were written or queued (the rest were dropped and counted). */
   writeBatch(frames: readonly (Uint8Array | undefined)[], count: number): number;
@@ -36,11 +42,20 @@ interface NativeCommonOptions {
 
 export interface TapAddon {
   readonly COUNTER_NAMES: readonly string[];
-  open(opts: { name: string; mtu: number; bridge?: string; txQueueLen?: number } & NativeCommonOptions): NativeTapHandle;
+  open(
+    opts: { name: string; mtu: number; bridge?: string; txQueueLen?: number } & NativeCommonOptions,
+  ): NativeTapHandle;
   /** Test hook: wrap any non-blocking datagram fd (see socketPair) as a Tap. */
   wrapFd(fd: number, opts: NativeCommonOptions): NativeTapHandle;
   /** native/udp.cc: batched sends on a UDP socket's fd (UDP GSO for runs of equal-size datagrams). */
-  udpSendBatch(fd: number, address: string, port: number, packets: readonly Buffer[], count: number, gso: boolean): number;
+  udpSendBatch(
+    fd: number,
+    address: string,
+    port: number,
+    packets: readonly Buffer[],
+    count: number,
+    gso: boolean,
+  ): number;
   /** Test hook: an AF_UNIX datagram socket pair, non-blocking, with the given send buffer. */
   socketPair(sndbufBytes?: number): [number, number];
 }
@@ -75,7 +90,10 @@ export function loadTapAddon(): TapAddon {
   const loaded = createRequire(import.meta.url)(file) as TapAddon;
   const names = Object.keys(C);
   if (loaded.COUNTER_NAMES.length !== names.length || loaded.COUNTER_NAMES.some((n, i) => n !== names[i])) {
-    throw new OperatorError('EADDON', `native TAP addon ${file} is stale (counter layout differs): run \`npm run build\` (node-gyp) again`);
+    throw new OperatorError(
+      'EADDON',
+      `native TAP addon ${file} is stale (counter layout differs): run \`npm run build\` (node-gyp) again`,
+    );
   }
   addon = loaded;
   return addon;
@@ -126,7 +144,14 @@ export class NativeTap implements TapDevice {
     const counters = new Float64Array(COUNTERS);
     let handle: NativeTapHandle;
     try {
-      handle = a.open({ name: opts.name, mtu: opts.mtu, bridge: opts.bridge, counters, writeQueueMax: TAP_WRITE_QUEUE_MAX, txQueueLen: TAP_TX_QUEUE_LEN });
+      handle = a.open({
+        name: opts.name,
+        mtu: opts.mtu,
+        bridge: opts.bridge,
+        counters,
+        writeQueueMax: TAP_WRITE_QUEUE_MAX,
+        txQueueLen: TAP_TX_QUEUE_LEN,
+      });
     } catch (e) {
       throw toOperatorError(e);
     }
@@ -136,7 +161,10 @@ export class NativeTap implements TapDevice {
   /** Test hook: a NativeTap over one end of an addon socketPair() (datagrams behave like frames). */
   static _fromFd(fd: number, opts: { writeQueueMax?: number } = {}): NativeTap {
     const counters = new Float64Array(COUNTERS);
-    return new NativeTap(loadTapAddon().wrapFd(fd, { counters, writeQueueMax: opts.writeQueueMax ?? TAP_WRITE_QUEUE_MAX }), counters);
+    return new NativeTap(
+      loadTapAddon().wrapFd(fd, { counters, writeQueueMax: opts.writeQueueMax ?? TAP_WRITE_QUEUE_MAX }),
+      counters,
+    );
   }
 
   private constructor(native: NativeTapHandle, counters: Float64Array) {
@@ -167,7 +195,14 @@ export class NativeTap implements TapDevice {
   }
 
   /** Native detail beyond TapStats: queue depth now, EAGAIN count, drops by cause, last errno. */
-  get detail(): { txQueued: number; txEagain: number; txDroppedQueue: number; txDroppedError: number; txRefused: number; lastErrno: number } {
+  get detail(): {
+    txQueued: number;
+    txEagain: number;
+    txDroppedQueue: number;
+    txDroppedError: number;
+    txRefused: number;
+    lastErrno: number;
+  } {
     const c = this.counters;
     return {
       txQueued: c[C.txQueued],
@@ -206,10 +241,13 @@ export class NativeTap implements TapDevice {
 
   private readFailed(errno: number): void {
     const code = Object.entries(osConstants.errno).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
-    const err = Object.assign(new Error(`reading TAP ${this.name} stopped (${code}): was the interface deleted? Close and reopen it`), {
-      code,
-      errno: -errno,
-    });
+    const err = Object.assign(
+      new Error(`reading TAP ${this.name} stopped (${code}): was the interface deleted? Close and reopen it`),
+      {
+        code,
+        errno: -errno,
+      },
+    );
     this.handler = null;
     if (this.onerror) this.onerror(err);
     else process.emitWarning(err.message, { code: 'HOMEWIRE_TAP_READ' });

@@ -4,11 +4,23 @@ declare module 'sodium-native' {
     randombytes_buf(buf: Uint8Array): void;
     randombytes_random(): number;
     crypto_scalarmult_base(pk: Uint8Array, sk: Uint8Array): void;
-    crypto_aead_chacha20poly1305_ietf_encrypt(c: Uint8Array, m: Uint8Array, ad: Uint8Array | null,
-      nsec: null, npub: Uint8Array, k: Uint8Array): number;
+    crypto_aead_chacha20poly1305_ietf_encrypt(
+      c: Uint8Array,
+      m: Uint8Array,
+      ad: Uint8Array | null,
+      nsec: null,
+      npub: Uint8Array,
+      k: Uint8Array,
+    ): number;
     /** Throws if the ciphertext does not authenticate. */
-    crypto_aead_chacha20poly1305_ietf_decrypt(m: Uint8Array, nsec: null, c: Uint8Array, ad: Uint8Array | null,
-      npub: Uint8Array, k: Uint8Array): number;
+    crypto_aead_chacha20poly1305_ietf_decrypt(
+      m: Uint8Array,
+      nsec: null,
+      c: Uint8Array,
+      ad: Uint8Array | null,
+      npub: Uint8Array,
+      k: Uint8Array,
+    ): number;
     sodium_memzero(buf: Uint8Array): void;
   };
   export default sodium;

@@ -7,7 +7,14 @@ import type { UdpHandler, UdpSocket } from './socket.ts';
 
 const SOCKET_BUFFER_BYTES = 8 * 1024 * 1024; // capped by net.core.rmem_max / wmem_max
 
-type BatchSender = (fd: number, address: string, port: number, packets: readonly Buffer[], count: number, gso: boolean) => number;
+type BatchSender = (
+  fd: number,
+  address: string,
+  port: number,
+  packets: readonly Buffer[],
+  count: number,
+  gso: boolean,
+) => number;
 
 /** The addon's batched sender, if the addon is built (the daemon runs without it, one send per datagram). */
 async function loadBatchSender(): Promise<BatchSender | null> {
@@ -35,22 +42,44 @@ export class DgramSocket implements UdpSocket {
   /** Datagrams that went out through the batched path, and how many fell back to dgram. */
   readonly batchStats = { batched: 0, fallback: 0, gsoDisabled: false };
 
-  private constructor(private readonly sock: dgram.Socket, readonly address: string, readonly port: number,
-    readonly family: 4 | 6) {}
+  private constructor(
+    private readonly sock: dgram.Socket,
+    readonly address: string,
+    readonly port: number,
+    readonly family: 4 | 6,
+  ) {}
 
   static bind(address: string, port: number): Promise<DgramSocket> {
     const family = address.includes(':') ? 6 : 4;
-    const sock = dgram.createSocket({ type: family === 6 ? 'udp6' : 'udp4', ipv6Only: family === 6 && address !== '::' });
+    const sock = dgram.createSocket({
+      type: family === 6 ? 'udp6' : 'udp4',
+      ipv6Only: family === 6 && address !== '::',
+    });
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException) => {
         sock.close();
         const where = family === 6 ? `[${address}]:${port}` : `${address}:${port}`;
         if (err.code === 'EADDRINUSE') {
-          reject(new OperatorError(err.code, `UDP ${where} is already in use (another homewire, WireGuard or service?): stop it or set another port in 'listen'`));
+          reject(
+            new OperatorError(
+              err.code,
+              `UDP ${where} is already in use (another homewire, WireGuard or service?): stop it or set another port in 'listen'`,
+            ),
+          );
         } else if (err.code === 'EADDRNOTAVAIL') {
-          reject(new OperatorError(err.code, `UDP ${where}: this host has no such address; set 'listen' to one of its addresses or 0.0.0.0 / [::]`));
+          reject(
+            new OperatorError(
+              err.code,
+              `UDP ${where}: this host has no such address; set 'listen' to one of its addresses or 0.0.0.0 / [::]`,
+            ),
+          );
         } else if (err.code === 'EACCES') {
-          reject(new OperatorError(err.code, `UDP ${where}: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE`));
+          reject(
+            new OperatorError(
+              err.code,
+              `UDP ${where}: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE`,
+            ),
+          );
         } else {
           reject(new OperatorError(err.code ?? 'EUDP', `UDP ${where}: ${err.message}`));
         }
@@ -61,7 +90,9 @@ export class DgramSocket implements UdpSocket {
         try {
           sock.setRecvBufferSize(SOCKET_BUFFER_BYTES);
           sock.setSendBufferSize(SOCKET_BUFFER_BYTES);
-        } catch { /* best effort: capped by sysctl */ }
+        } catch {
+          /* best effort: capped by sysctl */
+        }
         const bound = sock.address();
         const socket = new DgramSocket(sock, bound.address, bound.port, family);
         // dgram's own fd (Linux): sends in batches through the addon; receiving stays dgram's.
@@ -98,7 +129,7 @@ export class DgramSocket implements UdpSocket {
         this.batchStats.gsoDisabled = true;
         r = this.batchSender(this.fd, address, port, msgs, count, false);
       }
-      sent = r > 0 ? r : 0;
+      sent = Math.max(r, 0);
       this.batchStats.batched += sent;
     }
     // What the batch did not take (no addon, EAGAIN, an error) goes through dgram, which queues.
@@ -110,7 +141,11 @@ export class DgramSocket implements UdpSocket {
 
   close(): Promise<void> {
     return new Promise((resolve) => {
-      try { this.sock.close(() => resolve()); } catch { resolve(); }
+      try {
+        this.sock.close(() => resolve());
+      } catch {
+        resolve();
+      }
     });
   }
 }

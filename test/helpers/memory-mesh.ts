@@ -26,7 +26,9 @@ export interface MeshSpec {
   extra?: (name: string) => string;
 }
 
-export async function buildMesh(spec: MeshSpec): Promise<{ net: MemoryNetwork; nodes: Map<string, Node>; stop: () => Promise<void> }> {
+export async function buildMesh(
+  spec: MeshSpec,
+): Promise<{ net: MemoryNetwork; nodes: Map<string, Node>; stop: () => Promise<void> }> {
   const net = new MemoryNetwork();
   const family = spec.family ?? 4;
   const info = spec.names.map((name, i) => ({
@@ -37,8 +39,9 @@ export async function buildMesh(spec: MeshSpec): Promise<{ net: MemoryNetwork; n
   }));
   const nodes = new Map<string, Node>();
   for (const me of info) {
-    const wanted = spec.peersOf?.(me.name, spec.names)
-      ?? spec.names.filter((n) => n !== me.name).map((n) => ({ name: n, endpoint: true }));
+    const wanted =
+      spec.peersOf?.(me.name, spec.names) ??
+      spec.names.filter((n) => n !== me.name).map((n) => ({ name: n, endpoint: true }));
     const peers = wanted.map((w) => {
       const p = info.find((x) => x.name === w.name)!;
       const ep = family === 6 ? `"[${p.address}]:${p.port}"` : `"${p.address}:${p.port}"`;
@@ -54,8 +57,11 @@ export async function buildMesh(spec: MeshSpec): Promise<{ net: MemoryNetwork; n
     nodes.set(me.name, { ...me, daemon, tap });
   }
   return {
-    net, nodes,
-    stop: async () => { for (const n of nodes.values()) await n.daemon.stop(); },
+    net,
+    nodes,
+    stop: async () => {
+      for (const n of nodes.values()) await n.daemon.stop();
+    },
   };
 }
 
@@ -86,7 +92,11 @@ export function frame(dst: string, src: string, type: number, payload: Buffer): 
 /** A real ARP request (who has tpa? tell spa) or reply. */
 export function arp(op: 1 | 2, sha: string, spa: string, tha: string, tpa: string): Buffer {
   const p = Buffer.alloc(28);
-  p.writeUInt16BE(1, 0); p.writeUInt16BE(0x0800, 2); p[4] = 6; p[5] = 4; p.writeUInt16BE(op, 6);
+  p.writeUInt16BE(1, 0);
+  p.writeUInt16BE(0x0800, 2);
+  p[4] = 6;
+  p[5] = 4;
+  p.writeUInt16BE(op, 6);
   Buffer.from(sha.replace(/:/g, ''), 'hex').copy(p, 8);
   Buffer.from(spa.split('.').map(Number)).copy(p, 14);
   Buffer.from(tha.replace(/:/g, ''), 'hex').copy(p, 18);

@@ -10,15 +10,17 @@ import { deleteNamespaces, hasProgram, Lab, type LabOptions, PROJECT_ROOT } from
 export const netnsSkipReason: string | null = (() => {
   if (process.platform !== 'linux') return 'namespace tests run on Linux only';
   if (process.getuid?.() !== 0) return 'namespace tests need root (sudo npx ava test/netns-*.test.ts)';
-  for (const p of ['ip', 'ping', 'iperf3']) if (!hasProgram(p)) return `namespace tests need ${p} (apt-get install iproute2 iputils-ping iperf3)`;
-  if (!fs.existsSync(path.join(PROJECT_ROOT, 'build/Release/homewire_tap.node'))) return 'the TAP addon is not built (npm run build)';
+  for (const p of ['ip', 'ping', 'iperf3'])
+    if (!hasProgram(p)) return `namespace tests need ${p} (apt-get install iproute2 iputils-ping iperf3)`;
+  if (!fs.existsSync(path.join(PROJECT_ROOT, 'build/Release/homewire_tap.node')))
+    return 'the TAP addon is not built (npm run build)';
   return null;
 })();
 
 /** test.serial; when the lab cannot run here, the test fails saying why (the suite needs root and tools). */
-export const netnsTest: typeof test.serial = (netnsSkipReason
-  ? ((title: string) => test.serial(title, (t) => t.fail(`cannot run: ${netnsSkipReason}`)))
-  : test.serial) as typeof test.serial;
+export const netnsTest: typeof test.serial = (
+  netnsSkipReason ? (title: string) => test.serial(title, (t) => t.fail(`cannot run: ${netnsSkipReason}`)) : test.serial
+) as typeof test.serial;
 
 export function newPrefix(): string {
   return `hwt${crypto.randomBytes(2).toString('hex')}-`;
@@ -37,6 +39,11 @@ export async function labFor(t: ExecutionContext, opts: Omit<LabOptions, 'prefix
 }
 
 /** A ping summary for assertion messages. */
-export function pingText(p: { transmitted: number; received: number; lossPct: number; rtt: { avg: number } | null }): string {
+export function pingText(p: {
+  transmitted: number;
+  received: number;
+  lossPct: number;
+  rtt: { avg: number } | null;
+}): string {
   return `${p.received}/${p.transmitted} received, ${p.lossPct}% loss${p.rtt ? `, rtt avg ${p.rtt.avg} ms` : ''}`;
 }

@@ -7,15 +7,21 @@ import { LabGuests, vmPrefix, vmSkipReason } from '../../lab/vm/guests.ts';
 
 const skip = vmSkipReason();
 
-export const vmTest = (skip ? (title: string) => test.serial(title, (t) => t.fail(`cannot run: ${skip}`)) : test.serial) as typeof test.serial;
+export const vmTest = (
+  skip ? (title: string) => test.serial(title, (t) => t.fail(`cannot run: ${skip}`)) : test.serial
+) as typeof test.serial;
 
-export async function vmLab(t: ExecutionContext, opts: Omit<LabOptions, 'prefix'>): Promise<{ lab: Lab; guests: () => LabGuests }> {
+export async function vmLab(
+  t: ExecutionContext,
+  opts: Omit<LabOptions, 'prefix'>,
+): Promise<{ lab: Lab; guests: () => LabGuests }> {
   const prefix = vmPrefix();
   let lab: Lab | null = null;
   let guests: LabGuests | null = null;
   t.teardown(async () => {
     await guests?.stopAll();
-    if (lab) await lab.destroy(); else await deleteNamespaces(prefix);
+    if (lab) await lab.destroy();
+    else await deleteNamespaces(prefix);
   });
   lab = await Lab.create({ ...opts, prefix });
   const l = lab;

@@ -62,7 +62,11 @@ let accelCache: Accel | null = null;
 export function detectAccel(): Accel {
   if (accelCache) return accelCache;
   let flags = '';
-  try { flags = fs.readFileSync('/proc/cpuinfo', 'utf8'); } catch { /* not Linux */ }
+  try {
+    flags = fs.readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    /* not Linux */
+  }
   accelCache = /^flags\s*:.*\b(vmx|svm)\b/m.test(flags) && fs.existsSync('/dev/kvm') ? 'kvm' : 'tcg';
   return accelCache;
 }
@@ -75,15 +79,37 @@ export function qemuBinary(): string {
 export function qemuArgs(o: LaunchOptions): string[] {
   const accel = o.accel ?? detectAccel();
   const args = [
-    '-name', o.name,
-    '-accel', accel, '-cpu', accel === 'kvm' ? 'host' : 'max', '-M', 'pc', '-m', String(o.memMb ?? 128), '-smp', '1',
-    '-display', 'none', '-nodefaults', '-no-user-config', '-no-reboot',
-    '-serial', `file:${o.serialLog}`,
-    '-qmp', `unix:${o.qmpSocket},server=on,wait=off`,
-    '-kernel', o.kernel, '-initrd', o.initrd,
-    '-append', `console=ttyS0 ${o.append ?? 'quiet'}`,
-    '-netdev', `tap,id=n0,ifname=${o.tap},script=no,downscript=no`,
-    '-device', `virtio-net-pci,netdev=n0,mac=${o.mac},romfile=`,
+    '-name',
+    o.name,
+    '-accel',
+    accel,
+    '-cpu',
+    accel === 'kvm' ? 'host' : 'max',
+    '-M',
+    'pc',
+    '-m',
+    String(o.memMb ?? 128),
+    '-smp',
+    '1',
+    '-display',
+    'none',
+    '-nodefaults',
+    '-no-user-config',
+    '-no-reboot',
+    '-serial',
+    `file:${o.serialLog}`,
+    '-qmp',
+    `unix:${o.qmpSocket},server=on,wait=off`,
+    '-kernel',
+    o.kernel,
+    '-initrd',
+    o.initrd,
+    '-append',
+    `console=ttyS0 ${o.append ?? 'quiet'}`,
+    '-netdev',
+    `tap,id=n0,ifname=${o.tap},script=no,downscript=no`,
+    '-device',
+    `virtio-net-pci,netdev=n0,mac=${o.mac},romfile=`,
   ];
   if (o.incoming) args.push('-incoming', o.incoming);
   if (o.extraArgs) args.push(...o.extraArgs);
@@ -94,19 +120,34 @@ export class Vm {
   private stopping: Promise<void> | null = null;
   readonly exited: Promise<void>;
 
-  constructor(readonly opts: LaunchOptions, readonly proc: ChildProcess, readonly qmp: Qmp, readonly qemuLog: string) {
+  constructor(
+    readonly opts: LaunchOptions,
+    readonly proc: ChildProcess,
+    readonly qmp: Qmp,
+    readonly qemuLog: string,
+  ) {
     this.exited = new Promise((r) => {
       if (proc.exitCode !== null || proc.signalCode !== null) r();
       else proc.once('exit', () => r());
     });
   }
 
-  get name(): string { return this.opts.name; }
-  get pid(): number | undefined { return this.proc.pid; }
-  get running(): boolean { return this.proc.exitCode === null && this.proc.signalCode === null; }
+  get name(): string {
+    return this.opts.name;
+  }
+  get pid(): number | undefined {
+    return this.proc.pid;
+  }
+  get running(): boolean {
+    return this.proc.exitCode === null && this.proc.signalCode === null;
+  }
 
   serial(): string {
-    try { return fs.readFileSync(this.opts.serialLog, 'utf8'); } catch { return ''; }
+    try {
+      return fs.readFileSync(this.opts.serialLog, 'utf8');
+    } catch {
+      return '';
+    }
   }
 
   /** Waits until the serial console shows re; returns the match. Throws with the console's tail. */
@@ -116,14 +157,19 @@ export class Vm {
       const m = this.serial().match(re);
       if (m) return m;
       if (!this.running) throw new Error(`${this.name}: QEMU exited before the console showed ${re}:\n${this.tail()}`);
-      if (Date.now() > deadline) throw new Error(`${this.name}: the console did not show ${re} within ${timeoutMs} ms:\n${this.tail()}`);
+      if (Date.now() > deadline)
+        throw new Error(`${this.name}: the console did not show ${re} within ${timeoutMs} ms:\n${this.tail()}`);
       await sleep(25);
     }
   }
 
   tail(lines = 15): string {
     let q = '';
-    try { q = fs.readFileSync(this.qemuLog, 'utf8').trim(); } catch { /* none */ }
+    try {
+      q = fs.readFileSync(this.qemuLog, 'utf8').trim();
+    } catch {
+      /* none */
+    }
     return `--- serial ---\n${this.serial().trimEnd().split('\n').slice(-lines).join('\n')}${q ? `\n--- qemu ---\n${q}` : ''}`;
   }
 
@@ -146,7 +192,10 @@ export class Vm {
    * Live-migrates to uri (a destination launched with incoming: uri) and polls query-migrate every pollMs
    * until it completes; throws if it fails or takes longer than timeoutMs (and cancels it then).
    */
-  async migrate(uri: string, o: { pollMs?: number; timeoutMs?: number; maxBandwidthBytes?: number; downtimeLimitMs?: number } = {}): Promise<MigrationResult> {
+  async migrate(
+    uri: string,
+    o: { pollMs?: number; timeoutMs?: number; maxBandwidthBytes?: number; downtimeLimitMs?: number } = {},
+  ): Promise<MigrationResult> {
     const params: Record<string, number> = {};
     if (o.maxBandwidthBytes !== undefined) params['max-bandwidth'] = o.maxBandwidthBytes;
     if (o.downtimeLimitMs !== undefined) params['downtime-limit'] = o.downtimeLimitMs;
@@ -160,17 +209,26 @@ export class Vm {
       if (info.status === 'completed') {
         const stop = this.qmp.events.slice(eventsFrom).find((e: QmpEvent) => e.event === 'STOP');
         return {
-          status: info.status, totalTimeMs: info['total-time'] ?? NaN, downtimeMs: info.downtime ?? NaN,
-          setupTimeMs: info['setup-time'] ?? NaN, ramTransferredBytes: info.ram?.transferred ?? NaN,
-          startedAtMs, completedAtMs: Date.now(), stoppedAtMs: stop?.atMs ?? null,
+          status: info.status,
+          totalTimeMs: info['total-time'] ?? NaN,
+          downtimeMs: info.downtime ?? NaN,
+          setupTimeMs: info['setup-time'] ?? NaN,
+          ramTransferredBytes: info.ram?.transferred ?? NaN,
+          startedAtMs,
+          completedAtMs: Date.now(),
+          stoppedAtMs: stop?.atMs ?? null,
         };
       }
       if (info.status === 'failed' || info.status === 'cancelled') {
-        throw new Error(`${this.name}: migration to ${uri} ${info.status}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
+        throw new Error(
+          `${this.name}: migration to ${uri} ${info.status}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`,
+        );
       }
       if (Date.now() > deadline) {
         await this.qmp.execute('migrate_cancel').catch(() => {});
-        throw new Error(`${this.name}: migration to ${uri} not completed after ${o.timeoutMs ?? 60_000} ms (status ${info.status})`);
+        throw new Error(
+          `${this.name}: migration to ${uri} not completed after ${o.timeoutMs ?? 60_000} ms (status ${info.status})`,
+        );
       }
       await sleep(o.pollMs ?? 10);
     }
@@ -199,7 +257,13 @@ export class Vm {
 
   /** For process-exit handlers, where promises no longer run. */
   killSync(): void {
-    if (this.running) { try { this.proc.kill('SIGKILL'); } catch { /* gone */ } }
+    if (this.running) {
+      try {
+        this.proc.kill('SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
   }
 }
 
@@ -218,11 +282,21 @@ export async function launch(o: LaunchOptions): Promise<Vm> {
     fs.closeSync(fd);
   }
   proc.on('error', () => {});
-  const early = new Promise<never>((_, reject) => proc.once('exit', (code, sig) => {
-    let out = '';
-    try { out = fs.readFileSync(qemuLog, 'utf8').trim(); } catch { /* none */ }
-    reject(new Error(`${o.name}: QEMU exited (${sig ?? `code ${code}`}) at start: ${out || '(no output)'}\n  ${full.join(' ')}`));
-  }));
+  const early = new Promise<never>((_, reject) =>
+    proc.once('exit', (code, sig) => {
+      let out = '';
+      try {
+        out = fs.readFileSync(qemuLog, 'utf8').trim();
+      } catch {
+        /* none */
+      }
+      reject(
+        new Error(
+          `${o.name}: QEMU exited (${sig ?? `code ${code}`}) at start: ${out || '(no output)'}\n  ${full.join(' ')}`,
+        ),
+      );
+    }),
+  );
   early.catch(() => {});
   let qmp: Qmp;
   try {

@@ -29,7 +29,12 @@ export class QemuHypervisor implements Hypervisor {
     const available = hasQemu();
     this.info = available
       ? { kind: 'qemu', available, accel: detectAccel() }
-      : { kind: 'qemu', available, accel: null, reason: 'qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)' };
+      : {
+          kind: 'qemu',
+          available,
+          accel: null,
+          reason: 'qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)',
+        };
   }
 
   private options(spec: GuestSpec, incoming?: string): LaunchOptions {
@@ -39,9 +44,20 @@ export class QemuHypervisor implements Hypervisor {
     if (spec.cpus !== 1) extra.push('-smp', String(spec.cpus));
     if (spec.disk) extra.push('-drive', `file=${spec.disk},if=virtio,readonly=on`);
     return {
-      name: spec.name, kernel: spec.kernel, initrd: spec.initrd, append: spec.cmdline, mac: spec.mac, tap: tapName(spec.name),
-      memMb: spec.memoryMib, qmpSocket: `${base}.qmp`, serialLog: `${base}.serial`, qemuLog: `${base}.qemu.log`,
-      bridge: spec.bridge, tapMtu: bridgeMtu(spec.bridge), extraArgs: extra, ...(incoming ? { incoming } : {}),
+      name: spec.name,
+      kernel: spec.kernel,
+      initrd: spec.initrd,
+      append: spec.cmdline,
+      mac: spec.mac,
+      tap: tapName(spec.name),
+      memMb: spec.memoryMib,
+      qmpSocket: `${base}.qmp`,
+      serialLog: `${base}.serial`,
+      qemuLog: `${base}.qemu.log`,
+      bridge: spec.bridge,
+      tapMtu: bridgeMtu(spec.bridge),
+      extraArgs: extra,
+      ...(incoming ? { incoming } : {}),
     };
   }
 
@@ -73,8 +89,14 @@ export class QemuHypervisor implements Hypervisor {
       // The bridge learned the guest's MAC on the homewire TAP (its frames came over the mesh). Point it at the
       // incoming guest's TAP now, so frames the mesh sends here during the migration (expect) reach the guest
       // the moment it resumes instead of waiting for its RARP to re-teach the bridge.
-      const r = spawnSync('bridge', ['fdb', 'replace', spec.mac, 'dev', vm.opts.tap, 'master', 'static'], { encoding: 'utf8' });
-      if (r.status !== 0) this.o.log.warn({ vm: spec.name, error: (r.stderr || String(r.error)).trim() }, 'could not pin the MAC on the bridge');
+      const r = spawnSync('bridge', ['fdb', 'replace', spec.mac, 'dev', vm.opts.tap, 'master', 'static'], {
+        encoding: 'utf8',
+      });
+      if (r.status !== 0)
+        this.o.log.warn(
+          { vm: spec.name, error: (r.stderr || String(r.error)).trim() },
+          'could not pin the MAC on the bridge',
+        );
     }
     return uri;
   }
@@ -84,7 +106,10 @@ export class QemuHypervisor implements Hypervisor {
     try {
       const r = await g.vm.migrate(uri, { timeoutMs: MIGRATE_TIMEOUT_MS });
       g.state = 'migrated';
-      this.o.log.info({ vm: name, uri, totalMs: r.totalTimeMs, downtimeMs: r.downtimeMs, ramBytes: r.ramTransferredBytes }, 'migration completed');
+      this.o.log.info(
+        { vm: name, uri, totalMs: r.totalTimeMs, downtimeMs: r.downtimeMs, ramBytes: r.ramTransferredBytes },
+        'migration completed',
+      );
     } catch (err) {
       // Failed or cancelled: QEMU keeps (or resumes) the guest here; make sure it runs.
       const status = await g.vm.status().catch(() => 'unknown');
@@ -117,7 +142,11 @@ export class QemuHypervisor implements Hypervisor {
   }
 
   list(): GuestReport[] {
-    return [...this.guests.values()].map((g) => ({ name: g.spec.name, state: g.vm.running ? g.state : 'exited', mac: g.spec.mac }));
+    return [...this.guests.values()].map((g) => ({
+      name: g.spec.name,
+      state: g.vm.running ? g.state : 'exited',
+      mac: g.spec.mac,
+    }));
   }
 
   /** Refreshes the states of guests waiting for a migration (the report then says running when it landed). */
@@ -139,12 +168,21 @@ export class QemuHypervisor implements Hypervisor {
 /** QEMU run states (query-status) as the coordinator sees them. */
 function guestState(status: string | null, was: GuestState): GuestState {
   switch (status) {
-    case 'running': return 'running';
-    case 'inmigrate': return 'incoming';
-    case 'postmigrate': return 'migrated';
-    case 'paused': case 'finish-migrate': case 'prelaunch': case 'suspended': return was === 'incoming' ? 'incoming' : 'paused';
-    case null: return was;
-    default: return 'paused';
+    case 'running':
+      return 'running';
+    case 'inmigrate':
+      return 'incoming';
+    case 'postmigrate':
+      return 'migrated';
+    case 'paused':
+    case 'finish-migrate':
+    case 'prelaunch':
+    case 'suspended':
+      return was === 'incoming' ? 'incoming' : 'paused';
+    case null:
+      return was;
+    default:
+      return 'paused';
   }
 }
 

@@ -14,7 +14,11 @@ export interface QmpEvent {
 }
 
 export class QmpError extends Error {
-  constructor(readonly command: string, readonly qmpClass: string, desc: string) {
+  constructor(
+    readonly command: string,
+    readonly qmpClass: string,
+    desc: string,
+  ) {
     super(`QMP ${command}: ${qmpClass}: ${desc}`);
   }
 }
@@ -23,7 +27,10 @@ export class Qmp {
   readonly events: QmpEvent[] = [];
   private nextId = 1;
   private buffer = '';
-  private readonly pending = new Map<string, { command: string; resolve: (v: any) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<
+    string,
+    { command: string; resolve: (v: any) => void; reject: (e: Error) => void }
+  >();
   private closed = false;
   private greeting: ((v: unknown) => void) | null = null;
 
@@ -46,13 +53,19 @@ export class Qmp {
       try {
         const socket = await new Promise<net.Socket>((resolve, reject) => {
           const s = net.connect(socketPath);
-          s.once('connect', () => { s.off('error', reject); resolve(s); });
+          s.once('connect', () => {
+            s.off('error', reject);
+            resolve(s);
+          });
           s.once('error', reject);
         });
         const qmp = new Qmp(socket);
         await new Promise((resolve, reject) => {
           qmp.greeting = resolve;
-          setTimeout(() => reject(new Error(`no QMP greeting on ${socketPath}`)), Math.max(1000, deadline - Date.now()));
+          setTimeout(
+            () => reject(new Error(`no QMP greeting on ${socketPath}`)),
+            Math.max(1000, deadline - Date.now()),
+          );
         });
         await qmp.execute('qmp_capabilities');
         return qmp;
@@ -63,7 +76,9 @@ export class Qmp {
     }
   }
 
-  get isClosed(): boolean { return this.closed; }
+  get isClosed(): boolean {
+    return this.closed;
+  }
 
   /** Runs a command; resolves with its "return" value, rejects with QmpError. */
   execute(command: string, args?: Record<string, unknown>): Promise<any> {
@@ -71,7 +86,9 @@ export class Qmp {
     const id = String(this.nextId++);
     return new Promise((resolve, reject) => {
       this.pending.set(id, { command, resolve, reject });
-      this.socket.write(JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id }) + '\n');
+      this.socket.write(
+        `${JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id })}\n`,
+      );
     });
   }
 
@@ -103,11 +120,23 @@ export class Qmp {
       this.buffer = this.buffer.slice(nl + 1);
       if (!line) continue;
       let msg: any;
-      try { msg = JSON.parse(line); } catch { continue; }
-      if (msg.QMP) { this.greeting?.(msg); this.greeting = null; continue; }
+      try {
+        msg = JSON.parse(line);
+      } catch {
+        continue;
+      }
+      if (msg.QMP) {
+        this.greeting?.(msg);
+        this.greeting = null;
+        continue;
+      }
       if (msg.event) {
         const ts = msg.timestamp;
-        this.events.push({ event: msg.event, data: msg.data, atMs: ts ? ts.seconds * 1000 + ts.microseconds / 1000 : Date.now() });
+        this.events.push({
+          event: msg.event,
+          data: msg.data,
+          atMs: ts ? ts.seconds * 1000 + ts.microseconds / 1000 : Date.now(),
+        });
         continue;
       }
       const p = msg.id !== undefined ? this.pending.get(String(msg.id)) : undefined;
