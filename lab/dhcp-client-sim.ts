@@ -33,7 +33,7 @@ import {
   type OptionList,
 } from '../src/dhcp/codec.ts';
 import { FRAME_HEADROOM_BYTES, fillUdpHeaders, finish, parseUdp, sum16 } from '../src/dhcp/frame.ts';
-import { formatMac } from '../src/dhcp/ip.ts';
+import { formatMac } from '../src/addr.ts';
 
 export type ClientStyle = 'udhcpc' | 'dhclient' | 'dhcpcd' | 'plain';
 

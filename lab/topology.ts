@@ -26,6 +26,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_PORT, defaultTapMtu } from '../src/constants.ts';
+import { signalChild, stopChild } from '../src/proc.ts';
 import { encodeKey, generatePrivateKey, publicKeyOf } from '../src/mesh/keys.ts';
 import {
   deleteNamespaces,
@@ -51,6 +52,7 @@ import {
   sleep,
   sleepSync,
 } from './run.ts';
+import { formatEndpoint } from '../src/addr.ts';
 
 export { deleteNamespaces, hasProgram } from './netns.ts';
 
@@ -225,7 +227,7 @@ export class Lab implements Teardown {
         underlay6,
         address,
         port,
-        endpoint: this.family === 6 ? `[${address}]:${port}` : `${address}:${port}`,
+        endpoint: formatEndpoint(address, port),
         host,
         peers: [],
         publicKey: '',
@@ -423,7 +425,7 @@ export class Lab implements Teardown {
       }
       return parseIperf3(last!.stdout || last!.stderr);
     } finally {
-      if (server.exitCode === null && server.signalCode === null) server.kill('SIGKILL');
+      signalChild(server, 'SIGKILL');
     }
   }
 
@@ -538,16 +540,8 @@ export class Lab implements Teardown {
     if (!d || d.exitCode !== null || d.signalCode !== null) {
       return { code: d?.exitCode ?? null, signal: d?.signalCode ?? null, ms: 0, killed: false };
     }
-    const started = Date.now();
-    const exited = new Promise<void>((r) => d.once('exit', () => r()));
-    d.kill(o.signal ?? 'SIGTERM');
-    const inTime = await Promise.race([exited.then(() => true), sleep(o.timeoutMs ?? 2000).then(() => false)]);
-    const ms = Date.now() - started;
-    if (!inTime) {
-      d.kill('SIGKILL');
-      await exited;
-    }
-    return { code: d.exitCode, signal: d.signalCode, ms, killed: !inTime };
+    const { ms, killed } = await stopChild(d, { signal: o.signal, graceMs: o.timeoutMs ?? 2000 });
+    return { code: d.exitCode, signal: d.signalCode, ms, killed };
   }
 
   /** The current daemon's JSON log lines (non-JSON lines come back as { msg: line, level: 0 }). */
@@ -614,20 +608,7 @@ export class Lab implements Teardown {
   /** Kills daemons and helpers (SIGTERM, then SIGKILL after 2 s) and deletes every namespace with the prefix. */
   destroy(): Promise<void> {
     this.destroying ??= (async () => {
-      const procs = this.processes();
-      const exits = procs.map(
-        (p) =>
-          new Promise<void>((r) => {
-            if (p.exitCode !== null || p.signalCode !== null) r();
-            else p.once('exit', () => r());
-          }),
-      );
-      for (const p of procs) p.kill('SIGTERM');
-      const all = Promise.all(exits);
-      if (!(await Promise.race([all.then(() => true), sleep(2000).then(() => false)]))) {
-        for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-        await Promise.race([all, sleep(1000)]);
-      }
+      await Promise.all(this.processes().map((p) => stopChild(p, { graceMs: 2000 })));
       await deleteNamespaces(this.prefix);
       if (!this.opts.keepDir) fs.rmSync(this.dir, { recursive: true, force: true });
       releaseOnExit(this);
@@ -638,23 +619,10 @@ export class Lab implements Teardown {
   /** destroy() for process exit, when promises no longer run. */
   destroySync(): void {
     const procs = this.processes();
-    for (const p of procs) {
-      try {
-        p.kill('SIGTERM');
-      } catch {
-        /* gone */
-      }
-    }
+    for (const p of procs) signalChild(p, 'SIGTERM');
     const deadline = Date.now() + 2000;
     while (procs.some((p) => p.pid && running(p.pid)) && Date.now() < deadline) sleepSync(20);
-    for (const p of procs)
-      if (p.pid && running(p.pid)) {
-        try {
-          p.kill('SIGKILL');
-        } catch {
-          /* gone */
-        }
-      }
+    for (const p of procs) if (p.pid && running(p.pid)) signalChild(p, 'SIGKILL');
     deleteNamespacesSync(this.prefix);
     if (!this.opts.keepDir) fs.rmSync(this.dir, { recursive: true, force: true });
     releaseOnExit(this);

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import {
   HANDSHAKE_INIT_BYTES,
   HANDSHAKE_RESP_BYTES,
-  MSG_CONTROL,
+  MSG_SIGNAL,
   MSG_DATA,
   MSG_HANDSHAKE_INIT,
   MSG_HANDSHAKE_RESP,
@@ -64,7 +64,7 @@ if (pcap && fs.existsSync(pcap)) {
 }
 
 const AWKWARD = [0, 1, 2, 3, 4, 5, 15, 16, 17, 31, 32, 33, 59, 60, 61, 115, 116, 117, 1400, 1472, 1500];
-const TYPES = [MSG_HANDSHAKE_INIT, MSG_HANDSHAKE_RESP, MSG_DATA, MSG_CONTROL, 0, 3, 6, 255];
+const TYPES = [MSG_HANDSHAKE_INIT, MSG_HANDSHAKE_RESP, MSG_DATA, MSG_SIGNAL, 0, 3, 6, 255];
 
 function randomDatagram(): Buffer {
   return bytes(rand() < 0.5 ? AWKWARD[int(AWKWARD.length)] : int(1501));

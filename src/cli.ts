@@ -4,6 +4,7 @@ import { loadConfig } from './config.ts';
 import { ConfigError, OperatorError } from './errors.ts';
 import { createLogger, exitOnSignals } from './log.ts';
 import { decodeKey, encodeKey, generatePrivateKey, publicKeyOf } from './mesh/keys.ts';
+import type { StatusReport } from './status.ts';
 
 const USAGE = `usage: homewire COMMAND [options]
 
@@ -150,7 +151,7 @@ function bytes(n: number): string {
 }
 
 /** Human status, in the manner of `wg show`. */
-function formatStatus(s: any): string {
+function formatStatus(s: StatusReport): string {
   const out: string[] = [];
   out.push(
     `node: ${s.name}`,
@@ -170,10 +171,10 @@ function formatStatus(s: any): string {
       '',
     );
   }
-  const local = s.macs.filter((m: any) => m.port === 'local');
-  out.push(`local MACs: ${local.length ? local.map((m: any) => m.mac).join(', ') : '(none)'}`);
+  const local = s.macs.filter((m) => m.port === 'local');
+  out.push(`local MACs: ${local.length ? local.map((m) => m.mac).join(', ') : '(none)'}`);
   out.push(`MAC table: ${s.macs.length} entries`);
-  const drops = Object.entries(s.drops).filter(([, v]) => (v as number) > 0);
+  const drops = Object.entries(s.drops).filter(([, v]) => v > 0);
   out.push(`drops: ${drops.length ? drops.map(([k, v]) => `${k}=${v}`).join(' ') : 'none'}`);
   if (s.dhcp) {
     out.push('', `dhcp leases (${s.dhcp.active} active):`);

@@ -1,13 +1,11 @@
 // The daemon's YAML config: parsed, validated and resolved in one place. Every error names the file, the key
 // path and what to do. See README "Config reference".
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
-import YAML from 'yaml';
-import { defaultTapMtu, DEFAULT_PORT } from './constants.ts';
+import { defaultTapMtu } from './constants.ts';
 import { type AgentConfig, parseAgentConfig } from './agent/config.ts';
 import { type DhcpConfig, parseDhcpConfig } from './dhcp/config.ts';
-import { ConfigError } from './errors.ts';
+import { Checker, LOG_LEVELS, parseYaml, readConfigFile } from './checker.ts';
 import { decodeKey, publicKeyOf } from './mesh/keys.ts';
 import type { Endpoint, PeerConfig } from './mesh/peer.ts';
 
@@ -52,34 +50,9 @@ const TOP_KEYS = [
 ];
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$/;
 const IFNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$/;
-export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 export function loadConfig(file: string): Config {
   return parseConfig(readConfigFile(file), file);
-}
-
-/** A config file's text, or a ConfigError naming it. */
-export function readConfigFile(file: string): string {
-  try {
-    return fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new ConfigError(
-      file,
-      '',
-      `cannot read the config file (${(err as NodeJS.ErrnoException).code}); check the path and permissions`,
-    );
-  }
-}
-
-/** YAML to plain values, or a ConfigError with the line and column of the first syntax error. */
-export function parseYaml(text: string, file: string): unknown {
-  const doc = YAML.parseDocument(text, { uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    const e = doc.errors[0];
-    const line = e.linePos?.[0] ? ` (line ${e.linePos[0].line}, column ${e.linePos[0].col})` : '';
-    throw new ConfigError(file, '', `not valid YAML${line}: ${e.message.split('\n')[0]}`);
-  }
-  return doc.toJS();
 }
 
 export function parseConfig(text: string, file: string): Config {
@@ -237,56 +210,4 @@ function readPrivateKey(c: Checker, top: Record<string, unknown>, file: string):
       `${keyFile} does not hold a base64 Curve25519 private key (create one with \`homewire genkey\`)`,
     );
   return key!;
-}
-
-/** Small typed accessors that throw ConfigError with the key path. */
-export class Checker {
-  constructor(readonly file: string) {}
-
-  fail(key: string, problem: string): never {
-    throw new ConfigError(this.file, key, problem);
-  }
-
-  object(v: unknown, key: string): Record<string, any> {
-    if (v === undefined || v === null) this.fail(key || '(top level)', 'missing: this section is required');
-    if (typeof v !== 'object' || Array.isArray(v)) this.fail(key || '(top level)', 'must be a mapping (key: value)');
-    return v as Record<string, any>;
-  }
-
-  onlyKeys(o: Record<string, unknown>, allowed: string[], at: string): void {
-    for (const k of Object.keys(o)) {
-      if (!allowed.includes(k)) {
-        this.fail(at ? `${at}.${k}` : k, `unknown key; allowed here: ${allowed.join(', ')}`);
-      }
-    }
-  }
-
-  string(v: unknown, key: string): string {
-    if (v === undefined || v === null) this.fail(key, 'missing: this key is required');
-    if (typeof v !== 'string' || v.length === 0) this.fail(key, 'must be a non-empty string');
-    return v as string;
-  }
-
-  integer(v: unknown, key: string, min: number, max: number): number {
-    if (typeof v !== 'number' || !Number.isInteger(v))
-      this.fail(key, `must be a whole number between ${min} and ${max}`);
-    if ((v as number) < min || (v as number) > max) this.fail(key, `${v} is out of range: use ${min} to ${max}`);
-    return v as number;
-  }
-
-  /** "192.0.2.1:51820", "[2001:db8::1]:51820"; with defaultPort the port may be left out. */
-  endpoint(v: unknown, key: string, defaultPort: boolean): Endpoint {
-    const text = this.string(typeof v === 'number' ? String(v) : v, key);
-    const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(text) ?? /^([^:]+)(?::(\d+))?$/.exec(text);
-    if (!m) this.fail(key, `"${text}" is not ADDRESS:PORT (IPv6 in brackets: "[2001:db8::1]:${DEFAULT_PORT}")`);
-    const address = m![1];
-    if (net.isIP(address) === 0) {
-      this.fail(key, `"${address}" is not an IP address (host names are not resolved: give the underlay IP)`);
-    }
-    if (m![2] === undefined && !defaultPort) this.fail(key, `"${text}" has no port: write ADDRESS:PORT`);
-    const port = m![2] === undefined ? DEFAULT_PORT : Number(m![2]);
-    const min = key === 'listen' ? 0 : 1; // listen port 0: any free port
-    if (!(port >= min && port <= 65535)) this.fail(key, `port ${m![2]} is out of range ${min}-65535`);
-    return { address, port };
-  }
 }

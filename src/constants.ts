@@ -4,7 +4,7 @@
 export const MSG_HANDSHAKE_INIT = 1;
 export const MSG_HANDSHAKE_RESP = 2;
 export const MSG_DATA = 4; // encrypted Ethernet frame (empty payload = keepalive)
-export const MSG_CONTROL = 5; // encrypted control message (same session and counter space as data)
+export const MSG_SIGNAL = 5; // encrypted signal message (mesh signalling; same session and counter space as data)
 
 export const TRANSPORT_HEADER_BYTES = 16; // type u8, 3 reserved, receiver index u32 LE, counter u64 LE
 export const AEAD_TAG_BYTES = 16;

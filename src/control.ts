@@ -9,9 +9,10 @@ import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { OperatorError } from './errors.ts';
+import type { StatusReport } from './status.ts';
 
 export interface ControlHandlers {
-  status(): unknown;
+  status(): StatusReport;
   reload(): Promise<{ ok: boolean; error?: string; changes?: string[] }>;
   expect(mac: string): { ok: boolean; error?: string };
 }

@@ -11,8 +11,9 @@ import type { Logger } from './log.ts';
 import { encodeKey } from './mesh/keys.ts';
 import { Mesh } from './mesh/mesh.ts';
 import type { PeerConfig } from './mesh/peer.ts';
-import { parseMac } from './mobility.ts';
-import { LOCAL, macString, Switch } from './switch.ts';
+import { formatEndpoint, macNumber, macString } from './addr.ts';
+import type { StatusReport } from './status.ts';
+import { LOCAL, Switch } from './switch.ts';
 import type { TapDevice } from './tap/device.ts';
 import { DgramSocket } from './udp/dgram.ts';
 import type { UdpSocket } from './udp/socket.ts';
@@ -89,7 +90,7 @@ export class Daemon {
     const { sw, mesh, log } = this;
     mesh.start({
       frame: (peer, frame) => sw.fromPeer(peer, frame),
-      control: (peer, payload) => sw.onControl(peer, payload),
+      signal: (peer, payload) => sw.onSignal(peer, payload),
       peerState: (peer, up) => log.info({ peer: peer.name, endpoint: peer.endpoint }, up ? 'peer up' : 'peer down'),
     });
     this.tap.start({ frame: (frame) => sw.fromTap(frame), batchEnd: () => mesh.flush() });
@@ -152,7 +153,7 @@ export class Daemon {
   }
 
   expect(macText: string): { ok: boolean; error?: string } {
-    const mac = parseMac(macText);
+    const mac = macNumber(macText);
     if (mac < 0) return { ok: false, error: `"${macText}" is not a MAC address (aa:bb:cc:dd:ee:ff)` };
     this.sw.expect(mac);
     this.log.info({ mac: macText }, 'MAC expected here: peers send its frames here too until it arrives');
@@ -231,23 +232,19 @@ export class Daemon {
     return changes;
   }
 
-  status(): object {
+  status(): StatusReport {
     const now = this.now();
     const sock = this.mesh.socket;
     return {
       name: this.config.name,
       publicKey: encodeKey(this.config.publicKey),
-      listen: sock.family === 6 ? `[${sock.address}]:${sock.port}` : `${sock.address}:${sock.port}`,
+      listen: formatEndpoint(sock.address, sock.port),
       tap: { name: this.tap.name, mtu: this.tap.mtu, ...this.tap.stats },
       uptimeSeconds: Math.round((now - this.startedMs) / 1000),
       peers: this.mesh.peers.map((p) => ({
         name: p.name,
         publicKey: encodeKey(p.publicKey),
-        endpoint: p.endpoint
-          ? p.endpoint.address.includes(':')
-            ? `[${p.endpoint.address}]:${p.endpoint.port}`
-            : `${p.endpoint.address}:${p.endpoint.port}`
-          : null,
+        endpoint: p.endpoint ? formatEndpoint(p.endpoint.address, p.endpoint.port) : null,
         up: p.up,
         lastHandshakeSecondsAgo: p.lastHandshakeMs ? Math.round((now - p.lastHandshakeMs) / 1000) : null,
         rttMs: p.rttMs < 0 ? null : p.rttMs,

@@ -5,7 +5,7 @@ import http from 'node:http';
 import client from 'prom-client';
 import type { Endpoint } from './mesh/peer.ts';
 import type { Daemon } from './daemon.ts';
-import { macString } from './switch.ts';
+import { macString } from './addr.ts';
 
 const PORT_SERIES_MAX = 256;
 

@@ -6,7 +6,7 @@
 //                        just moved away from here: the old host forwards to the new one for a grace period)
 //
 // MAC mobility (live migration): a guest MAC showing up on the local side while the table placed it behind a
-// peer is a move; the switch announces "MAC m is at me, sequence n" to every peer at once (mobility.ts), and
+// peer is a move; the switch announces "MAC m is at me, sequence n" to every peer at once (mesh/signal.ts), and
 // a coordinator can pre-announce an arrival (expect) so peers send the MAC's frames to both hosts meanwhile.
 // MACs are 48-bit numbers (exact in a double). All ageing is driven by tick(), not by per-entry timers.
 import {
@@ -24,7 +24,8 @@ import {
 import type { Logger } from './log.ts';
 import type { Mesh } from './mesh/mesh.ts';
 import type { Peer } from './mesh/peer.ts';
-import { CTRL_EXPECT, CTRL_MAC_AT, decodeControl, encodeExpect, encodeMacAt } from './mobility.ts';
+import { macKey, macString } from './addr.ts';
+import { decodeSignal, encodeExpect, encodeMacAt, SIG_EXPECT, SIG_MAC_AT } from './mesh/signal.ts';
 import type { TapDevice } from './tap/device.ts';
 
 /** Port name of the local side in services and logs. */
@@ -59,7 +60,7 @@ export class SwitchDrops {
   local_unicast = 0; // from the TAP to a MAC that is also on the TAP side
   split_horizon = 0; // from a peer to a MAC behind another peer
   table_full = 0;
-  control_malformed = 0;
+  signal_malformed = 0;
 }
 
 export class MobilityStats {
@@ -245,26 +246,26 @@ export class Switch {
       const entry = this.table.get(a.mac);
       if (!entry || entry.port !== null || entry.seq !== a.seq) continue; // superseded
       const msg = encodeMacAt(a.mac, a.seq);
-      for (const peer of this.mesh.peers) this.mesh.sendControl(peer, msg);
+      for (const peer of this.mesh.peers) this.mesh.sendSignal(peer, msg);
       this.mobility.announced++;
     }
   }
 
   /** A control message from a peer (authenticated by the mesh). */
-  onControl(peer: Peer, payload: Buffer): void {
-    const msg = decodeControl(payload);
+  onSignal(peer: Peer, payload: Buffer): void {
+    const msg = decodeSignal(payload);
     if (msg === null) {
-      this.drops.control_malformed++;
+      this.drops.signal_malformed++;
       return;
     }
     let entry = this.table.get(msg.mac);
-    if (msg.type === CTRL_EXPECT) {
+    if (msg.type === SIG_EXPECT) {
       if (entry === undefined || entry.port === peer) return;
       entry.alsoTo = peer;
       entry.alsoUntilMs = this.nowMs + EXPECT_DUAL_SEND_MS;
       return;
     }
-    if (msg.type !== CTRL_MAC_AT) return;
+    if (msg.type !== SIG_MAC_AT) return;
     if (entry === undefined) {
       if (this.table.size >= MAC_TABLE_MAX) {
         this.drops.table_full++;
@@ -297,7 +298,7 @@ export class Switch {
     const entry = this.table.get(mac);
     if (entry !== undefined) entry.expectedUntilMs = this.nowMs + EXPECT_DUAL_SEND_MS;
     const msg = encodeExpect(mac);
-    for (const peer of this.mesh.peers) this.mesh.sendControl(peer, msg);
+    for (const peer of this.mesh.peers) this.mesh.sendSignal(peer, msg);
   }
 
   /** Ages out entries not seen for MAC_AGEING_MS; forgets entries of removed peers; sends due announcements. */
@@ -333,16 +334,4 @@ function newEntry(port: Peer | null, now: number): MacEntry {
 /** Serial-number comparison (RFC 1982) of 32-bit sequences. */
 function seqNewer(a: number, b: number): boolean {
   return a !== b && (a - b) >>> 0 < 0x8000_0000;
-}
-
-/** The 48-bit MAC at offset as a number. */
-export function macKey(buf: Buffer, offset: number): number {
-  return buf.readUInt16BE(offset) * 0x1_0000_0000 + buf.readUInt32BE(offset + 2);
-}
-
-export function macString(mac: number): string {
-  return mac
-    .toString(16)
-    .padStart(12, '0')
-    .replace(/(..)(?!$)/g, '$1:');
 }

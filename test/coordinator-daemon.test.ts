@@ -4,7 +4,7 @@
 import test from 'ava';
 import { Harness, waitFor } from '../lab/coordinator/harness.ts';
 import type { VmRecord } from '../src/coordinator/types.ts';
-import { parseMac } from '../src/mobility.ts';
+import { macNumber } from '../src/addr.ts';
 import { allUp, buildMesh, frame } from './helpers/memory-mesh.ts';
 
 test('migrate: the destination daemon is told the MAC is about to arrive; home dual-sends to it', async (t) => {
@@ -21,7 +21,7 @@ test('migrate: the destination daemon is told the MAC is about to arrive; home d
   await h.admin.request('POST', '/v1/vms/web/start', { host: 'host-a' });
   // The guest talks on host-a: home learns its MAC behind host-a.
   mesh.nodes.get('host-a')!.tap.inject(frame('ff:ff:ff:ff:ff:ff', vm.mac, 0x0806, Buffer.alloc(28)));
-  const mac = parseMac(vm.mac);
+  const mac = macNumber(vm.mac);
   const homeSw = daemon('home').sw;
   await waitFor(() => homeSw.table.get(mac)?.port?.name === 'host-a', 3000, 'home learned the guest behind host-a');
   const moved = await h.admin.request<VmRecord>('POST', '/v1/vms/web/migrate', {});

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { HostAgent } from '../src/agent/agent.ts';
 import { parseAgentConfig } from '../src/agent/config.ts';
 import { FakeCloud, FakeHypervisor } from '../lab/twins/hypervisor.ts';
+import { exited, stopChild } from '../src/proc.ts';
 import { CoordinatorClient } from '../src/coordinator/client.ts';
 import { etcdClient, EtcdStore } from '../src/coordinator/etcd-store.ts';
 import { waitFor } from '../lab/coordinator/harness.ts';
@@ -33,18 +34,8 @@ function freePort(): Promise<number> {
   });
 }
 
-function exited(p: ChildProcess): Promise<void> {
-  return new Promise((r) => (p.exitCode !== null || p.signalCode !== null ? r() : p.once('exit', () => r())));
-}
-
-async function kill(p: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  if (p.exitCode !== null || p.signalCode !== null) return;
-  p.kill(signal);
-  await Promise.race([exited(p), new Promise((r) => setTimeout(r, 3000))]);
-  if (p.exitCode === null && p.signalCode === null) {
-    p.kill('SIGKILL');
-    await exited(p);
-  }
+function kill(p: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<unknown> {
+  return stopChild(p, { signal, graceMs: 3000 });
 }
 
 /** etcd on 127.0.0.1 with a temp data dir; killed and removed at teardown. */

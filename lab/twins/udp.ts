@@ -1,6 +1,7 @@
 // In-memory twin of the underlay: sockets on a MemoryNetwork deliver to each other by address:port on a
 // later event-loop turn, copying each datagram as a wire would. Tests can drop, rewrite or inject datagrams.
 import type { UdpHandler, UdpSocket } from '../../src/udp/socket.ts';
+import { formatEndpoint } from '../../src/addr.ts';
 
 export type Filter = (msg: Buffer, from: string, to: string) => Buffer | null;
 
@@ -70,5 +71,5 @@ export class MemoryUdp implements UdpSocket {
 }
 
 function endpointKey(address: string, port: number): string {
-  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
+  return formatEndpoint(address, port);
 }

@@ -10,12 +10,11 @@
 // until the coordinator answers) → stop() (idempotent; stops this host's guests: a restarted agent cannot
 // take over QEMU processes it did not start).
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import net from 'node:net';
 import { CoordinatorClient } from '../coordinator/client.ts';
 import { AGENT_REQUEST_TIMEOUT_MS, AGENT_RETRY_MS, HEARTBEAT_MS, POLL_WAIT_MS } from '../coordinator/constants.ts';
 import { ApiError, type Command, type CommandResult, type HostInfo, type LaunchSpec } from '../coordinator/types.ts';
 import type { Logger } from '../log.ts';
+import type { AgentStatus } from '../status.ts';
 import type { AgentConfig } from './config.ts';
 import type { GuestSpec, Hypervisor } from './hypervisor.ts';
 import { ImageCache } from './images.ts';
@@ -327,7 +326,7 @@ export class HostAgent {
     };
   }
 
-  status(): object {
+  status(): AgentStatus {
     return {
       coordinator: this.client.url,
       registered: this.registered,
@@ -363,20 +362,4 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
       { once: true },
     );
   });
-}
-
-/** A free TCP port on address (for a migration listener). */
-export function freePort(address: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, address, () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-export function ensureDir(dir: string): void {
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
 }

@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { Checker } from '../config.ts';
+import { Checker } from '../checker.ts';
 import { TOKEN_MIN_CHARS } from '../coordinator/constants.ts';
 
 export interface AgentConfig {

@@ -13,11 +13,12 @@
 //   log_level: info
 import fs from 'node:fs';
 import path from 'node:path';
-import { Checker, LOG_LEVELS, parseYaml, readConfigFile } from '../config.ts';
+import { Checker, LOG_LEVELS, parseYaml, readConfigFile } from '../checker.ts';
 import type { Endpoint } from '../mesh/peer.ts';
 import { DEFAULT_DATA_DIR, TOKEN_MIN_CHARS } from './constants.ts';
 import { checkImage } from './images.ts';
 import { ApiError, type ImageRecord } from './types.ts';
+import { formatEndpoint } from '../addr.ts';
 
 export interface CoordinatorConfig {
   file: string;
@@ -85,7 +86,7 @@ export function parseCoordinatorConfig(text: string, file: string): CoordinatorC
       'holds the same token as admin_token_file: hosts must not get admin rights, use two tokens',
     );
 
-  let advertiseUrl = `http://${listen.address.includes(':') ? `[${listen.address}]` : listen.address}:${listen.port}`;
+  let advertiseUrl = `http://${formatEndpoint(listen.address, listen.port)}`;
   if (top.advertise_url !== undefined) advertiseUrl = httpUrl(c, top.advertise_url, 'advertise_url');
   else if (listen.address === '0.0.0.0' || listen.address === '::') {
     if (store.backend === 'etcd')

@@ -24,7 +24,7 @@ export const ETCD_PREFIX = 'homewire/coordinator/';
 export const ELECTION_NAME = 'leader';
 
 // --- Coordinator ----------------------------------------------------------------------------------------
-export const TICK_MS = 500; // one tick: host liveness, settling after takeover
+export const COORDINATOR_TICK_MS = 500; // one tick: host liveness, settling after takeover
 export const API_BODY_MAX_BYTES = 1 << 20;
 export const DEFAULT_LISTEN = '127.0.0.1:7100';
 export const DEFAULT_DATA_DIR = '/var/lib/homewire/coordinator';

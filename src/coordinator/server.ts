@@ -7,13 +7,14 @@ import http from 'node:http';
 import type { Logger } from '../log.ts';
 import { apiHandler } from './api.ts';
 import type { CoordinatorConfig } from './config.ts';
-import { TICK_MS } from './constants.ts';
+import { COORDINATOR_TICK_MS } from './constants.ts';
 import { Dispatcher } from './dispatch.ts';
 import { HostRegistry } from './hosts.ts';
 import { type Leadership, SoloLeadership } from './leader.ts';
 import { SqliteStore, type Store } from './store.ts';
 import type { HostRecord, ImageRecord } from './types.ts';
 import { Lifecycle } from './vms.ts';
+import { formatEndpoint } from '../addr.ts';
 
 export interface CoordinatorDeps {
   log: Logger;
@@ -81,7 +82,7 @@ export class Coordinator {
   /** The URL the API listens at (port 0 in the config: the one the OS chose). */
   get url(): string {
     const a = this.server?.address();
-    if (a && typeof a === 'object') return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+    if (a && typeof a === 'object') return `http://${formatEndpoint(a.address, a.port)}`;
     return this.config.advertiseUrl;
   }
 
@@ -163,7 +164,7 @@ export class Coordinator {
     const [hosts, vms] = await Promise.all([this.store.list<HostRecord>('hosts'), this.vms.list()]);
     this.log.info({ term, hosts: hosts.length, vms: vms.length }, 'leading: acting on the store');
     if (this.timer || term !== this.term) return;
-    this.timer = setInterval(() => this.tick(), TICK_MS);
+    this.timer = setInterval(() => this.tick(), COORDINATOR_TICK_MS);
   }
 
   private onDeposed(reason: string): void {

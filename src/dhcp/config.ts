@@ -30,7 +30,8 @@ import {
   OPT_SUBNET_MASK,
   POOL_ADDRESSES_MAX,
 } from './constants.ts';
-import { broadcastOf, formatIPv4, formatMac, inCidr, parseCidr, parseIPv4, parseMac, type Cidr } from './ip.ts';
+import { formatMac, parseMac } from '../addr.ts';
+import { broadcastOf, formatIPv4, inCidr, parseCidr, parseIPv4, type Cidr } from './ip.ts';
 
 export interface DhcpReservation {
   mac: string; // "52:54:00:00:00:10", lower case

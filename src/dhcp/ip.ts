@@ -1,9 +1,7 @@
-// IPv4 addresses as unsigned 32-bit numbers, and MAC addresses, for the DHCP module. Parsers return null
+// IPv4 addresses as unsigned 32-bit numbers for the DHCP module. Parsers return null
 // on bad input (never throw): config code turns null into a ConfigError naming the key.
 
 const DOTTED_RE = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
-const MAC_RE =
-  /^([0-9a-fA-F]{2})([:-])([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})$/;
 
 /** "192.168.1.2" -> 0xc0a80102; null unless exactly four decimal octets 0-255 (no leading zeros). */
 export function parseIPv4(s: string): number | null {
@@ -53,18 +51,4 @@ export function inCidr(ip: number, c: Cidr): boolean {
 
 export function broadcastOf(c: Cidr): number {
   return (c.network | ~prefixMask(c.prefix)) >>> 0;
-}
-
-/** "52:54:00:AB:cd:01" or "52-54-00-ab-cd-01" -> 6 bytes; null otherwise. */
-export function parseMac(s: string): Buffer | null {
-  const m = MAC_RE.exec(s);
-  if (!m) return null;
-  return Buffer.from([m[1], m[3], m[4], m[5], m[6], m[7]].join(''), 'hex');
-}
-
-const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
-
-/** Six bytes at `off` as "aa:bb:cc:dd:ee:ff" (lower case). */
-export function formatMac(b: Uint8Array, off = 0): string {
-  return `${HEX[b[off]]}:${HEX[b[off + 1]]}:${HEX[b[off + 2]]}:${HEX[b[off + 3]]}:${HEX[b[off + 4]]}:${HEX[b[off + 5]]}`;
 }

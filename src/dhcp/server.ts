@@ -61,7 +61,8 @@ import {
 } from './codec.ts';
 import type { DhcpConfig } from './config.ts';
 import { buildArpReply, ethertype, macEquals, parseArp, parseUdp, type UdpView } from './frame.ts';
-import { broadcastOf, formatIPv4, formatMac, inCidr, parseCidr, parseIPv4, prefixMask, type Cidr } from './ip.ts';
+import { formatMac } from '../addr.ts';
+import { broadcastOf, formatIPv4, inCidr, parseCidr, parseIPv4, prefixMask, type Cidr } from './ip.ts';
 import { SiteBudget } from './ratelimit.ts';
 import { buildReply, type ReplyContext } from './reply.ts';
 import { LeaseStore, type Lease, type LeaseState } from './store.ts';

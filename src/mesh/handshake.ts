@@ -9,7 +9,7 @@ import {
   NOISE_PROLOGUE,
   TIMESTAMP_BYTES,
 } from '../constants.ts';
-import { writeHandshakeInit, writeHandshakeResp } from './wire.ts';
+import { OFF_INIT_NOISE, OFF_RESP_NOISE, readSender, writeHandshakeInit, writeHandshakeResp } from './wire.ts';
 
 const require = createRequire(import.meta.url);
 // noise-protocol allocates through its own sodium instance: free its buffers with that same instance.
@@ -40,7 +40,7 @@ export class PendingHandshake {
     if (!state) return null;
     this.state = null;
     try {
-      const split = noise.readMessage(state, msg.subarray(12), Buffer.alloc(0));
+      const split = noise.readMessage(state, msg.subarray(OFF_RESP_NOISE), Buffer.alloc(0));
       return split ? takeSplit(split) : null;
     } catch {
       return null;
@@ -67,7 +67,7 @@ export function createInitiation(
   try {
     const msg = Buffer.alloc(HANDSHAKE_INIT_BYTES);
     writeHandshakeInit(msg, localIndex);
-    noise.writeMessage(state, timestamp, msg.subarray(8));
+    noise.writeMessage(state, timestamp, msg.subarray(OFF_INIT_NOISE));
     return { msg, pending: new PendingHandshake(state, localIndex, nowMs) };
   } catch (err) {
     noise.destroy(state);
@@ -90,14 +90,14 @@ export function consumeInitiation(local: StaticKeys, msg: Buffer): Initiation | 
   const state = noise.initialize('IK', false, NOISE_PROLOGUE, local, null, null);
   const payload = Buffer.alloc(TIMESTAMP_BYTES);
   try {
-    noise.readMessage(state, msg.subarray(8), payload);
+    noise.readMessage(state, msg.subarray(OFF_INIT_NOISE), payload);
     if (noise.readMessage.bytes !== TIMESTAMP_BYTES) throw new Error('bad payload');
   } catch {
     noise.destroy(state);
     return null;
   }
   const remoteStatic = Buffer.from(state.rs.subarray(0, NOISE_KEY_BYTES));
-  const remoteIndex = msg.readUInt32LE(4);
+  const remoteIndex = readSender(msg);
   let done = false;
   return {
     remoteStatic,
@@ -109,7 +109,7 @@ export function consumeInitiation(local: StaticKeys, msg: Buffer): Initiation | 
       try {
         const out = Buffer.alloc(HANDSHAKE_RESP_BYTES);
         writeHandshakeResp(out, localIndex, remoteIndex);
-        const split = noise.writeMessage(state, Buffer.alloc(0), out.subarray(12));
+        const split = noise.writeMessage(state, Buffer.alloc(0), out.subarray(OFF_RESP_NOISE));
         return { msg: out, keys: takeSplit(split) };
       } finally {
         noise.destroy(state);

@@ -6,6 +6,12 @@ import { AEAD_TAG_BYTES, TRANSPORT_HEADER_BYTES } from '../constants.ts';
 import { ReplayWindow } from './replay.ts';
 import { MAX_COUNTER, readCounter, writeTransportHeader } from './wire.ts';
 
+/** Why Keypair.open refused a datagram (negative, so a result >= 0 is always a plaintext length). */
+export const OPEN_NOT_AUTHENTIC = -1;
+export const OPEN_REPLAYED = -2; // a counter already seen, or older than the replay window
+export const OPEN_COUNTER_RANGE = -3; // a counter beyond MAX_COUNTER
+export type OpenRefusal = typeof OPEN_NOT_AUTHENTIC | typeof OPEN_REPLAYED | typeof OPEN_COUNTER_RANGE;
+
 export class Keypair {
   sendCounter = 0;
   readonly replay = new ReplayWindow();
@@ -44,13 +50,13 @@ export class Keypair {
 
   /**
    * Authenticates and decrypts msg in place (msg is owned by the caller and may be modified).
-   * Returns the plaintext length, -1 if not authentic, -2 if replayed or too old, -3 if the counter is out of range.
+   * Returns the plaintext length (>= 0) or why it was refused (OPEN_*, all negative).
    * The replay window is only moved by authentic packets.
    */
-  open(msg: Buffer): number {
+  open(msg: Buffer): number | OpenRefusal {
     const counter = readCounter(msg);
-    if (counter < 0) return -3;
-    if (!this.replay.wouldAccept(counter)) return -2;
+    if (counter < 0) return OPEN_COUNTER_RANGE;
+    if (!this.replay.wouldAccept(counter)) return OPEN_REPLAYED;
     const nonce = this.recvNonce;
     nonce.writeUInt32LE(counter >>> 0, 4);
     nonce.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), 8);
@@ -65,9 +71,9 @@ export class Keypair {
         this.recvKey,
       );
     } catch {
-      return -1;
+      return OPEN_NOT_AUTHENTIC;
     }
-    if (!this.replay.accept(counter)) return -2;
+    if (!this.replay.accept(counter)) return OPEN_REPLAYED;
     return plainLength;
   }
 

@@ -10,7 +10,7 @@ import sodium from 'sodium-native';
 import {
   HANDSHAKE_QUEUE_MAX,
   HANDSHAKES_PER_TICK_MAX,
-  MSG_CONTROL,
+  MSG_SIGNAL,
   MSG_DATA,
   MSG_HANDSHAKE_INIT,
   MSG_HANDSHAKE_RESP,
@@ -19,16 +19,17 @@ import {
 import type { Logger } from '../log.ts';
 import type { UdpSocket } from '../udp/socket.ts';
 import { consumeInitiation, createInitiation, type StaticKeys, TimestampClock } from './handshake.ts';
-import { Keypair } from './keypair.ts';
+import { Keypair, OPEN_NOT_AUTHENTIC, OPEN_REPLAYED } from './keypair.ts';
 import { Peer, type PeerConfig } from './peer.ts';
 import { MeshTimers } from './timers.ts';
-import { classify, readReceiver } from './wire.ts';
+import { classify, OFF_PAYLOAD, OFF_TYPE, readReceiver, readRespReceiver, readSender } from './wire.ts';
+import { formatEndpoint } from '../addr.ts';
 
 export interface MeshHandler {
   /** A decrypted frame from a peer. OWNED by the handler (a view into the received datagram). */
   frame(peer: Peer, frame: Buffer): void;
-  /** A decrypted control message from a peer (owned). */
-  control(peer: Peer, payload: Buffer): void;
+  /** A decrypted signal message (MAC mobility, mesh signalling) from a peer (owned). */
+  signal(peer: Peer, payload: Buffer): void;
   /** A peer's session came up (first handshake) or went down. */
   peerState?(peer: Peer, up: boolean): void;
 }
@@ -112,7 +113,7 @@ export class Mesh {
 
   private receive(msg: Buffer, address: string, port: number): void {
     const type = classify(msg);
-    if (type === MSG_DATA || type === MSG_CONTROL) {
+    if (type === MSG_DATA || type === MSG_SIGNAL) {
       const slot = this.byIndex.get(readReceiver(msg));
       const keypair = slot?.keypair;
       if (!slot || !keypair) {
@@ -125,8 +126,8 @@ export class Mesh {
       }
       const n = keypair.open(msg);
       if (n < 0) {
-        if (n === -1) this.drops.auth_failed++;
-        else if (n === -2) this.drops.replay++;
+        if (n === OPEN_NOT_AUTHENTIC) this.drops.auth_failed++;
+        else if (n === OPEN_REPLAYED) this.drops.replay++;
         else this.drops.counter_range++;
         return;
       }
@@ -143,9 +144,9 @@ export class Mesh {
       if (n === 0) return; // keepalive
       peer.stats.rxPackets++;
       peer.stats.rxBytes += n;
-      const payload = msg.subarray(16, 16 + n);
+      const payload = msg.subarray(OFF_PAYLOAD, OFF_PAYLOAD + n);
       if (type === MSG_DATA) this.handler!.frame(peer, payload);
-      else this.handler!.control(peer, payload);
+      else this.handler!.signal(peer, payload);
       return;
     }
     if (type === MSG_HANDSHAKE_INIT || type === MSG_HANDSHAKE_RESP) {
@@ -166,7 +167,14 @@ export class Mesh {
   private roam(peer: Peer, address: string, port: number): void {
     if (peer.endpoint !== null) {
       peer.stats.roams++;
-      this.log.info({ peer: peer.name, from: fmt(peer.endpoint), to: fmt({ address, port }) }, 'peer endpoint moved');
+      this.log.info(
+        {
+          peer: peer.name,
+          from: formatEndpoint(peer.endpoint.address, peer.endpoint.port),
+          to: formatEndpoint(address, port),
+        },
+        'peer endpoint moved',
+      );
     }
     peer.endpoint = { address, port };
   }
@@ -178,8 +186,8 @@ export class Mesh {
     this.send(peer, MSG_DATA, frame);
   }
 
-  sendControl(peer: Peer, payload: Buffer): void {
-    this.send(peer, MSG_CONTROL, payload);
+  sendSignal(peer: Peer, payload: Buffer): void {
+    this.send(peer, MSG_SIGNAL, payload);
   }
 
   private send(peer: Peer, type: number, payload: Buffer): void {
@@ -246,7 +254,7 @@ export class Mesh {
     this.nowMs = this.now();
     const batch = this.handshakeQueue.splice(0, HANDSHAKES_PER_TICK_MAX);
     for (const h of batch) {
-      if (h.msg[0] === MSG_HANDSHAKE_INIT) this.handleInitiation(h);
+      if (h.msg[OFF_TYPE] === MSG_HANDSHAKE_INIT) this.handleInitiation(h);
       else this.handleResponse(h);
     }
     if (this.handshakeQueue.length > 0 && !this.handshakeScheduled) {
@@ -295,7 +303,7 @@ export class Mesh {
       this.handshakes.unknown_key++;
       this.drops.handshake_unknown_key++;
       this.log.debug(
-        { from: fmt(h), key: init.remoteStatic.toString('base64') },
+        { from: formatEndpoint(h.address, h.port), key: init.remoteStatic.toString('base64') },
         'handshake from a key not in the config',
       );
       return;
@@ -322,9 +330,10 @@ export class Mesh {
   }
 
   private handleResponse(h: QueuedHandshake): void {
-    const slot = this.byIndex.get(h.msg.readUInt32LE(8));
+    const answered = readRespReceiver(h.msg);
+    const slot = this.byIndex.get(answered);
     const pending = slot?.peer.pending;
-    if (!slot || slot.keypair !== null || !pending || pending.localIndex !== h.msg.readUInt32LE(8)) {
+    if (!slot || slot.keypair !== null || !pending || pending.localIndex !== answered) {
       this.drops.unknown_index++;
       return;
     }
@@ -337,7 +346,7 @@ export class Mesh {
       this.drops.handshake_invalid++;
       return;
     }
-    const keypair = new Keypair(keys.send, keys.recv, pending.localIndex, h.msg.readUInt32LE(4), true, this.nowMs);
+    const keypair = new Keypair(keys.send, keys.recv, pending.localIndex, readSender(h.msg), true, this.nowMs);
     slot.keypair = keypair;
     if (peer.previous) this.retire(peer.previous);
     peer.previous = peer.current;
@@ -428,7 +437,3 @@ export class Mesh {
 }
 
 const EMPTY = Buffer.alloc(0);
-
-function fmt(ep: { address: string; port: number }): string {
-  return ep.address.includes(':') ? `[${ep.address}]:${ep.port}` : `${ep.address}:${ep.port}`;
-}

@@ -2,14 +2,14 @@
 //
 //   handshake init  (1): type | 0 0 0 | sender index u32 LE | Noise IK message 1 (e, s, timestamp)
 //   handshake resp  (2): type | 0 0 0 | sender index u32 LE | receiver index u32 LE | Noise IK message 2
-//   data / control (4/5): type | 0 0 0 | receiver index u32 LE | counter u64 LE | ChaCha20-Poly1305(payload)
+//   data / signal  (4/5): type | 0 0 0 | receiver index u32 LE | counter u64 LE | ChaCha20-Poly1305(payload)
 //
 // The 16-byte transport header is the AEAD's associated data, so type, index and counter are authenticated.
 // Decoders never throw: a malformed datagram classifies as null and is counted by the caller.
 import {
   HANDSHAKE_INIT_BYTES,
   HANDSHAKE_RESP_BYTES,
-  MSG_CONTROL,
+  MSG_SIGNAL,
   MSG_DATA,
   MSG_HANDSHAKE_INIT,
   MSG_HANDSHAKE_RESP,
@@ -17,18 +17,29 @@ import {
   AEAD_TAG_BYTES,
 } from '../constants.ts';
 
+// Offsets (bytes) of the fields above.
+export const OFF_TYPE = 0;
+export const OFF_SENDER = 4; // handshake init and resp: the sender's session index
+export const OFF_RECEIVER = 4; // transport: the receiver's session index
+export const OFF_RESP_RECEIVER = 8; // handshake resp: the initiator's session index
+export const OFF_COUNTER_LO = 8; // transport: counter, low 32 bits
+export const OFF_COUNTER_HI = 12; // transport: counter, high 32 bits
+export const OFF_INIT_NOISE = 8; // handshake init: Noise message 1
+export const OFF_RESP_NOISE = 12; // handshake resp: Noise message 2
+export const OFF_PAYLOAD = TRANSPORT_HEADER_BYTES; // transport: ciphertext, then the 16-byte tag
+
 /** Largest counter we accept: counters are JS numbers on the hot path (2^53 is ~285 years at 1 Mpps). */
 export const MAX_COUNTER = Number.MAX_SAFE_INTEGER;
 
-export type Classified = typeof MSG_HANDSHAKE_INIT | typeof MSG_HANDSHAKE_RESP | typeof MSG_DATA | typeof MSG_CONTROL;
+export type Classified = typeof MSG_HANDSHAKE_INIT | typeof MSG_HANDSHAKE_RESP | typeof MSG_DATA | typeof MSG_SIGNAL;
 
 /** The message type if the datagram's size and reserved bytes are right for it, else 0. */
 export function classify(msg: Buffer): Classified | 0 {
   if (msg.length < 4 || msg[1] !== 0 || msg[2] !== 0 || msg[3] !== 0) return 0;
-  const type = msg[0];
+  const type = msg[OFF_TYPE];
   switch (type) {
     case MSG_DATA:
-    case MSG_CONTROL:
+    case MSG_SIGNAL:
       return msg.length >= TRANSPORT_HEADER_BYTES + AEAD_TAG_BYTES ? type : 0;
     case MSG_HANDSHAKE_INIT:
       return msg.length === HANDSHAKE_INIT_BYTES ? type : 0;
@@ -40,35 +51,45 @@ export function classify(msg: Buffer): Classified | 0 {
 }
 
 export function writeTransportHeader(out: Buffer, type: number, receiver: number, counter: number): void {
-  out[0] = type;
+  out[OFF_TYPE] = type;
   out[1] = 0;
   out[2] = 0;
   out[3] = 0;
-  out.writeUInt32LE(receiver, 4);
-  out.writeUInt32LE(counter >>> 0, 8);
-  out.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), 12);
+  out.writeUInt32LE(receiver, OFF_RECEIVER);
+  out.writeUInt32LE(counter >>> 0, OFF_COUNTER_LO);
+  out.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), OFF_COUNTER_HI);
 }
 
 export function readReceiver(msg: Buffer): number {
-  return msg.readUInt32LE(4);
+  return msg.readUInt32LE(OFF_RECEIVER);
 }
 
 /** The 64-bit counter as a number, or -1 if it is beyond MAX_COUNTER. */
 export function readCounter(msg: Buffer): number {
-  const hi = msg.readUInt32LE(12);
+  const hi = msg.readUInt32LE(OFF_COUNTER_HI);
   if (hi >= 0x20_0000) return -1;
-  return hi * 0x1_0000_0000 + msg.readUInt32LE(8);
+  return hi * 0x1_0000_0000 + msg.readUInt32LE(OFF_COUNTER_LO);
 }
 
 export function writeHandshakeInit(out: Buffer, sender: number): void {
-  out[0] = MSG_HANDSHAKE_INIT;
+  out[OFF_TYPE] = MSG_HANDSHAKE_INIT;
   out[1] = out[2] = out[3] = 0;
-  out.writeUInt32LE(sender, 4);
+  out.writeUInt32LE(sender, OFF_SENDER);
 }
 
 export function writeHandshakeResp(out: Buffer, sender: number, receiver: number): void {
-  out[0] = MSG_HANDSHAKE_RESP;
+  out[OFF_TYPE] = MSG_HANDSHAKE_RESP;
   out[1] = out[2] = out[3] = 0;
-  out.writeUInt32LE(sender, 4);
-  out.writeUInt32LE(receiver, 8);
+  out.writeUInt32LE(sender, OFF_SENDER);
+  out.writeUInt32LE(receiver, OFF_RESP_RECEIVER);
+}
+
+/** Handshake messages: the sender's session index. */
+export function readSender(msg: Buffer): number {
+  return msg.readUInt32LE(OFF_SENDER);
+}
+
+/** Handshake response: the initiator's session index it answers. */
+export function readRespReceiver(msg: Buffer): number {
+  return msg.readUInt32LE(OFF_RESP_RECEIVER);
 }

@@ -4,6 +4,7 @@ import dgram from 'node:dgram';
 import os from 'node:os';
 import { OperatorError } from '../errors.ts';
 import type { UdpHandler, UdpSocket } from './socket.ts';
+import { formatEndpoint } from '../addr.ts';
 
 const SOCKET_BUFFER_BYTES = 8 * 1024 * 1024; // capped by net.core.rmem_max / wmem_max
 
@@ -58,7 +59,7 @@ export class DgramSocket implements UdpSocket {
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException) => {
         sock.close();
-        const where = family === 6 ? `[${address}]:${port}` : `${address}:${port}`;
+        const where = formatEndpoint(address, port);
         if (err.code === 'EADDRINUSE') {
           reject(
             new OperatorError(

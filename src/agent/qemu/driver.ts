@@ -12,6 +12,7 @@
 // uncompressed vmlinux, virtio-net without an option ROM, and QEMU's output redirected to a file.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import { signalChild, stopChild } from '../../proc.ts';
 import { Qmp, type QmpEvent } from './qmp.ts';
 
 export type Accel = 'kvm' | 'tcg';
@@ -241,14 +242,7 @@ export class Vm {
         this.qmp.execute('quit').catch(() => {});
         await Promise.race([this.exited, sleep(1500)]);
       }
-      if (this.running) {
-        this.proc.kill('SIGTERM');
-        await Promise.race([this.exited, sleep(1500)]);
-      }
-      if (this.running) {
-        this.proc.kill('SIGKILL');
-        await Promise.race([this.exited, sleep(1500)]);
-      }
+      if (this.running) await stopChild(this.proc, { graceMs: 1500 });
       this.qmp.close();
       for (const f of [this.opts.qmpSocket]) fs.rmSync(f, { force: true });
     })();
@@ -257,13 +251,7 @@ export class Vm {
 
   /** For process-exit handlers, where promises no longer run. */
   killSync(): void {
-    if (this.running) {
-      try {
-        this.proc.kill('SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
+    signalChild(this.proc, 'SIGKILL');
   }
 }
 
@@ -302,7 +290,7 @@ export async function launch(o: LaunchOptions): Promise<Vm> {
   try {
     qmp = await Promise.race([Qmp.connect(o.qmpSocket, 15_000), early]);
   } catch (err) {
-    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    signalChild(proc, 'SIGKILL');
     throw err;
   }
   const vm = new Vm(o, proc, qmp, qemuLog);

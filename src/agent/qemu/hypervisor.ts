@@ -5,12 +5,13 @@
 import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../../coordinator/types.ts';
 import type { Logger } from '../../log.ts';
 import { detectAccel, hasQemu, launch, type LaunchOptions, type Vm } from './driver.ts';
-import { freePort } from '../agent.ts';
 import type { GuestSpec, Hypervisor } from '../hypervisor.ts';
+import { formatEndpoint } from '../../addr.ts';
 
 interface Guest {
   vm: Vm;
@@ -82,7 +83,7 @@ export class QemuHypervisor implements Hypervisor {
   async incoming(spec: GuestSpec, address: string): Promise<string> {
     await this.stop(spec.name);
     const port = await freePort(address);
-    const uri = `tcp:${address.includes(':') ? `[${address}]` : address}:${port}`;
+    const uri = `tcp:${formatEndpoint(address, port)}`;
     const vm = await launch(this.options(spec, uri));
     this.adopt(spec, vm, 'incoming'); // runs by itself once the stream has arrived: refresh() sees that
     if (spec.bridge) {
@@ -198,4 +199,16 @@ function bridgeMtu(bridge: string): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** A free TCP port on address (for a migration listener). */
+function freePort(address: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, address, () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
 }

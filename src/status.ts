@@ -1,0 +1,55 @@
+// The status report a daemon serves on its control socket (GET /v1/status) and `homewire status` prints:
+// one type for both ends, so the CLI renders exactly what the daemon sends.
+import type { GuestReport, Hypervisor as HypervisorInfo } from './coordinator/types.ts';
+import type { DhcpLeaseInfo } from './dhcp/server.ts';
+import type { PeerStats } from './mesh/peer.ts';
+import type { TapStats } from './tap/device.ts';
+
+export interface PeerStatus extends PeerStats {
+  name: string;
+  publicKey: string;
+  /** "192.0.2.1:51820" / "[2001:db8::1]:51820", or null before the peer has spoken to us. */
+  endpoint: string | null;
+  up: boolean;
+  lastHandshakeSecondsAgo: number | null;
+  rttMs: number | null;
+}
+
+export interface MacStatus {
+  mac: string;
+  /** 'local' (this site's TAP side) or the peer's name. */
+  port: string;
+  ageSeconds: number;
+  seq: number;
+}
+
+export interface AgentStatus {
+  coordinator: string;
+  registered: boolean;
+  bootId: string;
+  guests: GuestReport[];
+  hypervisor: HypervisorInfo | null;
+  registrations: number;
+  heartbeats: number;
+  heartbeatFailures: number;
+  polls: number;
+  commands: number;
+  commandFailures: number;
+  images: Record<string, number>;
+}
+
+export interface StatusReport {
+  name: string;
+  publicKey: string;
+  listen: string;
+  tap: { name: string; mtu: number } & TapStats;
+  uptimeSeconds: number;
+  peers: PeerStatus[];
+  macs: MacStatus[];
+  /** Dropped packets by reason (mesh and switch). */
+  drops: Record<string, number>;
+  handshakes: Record<string, number>;
+  mobility: Record<string, number>;
+  dhcp: { leases: DhcpLeaseInfo[]; active: number } | null;
+  agent: AgentStatus | null;
+}
