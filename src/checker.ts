@@ -41,10 +41,10 @@ export class Checker {
     throw new ConfigError(this.file, key, problem);
   }
 
-  object(v: unknown, key: string): Record<string, any> {
+  object(v: unknown, key: string): Record<string, unknown> {
     if (v === undefined || v === null) this.fail(key || '(top level)', 'missing: this section is required');
     if (typeof v !== 'object' || Array.isArray(v)) this.fail(key || '(top level)', 'must be a mapping (key: value)');
-    return v as Record<string, any>;
+    return v as Record<string, unknown>;
   }
 
   onlyKeys(o: Record<string, unknown>, allowed: string[], at: string): void {
@@ -53,6 +53,18 @@ export class Checker {
         this.fail(at ? `${at}.${k}` : k, `unknown key; allowed here: ${allowed.join(', ')}`);
       }
     }
+  }
+
+  /** A list (a missing one is empty); `shape` completes the error: "must be a list of peers (...)". */
+  list(v: unknown, key: string, shape: string): unknown[] {
+    if (v === undefined) return [];
+    if (!Array.isArray(v)) this.fail(key, `must be a list ${shape}`);
+    return v as unknown[];
+  }
+
+  boolean(v: unknown, key: string): boolean {
+    if (typeof v !== 'boolean') this.fail(key, 'must be true or false');
+    return v as boolean;
   }
 
   string(v: unknown, key: string): string {

@@ -94,8 +94,7 @@ export function parseConfig(text: string, file: string): Config {
   }
 
   const peers: PeerConfig[] = [];
-  const peersRaw = top.peers === undefined ? [] : top.peers;
-  if (!Array.isArray(peersRaw)) c.fail('peers', 'must be a list of peers (- name: ..., public_key: ...)');
+  const peersRaw = c.list(top.peers, 'peers', 'of peers (- name: ..., public_key: ...)');
   const names = new Set<string>();
   const keys = new Map<string, string>();
   peersRaw.forEach((p: unknown, i: number) => {
@@ -147,10 +146,7 @@ export function parseConfig(text: string, file: string): Config {
   if (top.mobility !== undefined) {
     const m = c.object(top.mobility, 'mobility');
     c.onlyKeys(m, ['announce_moves'], 'mobility');
-    if (m.announce_moves !== undefined) {
-      if (typeof m.announce_moves !== 'boolean') c.fail('mobility.announce_moves', 'must be true or false');
-      announceMoves = m.announce_moves;
-    }
+    if (m.announce_moves !== undefined) announceMoves = c.boolean(m.announce_moves, 'mobility.announce_moves');
   }
   let logLevel = 'info';
   if (top.log_level !== undefined) {

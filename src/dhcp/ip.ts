@@ -1,21 +1,13 @@
 // IPv4 addresses as unsigned 32-bit numbers for the DHCP module. Parsers return null
 // on bad input (never throw): config code turns null into a ConfigError naming the key.
+import ipaddr from 'ipaddr.js';
 
-const DOTTED_RE = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
-
-/** "192.168.1.2" -> 0xc0a80102; null unless exactly four decimal octets 0-255 (no leading zeros). */
+/** "192.168.1.2" -> 0xc0a80102; null unless exactly four decimal octets 0-255 (no leading zeros: "010" is octal
+ *  to some tools). Parsing is ipaddr.js's; the pool arithmetic works on the number. */
 export function parseIPv4(s: string): number | null {
-  const m = DOTTED_RE.exec(s);
-  if (!m) return null;
-  let n = 0;
-  for (let i = 1; i <= 4; i++) {
-    const part = m[i];
-    if (part.length > 1 && part[0] === '0') return null; // "010" is octal to some tools: refuse it
-    const v = Number(part);
-    if (v > 255) return null;
-    n = n * 256 + v;
-  }
-  return n;
+  if (!ipaddr.IPv4.isValidFourPartDecimal(s)) return null;
+  const [a, b, c, d] = ipaddr.IPv4.parse(s).octets;
+  return a * 0x100_0000 + ((b << 16) | (c << 8) | d);
 }
 
 export function formatIPv4(n: number): string {

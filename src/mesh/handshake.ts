@@ -13,8 +13,31 @@ import { OFF_INIT_NOISE, OFF_RESP_NOISE, readSender, writeHandshakeInit, writeHa
 
 const require = createRequire(import.meta.url);
 // noise-protocol allocates through its own sodium instance: free its buffers with that same instance.
-const noise = require('noise-protocol');
+const noise = require('noise-protocol') as NoiseProtocol;
 const { sodium_free } = require('sodium-universal/memory') as { sodium_free(b: Buffer): void };
+
+/** The part of noise-protocol homewire uses. A HandshakeState is opaque but for the remote static key. */
+interface NoiseState {
+  rs: Uint8Array;
+}
+interface NoiseSplit {
+  tx: Buffer;
+  rx: Buffer;
+}
+interface NoiseProtocol {
+  initialize(
+    pattern: 'IK',
+    initiator: boolean,
+    prologue: Buffer,
+    s: StaticKeys,
+    e: null,
+    rs: Buffer | null,
+  ): NoiseState;
+  /** Returns the split cipher states when the message completes the handshake. */
+  writeMessage(state: NoiseState, payload: Buffer, out: Buffer): NoiseSplit | undefined;
+  readMessage: ((state: NoiseState, msg: Buffer, payload: Buffer) => NoiseSplit | undefined) & { bytes: number };
+  destroy(state: NoiseState): void;
+}
 
 export interface StaticKeys {
   publicKey: Buffer;
@@ -29,7 +52,7 @@ export interface SessionKeys {
 /** An initiation in flight: owns a HandshakeState until consumeResponse() or abandon(). */
 export class PendingHandshake {
   constructor(
-    private state: any,
+    private state: NoiseState | null,
     readonly localIndex: number,
     readonly sentMs: number,
   ) {}
@@ -110,6 +133,7 @@ export function consumeInitiation(local: StaticKeys, msg: Buffer): Initiation | 
         const out = Buffer.alloc(HANDSHAKE_RESP_BYTES);
         writeHandshakeResp(out, localIndex, remoteIndex);
         const split = noise.writeMessage(state, Buffer.alloc(0), out.subarray(OFF_RESP_NOISE));
+        if (!split) throw new Error('noise-protocol: IK message 2 did not complete the handshake');
         return { msg: out, keys: takeSplit(split) };
       } finally {
         noise.destroy(state);
@@ -123,7 +147,7 @@ export function consumeInitiation(local: StaticKeys, msg: Buffer): Initiation | 
 }
 
 /** Copies the 32-byte keys out of the split cipher states (k | n) and frees the protected buffers. */
-function takeSplit(split: { tx: Buffer; rx: Buffer }): SessionKeys {
+function takeSplit(split: NoiseSplit): SessionKeys {
   const keys = {
     send: Buffer.from(split.tx.subarray(0, NOISE_KEY_BYTES)),
     recv: Buffer.from(split.rx.subarray(0, NOISE_KEY_BYTES)),

@@ -32,7 +32,8 @@ const EAGAIN = os.constants.errno.EAGAIN;
 /** The fd under a bound dgram socket (Linux), via its internal state (the public _handle is deprecated). */
 function socketFd(sock: dgram.Socket): number {
   const state = Object.getOwnPropertySymbols(sock).find((s) => s.description === 'state symbol');
-  const fd = state ? (sock as any)[state]?.handle?.fd : undefined;
+  const internal = sock as unknown as Record<symbol, { handle?: { fd?: unknown } } | undefined>;
+  const fd = state ? internal[state]?.handle?.fd : undefined;
   return typeof fd === 'number' ? fd : -1;
 }
 

@@ -1,10 +1,8 @@
 // The UDP seam: the daemon's underlay socket. Two implementations: node:dgram (udp/dgram.ts) and an
 // in-memory network (lab/twins/udp.ts) that lets tests run whole meshes in one process.
 
-export interface UdpHandler {
-  /** A datagram. The buffer is OWNED by the handler (it may decrypt in place and keep it). */
-  (msg: Buffer, address: string, port: number): void;
-}
+/** A datagram. The buffer is OWNED by the handler (it may decrypt in place and keep it). */
+export type UdpHandler = (msg: Buffer, address: string, port: number) => void;
 
 export interface UdpSocket {
   readonly address: string;
