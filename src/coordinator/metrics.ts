@@ -65,8 +65,8 @@ export function coordinatorRegistry(c: Coordinator): client.Registry {
     stopped: c.vms.stats.stopped,
     migrated: c.vms.stats.migrated,
     migration_failed: c.vms.stats.migrationFailed,
-    crashed: c.vms.stats.crashed,
-    settled_after_takeover: c.vms.stats.settled,
+    crashed: c.reconciler.stats.crashed,
+    settled_after_takeover: c.reconciler.stats.settled,
   }));
   return register;
 }
