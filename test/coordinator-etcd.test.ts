@@ -1,7 +1,7 @@
 // Two coordinators on a real etcd (Debian's etcd-server, started here on loopback with a temp data dir):
 // one is elected, the standby proxies to it; SIGKILL the leader and the standby takes over within 5 s with
 // every VM record intact, and goes on acting (host heartbeats, VM operations). Skipped without etcd.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -16,6 +16,12 @@ import { CoordinatorClient } from '../src/coordinator/client.ts';
 import { etcdClient, EtcdStore } from '../src/coordinator/etcd-store.ts';
 import { waitFor } from '../lab/coordinator/harness.ts';
 import type { HostView, VmRecord } from '../src/coordinator/types.ts';
+
+interface CoordinatorStatus {
+  leader: boolean;
+  leader_url: string | null;
+  store: string;
+}
 import { silentLogger } from '../src/log.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -39,7 +45,7 @@ function kill(p: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<unkn
 }
 
 /** etcd on 127.0.0.1 with a temp data dir; killed and removed at teardown. */
-async function startEtcd(t: any, dir: string): Promise<string> {
+async function startEtcd(t: ExecutionContext, dir: string): Promise<string> {
   const client = await freePort();
   const peer = await freePort();
   const url = `http://127.0.0.1:${client}`;
@@ -139,7 +145,9 @@ etcdTest(
         .join('\n');
     const status = async (u: string) => {
       try {
-        return await new CoordinatorClient([u], admin).request('GET', '/v1/status', undefined, { timeoutMs: 2000 });
+        return await new CoordinatorClient([u], admin).request<CoordinatorStatus>('GET', '/v1/status', undefined, {
+          timeoutMs: 2000,
+        });
       } catch {
         return null;
       }
@@ -148,7 +156,7 @@ etcdTest(
       await waitFor(
         async () => {
           const all = await Promise.all(urls.map(status));
-          return all.every((s) => s?.leader_url) && all.filter((s) => s.leader).length === 1;
+          return all.every((s) => s?.leader_url) && all.filter((s) => s?.leader).length === 1;
         },
         20_000,
         'both up, one leader, known to both',
@@ -157,10 +165,10 @@ etcdTest(
       throw new Error(`${(err as Error).message}\n${logs()}`);
     }
     const states = await Promise.all(urls.map(status));
-    const leaderIdx = states.findIndex((s) => s.leader);
+    const leaderIdx = states.findIndex((s) => s?.leader);
     const standbyIdx = 1 - leaderIdx;
-    t.is(states[standbyIdx].leader_url, urls[leaderIdx], 'the standby knows the leader');
-    t.is(states[0].store, 'etcd');
+    t.is(states[standbyIdx]?.leader_url, urls[leaderIdx], 'the standby knows the leader');
+    t.is(states[0]?.store, 'etcd');
 
     // A host agent that knows both coordinators; all admin calls go to the standby, which proxies.
     const cloud = new FakeCloud();
@@ -183,7 +191,7 @@ etcdTest(
     t.teardown(() => agent.stop());
     const viaStandby = new CoordinatorClient([urls[standbyIdx]], admin);
     await waitFor(
-      async () => (await viaStandby.request('GET', '/v1/hosts')).hosts.length === 1,
+      async () => (await viaStandby.request<{ hosts: HostView[] }>('GET', '/v1/hosts')).hosts.length === 1,
       10_000,
       'host registered',
     );

@@ -1,5 +1,5 @@
 // Unit tests: wire codec, replay window against a naive model, MAC table ageing, config validation.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -151,7 +151,7 @@ function tmp(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'hw-cfg-'));
 }
 
-function expectError(t: any, yaml: string, key: string, words: RegExp, file = 'site.yaml'): void {
+function expectError(t: ExecutionContext, yaml: string, key: string, words: RegExp, file = 'site.yaml'): void {
   const err = t.throws(() => parseConfig(yaml, file), { instanceOf: ConfigError });
   t.is(err.key, key, err.message);
   t.regex(err.message, words);
