@@ -51,7 +51,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-void InitUdp(Napi::Env env, Napi::Object exports);  // native/udp.cc: batched UDP sends
+void InitUdp(Napi::Env env, Napi::Object exports);    // native/udp.cc: batched UDP sends
+void InitUdpRx(Napi::Env env, Napi::Object exports);  // native/udp_rx.cc: batched UDP receives
 
 namespace {
 
@@ -957,6 +958,7 @@ Napi::Value SocketPair(const Napi::CallbackInfo& info) {
 
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   InitUdp(env, exports);
+  InitUdpRx(env, exports);
   AddonData* data = new AddonData();
   data->tapCtor = Napi::Persistent(Tap::Define(env));
   env.SetInstanceData<AddonData>(data);

@@ -66,6 +66,11 @@ export const TAP_FRAME_STRIDE_BYTES = 9216; // room for jumbo frames up to 9 KB
 export const TAP_TX_QUEUE_LEN = 10_000; // kernel queue towards the daemon (default 1000 overflows in bursts)
 export const TAP_WRITE_QUEUE_MAX = 1024; // frames waiting on EAGAIN before new ones are dropped
 
+// --- UDP receive (native/udp_rx.cc) -----------------------------------------------------------------
+export const UDP_RX_DATAGRAMS_MAX = 1024; // datagrams per JS call (a coalesced run holds up to 64)
+export const UDP_RX_BUFFER_BYTES = 65_536; // per received message: a coalesced (GRO) run is up to 64 KB
+export const UDP_RX_SLAB_BYTES = 4 * 1024 * 1024; // received datagrams are copied here, never overwritten
+
 // --- MAC mobility (live migration) ------------------------------------------------------------------
 export const MOVE_FORWARD_GRACE_MS = 2_000; // old host forwards frames for a moved MAC to its new host
 export const MOVE_SETTLE_MS = 1_000; // after an announced move, data-plane learning may not move it back

@@ -15,6 +15,7 @@ import { formatEndpoint, macNumber, macString } from './addr.ts';
 import type { StatusReport } from './status.ts';
 import { LOCAL, Switch } from './switch.ts';
 import type { TapDevice } from './tap/device.ts';
+import { latencyReport } from './trace.ts';
 import { DgramSocket } from './udp/dgram.ts';
 import type { UdpSocket } from './udp/socket.ts';
 
@@ -92,6 +93,7 @@ export class Daemon {
       frame: (peer, frame) => sw.fromPeer(peer, frame),
       signal: (peer, payload) => sw.onSignal(peer, payload),
       peerState: (peer, up) => log.info({ peer: peer.name, endpoint: peer.endpoint }, up ? 'peer up' : 'peer down'),
+      batchEnd: () => this.tap.flush?.(), // a lone frame (a ping) goes to the TAP at once
     });
     this.tap.start({ frame: (frame) => sw.fromTap(frame), batchEnd: () => mesh.flush() });
     this.timer = setInterval(() => this.tick(), TICK_MS);
@@ -261,6 +263,8 @@ export class Daemon {
       mobility: { ...this.sw.mobility },
       dhcp: this.dhcp ? { leases: this.dhcp.leases(), active: this.dhcp.stats.leasesActive } : null,
       agent: this.agent?.status() ?? null,
+      udp: sock.stats,
+      latency: latencyReport() ?? undefined,
     };
   }
 

@@ -4,6 +4,8 @@ import type { GuestReport, Hypervisor as HypervisorInfo } from './coordinator/ty
 import type { DhcpLeaseInfo } from './dhcp/server.ts';
 import type { PeerStats } from './mesh/peer.ts';
 import type { TapStats } from './tap/device.ts';
+import type { HistogramSummary } from './trace.ts';
+import type { UdpStats } from './udp/socket.ts';
 
 export interface PeerStatus extends PeerStats {
   name: string;
@@ -52,4 +54,8 @@ export interface StatusReport {
   mobility: Record<string, number>;
   dhcp: { leases: DhcpLeaseInfo[]; active: number } | null;
   agent: AgentStatus | null;
+  /** The underlay socket's receive path and counters (absent for sockets that keep none). */
+  udp?: UdpStats;
+  /** Debug (HOMEWIRE_TRACE_LATENCY=1): per-stage time histograms, see src/trace.ts. */
+  latency?: Record<string, HistogramSummary>;
 }

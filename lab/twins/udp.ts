@@ -1,6 +1,6 @@
 // In-memory twin of the underlay: sockets on a MemoryNetwork deliver to each other by address:port on a
 // later event-loop turn, copying each datagram as a wire would. Tests can drop, rewrite or inject datagrams.
-import type { UdpHandler, UdpSocket } from '../../src/udp/socket.ts';
+import type { UdpBatchEnd, UdpHandler, UdpSocket } from '../../src/udp/socket.ts';
 import { formatEndpoint } from '../../src/addr.ts';
 
 export type Filter = (msg: Buffer, from: string, to: string) => Buffer | null;
@@ -43,6 +43,7 @@ export class MemoryNetwork {
 
 export class MemoryUdp implements UdpSocket {
   private handler: UdpHandler | null = null;
+  private batchEnd: UdpBatchEnd | null = null;
   readonly family: 4 | 6;
   constructor(
     private readonly net: MemoryNetwork,
@@ -51,8 +52,9 @@ export class MemoryUdp implements UdpSocket {
   ) {
     this.family = address.includes(':') ? 6 : 4;
   }
-  start(handler: UdpHandler): void {
+  start(handler: UdpHandler, batchEnd?: UdpBatchEnd): void {
     this.handler = handler;
+    this.batchEnd = batchEnd ?? null;
   }
   send(msg: Buffer, port: number, address: string): void {
     this.net.route(msg, this, port, address);
@@ -60,12 +62,15 @@ export class MemoryUdp implements UdpSocket {
   sendBatch(msgs: Buffer[], count: number, port: number, address: string): void {
     for (let i = 0; i < count; i++) this.net.route(msgs[i], this, port, address);
   }
+  /** One datagram arrives: a batch of one, as the real socket's wake-up with a lone datagram. */
   deliver(msg: Buffer, address: string, port: number): void {
     this.net.delivered++;
     this.handler?.(msg, address, port);
+    this.batchEnd?.();
   }
   async close(): Promise<void> {
     this.handler = null;
+    this.batchEnd = null;
     this.net.unbind(this);
   }
 }

@@ -32,6 +32,8 @@ export interface MeshHandler {
   signal(peer: Peer, payload: Buffer): void;
   /** A peer's session came up (first handshake) or went down. */
   peerState?(peer: Peer, up: boolean): void;
+  /** After each batch of received datagrams: flush what the frames produced (TAP writes). */
+  batchEnd?(): void;
 }
 
 /** Drop counters by reason: plain fields, read at scrape time. */
@@ -105,7 +107,10 @@ export class Mesh {
 
   start(handler: MeshHandler): void {
     this.handler = handler;
-    this.socket.start((msg, address, port) => this.receive(msg, address, port));
+    this.socket.start(
+      (msg, address, port) => this.receive(msg, address, port),
+      () => this.receiveBatchEnd(),
+    );
     this.tick();
   }
 
@@ -162,6 +167,12 @@ export class Mesh {
       return;
     }
     this.drops.malformed++;
+  }
+
+  /** The end of a batch of received datagrams: what it produced leaves now, not on a later turn. */
+  private receiveBatchEnd(): void {
+    this.handler?.batchEnd?.();
+    if (this.outboxPeers.length > 0) this.flush();
   }
 
   private roam(peer: Peer, address: string, port: number): void {

@@ -29,6 +29,8 @@ export interface TapDevice {
   /** Hand a frame to the kernel. OWNERSHIP passes: the caller must not touch the buffer afterwards.
    *  Frames are batched and written once per event-loop turn; returns false if it was dropped. */
   write(frame: Buffer): boolean;
+  /** Hand the frames written so far to the kernel now (the end of a receive batch); else once per turn. */
+  flush?(): void;
   /** Stop and remove the interface. Idempotent; never blocks the process from exiting. */
   close(): void;
 }

@@ -12,6 +12,7 @@ import { constants as osConstants } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { TAP_FRAMES_PER_WAKEUP, TAP_FRAME_STRIDE_BYTES, TAP_TX_QUEUE_LEN, TAP_WRITE_QUEUE_MAX } from '../constants.ts';
 import { OperatorError } from '../errors.ts';
+import { cpuNow, latency, now, TRACE_LATENCY } from '../trace.ts';
 import type { TapDevice, TapHandler, TapStats } from './device.ts';
 
 /** The addon's Tap object (see native/tap.cc). */
@@ -229,6 +230,8 @@ export class NativeTap implements TapDevice {
     }
     const h = this.handler;
     if (!h) return;
+    const started = TRACE_LATENCY ? now() : 0;
+    const startedCpu = TRACE_LATENCY ? cpuNow() : 0;
     const slab = this.slab;
     const lengths = this.lengths;
     let bytes = 0;
@@ -240,6 +243,10 @@ export class NativeTap implements TapDevice {
     this.rxFrames += count;
     this.rxBytes += bytes;
     h.batchEnd();
+    if (TRACE_LATENCY) {
+      latency.tapBatch.record(now() - started);
+      latency.tapBatchCpu.record(cpuNow() - startedCpu);
+    }
   };
 
   private readFailed(errno: number): void {
