@@ -306,7 +306,9 @@ bool OpenTap(const OpenArgs& a, OpenResult* r, SysErr* e) {
     (void)ioctl(fd, TUNSETVNETHDRSZ, &hdrSize);  // 10 is also the kernel's default
     // Reads: the kernel may hand over large TCP frames (TSO) and partial checksums; the addon cuts and
     // completes them (gro.h, gso::) before JS sees them, so the mesh only ever carries ordinary frames.
-    if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4)) != 0) (void)ioctl(fd, TUNSETOFFLOAD, 0UL);
+    if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)) != 0 &&
+        ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4)) != 0)
+      (void)ioctl(fd, TUNSETOFFLOAD, 0UL);
     r->vnet = true;
   }
 
@@ -500,7 +502,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
         continue;
       }
       gro::Seg first;
-      if (!info_.vnet || groBroken_ || !gro::Parse(data, len, &first)) {
+      if (!info_.vnet || !gro::Parse(data, len, &first) || (groBroken_ & (1u << first.kind))) {
         accepted += Emit(data, len, info_.vnet, 1, len);
         i++;
         continue;
@@ -560,7 +562,8 @@ class Tap : public Napi::ObjectWrap<Tap> {
       return true;
     }
     size_t hdrs = 0;
-    size_t k = h.gsoType == 1 ? gso::SegmentCount(f, len, h, &hdrs) : 0;  // VIRTIO_NET_HDR_GSO_TCPV4
+    bool tcp = h.gsoType == gro::kVnetGsoTcpV4 || h.gsoType == gro::kVnetGsoTcpV6;
+    size_t k = tcp ? gso::SegmentCount(f, len, h, &hdrs) : 0;
     if (k == 0 || k > maxFrames_ || hdrs + h.gsoSize > stride_) return false;
     if (*n + k > maxFrames_) {
       CallRead((int32_t)*n);
@@ -623,15 +626,15 @@ class Tap : public Napi::ObjectWrap<Tap> {
     return ok;
   }
 
-  // merged_ (a coalesced frame with its header). A kernel that refuses it (EINVAL) gets the segments one
-  // by one from now on.
+  // merged_ (a coalesced frame with its header). A kernel that refuses it (EINVAL: e.g. no UDP GSO from a
+  // TAP before Linux 6.2) gets that kind's segments one by one from now on.
   uint32_t EmitMerged(uint32_t frames, size_t bytes) {
     iovec iov = {merged_.data(), merged_.size()};
     int refused;
     uint32_t ok = Put(&iov, 1, frames, bytes, &refused);
     if (ok > 0) ctr_[C_TX_COALESCED] += frames;
     if (refused == EINVAL) {
-      groBroken_ = true;
+      groBroken_ |= 1u << segs_[0].kind;
       ctr_[C_LAST_ERRNO] = EINVAL;
       for (const gro::Seg& sg : segs_) ok += Emit(sg.f, sg.len, true, 1, sg.len);
     } else if (refused != 0) {
@@ -871,7 +874,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
   std::vector<gro::Seg> segs_;
   std::vector<uint8_t> big_ = std::vector<uint8_t>(65536 + 256);  // one offloaded (TSO) read
   std::vector<uint8_t> merged_;
-  bool groBroken_ = false;  // the kernel refused a coalesced frame once: write segments one by one
+  uint32_t groBroken_ = 0;  // kinds (bits) whose coalesced frames the kernel refused: written one by one
   size_t qhead_ = 0, qcount_ = 0;
 };
 
