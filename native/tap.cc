@@ -53,6 +53,7 @@
 
 void InitUdp(Napi::Env env, Napi::Object exports);    // native/udp.cc: batched UDP sends
 void InitUdpRx(Napi::Env env, Napi::Object exports);  // native/udp_rx.cc: batched UDP receives
+void InitAead(Napi::Env env, Napi::Object exports);   // native/aead.cc: ChaCha20-Poly1305 per key
 
 namespace {
 
@@ -962,6 +963,7 @@ Napi::Value SocketPair(const Napi::CallbackInfo& info) {
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   InitUdp(env, exports);
   InitUdpRx(env, exports);
+  InitAead(env, exports);
   AddonData* data = new AddonData();
   data->tapCtor = Napi::Persistent(Tap::Define(env));
   env.SetInstanceData<AddonData>(data);

@@ -6,10 +6,8 @@
 // whole turn's frames to the addon in one writeBatch() call (the UDP side delivers many datagrams
 // per turn; setImmediate runs after the poll phase, so they all land in one batch).
 
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
-import { fileURLToPath } from 'node:url';
+import { addonFile, loadAddon } from '../addon.ts';
 import { TAP_FRAMES_PER_WAKEUP, TAP_FRAME_STRIDE_BYTES, TAP_TX_QUEUE_LEN, TAP_WRITE_QUEUE_MAX } from '../constants.ts';
 import { OperatorError } from '../errors.ts';
 import { cpuNow, latency, now, TRACE_LATENCY } from '../trace.ts';
@@ -77,18 +75,13 @@ const C = {
 } as const;
 const COUNTERS = Object.keys(C).length;
 
-const ADDON_REL_PATH = 'build/Release/homewire_tap.node';
 let addon: TapAddon | undefined;
 
 /** Loads build/Release/homewire_tap.node (relative to the repository root) once. */
 export function loadTapAddon(): TapAddon {
   if (addon) return addon;
-  const root = new URL('../../', import.meta.url);
-  const file = fileURLToPath(new URL(ADDON_REL_PATH, root));
-  if (!existsSync(file)) {
-    throw new OperatorError('ENOENT', `native TAP addon ${file} is missing: run \`npm run build\` (node-gyp) first`);
-  }
-  const loaded = createRequire(import.meta.url)(file) as TapAddon;
+  const file = addonFile();
+  const loaded = loadAddon() as unknown as TapAddon;
   const names = Object.keys(C);
   if (loaded.COUNTER_NAMES.length !== names.length || loaded.COUNTER_NAMES.some((n, i) => n !== names[i])) {
     throw new OperatorError(
