@@ -149,6 +149,13 @@ export function markdownTable(results: OverlayResult[]): string {
       null,
     ),
     row(
+      "receiver's UDP socket drops during TCP (% of datagrams)",
+      results,
+      () => null,
+      (s) => (s.udpRcvbufDropReceiverPct === null ? '—' : String(s.udpRcvbufDropReceiverPct)),
+      null,
+    ),
+    row(
       'overlay MTU',
       results,
       () => null,
