@@ -3,10 +3,14 @@
 // (TCP) or exactly the datagrams (UDP) that were written, over IPv4 and IPv6. The TAP sits in a namespace of
 // its own (hwf*) with the kernel's addresses; the test plays the far host (its MAC is a static neighbour)
 // with hand-built frames. Needs root and the built addon.
-import test, { type ExecutionContext } from 'ava';
+import type { ExecutionContext } from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { NativeTap } from '../src/tap/native.ts';
+import { NativeTap } from '../../src/tap/native.ts';
+import { missingFor, testIf } from '../helpers/prereq.ts';
+
+/** Every test here needs root, ip and the built addon; without them it fails saying what to install. */
+const test = testIf(missingFor({ root: true, programs: { ip: 'iproute2' }, addon: true }));
 
 const OUR_MAC = Buffer.from('020000c0ffee', 'hex');
 const NS_IP4 = '192.0.2.1';

@@ -2,18 +2,20 @@
 // of recvmmsg, UDP GRO runs cut back into their datagrams, truncation counted, sources named as node:dgram
 // names them, and the fallbacks (dgram's own events when the addon is absent or not asked for, plain
 // recvmmsg without GRO). Needs the built addon (`npm run build`); without it the tests fail saying so.
-import test from 'ava';
 import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { UDP_RX_DATAGRAMS_MAX } from '../src/constants.ts';
-import { DgramSocket, type DgramOptions } from '../src/udp/dgram.ts';
+import { UDP_RX_DATAGRAMS_MAX } from '../../src/constants.ts';
+import { DgramSocket, type DgramOptions } from '../../src/udp/dgram.ts';
+import { missingFor, testIf } from '../helpers/prereq.ts';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const ADDON = path.join(ROOT, 'build/Release/homewire_tap.node');
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+/** Every test here needs the built addon; without it it fails saying so. */
+const test = testIf(missingFor({ addon: true }));
 
 interface Received {
   msgs: Buffer[];
@@ -74,10 +76,6 @@ function child(code: string, cwd: string): Promise<{ out: string; ms: number }> 
     );
   });
 }
-
-test.before((t) => {
-  if (!fs.existsSync(ADDON)) t.fail(`the addon ${ADDON} is not built: run npm run build`);
-});
 
 test('batches: 3,000 datagrams arrive in order and byte-exact, no batch larger than UDP_RX_DATAGRAMS_MAX', async (t) => {
   const rx = await receiver({ gro: false });

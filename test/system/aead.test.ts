@@ -1,11 +1,14 @@
 // The transport AEAD (src/mesh/aead.ts): the addon's OpenSSL implementation and sodium-native's produce the
 // same bytes as node:crypto's ChaCha20-Poly1305 (an independent implementation), open each other's messages,
 // and refuse any change to header, ciphertext or tag. Needs the built addon.
-import test from 'ava';
 import crypto from 'node:crypto';
-import { AEAD_IMPL, aeadFor, type AeadImpl } from '../src/mesh/aead.ts';
-import { Keypair, OPEN_NOT_AUTHENTIC, OPEN_REPLAYED } from '../src/mesh/keypair.ts';
-import { MSG_DATA } from '../src/constants.ts';
+import { AEAD_IMPL, aeadFor, type AeadImpl } from '../../src/mesh/aead.ts';
+import { Keypair, OPEN_NOT_AUTHENTIC, OPEN_REPLAYED } from '../../src/mesh/keypair.ts';
+import { MSG_DATA } from '../../src/constants.ts';
+import { missingFor, testIf } from '../helpers/prereq.ts';
+
+/** The OpenSSL implementation is the addon's: without it these tests fail saying so. */
+const test = testIf(missingFor({ addon: true }));
 
 const IMPLS: AeadImpl[] = ['openssl', 'sodium'];
 
