@@ -31,12 +31,16 @@ export interface NativeTapHandle {
   stopReading(): void;
   /** Writes frames[0..count); returns how many were written or queued (the rest were dropped and counted). */
   writeBatch(frames: readonly (Uint8Array | undefined)[], count: number): number;
+  /** With a writer thread: its counters into the shared array (writeBatch does it too). */
+  syncCounters(): void;
   close(): void;
 }
 
 interface NativeCommonOptions {
   counters: Float64Array;
   writeQueueMax: number;
+  /** Writes go to a thread of the TAP's own (native/worker.h); small batches inline when it is idle. */
+  writerThread?: boolean;
 }
 
 export interface TapAddon {
@@ -99,7 +103,11 @@ export interface NativeTapOptions {
   mtu: number;
   /** Bridge to enslave the TAP to; created (and brought up) if missing, never deleted. */
   bridge?: string;
+  /** Write on a thread of the TAP's own (default true; HOMEWIRE_TAP_WRITER_THREAD=0 turns it off). */
+  writerThread?: boolean;
 }
+
+const WRITER_THREAD_DEFAULT = process.env.HOMEWIRE_TAP_WRITER_THREAD !== '0';
 
 export class NativeTap implements TapDevice {
   /** The name the kernel gave (differs from the requested one when it had "%d"). */
@@ -145,6 +153,7 @@ export class NativeTap implements TapDevice {
         counters,
         writeQueueMax: TAP_WRITE_QUEUE_MAX,
         txQueueLen: TAP_TX_QUEUE_LEN,
+        writerThread: opts.writerThread ?? WRITER_THREAD_DEFAULT,
       });
     } catch (e) {
       throw toOperatorError(e);
@@ -153,10 +162,14 @@ export class NativeTap implements TapDevice {
   }
 
   /** Test hook: a NativeTap over one end of an addon socketPair() (datagrams behave like frames). */
-  static _fromFd(fd: number, opts: { writeQueueMax?: number } = {}): NativeTap {
+  static _fromFd(fd: number, opts: { writeQueueMax?: number; writerThread?: boolean } = {}): NativeTap {
     const counters = new Float64Array(COUNTERS);
     return new NativeTap(
-      loadTapAddon().wrapFd(fd, { counters, writeQueueMax: opts.writeQueueMax ?? TAP_WRITE_QUEUE_MAX }),
+      loadTapAddon().wrapFd(fd, {
+        counters,
+        writeQueueMax: opts.writeQueueMax ?? TAP_WRITE_QUEUE_MAX,
+        writerThread: opts.writerThread ?? false,
+      }),
       counters,
     );
   }
@@ -174,6 +187,7 @@ export class NativeTap implements TapDevice {
   }
 
   get stats(): TapStats {
+    if (!this.closed) this.native.syncCounters();
     const c = this.counters;
     return {
       rxFrames: this.rxFrames,
@@ -197,6 +211,7 @@ export class NativeTap implements TapDevice {
     txRefused: number;
     lastErrno: number;
   } {
+    if (!this.closed) this.native.syncCounters();
     const c = this.counters;
     return {
       txQueued: c[C.txQueued],

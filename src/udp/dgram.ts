@@ -7,7 +7,7 @@
 // the rest with sendmmsg (native/udp.cc); what that cannot take goes through dgram, which queues.
 import dgram from 'node:dgram';
 import os from 'node:os';
-import { UDP_RX_BUFFER_BYTES, UDP_RX_DATAGRAMS_MAX, UDP_RX_SLAB_BYTES } from '../constants.ts';
+import { UDP_RX_BUFFER_BYTES, UDP_RX_DATAGRAMS_MAX, UDP_RX_SLAB_BYTES, UDP_TX_QUEUE_MAX } from '../constants.ts';
 import { OperatorError } from '../errors.ts';
 import { cpuNow, latency, now, TRACE_LATENCY } from '../trace.ts';
 import type { UdpBatchEnd, UdpHandler, UdpSocket, UdpStats } from './socket.ts';
@@ -46,8 +46,18 @@ export interface UdpReceiverOptions {
   wakeHistogram?: Float64Array;
 }
 
+/** The addon's UdpSender (see native/udp.cc): batched sends on a dup of the socket, on a thread of its own. */
+export interface UdpSenderHandle {
+  /** Datagrams accepted (sent or queued); the rest were dropped and counted, or (no thread, EAGAIN) are the caller's. */
+  send(address: string, port: number, packets: readonly Buffer[], count: number): number;
+  syncCounters(): void;
+  close(): void;
+}
+
 interface UdpAddon {
   udpSendBatch: BatchSender;
+  UdpSender?: new (fd: number, opts: { counters: Float64Array; queueMax: number; thread: boolean }) => UdpSenderHandle;
+  UDP_TX_COUNTER_NAMES?: readonly string[];
   UdpReceiver: new (fd: number, opts: UdpReceiverOptions) => UdpReceiverHandle;
   UDP_RX_COUNTER_NAMES: readonly string[];
 }
@@ -66,6 +76,21 @@ const RX = {
   rxBatches: 9,
 } as const;
 const RX_COUNTERS = Object.keys(RX).length;
+
+// Counter layout shared with native/udp.cc's UdpSender (checked against UDP_TX_COUNTER_NAMES at load).
+const TX = {
+  txDatagrams: 0,
+  txBytes: 1,
+  txCalls: 2,
+  txInline: 3,
+  txEagain: 4,
+  txDroppedQueue: 5,
+  txDroppedError: 6,
+  txQueued: 7,
+  lastErrno: 8,
+  gsoOff: 9,
+} as const;
+const TX_COUNTERS = Object.keys(TX).length;
 
 /** The addon (batched sends and receives) if it is built; the daemon runs without it on plain dgram. */
 async function loadUdpAddon(): Promise<UdpAddon | null> {
@@ -86,7 +111,11 @@ export interface DgramOptions {
   gro?: boolean;
   /** Test hook: bytes per received message (default UDP_RX_BUFFER_BYTES); longer ones are truncated, counted. */
   rxBufferBytes?: number;
+  /** Send batches from a thread of the socket's own (default true; HOMEWIRE_UDP_SEND_THREAD=0 turns it off). */
+  sendThread?: boolean;
 }
+
+const SEND_THREAD_DEFAULT = process.env.HOMEWIRE_UDP_SEND_THREAD !== '0';
 
 const EAGAIN = os.constants.errno.EAGAIN;
 
@@ -115,7 +144,10 @@ export class DgramSocket implements UdpSocket {
   /** Datagrams that went out through the batched path, and how many fell back to dgram. */
   readonly batchStats = { batched: 0, fallback: 0, gsoDisabled: false };
   private receiver: UdpReceiverHandle | null = null;
+  private sender: UdpSenderHandle | null = null;
+  private sendThreaded = false;
   private readonly rx = new Float64Array(RX_COUNTERS);
+  private readonly tx = new Float64Array(TX_COUNTERS);
   private readonly meta = new Uint32Array(UDP_RX_DATAGRAMS_MAX * 4);
   private handler: UdpHandler | null = null;
   private batchEnd: UdpBatchEnd | null = null;
@@ -187,6 +219,8 @@ export class DgramSocket implements UdpSocket {
           if (addon && fd >= 0) {
             socket.batchSender = addon.udpSendBatch;
             socket.fd = fd;
+            socket.sendThreaded = opts.sendThread ?? SEND_THREAD_DEFAULT;
+            socket.sender = socket.openSender(addon, fd, socket.sendThreaded);
             if (opts.nativeReceive !== false) {
               socket.receiver = socket.openReceiver(addon, fd, opts.gro !== false, opts.rxBufferBytes);
             }
@@ -231,7 +265,21 @@ export class DgramSocket implements UdpSocket {
     return receiver;
   }
 
+  /** The addon's sender on a dup of fd (with its thread if asked), or null if the addon has none. */
+  private openSender(addon: UdpAddon, fd: number, thread: boolean): UdpSenderHandle | null {
+    const names = addon.UDP_TX_COUNTER_NAMES;
+    const want = Object.keys(TX);
+    if (!addon.UdpSender || !names || names.length !== want.length || names.some((n, i) => n !== want[i])) return null;
+    try {
+      return new addon.UdpSender(fd, { counters: this.tx, queueMax: UDP_TX_QUEUE_MAX, thread });
+    } catch {
+      return null;
+    }
+  }
+
   get stats(): UdpStats {
+    this.sender?.syncCounters();
+    const t = this.tx;
     const c = this.rx;
     const native = this.receiver !== null;
     return {
@@ -244,8 +292,14 @@ export class DgramSocket implements UdpSocket {
       rxTruncated: c[RX.rxTruncated],
       rxErrors: c[RX.rxErrors],
       rxBatches: native ? c[RX.rxBatches] : this.dgramDatagrams,
-      txBatched: this.batchStats.batched,
+      txBatched: this.sender ? t[TX.txDatagrams] : this.batchStats.batched,
       txFallback: this.batchStats.fallback,
+      txCalls: t[TX.txCalls],
+      txInline: t[TX.txInline],
+      txQueued: t[TX.txQueued],
+      txDropped: t[TX.txDroppedQueue] + t[TX.txDroppedError],
+      sendThread: this.sender !== null && this.sendThreaded,
+      gsoOff: this.sender ? t[TX.gsoOff] === 1 : this.batchStats.gsoDisabled,
     };
   }
 
@@ -295,7 +349,9 @@ export class DgramSocket implements UdpSocket {
   /** Runs of equal-size datagrams leave as one UDP GSO send; the rest in one sendmmsg. */
   sendBatch(msgs: Buffer[], count: number, port: number, address: string): void {
     let sent = 0;
-    if (this.batchSender !== null) {
+    if (this.sender !== null) {
+      sent = this.sender.send(address, port, msgs, count);
+    } else if (this.batchSender !== null) {
       let r = this.batchSender(this.fd, address, port, msgs, count, this.gso);
       if (r < 0 && this.gso && r !== -EAGAIN) {
         // A kernel or path without UDP GSO: plain sendmmsg from now on.
@@ -317,6 +373,8 @@ export class DgramSocket implements UdpSocket {
     this.handler = null;
     this.receiver?.close(); // our dup of the fd; dgram closes the socket
     this.receiver = null;
+    this.sender?.close(); // joins its thread; its dup of the fd
+    this.sender = null;
     return new Promise((resolve) => {
       try {
         this.sock.close(() => resolve());

@@ -26,6 +26,15 @@ export interface UdpStats {
   /** Datagrams sent through the batched path, and through dgram's one-by-one send. */
   txBatched: number;
   txFallback: number;
+  /** Batched path: send syscalls, datagrams sent inline by the event loop, waiting now, dropped. */
+  txCalls?: number;
+  txInline?: number;
+  txQueued?: number;
+  txDropped?: number;
+  /** Batches are sent from a thread of the socket's own. */
+  sendThread?: boolean;
+  /** A UDP GSO send was refused (a kernel or route without it): plain sendmmsg from then on. */
+  gsoOff?: boolean;
 }
 
 export interface UdpSocket {

@@ -1,0 +1,109 @@
+// The TAP writer thread (native/worker.h, native/tap.cc with writerThread): writes leave the event loop for a
+// thread of the TAP's own, small batches still go inline when it is idle, order is kept across both, EAGAIN
+// is waited out by the thread (frames beyond the queue bound are dropped and counted), and close() stops
+// the thread at once. On an AF_UNIX datagram socket pair (the addon's test hook), which keeps frame
+// boundaries like a TAP and says EAGAIN when its buffer is full. Needs the built addon.
+import fs from 'node:fs';
+import { TAP_WRITE_QUEUE_MAX } from '../../src/constants.ts';
+import { loadTapAddon, NativeTap } from '../../src/tap/native.ts';
+import { missingFor, testIf } from '../helpers/prereq.ts';
+
+const test = testIf(missingFor({ addon: true }));
+
+async function until(cond: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  return true;
+}
+
+const threads = (): number => fs.readdirSync('/proc/self/task').length;
+
+function frame(i: number, len = 600): Buffer {
+  const f = Buffer.alloc(len, i & 0xff);
+  f.writeUInt32BE(i, 0);
+  return f;
+}
+
+test('a writer thread runs while the TAP is open and is gone after close()', (t) => {
+  const before = threads();
+  const [fa, fb] = loadTapAddon().socketPair(1 << 20);
+  const a = NativeTap._fromFd(fa, { writerThread: true });
+  t.is(threads(), before + 1, 'one thread more');
+  a.close();
+  t.is(threads(), before, 'joined at close()');
+  const plain = NativeTap._fromFd(fb);
+  t.is(threads(), before, 'no thread without writerThread');
+  plain.close();
+});
+
+test('order is kept across inline writes (small batches) and queued ones (large batches)', async (t) => {
+  const [fa, fb] = loadTapAddon().socketPair(4 << 20);
+  const a = NativeTap._fromFd(fa, { writerThread: true });
+  const b = NativeTap._fromFd(fb);
+  t.teardown(() => {
+    a.close();
+    b.close();
+  });
+  const seen: number[] = [];
+  b.start({ frame: (f) => void seen.push(f.readUInt32BE(0)), batchEnd: () => {} });
+  let next = 0;
+  // Batch sizes mix both paths: 1-4 frames go inline when the thread is idle, the rest through the thread.
+  for (const size of [1, 200, 1, 2, 500, 3, 1, 1, 300, 4, 50, 1]) {
+    for (let k = 0; k < size; k++) t.true(a.write(frame(next++)));
+    a.flush();
+    if (size === 1) await new Promise((r) => setImmediate(r));
+  }
+  t.true(await until(() => seen.length >= next, 10_000), `${seen.length} of ${next} read`);
+  t.deepEqual(seen, [...Array(next).keys()], 'every frame, in the order written');
+  const s = a.stats;
+  t.is(s.txFrames, next);
+  t.is(s.txDropped, 0);
+  t.is(s.txWrites, next);
+});
+
+test('EAGAIN: the thread waits for room, frames beyond the queue bound are dropped and counted, the rest arrive in order', async (t) => {
+  const [fa, fb] = loadTapAddon().socketPair(64 * 1024);
+  const a = NativeTap._fromFd(fa, { writerThread: true });
+  const b = NativeTap._fromFd(fb);
+  t.teardown(() => {
+    a.close();
+    b.close();
+  });
+  const N = 5000;
+  for (let i = 0; i < N; i++) a.write(frame(i, 1400));
+  a.flush();
+  // Nobody reads yet: the socket buffer fills, the thread waits, the queue holds at most TAP_WRITE_QUEUE_MAX.
+  await new Promise((r) => setTimeout(r, 200));
+  const d = a.detail;
+  const s = a.stats;
+  t.true(d.txEagain >= 1, 'the socket buffer filled up');
+  t.true(d.txQueued <= TAP_WRITE_QUEUE_MAX, `${d.txQueued} queued`);
+  t.is(s.txFrames + d.txQueued + d.txDroppedQueue, N, 'every frame written, queued or dropped');
+  t.true(d.txDroppedQueue > 0, 'frames beyond the bound were dropped');
+  const seen: number[] = [];
+  b.start({ frame: (f) => void seen.push(f.readUInt32BE(0)), batchEnd: () => {} });
+  const delivered = N - d.txDroppedQueue;
+  t.true(await until(() => seen.length >= delivered, 10_000), `${seen.length} of ${delivered}`);
+  t.is(a.detail.txQueued, 0);
+  t.is(a.stats.txFrames, delivered);
+  for (let i = 1; i < seen.length; i++) if (seen[i] <= seen[i - 1]) t.fail(`out of order at ${i}`);
+  t.deepEqual(seen.slice(0, 10), [...Array(10).keys()], 'the first frames are the first written');
+});
+
+test('close() while the thread waits on a full socket returns at once and counts the queue as dropped', (t) => {
+  const [fa, fb] = loadTapAddon().socketPair(16 * 1024);
+  const a = NativeTap._fromFd(fa, { writerThread: true });
+  const b = NativeTap._fromFd(fb); // never read
+  for (let i = 0; i < 500; i++) a.write(frame(i, 1400));
+  a.flush();
+  const started = Date.now();
+  a.close();
+  const ms = Date.now() - started;
+  t.true(ms < 500, `close() took ${ms} ms`);
+  const s = a.stats;
+  t.is(s.txFrames + s.txDropped, 500, JSON.stringify(s));
+  b.close();
+});
