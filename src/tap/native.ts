@@ -272,7 +272,7 @@ export class NativeTap implements TapDevice {
   }
 
   write(frame: Buffer): boolean {
-    if (this.closed || this.counters[C.txQueued] >= TAP_WRITE_QUEUE_MAX) {
+    if (this.closed || (this.counters[C.txQueued] >= TAP_WRITE_QUEUE_MAX && this.queueStillFull())) {
       this.jsDropped++;
       return false;
     }
@@ -282,6 +282,12 @@ export class NativeTap implements TapDevice {
       setImmediate(this.flushBound);
     }
     return true;
+  }
+
+  // The queue looked full: with a writer thread the figure is only as fresh as the last batch, so ask again.
+  private queueStillFull(): boolean {
+    this.native.syncCounters();
+    return this.counters[C.txQueued] >= TAP_WRITE_QUEUE_MAX;
   }
 
   /** Hands this turn's frames to the kernel now (normally done by the setImmediate write() scheduled). */
