@@ -13,11 +13,11 @@
 //
 // Ownership: datagrams are copied (one memcpy per message, cheap beside a syscall) from a reused scratch area
 // into a JS slab that is NEVER written again once handed out: datagram i of a batch is
-// slab[meta[4i] .. meta[4i] + meta[4i+1]). A fresh slab is allocated when the current one cannot take another
-// batch, so JS may keep a view as long as it likes (the mesh hands frames on without copying) and the garbage
-// collector frees a slab when its last view is gone. meta[4i+2] is the datagram's source: an index into this
-// batch's sources ([address, port, address, port, ...], each distinct source once, formatted as node:dgram
-// (libuv) does); meta[4i+3] holds flags (1: the datagram came in a coalesced run).
+// slab[meta[4i] .. meta[4i] + meta[4i+1]). A fresh slab is taken when the current one cannot take another
+// batch, so JS may keep a view as long as it likes (the mesh hands frames on without copying); a slab's memory
+// is recycled once the garbage collector finds its last view gone (see SlabPool). meta[4i+2] is the datagram's source:
+// an index into this batch's sources ([address, port, address, port, ...], each distinct source once, formatted as
+// node:dgram (libuv) does); meta[4i+3] holds flags (1: the datagram came in a coalesced run).
 //
 // The socket stays dgram's: dgram binds it, sends on it and closes it. This object polls a dup() of its fd
 // (libuv allows one watcher per fd, and dgram keeps its own for queued sends); the caller stops dgram's own
@@ -39,6 +39,9 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <utility>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -79,6 +82,45 @@ struct Source {
   sockaddr_storage ss;
   socklen_t len;
 };
+
+// Slab memory is recycled rather than handed back to the allocator: a fresh 4 MB slab is ~1000 page faults
+// (the kernel zeroing each page), which the profile showed as the receive path's largest cost. A slab goes
+// back to the pool only from its buffer's finalizer, that is once the garbage collector has found no view of
+// it left, so JS never sees reused memory. The pool is never freed (finalizers may run after every
+// receiver is gone) and holds at most kPoolSlabs free slabs.
+constexpr size_t kPoolSlabs = 16;
+
+struct SlabPool {
+  std::mutex m;
+  std::vector<std::pair<uint8_t*, size_t>> free;
+};
+SlabPool* const gSlabPool = new SlabPool();
+
+uint8_t* TakeSlab(size_t size) {
+  {
+    std::lock_guard<std::mutex> l(gSlabPool->m);
+    auto& f = gSlabPool->free;
+    for (size_t i = 0; i < f.size(); i++) {
+      if (f[i].second != size) continue;
+      uint8_t* p = f[i].first;
+      f[i] = f.back();
+      f.pop_back();
+      return p;
+    }
+  }
+  return static_cast<uint8_t*>(std::malloc(size));
+}
+
+void ReturnSlab(napi_env env, void* data, void* hint) {
+  size_t size = reinterpret_cast<size_t>(hint);
+  int64_t adjusted;
+  napi_adjust_external_memory(env, -(int64_t)size, &adjusted);
+  std::lock_guard<std::mutex> l(gSlabPool->m);
+  if (gSlabPool->free.size() < kPoolSlabs)
+    gSlabPool->free.emplace_back(static_cast<uint8_t*>(data), size);
+  else
+    std::free(data);
+}
 
 class UdpRx;
 
@@ -277,14 +319,22 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
     return std::memcmp(&s.ss, &ss, len) == 0;
   }
 
-  // A fresh slab (the old one belongs to the views JS kept). Needs a handle scope (we are in a callback).
+  // A fresh slab (the old one belongs to the views JS kept), from the pool. Needs a handle scope (we are in a
+  // callback).
   bool NewSlab(napi_env env) {
     napi_value buf;
-    void* data = nullptr;
-    if (napi_create_buffer(env, slabBytes_, &data, &buf) != napi_ok || data == nullptr) return false;
+    uint8_t* data = TakeSlab(slabBytes_);
+    if (data == nullptr) return false;
+    if (napi_create_external_buffer(env, slabBytes_, data, ReturnSlab, reinterpret_cast<void*>(slabBytes_), &buf) !=
+        napi_ok) {
+      std::free(data);
+      return false;
+    }
+    int64_t adjusted;
+    napi_adjust_external_memory(env, (int64_t)slabBytes_, &adjusted);  // the collector sees what slabs hold
     slabRef_.Reset();
     slabRef_ = Napi::Persistent(Napi::Object(env, buf));
-    slab_ = static_cast<uint8_t*>(data);
+    slab_ = data;
     slabOff_ = 0;
     return true;
   }

@@ -70,7 +70,7 @@ export const TAP_WRITE_QUEUE_MAX = 1024; // frames waiting on EAGAIN before new 
 export const UDP_RX_DATAGRAMS_MAX = 1024; // datagrams per JS call (a coalesced run holds up to 64)
 export const UDP_RX_BUFFER_BYTES = 65_536; // per received message: a coalesced (GRO) run is up to 64 KB
 export const UDP_RX_SLAB_BYTES = 4 * 1024 * 1024; // received datagrams are copied here, never overwritten
-export const UDP_TX_QUEUE_MAX = 1024; // batches waiting for the send thread before new ones are dropped
+export const UDP_TX_QUEUE_MAX = 64; // batches (each up to a TAP read's worth) waiting for the send thread
 
 // --- MAC mobility (live migration) ------------------------------------------------------------------
 export const MOVE_FORWARD_GRACE_MS = 2_000; // old host forwards frames for a moved MAC to its new host
