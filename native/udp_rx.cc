@@ -15,9 +15,9 @@
 // into a JS slab that is NEVER written again once handed out: datagram i of a batch is
 // slab[meta[4i] .. meta[4i] + meta[4i+1]). A fresh slab is taken when the current one cannot take another
 // batch, so JS may keep a view as long as it likes (the mesh hands frames on without copying); a slab's memory
-// is recycled once the garbage collector finds its last view gone (see SlabPool). meta[4i+2] is the datagram's source:
-// an index into this batch's sources ([address, port, address, port, ...], each distinct source once, formatted as
-// node:dgram (libuv) does); meta[4i+3] holds flags (1: the datagram came in a coalesced run).
+// is recycled once the garbage collector finds its last view gone (see SlabPool). meta[4i+2] is the datagram's
+// source: an index into this batch's sources ([address, port, address, port, ...], each distinct source once,
+// formatted as node:dgram (libuv) does); meta[4i+3] holds flags (1: the datagram came in a coalesced run).
 //
 // The socket stays dgram's: dgram binds it, sends on it and closes it. This object polls a dup() of its fd
 // (libuv allows one watcher per fd, and dgram keeps its own for queued sends); the caller stops dgram's own
