@@ -24,7 +24,8 @@
 //          bridge, the receiving stack) runs on another core while JS goes on; it waits out EAGAIN with
 //          poll(). A batch of at most kInlineFrames frames is written inline when the queue is empty
 //          (a lone ping does not wait for a thread to wake up). Counters the thread moves are atomics,
-//          copied into the shared array by writeBatch() and syncCounters().
+//          copied into the shared array by writeBatch() and syncCounters(). CoDel (codel.h) keeps the
+//          queue's standing delay short; writeQueueBytes bounds its memory.
 //
 // Lifetime: close() stops polling, closes the fd at once (libuv documents this as safe right after
 // uv_poll_stop/uv_close, and it makes the interface disappear when close() returns) and uv_close()s
@@ -39,6 +40,7 @@
 #include <napi.h>
 #include <sys/uio.h>
 
+#include "codel.h"
 #include "gro.h"
 #include "worker.h"
 #include <uv.h>
@@ -82,9 +84,10 @@ enum Counter : int {
   C_RX_SEGMENTED,          // frames cut out of large (TSO) reads
   C_COUNT
 };
-const char* const kCounterNames[C_COUNT] = {"txFrames",    "txBytes",  "txDroppedQueue", "txDroppedError",
-                                            "rxErrors",    "txQueued", "txEagain",       "lastErrno",
-                                            "txCoalesced", "txWrites", "rxSegmented"};
+const char* const kCounterNames[] = {"txFrames",    "txBytes",  "txDroppedQueue", "txDroppedError",
+                                     "rxErrors",    "txQueued", "txEagain",       "lastErrno",
+                                     "txCoalesced", "txWrites", "rxSegmented"};
+static_assert(sizeof(kCounterNames) / sizeof(kCounterNames[0]) == C_COUNT, "one name per counter");
 
 // ---- Errors ------------------------------------------------------------------------------------
 struct SysErr {
@@ -385,6 +388,7 @@ struct Init {
   Napi::Float64Array counters;
   uint32_t queueMax;
   bool writerThread = false;
+  size_t queueBytes = 0;  // writer thread: bytes queued at most (0: no bound beyond queueMax)
 };
 
 constexpr uint32_t kInlineFrames = 4;  // writer thread: batches this small are written inline when it is idle
@@ -393,6 +397,7 @@ constexpr uint32_t kInlineFrames = 4;  // writer thread: batches this small are 
 struct Unit {
   std::vector<uint8_t> bytes;
   uint32_t frames = 0;
+  uint64_t queuedNs = 0;  // when it was queued (CoDel)
 };
 
 struct AddonData {
@@ -431,6 +436,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
     ctrRef_ = Napi::Persistent(static_cast<Napi::Object>(init->counters));
     if (init->writerThread) {
       threaded_ = true;
+      queueBytesMax_ = init->queueBytes;
       writer_.Start(init->queueMax, [this](Unit& u) { WriteUnit(u); });
     } else {
       ring_.resize(init->queueMax);
@@ -518,6 +524,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
     }
     if (qcount_ > 0) DrainQueue();
     inline_ = n <= kInlineFrames;
+    if (threaded_) codelNow_ = codel::MonotonicNs();
     uint32_t accepted = 0;
     uint32_t i = 0;
     while (i < n) {
@@ -525,6 +532,10 @@ class Tap : public Napi::ObjectWrap<Tap> {
       size_t len;
       if (!Frame(env, arr, i, &data, &len)) {
         DroppedError(1, EINVAL);
+        i++;
+        continue;
+      }
+      if (CodelDrop()) {
         i++;
         continue;
       }
@@ -538,6 +549,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
       segs_.push_back(first);
       size_t payload = first.payload, bytes = len;
       uint32_t j = i + 1;
+      uint32_t skip = 0;  // 1: frame j was dropped (CoDel) and ends the run
       for (; j < n; j++) {
         gro::Seg next;
         uint8_t* d2;
@@ -545,6 +557,10 @@ class Tap : public Napi::ObjectWrap<Tap> {
         if (!Frame(env, arr, j, &d2, &l2) || !gro::Parse(d2, l2, &next) ||
             !gro::Follows(first, segs_.back(), next, payload, (int)segs_.size()))
           break;
+        if (CodelDrop()) {
+          skip = 1;  // the run ends here; the frame is gone
+          break;
+        }
         segs_.push_back(next);
         payload += next.payload;
         bytes += l2;
@@ -555,7 +571,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
         gro::Build(segs_.data(), (int)segs_.size(), payload, &merged_);
         accepted += EmitMerged((uint32_t)segs_.size(), bytes);
       }
-      i = j;
+      i = j + skip;
     }
     ctr_[C_TX_QUEUED] = (double)qcount_;
     if (threaded_) SyncCounters();
@@ -660,23 +676,45 @@ class Tap : public Napi::ObjectWrap<Tap> {
       }
       aEagain_.fetch_add(1, std::memory_order_relaxed);
     }
+    size_t size = bytes + (info_.vnet ? gro::kVnetHdrBytes : 0);
     Unit* u = writer_.Reserve();
-    if (u == nullptr) {
-      ctr_[C_TX_DROPPED_QUEUE] += frames;
+    if (u == nullptr || (queueBytesMax_ > 0 && !writer_.Empty() &&
+                         queuedBytes_.load(std::memory_order_relaxed) + size > queueBytesMax_)) {
+      dropQueueMain_ += frames;
       return 0;
     }
+    queuedBytes_.fetch_add(size, std::memory_order_relaxed);
     u->bytes.clear();
     for (int i = 0; i < n; i++) {
       const uint8_t* b = static_cast<const uint8_t*>(iov[i].iov_base);
       u->bytes.insert(u->bytes.end(), b, b + iov[i].iov_len);
     }
     u->frames = frames;
+    u->queuedNs = codel::MonotonicNs();
     writer_.Publish();
     return frames;
   }
 
   // The writer thread: one unit, waiting out EAGAIN (the TAP's queue towards the kernel is full).
+  // The writer thread: CoDel first (a frame that waited too long is dropped: the standing queue drains and
+  // TCP backs off), then the write.
   void WriteUnit(Unit& u) {
+    lastSojournNs_.store(codel::MonotonicNs() - u.queuedNs, std::memory_order_relaxed);
+    WriteUnitNow(u);
+    queuedBytes_.fetch_sub(u.bytes.size(), std::memory_order_relaxed);
+  }
+
+  // Writer thread: CoDel on the queue's delay (as the thread last saw it; none when the queue is empty), one
+  // frame per decision, before coalescing: a single lost segment is what a TCP sender recovers from best.
+  bool CodelDrop() {
+    if (!threaded_) return false;
+    uint64_t sojourn = writer_.Empty() ? 0 : lastSojournNs_.load(std::memory_order_relaxed);
+    if (!codel_.Drop(codelNow_, sojourn)) return false;
+    dropQueueMain_++;
+    return true;
+  }
+
+  void WriteUnitNow(Unit& u) {
     for (;;) {
       ssize_t w = write(fd_, u.bytes.data(), u.bytes.size());
       if (w >= 0) {
@@ -706,6 +744,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
     ctr_[C_TX_WRITES] = (double)aWrites_.load(std::memory_order_relaxed);
     ctr_[C_TX_EAGAIN] = (double)aEagain_.load(std::memory_order_relaxed);
     ctr_[C_TX_DROPPED_ERROR] = (double)aDropErr_.load(std::memory_order_relaxed);
+    ctr_[C_TX_DROPPED_QUEUE] = dropQueueMain_;
     int e = aErrno_.load(std::memory_order_relaxed);
     if (e != 0) ctr_[C_LAST_ERRNO] = e;
     ctr_[C_TX_QUEUED] = (double)writer_.Size();
@@ -1009,6 +1048,12 @@ class Tap : public Napi::ObjectWrap<Tap> {
   worker::Ring<Unit> writer_;
   std::atomic<uint64_t> aFrames_{0}, aBytes_{0}, aWrites_{0}, aEagain_{0}, aDropErr_{0};
   std::atomic<int> aErrno_{0};
+  std::atomic<size_t> queuedBytes_{0};
+  size_t queueBytesMax_ = 0;
+  codel::Codel codel_;                      // on the event loop, per frame written
+  uint64_t codelNow_ = 0;                   // this batch's time
+  std::atomic<uint64_t> lastSojournNs_{0};  // how long the unit the thread wrote last had waited
+  double dropQueueMain_ = 0;                // frames dropped: the queue was full, or CoDel
 };
 
 // ---- Module functions --------------------------------------------------------------------------
@@ -1029,7 +1074,9 @@ bool ReadCommon(Napi::Env env, Napi::Object o, Napi::Float64Array* counters, uin
   return true;
 }
 
-bool WriterThreadOption(Napi::Object o) {
+bool WriterThreadOption(Napi::Object o, size_t* queueBytes) {
+  Napi::Value b = o.Get("writeQueueBytes");
+  *queueBytes = b.IsNumber() ? (size_t)b.As<Napi::Number>().Int64Value() : 0;
   return o.Get("writerThread").ToBoolean().Value();
 }
 
@@ -1056,7 +1103,7 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   if (qlen.IsNumber()) args.txQueueLen = qlen.As<Napi::Number>().Int32Value();
   Init init{-1, {}, Napi::Float64Array(), 0};
   if (!ReadCommon(env, o, &init.counters, &init.queueMax)) return env.Undefined();
-  init.writerThread = WriterThreadOption(o);
+  init.writerThread = WriterThreadOption(o, &init.queueBytes);
   SysErr e;
   if (!OpenTap(args, &init.info, &e)) return ThrowSys(env, e);
   init.fd = init.info.fd;
@@ -1070,7 +1117,7 @@ Napi::Value WrapFd(const Napi::CallbackInfo& info) {
     return ThrowType(env, "wrapFd(fd, { counters, writeQueueMax })");
   Init init{info[0].As<Napi::Number>().Int32Value(), {}, Napi::Float64Array(), 0};
   if (!ReadCommon(env, info[1].As<Napi::Object>(), &init.counters, &init.queueMax)) return env.Undefined();
-  init.writerThread = WriterThreadOption(info[1].As<Napi::Object>());
+  init.writerThread = WriterThreadOption(info[1].As<Napi::Object>(), &init.queueBytes);
   init.info.fd = init.fd;
   init.info.name = "fd" + std::to_string(init.fd);
   fcntl(init.fd, F_SETFL, fcntl(init.fd, F_GETFL) | O_NONBLOCK);

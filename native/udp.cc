@@ -9,7 +9,7 @@
 //   udpSendBatch(fd, address, port, packets: Uint8Array[], count, gso: boolean) -> sent (>= 0) or -errno
 //   (on EAGAIN it returns how many went out; the caller sends the rest through dgram, which queues)
 //
-//   new UdpSender(fd, { counters: Float64Array, queueMax, thread: boolean })   on a dup() of fd
+//   new UdpSender(fd, { counters: Float64Array, queueMax, queueBytes?, thread: boolean })   on a dup() of fd
 //   .send(address, port, packets, count) -> datagrams accepted (sent or queued; the rest dropped, counted)
 //   .syncCounters()  .close()   UDP_TX_COUNTER_NAMES: the layout of counters
 // With thread, a batch is copied into a queue slot (worker.h) and a thread of the sender's own sends it, so
@@ -34,6 +34,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include "codel.h"
 #include "worker.h"
 
 #ifndef UDP_SEGMENT
@@ -219,15 +220,16 @@ enum TxCounter : int {
   T_CALLS,          // send syscalls (a GSO run or up to 64 sendmmsg datagrams each)
   T_INLINE,         // datagrams sent inline by the event loop (the queue was empty, the batch small)
   T_EAGAIN,         // times the kernel said EAGAIN (the thread waits; inline: the rest is queued)
-  T_DROPPED_QUEUE,  // dropped: the queue was full
+  T_DROPPED_QUEUE,  // dropped: the queue was full, or a batch waited too long in it (CoDel)
   T_DROPPED_ERROR,  // dropped: the kernel refused them (unreachable, bad address...)
   T_QUEUED,         // datagrams waiting in the queue now
   T_LAST_ERRNO,     // last errno seen (positive), 0 if none
   T_GSO_OFF,        // 1 once a GSO send was refused: plain sendmmsg from then on
   T_COUNT
 };
-const char* const kTxCounterNames[T_COUNT] = {"txDatagrams",    "txBytes",        "txCalls",  "txInline",  "txEagain",
-                                              "txDroppedQueue", "txDroppedError", "txQueued", "lastErrno", "gsoOff"};
+const char* const kTxCounterNames[] = {"txDatagrams",    "txBytes",        "txCalls",  "txInline",  "txEagain",
+                                       "txDroppedQueue", "txDroppedError", "txQueued", "lastErrno", "gsoOff"};
+static_assert(sizeof(kTxCounterNames) / sizeof(kTxCounterNames[0]) == T_COUNT, "one name per counter");
 
 constexpr uint32_t kInlinePackets = 4;
 
@@ -235,6 +237,7 @@ struct SendJob {
   Dest dest;
   std::vector<uint8_t> data;
   std::vector<uint32_t> lens;
+  uint64_t queuedNs = 0;  // when it was queued (CoDel)
 };
 
 class UdpSender : public Napi::ObjectWrap<UdpSender> {
@@ -271,6 +274,8 @@ class UdpSender : public Napi::ObjectWrap<UdpSender> {
           .ThrowAsJavaScriptException();
       return;
     }
+    Napi::Value qb = o.Get("queueBytes");
+    queueBytesMax_ = qb.IsNumber() ? (size_t)qb.As<Napi::Number>().Int64Value() : 0;
     if (o.Get("thread").ToBoolean().Value())
       ring_.Start(q.As<Napi::Number>().Uint32Value(), [this](SendJob& j) { SendJobNow(j); });
   }
@@ -340,17 +345,33 @@ class UdpSender : public Napi::ObjectWrap<UdpSender> {
     if (done < pkts_.size()) {
       SendJob* j = ring_.Reserve();
       size_t rest = pkts_.size() - done;
+      size_t restBytes = 0;
+      for (size_t i = done; i < pkts_.size(); i++) restBytes += pkts_[i].len;
+      if (j != nullptr && queueBytesMax_ > 0 && !ring_.Empty() &&
+          queuedBytes_.load(std::memory_order_relaxed) + restBytes > queueBytesMax_)
+        j = nullptr;  // the standing queue stays short
       if (j == nullptr) {
-        ctr_[T_DROPPED_QUEUE] += (double)rest;
+        dropQueueMain_ += (double)rest;
       } else {
         j->dest = d;
         j->data.clear();
         j->lens.clear();
+        // CoDel on the queue's delay as the thread last saw it, one datagram per decision.
+        uint64_t now = codel::MonotonicNs();
+        uint64_t sojourn = ring_.Empty() ? 0 : lastSojournNs_.load(std::memory_order_relaxed);
         for (size_t i = done; i < pkts_.size(); i++) {
+          if (codel_.Drop(now, sojourn)) {
+            dropQueueMain_++;
+            rest--;
+            restBytes -= pkts_[i].len;
+            continue;
+          }
           j->data.insert(j->data.end(), pkts_[i].data, pkts_[i].data + pkts_[i].len);
           j->lens.push_back((uint32_t)pkts_[i].len);
         }
         aQueued_.fetch_add(rest, std::memory_order_relaxed);
+        queuedBytes_.fetch_add(restBytes, std::memory_order_relaxed);
+        j->queuedNs = codel::MonotonicNs();
         ring_.Publish();
         done = pkts_.size();
       }
@@ -361,6 +382,7 @@ class UdpSender : public Napi::ObjectWrap<UdpSender> {
 
   // The thread: one batch, waiting out EAGAIN.
   void SendJobNow(SendJob& j) {
+    lastSojournNs_.store(codel::MonotonicNs() - j.queuedNs, std::memory_order_relaxed);
     std::vector<Pkt>& pk = threadPkts_;
     pk.clear();
     size_t off = 0;
@@ -395,6 +417,7 @@ class UdpSender : public Napi::ObjectWrap<UdpSender> {
     }
     if (done < pk.size()) aDropErr_.fetch_add(pk.size() - done, std::memory_order_relaxed);
     aQueued_.fetch_sub(pk.size(), std::memory_order_relaxed);
+    queuedBytes_.fetch_sub(j.data.size(), std::memory_order_relaxed);
   }
 
   void Count(const Pkt* p, size_t n, size_t calls) {
@@ -412,6 +435,7 @@ class UdpSender : public Napi::ObjectWrap<UdpSender> {
     ctr_[T_INLINE] = (double)aInline_.load(std::memory_order_relaxed);
     ctr_[T_EAGAIN] = (double)aEagain_.load(std::memory_order_relaxed);
     ctr_[T_DROPPED_ERROR] = (double)aDropErr_.load(std::memory_order_relaxed);
+    ctr_[T_DROPPED_QUEUE] = dropQueueMain_;
     ctr_[T_QUEUED] = (double)aQueued_.load(std::memory_order_relaxed);
     int e = aErrno_.load(std::memory_order_relaxed);
     if (e != 0) ctr_[T_LAST_ERRNO] = e;
@@ -448,6 +472,11 @@ class UdpSender : public Napi::ObjectWrap<UdpSender> {
   std::atomic<bool> gsoOff_{false};
   std::atomic<uint64_t> aDatagrams_{0}, aBytes_{0}, aCalls_{0}, aInline_{0}, aEagain_{0}, aDropErr_{0}, aQueued_{0};
   std::atomic<int> aErrno_{0};
+  std::atomic<size_t> queuedBytes_{0};
+  size_t queueBytesMax_ = 0;
+  codel::Codel codel_;                      // on the event loop, per datagram queued
+  std::atomic<uint64_t> lastSojournNs_{0};  // how long the batch the thread sent last had waited
+  double dropQueueMain_ = 0;                // datagrams dropped: the queue was full, or CoDel
 };
 
 }  // namespace

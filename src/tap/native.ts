@@ -8,7 +8,13 @@
 
 import { constants as osConstants } from 'node:os';
 import { addonFile, loadAddon } from '../addon.ts';
-import { TAP_FRAMES_PER_WAKEUP, TAP_FRAME_STRIDE_BYTES, TAP_TX_QUEUE_LEN, TAP_WRITE_QUEUE_MAX } from '../constants.ts';
+import {
+  TAP_FRAMES_PER_WAKEUP,
+  TAP_FRAME_STRIDE_BYTES,
+  TAP_TX_QUEUE_LEN,
+  TAP_WRITE_QUEUE_BYTES,
+  TAP_WRITE_QUEUE_MAX,
+} from '../constants.ts';
 import { OperatorError } from '../errors.ts';
 import { cpuNow, latency, now, TRACE_LATENCY } from '../trace.ts';
 import type { TapDevice, TapHandler, TapStats } from './device.ts';
@@ -41,6 +47,8 @@ interface NativeCommonOptions {
   writeQueueMax: number;
   /** Writes go to a thread of the TAP's own (native/worker.h); small batches inline when it is idle. */
   writerThread?: boolean;
+  /** Writer thread: bytes waiting at most (frames beyond are dropped and counted). */
+  writeQueueBytes?: number;
 }
 
 export interface TapAddon {
@@ -154,6 +162,7 @@ export class NativeTap implements TapDevice {
         writeQueueMax: TAP_WRITE_QUEUE_MAX,
         txQueueLen: TAP_TX_QUEUE_LEN,
         writerThread: opts.writerThread ?? WRITER_THREAD_DEFAULT,
+        writeQueueBytes: TAP_WRITE_QUEUE_BYTES,
       });
     } catch (e) {
       throw toOperatorError(e);

@@ -7,13 +7,18 @@
 // the rest with sendmmsg (native/udp.cc); what that cannot take goes through dgram, which queues.
 import dgram from 'node:dgram';
 import os from 'node:os';
-import { UDP_RX_BUFFER_BYTES, UDP_RX_DATAGRAMS_MAX, UDP_RX_SLAB_BYTES, UDP_TX_QUEUE_MAX } from '../constants.ts';
+import {
+  UDP_RX_BUFFER_BYTES,
+  UDP_RX_DATAGRAMS_MAX,
+  UDP_RX_SLAB_BYTES,
+  UDP_SOCKET_BUFFER_BYTES,
+  UDP_TX_QUEUE_BYTES,
+  UDP_TX_QUEUE_MAX,
+} from '../constants.ts';
 import { OperatorError } from '../errors.ts';
 import { cpuNow, latency, now, TRACE_LATENCY } from '../trace.ts';
 import type { UdpBatchEnd, UdpHandler, UdpSocket, UdpStats } from './socket.ts';
 import { formatEndpoint } from '../addr.ts';
-
-const SOCKET_BUFFER_BYTES = 8 * 1024 * 1024; // capped by net.core.rmem_max / wmem_max
 
 type BatchSender = (
   fd: number,
@@ -56,7 +61,10 @@ export interface UdpSenderHandle {
 
 interface UdpAddon {
   udpSendBatch: BatchSender;
-  UdpSender?: new (fd: number, opts: { counters: Float64Array; queueMax: number; thread: boolean }) => UdpSenderHandle;
+  UdpSender?: new (
+    fd: number,
+    opts: { counters: Float64Array; queueMax: number; queueBytes: number; thread: boolean },
+  ) => UdpSenderHandle;
   UDP_TX_COUNTER_NAMES?: readonly string[];
   UdpReceiver: new (fd: number, opts: UdpReceiverOptions) => UdpReceiverHandle;
   UDP_RX_COUNTER_NAMES: readonly string[];
@@ -74,6 +82,7 @@ const RX = {
   rxErrors: 7,
   lastErrno: 8,
   rxBatches: 9,
+  rxDroppedCodel: 10,
 } as const;
 const RX_COUNTERS = Object.keys(RX).length;
 
@@ -206,8 +215,9 @@ export class DgramSocket implements UdpSocket {
       sock.bind(port, address, () => {
         sock.off('error', onError);
         try {
-          sock.setRecvBufferSize(SOCKET_BUFFER_BYTES);
-          sock.setSendBufferSize(SOCKET_BUFFER_BYTES);
+          // Room for bursts; the native receive path keeps the standing delay short (CoDel, native/codel.h).
+          sock.setRecvBufferSize(UDP_SOCKET_BUFFER_BYTES);
+          sock.setSendBufferSize(UDP_SOCKET_BUFFER_BYTES);
         } catch {
           /* best effort: capped by sysctl */
         }
@@ -271,7 +281,12 @@ export class DgramSocket implements UdpSocket {
     const want = Object.keys(TX);
     if (!addon.UdpSender || !names || names.length !== want.length || names.some((n, i) => n !== want[i])) return null;
     try {
-      return new addon.UdpSender(fd, { counters: this.tx, queueMax: UDP_TX_QUEUE_MAX, thread });
+      return new addon.UdpSender(fd, {
+        counters: this.tx,
+        queueMax: UDP_TX_QUEUE_MAX,
+        queueBytes: UDP_TX_QUEUE_BYTES,
+        thread,
+      });
     } catch {
       return null;
     }
@@ -292,6 +307,7 @@ export class DgramSocket implements UdpSocket {
       rxTruncated: c[RX.rxTruncated],
       rxErrors: c[RX.rxErrors],
       rxBatches: native ? c[RX.rxBatches] : this.dgramDatagrams,
+      rxDroppedCodel: c[RX.rxDroppedCodel],
       txBatched: this.sender ? t[TX.txDatagrams] : this.batchStats.batched,
       txFallback: this.batchStats.fallback,
       txCalls: t[TX.txCalls],
