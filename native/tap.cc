@@ -19,13 +19,13 @@
 //          per write). On EAGAIN the rest is copied into a bounded ring (reused slots), UV_WRITABLE
 //          is polled and the ring drained when writable; frames beyond the bound are dropped and
 //          counted. Order is kept: while the ring is not empty, new frames go behind it.
-//   writer thread (open({ writerThread: true }), the daemon's TAP): the ring is a queue to a thread of
-//          the TAP's own (worker.h) that does the write()s, so the kernel's work for each frame (the
-//          bridge, the receiving stack) runs on another core while JS goes on; it waits out EAGAIN with
-//          poll(). A batch of at most kInlineFrames frames is written inline when the queue is empty
-//          (a lone ping does not wait for a thread to wake up). Counters the thread moves are atomics,
-//          copied into the shared array by writeBatch() and syncCounters(). CoDel (codel.h) keeps the
-//          queue's standing delay short; writeQueueBytes bounds its memory.
+//   writer thread (open({ writerThread: true }); off by default, HOMEWIRE_TAP_WRITER_THREAD=1): the ring
+//          is a queue to a thread of the TAP's own (worker.h) that does the write()s, so the kernel's work
+//          for each frame (the bridge, the receiving stack) runs on another core while JS goes on; it waits out EAGAIN
+//          with poll(). A batch of at most kInlineFrames frames is written inline when the queue is empty (a lone ping
+//          does not wait for a thread to wake up). Counters the thread moves are atomics, copied into the shared array
+//          by writeBatch() and syncCounters(). A batch is refused whole while the queue's delay is above
+//          delay::kQueueDelayMaxNs; writeQueueBytes bounds its memory.
 //
 // Lifetime: close() stops polling, closes the fd at once (libuv documents this as safe right after
 // uv_poll_stop/uv_close, and it makes the interface disappear when close() returns) and uv_close()s
@@ -40,7 +40,7 @@
 #include <napi.h>
 #include <sys/uio.h>
 
-#include "codel.h"
+#include "delay.h"
 #include "gro.h"
 #include "worker.h"
 #include <uv.h>
@@ -391,13 +391,13 @@ struct Init {
   size_t queueBytes = 0;  // writer thread: bytes queued at most (0: no bound beyond queueMax)
 };
 
-constexpr uint32_t kInlineFrames = 4;  // writer thread: batches this small are written inline when it is idle
+constexpr uint32_t kInlineFrames = 32;  // writer thread: batches this small are written inline when it is idle
 
 // One write() for the writer thread: a frame (with its virtio_net_hdr) or a coalesced run.
 struct Unit {
   std::vector<uint8_t> bytes;
   uint32_t frames = 0;
-  uint64_t queuedNs = 0;  // when it was queued (CoDel)
+  uint64_t queuedNs = 0;  // when it was queued (delay.h)
 };
 
 struct AddonData {
@@ -524,7 +524,11 @@ class Tap : public Napi::ObjectWrap<Tap> {
     }
     if (qcount_ > 0) DrainQueue();
     inline_ = n <= kInlineFrames;
-    if (threaded_) codelNow_ = codel::MonotonicNs();
+    if (QueueTooSlow()) {
+      dropQueueMain_ += n;
+      if (threaded_) SyncCounters();
+      return Napi::Number::New(env, 0);
+    }
     uint32_t accepted = 0;
     uint32_t i = 0;
     while (i < n) {
@@ -532,10 +536,6 @@ class Tap : public Napi::ObjectWrap<Tap> {
       size_t len;
       if (!Frame(env, arr, i, &data, &len)) {
         DroppedError(1, EINVAL);
-        i++;
-        continue;
-      }
-      if (CodelDrop()) {
         i++;
         continue;
       }
@@ -549,7 +549,6 @@ class Tap : public Napi::ObjectWrap<Tap> {
       segs_.push_back(first);
       size_t payload = first.payload, bytes = len;
       uint32_t j = i + 1;
-      uint32_t skip = 0;  // 1: frame j was dropped (CoDel) and ends the run
       for (; j < n; j++) {
         gro::Seg next;
         uint8_t* d2;
@@ -557,10 +556,6 @@ class Tap : public Napi::ObjectWrap<Tap> {
         if (!Frame(env, arr, j, &d2, &l2) || !gro::Parse(d2, l2, &next) ||
             !gro::Follows(first, segs_.back(), next, payload, (int)segs_.size()))
           break;
-        if (CodelDrop()) {
-          skip = 1;  // the run ends here; the frame is gone
-          break;
-        }
         segs_.push_back(next);
         payload += next.payload;
         bytes += l2;
@@ -571,7 +566,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
         gro::Build(segs_.data(), (int)segs_.size(), payload, &merged_);
         accepted += EmitMerged((uint32_t)segs_.size(), bytes);
       }
-      i = j + skip;
+      i = j;
     }
     ctr_[C_TX_QUEUED] = (double)qcount_;
     if (threaded_) SyncCounters();
@@ -690,28 +685,16 @@ class Tap : public Napi::ObjectWrap<Tap> {
       u->bytes.insert(u->bytes.end(), b, b + iov[i].iov_len);
     }
     u->frames = frames;
-    u->queuedNs = codel::MonotonicNs();
+    u->queuedNs = delay::MonotonicNs();
     writer_.Publish();
     return frames;
   }
 
-  // The writer thread: one unit, waiting out EAGAIN (the TAP's queue towards the kernel is full).
-  // The writer thread: CoDel first (a frame that waited too long is dropped: the standing queue drains and
-  // TCP backs off), then the write.
+  // The writer thread: one unit (noting how long it waited), waiting out EAGAIN.
   void WriteUnit(Unit& u) {
-    lastSojournNs_.store(codel::MonotonicNs() - u.queuedNs, std::memory_order_relaxed);
+    lastSojournNs_.store(delay::MonotonicNs() - u.queuedNs, std::memory_order_relaxed);
     WriteUnitNow(u);
     queuedBytes_.fetch_sub(u.bytes.size(), std::memory_order_relaxed);
-  }
-
-  // Writer thread: CoDel on the queue's delay (as the thread last saw it; none when the queue is empty), one
-  // frame per decision, before coalescing: a single lost segment is what a TCP sender recovers from best.
-  bool CodelDrop() {
-    if (!threaded_) return false;
-    uint64_t sojourn = writer_.Empty() ? 0 : lastSojournNs_.load(std::memory_order_relaxed);
-    if (!codel_.Drop(codelNow_, sojourn)) return false;
-    dropQueueMain_++;
-    return true;
   }
 
   void WriteUnitNow(Unit& u) {
@@ -735,6 +718,15 @@ class Tap : public Napi::ObjectWrap<Tap> {
       break;
     }
     aDropErr_.fetch_add(u.frames, std::memory_order_relaxed);
+  }
+
+  // Writer thread: is the queue already too slow? Judged by how long the unit the thread wrote last had waited
+  // (none when the queue is empty). Then the whole batch is refused, not single frames: the frames of a batch
+  // belong together (IP fragments of one datagram, a TCP run), and a lost fragment holds the receiver's
+  // reassembly memory for 30 s.
+  bool QueueTooSlow() {
+    if (!threaded_ || writer_.Empty()) return false;
+    return lastSojournNs_.load(std::memory_order_relaxed) > delay::kQueueDelayMaxNs;
   }
 
   // Writer thread: the thread's counters into the shared array (the main thread's own go there directly).
@@ -1050,10 +1042,8 @@ class Tap : public Napi::ObjectWrap<Tap> {
   std::atomic<int> aErrno_{0};
   std::atomic<size_t> queuedBytes_{0};
   size_t queueBytesMax_ = 0;
-  codel::Codel codel_;                      // on the event loop, per frame written
-  uint64_t codelNow_ = 0;                   // this batch's time
   std::atomic<uint64_t> lastSojournNs_{0};  // how long the unit the thread wrote last had waited
-  double dropQueueMain_ = 0;                // frames dropped: the queue was full, or CoDel
+  double dropQueueMain_ = 0;                // frames dropped: the queue was full or too slow
 };
 
 // ---- Module functions --------------------------------------------------------------------------

@@ -12,11 +12,12 @@
 //   new UdpSender(fd, { counters: Float64Array, queueMax, queueBytes?, thread: boolean })   on a dup() of fd
 //   .send(address, port, packets, count) -> datagrams accepted (sent or queued; the rest dropped, counted)
 //   .syncCounters()  .close()   UDP_TX_COUNTER_NAMES: the layout of counters
-// With thread, a batch is copied into a queue slot (worker.h) and a thread of the sender's own sends it, so
-// the kernel's work for it (the whole stack down to the wire, and on a veth the receiver's side too) runs
-// on another core; it waits out EAGAIN with poll(). A batch of at most kInlinePackets goes out inline when
-// the queue is empty (a lone ping does not wait for a thread to wake up). A kernel without UDP GSO gets
-// plain sendmmsg from the first refusal on.
+// With thread (the daemon turns it on with HOMEWIRE_UDP_SEND_THREAD=1), a batch is copied into a queue slot (worker.h)
+// and a thread of the sender's own sends it, so the kernel's work for it (the whole stack down to the wire, and on a
+// veth the receiver's side too) runs on another core; it waits out EAGAIN with poll(). A batch of at most
+// kInlinePackets goes out inline when the queue is empty (a lone ping does not wait for a thread to wake up). A kernel
+// without UDP GSO gets plain sendmmsg from the first refusal on. A batch is refused whole while the queue is full or
+// its delay is above delay::kQueueDelayMaxNs.
 #include <napi.h>
 
 #include <arpa/inet.h>
@@ -34,7 +35,7 @@
 #include <poll.h>
 #include <unistd.h>
 
-#include "codel.h"
+#include "delay.h"
 #include "worker.h"
 
 #ifndef UDP_SEGMENT
@@ -220,7 +221,7 @@ enum TxCounter : int {
   T_CALLS,          // send syscalls (a GSO run or up to 64 sendmmsg datagrams each)
   T_INLINE,         // datagrams sent inline by the event loop (the queue was empty, the batch small)
   T_EAGAIN,         // times the kernel said EAGAIN (the thread waits; inline: the rest is queued)
-  T_DROPPED_QUEUE,  // dropped: the queue was full, or a batch waited too long in it (CoDel)
+  T_DROPPED_QUEUE,  // dropped: the queue was full, or too slow (delay::kQueueDelayMaxNs)
   T_DROPPED_ERROR,  // dropped: the kernel refused them (unreachable, bad address...)
   T_QUEUED,         // datagrams waiting in the queue now
   T_LAST_ERRNO,     // last errno seen (positive), 0 if none
@@ -231,13 +232,13 @@ const char* const kTxCounterNames[] = {"txDatagrams",    "txBytes",        "txCa
                                        "txDroppedQueue", "txDroppedError", "txQueued", "lastErrno", "gsoOff"};
 static_assert(sizeof(kTxCounterNames) / sizeof(kTxCounterNames[0]) == T_COUNT, "one name per counter");
 
-constexpr uint32_t kInlinePackets = 4;
+constexpr uint32_t kInlinePackets = 32;
 
 struct SendJob {
   Dest dest;
   std::vector<uint8_t> data;
   std::vector<uint32_t> lens;
-  uint64_t queuedNs = 0;  // when it was queued (CoDel)
+  uint64_t queuedNs = 0;  // when it was queued (delay.h)
 };
 
 class UdpSender : public Napi::ObjectWrap<UdpSender> {
@@ -347,31 +348,23 @@ class UdpSender : public Napi::ObjectWrap<UdpSender> {
       size_t rest = pkts_.size() - done;
       size_t restBytes = 0;
       for (size_t i = done; i < pkts_.size(); i++) restBytes += pkts_[i].len;
-      if (j != nullptr && queueBytesMax_ > 0 && !ring_.Empty() &&
-          queuedBytes_.load(std::memory_order_relaxed) + restBytes > queueBytesMax_)
-        j = nullptr;  // the standing queue stays short
+      if (j != nullptr && !ring_.Empty() &&
+          ((queueBytesMax_ > 0 && queuedBytes_.load(std::memory_order_relaxed) + restBytes > queueBytesMax_) ||
+           lastSojournNs_.load(std::memory_order_relaxed) > delay::kQueueDelayMaxNs))
+        j = nullptr;  // full, or already too slow: the batch is refused whole (its datagrams belong together)
       if (j == nullptr) {
         dropQueueMain_ += (double)rest;
       } else {
         j->dest = d;
         j->data.clear();
         j->lens.clear();
-        // CoDel on the queue's delay as the thread last saw it, one datagram per decision.
-        uint64_t now = codel::MonotonicNs();
-        uint64_t sojourn = ring_.Empty() ? 0 : lastSojournNs_.load(std::memory_order_relaxed);
         for (size_t i = done; i < pkts_.size(); i++) {
-          if (codel_.Drop(now, sojourn)) {
-            dropQueueMain_++;
-            rest--;
-            restBytes -= pkts_[i].len;
-            continue;
-          }
           j->data.insert(j->data.end(), pkts_[i].data, pkts_[i].data + pkts_[i].len);
           j->lens.push_back((uint32_t)pkts_[i].len);
         }
         aQueued_.fetch_add(rest, std::memory_order_relaxed);
         queuedBytes_.fetch_add(restBytes, std::memory_order_relaxed);
-        j->queuedNs = codel::MonotonicNs();
+        j->queuedNs = delay::MonotonicNs();
         ring_.Publish();
         done = pkts_.size();
       }
@@ -382,7 +375,7 @@ class UdpSender : public Napi::ObjectWrap<UdpSender> {
 
   // The thread: one batch, waiting out EAGAIN.
   void SendJobNow(SendJob& j) {
-    lastSojournNs_.store(codel::MonotonicNs() - j.queuedNs, std::memory_order_relaxed);
+    lastSojournNs_.store(delay::MonotonicNs() - j.queuedNs, std::memory_order_relaxed);
     std::vector<Pkt>& pk = threadPkts_;
     pk.clear();
     size_t off = 0;
@@ -474,9 +467,8 @@ class UdpSender : public Napi::ObjectWrap<UdpSender> {
   std::atomic<int> aErrno_{0};
   std::atomic<size_t> queuedBytes_{0};
   size_t queueBytesMax_ = 0;
-  codel::Codel codel_;                      // on the event loop, per datagram queued
   std::atomic<uint64_t> lastSojournNs_{0};  // how long the batch the thread sent last had waited
-  double dropQueueMain_ = 0;                // datagrams dropped: the queue was full, or CoDel
+  double dropQueueMain_ = 0;                // datagrams dropped: the queue was full or too slow
 };
 
 }  // namespace

@@ -23,9 +23,6 @@
 // (libuv allows one watcher per fd, and dgram keeps its own for queued sends); the caller stops dgram's own
 // receiving (handle.recvStop()) so only one reader is left. close() stops polling and closes the dup only.
 //
-// The socket's queue is kept short: every message carries the kernel's arrival time (SO_TIMESTAMPNS) and
-// CoDel (codel.h) drops messages that waited too long, so a daemon that falls behind makes the senders'
-// TCP back off instead of holding a deep standing queue (latency for every packet behind it).
 // wakeHistogram (a debug flag, see src/trace.ts): for the first datagram of each batch the time from the
 // kernel queueing it to recvmmsg returning it goes into log2 µs buckets.
 //
@@ -33,8 +30,6 @@
 // counted as truncated; other recvmmsg errors are counted (rxErrors, lastErrno) and end the wake-up.
 #include <napi.h>
 #include <uv.h>
-
-#include "codel.h"
 
 #include <netinet/in.h>
 #include <netinet/udp.h>
@@ -72,12 +67,10 @@ enum RxCounter : int {
   R_ERRORS,         // recvmmsg errors other than EAGAIN
   R_LAST_ERRNO,     // last data-path errno seen (positive), 0 if none
   R_BATCHES,        // JS calls
-  R_DROPPED_CODEL,  // datagrams dropped because they had waited too long in the socket's queue (codel.h)
   R_COUNT
 };
-const char* const kRxCounterNames[] = {"rxDatagrams", "rxBytes",     "rxWakeups",     "rxCalls",
-                                       "rxMessages",  "rxCoalesced", "rxTruncated",   "rxErrors",
-                                       "lastErrno",   "rxBatches",   "rxDroppedCodel"};
+const char* const kRxCounterNames[] = {"rxDatagrams", "rxBytes",     "rxWakeups", "rxCalls",   "rxMessages",
+                                       "rxCoalesced", "rxTruncated", "rxErrors",  "lastErrno", "rxBatches"};
 static_assert(sizeof(kRxCounterNames) / sizeof(kRxCounterNames[0]) == R_COUNT, "one name per counter");
 
 constexpr unsigned kVlen = 16;        // messages per recvmmsg
@@ -210,10 +203,9 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
       int on = 1;
       gro_ = setsockopt(fd_, SOL_UDP, UDP_GRO, &on, sizeof on) == 0;
     }
-    {
+    if (hist_ != nullptr) {
       int on = 1;
-      timestamps_ = setsockopt(fd_, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) == 0;
-      if (!timestamps_) hist_ = nullptr;
+      if (setsockopt(fd_, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) != 0) hist_ = nullptr;
     }
     scratch_.resize((size_t)kVlen * bufferBytes_);
 
@@ -402,10 +394,6 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
       ctr_[R_CALLS]++;
       ctr_[R_MESSAGES] += r;
       if (hist_ != nullptr && n == 0) RecordWake(msgs[0]);
-      if (timestamps_) {
-        clock_gettime(CLOCK_REALTIME, &nowReal_);
-        nowMono_ = codel::MonotonicNs();
-      }
       for (int i = 0; i < r; i++) n = Take(msgs[i], addrs[i], iov[i], n);
       if ((unsigned)r < vlen) break;              // drained
       if (batchSources_.size() >= kMaxSources) {  // many senders (a flood of spoofed sources): keep lookups short
@@ -425,34 +413,20 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
       return n;
     }
     size_t seg = 0;
-    int64_t sojournNs = -1;
     for (cmsghdr* c = CMSG_FIRSTHDR(&m.msg_hdr); c != nullptr; c = CMSG_NXTHDR(const_cast<msghdr*>(&m.msg_hdr), c)) {
       if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
         int v;
         std::memcpy(&v, CMSG_DATA(c), sizeof v);
         if (v > 0) seg = (size_t)v;
-      } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
-                 c->cmsg_len >= CMSG_LEN(sizeof(timespec))) {
-        timespec ts;
-        std::memcpy(&ts, CMSG_DATA(c), sizeof ts);
-        sojournNs = (int64_t)(nowReal_.tv_sec - ts.tv_sec) * 1'000'000'000 + (nowReal_.tv_nsec - ts.tv_nsec);
       }
     }
     if (seg == 0 || seg >= len) seg = len;
-    // CoDel drops one datagram per decision (the first of a coalesced run): a single loss is what a TCP
-    // sender needs to hear, and what it recovers from without stalling.
-    size_t skip = 0;
-    if (sojournNs >= 0 && codel_.Drop(nowMono_, (uint64_t)sojournNs)) {
-      ctr_[R_DROPPED_CODEL]++;
-      if (seg >= len) return n;
-      skip = seg;
-    }
     uint32_t src = SourceId(addr, m.msg_hdr.msg_namelen);
     uint32_t base = (uint32_t)slabOff_;
     std::memcpy(slab_ + slabOff_, iov.iov_base, len);
     slabOff_ = (slabOff_ + len + kSlabAlign - 1) & ~(kSlabAlign - 1);
     uint32_t segs = 0;
-    size_t off = skip;
+    size_t off = 0;
     do {
       size_t l = len - off < seg ? len - off : seg;
       uint32_t* e = meta_ + (size_t)n * kMetaStride;
@@ -465,7 +439,7 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
       off += l;
     } while (off < len && segs < kMaxGroSegs);
     ctr_[R_DATAGRAMS] += segs;
-    ctr_[R_BYTES] += (double)(off - skip);
+    ctr_[R_BYTES] += (double)off;
     if (seg < len) ctr_[R_COALESCED] += segs;
     return n;
   }
@@ -580,10 +554,6 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
   Napi::ObjectReference ctrRef_;
   uint32_t* meta_ = nullptr;
   Napi::ObjectReference metaRef_;
-  bool timestamps_ = false;  // SO_TIMESTAMPNS is on: CoDel sees each message's wait
-  codel::Codel codel_;
-  timespec nowReal_ = {0, 0};
-  uint64_t nowMono_ = 0;
   double* hist_ = nullptr;  // debug: wake-up latency buckets, or null
   size_t histLen_ = 0;
   Napi::ObjectReference histRef_;

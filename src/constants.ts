@@ -65,15 +65,15 @@ export const TAP_FRAMES_PER_WAKEUP = 128; // slab slots: a 64 KB TSO read alone 
 export const TAP_FRAME_STRIDE_BYTES = 9216; // room for jumbo frames up to 9 KB
 export const TAP_TX_QUEUE_LEN = 1000; // the kernel's queue towards the daemon (its default; deeper is latency)
 export const TAP_WRITE_QUEUE_MAX = 1024; // frames waiting on EAGAIN (or for the writer thread) before drops
-export const TAP_WRITE_QUEUE_BYTES = 16 * 1024 * 1024; // writer thread: memory bound (CoDel keeps the delay short)
+export const TAP_WRITE_QUEUE_BYTES = 16 * 1024 * 1024; // writer thread: memory bound (native/delay.h bounds the wait)
 
 // --- UDP receive (native/udp_rx.cc) -----------------------------------------------------------------
 export const UDP_RX_DATAGRAMS_MAX = 1024; // datagrams per JS call (a coalesced run holds up to 64)
 export const UDP_RX_BUFFER_BYTES = 65_536; // per received message: a coalesced (GRO) run is up to 64 KB
 export const UDP_RX_SLAB_BYTES = 4 * 1024 * 1024; // received datagrams are copied here, never overwritten
 export const UDP_TX_QUEUE_MAX = 64; // batches (each up to a TAP read's worth) waiting for the send thread
-export const UDP_TX_QUEUE_BYTES = 16 * 1024 * 1024; // send thread: memory bound (CoDel keeps the delay short)
-export const UDP_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024; // bursts fit; CoDel on receive keeps the delay short
+export const UDP_TX_QUEUE_BYTES = 16 * 1024 * 1024; // send thread: memory bound (native/delay.h bounds the wait)
+export const UDP_SOCKET_BUFFER_BYTES = 1024 * 1024; // receive and send (the kernel doubles it): a burst, no more
 
 // --- MAC mobility (live migration) ------------------------------------------------------------------
 export const MOVE_FORWARD_GRACE_MS = 2_000; // old host forwards frames for a moved MAC to its new host

@@ -241,7 +241,7 @@ export class Daemon {
       name: this.config.name,
       publicKey: encodeKey(this.config.publicKey),
       listen: formatEndpoint(sock.address, sock.port),
-      tap: { name: this.tap.name, mtu: this.tap.mtu, ...this.tap.stats },
+      tap: { name: this.tap.name, mtu: this.tap.mtu, ...this.tap.stats, ...this.tap.detail },
       uptimeSeconds: Math.round((now - this.startedMs) / 1000),
       peers: this.mesh.peers.map((p) => ({
         name: p.name,

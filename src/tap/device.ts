@@ -24,6 +24,8 @@ export interface TapDevice {
   readonly name: string;
   readonly mtu: number;
   readonly stats: TapStats;
+  /** Implementation detail beyond TapStats (queue depth, drops by cause), for the status report. */
+  readonly detail?: Record<string, number>;
   /** Start delivering frames to the handler. */
   start(handler: TapHandler): void;
   /** Hand a frame to the kernel. OWNERSHIP passes: the caller must not touch the buffer afterwards.

@@ -111,11 +111,12 @@ export interface NativeTapOptions {
   mtu: number;
   /** Bridge to enslave the TAP to; created (and brought up) if missing, never deleted. */
   bridge?: string;
-  /** Write on a thread of the TAP's own (default true; HOMEWIRE_TAP_WRITER_THREAD=0 turns it off). */
+  /** Write on a thread of the TAP's own (default off; HOMEWIRE_TAP_WRITER_THREAD=1 turns it on). Measured on a
+   *  busy 2-core host: the thread's wake-ups cost more than the second core gave (README, Benchmarks). */
   writerThread?: boolean;
 }
 
-const WRITER_THREAD_DEFAULT = process.env.HOMEWIRE_TAP_WRITER_THREAD !== '0';
+const WRITER_THREAD_DEFAULT = process.env.HOMEWIRE_TAP_WRITER_THREAD === '1';
 
 export class NativeTap implements TapDevice {
   /** The name the kernel gave (differs from the requested one when it had "%d"). */

@@ -82,7 +82,6 @@ const RX = {
   rxErrors: 7,
   lastErrno: 8,
   rxBatches: 9,
-  rxDroppedCodel: 10,
 } as const;
 const RX_COUNTERS = Object.keys(RX).length;
 
@@ -120,11 +119,14 @@ export interface DgramOptions {
   gro?: boolean;
   /** Test hook: bytes per received message (default UDP_RX_BUFFER_BYTES); longer ones are truncated, counted. */
   rxBufferBytes?: number;
-  /** Send batches from a thread of the socket's own (default true; HOMEWIRE_UDP_SEND_THREAD=0 turns it off). */
+  /** Test hook: the socket's receive and send buffers (default UDP_SOCKET_BUFFER_BYTES). */
+  socketBufferBytes?: number;
+  /** Send batches from a thread of the socket's own (default off; HOMEWIRE_UDP_SEND_THREAD=1 turns it on; see
+   *  README, Benchmarks, for why it is off). */
   sendThread?: boolean;
 }
 
-const SEND_THREAD_DEFAULT = process.env.HOMEWIRE_UDP_SEND_THREAD !== '0';
+const SEND_THREAD_DEFAULT = process.env.HOMEWIRE_UDP_SEND_THREAD === '1';
 
 const EAGAIN = os.constants.errno.EAGAIN;
 
@@ -215,9 +217,10 @@ export class DgramSocket implements UdpSocket {
       sock.bind(port, address, () => {
         sock.off('error', onError);
         try {
-          // Room for bursts; the native receive path keeps the standing delay short (CoDel, native/codel.h).
-          sock.setRecvBufferSize(UDP_SOCKET_BUFFER_BYTES);
-          sock.setSendBufferSize(UDP_SOCKET_BUFFER_BYTES);
+          // Room for a burst while JS is busy, not much more: a deep buffer in front of a busy daemon is a
+          // standing queue, latency for every packet behind it (a ping beside a bulk stream).
+          sock.setRecvBufferSize(opts.socketBufferBytes ?? UDP_SOCKET_BUFFER_BYTES);
+          sock.setSendBufferSize(opts.socketBufferBytes ?? UDP_SOCKET_BUFFER_BYTES);
         } catch {
           /* best effort: capped by sysctl */
         }
@@ -307,7 +310,6 @@ export class DgramSocket implements UdpSocket {
       rxTruncated: c[RX.rxTruncated],
       rxErrors: c[RX.rxErrors],
       rxBatches: native ? c[RX.rxBatches] : this.dgramDatagrams,
-      rxDroppedCodel: c[RX.rxDroppedCodel],
       txBatched: this.sender ? t[TX.txDatagrams] : this.batchStats.batched,
       txFallback: this.batchStats.fallback,
       txCalls: t[TX.txCalls],

@@ -23,8 +23,6 @@ export interface UdpStats {
   rxErrors: number;
   /** Calls into the handler's batch (wake-ups that delivered datagrams). */
   rxBatches: number;
-  /** Datagrams dropped because they had waited too long in the socket's queue (CoDel). */
-  rxDroppedCodel?: number;
   /** Datagrams sent through the batched path, and through dgram's one-by-one send. */
   txBatched: number;
   txFallback: number;

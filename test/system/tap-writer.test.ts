@@ -1,7 +1,7 @@
 // The TAP writer thread (native/worker.h, native/tap.cc with writerThread): writes leave the event loop for a
 // thread of the TAP's own, small batches still go inline when it is idle, order is kept across both, EAGAIN
 // is waited out by the thread (frames beyond the queue bound are dropped and counted), and close() stops
-// the thread at once. On an AF_UNIX datagram socket pair (the addon's test hook), which keeps frame
+// the thread at once; a queue whose delay is already too long refuses new batches whole. On an AF_UNIX datagram socket pair (the addon's test hook), which keeps frame
 // boundaries like a TAP and says EAGAIN when its buffer is full. Needs the built addon.
 import fs from 'node:fs';
 import { TAP_WRITE_QUEUE_MAX } from '../../src/constants.ts';
@@ -50,7 +50,8 @@ test('order is kept across inline writes (small batches) and queued ones (large 
   const seen: number[] = [];
   b.start({ frame: (f) => void seen.push(f.readUInt32BE(0)), batchEnd: () => {} });
   let next = 0;
-  // Batch sizes mix both paths: 1-4 frames go inline when the thread is idle, the rest through the thread.
+  // Batch sizes mix both paths: up to 32 frames (kInlineFrames) go inline when the thread is idle, the rest
+  // through the thread.
   for (const size of [1, 200, 1, 2, 500, 3, 1, 1, 300, 4, 50, 1]) {
     for (let k = 0; k < size; k++) t.true(a.write(frame(next++)));
     a.flush();
@@ -115,4 +116,53 @@ test('close() while the thread waits on a full socket returns at once and counts
   const s = a.stats;
   t.is(s.txFrames + s.txDropped, 500, JSON.stringify(s));
   b.close();
+});
+
+test('a queue already too slow refuses a new batch whole: none of its frames arrive, the ones before it all do', async (t) => {
+  const [fa, fb] = loadTapAddon().socketPair(16 * 1024);
+  const a = NativeTap._fromFd(fa, { writerThread: true });
+  t.teardown(() => {
+    a.close();
+    fs.closeSync(fb);
+  });
+  // Three batches of 50 (each goes to the thread): the socket buffer holds a few frames, so the thread blocks
+  // in batch A's writes while B and C wait in its queue.
+  let next = 0;
+  for (let b = 0; b < 3; b++) {
+    for (let k = 0; k < 50; k++) a.write(frame(next++, 1400));
+    a.flush();
+  }
+  await new Promise((r) => setTimeout(r, 150)); // B and C have now waited ~150 ms (delay::kQueueDelayMaxNs: 20)
+  // Read until the thread is into batch B (it took B after 150 ms of waiting), then stop reading: it blocks in B
+  // again with C still queued behind it.
+  const seen: number[] = [];
+  const buf = Buffer.alloc(2048);
+  const read = (upTo: number, ms: number): void => {
+    const end = Date.now() + ms;
+    while (seen.length < upTo && Date.now() < end) {
+      try {
+        const n = fs.readSync(fb, buf, 0, buf.length, null);
+        if (n >= 4) seen.push(buf.readUInt32BE(0));
+      } catch {
+        /* EAGAIN: the thread has not written the next one yet */
+      }
+    }
+  };
+  read(55, 2000);
+  t.is(seen.length, 55, 'the thread moved on to the second batch');
+  await new Promise((r) => setTimeout(r, 20));
+  const dropped0 = a.stats.txDropped;
+  for (let k = 0; k < 50; k++) a.write(frame(1000 + k, 1400)); // batch D
+  a.flush();
+  t.is(a.stats.txDropped - dropped0, 50, 'batch D refused whole, counted as dropped');
+  read(150, 5000);
+  t.deepEqual(seen, [...Array(150).keys()], 'A, B and C arrive complete and in order');
+  await new Promise((r) => setTimeout(r, 50));
+  read(151, 50);
+  t.is(seen.length, 150, 'nothing of batch D arrives');
+  // The queue is empty again: the next batch is taken.
+  for (let k = 0; k < 5; k++) a.write(frame(2000 + k, 600));
+  a.flush();
+  read(155, 2000);
+  t.deepEqual(seen.slice(150), [2000, 2001, 2002, 2003, 2004], 'a batch after the queue drained is written');
 });

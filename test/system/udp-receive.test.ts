@@ -78,14 +78,15 @@ function child(code: string, cwd: string): Promise<{ out: string; ms: number }> 
 }
 
 test('batches: 3,000 datagrams arrive in order and byte-exact, no batch larger than UDP_RX_DATAGRAMS_MAX', async (t) => {
-  const rx = await receiver({ gro: false });
+  const rx = await receiver({ gro: false, socketBufferBytes: 8 << 20 });
   const tx = await DgramSocket.bind('127.0.0.1', 0);
   t.teardown(async () => {
     await rx.sock.close();
     await tx.close();
   });
   t.is(rx.sock.stats?.receivePath, 'native');
-  // Sent in bursts of 500 (sendmmsg) while the receiver is not reading: many datagrams wait per wake-up.
+  // Sent in bursts of 500 (sendmmsg) while the receiver is not reading (a socket buffer deep enough for all):
+  // many datagrams wait per wake-up, more than one batch's worth.
   const sent: Buffer[] = [];
   for (let burst = 0; burst < 6; burst++) {
     const msgs = Array.from({ length: 500 }, (_, k) => datagram(burst * 500 + k, 100 + ((burst * 500 + k) % 900)));
@@ -303,44 +304,4 @@ test('close(): no more datagrams are delivered, the port is free again, and the 
   const [first, closedAt] = r.out.trim().split('\n');
   t.is(first, 'native 300');
   t.true(Date.now() - Number(closedAt) < 2000, 'exited promptly after close()');
-});
-
-test('a standing queue in front of a slow receiver is cut by CoDel: some datagrams dropped and counted, the rest in order', async (t) => {
-  // The handler takes 1 ms a datagram (1,000/s) while another process sends up to 4,000/s for 1.5 s: the socket's
-  // queue grows for good, so its delay stays above CoDel's target for longer than its interval.
-  const sock = await DgramSocket.bind('127.0.0.1', 0, { gro: false });
-  t.teardown(() => sock.close());
-  const ids: number[] = [];
-  sock.start((m) => {
-    ids.push(m.readUInt32BE(0));
-    const until = performance.now() + 1;
-    while (performance.now() < until) {
-      /* a slow daemon */
-    }
-  });
-  const sender = spawn(
-    process.execPath,
-    [
-      '-e',
-      `const s = require('dgram').createSocket('udp4'); let i = 0; const end = Date.now() + 1500;
-       const tick = () => { for (let k = 0; k < 4; k++) { const b = Buffer.alloc(200); b.writeUInt32BE(i++, 0); s.send(b, ${sock.port}, '127.0.0.1'); }
-         if (Date.now() < end) setTimeout(tick, 1); else setTimeout(() => { console.log(i); s.close(); }, 100); };
-       tick();`,
-    ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  let sentText = '';
-  sender.stdout.on('data', (d) => (sentText += d));
-  await new Promise<void>((resolve) => sender.on('close', () => resolve()));
-  const sent = Number(sentText.trim());
-  const s0 = sock.stats!;
-  await until(() => sock.stats!.rxDatagrams + (sock.stats!.rxDroppedCodel ?? 0) >= sent, 5000);
-  const s = sock.stats!;
-  const dropped = s.rxDroppedCodel ?? 0;
-  t.true(dropped > 0, `CoDel dropped ${dropped} of ${sent} (at ${s0.rxDatagrams} delivered when the sender ended)`);
-  t.is(ids.length, s.rxDatagrams, 'every datagram not dropped reached the handler');
-  for (let i = 1; i < ids.length; i++) if (ids[i] <= ids[i - 1]) t.fail('out of order');
-  t.log(
-    `${sent} sent, ${ids.length} delivered, ${dropped} dropped by CoDel, ${sent - ids.length - dropped} by the kernel`,
-  );
 });

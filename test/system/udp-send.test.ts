@@ -35,7 +35,7 @@ test('batches from the send thread and inline ones arrive in order; close() join
   const seen: number[] = [];
   rx.start((m) => void seen.push(m.readUInt32BE(0)));
   const before = threads();
-  const tx = await DgramSocket.bind('127.0.0.1', 0, { nativeReceive: false });
+  const tx = await DgramSocket.bind('127.0.0.1', 0, { nativeReceive: false, sendThread: true });
   t.is(threads(), before + 1, 'the sender has a thread of its own');
   t.teardown(() => rx.close());
   let next = 0;
@@ -105,7 +105,7 @@ rootTest('a route whose MTU is below the run: GSO is refused, the batch goes out
       '--input-type=module',
       '-e',
       `import { DgramSocket } from './src/udp/dgram.ts';
-       const tx = await DgramSocket.bind('198.51.100.1', 0);
+       const tx = await DgramSocket.bind('198.51.100.1', 0, { sendThread: true });
        const d = (i) => { const b = Buffer.alloc(1400, i & 255); b.writeUInt32BE(i, 0); return b; };
        for (let r = 0; r < 3; r++) { const m = Array.from({ length: 20 }, (_, k) => d(r * 20 + k)); tx.sendBatch(m, 20, 7000, '198.51.100.2'); }
        await new Promise((res) => setTimeout(res, 300));
