@@ -32,8 +32,10 @@ export interface AgentDeps {
   log: Logger;
   /** Default: QEMU, or none with `hypervisor: none`. */
   hypervisor?: Hypervisor;
-  /** Where other hosts send migrations when the config has no migration_address (the daemon's listen address). */
-  address?: string;
+  /** Where other hosts send migrations when the config has no migration_address: the host's overlay address
+   *  (host_address or the bridge's lease, so migration streams ride the mesh), else the daemon's listen address.
+   *  A function is read at each registration and each incoming migration. */
+  address?: string | (() => string | undefined);
   /** This site serves DHCP: called with the coordinator's reservations after each heartbeat. */
   reservations?(list: { mac: string; ip: string; vm: string }[]): void;
 }
@@ -116,12 +118,17 @@ export class HostAgent {
       memory_mib: this.config.memoryMib,
       labels: this.config.labels,
       hypervisor,
-      address: this.config.migrationAddress ?? this.deps.address ?? null,
+      address: this.migrationAddress() ?? null,
       bridge: bridge ?? '',
       dhcp: this.deps.reservations !== undefined,
       boot_id: this.bootId,
       version: 'homewire 0.1.0',
     };
+  }
+
+  private migrationAddress(): string | undefined {
+    const a = this.deps.address;
+    return this.config.migrationAddress ?? (typeof a === 'function' ? a() : a);
   }
 
   private async register(): Promise<void> {
@@ -272,7 +279,7 @@ export class HostAgent {
         return { state: 'running' };
       }
       case 'incoming': {
-        const address = this.config.migrationAddress ?? this.deps.address;
+        const address = this.migrationAddress();
         if (!address || address === '0.0.0.0' || address === '::')
           throw new Error(`host ${this.name} has no migration address: set coordinator.migration_address`);
         if ((await hv.state(c.vm.name)) !== 'absent') await hv.stop(c.vm.name); // a leftover of an earlier attempt

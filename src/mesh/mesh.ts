@@ -94,7 +94,6 @@ export class MeshDrops {
   // mesh signals (codes 16-31)
   nat_signal_malformed = 0;
   nat_signal_misplaced = 0; // e.g. a PING through a relay, a PUNCH from a configured peer
-  tcp_link_closed = 0; // datagrams for a TCP link that has gone
 }
 
 export class HandshakeCounts {
@@ -119,6 +118,8 @@ interface QueuedHandshake {
 }
 
 export const STAGED_FRAMES_MAX = 128;
+const UNKNOWN_INITIATORS_MAX = 256;
+const UNKNOWN_INITIATOR_TTL_MS = 60_000;
 /** A staged message: type (1), site id (3), payload. */
 const STAGED_HEADER_BYTES = 4;
 
@@ -149,6 +150,9 @@ export class Mesh {
   private flushScheduled = false;
   private readonly flushBound = () => this.flush();
   private readonly localAddresses: () => string[];
+  /** Sources of recent initiations from keys not (yet) in the config: a peer added by a reload is reached at
+   *  once instead of at its next retry. Bounded; the address is only a hint (an initiation can be replayed). */
+  private readonly unknownInitiators = new Map<string, { endpoint: Endpoint; atMs: number }>();
 
   constructor(
     private readonly keys: StaticKeys,
@@ -524,6 +528,7 @@ export class Mesh {
       init.reject();
       this.handshakes.unknown_key++;
       this.drops.handshake_unknown_key++;
+      this.rememberUnknown(init.remoteStatic.toString('hex'), { address: h.address, port: h.port });
       this.log.debug(
         { from: this.describe({ address: h.address, port: h.port }), key: init.remoteStatic.toString('base64') },
         'handshake from a key not in the config',
@@ -549,6 +554,13 @@ export class Mesh {
     peer.lastHandshakeMs = this.nowMs;
     this.handshakes.responded++;
     this.socket.send(msg, h.port, h.address);
+  }
+
+  private rememberUnknown(hex: string, endpoint: Endpoint): void {
+    const m = this.unknownInitiators;
+    m.delete(hex);
+    if (m.size >= UNKNOWN_INITIATORS_MAX) m.delete(m.keys().next().value!);
+    m.set(hex, { endpoint, atMs: this.nowMs });
   }
 
   private handleResponse(h: QueuedHandshake): void {
@@ -642,6 +654,14 @@ export class Mesh {
     const peer = new Peer(cfg.name, cfg.publicKey, cfg.endpoint);
     peer.learned = cfg.endpoint ? 'config' : null;
     this.configure(peer, cfg);
+    const seen = this.unknownInitiators.get(hex);
+    if (seen !== undefined) {
+      this.unknownInitiators.delete(hex);
+      if (!cfg.endpoint && !cfg.endpointHost && this.nowMs - seen.atMs < UNKNOWN_INITIATOR_TTL_MS) {
+        peer.endpoint = seen.endpoint; // it has been knocking: answer now (the next tick initiates)
+        peer.learned = 'roaming';
+      }
+    }
     this.peers.push(peer);
     this.byKey.set(peer.keyHex, peer);
     this.introducer?.assign(peer);
