@@ -13,7 +13,7 @@ import type { StatusReport } from './status.ts';
 
 export interface ControlHandlers {
   status(): StatusReport;
-  reload(): Promise<{ ok: boolean; error?: string; changes?: string[] }>;
+  reload(): Promise<ControlResult>;
   expect(mac: string): { ok: boolean; error?: string };
 }
 
@@ -75,11 +75,18 @@ function answers(socketPath: string): Promise<boolean> {
 }
 
 /** A request to a daemon's control socket; throws OperatorError with what to do if nobody answers. */
-export function controlRequest(
+/** What reload and expect answer. */
+export interface ControlResult {
+  ok: boolean;
+  error?: string;
+  changes?: string[];
+}
+
+export function controlRequest<T = ControlResult>(
   socketPath: string,
   method: 'GET' | 'POST',
   urlPath: string,
-): Promise<{ status: number; body: any }> {
+): Promise<{ status: number; body: T }> {
   return new Promise((resolve, reject) => {
     const req = http.request({ socketPath, method, path: urlPath, timeout: 5000 }, (res) => {
       let data = '';
