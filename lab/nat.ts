@@ -317,16 +317,3 @@ export class NatNetwork implements LabNetwork {
     return n;
   }
 }
-
-/** What the NAT lab needs installed, or null. */
-export function natSkipReason(has: (p: string) => boolean): string | null {
-  for (const [p, pkg] of [
-    ['iptables', 'iptables'],
-    ['conntrack', 'conntrack'],
-    ['ipset', 'ipset'],
-    ['busybox', 'busybox-static'],
-  ]) {
-    if (!has(p)) return `the NAT lab needs ${p} (apt-get install ${pkg})`;
-  }
-  return null;
-}

@@ -82,9 +82,9 @@ export function daemonRegistry(d: Daemon): client.Registry {
   new client.Gauge({
     name: 'homewire_peer_path',
     help: 'The path frames to the peer take now: 1 for the one in use (direct, relay, tcp).',
-    labelNames: ['peer', 'path'],
+    labelNames: ['peer', 'path'] as const,
     registers: [register],
-    collect(this: any) {
+    collect() {
       this.reset();
       for (const p of peers()) {
         const now = d.mesh.pathOf(p);
@@ -99,9 +99,9 @@ export function daemonRegistry(d: Daemon): client.Registry {
     new client.Counter({
       name: `homewire_relayed_${field}_total`,
       help,
-      labelNames: ['from', 'to'],
+      labelNames: ['from', 'to'] as const,
       registers: [register],
-      collect(this: any) {
+      collect() {
         this.reset();
         for (const r of d.relayed()) this.inc({ from: r.from, to: r.to }, r[field]);
       },

@@ -2,12 +2,12 @@
 // every kind (the in-memory twin's MemoryNat), TCP fallback, reloads, and hostile input. The same behaviour
 // with real NATs made by iptables is in test/nat-lab.test.ts.
 import test from 'ava';
-import { MSG_RELAY_DATA } from '../src/constants.ts';
-import { encodeIntroduce, encodeWithdraw } from '../src/mesh/natsignal.ts';
-import { macKey } from '../src/addr.ts';
-import type { PathKind } from '../src/mesh/peer.ts';
-import { arp, frame, waitFor } from './helpers/memory-mesh.ts';
-import { allIntroduced, buildNatMesh, HOME_PUBLIC, type NatMesh, type NatSite, peerAt } from './helpers/nat-mesh.ts';
+import { MSG_RELAY_DATA } from '../../src/constants.ts';
+import { encodeIntroduce, encodeWithdraw } from '../../src/mesh/natsignal.ts';
+import { macKey } from '../../src/addr.ts';
+import type { PathKind } from '../../src/mesh/peer.ts';
+import { arp, frame, waitFor } from '../helpers/memory-mesh.ts';
+import { allIntroduced, buildNatMesh, HOME_PUBLIC, type NatMesh, type NatSite, peerAt } from '../helpers/nat-mesh.ts';
 
 const mac = (i: number) => `52:54:00:00:01:${i.toString(16).padStart(2, '0')}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

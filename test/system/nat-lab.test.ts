@@ -14,13 +14,14 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { INTERNET, NatNetwork, type NatKind, natSiteConfig, natSkipReason } from '../lab/nat.ts';
-import { deleteNamespaces, hasProgram, Lab, PLAN, PROJECT_ROOT } from '../lab/topology.ts';
-import { parseIperf3, sleep } from '../lab/run.ts';
-import { controlRequest } from '../src/control.ts';
-import { encodeKey, generatePrivateKey, publicKeyOf } from '../src/mesh/keys.ts';
-import type { StatusReport } from '../src/status.ts';
-import { netnsSkipReason, newPrefix } from './helpers/netns.ts';
+import { INTERNET, NatNetwork, type NatKind, natSiteConfig } from '../../lab/nat.ts';
+import { deleteNamespaces, Lab, PLAN, PROJECT_ROOT } from '../../lab/topology.ts';
+import { parseIperf3, sleep } from '../../lab/run.ts';
+import { controlRequest } from '../../src/control.ts';
+import { encodeKey, generatePrivateKey, publicKeyOf } from '../../src/mesh/keys.ts';
+import type { StatusReport } from '../../src/status.ts';
+import { netnsSkipReason, newPrefix } from '../helpers/netns.ts';
+import { missingFor, testIf } from '../helpers/prereq.ts';
 
 const KINDS: Record<string, NatKind> = {
   'host-full': 'full-cone',
@@ -35,10 +36,12 @@ const HOSTS = Object.keys(KINDS).filter((h) => h !== 'host-c');
 const ENDPOINT_INDEPENDENT = new Set<NatKind>(['full-cone', 'address-restricted', 'port-restricted', 'double']);
 const GUEST_C_IP = '198.51.100.77';
 
-const skip = netnsSkipReason ?? natSkipReason(hasProgram);
-const serial = (
-  skip ? (title: string) => test.serial(title, (t) => t.fail(`cannot run: ${skip}`)) : test.serial
-) as typeof test.serial;
+const skip =
+  netnsSkipReason ??
+  missingFor({
+    programs: { iptables: 'iptables', conntrack: 'conntrack', ipset: 'ipset', busybox: 'busybox-static' },
+  });
+const serial = testIf(skip);
 
 let lab: Lab;
 const network = new NatNetwork(KINDS);
@@ -48,7 +51,7 @@ const prefix = newPrefix().replace(/^hwt/, 'hwn');
 const guestOf = (host: string) => `guest-${host.replace(/^host-/, '')}`;
 
 function status(site: string): Promise<StatusReport> {
-  return controlRequest(path.join(lab.dir, `${site}.sock`), 'GET', '/v1/status').then((r) => r.body as StatusReport);
+  return controlRequest<StatusReport>(path.join(lab.dir, `${site}.sock`), 'GET', '/v1/status').then((r) => r.body);
 }
 
 /** The path at `site` towards `peer`. */
@@ -237,10 +240,12 @@ serial(
     t.falsy(doc.error, doc.error);
     const res = parseIperf3(r.stdout);
     const start = doc.start.timestamp.timesecs * 1000;
-    const intervals: { from: number; bytes: number }[] = doc.intervals.map((i: any) => ({
-      from: start + i.sum.start * 1000,
-      bytes: i.sum.bytes,
-    }));
+    const intervals: { from: number; bytes: number }[] = doc.intervals.map(
+      (i: { sum: { start: number; bytes: number } }) => ({
+        from: start + i.sum.start * 1000,
+        bytes: i.sum.bytes,
+      }),
+    );
     // The longest run of 100 ms intervals without a byte, from the flush on.
     let stall = 0;
     let run = 0;
