@@ -115,9 +115,10 @@ export class LabGuests {
     return { vm, lease, bootMs: Date.now() - started };
   }
 
-  /** A destination for a live migration of `like` at a site: same machine, -incoming tcp:<site>:port. */
-  async incoming(site: string, like: Vm, port = MIGRATION_PORT): Promise<{ vm: Vm; uri: string }> {
-    const uri = `tcp:${this.lab.site(site).underlay4}:${port}`;
+  /** A destination for a live migration of `like` at a site: same machine, -incoming tcp:<address>:port
+   *  (default: the site's underlay address; behind NAT, its overlay host address, so the stream rides the mesh). */
+  async incoming(site: string, like: Vm, port = MIGRATION_PORT, address?: string): Promise<{ vm: Vm; uri: string }> {
+    const uri = `tcp:${address ?? this.lab.site(site).underlay4}:${port}`;
     const vm = await launch(this.options(site, like.opts.mac, { append: like.opts.append, incoming: uri }));
     this.vms.push(vm);
     return { vm, uri };
