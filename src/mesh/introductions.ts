@@ -65,12 +65,17 @@ export interface IntroHost {
   isTcp(ep: Endpoint | null): boolean;
 }
 
-type Repeat = { to: Peer; about: Peer | null; key: Buffer | null; atMs: number };
+/** A scheduled send: `about` to every peer that takes introductions (announce), every site to `to` (welcome),
+ *  or a withdrawal of `key` to everyone. One entry per change, expanded when sent: O(changes), not O(N²). */
+type Scheduled =
+  | { kind: 'announce'; about: Peer; atMs: number }
+  | { kind: 'welcome'; to: Peer; atMs: number }
+  | { kind: 'withdraw'; key: Buffer; atMs: number };
 
 /** The introducer's side: site ids, the directory, sending introductions and withdrawals. */
 export class Introducer {
   readonly bySite = new Map<number, Peer>();
-  private readonly repeats: Repeat[] = [];
+  private schedule: Scheduled[] = [];
   private readonly refreshAt = new Map<Peer, number>();
 
   constructor(
@@ -92,54 +97,44 @@ export class Introducer {
   release(peer: Peer): void {
     if (this.bySite.get(peer.siteId) === peer) this.bySite.delete(peer.siteId);
     this.refreshAt.delete(peer);
-    for (let i = this.repeats.length - 1; i >= 0; i--) {
-      const r = this.repeats[i];
-      if (r.to === peer || r.about === peer) this.repeats.splice(i, 1);
-    }
-    for (const p of this.host.peers) {
-      if (p === peer || !p.acceptsIntroductions) continue;
-      for (const d of INTRO_REPEAT_MS)
-        this.repeats.push({ to: p, about: null, key: peer.publicKey, atMs: this.host.nowMs + d });
-    }
+    this.schedule = this.schedule.filter((e) => !(e.kind === 'announce' && e.about === peer));
+    for (const d of INTRO_REPEAT_MS)
+      this.schedule.push({ kind: 'withdraw', key: peer.publicKey, atMs: this.host.nowMs + d });
     this.sendDue();
   }
 
-  /** A site reported its addresses: it uses us as introducer. Introduce it and everyone to it. */
-  candidates(peer: Peer, endpoints: Endpoint[]): void {
+  /** A site reported its addresses: it uses us as introducer. Introduce it to the others, and the others to it
+   *  when it knows fewer sites from us than we have (new, restarted, or it lost introductions). */
+  candidates(peer: Peer, endpoints: Endpoint[], known: number): void {
     const fresh = !peer.acceptsIntroductions;
     const changed = !sameEndpoints(peer.localCandidates, endpoints);
     peer.acceptsIntroductions = true;
     peer.localCandidates = endpoints;
     if (fresh) {
       this.log.info({ peer: peer.name, siteId: peer.siteId }, 'site uses this node as introducer');
-      this.welcome(peer);
+      this.refreshAt.set(peer, this.host.nowMs + INTRO_REFRESH_MS);
     }
-    if (fresh || changed) this.announce(peer);
+    let have = 0;
+    for (const q of this.host.peers) if (q !== peer && this.introducible(q)) have++;
+    const welcomed = this.schedule.some((e) => e.kind === 'welcome' && e.to === peer);
+    if (known < have && !welcomed) {
+      for (const d of INTRO_REPEAT_MS) this.schedule.push({ kind: 'welcome', to: peer, atMs: this.host.nowMs + d });
+    }
+    if (fresh || changed || known < have) this.announce(peer);
+    else this.sendDue();
   }
 
   /** A session with a peer came up, or its endpoint moved: (re-)introduce it to the others. */
   announce(peer: Peer): void {
     if (peer.introducedBy !== null || peer.siteId === 0) return;
-    for (const p of this.host.peers) if (p !== peer && p.acceptsIntroductions) this.queue(p, peer);
+    // A newer change replaces what is still scheduled for the same site.
+    this.schedule = this.schedule.filter((e) => !(e.kind === 'announce' && e.about === peer));
+    for (const d of INTRO_REPEAT_MS) this.schedule.push({ kind: 'announce', about: peer, atMs: this.host.nowMs + d });
     this.sendDue();
   }
 
-  private welcome(peer: Peer): void {
-    for (const q of this.host.peers) if (q !== peer && this.introducible(q)) this.queue(peer, q);
-    this.refreshAt.set(peer, this.host.nowMs + INTRO_REFRESH_MS);
-  }
-
-  private queue(to: Peer, about: Peer): void {
-    // A newer change replaces what is still queued for the same pair.
-    for (let i = this.repeats.length - 1; i >= 0; i--) {
-      const r = this.repeats[i];
-      if (r.to === to && r.about === about) this.repeats.splice(i, 1);
-    }
-    for (const d of INTRO_REPEAT_MS) this.repeats.push({ to, about, key: null, atMs: this.host.nowMs + d });
-  }
-
   private introducible(q: Peer): boolean {
-    return q.introducedBy === null && q.siteId !== 0 && q.current !== null && q.endpoint !== null;
+    return q.introducedBy === null && q.siteId !== 0 && q.current !== null && q.endpoint !== null && !q.removed;
   }
 
   introduction(q: Peer): Introduction {
@@ -165,26 +160,39 @@ export class Introducer {
     for (const [p, at] of this.refreshAt) {
       if (now < at) continue;
       this.refreshAt.set(p, now + INTRO_REFRESH_MS);
-      for (const q of this.host.peers) if (q !== p && this.introducible(q)) this.send(p, q);
+      this.sendAll(p);
     }
   }
 
   private sendDue(): void {
     const now = this.host.nowMs;
-    for (let i = 0; i < this.repeats.length; ) {
-      const r = this.repeats[i];
-      if (r.atMs > now) {
-        i++;
-        continue;
-      }
-      this.repeats.splice(i, 1);
-      if (r.about === null) {
-        this.host.sendSignalDirect(r.to, encodeWithdraw(r.key!));
-        this.stats.withdrawals_sent++;
-      } else if (this.introducible(r.about) && !r.about.removed && !r.to.removed) {
-        this.send(r.to, r.about);
+    if (this.schedule.length === 0 || this.schedule.every((e) => e.atMs > now)) return;
+    const due = this.schedule.filter((e) => e.atMs <= now);
+    this.schedule = this.schedule.filter((e) => e.atMs > now);
+    for (const e of due) {
+      if (e.kind === 'withdraw') {
+        const msg = encodeWithdraw(e.key);
+        for (const p of this.host.peers) {
+          if (!p.acceptsIntroductions || p.introducedBy !== null) continue;
+          this.host.sendSignalDirect(p, msg);
+          this.stats.withdrawals_sent++;
+        }
+      } else if (e.kind === 'welcome') {
+        if (!e.to.removed) this.sendAll(e.to);
+      } else if (this.introducible(e.about)) {
+        const msg = encodeIntroduce(this.introduction(e.about));
+        for (const p of this.host.peers) {
+          if (p === e.about || !p.acceptsIntroductions || p.introducedBy !== null) continue;
+          this.host.sendSignalDirect(p, msg);
+          this.stats.sent++;
+        }
       }
     }
+  }
+
+  /** The whole directory to one site. */
+  private sendAll(to: Peer): void {
+    for (const q of this.host.peers) if (q !== to && this.introducible(q)) this.send(to, q);
   }
 
   private send(to: Peer, about: Peer): void {
@@ -327,7 +335,7 @@ export class Introductions {
       if (times.length === 0 || times[0] > now) continue;
       while (times.length > 0 && times[0] <= now) times.shift();
       if (times.length === 0) times.push(now + CANDIDATES_REFRESH_MS);
-      this.host.sendSignalDirect(p, encodeCandidates(this.host.localCandidates()));
+      this.host.sendSignalDirect(p, encodeCandidates(this.host.localCandidates(), p.introducedSites?.size ?? 0));
     }
   }
 }

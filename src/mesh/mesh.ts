@@ -169,7 +169,9 @@ export class Mesh {
     this.introducer = this.introduce ? new Introducer(this, this.introStats, log) : null;
     this.introductions = new Introductions(this, this.introStats, log);
     this.paths = new Paths(this, log);
-    this.resolver = new Resolver(socket.family, options.lookup ?? systemLookup, log);
+    this.resolver = new Resolver(socket.family, options.lookup ?? systemLookup, log, (peer) =>
+      this.timers.sessionWanted(peer),
+    );
     this.localAddresses = options.localAddresses ?? (() => interfaceAddresses(socket.family));
     for (const p of peers) this.addPeer(p);
     this.timers = new MeshTimers(this);
@@ -270,7 +272,7 @@ export class Mesh {
         return;
       case SIG_CANDIDATES:
         if (relayed || this.introducer === null || peer.introducedBy !== null) this.introStats.not_introducing++;
-        else this.introducer.candidates(peer, m.endpoints);
+        else this.introducer.candidates(peer, m.endpoints, m.known);
         return;
       case SIG_PUNCH:
         if (!relayed || peer.introducedBy === null) this.drops.nat_signal_misplaced++;
@@ -617,9 +619,10 @@ export class Mesh {
   /** A session just came up (fresh: there was none before). */
   private sessionEstablished(peer: Peer, fresh: boolean): void {
     this.paths.sessionUp(peer);
-    if (!fresh) return;
-    if (this.introducer !== null && peer.introducedBy === null) this.introducer.announce(peer);
+    // Every new session with an introducer (it may have restarted and know nothing of us): our addresses and
+    // how many sites we know from it, so it introduces what we miss.
     if (peer.introducer) this.introductions.introducerUp(peer);
+    if (fresh && this.introducer !== null && peer.introducedBy === null) this.introducer.announce(peer);
   }
 
   private flushStaged(peer: Peer): boolean {

@@ -4,7 +4,8 @@
 //   INTRODUCE  (16) introducer → site: site id u24 BE | public key (32) | flags u8 | name length u8 | name |
 //                   count u8 | endpoints   "this site exists; reach it at these endpoints, or through me"
 //   WITHDRAW   (17) introducer → site: public key (32)                      "forget this site"
-//   CANDIDATES (18) site → introducer: count u8 | endpoints                  "my own (local) addresses"
+//   CANDIDATES (18) site → introducer: count u8 | endpoints | known u16 BE   "my own (local) addresses; I know
+//                   this many sites from you" (fewer than the introducer has: it sends its whole directory)
 //   PUNCH      (19) site → site, relayed: (nothing)                          "I am sending you initiations now"
 //   PING       (20) site → site, direct: nonce u32 BE                        "is this direct path working?"
 //   PONG       (21) site → site, direct: nonce u32 BE                        "yes"
@@ -42,7 +43,7 @@ export interface Introduction {
 export type NatSignal =
   | ({ type: typeof SIG_INTRODUCE } & Introduction)
   | { type: typeof SIG_WITHDRAW; publicKey: Buffer }
-  | { type: typeof SIG_CANDIDATES; endpoints: Endpoint[] }
+  | { type: typeof SIG_CANDIDATES; endpoints: Endpoint[]; known: number }
   | { type: typeof SIG_PUNCH }
   | { type: typeof SIG_PING | typeof SIG_PONG; nonce: number };
 
@@ -152,11 +153,12 @@ export function encodeWithdraw(publicKey: Buffer): Buffer {
   return b;
 }
 
-export function encodeCandidates(endpoints: Endpoint[]): Buffer {
+export function encodeCandidates(endpoints: Endpoint[], known: number): Buffer {
   const eps = endpoints.slice(0, CANDIDATES_MAX);
-  const b = Buffer.alloc(1 + endpointsBytes(eps));
+  const b = Buffer.alloc(1 + endpointsBytes(eps) + 2);
   b[0] = SIG_CANDIDATES;
-  writeEndpoints(b, 1, eps);
+  const off = writeEndpoints(b, 1, eps);
+  b.writeUInt16BE(Math.min(known, 0xffff), off);
   return b;
 }
 
@@ -196,7 +198,8 @@ export function decodeNatSignal(b: Buffer): NatSignal | null {
       return b.length === 1 + KEY_BYTES ? { type: SIG_WITHDRAW, publicKey: Buffer.from(b.subarray(1)) } : null;
     case SIG_CANDIDATES: {
       const eps = readEndpoints(b, 1);
-      return eps && eps.end === b.length ? { type: SIG_CANDIDATES, endpoints: eps.endpoints } : null;
+      if (!eps || eps.end + 2 !== b.length) return null;
+      return { type: SIG_CANDIDATES, endpoints: eps.endpoints, known: b.readUInt16BE(eps.end) };
     }
     case SIG_PUNCH:
       return b.length === 1 ? { type: SIG_PUNCH } : null;

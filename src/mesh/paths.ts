@@ -15,8 +15,8 @@
 // introducer reaches over TCP only, is not punched (there is no UDP to punch).
 //
 // TCP fallback (configured peers with endpoint_tcp): no UDP answer within TCP_FALLBACK_AFTER_MS (or a UDP send
-// error) dials the TCP endpoint and runs the handshake over it; UDP is tried again every TCP_RETRY_UDP_MS and
-// takes over (roaming) as soon as it answers.
+// error) dials the TCP endpoint and sends the next initiation over UDP and TCP at once; UDP is tried again
+// every TCP_RETRY_UDP_MS and takes over (roaming) as soon as it answers.
 import {
   DIRECT_IDLE_MS,
   DIRECT_TRUST_MS,
@@ -223,6 +223,7 @@ export class Paths {
       { peer: peer.name, after: now - since, udpSendErrors: udpFailing },
       'no UDP answer from the peer: trying TCP',
     );
-    this.host.initiate(peer, [{ address: link, port: peer.tcpCandidates[0].port }]);
+    // One initiation to UDP and TCP alike: if UDP was only slow, its answer wins and nothing moves to TCP.
+    this.host.initiate(peer, [...peer.candidates, { address: link, port: peer.tcpCandidates[0].port }]);
   }
 }

@@ -38,6 +38,8 @@ export class Resolver {
     private readonly family: 4 | 6,
     private readonly lookup: Lookup,
     private readonly log: Logger,
+    /** A peer got a new endpoint from DNS (the mesh handshakes at once rather than at its next tick). */
+    private readonly resolved: (peer: Peer) => void = () => {},
   ) {}
 
   /** Resolves what is due (non-blocking: results apply when they arrive). */
@@ -123,5 +125,6 @@ export class Resolver {
     peer.endpoint = eps[0];
     peer.learned = 'dns';
     this.log.info({ peer: peer.name, endpoint: eps[0], addresses: eps.length }, 'peer endpoint resolved');
+    this.resolved(peer);
   }
 }

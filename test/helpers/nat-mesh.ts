@@ -42,6 +42,8 @@ export interface NatMesh {
   /** Rewrites home's config to list these sites too, and applies it as a reload would. */
   addToHome(names: string[]): string[];
   removeFromHome(names: string[]): string[];
+  /** Stops a site's daemon and starts a new one with the same config (a restart: all state lost). */
+  restart(name: string): Promise<NatSite>;
   stop(): Promise<void>;
 }
 
@@ -134,6 +136,13 @@ export async function buildNatMesh(spec: NatMeshSpec): Promise<NatMesh> {
     addToHome(names) {
       listed = new Set([...listed, ...names]);
       return reloadHome();
+    },
+    async restart(name) {
+      const old = sites.get(name)!;
+      await old.daemon.stop();
+      const fresh = await start(name, old.configText, old.address, old.key, old.nat);
+      sites.set(name, fresh);
+      return fresh;
     },
     removeFromHome(names) {
       listed = new Set([...listed].filter((n) => !names.includes(n)));

@@ -67,21 +67,25 @@ function expectedPath(a: NatKind, b: NatKind): 'direct' | 'relay' {
   return other === 'full-cone' || other === 'address-restricted' ? 'direct' : 'relay';
 }
 
-/** Pings once every intervalS from a namespace until the first reply; resolves with its wall time. */
+/** Pings every intervalS from a namespace until the first reply; resolves with its wall time (null: none within
+ *  timeoutS). No -c or -w: with either, iputils ping stops at its first error (host unreachable while ARP fails). */
 function firstReply(ns: string, ip: string, timeoutS: number, intervalS = 0.05): Promise<number | null> {
   return new Promise((resolve) => {
-    const child = lab.spawn(ns, ['ping', '-n', '-i', String(intervalS), '-w', String(timeoutS), '-c', '1', ip], {
-      stdio: 'pipe',
-    });
-    let done = false;
+    const child = lab.spawn(ns, ['ping', '-n', '-i', String(intervalS), ip], { stdio: 'pipe' });
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      resolve(null);
+    }, timeoutS * 1000);
     child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      if (!done && /bytes from/.test(d)) {
-        done = true;
+      if (/bytes from/.test(d)) {
+        clearTimeout(timer);
+        child.kill('SIGKILL');
         resolve(Date.now());
       }
     });
-    child.on('exit', () => {
-      if (!done) resolve(null);
+    child.on('close', () => {
+      clearTimeout(timer);
+      resolve(null);
     });
   });
 }

@@ -30,6 +30,7 @@ vmTest(
       network: new NatNetwork(kinds),
       peersOf: (s, all) => (s === 'home' ? all.filter((x) => x !== 'home') : ['home']),
       siteConfig: natSiteConfig({ hostAddresses: addresses }),
+      upTimeoutMs: 60_000,
     });
     const status = async (site: string) =>
       (await controlRequest<StatusReport>(path.join(lab.dir, `${site}.sock`), 'GET', '/v1/status')).body;
