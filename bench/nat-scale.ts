@@ -106,7 +106,7 @@ async function main(): Promise<void> {
   );
   const handshakes = home.mesh.handshakes.responded;
   const handshakeWindowMs = Math.max(1, Date.now() - firstHandshakeAt);
-  const known = await waitFor(
+  await waitFor(
     () => daemons.every((d) => d.mesh.peers.length === N),
     300_000,
     'every site knows every other',
