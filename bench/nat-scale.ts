@@ -106,11 +106,7 @@ async function main(): Promise<void> {
   );
   const handshakes = home.mesh.handshakes.responded;
   const handshakeWindowMs = Math.max(1, Date.now() - firstHandshakeAt);
-  await waitFor(
-    () => daemons.every((d) => d.mesh.peers.length === N),
-    300_000,
-    'every site knows every other',
-  );
+  await waitFor(() => daemons.every((d) => d.mesh.peers.length === N), 300_000, 'every site knows every other');
   const totalMs = Date.now() - startedAt;
   console.log(
     `${N} sites started in ${startMs} ms; every site had a session with home ${homeUp} ms later ` +
