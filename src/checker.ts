@@ -102,6 +102,8 @@ export class Checker {
   /** "home.example.net:51820", "192.0.2.1:51820" or "[2001:db8::1]:51820": a DNS name or an IP, with a port. */
   hostEndpoint(v: unknown, key: string): HostPort {
     const text = this.string(v, key);
+    if (/^[^:[\]]+$/.test(text) || /^\[[^\]]+\]$/.test(text))
+      this.fail(key, `"${text}" has no port: write ADDRESS:PORT or NAME:PORT (e.g. home.example.net:51820)`);
     const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:[\]]+):(\d+)$/.exec(text);
     if (!m) {
       this.fail(
