@@ -63,8 +63,7 @@ async function main(): Promise<void> {
     const upToReply = new Map<string, number[]>(HOSTS.map((h) => [h, []]));
     const startToUp: number[] = [];
     // Guests resend unanswered ARP every 100 ms (Linux default: 1 s), so the figure is the mesh's, not the timer's.
-    for (const h of HOSTS)
-      await lab.exec(guestOf(h), ['sysctl', '-qw', 'net.ipv4.neigh.eth0.retrans_time_ms=100']);
+    for (const h of HOSTS) await lab.exec(guestOf(h), ['sysctl', '-qw', 'net.ipv4.neigh.eth0.retrans_time_ms=100']);
     // One host at a time (a daemon's start is seconds of Node.js + tsx on this machine; several at once would
     // measure the machine). The guest's ping runs from before the start; errors do not stop it.
     for (let r = 0; r < RUNS; r++) {
