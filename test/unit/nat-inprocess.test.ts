@@ -1,6 +1,7 @@
 // Sites behind NAT, in process (no root): introductions, relay, path choice, hole punching through NATs of
 // every kind (the in-memory twin's MemoryNat), TCP fallback, reloads, and hostile input. The same behaviour
 // with real NATs made by iptables is in test/nat-lab.test.ts.
+import fs from 'node:fs';
 import test from 'ava';
 import { MSG_RELAY_DATA } from '../../src/constants.ts';
 import { encodeIntroduce, encodeWithdraw } from '../../src/mesh/natsignal.ts';
@@ -484,6 +485,12 @@ test.serial(
       'introduce',
       /cannot also take introductions/,
     );
+    const example = fs
+      .readFileSync(new URL('../../deploy/examples/vm-host-behind-nat.yaml', import.meta.url), 'utf8')
+      .replace(/REPLACE_WITH_[A-Z_]+=*/g, pk)
+      .replace(/private_key_file: .*/, `private_key: "${key}"`);
+    const ex = parseConfig(example, 'vm-host-behind-nat.yaml');
+    t.true(ex.peers[0].introducer && ex.peers[0].endpointHost?.host === 'home.example.net');
     const noBridge = `name: host-a\nprivate_key: "${key}"\nlisten: 0.0.0.0:51820\ntap: { name: hw0 }\nhost_address: 198.51.100.21/24\n`;
     const err = t.throws(() => parseConfig(noBridge, 'x.yaml'));
     t.regex(err!.message, /host_address: needs tap.bridge/);
