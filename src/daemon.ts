@@ -318,7 +318,7 @@ export class Daemon {
         name: p.name,
         publicKey: encodeKey(p.publicKey),
         endpoint: p.endpoint ? this.mesh.describe(p.endpoint) : null,
-        up: p.up,
+        up: p.up || (p.introducedBy !== null && this.mesh.pathOf(p) === 'relay'), // reachable, if through home
         lastHandshakeSecondsAgo: p.lastHandshakeMs ? Math.round((now - p.lastHandshakeMs) / 1000) : null,
         rttMs: p.rttMs < 0 ? null : p.rttMs,
         ...p.stats,

@@ -173,16 +173,14 @@ export class MemoryNetwork {
     if (!links.accept(server, remote, 0)) closeBoth();
     return client;
   }
-
-  /** Drops every TCP listener's connections (a middlebox resetting them). */
-  get tcpListenerCount(): number {
-    return this.tcpListeners.size;
-  }
 }
 
 export class MemoryUdp implements UdpSocket {
   private handler: UdpHandler | null = null;
   readonly family: 4 | 6;
+  /** A local firewall refusing UDP: sends fail at once (and count), as EPERM from the kernel would. */
+  failSends = false;
+  sendErrors = 0;
   constructor(
     private readonly net: MemoryNetwork,
     readonly address: string,
@@ -194,10 +192,12 @@ export class MemoryUdp implements UdpSocket {
     this.handler = handler;
   }
   send(msg: Buffer, port: number, address: string): void {
-    this.net.route(msg, this, port, address);
+    if (this.failSends) this.sendErrors++;
+    else this.net.route(msg, this, port, address);
   }
   sendBatch(msgs: Buffer[], count: number, port: number, address: string): void {
-    for (let i = 0; i < count; i++) this.net.route(msgs[i], this, port, address);
+    if (this.failSends) this.sendErrors += count;
+    else for (let i = 0; i < count; i++) this.net.route(msgs[i], this, port, address);
   }
   deliver(msg: Buffer, address: string, port: number): void {
     this.net.delivered++;

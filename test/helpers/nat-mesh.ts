@@ -23,7 +23,8 @@ export interface NatSite {
 }
 
 export interface NatMeshSpec {
-  sites: Array<{ name: string; nat: NatKind | null }>;
+  /** failSends: the site's own firewall refuses UDP (sends fail locally, at once). */
+  sites: Array<{ name: string; nat: NatKind | null; failSends?: boolean }>;
   /** Extra YAML for home. */
   homeExtra?: string;
   /** home's relay (default true). */
@@ -89,10 +90,12 @@ export async function buildNatMesh(spec: NatMeshSpec): Promise<NatMesh> {
     address: string,
     key: Buffer,
     nat: MemoryNat | null,
+    failSends = false,
   ): Promise<NatSite> => {
     const cfg = parseConfig(yaml, `${name}.yaml`);
     const tap = new MemoryTap(cfg.tap.name, cfg.tap.mtu);
     const socket = net.bind(address, 51820);
+    socket.failSends = failSends;
     const daemon = await Daemon.fromConfig(cfg, {
       tap,
       socket,
@@ -124,7 +127,7 @@ export async function buildNatMesh(spec: NatMeshSpec): Promise<NatMesh> {
       '    introducer: true',
     ].join('\n');
     // listen 0.0.0.0 in the config; the twin socket is bound at the site's inside address.
-    sites.set(s.name, await start(s.name, yaml, nat ? s.address : s.publicAddress, s.key, nat));
+    sites.set(s.name, await start(s.name, yaml, nat ? s.address : s.publicAddress, s.key, nat, s.failSends));
   }
 
   const reloadHome = () => home.daemon.apply(parseConfig(homeYaml(), 'home.yaml'));

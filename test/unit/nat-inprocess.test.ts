@@ -523,3 +523,15 @@ test.serial('a site that restarts learns every site again at once, and its frame
   // the copy for a MAC behind another site (one split-horizon drop), nothing more.
   t.true(m.home.daemon.sw.drops.split_horizon - dropsBefore <= 1);
 });
+
+test.serial('UDP sends that fail locally (a firewall refusing them) move a site to TCP at once', async (t) => {
+  const started = Date.now();
+  const m = await buildNatMesh({ sites: [{ name: 'host-a', nat: 'port-restricted', failSends: true }] });
+  t.teardown(m.stop);
+  const a = m.sites.get('host-a')!;
+  await waitFor(() => peerAt(a, 'home')?.current != null, 5000);
+  const ms = Date.now() - started;
+  t.log(`session with home over TCP ${ms} ms after start`);
+  t.is(a.daemon.mesh.pathOf(peerAt(a, 'home')!), 'tcp');
+  t.true(ms < 1500, `faster than the 2 s no-answer fallback (${ms} ms)`);
+});
