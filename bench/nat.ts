@@ -101,7 +101,8 @@ async function main(): Promise<void> {
       }
       process.stdout.write(`\rrun ${r + 1}/${RUNS}`);
     }
-    console.log('\n\n| NAT kind | up → first guest ping reply: median | p95 | max | runs |\n|---|---|---|---|---|');
+    if (RUNS > 0)
+      console.log('\n\n| NAT kind | up → first guest ping reply: median | p95 | max | runs |\n|---|---|---|---|---|');
     for (const h of HOSTS) {
       const xs = upToReply.get(h)!;
       if (xs.length === 0) continue;
@@ -109,9 +110,10 @@ async function main(): Promise<void> {
         `| ${KINDS[h]} | ${median(xs).toFixed(0)} ms | ${pct(xs, 95).toFixed(0)} ms | ${Math.max(...xs).toFixed(0)} ms | ${xs.length} |`,
       );
     }
-    console.log(
-      `process start → "homewire up": median ${median(startToUp).toFixed(0)} ms, p95 ${pct(startToUp, 95).toFixed(0)} ms (Node.js + tsx loading, on this loaded machine)`,
-    );
+    if (RUNS > 0)
+      console.log(
+        `process start → "homewire up": median ${median(startToUp).toFixed(0)} ms, p95 ${pct(startToUp, 95).toFixed(0)} ms (Node.js + tsx loading, on this loaded machine)`,
+      );
 
     // ---- 2. direct vs relay vs TCP, the same pair ------------------------------------------------------
     const a = 'host-port';
