@@ -18,6 +18,7 @@
 // error) dials the TCP endpoint and sends the next initiation over UDP and TCP at once; UDP is tried again
 // every TCP_RETRY_UDP_MS and takes over (roaming) as soon as it answers.
 import {
+  CANDIDATES_MAX,
   DIRECT_IDLE_MS,
   DIRECT_TRUST_MS,
   PING_INTERVAL_MS,
@@ -68,6 +69,17 @@ export function directUsable(peer: Peer, now: number): boolean {
   if (peer.introducedBy === null) return true;
   const trust = now - peer.lastDataMs < ACTIVE_MS ? DIRECT_TRUST_MS : IDLE_PING_INTERVAL_MS + DIRECT_TRUST_MS;
   return now - peer.lastPongMs <= trust;
+}
+
+/** Where a punch goes: the endpoint it last answered from and every endpoint the introducer named (a NAT may
+ *  have given the peer a new mapping since, which the introducer re-announces). */
+function punchTargets(peer: Peer): Endpoint[] {
+  const out: Endpoint[] = peer.endpoint !== null ? [peer.endpoint] : [];
+  for (const c of peer.candidates) {
+    if (out.length >= CANDIDATES_MAX) break;
+    if (!out.some((e) => e.address === c.address && e.port === c.port)) out.push(c);
+  }
+  return out;
 }
 
 export class Paths {
@@ -123,7 +135,7 @@ export class Paths {
     peer.punchAnsweredMs = now;
     peer.lastDataMs = now;
     this.punches.answered++;
-    this.host.initiate(peer);
+    this.host.initiate(peer, punchTargets(peer));
   }
 
   pong(peer: Peer, nonce: number): void {
@@ -152,7 +164,7 @@ export class Paths {
     peer.punchStartedMs = now;
     this.punches.started++;
     this.host.sendPunch(peer);
-    this.host.initiate(peer);
+    this.host.initiate(peer, punchTargets(peer));
   }
 
   tick(): void {

@@ -535,3 +535,45 @@ test.serial('UDP sends that fail locally (a firewall refusing them) move a site 
   t.is(a.daemon.mesh.pathOf(peerAt(a, 'home')!), 'tcp');
   t.true(ms < 1500, `faster than the 2 s no-answer fallback (${ms} ms)`);
 });
+
+test.serial(
+  'a NAT that forgets its mappings (conntrack -F) mid-stream: frames keep arriving through home within 3 s, and a new direct path is punched',
+  async (t) => {
+    const m = await buildNatMesh({
+      sites: [
+        { name: 'host-a', nat: 'port-restricted' },
+        { name: 'host-b', nat: 'port-restricted' },
+      ],
+    });
+    t.teardown(m.stop);
+    await waitFor(() => allIntroduced(m), 10_000);
+    const a = m.sites.get('host-a')!;
+    const b = m.sites.get('host-b')!;
+    await learnGuests(m);
+    const warm = traffic(m, 'host-a', 'host-b', 100, 20);
+    await waitFor(() => a.daemon.mesh.pathOf(peerAt(a, 'host-b')!) === 'direct', 8000);
+    await warm;
+    const before = peerAt(b, 'host-a')!.endpoint!;
+    const arrivals: number[] = [];
+    b.tap.onWrite = () => arrivals.push(Date.now());
+    const flushedAt = Date.now();
+    a.nat!.flush(); // every mapping gone: host-a's next packets leave from new public ports
+    const stream = traffic(m, 'host-a', 'host-b', 300, 20);
+    await waitFor(() => arrivals.some((x) => x > flushedAt + 100), 5000);
+    await waitFor(
+      () =>
+        a.daemon.mesh.pathOf(peerAt(a, 'host-b')!) === 'direct' &&
+        b.daemon.mesh.pathOf(peerAt(b, 'host-a')!) === 'direct' &&
+        peerAt(b, 'host-a')!.endpoint!.port !== before.port,
+      10_000,
+    );
+    await stream;
+    const after = arrivals.filter((x) => x > flushedAt);
+    let gap = after[0] - flushedAt;
+    for (let i = 1; i < after.length; i++) gap = Math.max(gap, after[i] - after[i - 1]);
+    t.log(
+      `after the flush: longest gap between frames at host-b ${gap} ms; direct again at ${peerAt(b, 'host-a')!.endpoint!.address}:${peerAt(b, 'host-a')!.endpoint!.port} (was port ${before.port})`,
+    );
+    t.true(gap <= 3000, `frames resumed within 3 s (${gap} ms)`);
+  },
+);
