@@ -16,6 +16,7 @@ import { ApiError, type Command, type CommandResult, type HostInfo, type LaunchS
 import type { Logger } from '../log.ts';
 import type { AgentStatus } from '../status.ts';
 import type { AgentConfig } from './config.ts';
+import { ConsoleLinks } from './console.ts';
 import type { GuestSpec, Hypervisor } from './hypervisor.ts';
 import { ImageCache } from './images.ts';
 
@@ -41,6 +42,8 @@ export interface AgentDeps {
 export class HostAgent {
   readonly client: CoordinatorClient;
   readonly images: ImageCache;
+  /** Console streams to the coordinator (src/agent/console.ts). */
+  readonly consoles: ConsoleLinks;
   readonly bootId = crypto.randomBytes(8).toString('hex');
   /** Plain counters, read by `status` and tests. */
   readonly stats = { registrations: 0, heartbeats: 0, heartbeatFailures: 0, polls: 0, commands: 0, commandFailures: 0 };
@@ -61,6 +64,12 @@ export class HostAgent {
   ) {
     this.client = new CoordinatorClient(config.urls, config.token);
     this.images = new ImageCache(config.cacheDir, deps.log);
+    this.consoles = new ConsoleLinks({
+      host: deps.name,
+      url: () => this.client.url,
+      headers: () => this.client.headers(),
+      log: deps.log.child({ part: 'console' }),
+    });
   }
 
   get name(): string {
@@ -311,6 +320,12 @@ export class HostAgent {
         await hv.stop(c.name);
         this.guestsVersion++;
         return { state: 'absent' };
+      case 'console': {
+        const con = hv.console?.(c.name);
+        if (!con) throw new Error(`no console for guest ${c.name} on ${this.name} (not running here)`);
+        await this.consoles.link(con, c);
+        return {};
+      }
     }
   }
 
@@ -348,6 +363,7 @@ export class HostAgent {
     this.stopped = true;
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.abort.abort();
+    this.consoles.closeAll();
     await Promise.allSettled([...this.loops, ...this.running]);
     await this.hv?.close();
     this.deps.log.info('host agent stopped');

@@ -34,6 +34,11 @@ export class CoordinatorClient {
     return this.urls[this.current];
   }
 
+  /** The credentials every request carries (also the agent's console streams, which are WebSockets). */
+  headers(): Record<string, string> {
+    return { authorization: `Bearer ${this.token}` };
+  }
+
   async request<T = unknown>(method: string, path: string, body?: unknown, o: RequestOptions = {}): Promise<T> {
     const deadline = Date.now() + (o.retryForMs ?? 0);
     let tries = 0;
@@ -64,7 +69,7 @@ export class CoordinatorClient {
       res = await fetch(base + path, {
         method,
         headers: {
-          authorization: `Bearer ${this.token}`,
+          ...this.headers(),
           ...(body === undefined ? {} : { 'content-type': 'application/json' }),
         },
         body: body === undefined ? undefined : JSON.stringify(body),

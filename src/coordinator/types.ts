@@ -30,6 +30,8 @@ export interface VmRecord {
   /** Placement constraints for automatic placement. */
   placement: { site?: string; labels?: Record<string, string> };
   cmdline?: string;
+  /** When the guest last booted (starting → running); a migration keeps it. */
+  started_at?: string;
   /** Why the last operation failed (kept until the next one succeeds). */
   error: string | null;
   created_at: string;
@@ -106,7 +108,10 @@ export type Command =
   | { id: string; type: 'expect'; mac: string }
   | { id: string; type: 'migrate'; name: string; uri: string }
   | { id: string; type: 'confirm'; name: string; resume?: boolean }
-  | { id: string; type: 'stop'; name: string };
+  | { id: string; type: 'stop'; name: string }
+  /** Open a console stream for guest `name` to GET /v1/agent/console?session=...; replay from `from` if `stream` is
+   *  still the guest's current one, else the whole scrollback (src/agent/console.ts). */
+  | { id: string; type: 'console'; name: string; session: string; stream?: string; from?: number };
 
 export type CommandBody = Command extends infer C ? (C extends { id: string } ? Omit<C, 'id'> : never) : never;
 
