@@ -34,6 +34,8 @@ export interface GridOptions {
   cpus?: number;
   memoryMib?: number;
   logLevel?: string;
+  /** Extra lines for the coordinator's config (e.g. `metrics: { listen: ... }`). */
+  coordinatorConfig?: string[];
 }
 
 export class GridLab {
@@ -79,6 +81,7 @@ export class GridLab {
         'admin_token_file: admin.token',
         'host_token_file: host.token',
         `log_level: ${o.logLevel ?? 'debug'}`,
+        ...(o.coordinatorConfig ?? []),
       ].join('\n')}\n`,
     );
     g.spawn('ul', 'coordinator', [...CLI, 'coordinator', '--config', path.join(dir, 'coordinator.yaml')]);
@@ -112,6 +115,26 @@ export class GridLab {
       await sleep(100);
     }
     return g;
+  }
+
+  /** VM hosts take no connections from the coordinator's network (as behind a NAT): everything they do with it
+   *  must be connections they open. (Hosts still accept each other's live migrations.) */
+  async closeInbound(): Promise<void> {
+    for (const site of this.hosts) {
+      const r = await this.lab.exec(site, [
+        'iptables',
+        '-I',
+        'INPUT',
+        '-s',
+        PLAN.internet4,
+        '-p',
+        'tcp',
+        '--syn', // connection attempts only (conntrack would take the agents' open connections for new ones)
+        '-j',
+        'DROP',
+      ]);
+      if (r.code !== 0) throw new Error(`iptables in ${site}: ${r.stderr.trim()}`);
+    }
   }
 
   agentConfig(site: string): string {

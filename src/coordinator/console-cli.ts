@@ -24,8 +24,11 @@ export async function attachConsole(
   let last: Error | null = null;
   for (const base of client.urls) {
     try {
-      const ws = await open(`${base.replace(/^http/, 'ws')}/v1/vms/${encodeURIComponent(name)}/console`, client);
-      return await session(ws, name, io);
+      const { ws, early } = await open(
+        `${base.replace(/^http/, 'ws')}/v1/vms/${encodeURIComponent(name)}/console`,
+        client,
+      );
+      return await session(ws, early, name, io);
     } catch (err) {
       if (err instanceof OperatorError && err.code !== 'unreachable' && err.code !== 'no_leader') throw err;
       last = err as Error;
@@ -34,12 +37,17 @@ export async function attachConsole(
   throw last ?? new OperatorError('unreachable', 'no coordinator to attach to');
 }
 
-function open(url: string, client: CoordinatorClient): Promise<WebSocket> {
+type Message = [data: Buffer, isBinary: boolean];
+
+/** The open WebSocket, and what arrived with the handshake (before anyone could listen: the scrollback). */
+function open(url: string, client: CoordinatorClient): Promise<{ ws: WebSocket; early: Message[] }> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, { headers: client.headers(), perMessageDeflate: false, handshakeTimeout: 10_000 });
+    const early: Message[] = [];
+    ws.on('message', (data: Buffer, isBinary: boolean) => early.push([data, isBinary]));
     ws.once('open', () => {
       ws.removeAllListeners('error');
-      resolve(ws);
+      resolve({ ws, early });
     });
     ws.once('unexpected-response', (_req, res) => {
       let body = '';
@@ -71,7 +79,7 @@ function open(url: string, client: CoordinatorClient): Promise<WebSocket> {
   });
 }
 
-function session(ws: WebSocket, name: string, io: ConsoleIo): Promise<void> {
+function session(ws: WebSocket, early: Message[], name: string, io: ConsoleIo): Promise<void> {
   return new Promise((resolve, reject) => {
     const raw = io.stdin.isTTY === true && typeof io.stdin.setRawMode === 'function';
     let detached = false;
@@ -99,7 +107,7 @@ function session(ws: WebSocket, name: string, io: ConsoleIo): Promise<void> {
     io.stdin.on('data', onData);
     io.stdin.on('end', detach);
     io.stdin.resume();
-    ws.on('message', (data: Buffer, isBinary: boolean) => {
+    const onMessage = (data: Buffer, isBinary: boolean) => {
       if (isBinary) {
         io.stdout.write(data);
         return;
@@ -110,7 +118,10 @@ function session(ws: WebSocket, name: string, io: ConsoleIo): Promise<void> {
       } catch {
         /* not a notice */
       }
-    });
+    };
+    ws.removeAllListeners('message');
+    for (const [data, isBinary] of early) onMessage(data, isBinary);
+    ws.on('message', onMessage);
     ws.on('error', () => {}); // 'close' follows
     ws.on('close', (code: number, reason: Buffer) => {
       done();
