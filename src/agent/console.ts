@@ -201,7 +201,8 @@ export class ConsoleLinks {
               ws.close(1013, 'console stream too slow');
               return;
             }
-            ws.send(chunk);
+            for (let i = 0; i < chunk.length; i += CONSOLE_AGENT_MESSAGE_MAX_BYTES)
+              ws.send(chunk.subarray(i, i + CONSOLE_AGENT_MESSAGE_MAX_BYTES));
           },
           end: (reason) => ws.close(1000, reason.slice(0, 120)),
         });
