@@ -10,14 +10,14 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
-import { ConsoleViewer } from '../lab/coordinator/console-viewer.ts';
-import { GridLab, LAB_COORDINATOR } from '../lab/coordinator/grid.ts';
-import { buildGuestImage, GUEST_PROMPT, READY_MARK } from '../lab/guest-image.ts';
-import { sleep } from '../lab/run.ts';
-import { deleteNamespaces, Lab, PLAN } from '../lab/topology.ts';
-import { vmSiteConfig } from '../lab/vm/guests.ts';
-import type { VmRecord } from '../src/coordinator/types.ts';
-import { vmTest } from './helpers/vm.ts';
+import { ConsoleViewer } from '../../lab/coordinator/console-viewer.ts';
+import { GridLab, LAB_COORDINATOR } from '../../lab/coordinator/grid.ts';
+import { buildGuestImage, GUEST_PROMPT, READY_MARK } from '../../lab/guest-image.ts';
+import { sleep } from '../../lab/run.ts';
+import { deleteNamespaces, Lab, PLAN } from '../../lab/topology.ts';
+import { vmSiteConfig } from '../../lab/vm/guests.ts';
+import type { VmRecord } from '../../src/coordinator/types.ts';
+import { vmTest } from '../helpers/vm.ts';
 
 const METRICS = `${PLAN.internet4}:9101`;
 
@@ -36,7 +36,8 @@ req.end();`;
 }
 
 async function metric(lab: Lab, name: string, labels: string): Promise<number> {
-  const r = await lab.exec('ul', ['curl', '-s', `http://${METRICS}/metrics`], { timeoutMs: 10_000 });
+  const script = `fetch('http://${METRICS}/metrics').then((r) => r.text()).then((t) => process.stdout.write(t))`;
+  const r = await lab.exec('ul', [process.execPath, '-e', script], { timeoutMs: 10_000 });
   const line = r.stdout.split('\n').find((l) => l.startsWith(`${name}{${labels}}`));
   return line ? Number(line.split(' ').pop()) : 0;
 }

@@ -5,13 +5,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import { silentLogger } from '../src/log.ts';
-import { Dispatcher } from '../src/coordinator/dispatch.ts';
-import { HostRegistry } from '../src/coordinator/hosts.ts';
-import { Reconciler } from '../src/coordinator/reconcile.ts';
-import { SqliteStore } from '../src/coordinator/store.ts';
-import type { Command, CommandResult, GuestReport, VmRecord, VmState } from '../src/coordinator/types.ts';
-import { VmRecords } from '../src/coordinator/vm-records.ts';
+import { silentLogger } from '../../src/log.ts';
+import { Dispatcher } from '../../src/coordinator/dispatch.ts';
+import { HostRegistry } from '../../src/coordinator/hosts.ts';
+import { Reconciler } from '../../src/coordinator/reconcile.ts';
+import { SqliteStore } from '../../src/coordinator/store.ts';
+import type { Command, CommandResult, GuestReport, VmRecord, VmState } from '../../src/coordinator/types.ts';
+import { VmRecords } from '../../src/coordinator/vm-records.ts';
 
 interface Bed {
   store: SqliteStore;

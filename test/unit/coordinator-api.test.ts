@@ -7,13 +7,13 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import { ImageCache } from '../src/agent/images.ts';
-import { CoordinatorClient } from '../src/coordinator/client.ts';
-import { runCoordinatorCli } from '../src/coordinator/cli.ts';
-import { HOST_DOWN_AFTER_MS } from '../src/coordinator/constants.ts';
-import { Harness, waitFor } from '../lab/coordinator/harness.ts';
-import { ApiError, type HostView, type ImageRecord, type VmRecord } from '../src/coordinator/types.ts';
-import { silentLogger } from '../src/log.ts';
+import { ImageCache } from '../../src/agent/images.ts';
+import { CoordinatorClient } from '../../src/coordinator/client.ts';
+import { runCoordinatorCli } from '../../src/coordinator/cli.ts';
+import { HOST_DOWN_AFTER_MS } from '../../src/coordinator/constants.ts';
+import { Harness, waitFor } from '../../lab/coordinator/harness.ts';
+import { ApiError, type HostView, type ImageRecord, type VmRecord } from '../../src/coordinator/types.ts';
+import { silentLogger } from '../../src/log.ts';
 
 async function harness(t: ExecutionContext, o: Parameters<typeof Harness.start>[0] = {}): Promise<Harness> {
   const h = await Harness.start(o);

@@ -5,15 +5,15 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { loadConfig } from '../src/config.ts';
-import type { StatusReport } from '../src/status.ts';
-import { controlRequest } from '../src/control.ts';
-import { Daemon } from '../src/daemon.ts';
-import { silentLogger } from '../src/log.ts';
-import { encodeKey, generatePrivateKey, publicKeyOf } from '../src/mesh/keys.ts';
-import { MemoryTap } from '../lab/twins/tap.ts';
-import { MemoryNetwork } from '../lab/twins/udp.ts';
-import { arp, waitFor } from './helpers/memory-mesh.ts';
+import { loadConfig } from '../../src/config.ts';
+import type { StatusReport } from '../../src/status.ts';
+import { controlRequest } from '../../src/control.ts';
+import { Daemon } from '../../src/daemon.ts';
+import { silentLogger } from '../../src/log.ts';
+import { encodeKey, generatePrivateKey, publicKeyOf } from '../../src/mesh/keys.ts';
+import { MemoryTap } from '../../lab/twins/tap.ts';
+import { MemoryNetwork } from '../../lab/twins/udp.ts';
+import { arp, waitFor } from '../helpers/memory-mesh.ts';
 
 interface Site {
   name: string;

@@ -5,11 +5,11 @@
 import test, { type ExecutionContext } from 'ava';
 import http from 'node:http';
 import WebSocket from 'ws';
-import { Harness, waitFor } from '../lab/coordinator/harness.ts';
-import { FAKE_PROMPT } from '../lab/twins/hypervisor.ts';
-import type { VmRecord } from '../src/coordinator/types.ts';
-import type { Snapshot } from '../src/coordinator/watch.ts';
-import { WEB_DIST } from '../src/coordinator/web.ts';
+import { Harness, waitFor } from '../../lab/coordinator/harness.ts';
+import { FAKE_PROMPT } from '../../lab/twins/hypervisor.ts';
+import type { VmRecord } from '../../src/coordinator/types.ts';
+import type { Snapshot } from '../../src/coordinator/watch.ts';
+import { WEB_DIST } from '../../src/coordinator/web.ts';
 import fs from 'node:fs';
 
 interface Viewer {

@@ -16,13 +16,17 @@ import {
   browserMissing,
   launchBrowser,
   testOutputDir,
-} from '../lab/coordinator/browser.ts';
-import { GridLab, homeAgentSection, writeHostToken } from '../lab/coordinator/grid.ts';
-import { buildGuestImage, GUEST_PROMPT } from '../lab/guest-image.ts';
-import { deleteNamespaces, Lab, PLAN } from '../lab/topology.ts';
-import { vmSiteConfig } from '../lab/vm/guests.ts';
-import { WEB_DIST } from '../src/coordinator/web.ts';
-import { vmTest } from './helpers/vm.ts';
+} from '../../lab/coordinator/browser.ts';
+import { GridLab, homeAgentSection, writeHostToken } from '../../lab/coordinator/grid.ts';
+import { buildGuestImage, GUEST_PROMPT } from '../../lab/guest-image.ts';
+import { deleteNamespaces, Lab, PLAN } from '../../lab/topology.ts';
+import { vmSiteConfig } from '../../lab/vm/guests.ts';
+import { WEB_DIST } from '../../src/coordinator/web.ts';
+import { testIf } from '../helpers/prereq.ts';
+import { vmSkipReason } from '../../lab/vm/guests.ts';
+
+/** Root, QEMU and the lab's tools, and Chromium and socat; otherwise the test fails saying what to install. */
+const webTest = testIf(vmSkipReason() ?? browserMissing());
 
 /** The terminal's visible rows (xterm.js DOM renderer), non-breaking spaces as spaces. */
 function terminalRows(page: Page): Promise<string[]> {
@@ -37,12 +41,10 @@ async function typeInTerminal(page: Page, text: string): Promise<void> {
   await page.keyboard.press('Enter');
 }
 
-vmTest(
+webTest(
   'web page in Chromium: wrong token refused; sign in, hosts and VMs, start, console echo, migrate, screenshot',
   async (t: ExecutionContext) => {
     t.timeout(300_000);
-    const missing = browserMissing();
-    if (missing) return t.fail(`cannot run: ${missing}`);
     if (!fs.existsSync(path.join(WEB_DIST, 'index.html')))
       return t.fail(`the web page is not built (${WEB_DIST}): run \`npm run build\``);
     const prefix = `hwk${crypto.randomBytes(2).toString('hex')}-`;

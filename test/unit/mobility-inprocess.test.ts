@@ -1,8 +1,8 @@
 // MAC mobility in process: moves announced at once, the old host forwarding in-flight frames, crossing
 // announcements converging, flap hold-down, and "expect" dual-sending during a migration.
 import test, { type ExecutionContext } from 'ava';
-import { macNumber } from '../src/addr.ts';
-import { allUp, arp, buildMesh, frame, waitFor } from './helpers/memory-mesh.ts';
+import { macNumber } from '../../src/addr.ts';
+import { allUp, arp, buildMesh, frame, waitFor } from '../helpers/memory-mesh.ts';
 
 const VM = '52:54:00:00:00:77';
 const LAN = '52:54:00:00:00:01';
