@@ -1,7 +1,8 @@
 // The console splice, the event stream and the page's static files, in one process: a coordinator and host
 // agents on the hypervisor twin (lab/coordinator/harness.ts), whose guests' consoles are tiny fake shells
-// (FakeConsole). Real HTTP, real WebSockets (ws), the agent's real console streams. The same paths with a real
-// QEMU guest, the real CLI and hosts that refuse inbound connections: test/console-qemu.test.ts.
+// (FakeConsole). Real HTTP, real WebSockets (ws), the agent's real console streams. Serial, because the
+// slow-viewer test floods the event loop. The same paths with a real QEMU guest, the real CLI and hosts that
+// refuse inbound connections: test/system/console-qemu.test.ts.
 import test, { type ExecutionContext } from 'ava';
 import http from 'node:http';
 import WebSocket from 'ws';
@@ -80,113 +81,122 @@ async function grid(t: ExecutionContext): Promise<{ h: Harness; ws: string; admi
   return { h, ws: h.coordinator.url.replace(/^http/, 'ws'), admin: { authorization: `Bearer ${h.adminToken}` } };
 }
 
-test('console: scrollback, typing, two viewers, a late viewer, following a migration, closed on delete', async (t) => {
-  const { h, ws, admin } = await grid(t);
-  const url = `${ws}/v1/vms/web/console`;
-  const a = await attach(url, { headers: admin });
-  await a.waitFor(new RegExp(`booting web on host-a\\r\\n${FAKE_PROMPT}`));
-  t.pass('the first viewer gets what the guest printed before anyone watched');
-  const b = await attach(url, { headers: admin });
-  await b.waitFor(/booting web on host-a/);
-  a.type('echo hello-1\r');
-  await a.waitFor(/\r\nhello-1\r\n/);
-  await b.waitFor(/\r\nhello-1\r\n/);
-  b.type('echo from-b\r');
-  await a.waitFor(/\r\nfrom-b\r\n/);
-  await waitFor(() => b.out().endsWith(FAKE_PROMPT) && a.out().endsWith(FAKE_PROMPT), 2000, 'both prompts');
-  t.is(b.out(), a.out(), 'both viewers saw the same bytes');
-  const late = await attach(url, { headers: admin });
-  await late.waitFor(/booting web on host-a[\s\S]*hello-1[\s\S]*from-b/);
-  late.ws.close();
-  t.true(h.coordinator.consoles.stats.viewersAttached >= 3);
+test.serial(
+  'console: scrollback, typing, two viewers, a late viewer, following a migration, closed on delete',
+  async (t) => {
+    const { h, ws, admin } = await grid(t);
+    const url = `${ws}/v1/vms/web/console`;
+    const a = await attach(url, { headers: admin });
+    await a.waitFor(new RegExp(`booting web on host-a\\r\\n${FAKE_PROMPT}`));
+    t.pass('the first viewer gets what the guest printed before anyone watched');
+    const b = await attach(url, { headers: admin });
+    await b.waitFor(/booting web on host-a/);
+    a.type('echo hello-1\r');
+    await a.waitFor(/\r\nhello-1\r\n/);
+    await b.waitFor(/\r\nhello-1\r\n/);
+    b.type('echo from-b\r');
+    await a.waitFor(/\r\nfrom-b\r\n/);
+    await waitFor(() => b.out().endsWith(FAKE_PROMPT) && a.out().endsWith(FAKE_PROMPT), 2000, 'both prompts');
+    t.is(b.out(), a.out(), 'both viewers saw the same bytes');
+    const late = await attach(url, { headers: admin });
+    await late.waitFor(/booting web on host-a[\s\S]*hello-1[\s\S]*from-b/);
+    late.ws.close();
+    t.true(h.coordinator.consoles.stats.viewersAttached >= 3);
 
-  // Migration: the hub drops host-a's stream and asks host-b; nothing is replayed twice.
-  const vm = await h.admin.request<VmRecord>('POST', '/v1/vms/web/migrate', { host: 'host-b' });
-  t.is(vm.host, 'host-b');
-  await waitFor(() => a.notices.some((n) => /on host-b/.test(n.message ?? '')), 3000, 'moved to host-b');
-  const before = a.out().length;
-  a.type('echo $HOST\r');
-  await a.waitFor(/\r\nhost-b\r\n/);
-  t.is(
-    a
-      .out()
-      .slice(0, before)
-      .match(/booting web/g)?.length,
-    1,
-    'the boot output appears once',
-  );
-  t.is(h.host('host-a').agent.consoles.count, 0, "host-a's stream is closed");
-  t.is(h.host('host-b').agent.consoles.count, 1, 'host-b streams the console');
+    // Migration: the hub drops host-a's stream and asks host-b; nothing is replayed twice.
+    const vm = await h.admin.request<VmRecord>('POST', '/v1/vms/web/migrate', { host: 'host-b' });
+    t.is(vm.host, 'host-b');
+    await waitFor(() => a.notices.some((n) => /on host-b/.test(n.message ?? '')), 3000, 'moved to host-b');
+    const before = a.out().length;
+    a.type('echo $HOST\r');
+    await a.waitFor(/\r\nhost-b\r\n/);
+    t.is(
+      a
+        .out()
+        .slice(0, before)
+        .match(/booting web/g)?.length,
+      1,
+      'the boot output appears once',
+    );
+    t.is(h.host('host-a').agent.consoles.count, 0, "host-a's stream is closed");
+    t.is(h.host('host-b').agent.consoles.count, 1, 'host-b streams the console');
 
-  // A late viewer still sees what the VM printed on host-a, from the coordinator's mirror.
-  const late2 = await attach(url, { headers: admin });
-  await late2.waitFor(/booting web on host-a[\s\S]*\r\nhost-b\r\n/);
-  late2.ws.close();
+    // A late viewer still sees what the VM printed on host-a, from the coordinator's mirror.
+    const late2 = await attach(url, { headers: admin });
+    await late2.waitFor(/booting web on host-a[\s\S]*\r\nhost-b\r\n/);
+    late2.ws.close();
 
-  // Stopped: viewers stay and are told; deleted: they are closed with 4404.
-  await h.admin.request('POST', '/v1/vms/web/stop', {});
-  await waitFor(() => a.notices.some((n) => /is stopped/.test(n.message ?? '')), 3000, 'stopped notice');
-  await h.admin.request('DELETE', '/v1/vms/web');
-  t.deepEqual(await a.closed, { code: 4404, reason: 'vm web was deleted' });
-  t.is((await b.closed).code, 4404);
-});
+    // Stopped: viewers stay and are told; deleted: they are closed with 4404.
+    await h.admin.request('POST', '/v1/vms/web/stop', {});
+    await waitFor(() => a.notices.some((n) => /is stopped/.test(n.message ?? '')), 3000, 'stopped notice');
+    await h.admin.request('DELETE', '/v1/vms/web');
+    t.deepEqual(await a.closed, { code: 4404, reason: 'vm web was deleted' });
+    t.is((await b.closed).code, 4404);
+  },
+);
 
-test('console: refusals (no token, host token, wrong subprotocol token, unknown vm, guessed session) move counters', async (t) => {
-  const { h, ws, admin } = await grid(t);
-  const url = `${ws}/v1/vms/web/console`;
-  const bearer = (tok: string) => ['homewire.console', `bearer.${Buffer.from(tok).toString('base64url')}`];
-  t.is(await refusedWith(url), 401);
-  t.is(await refusedWith(url, { headers: { authorization: `Bearer ${h.hostToken}` } }), 401);
-  t.is(await refusedWith(url, { protocols: bearer('wrong-token-wrong-token') }), 401);
-  t.is(await refusedWith(`${ws}/v1/agent/console?host=host-a&session=x`, { headers: admin }), 401);
-  t.is(h.coordinator.consoles.stats.rejected.unauthorized, 4);
-  t.is(await refusedWith(`${ws}/v1/vms/nope/console`, { headers: admin }), 404);
-  t.is(await refusedWith(`${ws}/v1/elsewhere`, { headers: admin }), 404);
-  t.is(h.coordinator.consoles.stats.rejected.not_found, 2);
-  const hostAuth = { authorization: `Bearer ${h.hostToken}` };
-  t.is(await refusedWith(`${ws}/v1/agent/console?host=host-a&session=guessed`, { headers: hostAuth }), 404);
-  t.is(h.coordinator.consoles.stats.rejected.bad_session, 1);
+test.serial(
+  'console: refusals (no token, host token, wrong subprotocol token, unknown vm, guessed session) move counters',
+  async (t) => {
+    const { h, ws, admin } = await grid(t);
+    const url = `${ws}/v1/vms/web/console`;
+    const bearer = (tok: string) => ['homewire.console', `bearer.${Buffer.from(tok).toString('base64url')}`];
+    t.is(await refusedWith(url), 401);
+    t.is(await refusedWith(url, { headers: { authorization: `Bearer ${h.hostToken}` } }), 401);
+    t.is(await refusedWith(url, { protocols: bearer('wrong-token-wrong-token') }), 401);
+    t.is(await refusedWith(`${ws}/v1/agent/console?host=host-a&session=x`, { headers: admin }), 401);
+    t.is(h.coordinator.consoles.stats.rejected.unauthorized, 4);
+    t.is(await refusedWith(`${ws}/v1/vms/nope/console`, { headers: admin }), 404);
+    t.is(await refusedWith(`${ws}/v1/elsewhere`, { headers: admin }), 404);
+    t.is(h.coordinator.consoles.stats.rejected.not_found, 2);
+    const hostAuth = { authorization: `Bearer ${h.hostToken}` };
+    t.is(await refusedWith(`${ws}/v1/agent/console?host=host-a&session=guessed`, { headers: hostAuth }), 404);
+    t.is(h.coordinator.consoles.stats.rejected.bad_session, 1);
 
-  // What a browser sends: the token as a subprotocol; the server picks homewire.console.
-  const v = await attach(url, { protocols: bearer(h.adminToken) });
-  t.is(v.ws.protocol, 'homewire.console');
-  await v.waitFor(/booting web/);
-  v.ws.close();
+    // What a browser sends: the token as a subprotocol; the server picks homewire.console.
+    const v = await attach(url, { protocols: bearer(h.adminToken) });
+    t.is(v.ws.protocol, 'homewire.console');
+    await v.waitFor(/booting web/);
+    v.ws.close();
 
-  // A plain GET is told to upgrade.
-  const r = await h.admin.request('GET', '/v1/vms/web/console').catch((e: { status: number }) => e);
-  t.is((r as { status: number }).status, 426);
-});
+    // A plain GET is told to upgrade.
+    const r = await h.admin.request('GET', '/v1/vms/web/console').catch((e: { status: number }) => e);
+    t.is((r as { status: number }).status, 426);
+  },
+);
 
-test('console: a hostile agent stream (output before its hello) is cut off and counted; a session works once', async (t) => {
-  const { h, ws, admin } = await grid(t);
-  // host-a's agent answers console requests without connecting: the test takes the session it was given.
-  const agent = h.host('host-a').agent;
-  agent.consoles.link = async () => {};
-  const v = await attach(`${ws}/v1/vms/web/console`, { headers: admin });
-  const svc = h.coordinator.consoles;
-  await waitFor(() => svc.sessions.size === 1, 3000, 'a session for host-a');
-  const [session] = [...svc.sessions.keys()];
-  const evil = new WebSocket(`${ws}/v1/agent/console?host=host-a&session=${session}`, {
-    headers: { authorization: `Bearer ${h.hostToken}` },
-  });
-  await new Promise((r) => evil.once('open', r));
-  const closed = new Promise<number>((r) => evil.once('close', (code) => r(code)));
-  evil.send(Buffer.from('\x1b]0;pwned\x07 fake output'));
-  t.is(await closed, 1002);
-  t.is(svc.stats.rejected.bad_stream, 1);
-  t.false(v.out().includes('pwned'), 'nothing reached the viewer');
-  // The same session cannot be used twice.
-  t.is(
-    await refusedWith(`${ws}/v1/agent/console?host=host-a&session=${session}`, {
+test.serial(
+  'console: a hostile agent stream (output before its hello) is cut off and counted; a session works once',
+  async (t) => {
+    const { h, ws, admin } = await grid(t);
+    // host-a's agent answers console requests without connecting: the test takes the session it was given.
+    const agent = h.host('host-a').agent;
+    agent.consoles.link = async () => {};
+    const v = await attach(`${ws}/v1/vms/web/console`, { headers: admin });
+    const svc = h.coordinator.consoles;
+    await waitFor(() => svc.sessions.size === 1, 3000, 'a session for host-a');
+    const [session] = [...svc.sessions.keys()];
+    const evil = new WebSocket(`${ws}/v1/agent/console?host=host-a&session=${session}`, {
       headers: { authorization: `Bearer ${h.hostToken}` },
-    }),
-    404,
-  );
-  v.ws.close();
-});
+    });
+    await new Promise((r) => evil.once('open', r));
+    const closed = new Promise<number>((r) => evil.once('close', (code) => r(code)));
+    evil.send(Buffer.from('\x1b]0;pwned\x07 fake output'));
+    t.is(await closed, 1002);
+    t.is(svc.stats.rejected.bad_stream, 1);
+    t.false(v.out().includes('pwned'), 'nothing reached the viewer');
+    // The same session cannot be used twice.
+    t.is(
+      await refusedWith(`${ws}/v1/agent/console?host=host-a&session=${session}`, {
+        headers: { authorization: `Bearer ${h.hostToken}` },
+      }),
+      404,
+    );
+    v.ws.close();
+  },
+);
 
-test('console: a viewer that does not read is closed; the others keep their output', async (t) => {
+test.serial('console: a viewer that does not read is closed; the others keep their output', async (t) => {
   const { h, ws, admin } = await grid(t);
   const url = `${ws}/v1/vms/web/console`;
   const slow = await attach(url, { headers: admin });
@@ -201,7 +211,7 @@ test('console: a viewer that does not read is closed; the others keep their outp
   t.is(fast.ws.readyState, WebSocket.OPEN);
 });
 
-test('events: GET /v1/events streams snapshots on change; 401 without a token', async (t) => {
+test.serial('events: GET /v1/events streams snapshots on change; 401 without a token', async (t) => {
   const { h, admin } = await grid(t);
   const got: Snapshot[] = [];
   const req = http.get(`${h.coordinator.url}/v1/events`, { headers: admin });
@@ -240,7 +250,7 @@ test('events: GET /v1/events streams snapshots on change; 401 without a token', 
   t.is(noToken, 401);
 });
 
-test('web page: / and /assets/* are served without a token, with a CSP; nothing else is', async (t) => {
+test.serial('web page: / and /assets/* are served without a token, with a CSP; nothing else is', async (t) => {
   if (!fs.existsSync(`${WEB_DIST}/index.html`))
     return t.fail(`the web page is not built: run \`npm run build\` (${WEB_DIST})`);
   const { h } = await grid(t);
