@@ -20,7 +20,10 @@ interface HostView {
   vms: string[];
   last_seen: string;
   labels: Record<string, string>;
-  mesh?: { endpoint?: string; path?: string } | null;
+  mesh: {
+    endpoint: string;
+    peers: { name: string; endpoint: string | null; up: boolean; rtt_ms: number | null }[];
+  } | null;
 }
 
 interface VmRecord {
@@ -396,7 +399,7 @@ function renderHosts(): void {
             h('td', { class: 'state' }, h('span', { class: `badge ${x.state}` }, x.state)),
             h('td', {}, x.site),
             h('td', { 'data-ago': x.last_seen }, ago(x.last_seen)),
-            h('td', { class: 'mono' }, meshText(x)),
+            h('td', { class: 'mesh' }, ...meshCell(x)),
             h(
               'td',
               { title: x.hypervisor.reason ?? '' },
@@ -411,9 +414,23 @@ function renderHosts(): void {
   );
 }
 
-function meshText(x: HostView): string {
-  const parts = [x.mesh?.endpoint, x.mesh?.path].filter(Boolean);
-  return parts.length ? parts.join(' · ') : '-';
+/** The daemon's endpoint, then how it sees each peer: up or down, and the round trip. */
+function meshCell(x: HostView): (HTMLElement | string)[] {
+  if (!x.mesh) return ['-'];
+  return [
+    h('code', {}, x.mesh.endpoint),
+    h(
+      'div',
+      { class: 'peers' },
+      ...x.mesh.peers.map((p) =>
+        h(
+          'span',
+          { class: `peer ${p.up ? 'up' : 'down'}`, title: p.endpoint ?? 'no endpoint yet' },
+          `${p.name} ${p.up ? '✓' : '✗'}${p.rtt_ms !== null ? ` ${p.rtt_ms.toFixed(1)} ms` : ''}`,
+        ),
+      ),
+    ),
+  ];
 }
 
 const DOING: Record<string, string> = { start: 'starting', stop: 'stopping', migrate: 'migrating' };

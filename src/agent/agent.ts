@@ -12,7 +12,14 @@
 import crypto from 'node:crypto';
 import { CoordinatorClient } from '../coordinator/client.ts';
 import { AGENT_REQUEST_TIMEOUT_MS, AGENT_RETRY_MS, HEARTBEAT_MS, POLL_WAIT_MS } from '../coordinator/constants.ts';
-import { ApiError, type Command, type CommandResult, type HostInfo, type LaunchSpec } from '../coordinator/types.ts';
+import {
+  ApiError,
+  type Command,
+  type CommandResult,
+  type HostInfo,
+  type LaunchSpec,
+  type MeshReport,
+} from '../coordinator/types.ts';
 import type { Logger } from '../log.ts';
 import type { AgentStatus } from '../status.ts';
 import type { AgentConfig } from './config.ts';
@@ -37,6 +44,8 @@ export interface AgentDeps {
   address?: string;
   /** This site serves DHCP: called with the coordinator's reservations after each heartbeat. */
   reservations?(list: { mac: string; ip: string; vm: string }[]): void;
+  /** The daemon's mesh endpoint and peers, sent with each heartbeat (the web page shows them). */
+  mesh?(): MeshReport | null | Promise<MeshReport | null>;
 }
 
 export class HostAgent {
@@ -158,8 +167,15 @@ export class HostAgent {
     const version = this.guestsVersion; // taken before the states: a change meanwhile bumps it past this
     (this.hv?.refresh?.() ?? Promise.resolve())
       .catch(() => {})
-      .then(() => {
-        const body = { name: this.name, boot_id: this.bootId, guests_version: version, guests: this.hv?.list() ?? [] };
+      .then(async () => {
+        const mesh = await Promise.resolve(this.deps.mesh?.()).catch(() => null);
+        const body = {
+          name: this.name,
+          boot_id: this.bootId,
+          guests_version: version,
+          guests: this.hv?.list() ?? [],
+          ...(mesh ? { mesh } : {}),
+        };
         return this.client.request<{ ok: boolean; reservations?: { mac: string; ip: string; vm: string }[] }>(
           'POST',
           '/v1/agent/heartbeat',

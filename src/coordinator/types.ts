@@ -74,6 +74,16 @@ export interface HostRecord extends HostInfo {
 export interface HostView extends HostRecord {
   free: { cpus: number; memory_mib: number };
   vms: string[];
+  /** From the host's last heartbeat, if its agent reports it. */
+  mesh: MeshReport | null;
+}
+
+/** What a host's daemon says about its place in the mesh (heartbeats; shown by the web page). */
+export interface MeshReport {
+  /** The daemon's underlay address:port. */
+  endpoint: string;
+  /** Its peers as it sees them: where they are, whether the session is up, the round trip. */
+  peers: { name: string; endpoint: string | null; up: boolean; rtt_ms: number | null }[];
 }
 
 /** VM state as the hypervisor on a host sees it. */
@@ -91,6 +101,7 @@ export interface Heartbeat {
   /** Bumped by the agent whenever its set of guests changes; results carry it too (orders reports). */
   guests_version: number;
   guests: GuestReport[];
+  mesh?: MeshReport;
 }
 
 /** Everything a host needs to run a VM: no lookups on the host. */

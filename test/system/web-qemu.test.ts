@@ -100,6 +100,9 @@ webTest(
     const listed = await page.$$eval('#hosts tbody tr', (rows) => rows.map((r) => r.getAttribute('data-host')));
     t.deepEqual(listed, ['home', 'host-a', 'host-b']);
     t.regex((await page.textContent('#hosts tr[data-host="host-a"]')) ?? '', /2 \/ 2.*1024 \/ 1024 MiB/);
+    // The mesh as host-a's daemon sees it: its endpoint, and its sessions to home and host-b up.
+    await page.waitForSelector('#hosts tr[data-host="host-a"] td.mesh .peer.up:has-text("home")', { timeout: 10_000 });
+    t.regex((await page.textContent('#hosts tr[data-host="host-a"] td.mesh')) ?? '', /192\.0\.2\.2:51820.*home ✓/);
     await page.waitForSelector('#vms tr[data-vm="web"] td.state:has-text("defined")');
     t.regex((await page.textContent('#vms tr[data-vm="web"] td.ip')) ?? '', /ssh root@198\.51\.100\.50/);
     t.is(await page.textContent('#images tr[data-image="tiny"] td.name'), 'tiny');

@@ -8,7 +8,8 @@ import http from 'node:http';
 import WebSocket from 'ws';
 import { Harness, waitFor } from '../../lab/coordinator/harness.ts';
 import { FAKE_PROMPT } from '../../lab/twins/hypervisor.ts';
-import type { VmRecord } from '../../src/coordinator/types.ts';
+import { CoordinatorClient } from '../../src/coordinator/client.ts';
+import type { HostView, VmRecord } from '../../src/coordinator/types.ts';
 import type { Snapshot } from '../../src/coordinator/watch.ts';
 import { WEB_DIST } from '../../src/coordinator/web.ts';
 import fs from 'node:fs';
@@ -285,4 +286,42 @@ test.serial('web page: / and /assets/* are served without a token, with a CSP; n
   t.is((await get('/assets/..%2Fpackage.json')).status, 404);
   t.is((await get('/assets/nope.js')).status, 404);
   t.is((await get('/package.json')).status, 401, 'anything else is the API: token needed');
+});
+
+test.serial("hosts: an agent's mesh report is shown, bounded and typed (a host is not trusted)", async (t) => {
+  const h = await Harness.start();
+  t.teardown(() => h.stop());
+  const host = await h.addHost('host-a');
+  const junk = {
+    endpoint: 'x'.repeat(10_000),
+    peers: [
+      ...Array.from({ length: 500 }, (_, i) => ({ name: `p${i}`, endpoint: '192.0.2.9:1', up: true, rtt_ms: 1.5 })),
+    ],
+  };
+  junk.peers.unshift({
+    name: 'evil',
+    endpoint: { nested: 1 } as unknown as string,
+    up: 'yes' as unknown as boolean,
+    rtt_ms: -5,
+  });
+  const hostClient = new CoordinatorClient([h.coordinator.url], h.hostToken);
+  await hostClient.request('POST', '/v1/agent/heartbeat', {
+    name: 'host-a',
+    boot_id: host.agent.bootId,
+    guests_version: 0,
+    guests: [],
+    mesh: junk,
+  });
+  const view = await h.admin.request<HostView>('GET', '/v1/hosts/host-a');
+  t.is(view.mesh?.endpoint.length, 64);
+  t.is(view.mesh?.peers.length, 64);
+  t.deepEqual(view.mesh?.peers[0], { name: 'evil', endpoint: null, up: false, rtt_ms: 0 });
+  await hostClient.request('POST', '/v1/agent/heartbeat', {
+    name: 'host-a',
+    boot_id: host.agent.bootId,
+    guests_version: 0,
+    guests: [],
+    mesh: 'nonsense',
+  });
+  t.is((await h.admin.request<HostView>('GET', '/v1/hosts/host-a')).mesh, null);
 });
