@@ -4,6 +4,8 @@
 //   const v = await ConsoleViewer.attach(grid, 'web');       // resolves once the CLI says it is attached
 //   v.type('echo hi\r'); await v.waitFor(/\nhi\r/, 1000);      // → { match, ms }
 //   await v.detach();                                         // Ctrl-], then the CLI exits 0
+// With tty: true the CLI runs on a pseudo-terminal (util-linux `script`), as in a real terminal: it must switch
+// it to raw mode (or Ctrl-C would end it instead of reaching the guest); its notices then share stdout.
 import type { ChildProcess } from 'node:child_process';
 import { DETACH_BYTE } from '../../src/coordinator/console-cli.ts';
 import { sleep } from '../run.ts';
@@ -29,28 +31,26 @@ export class ConsoleViewer {
   }
 
   /** Starts the CLI; resolves once it is attached (or rejects with what it said). */
-  static async attach(grid: GridLab, vm: string, o: { tokenFile?: string; timeoutMs?: number } = {}) {
-    const proc = grid.lab.spawn(
-      'ul',
-      [
-        ...CLI,
-        'vm',
-        'console',
-        vm,
-        '--coordinator',
-        LAB_COORDINATOR,
-        '--token-file',
-        o.tokenFile ?? grid.adminTokenFile,
-      ],
-      { stdio: 'pipe' },
-    );
+  static async attach(grid: GridLab, vm: string, o: { tokenFile?: string; timeoutMs?: number; tty?: boolean } = {}) {
+    const argv = [
+      ...CLI,
+      'vm',
+      'console',
+      vm,
+      '--coordinator',
+      LAB_COORDINATOR,
+      '--token-file',
+      o.tokenFile ?? grid.adminTokenFile,
+    ];
+    const quoted = argv.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+    const proc = grid.lab.spawn('ul', o.tty ? ['script', '-qfec', quoted, '/dev/null'] : argv, { stdio: 'pipe' });
     const v = new ConsoleViewer(vm, proc);
     const deadline = Date.now() + (o.timeoutMs ?? 20_000);
     let code: number | null | undefined;
     v.exited.then((c) => {
       code = c;
     });
-    while (!/attached to the console/.test(v.stderr)) {
+    while (!/attached to the console/.test(o.tty ? v.stdout : v.stderr)) {
       if (code !== undefined) throw new Error(`vm console ${vm} exited ${code}: ${v.stderr.trim()}`);
       if (Date.now() > deadline) throw new Error(`vm console ${vm} did not attach: ${v.stderr.trim()}`);
       await sleep(20);

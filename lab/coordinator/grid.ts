@@ -127,7 +127,10 @@ export class GridLab {
             ).length
           : 0;
       if (up === g.hosts.length) break;
-      if (Date.now() > deadline) throw new Error(`hosts not registered after 30 s (${r.stderr.trim()})\n${g.logs()}`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `hosts not registered after 30 s (host list: exit ${r.code} ${r.stdout.trim()} ${r.stderr.trim()})\n${g.logs()}`,
+        );
       await sleep(100);
     }
     return g;

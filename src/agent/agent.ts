@@ -66,6 +66,8 @@ export class HostAgent {
   private readonly running = new Set<Promise<void>>();
   private lastError = '';
   private beating = false;
+  private lastMesh: MeshReport | null = null;
+  private readingMesh = false;
 
   constructor(
     readonly config: AgentConfig,
@@ -167,8 +169,9 @@ export class HostAgent {
     const version = this.guestsVersion; // taken before the states: a change meanwhile bumps it past this
     (this.hv?.refresh?.() ?? Promise.resolve())
       .catch(() => {})
-      .then(async () => {
-        const mesh = await Promise.resolve(this.deps.mesh?.()).catch(() => null);
+      .then(() => {
+        const mesh = this.lastMesh;
+        this.refreshMesh();
         const body = {
           name: this.name,
           boot_id: this.bootId,
@@ -201,6 +204,26 @@ export class HostAgent {
           this.warn(err, 'heartbeat failed');
         },
       );
+  }
+
+  /** The daemon's mesh report, read in the background: a slow daemon never delays a heartbeat. */
+  private refreshMesh(): void {
+    const read = this.deps.mesh;
+    if (!read || this.readingMesh) return;
+    this.readingMesh = true;
+    Promise.resolve()
+      .then(() => read())
+      .then(
+        (m) => {
+          this.lastMesh = m;
+        },
+        () => {
+          this.lastMesh = null;
+        },
+      )
+      .finally(() => {
+        this.readingMesh = false;
+      });
   }
 
   private warn(err: unknown, msg: string): void {

@@ -107,6 +107,19 @@ vmTest(
     t.is(await late.detach(), 0, 'Ctrl-] detaches and the CLI exits 0');
     t.regex(late.stderr, /detached/);
 
+    // On a terminal: raw mode, so Ctrl-C goes to the guest (its shell prints ^C and a new prompt) and the CLI
+    // stays; Ctrl-] detaches and the terminal is restored.
+    const tty = await ConsoleViewer.attach(grid, 'web', { tty: true });
+    viewers.push(tty);
+    const ttyFrom = tty.stdout.length;
+    tty.type('sleep 30\r');
+    await tty.waitFor(/sleep 30/, 2000, ttyFrom);
+    await sleep(300);
+    tty.type('\x03');
+    await tty.waitFor(new RegExp(`\\^C[\\s\\S]*${GUEST_PROMPT}`), 3000, ttyFrom);
+    t.is(tty.proc.exitCode, null, 'Ctrl-C reached the guest, not the CLI');
+    t.is(await tty.detach(), 0);
+
     // Live migration to host-b: the viewers stay attached and follow the VM.
     const migrated = await grid.json<VmRecord>('vm', 'migrate', 'web', '--to', 'host-b');
     t.is(migrated.host, 'host-b');
