@@ -42,7 +42,7 @@ async function typeInTerminal(page: Page, text: string): Promise<void> {
 }
 
 webTest(
-  'web page in Chromium: wrong token refused; sign in, hosts and VMs, start, console echo, migrate, screenshot',
+  'web page in Chromium: wrong token refused; sign in, hosts and VMs, create and delete, start, console echo, migrate, screenshot',
   async (t: ExecutionContext) => {
     t.timeout(300_000);
     if (!fs.existsSync(path.join(WEB_DIST, 'index.html')))
@@ -109,12 +109,24 @@ webTest(
     t.is(await page.evaluate(() => sessionStorage.getItem('homewire.token') !== null), true);
     t.is(await page.evaluate(() => localStorage.length), 0, 'the token is not kept beyond the session');
 
+    // Create from the page: a name taken is an error the page shows; a new VM appears, and Delete removes it.
+    page.on('dialog', (d) => d.accept());
+    await page.fill('#create-vm input[name="name"]', 'web');
+    await page.click('#create-vm button[type="submit"]');
+    await page.waitForSelector('#messages .message.error:has-text("a vm named web exists already")');
+    await page.fill('#create-vm input[name="name"]', 'db');
+    await page.click('#create-vm button[type="submit"]');
+    await page.waitForSelector('#vms tr[data-vm="db"] td.state:has-text("defined")', { timeout: 10_000 });
+    await page.click('#vms tr[data-vm="db"] button[data-action="delete"]');
+    await page.waitForSelector('#vms tr[data-vm="db"]', { state: 'detached', timeout: 10_000 });
+
     // Start: the page shows progress, then running on a host (live update, no reload).
     await page.click('#vms tr[data-vm="web"] button[data-action="start"]');
     await page.waitForSelector('#vms tr[data-vm="web"] td.state:has-text("running")', { timeout: 120_000 });
     const firstHost = ((await page.textContent('#vms tr[data-vm="web"] td.host')) ?? '').trim();
     t.true(firstHost === 'host-a' || firstHost === 'host-b', `placed on ${firstHost}`);
     await page.waitForSelector(`#hosts tr[data-host="${firstHost}"] td.guests:has-text("web")`);
+    t.regex((await page.textContent('#vms tr[data-vm="web"] td[data-since]')) ?? '', /^\d+(m )?\d*s$/, 'uptime');
 
     // Console: xterm.js on the serial console, through the coordinator.
     await page.click('#vms tr[data-vm="web"] button[data-action="console"]');
@@ -148,6 +160,7 @@ webTest(
     const other = firstHost === 'host-a' ? 'host-b' : 'host-a';
     await page.selectOption('#vms tr[data-vm="web"] select.migrate-to', other);
     await page.click('#vms tr[data-vm="web"] button[data-action="migrate"]');
+    await page.waitForSelector(`#vms tr[data-vm="web"] td.state:has-text("migrating → ${other}")`, { timeout: 10_000 });
     await page.waitForSelector(`#vms tr[data-vm="web"] td.host:has-text("${other}")`, { timeout: 120_000 });
     await page.waitForSelector('#vms tr[data-vm="web"] td.state:has-text("running")');
     await page.waitForSelector(`#console-status:has-text("connected to web on ${other}")`, { timeout: 15_000 });
