@@ -188,6 +188,7 @@ export class ConsoleLinks {
         ws.on('error', () => {}); // 'close' follows
         this.stats.opened++;
         this.open.add(ws);
+        this.o.log.debug({ vm: req.name, coordinator: base }, 'console stream open');
         // Replay and subscribe in one turn: no output can fall between them.
         const replay = con.read(req.stream === con.stream ? (req.from ?? 0) : 0);
         ws.send(JSON.stringify({ type: 'hello', vm: req.name, stream: con.stream, from: replay.from }));
@@ -209,9 +210,10 @@ export class ConsoleLinks {
         ws.on('message', (data: Buffer, isBinary: boolean) => {
           if (isBinary) con.write(data);
         });
-        ws.on('close', () => {
+        ws.on('close', (code: number) => {
           unsubscribe();
           this.open.delete(ws);
+          this.o.log.debug({ vm: req.name, code }, 'console stream closed');
         });
         resolve();
       });

@@ -146,7 +146,11 @@ export class ConsoleService {
           refuse(socket, 404, 'not_found', `no vm named ${name} (homewire vm list)`);
           return;
         }
-        this.viewerWss.handleUpgrade(req, socket, head, (ws) => this.hub(name, vm).addViewer(ws));
+        this.viewerWss.handleUpgrade(req, socket, head, (ws) => {
+          // Who watches (and may type into) which console: worth a line.
+          this.d.log.info({ vm: name, remote: req.socket.remoteAddress }, 'console viewer attached');
+          this.hub(name, vm).addViewer(ws);
+        });
       },
       (err) => refuse(socket, 500, 'internal', `reading vm ${name}: ${(err as Error).message}`),
     );
