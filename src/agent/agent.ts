@@ -78,7 +78,7 @@ export class HostAgent {
     this.consoles = new ConsoleLinks({
       host: deps.name,
       url: () => this.client.url,
-      headers: () => this.client.headers(),
+      wsOptions: () => this.client.wsOptions(),
       log: deps.log.child({ part: 'console' }),
     });
   }

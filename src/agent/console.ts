@@ -147,8 +147,8 @@ export interface ConsoleLinksOptions {
   host: string;
   /** The coordinator the agent talks to now (its client's current URL). */
   url(): string;
-  /** The agent's credentials, exactly as its other requests send them. */
-  headers(): Record<string, string>;
+  /** The agent's credentials and TLS trust, exactly as its other requests use them (CoordinatorClient.wsOptions). */
+  wsOptions(): { headers: Record<string, string>; ca?: string };
   log: Logger;
 }
 
@@ -168,7 +168,7 @@ export class ConsoleLinks {
     const base = this.o.url().replace(/^http/, 'ws');
     const q = new URLSearchParams({ host: this.o.host, session: req.session });
     const ws = new WebSocket(`${base}/v1/agent/console?${q}`, {
-      headers: this.o.headers(),
+      ...this.o.wsOptions(),
       maxPayload: CONSOLE_VIEWER_MESSAGE_MAX_BYTES,
       handshakeTimeout: CONSOLE_LINK_TIMEOUT_MS,
       perMessageDeflate: false,

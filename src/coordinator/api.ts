@@ -44,26 +44,18 @@ export interface ApiContext {
   events?(req: http.IncomingMessage, res: http.ServerResponse): void;
 }
 
-export type Role = 'admin' | 'host';
-
-/** Whether a request carries the token its role needs: the one check for HTTP requests and WebSocket upgrades. */
-export function authorizer(adminToken: string, hostToken: string): (req: http.IncomingMessage, role: Role) => boolean {
-  const admin = digest(adminToken);
-  const host = digest(hostToken);
-  return (req, role) => {
-    const token = bearer(req.headers.authorization);
-    // Compare digests in constant time: neither the token nor its length leaks through timing.
-    return token !== null && crypto.timingSafeEqual(digest(token), role === 'admin' ? admin : host);
-  };
-}
+type Role = 'admin' | 'host';
 
 export function apiHandler(ctx: ApiContext): http.RequestListener {
-  const authorized = authorizer(ctx.adminToken, ctx.hostToken);
+  const admin = digest(ctx.adminToken);
+  const host = digest(ctx.hostToken);
   return (req, res) => {
     const url = new URL(req.url ?? '/', 'http://coordinator');
     if (ctx.page?.(req, res, url)) return;
     const role: Role = url.pathname.startsWith('/v1/agent/') ? 'host' : 'admin';
-    if (!authorized(req, role)) {
+    const token = bearer(req.headers.authorization);
+    // Compare digests in constant time: neither the token nor its length leaks through timing.
+    if (token === null || !crypto.timingSafeEqual(digest(token), role === 'admin' ? admin : host)) {
       req.resume();
       return reply(
         res,

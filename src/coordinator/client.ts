@@ -34,9 +34,15 @@ export class CoordinatorClient {
     return this.urls[this.current];
   }
 
-  /** The credentials every request carries (also the agent's console streams, which are WebSockets). */
+  /** The credentials every request carries. */
   headers(): Record<string, string> {
     return { authorization: `Bearer ${this.token}` };
+  }
+
+  /** What a WebSocket to the coordinator (agents' console streams, `vm console`) needs to be trusted and
+   *  authenticated exactly as this client's requests are: the same credentials (and, with TLS, the same CA). */
+  wsOptions(): { headers: Record<string, string>; ca?: string } {
+    return { headers: this.headers() };
   }
 
   async request<T = unknown>(method: string, path: string, body?: unknown, o: RequestOptions = {}): Promise<T> {

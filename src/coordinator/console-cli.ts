@@ -42,7 +42,7 @@ type Message = [data: Buffer, isBinary: boolean];
 /** The open WebSocket, and what arrived with the handshake (before anyone could listen: the scrollback). */
 function open(url: string, client: CoordinatorClient): Promise<{ ws: WebSocket; early: Message[] }> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { headers: client.headers(), perMessageDeflate: false, handshakeTimeout: 10_000 });
+    const ws = new WebSocket(url, { ...client.wsOptions(), perMessageDeflate: false, handshakeTimeout: 10_000 });
     const early: Message[] = [];
     ws.on('message', (data: Buffer, isBinary: boolean) => early.push([data, isBinary]));
     ws.once('open', () => {

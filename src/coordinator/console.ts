@@ -22,7 +22,6 @@ import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import WebSocket, { WebSocketServer } from 'ws';
 import type { Logger } from '../log.ts';
-import type { Role } from './api.ts';
 import {
   CONSOLE_AGENT_MESSAGE_MAX_BYTES,
   CONSOLE_LINGER_MS,
@@ -53,8 +52,29 @@ export interface ConsoleDeps {
   leadership: Leadership;
   /** This coordinator's own URL (a standby must not proxy to itself). */
   url(): string;
-  authorize(req: http.IncomingMessage, role: Role): boolean;
+  /** Who the request's bearer token names for this role: 'admin', a host's name, ANY_HOST (a token all hosts
+   *  share names none), or null (no or a wrong token). The API's own check (tokenPrincipal). */
+  principal(req: http.IncomingMessage, role: 'admin' | 'host'): Promise<string | null>;
   log: Logger;
+}
+
+/** The principal of the shared host token: it proves "a host", not which. */
+export const ANY_HOST = '*';
+
+/** principal() for the coordinator's admin token and shared host token (constant-time comparisons). */
+export function tokenPrincipal(
+  adminToken: string,
+  hostToken: string,
+): (req: http.IncomingMessage, role: 'admin' | 'host') => Promise<string | null> {
+  const digest = (s: string) => crypto.createHash('sha256').update(s).digest();
+  const admin = digest(adminToken);
+  const host = digest(hostToken);
+  return async (req, role) => {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+    if (!m) return null;
+    const ok = crypto.timingSafeEqual(digest(m[1]), role === 'admin' ? admin : host);
+    return ok ? (role === 'admin' ? 'admin' : ANY_HOST) : null;
+  };
 }
 
 /** Why upgrades were refused and what else went wrong: plain counters, read by metrics. */
@@ -62,7 +82,7 @@ export interface ConsoleStats {
   viewersAttached: number;
   streamsOpened: number;
   streamRequestsFailed: number;
-  rejected: Record<'unauthorized' | 'not_found' | 'bad_session' | 'no_leader' | 'bad_stream', number>;
+  rejected: Record<'unauthorized' | 'not_found' | 'bad_session' | 'wrong_host' | 'no_leader' | 'bad_stream', number>;
   slowViewersClosed: number;
   inputDroppedBytes: number;
   proxied: number;
@@ -73,7 +93,7 @@ export class ConsoleService {
     viewersAttached: 0,
     streamsOpened: 0,
     streamRequestsFailed: 0,
-    rejected: { unauthorized: 0, not_found: 0, bad_session: 0, no_leader: 0, bad_stream: 0 },
+    rejected: { unauthorized: 0, not_found: 0, bad_session: 0, wrong_host: 0, no_leader: 0, bad_stream: 0 },
     slowViewersClosed: 0,
     inputDroppedBytes: 0,
     proxied: 0,
@@ -113,27 +133,30 @@ export class ConsoleService {
       return;
     }
     if (!agent) bearerFromProtocol(req);
-    if (!this.d.authorize(req, agent ? 'host' : 'admin')) {
-      this.stats.rejected.unauthorized++;
-      refuse(
-        socket,
-        401,
-        'unauthorized',
-        `missing or wrong bearer token: this endpoint needs the ${agent ? 'host' : 'admin'} token`,
-      );
-      return;
-    }
-    if (!this.d.leadership.leading) {
-      this.proxy(req, socket, head);
-      return;
-    }
-    if (agent) {
-      this.agentStream(req, socket, head, url);
-      return;
-    }
+    this.d.principal(req, agent ? 'host' : 'admin').then(
+      (principal) => {
+        if (principal === null) {
+          this.stats.rejected.unauthorized++;
+          refuse(
+            socket,
+            401,
+            'unauthorized',
+            `missing or wrong bearer token: this endpoint needs the ${agent ? "host's" : 'admin'} token`,
+          );
+          return;
+        }
+        if (!this.d.leadership.leading) this.proxy(req, socket, head);
+        else if (agent) this.agentStream(req, socket, head, url, principal);
+        else this.viewer(req, socket, head, m![1]);
+      },
+      (err) => refuse(socket, 500, 'internal', `checking the token: ${(err as Error).message}`),
+    );
+  }
+
+  private viewer(req: http.IncomingMessage, socket: Duplex, head: Buffer, encoded: string): void {
     let name: string;
     try {
-      name = decodeURIComponent(m![1]);
+      name = decodeURIComponent(encoded);
     } catch {
       this.stats.rejected.not_found++;
       refuse(socket, 404, 'not_found', 'bad vm name');
@@ -166,7 +189,7 @@ export class ConsoleService {
   }
 
   /** An agent's stream: only for a session this coordinator gave that host, and only once. */
-  private agentStream(req: http.IncomingMessage, socket: Duplex, head: Buffer, url: URL): void {
+  private agentStream(req: http.IncomingMessage, socket: Duplex, head: Buffer, url: URL, principal: string): void {
     const session = url.searchParams.get('session') ?? '';
     const host = url.searchParams.get('host') ?? '';
     const s = this.sessions.get(session);
@@ -174,6 +197,13 @@ export class ConsoleService {
       this.stats.rejected.bad_session++;
       this.d.log.warn({ host, remote: req.socket.remoteAddress }, 'console: stream for an unknown session refused');
       refuse(socket, 404, 'bad_session', 'no console session with this id for this host');
+      return;
+    }
+    // With per-host credentials the token names the host: only the VM's host may answer its console.
+    if (principal !== ANY_HOST && principal !== s.host) {
+      this.stats.rejected.wrong_host++;
+      this.d.log.warn({ host, principal, remote: req.socket.remoteAddress }, 'console: stream from another host');
+      refuse(socket, 403, 'forbidden', `this console session belongs to host ${s.host}`);
       return;
     }
     this.sessions.delete(session);
@@ -477,6 +507,7 @@ function bearerFromProtocol(req: http.IncomingMessage): void {
 
 const REASONS: Record<number, string> = {
   401: 'Unauthorized',
+  403: 'Forbidden',
   404: 'Not Found',
   500: 'Internal Server Error',
   503: 'Service Unavailable',

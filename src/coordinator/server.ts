@@ -5,8 +5,8 @@
 import crypto from 'node:crypto';
 import http from 'node:http';
 import type { Logger } from '../log.ts';
-import { apiHandler, authorizer } from './api.ts';
-import { ConsoleService } from './console.ts';
+import { apiHandler } from './api.ts';
+import { ConsoleService, tokenPrincipal } from './console.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { COORDINATOR_TICK_MS } from './constants.ts';
 import { Dispatcher } from './dispatch.ts';
@@ -80,7 +80,7 @@ export class Coordinator {
       watch: this.watch,
       leadership,
       url: () => this.advertiseUrl,
-      authorize: authorizer(config.adminToken, config.hostToken),
+      principal: tokenPrincipal(config.adminToken, config.hostToken),
       log: log.child({ part: 'console' }),
     });
   }

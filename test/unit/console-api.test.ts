@@ -325,3 +325,17 @@ test.serial("hosts: an agent's mesh report is shown, bounded and typed (a host i
   });
   t.is((await h.admin.request<HostView>('GET', '/v1/hosts/host-a')).mesh, null);
 });
+
+test.serial('console: with per-host credentials, a stream for host-a from another host is refused (403)', async (t) => {
+  const { h, ws, admin } = await grid(t);
+  const svc = h.coordinator.consoles;
+  // What per-host tokens give the console: the token names its host. Here every host token "is" host-b.
+  (svc.d as { principal: typeof svc.d.principal }).principal = async (_req, role) =>
+    role === 'admin' ? 'admin' : 'host-b';
+  const v = await attach(`${ws}/v1/vms/web/console`, { headers: admin });
+  await waitFor(() => svc.stats.rejected.wrong_host >= 1, 5000, 'a refused stream');
+  await waitFor(() => v.notices.some((n) => n.type === 'error'), 5000, 'an error notice');
+  t.regex(v.notices.find((n) => n.type === 'error')?.message ?? '', /host-a could not open the console.*403/);
+  t.is(v.out(), '', "no output from a host that is not the VM's");
+  v.ws.close();
+});
