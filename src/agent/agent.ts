@@ -12,10 +12,18 @@
 import crypto from 'node:crypto';
 import { CoordinatorClient } from '../coordinator/client.ts';
 import { AGENT_REQUEST_TIMEOUT_MS, AGENT_RETRY_MS, HEARTBEAT_MS, POLL_WAIT_MS } from '../coordinator/constants.ts';
-import { ApiError, type Command, type CommandResult, type HostInfo, type LaunchSpec } from '../coordinator/types.ts';
+import {
+  ApiError,
+  type Command,
+  type CommandResult,
+  type HostInfo,
+  type LaunchSpec,
+  type MeshReport,
+} from '../coordinator/types.ts';
 import type { Logger } from '../log.ts';
 import type { AgentStatus } from '../status.ts';
 import type { AgentConfig } from './config.ts';
+import { ConsoleLinks } from './console.ts';
 import type { GuestSpec, Hypervisor } from './hypervisor.ts';
 import { ImageCache } from './images.ts';
 
@@ -38,11 +46,15 @@ export interface AgentDeps {
   address?: string | (() => string | undefined);
   /** This site serves DHCP: called with the coordinator's reservations after each heartbeat. */
   reservations?(list: { mac: string; ip: string; vm: string }[]): void;
+  /** The daemon's mesh endpoint and peers, sent with each heartbeat (the web page shows them). */
+  mesh?(): MeshReport | null | Promise<MeshReport | null>;
 }
 
 export class HostAgent {
   readonly client: CoordinatorClient;
   readonly images: ImageCache;
+  /** Console streams to the coordinator (src/agent/console.ts). */
+  readonly consoles: ConsoleLinks;
   readonly bootId = crypto.randomBytes(8).toString('hex');
   /** Plain counters, read by `status` and tests. */
   readonly stats = { registrations: 0, heartbeats: 0, heartbeatFailures: 0, polls: 0, commands: 0, commandFailures: 0 };
@@ -56,6 +68,8 @@ export class HostAgent {
   private readonly running = new Set<Promise<void>>();
   private lastError = '';
   private beating = false;
+  private lastMesh: MeshReport | null = null;
+  private readingMesh = false;
 
   constructor(
     readonly config: AgentConfig,
@@ -63,6 +77,12 @@ export class HostAgent {
   ) {
     this.client = new CoordinatorClient(config.urls, config.token);
     this.images = new ImageCache(config.cacheDir, deps.log);
+    this.consoles = new ConsoleLinks({
+      host: deps.name,
+      url: () => this.client.url,
+      wsOptions: () => this.client.wsOptions(),
+      log: deps.log.child({ part: 'console' }),
+    });
   }
 
   get name(): string {
@@ -157,7 +177,15 @@ export class HostAgent {
     (this.hv?.refresh?.() ?? Promise.resolve())
       .catch(() => {})
       .then(() => {
-        const body = { name: this.name, boot_id: this.bootId, guests_version: version, guests: this.hv?.list() ?? [] };
+        const mesh = this.lastMesh;
+        this.refreshMesh();
+        const body = {
+          name: this.name,
+          boot_id: this.bootId,
+          guests_version: version,
+          guests: this.hv?.list() ?? [],
+          ...(mesh ? { mesh } : {}),
+        };
         return this.client.request<{ ok: boolean; reservations?: { mac: string; ip: string; vm: string }[] }>(
           'POST',
           '/v1/agent/heartbeat',
@@ -183,6 +211,26 @@ export class HostAgent {
           this.warn(err, 'heartbeat failed');
         },
       );
+  }
+
+  /** The daemon's mesh report, read in the background: a slow daemon never delays a heartbeat. */
+  private refreshMesh(): void {
+    const read = this.deps.mesh;
+    if (!read || this.readingMesh) return;
+    this.readingMesh = true;
+    Promise.resolve()
+      .then(() => read())
+      .then(
+        (m) => {
+          this.lastMesh = m;
+        },
+        () => {
+          this.lastMesh = null;
+        },
+      )
+      .finally(() => {
+        this.readingMesh = false;
+      });
   }
 
   private warn(err: unknown, msg: string): void {
@@ -318,6 +366,12 @@ export class HostAgent {
         await hv.stop(c.name);
         this.guestsVersion++;
         return { state: 'absent' };
+      case 'console': {
+        const con = hv.console?.(c.name);
+        if (!con) throw new Error(`no console for guest ${c.name} on ${this.name} (not running here)`);
+        await this.consoles.link(con, c);
+        return {};
+      }
     }
   }
 
@@ -355,6 +409,7 @@ export class HostAgent {
     this.stopped = true;
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.abort.abort();
+    this.consoles.closeAll();
     await Promise.allSettled([...this.loops, ...this.running]);
     await this.hv?.close();
     this.deps.log.info('host agent stopped');

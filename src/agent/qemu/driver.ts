@@ -28,7 +28,13 @@ export interface LaunchOptions {
   tap: string;
   memMb?: number; // default 128
   qmpSocket: string;
+  /** Everything the guest prints on its serial port (ttyS0) is appended here. */
   serialLog: string;
+  /** Also put the serial port on this unix socket (QEMU listens; one client, e.g. the agent's SerialConsole).
+   *  Without it the serial port goes to serialLog only. */
+  serialSocket?: string;
+  /** Start with the CPUs stopped (-S): the caller connects to the serial socket first, then sends QMP cont. */
+  paused?: boolean;
   /** Wait for a migration stream instead of booting: 'tcp:ADDR:PORT' or 'unix:PATH'. */
   incoming?: string;
   /** Run QEMU inside this network namespace (`ip netns exec`), so its TAP is made there. */
@@ -76,6 +82,11 @@ export function qemuBinary(): string {
   return 'qemu-system-x86_64';
 }
 
+/** A value inside a QEMU option list: commas are doubled. */
+function qemuOpt(v: string): string {
+  return v.replaceAll(',', ',,');
+}
+
 /** The QEMU argument list for a guest (without the binary). */
 export function qemuArgs(o: LaunchOptions): string[] {
   const accel = o.accel ?? detectAccel();
@@ -97,8 +108,14 @@ export function qemuArgs(o: LaunchOptions): string[] {
     '-nodefaults',
     '-no-user-config',
     '-no-reboot',
-    '-serial',
-    `file:${o.serialLog}`,
+    ...(o.serialSocket
+      ? [
+          '-chardev',
+          `socket,id=ser0,path=${qemuOpt(o.serialSocket)},server=on,wait=off,logfile=${qemuOpt(o.serialLog)},logappend=on`,
+          '-serial',
+          'chardev:ser0',
+        ]
+      : ['-serial', `file:${o.serialLog}`]),
     '-qmp',
     `unix:${o.qmpSocket},server=on,wait=off`,
     '-kernel',
@@ -113,6 +130,7 @@ export function qemuArgs(o: LaunchOptions): string[] {
     `virtio-net-pci,netdev=n0,mac=${o.mac},romfile=`,
   ];
   if (o.incoming) args.push('-incoming', o.incoming);
+  if (o.paused) args.push('-S');
   if (o.extraArgs) args.push(...o.extraArgs);
   return args;
 }
@@ -244,7 +262,7 @@ export class Vm {
       }
       if (this.running) await stopChild(this.proc, { graceMs: 1500 });
       this.qmp.close();
-      for (const f of [this.opts.qmpSocket]) fs.rmSync(f, { force: true });
+      for (const f of [this.opts.qmpSocket, this.opts.serialSocket]) if (f) fs.rmSync(f, { force: true });
     })();
     return this.stopping;
   }
@@ -268,7 +286,7 @@ interface MigrateInfo {
 /** Starts QEMU, connects QMP and (with bridge) joins the TAP to the bridge. Throws with QEMU's output. */
 export async function launch(o: LaunchOptions): Promise<Vm> {
   const qemuLog = o.qemuLog ?? `${o.serialLog}.qemu`;
-  for (const f of [o.qmpSocket, o.serialLog]) fs.rmSync(f, { force: true });
+  for (const f of [o.qmpSocket, o.serialLog, o.serialSocket]) if (f) fs.rmSync(f, { force: true });
   const argv = [qemuBinary(), ...qemuArgs(o)];
   const full = o.netns ? ['ip', 'netns', 'exec', o.netns, ...argv] : argv;
   // A background QEMU that inherits a pipe keeps it open: give it a file.

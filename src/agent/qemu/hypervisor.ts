@@ -11,12 +11,15 @@ import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../.
 import type { Logger } from '../../log.ts';
 import { detectAccel, hasQemu, launch, type LaunchOptions, type Vm } from './driver.ts';
 import type { GuestSpec, Hypervisor } from '../hypervisor.ts';
+import { SerialConsole } from '../console.ts';
 import { formatEndpoint } from '../../addr.ts';
 
 interface Guest {
   vm: Vm;
   spec: GuestSpec;
   state: GuestState;
+  /** The agent's end of the guest's serial socket (scrollback and fan-out to console streams). */
+  console: SerialConsole;
 }
 
 const MIGRATE_TIMEOUT_MS = 290_000;
@@ -54,6 +57,7 @@ export class QemuHypervisor implements Hypervisor {
       memMb: spec.memoryMib,
       qmpSocket: `${base}.qmp`,
       serialLog: `${base}.serial`,
+      serialSocket: `${base}.serial.sock`,
       qemuLog: `${base}.qemu.log`,
       bridge: spec.bridge,
       tapMtu: bridgeMtu(spec.bridge),
@@ -62,12 +66,26 @@ export class QemuHypervisor implements Hypervisor {
     };
   }
 
-  private adopt(spec: GuestSpec, vm: Vm, state: GuestState): void {
-    const g: Guest = { vm, spec, state };
+  /** Takes the guest's serial socket before its CPUs run (launch with -S; incoming waits for its stream anyway). */
+  private async attachConsole(vm: Vm): Promise<SerialConsole> {
+    const con = new SerialConsole(vm.opts.serialSocket!, this.o.log);
+    try {
+      await con.connect();
+    } catch (err) {
+      con.close();
+      await vm.stop();
+      throw err;
+    }
+    return con;
+  }
+
+  private adopt(spec: GuestSpec, vm: Vm, state: GuestState, console: SerialConsole): void {
+    const g: Guest = { vm, spec, state, console };
     this.guests.set(spec.name, g);
     vm.exited.then(() => {
       if (this.guests.get(spec.name) !== g || g.state === 'exited') return;
       g.state = 'exited';
+      g.console.close('QEMU exited');
       this.o.log.warn({ vm: spec.name, pid: vm.pid }, 'QEMU exited');
       this.onChange?.();
     });
@@ -75,8 +93,16 @@ export class QemuHypervisor implements Hypervisor {
 
   async launch(spec: GuestSpec): Promise<void> {
     await this.stop(spec.name);
-    const vm = await launch(this.options(spec));
-    this.adopt(spec, vm, 'running');
+    const vm = await launch({ ...this.options(spec), paused: true });
+    const con = await this.attachConsole(vm);
+    try {
+      await vm.qmp.execute('cont');
+    } catch (err) {
+      con.close();
+      await vm.stop();
+      throw err;
+    }
+    this.adopt(spec, vm, 'running', con);
     this.o.log.info({ vm: spec.name, pid: vm.pid, tap: vm.opts.tap, accel: this.info.accel }, 'guest launched');
   }
 
@@ -85,7 +111,7 @@ export class QemuHypervisor implements Hypervisor {
     const port = await freePort(address);
     const uri = `tcp:${formatEndpoint(address, port)}`;
     const vm = await launch(this.options(spec, uri));
-    this.adopt(spec, vm, 'incoming'); // runs by itself once the stream has arrived: refresh() sees that
+    this.adopt(spec, vm, 'incoming', await this.attachConsole(vm)); // runs by itself once the stream has arrived: refresh() sees that
     if (spec.bridge) {
       // The bridge learned the guest's MAC on the homewire TAP (its frames came over the mesh). Point it at the
       // incoming guest's TAP now, so frames the mesh sends here during the migration (expect) reach the guest
@@ -138,8 +164,13 @@ export class QemuHypervisor implements Hypervisor {
     const g = this.guests.get(name);
     if (!g) return;
     this.guests.delete(name);
+    g.console.close();
     await g.vm.stop();
     this.o.log.info({ vm: name }, 'guest stopped');
+  }
+
+  console(name: string): SerialConsole | null {
+    return this.guests.get(name)?.console ?? null;
   }
 
   list(): GuestReport[] {
