@@ -35,6 +35,12 @@ vmTest(
     const status = async (site: string) =>
       (await controlRequest<StatusReport>(path.join(lab.dir, `${site}.sock`), 'GET', '/v1/status')).body;
     t.is((await status('host-a')).hostAddress, addresses['host-a'], 'host-a reports its overlay address');
+    // The hosts know each other once home has introduced them (a moment after their sessions with home).
+    for (let i = 0; i < 100; i++) {
+      const [a, b] = await Promise.all([status('host-a'), status('host-b')]);
+      if (a.peers.some((p) => p.name === 'host-b') && b.peers.some((p) => p.name === 'host-a')) break;
+      await sleep(100);
+    }
     // host-b is unreachable on its underlay address from host-a (both behind NAT): only the overlay works.
     const under = await lab.exec('host-a', ['ping', '-n', '-c', '1', '-W', '1', lab.site('host-b').underlay4]);
     t.not(under.code, 0, "host-b's private underlay address is not reachable from host-a");
