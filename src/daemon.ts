@@ -102,6 +102,7 @@ export class Daemon {
       relay: cfg.relay,
       lookup: deps.lookup,
       localAddresses: deps.localAddresses,
+      overlayInterfaces: [tap.name, ...(cfg.tap.bridge ? [cfg.tap.bridge] : [])],
     });
     let dhcp: DhcpServer | null = null;
     let sw: Switch | null = null;

@@ -44,6 +44,7 @@ import {
 } from './natsignal.ts';
 import { directUsable, Paths } from './paths.ts';
 import { type Endpoint, type PathKind, Peer, type PeerConfig } from './peer.ts';
+import { OverlayAddresses } from './overlay.ts';
 import { relayReceive } from './relay.ts';
 import { type Lookup, Resolver, systemLookup } from './resolver.ts';
 import { MeshTimers } from './timers.ts';
@@ -69,6 +70,8 @@ export interface MeshOptions {
   lookup?: Lookup;
   /** This host's own addresses, offered to introducers as direct-path candidates (default: its interfaces'). */
   localAddresses?: () => string[];
+  /** The overlay's own interfaces (the TAP and its bridge): their addresses are never underlay endpoints. */
+  overlayInterfaces?: string[];
 }
 
 /** Drop counters by reason: plain fields, read at scrape time. */
@@ -94,6 +97,7 @@ export class MeshDrops {
   // mesh signals (codes 16-31)
   nat_signal_malformed = 0;
   nat_signal_misplaced = 0; // e.g. a PING through a relay, a PUNCH from a configured peer
+  overlay_endpoint = 0; // a handshake or roam from an address inside the overlay (the mesh inside itself)
 }
 
 export class HandshakeCounts {
@@ -150,6 +154,7 @@ export class Mesh {
   private flushScheduled = false;
   private readonly flushBound = () => this.flush();
   private readonly localAddresses: () => string[];
+  readonly overlay: OverlayAddresses;
   /** Sources of recent initiations from keys not (yet) in the config: a peer added by a reload is reached at
    *  once instead of at its next retry. Bounded; the address is only a hint (an initiation can be replayed). */
   private readonly unknownInitiators = new Map<string, { endpoint: Endpoint; atMs: number }>();
@@ -172,7 +177,8 @@ export class Mesh {
     this.resolver = new Resolver(socket.family, options.lookup ?? systemLookup, log, (peer) =>
       this.timers.sessionWanted(peer),
     );
-    this.localAddresses = options.localAddresses ?? (() => interfaceAddresses(socket.family));
+    this.overlay = new OverlayAddresses(options.overlayInterfaces ?? [], now);
+    this.localAddresses = options.localAddresses ?? (() => interfaceAddresses(socket.family, this.overlay.names));
     for (const p of peers) this.addPeer(p);
     this.timers = new MeshTimers(this);
   }
@@ -227,6 +233,10 @@ export class Mesh {
       return;
     }
     if (type === MSG_HANDSHAKE_INIT || type === MSG_HANDSHAKE_RESP) {
+      if (this.overlay.contains(address)) {
+        this.drops.overlay_endpoint++;
+        return;
+      }
       if (this.handshakeQueue.length >= HANDSHAKE_QUEUE_MAX) {
         this.drops.handshake_queue_full++;
         return;
@@ -261,6 +271,8 @@ export class Mesh {
       if (payload[0] === SIG_INTRODUCE) this.introStats.malformed++;
       return;
     }
+    if (m.type === SIG_INTRODUCE || m.type === SIG_CANDIDATES)
+      m.endpoints = m.endpoints.filter((e) => !this.overlay.contains(e.address));
     switch (m.type) {
       case SIG_INTRODUCE:
         if (relayed) this.introStats.not_introducer++;
@@ -290,6 +302,10 @@ export class Mesh {
   }
 
   private roam(peer: Peer, address: string, port: number): void {
+    if (this.overlay.contains(address)) {
+      this.drops.overlay_endpoint++; // never follow a peer into our own overlay
+      return;
+    }
     if (peer.endpoint !== null) {
       peer.stats.roams++;
       this.log.info(
@@ -787,10 +803,12 @@ export class Mesh {
 
 const EMPTY = Buffer.alloc(0);
 
-/** This host's addresses of one family, for direct-path candidates: no loopback, no link-local. */
-function interfaceAddresses(family: 4 | 6): string[] {
+/** This host's addresses of one family, for direct-path candidates: no loopback, no link-local, none of the
+ *  overlay's own interfaces. */
+function interfaceAddresses(family: 4 | 6, exclude: readonly string[]): string[] {
   const out: string[] = [];
-  for (const list of Object.values(os.networkInterfaces())) {
+  for (const [name, list] of Object.entries(os.networkInterfaces())) {
+    if (exclude.includes(name)) continue;
     for (const a of list ?? []) {
       if (a.internal || (family === 4 ? a.family !== 'IPv4' : a.family !== 'IPv6')) continue;
       if (a.address.startsWith('169.254.') || a.address.toLowerCase().startsWith('fe80:')) continue;

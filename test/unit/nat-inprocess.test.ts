@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import test from 'ava';
 import { MSG_RELAY_DATA } from '../../src/constants.ts';
+import { OverlayAddresses } from '../../src/mesh/overlay.ts';
 import { encodeIntroduce, encodeWithdraw } from '../../src/mesh/natsignal.ts';
 import { macKey } from '../../src/addr.ts';
 import { parseConfig } from '../../src/config.ts';
@@ -577,3 +578,12 @@ test.serial(
     t.true(gap <= 3000, `frames resumed within 3 s (${gap} ms)`);
   },
 );
+
+test.serial('the overlay’s own addresses are never underlay endpoints (no mesh inside the mesh)', (t) => {
+  // 'lo' stands in for the bridge: its subnet (127.0.0.0/8) is "the overlay".
+  const overlay = new OverlayAddresses(['lo']);
+  t.true(overlay.contains('127.0.0.9'));
+  t.false(overlay.contains('203.0.113.1'));
+  t.false(overlay.contains('tcp#3'));
+  t.false(new OverlayAddresses([]).contains('127.0.0.9'));
+});
