@@ -109,6 +109,7 @@ export class Daemon {
       const dhcp = this.dhcp;
       this.agent = new HostAgent(this.config.coordinator, {
         name: this.config.name,
+        publicKey: encodeKey(this.config.publicKey),
         bridge: this.config.tap.bridge,
         address: this.config.listen.address,
         expect: (mac) => this.expect(mac),
