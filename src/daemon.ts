@@ -34,6 +34,11 @@ export class Daemon {
   private agent: HostAgent | null = null;
   readonly startedMs: number;
 
+  /** The host agent, when this daemon joins a coordinator (metrics read its counters). */
+  get hostAgent(): HostAgent | null {
+    return this.agent;
+  }
+
   private constructor(
     public config: Config,
     readonly tap: TapDevice,

@@ -50,6 +50,8 @@ export interface HostOptions {
   authorizeMove?: ((mac: string, siteKey: string, untilMs: number) => { ok: boolean; error?: string }) | null;
   /** Extra keys of the agent's coordinator: section. */
   agentConfig?: Record<string, unknown>;
+  /** The agent's logger (default: the harness's). */
+  log?: Logger;
 }
 
 export class Harness {
@@ -63,8 +65,12 @@ export class Harness {
     readonly coordinator: Coordinator,
     readonly adminToken: string,
     readonly log: Logger,
+    /** The CA of the coordinator's TLS certificate (clients and agents verify with it). */
+    readonly caFile?: string,
   ) {
-    this.admin = new CoordinatorClient([coordinator.url], adminToken);
+    this.admin = new CoordinatorClient([coordinator.url], adminToken, {
+      ca: caFile ? fs.readFileSync(caFile, 'utf8') : undefined,
+    });
     const file = (n: string, text: string) => {
       const p = path.join(dir, n);
       fs.writeFileSync(p, text);
@@ -76,7 +82,15 @@ export class Harness {
   }
 
   static async start(
-    o: { log?: Logger; store?: Store; leadership?: Leadership; configExtra?: string; now?: () => number } = {},
+    o: {
+      log?: Logger;
+      store?: Store;
+      leadership?: Leadership;
+      configExtra?: string;
+      now?: () => number;
+      /** With a `tls:` section in configExtra: the CA that signed its certificate. */
+      caFile?: string;
+    } = {},
   ): Promise<Harness> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-coord-'));
     const adminToken = crypto.randomBytes(24).toString('base64url');
@@ -98,7 +112,7 @@ export class Harness {
       now: o.now,
     });
     await c.start();
-    return new Harness(dir, c, adminToken, log);
+    return new Harness(dir, c, adminToken, log, o.caFile);
   }
 
   /** `homewire host add NAME`: a token bound to NAME, written to <dir>/<NAME>.token. */
@@ -128,6 +142,7 @@ export class Harness {
         cache_dir: `cache-${name}`,
         state_dir: `state-${name}`,
         allow_local_images: true,
+        ...(this.caFile ? { ca_file: this.caFile } : {}),
         ...o.agentConfig,
       },
       cfgFile,
@@ -153,7 +168,7 @@ export class Harness {
       name,
       ...(publicKey ? { publicKey } : {}),
       bridge: 'br-hw',
-      log: this.log,
+      log: o.log ?? this.log,
       hypervisor: hv,
       address: o.address === null ? undefined : (o.address ?? `192.0.2.${this.hosts.size + 2}`),
       expect: (mac) => {

@@ -13,6 +13,7 @@
 //     migration_ports: 49152-49215         # TCP ports the coordinator picks a migration's port from
 //     allow_local_images: false            # true: images may be paths on this host
 //     qemu_user: homewire-qemu             # optional: QEMU drops to this user (or UID:GID) after setup
+//     metrics: { listen: 127.0.0.1:9587 }  # optional, `homewire agent` only (in the daemon: its metrics)
 //     cache_dir: /var/cache/homewire/images
 //     state_dir: /var/lib/homewire/vms
 //     hypervisor: qemu                     # or none: register, run no VMs
@@ -21,6 +22,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Checker } from '../checker.ts';
+import type { Endpoint } from '../mesh/peer.ts';
 import { parseHostToken } from '../coordinator/credentials.ts';
 import { DEFAULT_MIGRATION_PORTS, refuseMigrationAddress } from '../coordinator/migration.ts';
 
@@ -42,6 +44,8 @@ export interface AgentConfig {
   qemuUser?: { uid: number; gid: number; text: string };
   cacheDir: string;
   stateDir: string;
+  /** The standalone agent's own Prometheus endpoint. */
+  metrics?: { listen: Endpoint };
   hypervisor: 'qemu' | 'none';
 }
 
@@ -52,6 +56,7 @@ const KEYS = [
   'migration_ports',
   'allow_local_images',
   'qemu_user',
+  'metrics',
   'site',
   'cpus',
   'memory_mib',
@@ -181,6 +186,12 @@ export function parseAgentConfig(
   }
   let allowLocalImages = false;
   if (o.allow_local_images !== undefined) allowLocalImages = c.boolean(o.allow_local_images, k('allow_local_images'));
+  let metrics: AgentConfig['metrics'];
+  if (o.metrics !== undefined) {
+    const m = c.object(o.metrics, k('metrics'));
+    c.onlyKeys(m, ['listen'], k('metrics'));
+    metrics = { listen: c.endpoint(m.listen, `${k('metrics')}.listen`, false) };
+  }
   let qemuUser: AgentConfig['qemuUser'];
   if (o.qemu_user !== undefined) qemuUser = resolveUser(c, String(o.qemu_user), k('qemu_user'));
   const cacheDir = rel(
@@ -211,6 +222,7 @@ export function parseAgentConfig(
     qemuUser,
     cacheDir,
     stateDir,
+    ...(metrics ? { metrics } : {}),
     hypervisor: hypervisor as 'qemu' | 'none',
   };
 }

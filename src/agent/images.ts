@@ -21,6 +21,7 @@ import { pipeline } from 'node:stream/promises';
 import { IMAGE_FETCH_TIMEOUT_MS, IMAGE_FILE_MAX_BYTES } from '../coordinator/constants.ts';
 import {
   addressAllowed,
+  effectivePort,
   type ImageSource,
   parseImageSources,
   rangeOf,
@@ -165,11 +166,12 @@ async function openLocal(location: string, what: string): Promise<Readable> {
  */
 function openUrl(location: string, what: string, sources: ImageSource[], ca: string | undefined): Promise<Readable> {
   const u = new URL(location);
+  const port = effectivePort(u);
   let refused: CommandRefused | null = null;
   const lookup: net.LookupFunction = (host, opts, cb) => {
     dns.lookup(host, { all: true }, (err, addrs) => {
       if (err) return cb(err, '', 4);
-      const bad = addrs.find((a) => !addressAllowed(a.address, sources));
+      const bad = addrs.find((a) => !addressAllowed(a.address, port, sources));
       if (bad) {
         refused = new CommandRefused(
           'image_source',

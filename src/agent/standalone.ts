@@ -58,5 +58,22 @@ export async function runStandaloneAgent(file: string): Promise<void> {
   const log = createLogger(process.env.HOMEWIRE_LOG_LEVEL ?? 'info');
   const agent = await loadStandaloneAgent(file, log);
   await agent.start();
-  exitOnSignals(log, 'the host agent', () => agent.stop(), 10_000);
+  let metrics: import('node:http').Server | null = null;
+  if (agent.config.metrics) {
+    const client = (await import('prom-client')).default;
+    const { serveMetrics } = await import('../metrics.ts');
+    const { registerAgentMetrics } = await import('./metrics.ts');
+    const register = new client.Registry();
+    registerAgentMetrics(register, () => agent);
+    metrics = await serveMetrics(register, agent.config.metrics.listen);
+  }
+  exitOnSignals(
+    log,
+    'the host agent',
+    async () => {
+      metrics?.close();
+      await agent.stop();
+    },
+    10_000,
+  );
 }

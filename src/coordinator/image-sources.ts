@@ -92,17 +92,22 @@ export function refuseUrl(location: string, sources: readonly ImageSource[]): st
     s.kind === 'host' ? s.host === host && (s.port === null || s.port === port) : isIp && inRange(host, s),
   );
   if (!listed) return `${isIp ? host : `host ${host}`}${u.port ? ` port ${port}` : ''} is not in image_sources`;
-  if (isIp && !addressAllowed(host, sources)) return `${host} is a ${rangeOf(host)} address that is not listed`;
+  if (isIp && !addressAllowed(host, port, sources)) return `${host} is a ${rangeOf(host)} address that is not listed`;
   return null;
 }
 
-/** May the agent connect to `ip` (a URL's host, or what its name resolved to)? Public unicast, or listed. */
-export function addressAllowed(ip: string, sources: readonly ImageSource[]): boolean {
+/**
+ * May the agent connect to `ip`:`port` (a URL's address, or what its name resolved to)? A public unicast
+ * address, or one listed itself (as an address, with that port if the entry has one, or in a range).
+ */
+export function addressAllowed(ip: string, port: number, sources: readonly ImageSource[]): boolean {
   if (!net.isIP(ip)) return false;
   const a = ipaddr.process(ip); // ::ffff:a.b.c.d is judged as a.b.c.d
   const text = a.toString();
   if (a.range() === 'unicast') return true;
-  return sources.some((s) => (s.kind === 'host' ? s.host === text : inRange(text, s)));
+  return sources.some((s) =>
+    s.kind === 'host' ? s.host === text && (s.port === null || s.port === port) : inRange(text, s),
+  );
 }
 
 export function rangeOf(ip: string): string {
