@@ -53,6 +53,16 @@ export class QemuHypervisor implements Hypervisor {
     if (this.o.runAs) {
       fs.chownSync(dir, 0, this.o.runAs.gid);
       fs.chmodSync(dir, 0o710);
+      const { uid, gid } = this.o.runAs;
+      for (let d = path.dirname(dir); ; d = path.dirname(d)) {
+        const st = fs.statSync(d);
+        const x = st.uid === uid ? st.mode & 0o100 : st.gid === gid ? st.mode & 0o010 : st.mode & 0o001;
+        if (!x)
+          throw new Error(
+            `${d} is not searchable by qemu_user ${this.o.runAs.text}: QEMU could not reach its migration keys in ${dir} (chmod o+x ${d}, or move state_dir)`,
+          );
+        if (d === path.dirname(d)) break;
+      }
     }
     return dir;
   }
