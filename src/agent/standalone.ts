@@ -3,8 +3,8 @@
 // (name, key, tap.bridge, listen, control socket) plus its `coordinator:` section, and talks to the daemon
 // through its control socket instead of calling the switch:
 //   POST /v1/expect?mac=M                                      a guest is about to arrive here
-//   POST /v1/authorize-move {mac, site_key, until_ms}          a migration the coordinator runs (MAC ownership)
-//   POST /v1/guest-macs {guests: [{mac, ip, vm}]}              the coordinator's guests here (port security)
+//   POST /v1/authorize-move {mac, to: <base64 key>, until_ms}  a migration the coordinator runs (MAC ownership)
+//   POST /v1/guests {guests: [{mac, ip, vm}]}                  the coordinator's guests here (port security)
 // A daemon without the last two (404: no MAC ownership or port security to tell) is not an error.
 import fs from 'node:fs';
 import YAML from 'yaml';
@@ -48,8 +48,8 @@ export async function loadStandaloneAgent(file: string, log = createLogger()): P
     address: cfg.listen.address,
     expect: async (mac) => (await controlRequest(socket, 'POST', `/v1/expect?mac=${encodeURIComponent(mac)}`)).body,
     authorizeMove: (mac, siteKey, untilMs) =>
-      optional('/v1/authorize-move', { mac, site_key: siteKey, until_ms: untilMs }),
-    setGuestMacs: (guests) => optional('/v1/guest-macs', { guests }),
+      optional('/v1/authorize-move', { mac, to: siteKey, until_ms: untilMs }),
+    setGuestMacs: (guests) => optional('/v1/guests', { guests }),
   });
 }
 

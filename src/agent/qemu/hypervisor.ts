@@ -36,14 +36,20 @@ export class QemuHypervisor implements Hypervisor {
     private readonly o: { stateDir: string; log: Logger; runAs?: { uid: number; gid: number; text: string } },
   ) {
     const available = hasQemu();
-    this.info = available
-      ? { kind: 'qemu', available, accel: detectAccel() }
-      : {
-          kind: 'qemu',
-          available,
-          accel: null,
-          reason: 'qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)',
-        };
+    // -runas needs set*id: an agent that is not root (the daemon's systemd unit runs it as a dynamic user,
+    // so QEMU is unprivileged already) cannot use qemu_user.
+    const cannotDrop = o.runAs !== undefined && process.getuid?.() !== 0;
+    this.info =
+      available && !cannotDrop
+        ? { kind: 'qemu', available, accel: detectAccel() }
+        : {
+            kind: 'qemu',
+            available: false,
+            accel: null,
+            reason: cannotDrop
+              ? `coordinator.qemu_user (${o.runAs!.text}) needs the agent to run as root; without root QEMU runs as the agent's own user: remove qemu_user`
+              : 'qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)',
+          };
   }
 
   /** state_dir: root only, or root plus QEMU's group (to reach its TLS key directories). */
