@@ -47,8 +47,7 @@ export async function loadStandaloneAgent(file: string, log = createLogger()): P
     log,
     address: cfg.listen.address,
     expect: async (mac) => (await controlRequest(socket, 'POST', `/v1/expect?mac=${encodeURIComponent(mac)}`)).body,
-    authorizeMove: (mac, siteKey, untilMs) =>
-      optional('/v1/authorize-move', { mac, to: siteKey, until_ms: untilMs }),
+    authorizeMove: (mac, siteKey, untilMs) => optional('/v1/authorize-move', { mac, to: siteKey, until_ms: untilMs }),
     setGuestMacs: (guests) => optional('/v1/guests', { guests }),
   });
 }
