@@ -271,16 +271,27 @@ export class Lifecycle {
       const destRec = await this.d.store.get<HostRecord>('hosts', dest);
       if (!destRec?.address)
         throw new ApiError(409, 'migration_failed', `host ${dest} has no registered migration address`);
-      port = this.takePort(destRec);
-      const uri = migrationUri(destRec.address, port);
       const tlsPsk = newTlsPsk();
-      await this.command(
-        dest,
-        { type: 'incoming', vm: spec(vm, image, this.d.imageSources), uri, tls_psk: tlsPsk },
-        INCOMING_TIMEOUT_MS,
-        'migration_failed',
-        `starting the incoming guest on ${dest}`,
-      );
+      let uri = '';
+      // A port something else on the destination holds: once more with another one.
+      for (let attempt = 1; ; attempt++) {
+        port = this.takePort(destRec);
+        uri = migrationUri(destRec.address, port);
+        try {
+          await this.command(
+            dest,
+            { type: 'incoming', vm: spec(vm, image, this.d.imageSources), uri, tls_psk: tlsPsk },
+            INCOMING_TIMEOUT_MS,
+            'migration_failed',
+            `starting the incoming guest on ${dest}`,
+          );
+          break;
+        } catch (err) {
+          if (attempt > 1 || !/in use/i.test((err as Error).message)) throw err;
+          this.portsInUse.get(dest)?.delete(port);
+          this.d.log.warn({ vm: name, to: dest, uri }, 'migration port in use on the destination: trying another');
+        }
+      }
       await this.authorizeMove(vm, src, destRec);
       await this.command(
         dest,

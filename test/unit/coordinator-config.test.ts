@@ -13,6 +13,7 @@ fs.writeFileSync(path.join(dir, 'admin.token'), 'admin-token-0123456789abcdef\n'
 fs.writeFileSync(path.join(dir, 'host.token'), `host-a.${'A'.repeat(43)}\n`);
 fs.writeFileSync(path.join(dir, 'shared.token'), 'host-token-0123456789abcdef\n');
 fs.writeFileSync(path.join(dir, 'short.token'), 'short\n');
+fs.writeFileSync(path.join(dir, 'pem.crt'), '-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n');
 const file = path.join(dir, 'coordinator.yaml');
 const base = 'admin_token_file: admin.token\n';
 test.after.always(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -61,6 +62,16 @@ test('coordinator config errors name the key and say what to do', (t) => {
   );
   bad(`${base}images: [ { name: x } ]`, /images\[0\]: image x: sha256 must be a mapping/);
   bad(`${base}listen: [`, /not valid YAML/);
+  bad(
+    `${base}image_sources: ["http://x/"]`,
+    /image_sources\[0\]: "http:\/\/x\/" is not HOST, HOST:PORT or an address range/,
+  );
+  bad(`${base}image_sources: [192.0.2.1:99999]`, /image_sources\[0\]: .*is not HOST/);
+  bad(`${base}image_sources: 192.0.2.1`, /image_sources: must be a list of HOST/);
+  bad(`${base}tls: { cert_file: nope.crt, key_file: nope.key }`, /tls.cert_file: cannot read .*nope.crt/);
+  bad(`${base}tls: { cert_file: admin.token, key_file: admin.token }`, /tls.cert_file: .* is not a PEM certificate/);
+  bad(`${base}tls: { cert_file: x }`, /tls.cert_file: cannot read/);
+  bad(`${base}tls: { cert_file: pem.crt }`, /tls.key_file: missing/);
 });
 
 test("the daemon's coordinator: section", (t) => {

@@ -327,6 +327,19 @@ test('migration: the URI comes from the destination registration, a fresh TLS ke
   t.is(await b.hv.state('db2'), 'incoming');
 });
 
+test('migration: a port the destination already uses is skipped for another of its range', async (t) => {
+  const h = await harness(t);
+  await h.addHost('host-a', { memoryMib: 8192 });
+  const b = await h.addHost('host-b', { address: '192.0.2.33', agentConfig: { migration_ports: '49152-49153' } });
+  // Something else listens on 49152 at host-b.
+  h.cloud.incoming.set('tcp:192.0.2.33:49152', { hv: b.hv, name: 'other', tlsPsk: 'x' });
+  await h.addImage();
+  await h.admin.request('POST', '/v1/vms', { name: 'x', image: 'tiny' });
+  await h.admin.request('POST', '/v1/vms/x/start', { host: 'host-a' });
+  t.is((await h.admin.request<VmRecord>('POST', '/v1/vms/x/migrate', { host: 'host-b' })).host, 'host-b');
+  t.is(h.cloud.sent.at(-1)!.uri, 'tcp:192.0.2.33:49153');
+});
+
 test('migration: a daemon without MAC ownership to tell (no authorizeMove) still migrates', async (t) => {
   const h = await harness(t);
   await h.addHost('host-a', { authorizeMove: null, memoryMib: 8192 });
