@@ -63,6 +63,12 @@ const KEYS: Record<Command['type'], readonly string[]> = {
   stop: ['id', 'type', 'name'],
 };
 
+/** A value in an error message, bounded: a command is input, and messages end up in logs and results. */
+function show(v: unknown): string {
+  const text = JSON.stringify(v) ?? String(v);
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
 function refuse(reason: RefusalReason, message: string): never {
   throw new CommandRefused(reason, message);
 }
@@ -77,13 +83,12 @@ function onlyKeys(o: Record<string, unknown>, keys: readonly string[], what: str
 }
 
 export function checkVmName(v: unknown): string {
-  if (typeof v !== 'string' || !NAME_RE.test(v)) refuse('bad_name', `vm name ${JSON.stringify(v)} is not valid`);
+  if (typeof v !== 'string' || !NAME_RE.test(v)) refuse('bad_name', `vm name ${show(v)} is not valid`);
   return v as string;
 }
 
 export function checkMac(v: unknown): string {
-  if (typeof v !== 'string' || !MAC_RE.test(v))
-    refuse('bad_mac', `${JSON.stringify(v)} is not a MAC like 02:68:77:00:00:01`);
+  if (typeof v !== 'string' || !MAC_RE.test(v)) refuse('bad_mac', `${show(v)} is not a MAC like 02:68:77:00:00:01`);
   const mac = v as string;
   if (parseInt(mac.slice(0, 2), 16) & 1) refuse('bad_mac', `${mac} is a multicast MAC`);
   if (mac === '00:00:00:00:00:00') refuse('bad_mac', 'the all-zero MAC');
@@ -98,14 +103,14 @@ export function checkCmdline(v: unknown): string {
 
 function int(v: unknown, what: string, min: number, max: number): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
-    refuse('bad_size', `${what} ${JSON.stringify(v)} is not a whole number from ${min} to ${max}`);
+    refuse('bad_size', `${what} ${show(v)} is not a whole number from ${min} to ${max}`);
   return v as number;
 }
 
 function checkImage(v: unknown): ImageRecord {
   const o = object(v, 'image');
   onlyKeys(o, ['name', 'kernel', 'initrd', 'disk', 'sha256', 'cmdline', 'created_at'], 'image');
-  if (typeof o.name !== 'string' || !NAME_RE.test(o.name)) refuse('bad_name', `image name ${JSON.stringify(o.name)}`);
+  if (typeof o.name !== 'string' || !NAME_RE.test(o.name)) refuse('bad_name', `image name ${show(o.name)}`);
   const sums = object(o.sha256, 'image sha256');
   onlyKeys(sums, ['kernel', 'initrd', 'disk'], 'image sha256');
   for (const f of ['kernel', 'initrd', 'disk'] as const) {
@@ -148,7 +153,7 @@ function checkPsk(v: unknown): string {
 
 function checkUri(v: unknown): { address: string; port: number } {
   const p = parseMigrationUri(v);
-  if (!p) refuse('bad_uri', `migration URI ${JSON.stringify(v)} is not tcp:IP:PORT`);
+  if (!p) refuse('bad_uri', `migration URI ${show(v)} is not tcp:IP:PORT`);
   return p!;
 }
 
@@ -157,7 +162,7 @@ export function checkCommand(raw: unknown, limits: HostLimits): Command {
   const o = object(raw, 'command');
   const type = o.type as Command['type'];
   if (typeof type !== 'string' || !Object.hasOwn(KEYS, type))
-    refuse('bad_command', `unknown command type ${JSON.stringify(o.type)}`);
+    refuse('bad_command', `unknown command type ${show(o.type)}`);
   onlyKeys(o, KEYS[type], `command ${type}`);
   if (typeof o.id !== 'string' || !ID_RE.test(o.id)) refuse('bad_command', 'command id');
   switch (type) {

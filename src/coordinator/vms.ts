@@ -266,7 +266,7 @@ export class Lifecycle {
     const dest = vm.target!;
     const started = this.d.now();
     this.d.log.info({ vm: name, from: src, to: dest }, 'migrating vm');
-    let port: number | null = null;
+    const ports: number[] = []; // taken for this migration, given back when it ends
     try {
       const destRec = await this.d.store.get<HostRecord>('hosts', dest);
       if (!destRec?.address)
@@ -275,7 +275,8 @@ export class Lifecycle {
       let uri = '';
       // A port something else on the destination holds: once more with another one.
       for (let attempt = 1; ; attempt++) {
-        port = this.takePort(destRec);
+        const port = this.takePort(destRec);
+        ports.push(port);
         uri = migrationUri(destRec.address, port);
         try {
           await this.command(
@@ -288,7 +289,6 @@ export class Lifecycle {
           break;
         } catch (err) {
           if (attempt > 1 || !/in use/i.test((err as Error).message)) throw err;
-          this.portsInUse.get(dest)?.delete(port);
           this.d.log.warn({ vm: name, to: dest, uri }, 'migration port in use on the destination: trying another');
         }
       }
@@ -321,7 +321,7 @@ export class Lifecycle {
           `after migration the guest on ${dest} is ${conf.state}, not running`,
         );
     } catch (err) {
-      if (port !== null) this.portsInUse.get(dest)?.delete(port);
+      for (const p of ports) this.portsInUse.get(dest)?.delete(p);
       this.stats.migrationFailed++;
       const why = (err as Error).message;
       this.r.fireAndForget(dest, { type: 'stop', name });
@@ -364,7 +364,7 @@ export class Lifecycle {
         `migration of ${name} to ${dest} failed and the source no longer runs it: ${why}`,
       );
     }
-    if (port !== null) this.portsInUse.get(dest)?.delete(port);
+    for (const p of ports) this.portsInUse.get(dest)?.delete(p);
     this.stats.migrated++;
     await this.r.update(name, (v) =>
       transition(v, 'running', { host: dest, target: null, error: null }, this.r.date()),
