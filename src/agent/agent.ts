@@ -38,6 +38,9 @@ import {
   type RefusalReason,
 } from './validate.ts';
 
+/** The guest MAC list goes to the daemon when it changes, and at least this often. */
+const GUEST_MACS_RESEND_MS = 60_000;
+
 /** How long confirm waits for a migration destination to leave 'incoming' (well within the command timeout). */
 const CONFIRM_WAIT_MS = 10_000;
 
@@ -79,7 +82,7 @@ export class HostAgent {
   /** Commands (and heartbeat-reply entries) refused by the agent's own checks, by reason (metrics). */
   readonly refused = Object.fromEntries(REFUSAL_REASONS.map((r) => [r, 0])) as Record<RefusalReason, number>;
   private readonly limited: LimitedLog;
-  private lastGuestMacs = '';
+  private lastGuestMacs = { key: '', atMs: 0 };
   private hv: Hypervisor | null = null;
   private guestsVersion = 0;
   private registered = false;
@@ -257,10 +260,12 @@ export class HostAgent {
       }
     }
     const key = JSON.stringify(list);
-    if (key === this.lastGuestMacs) return;
+    // Again now and then even unchanged: a daemon that restarted beside a standalone agent starts empty.
+    const now = Date.now();
+    if (key === this.lastGuestMacs.key && now - this.lastGuestMacs.atMs < GUEST_MACS_RESEND_MS) return;
     Promise.resolve(this.deps.setGuestMacs(list)).then(
       (r) => {
-        if (r.ok) this.lastGuestMacs = key;
+        if (r.ok) this.lastGuestMacs = { key, atMs: now };
         else this.deps.log.warn({ error: r.error }, 'the daemon refused the guest MAC list');
       },
       (err) => this.deps.log.warn({ error: (err as Error).message }, 'cannot give the daemon the guest MAC list'),
