@@ -275,6 +275,9 @@ export class Vm {
         username: TLS_PSK_USER,
       });
       params['tls-creds'] = tlsId;
+    } else {
+      // A guest that arrived over TLS keeps its destination's setting (a server object): clear it.
+      params['tls-creds'] = '';
     }
     try {
       if (Object.keys(params).length) await this.qmp.execute('migrate-set-parameters', params);
