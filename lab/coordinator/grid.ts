@@ -40,6 +40,16 @@ export interface GridOptions {
   logLevel?: string;
   /** QEMU's user (default LAB_QEMU_USER); null: QEMU stays root. */
   qemuUser?: string | null;
+  /** Extra lines for the coordinator's config (e.g. `metrics: { listen: ... }`). */
+  coordinatorConfig?: string[];
+}
+
+/** A `coordinator:` section for the home site's daemon config: its in-process agent registers without a
+ *  hypervisor and hands the coordinator's DHCP reservations to the home DHCP server. Its token is its own
+ *  (<lab dir>/<site>.token): make the lab with start: false, GridLab.start, grid.hostToken(site), then start
+ *  the daemons (the agent reads the token at start). */
+export function homeAgentSection(site = 'home'): string {
+  return ['coordinator:', `  url: ${LAB_COORDINATOR}`, `  token_file: ${site}.token`, '  hypervisor: none'].join('\n');
 }
 
 export class GridLab {
@@ -82,6 +92,7 @@ export class GridLab {
         'admin_token_file: admin.token',
         `image_server: ${LAB_IMAGES}`,
         `log_level: ${o.logLevel ?? 'debug'}`,
+        ...(o.coordinatorConfig ?? []),
       ].join('\n')}\n`,
     );
     g.spawn('ul', 'coordinator', [...CLI, 'coordinator', '--config', path.join(dir, 'coordinator.yaml')]);
@@ -91,10 +102,8 @@ export class GridLab {
     if (qemuUser) fs.chmodSync(dir, 0o711);
     for (const site of g.hosts) {
       const s = lab.site(site);
-      // `homewire host add SITE` as the admin would run it: the token alone on stdout.
       await waitForCoordinator(g);
-      const token = (await g.ok('host', 'add', site)).trim();
-      fs.writeFileSync(path.join(dir, `${site}.token`), `${token}\n`, { mode: 0o600 });
+      await g.hostToken(site);
       fs.writeFileSync(
         g.agentConfig(site),
         `${
@@ -118,12 +127,46 @@ export class GridLab {
     for (;;) {
       const r = await g.cli('host', 'list', '--json');
       const up =
-        r.code === 0 ? (JSON.parse(r.stdout) as { hosts: HostView[] }).hosts.filter((h) => h.state === 'up').length : 0;
+        r.code === 0
+          ? (JSON.parse(r.stdout) as { hosts: HostView[] }).hosts.filter(
+              (h) => h.state === 'up' && g.hosts.includes(h.name),
+            ).length
+          : 0;
       if (up === g.hosts.length) break;
-      if (Date.now() > deadline) throw new Error(`hosts not registered after 30 s (${r.stderr.trim()})\n${g.logs()}`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `hosts not registered after 30 s (host list: exit ${r.code} ${r.stdout.trim()} ${r.stderr.trim()})\n${g.logs()}`,
+        );
       await sleep(100);
     }
     return g;
+  }
+
+  /** VM hosts take no connections from the coordinator's network (as behind a NAT): everything they do with it
+   *  must be connections they open. (Hosts still accept each other's live migrations.) */
+  async closeInbound(): Promise<void> {
+    for (const site of this.hosts) {
+      const r = await this.lab.exec(site, [
+        'iptables',
+        '-I',
+        'INPUT',
+        '-s',
+        PLAN.internet4,
+        '-p',
+        'tcp',
+        '--syn', // connection attempts only (conntrack would take the agents' open connections for new ones)
+        '-j',
+        'DROP',
+      ]);
+      if (r.code !== 0) throw new Error(`iptables in ${site}: ${r.stderr.trim()}`);
+    }
+  }
+
+  /** `homewire host add SITE` as the admin would run it (the token alone on stdout), into <lab dir>/SITE.token. */
+  async hostToken(site: string): Promise<string> {
+    const token = (await this.ok('host', 'add', site)).trim();
+    fs.writeFileSync(path.join(this.lab.dir, `${site}.token`), `${token}\n`, { mode: 0o600 });
+    return token;
   }
 
   agentConfig(site: string): string {

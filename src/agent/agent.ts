@@ -23,10 +23,12 @@ import {
   type GuestMac,
   type HostInfo,
   type LaunchSpec,
+  type MeshReport,
 } from '../coordinator/types.ts';
 import type { Logger } from '../log.ts';
 import type { AgentStatus } from '../status.ts';
 import type { AgentConfig } from './config.ts';
+import { ConsoleLinks } from './console.ts';
 import type { GuestSpec, Hypervisor } from './hypervisor.ts';
 import { ImageCache } from './images.ts';
 import {
@@ -71,11 +73,15 @@ export interface AgentDeps {
   authorizeMove?(mac: string, siteKey: string, untilMs: number): DaemonResult | Promise<DaemonResult>;
   /** The coordinator's guests on this host (after each heartbeat): the daemon's port security. */
   setGuestMacs?(list: GuestMac[]): DaemonResult | Promise<DaemonResult>;
+  /** The daemon's mesh endpoint and peers, sent with each heartbeat (the web page shows them). */
+  mesh?(): MeshReport | null | Promise<MeshReport | null>;
 }
 
 export class HostAgent {
   readonly client: CoordinatorClient;
   readonly images: ImageCache;
+  /** Console streams to the coordinator (src/agent/console.ts). */
+  readonly consoles: ConsoleLinks;
   readonly bootId = crypto.randomBytes(8).toString('hex');
   /** Plain counters, read by `status` and tests. */
   readonly stats = { registrations: 0, heartbeats: 0, heartbeatFailures: 0, polls: 0, commands: 0, commandFailures: 0 };
@@ -93,6 +99,8 @@ export class HostAgent {
   private readonly running = new Set<Promise<void>>();
   private lastError = '';
   private beating = false;
+  private lastMesh: MeshReport | null = null;
+  private readingMesh = false;
 
   constructor(
     readonly config: AgentConfig,
@@ -101,6 +109,12 @@ export class HostAgent {
     this.client = new CoordinatorClient(config.urls, config.token, { ca: config.ca });
     this.images = new ImageCache(config.cacheDir, deps.log);
     this.limited = new LimitedLog(deps.log);
+    this.consoles = new ConsoleLinks({
+      host: deps.name,
+      url: () => this.client.url,
+      wsOptions: () => this.client.wsOptions(),
+      log: deps.log.child({ part: 'console' }),
+    });
   }
 
   /** The migration address other hosts reach this one at (registered; incoming URIs must use it). */
@@ -215,7 +229,15 @@ export class HostAgent {
     (this.hv?.refresh?.() ?? Promise.resolve())
       .catch(() => {})
       .then(() => {
-        const body = { name: this.name, boot_id: this.bootId, guests_version: version, guests: this.hv?.list() ?? [] };
+        const mesh = this.lastMesh;
+        this.refreshMesh();
+        const body = {
+          name: this.name,
+          boot_id: this.bootId,
+          guests_version: version,
+          guests: this.hv?.list() ?? [],
+          ...(mesh ? { mesh } : {}),
+        };
         return this.client.request<{
           ok: boolean;
           reservations?: { mac: string; ip: string; vm: string }[];
@@ -279,6 +301,26 @@ export class HostAgent {
       { reason: err.reason, what, error: err.message },
       'refused a command from the coordinator',
     );
+  }
+
+  /** The daemon's mesh report, read in the background: a slow daemon never delays a heartbeat. */
+  private refreshMesh(): void {
+    const read = this.deps.mesh;
+    if (!read || this.readingMesh) return;
+    this.readingMesh = true;
+    Promise.resolve()
+      .then(() => read())
+      .then(
+        (m) => {
+          this.lastMesh = m;
+        },
+        () => {
+          this.lastMesh = null;
+        },
+      )
+      .finally(() => {
+        this.readingMesh = false;
+      });
   }
 
   private warn(err: unknown, msg: string): void {
@@ -432,6 +474,12 @@ export class HostAgent {
         await hv.stop(c.name);
         this.guestsVersion++;
         return { state: 'absent' };
+      case 'console': {
+        const con = hv.console?.(c.name);
+        if (!con) throw new Error(`no console for guest ${c.name} on ${this.name} (not running here)`);
+        await this.consoles.link(con, c);
+        return {};
+      }
     }
   }
 
@@ -474,6 +522,7 @@ export class HostAgent {
     this.stopped = true;
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.abort.abort();
+    this.consoles.closeAll();
     await Promise.allSettled([...this.loops, ...this.running]);
     await this.hv?.close();
     this.deps.log.info('host agent stopped');

@@ -6,6 +6,7 @@
 // rejects when it failed, with the local guest running again; stop is idempotent. onChange fires when a
 // guest changes by itself (QEMU exited), so the agent reports it at once.
 import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../coordinator/types.ts';
+import type { GuestConsole } from './console.ts';
 
 export interface GuestSpec {
   name: string;
@@ -43,6 +44,8 @@ export interface Hypervisor {
   resume(name: string): Promise<void>;
   stop(name: string): Promise<void>;
   list(): GuestReport[];
+  /** The guest's serial console (scrollback and fan-out), or null if there is no such guest or no console. */
+  console?(name: string): GuestConsole | null;
   /** Brings the states list() returns up to date (QEMU: query-status of each guest); before heartbeats. */
   refresh?(): Promise<void>;
   onChange: (() => void) | null;

@@ -13,6 +13,7 @@ import { type ControlResult, controlRequest, defaultControlSocket } from '../con
 import { ConfigError } from '../errors.ts';
 import { createLogger, exitOnSignals } from '../log.ts';
 import { encodeKey } from '../mesh/keys.ts';
+import { meshReport, type StatusReport } from '../status.ts';
 import { type DaemonResult, HostAgent } from './agent.ts';
 import { parseAgentConfig } from './config.ts';
 
@@ -49,6 +50,7 @@ export async function loadStandaloneAgent(file: string, log = createLogger()): P
     expect: async (mac) => (await controlRequest(socket, 'POST', `/v1/expect?mac=${encodeURIComponent(mac)}`)).body,
     authorizeMove: (mac, siteKey, untilMs) => optional('/v1/authorize-move', { mac, to: siteKey, until_ms: untilMs }),
     setGuestMacs: (guests) => optional('/v1/guests', { guests }),
+    mesh: async () => meshReport((await controlRequest<StatusReport>(socket, 'GET', '/v1/status')).body),
   });
 }
 

@@ -49,6 +49,7 @@ export interface HostLimits {
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 const SHA256_RE = /^[0-9a-f]{64}$/;
 const ID_RE = /^[A-Za-z0-9-]{1,64}$/;
+const TOKEN_RE = /^[A-Za-z0-9_-]{1,64}$/; // console session and stream ids (URL-safe)
 const KEY_RE = /^[A-Za-z0-9+/]{43}=$/;
 const CMDLINE_RE = /^[\x20-\x7e]*$/;
 const LOCATION_MAX_CHARS = 2048;
@@ -61,6 +62,7 @@ const KEYS: Record<Command['type'], readonly string[]> = {
   migrate: ['id', 'type', 'name', 'uri', 'tls_psk'],
   confirm: ['id', 'type', 'name', 'resume'],
   stop: ['id', 'type', 'name'],
+  console: ['id', 'type', 'name', 'session', 'stream', 'from'],
 };
 
 /** A value in an error message, bounded: a command is input, and messages end up in logs and results. */
@@ -201,6 +203,13 @@ export function checkCommand(raw: unknown, limits: HostLimits): Command {
       break;
     case 'stop':
       checkVmName(o.name);
+      break;
+    case 'console':
+      checkVmName(o.name);
+      if (typeof o.session !== 'string' || !TOKEN_RE.test(o.session)) refuse('bad_command', 'console session');
+      if (o.stream !== undefined && (typeof o.stream !== 'string' || !TOKEN_RE.test(o.stream)))
+        refuse('bad_command', 'console stream');
+      if (o.from !== undefined) int(o.from, 'from', 0, Number.MAX_SAFE_INTEGER);
       break;
   }
   return o as unknown as Command;

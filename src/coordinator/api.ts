@@ -50,12 +50,17 @@ export interface ApiContext {
   now: () => number;
   /** Reconciles a host's fresh guest report (async, errors logged). */
   reconcile(host: string, guests: Heartbeat['guests']): void;
+  /** The web page's static files (web.ts; no token: they hold no data). True if it answered. */
+  page?(req: http.IncomingMessage, res: http.ServerResponse, url: URL): boolean;
+  /** GET /v1/events: server-sent events with hosts, VMs, images and operations (web.ts). */
+  events?(req: http.IncomingMessage, res: http.ServerResponse): void;
 }
 
 export function apiHandler(ctx: ApiContext): http.RequestListener {
   const admin = digest(ctx.adminToken);
   return (req, res) => {
     const url = new URL(req.url ?? '/', 'http://coordinator');
+    if (ctx.page?.(req, res, url)) return;
     const agentPath = url.pathname.startsWith('/v1/agent/');
     const token = bearer(req.headers.authorization);
     const who = { remote: req.socket.remoteAddress, method: req.method, path: url.pathname };
@@ -92,6 +97,10 @@ export function apiHandler(ctx: ApiContext): http.RequestListener {
       }
       if (!ctx.leadership.leading) {
         proxy(ctx, req, res);
+        return;
+      }
+      if (url.pathname === '/v1/events' && req.method === 'GET' && principal === null && ctx.events) {
+        ctx.events(req, res);
         return;
       }
       route(ctx, req, res, url, principal).then(
@@ -172,6 +181,12 @@ async function route(
   }
   if (what === 'vms' && name !== undefined) {
     if (action === undefined && m === 'GET') return ok(await ctx.vms.get(name));
+    if (action === 'console')
+      throw new ApiError(
+        426,
+        'upgrade_required',
+        'the console is a WebSocket (console.ts): use `homewire vm console NAME` or the web page',
+      );
     if (action === undefined && m === 'DELETE') {
       await ctx.vms.delete(name);
       return ok({ deleted: name });

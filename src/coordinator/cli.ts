@@ -34,7 +34,10 @@ HOMEWIRE_CA_FILE; --json):
   vm stop NAME [--no-wait]
   vm delete NAME
   vm list [--state S] [--host H]
-  vm show NAME`;
+  vm show NAME
+  vm console NAME             the VM's serial console in this terminal, through the coordinator;
+                              Ctrl-] detaches (follows the VM when it migrates)
+Web page: open the coordinator's URL in a browser and sign in with the admin token.`;
 
 class Args {
   constructor(private readonly a: string[]) {}
@@ -350,6 +353,10 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
     case 'delete': {
       await call('DELETE', `/v1/vms/${enc(need('NAME'))}`);
       return show({ deleted: name }, () => `vm ${name} deleted`);
+    }
+    case 'console': {
+      const { attachConsole } = await import('./console-cli.ts');
+      return attachConsole(c, need('NAME'));
     }
     default:
       usage(`unknown vm subcommand "${sub ?? ''}"`);

@@ -21,6 +21,7 @@ export class CoordinatorClient {
   private current = 0;
 
   private readonly agent: https.Agent | undefined;
+  private readonly ca: string | undefined;
 
   constructor(
     readonly urls: string[],
@@ -28,11 +29,23 @@ export class CoordinatorClient {
     o: { ca?: string } = {},
   ) {
     if (urls.length === 0) throw new Error('no coordinator URL');
+    this.ca = o.ca;
     this.agent = o.ca ? new https.Agent({ ca: o.ca, keepAlive: true }) : undefined;
   }
 
   get url(): string {
     return this.urls[this.current];
+  }
+
+  /** The credentials every request carries. */
+  headers(): Record<string, string> {
+    return { authorization: `Bearer ${this.token}` };
+  }
+
+  /** What a WebSocket to the coordinator (agents' console streams, `vm console`) needs to be trusted and
+   *  authenticated exactly as this client's requests are: the same credentials (and, with TLS, the same CA). */
+  wsOptions(): { headers: Record<string, string>; ca?: string } {
+    return { headers: this.headers(), ...(this.ca ? { ca: this.ca } : {}) };
   }
 
   async request<T = unknown>(method: string, path: string, body?: unknown, o: RequestOptions = {}): Promise<T> {
@@ -102,7 +115,7 @@ export class CoordinatorClient {
     signal: AbortSignal,
   ): Promise<{ status: number; text: string }> {
     const u = new URL(url);
-    const headers: Record<string, string> = { authorization: `Bearer ${this.token}` };
+    const headers: Record<string, string> = this.headers();
     if (payload !== undefined) {
       headers['content-type'] = 'application/json';
       headers['content-length'] = String(Buffer.byteLength(payload));

@@ -8,6 +8,7 @@ import https from 'node:https';
 import type { Logger } from '../log.ts';
 import { apiHandler } from './api.ts';
 import { AuthAudit } from './audit.ts';
+import { ConsoleService, tokenPrincipal } from './console.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { COORDINATOR_TICK_MS } from './constants.ts';
 import { Credentials } from './credentials.ts';
@@ -20,6 +21,8 @@ import { Reconciler } from './reconcile.ts';
 import { VmRecords } from './vm-records.ts';
 import { Lifecycle } from './vms.ts';
 import { formatEndpoint } from '../addr.ts';
+import { Watch } from './watch.ts';
+import { eventStream, snapshotReader, webPage } from './web.ts';
 
 export interface CoordinatorDeps {
   log: Logger;
@@ -38,6 +41,10 @@ export class Coordinator {
   readonly credentials: Credentials;
   /** Refused requests by reason (metrics). */
   readonly audit: AuthAudit;
+  /** Hosts, VMs, images and operations for the web page's live updates and the console splice (watch.ts). */
+  readonly watch: Watch;
+  /** Serial consoles: viewers' and agents' WebSockets spliced (console.ts). */
+  readonly consoles: ConsoleService;
   private server: http.Server | null = null;
   private metricsServer: http.Server | null = null;
   private timer: NodeJS.Timeout | null = null;
@@ -71,6 +78,21 @@ export class Coordinator {
     });
     this.vms = new Lifecycle(records);
     this.reconciler = new Reconciler(records);
+    this.watch = new Watch(
+      snapshotReader({ store, hosts: this.hosts, busy: this.vms.busy }),
+      log.child({ part: 'watch' }),
+    );
+    this.consoles = new ConsoleService({
+      id: this.id,
+      store,
+      dispatch: this.dispatch,
+      watch: this.watch,
+      leadership,
+      url: () => this.advertiseUrl,
+      principal: tokenPrincipal(config.adminToken, this.credentials, this.audit),
+      proxyCa: config.tls?.ca,
+      log: log.child({ part: 'console' }),
+    });
   }
 
   static async fromConfig(cfg: CoordinatorConfig, deps: CoordinatorDeps): Promise<Coordinator> {
@@ -135,11 +157,14 @@ export class Coordinator {
           if (term === this.term) log.warn({ host, error: (err as Error).message }, 'reconcile failed');
         });
       },
+      page: webPage(),
+      events: eventStream(this.watch),
     });
     // TLS on the same port when configured: agents and the CLI check the certificate (their ca_file).
     const server: http.Server = config.tls
       ? https.createServer({ cert: config.tls.cert, key: config.tls.key }, handler)
       : http.createServer(handler);
+    server.on('upgrade', (req, socket, head) => this.consoles.upgrade(req, socket, head));
     server.keepAliveTimeout = 65_000;
     server.requestTimeout = 0; // long polls and migrations outlast the default
     await new Promise<void>((resolve, reject) => {
@@ -192,6 +217,7 @@ export class Coordinator {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     this.dispatch.close(`lost its leadership (${reason})`);
+    this.consoles.close(`the coordinator lost its leadership (${reason}): attach again`);
     this.vms.busy.clear();
   }
 
@@ -222,6 +248,8 @@ export class Coordinator {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     this.dispatch.close('is stopping');
+    this.consoles.close('the coordinator is stopping');
+    this.watch.stop();
     await this.leadership.stop();
     const close = (s: http.Server | null) =>
       new Promise<void>((r) => {

@@ -30,6 +30,8 @@ export interface VmRecord {
   /** Placement constraints for automatic placement. */
   placement: { site?: string; labels?: Record<string, string> };
   cmdline?: string;
+  /** When the guest last booted (starting → running); a migration keeps it. */
+  started_at?: string;
   /** Why the last operation failed (kept until the next one succeeds). */
   error: string | null;
   created_at: string;
@@ -76,6 +78,16 @@ export interface HostRecord extends HostInfo {
 export interface HostView extends HostRecord {
   free: { cpus: number; memory_mib: number };
   vms: string[];
+  /** From the host's last heartbeat, if its agent reports it. */
+  mesh: MeshReport | null;
+}
+
+/** What a host's daemon says about its place in the mesh (heartbeats; shown by the web page). */
+export interface MeshReport {
+  /** The daemon's underlay address:port. */
+  endpoint: string;
+  /** Its peers as it sees them: where they are, whether the session is up, the round trip. */
+  peers: { name: string; endpoint: string | null; up: boolean; rtt_ms: number | null }[];
 }
 
 /** VM state as the hypervisor on a host sees it. */
@@ -93,6 +105,7 @@ export interface Heartbeat {
   /** Bumped by the agent whenever its set of guests changes; results carry it too (orders reports). */
   guests_version: number;
   guests: GuestReport[];
+  mesh?: MeshReport;
 }
 
 /** Everything a host needs to run a VM: no lookups on the host. */
@@ -127,7 +140,10 @@ export type Command =
   | { id: string; type: 'authorize-move'; mac: string; site_key: string; ttl_ms: number }
   | { id: string; type: 'migrate'; name: string; uri: string; tls_psk: string }
   | { id: string; type: 'confirm'; name: string; resume?: boolean }
-  | { id: string; type: 'stop'; name: string };
+  | { id: string; type: 'stop'; name: string }
+  /** Open a console stream for guest `name` to GET /v1/agent/console?session=...; replay from `from` if `stream` is
+   *  still the guest's current one, else the whole scrollback (src/agent/console.ts). */
+  | { id: string; type: 'console'; name: string; session: string; stream?: string; from?: number };
 
 export type CommandBody = Command extends infer C ? (C extends { id: string } ? Omit<C, 'id'> : never) : never;
 

@@ -39,7 +39,13 @@ export interface LaunchOptions {
   tap: string;
   memMb?: number; // default 128
   qmpSocket: string;
+  /** Everything the guest prints on its serial port (ttyS0) is appended here. */
   serialLog: string;
+  /** Also put the serial port on this unix socket (QEMU listens; one client, e.g. the agent's SerialConsole).
+   *  Without it the serial port goes to serialLog only. */
+  serialSocket?: string;
+  /** Start with the CPUs stopped (-S): the caller connects to the serial socket first, then sends QMP cont. */
+  paused?: boolean;
   /** Wait for a migration stream instead of booting: 'tcp:ADDR:PORT', 'unix:PATH' or 'defer' (incomingTls). */
   incoming?: string;
   /** Destination of an encrypted migration: the directory holding keys.psk (writePskDir). */
@@ -93,6 +99,11 @@ export function qemuBinary(): string {
   return 'qemu-system-x86_64';
 }
 
+/** A value inside a QEMU option list: commas are doubled. */
+function qemuOpt(v: string): string {
+  return v.replaceAll(',', ',,');
+}
+
 /** The QEMU argument list for a guest (without the binary). */
 export function qemuArgs(o: LaunchOptions): string[] {
   const accel = o.accel ?? detectAccel();
@@ -114,8 +125,14 @@ export function qemuArgs(o: LaunchOptions): string[] {
     '-nodefaults',
     '-no-user-config',
     '-no-reboot',
-    '-serial',
-    `file:${o.serialLog}`,
+    ...(o.serialSocket
+      ? [
+          '-chardev',
+          `socket,id=ser0,path=${qemuOpt(o.serialSocket)},server=on,wait=off,logfile=${qemuOpt(o.serialLog)},logappend=on`,
+          '-serial',
+          'chardev:ser0',
+        ]
+      : ['-serial', `file:${o.serialLog}`]),
     '-qmp',
     `unix:${o.qmpSocket},server=on,wait=off`,
     '-kernel',
@@ -132,6 +149,7 @@ export function qemuArgs(o: LaunchOptions): string[] {
   if (o.tlsPskDir)
     args.push('-object', `tls-creds-psk,id=${TLS_SERVER_ID},endpoint=server,dir=${safeOptionValue(o.tlsPskDir)}`);
   if (o.incoming) args.push('-incoming', o.incoming);
+  if (o.paused) args.push('-S');
   if (o.sandbox !== false) args.push('-sandbox', 'on,obsolete=deny,spawn=deny,resourcecontrol=deny');
   if (o.runAs) {
     if (!/^[1-9]\d*:[1-9]\d*$/.test(o.runAs)) throw new Error(`runAs "${o.runAs}" is not UID:GID (not root)`);
@@ -338,7 +356,7 @@ export class Vm {
       }
       if (this.running) await stopChild(this.proc, { graceMs: 1500 });
       this.qmp.close();
-      for (const f of [this.opts.qmpSocket]) fs.rmSync(f, { force: true });
+      for (const f of [this.opts.qmpSocket, this.opts.serialSocket]) if (f) fs.rmSync(f, { force: true });
     })();
     return this.stopping;
   }
@@ -362,7 +380,7 @@ interface MigrateInfo {
 /** Starts QEMU, connects QMP and (with bridge) joins the TAP to the bridge. Throws with QEMU's output. */
 export async function launch(o: LaunchOptions): Promise<Vm> {
   const qemuLog = o.qemuLog ?? `${o.serialLog}.qemu`;
-  for (const f of [o.qmpSocket, o.serialLog]) fs.rmSync(f, { force: true });
+  for (const f of [o.qmpSocket, o.serialLog, o.serialSocket]) if (f) fs.rmSync(f, { force: true });
   const argv = [qemuBinary(), ...qemuArgs(o)];
   const full = o.netns ? ['ip', 'netns', 'exec', o.netns, ...argv] : argv;
   // A background QEMU that inherits a pipe keeps it open: give it a file.

@@ -16,6 +16,7 @@ import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../.
 import type { Logger } from '../../log.ts';
 import { detectAccel, hasQemu, launch, type LaunchOptions, type Vm, writePskDir } from './driver.ts';
 import type { GuestSpec, Hypervisor, MigrationChannel } from '../hypervisor.ts';
+import { SerialConsole } from '../console.ts';
 
 interface Guest {
   vm: Vm;
@@ -23,6 +24,8 @@ interface Guest {
   state: GuestState;
   /** An incoming guest's TLS key directory, removed once the guest runs (or stops). */
   pskDir?: string;
+  /** The agent's end of the guest's serial socket (scrollback and fan-out to console streams). */
+  console: SerialConsole;
 }
 
 const MIGRATE_TIMEOUT_MS = 290_000;
@@ -95,6 +98,7 @@ export class QemuHypervisor implements Hypervisor {
       memMb: spec.memoryMib,
       qmpSocket: `${base}.qmp`,
       serialLog: `${base}.serial`,
+      serialSocket: `${base}.serial.sock`,
       qemuLog: `${base}.qemu.log`,
       bridge: spec.bridge,
       tapMtu: bridgeMtu(spec.bridge),
@@ -104,12 +108,26 @@ export class QemuHypervisor implements Hypervisor {
     };
   }
 
-  private adopt(spec: GuestSpec, vm: Vm, state: GuestState, pskDir?: string): void {
-    const g: Guest = { vm, spec, state, ...(pskDir ? { pskDir } : {}) };
+  /** Takes the guest's serial socket before its CPUs run (launch with -S; incoming waits for its stream anyway). */
+  private async attachConsole(vm: Vm): Promise<SerialConsole> {
+    const con = new SerialConsole(vm.opts.serialSocket!, this.o.log);
+    try {
+      await con.connect();
+    } catch (err) {
+      con.close();
+      await vm.stop();
+      throw err;
+    }
+    return con;
+  }
+
+  private adopt(spec: GuestSpec, vm: Vm, state: GuestState, console: SerialConsole, pskDir?: string): void {
+    const g: Guest = { vm, spec, state, console, ...(pskDir ? { pskDir } : {}) };
     this.guests.set(spec.name, g);
     vm.exited.then(() => {
       if (this.guests.get(spec.name) !== g || g.state === 'exited') return;
       g.state = 'exited';
+      g.console.close('QEMU exited');
       this.o.log.warn({ vm: spec.name, pid: vm.pid }, 'QEMU exited');
       this.onChange?.();
     });
@@ -117,8 +135,16 @@ export class QemuHypervisor implements Hypervisor {
 
   async launch(spec: GuestSpec): Promise<void> {
     await this.stop(spec.name);
-    const vm = await launch(this.options(spec));
-    this.adopt(spec, vm, 'running');
+    const vm = await launch({ ...this.options(spec), paused: true });
+    const con = await this.attachConsole(vm);
+    try {
+      await vm.qmp.execute('cont');
+    } catch (err) {
+      con.close();
+      await vm.stop();
+      throw err;
+    }
+    this.adopt(spec, vm, 'running', con);
     this.o.log.info({ vm: spec.name, pid: vm.pid, tap: vm.opts.tap, accel: this.info.accel }, 'guest launched');
   }
 
@@ -126,13 +152,15 @@ export class QemuHypervisor implements Hypervisor {
     await this.stop(spec.name);
     const pskDir = this.pskDir(spec.name, m.tlsPsk);
     let vm: Vm;
+    let con: SerialConsole;
     try {
       vm = await launch(this.options(spec, { pskDir }));
+      con = await this.attachConsole(vm);
     } catch (err) {
       fs.rmSync(pskDir, { recursive: true, force: true });
       throw err;
     }
-    this.adopt(spec, vm, 'incoming', pskDir); // runs by itself once the stream has arrived: refresh() sees that
+    this.adopt(spec, vm, 'incoming', con, pskDir); // runs by itself once the stream has arrived: refresh() sees that
     try {
       await vm.incomingTls(m.uri);
     } catch (err) {
@@ -195,6 +223,7 @@ export class QemuHypervisor implements Hypervisor {
     const g = this.guests.get(name);
     if (!g) return;
     this.guests.delete(name);
+    g.console.close();
     await g.vm.stop();
     this.dropKey(g);
     this.o.log.info({ vm: name }, 'guest stopped');
@@ -205,6 +234,10 @@ export class QemuHypervisor implements Hypervisor {
     if (!g.pskDir) return;
     fs.rmSync(g.pskDir, { recursive: true, force: true });
     delete g.pskDir;
+  }
+
+  console(name: string): SerialConsole | null {
+    return this.guests.get(name)?.console ?? null;
   }
 
   list(): GuestReport[] {
