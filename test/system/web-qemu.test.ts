@@ -88,7 +88,7 @@ webTest(
     await page.waitForSelector('#signin-error:has-text("Wrong token")', { timeout: 10_000 });
     t.regex((await page.textContent('#signin-error')) ?? '', /Wrong token: the coordinator refused it \(401\)/);
     // The host token is not the admin token either.
-    await page.fill('#token', fs.readFileSync(path.join(lab.dir, 'host.token'), 'utf8').trim());
+    await page.fill('#token', fs.readFileSync(path.join(lab.dir, 'host-a.token'), 'utf8').trim());
     await page.click('#signin-button');
     await page.waitForSelector('#signin-error:has-text("Wrong token")', { timeout: 10_000 });
 
