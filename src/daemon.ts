@@ -34,6 +34,11 @@ export class Daemon {
   private agent: HostAgent | null = null;
   readonly startedMs: number;
 
+  /** The host agent, when this daemon joins a coordinator (metrics read its counters). */
+  get hostAgent(): HostAgent | null {
+    return this.agent;
+  }
+
   private constructor(
     public config: Config,
     readonly tap: TapDevice,
@@ -109,6 +114,7 @@ export class Daemon {
       const dhcp = this.dhcp;
       this.agent = new HostAgent(this.config.coordinator, {
         name: this.config.name,
+        publicKey: encodeKey(this.config.publicKey),
         bridge: this.config.tap.bridge,
         address: this.config.listen.address,
         expect: (mac) => this.expect(mac),
