@@ -46,6 +46,11 @@ export class Daemon {
   private agent: HostAgent | null = null;
   readonly startedMs: number;
 
+  /** The host agent, when this daemon joins a coordinator (metrics read its counters). */
+  get hostAgent(): HostAgent | null {
+    return this.agent;
+  }
+
   private constructor(
     public config: Config,
     readonly tap: TapDevice,
@@ -148,6 +153,7 @@ export class Daemon {
       const dhcp = this.dhcp;
       this.agent = new HostAgent(this.config.coordinator, {
         name: this.config.name,
+        publicKey: encodeKey(this.config.publicKey),
         bridge: this.config.tap.bridge,
         // Migrations come to this host's overlay address (host_address or the bridge's DHCP lease), so their
         // streams ride the mesh; without one, to the listen address.

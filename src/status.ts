@@ -54,6 +54,8 @@ export interface AgentStatus {
   polls: number;
   commands: number;
   commandFailures: number;
+  /** Commands refused by the agent's own checks, by reason. */
+  refused: Record<string, number>;
   images: Record<string, number>;
 }
 

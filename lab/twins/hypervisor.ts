@@ -1,7 +1,7 @@
 // In-memory twin of the Hypervisor seam (src/agent/hypervisor.ts): tests run a coordinator and several hosts
 // in one process, with failures injected per call.
 import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../../src/coordinator/types.ts';
-import type { GuestSpec, Hypervisor } from '../../src/agent/hypervisor.ts';
+import type { GuestSpec, Hypervisor, MigrationChannel } from '../../src/agent/hypervisor.ts';
 import type { ConsoleListener, GuestConsole } from '../../src/agent/console.ts';
 import { ByteRing } from '../../src/coordinator/ring.ts';
 import { CONSOLE_SCROLLBACK_BYTES } from '../../src/coordinator/constants.ts';
@@ -64,13 +64,14 @@ export class FakeConsole implements GuestConsole {
   }
 }
 
-/** Guests of all FakeHypervisors of one test, so a fake migration can find its destination. */
+/**
+ * Guests of all FakeHypervisors of one test, so a fake migration can find its destination: by URI, and only
+ * with the same TLS key (what QEMU's TLS-PSK handshake enforces), which tests can check.
+ */
 export class FakeCloud {
-  readonly incoming = new Map<string, { hv: FakeHypervisor; name: string }>();
-  private port = 40000;
-  nextPort(): number {
-    return this.port++;
-  }
+  readonly incoming = new Map<string, { hv: FakeHypervisor; name: string; tlsPsk: string }>();
+  /** Every channel a migration was sent over, in order (tests check URIs and keys). */
+  readonly sent: MigrationChannel[] = [];
 }
 
 interface FakeGuest {
@@ -124,15 +125,16 @@ export class FakeHypervisor implements Hypervisor {
     this.guests.set(spec.name, { spec, state: 'running', memory: `booted on ${this.host}`, console: con });
   }
 
-  async incoming(spec: GuestSpec, address: string): Promise<string> {
+  async incoming(spec: GuestSpec, m: MigrationChannel): Promise<void> {
     await this.step('incoming', spec.name);
-    const uri = `fake:${address}:${this.cloud.nextPort()}`;
+    if (this.cloud.incoming.has(m.uri)) throw new Error(`${m.uri}: Address already in use`);
     this.guests.set(spec.name, { spec, state: 'incoming', memory: '', console: new FakeConsole(this.host) });
-    this.cloud.incoming.set(uri, { hv: this, name: spec.name });
-    return uri;
+    this.cloud.incoming.set(m.uri, { hv: this, name: spec.name, tlsPsk: m.tlsPsk });
   }
 
-  async migrate(name: string, uri: string): Promise<void> {
+  async migrate(name: string, m: MigrationChannel): Promise<void> {
+    const { uri } = m;
+    this.cloud.sent.push(m);
     const g = this.guests.get(name);
     if (g?.state !== 'running') throw new Error(`no running guest ${name} here`);
     try {
@@ -143,7 +145,14 @@ export class FakeHypervisor implements Hypervisor {
     }
     const dest = this.cloud.incoming.get(uri);
     const dg = dest?.hv.guests.get(dest.name);
-    if (!dest || !dg || dg.state !== 'incoming') throw new Error(`nothing listens at ${uri}`);
+    if (!dest || !dg || dg.state !== 'incoming') {
+      g.state = 'running';
+      throw new Error(`nothing listens at ${uri}`);
+    }
+    if (dest.tlsPsk !== m.tlsPsk) {
+      g.state = 'running';
+      throw new Error(`TLS handshake with ${uri} failed: the destination holds another key`);
+    }
     this.cloud.incoming.delete(uri);
     dg.memory = g.memory;
     dg.state = 'running';
@@ -166,6 +175,7 @@ export class FakeHypervisor implements Hypervisor {
     await this.step('stop', name);
     this.guests.get(name)?.console.close();
     this.guests.delete(name);
+    for (const [uri, d] of this.cloud.incoming) if (d.hv === this && d.name === name) this.cloud.incoming.delete(uri);
   }
 
   console(name: string): FakeConsole | null {

@@ -55,8 +55,12 @@ export interface HostInfo {
   memory_mib: number;
   labels: Record<string, string>;
   hypervisor: Hypervisor;
-  /** Address other hosts reach this one at for live migration. */
+  /** Address other hosts reach this one at for live migration (its overlay address once it has one). */
   address: string | null;
+  /** TCP ports the coordinator may choose from for a migration to this host (inclusive). */
+  migration_ports: [number, number] | null;
+  /** The daemon's public key (base64): moves of a migrating guest's MAC are authorized to this site. */
+  public_key: string | null;
   bridge: string;
   /** This site serves DHCP: it takes the coordinator's reservations. */
   dhcp: boolean;
@@ -111,13 +115,30 @@ export interface LaunchSpec {
   cpus: number;
   memory_mib: number;
   image: ImageRecord;
+  /** Where the image may come from (the coordinator's image_sources): the agent checks again. */
+  image_sources: string[];
 }
 
+/** A guest MAC the coordinator places on a host (heartbeat reply: the daemon's port security). */
+export interface GuestMac {
+  mac: string;
+  ip: string | null;
+  vm: string;
+}
+
+/**
+ * Commands to host agents. A migration: `incoming` on the destination with the URI the coordinator built from
+ * the destination's registered address and port range, `authorize-move` to the source, the destination and
+ * the site serving DHCP, `expect` on the destination, then `migrate` on the source with the same URI; both
+ * QEMUs get the same fresh TLS pre-shared key (64 hex digits), so the stream is encrypted and only the
+ * intended destination can receive it.
+ */
 export type Command =
   | { id: string; type: 'start'; vm: LaunchSpec }
-  | { id: string; type: 'incoming'; vm: LaunchSpec }
+  | { id: string; type: 'incoming'; vm: LaunchSpec; uri: string; tls_psk: string }
   | { id: string; type: 'expect'; mac: string }
-  | { id: string; type: 'migrate'; name: string; uri: string }
+  | { id: string; type: 'authorize-move'; mac: string; site_key: string; ttl_ms: number }
+  | { id: string; type: 'migrate'; name: string; uri: string; tls_psk: string }
   | { id: string; type: 'confirm'; name: string; resume?: boolean }
   | { id: string; type: 'stop'; name: string }
   /** Open a console stream for guest `name` to GET /v1/agent/console?session=...; replay from `from` if `stream` is
@@ -130,8 +151,7 @@ export interface CommandResult {
   id: string;
   ok: boolean;
   error?: string;
-  /** incoming: the migration URI; confirm: the guest's state. */
-  uri?: string;
+  /** confirm: the guest's state. */
   state?: GuestState | 'absent';
   guests_version: number;
   boot_id: string;

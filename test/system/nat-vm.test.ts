@@ -45,7 +45,7 @@ async function migrate(
   to: string,
   mac: string,
 ): Promise<Vm> {
-  const dst = await guests.incoming(to, vm, 4444, ADDRESSES[to]);
+  const dst = await guests.incoming(to, vm, 4444, { address: ADDRESSES[to] });
   t.is(dst.uri, `tcp:${ADDRESSES[to]}:4444`);
   const capFrom = await lab.capture(from, GUEST_TAP, path.join(lab.dir, `${from}.pcap`), fromGuestFilter(mac));
   const capTo = await lab.capture(to, GUEST_TAP, path.join(lab.dir, `${to}.pcap`), fromGuestFilter(mac));
