@@ -32,13 +32,14 @@ export class Keypair {
     this.recvAead = aeadFor(recvKey, aead);
   }
 
-  /** Encrypts payload (borrowed) into a new datagram with header; returns null if counters are exhausted. */
-  seal(type: number, payload: Buffer): Buffer | null {
+  /** Encrypts payload (borrowed) into a new datagram with header; returns null if counters are exhausted.
+   *  `site` is the relayed messages' site id (authenticated with the header). */
+  seal(type: number, payload: Buffer, site = 0): Buffer | null {
     const counter = this.sendCounter;
     if (counter >= MAX_COUNTER) return null;
     this.sendCounter = counter + 1;
     const out = Buffer.allocUnsafe(TRANSPORT_HEADER_BYTES + payload.length + AEAD_TAG_BYTES);
-    writeTransportHeader(out, type, this.remoteIndex, counter);
+    writeTransportHeader(out, type, this.remoteIndex, counter, site);
     return this.sendAead.seal(out, payload) ? out : null;
   }
 

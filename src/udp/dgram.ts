@@ -170,6 +170,11 @@ export class DgramSocket implements UdpSocket {
     this.batchEndScheduled = false;
     this.batchEnd?.();
   };
+  /** Single sends (handshakes) that failed locally: a firewall refusing UDP shows here at once. */
+  sendErrors = 0;
+  private readonly onSent = (err: Error | null) => {
+    if (err) this.sendErrors++;
+  };
 
   private constructor(
     private readonly sock: dgram.Socket,
@@ -361,7 +366,7 @@ export class DgramSocket implements UdpSocket {
   };
 
   send(msg: Buffer, port: number, address: string): void {
-    this.sock.send(msg, port, address);
+    this.sock.send(msg, port, address, this.onSent);
   }
 
   /** Runs of equal-size datagrams leave as one UDP GSO send; the rest in one sendmmsg. */
