@@ -42,7 +42,6 @@ import {
   SIG_PUNCH,
   SIG_WITHDRAW,
 } from './natsignal.ts';
-import { isTrailingFragment } from './fragments.ts';
 import { directUsable, Paths } from './paths.ts';
 import { type Endpoint, type PathKind, Peer, type PeerConfig } from './peer.ts';
 import { OverlayAddresses } from './overlay.ts';
@@ -430,9 +429,7 @@ export class Mesh {
       this.timers.sessionWanted(peer);
       return false;
     }
-    const box = type === MSG_DATA && isTrailingFragment(payload) ? peer.outboxTail : peer.outbox;
-    box.push(out);
-    if (peer.outbox.length + peer.outboxTail.length === 1) this.outboxPeers.push(peer);
+    if (peer.outbox.push(out) === 1) this.outboxPeers.push(peer);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(this.flushBound);
@@ -472,9 +469,6 @@ export class Mesh {
     for (let i = 0; i < peers.length; i++) {
       const peer = peers[i];
       const box = peer.outbox;
-      const tail = peer.outboxTail;
-      for (let j = 0; j < tail.length; j++) box.push(tail[j]);
-      tail.length = 0;
       const ep = peer.endpoint;
       if (ep !== null && !this.closed) this.socket.sendBatch(box, box.length, ep.port, ep.address);
       box.length = 0;

@@ -62,8 +62,6 @@ export class Peer {
   up = false; // an authenticated packet arrived within PEER_DOWN_AFTER_MS
   /** Sealed datagrams waiting for this turn's batched send (Mesh.flush). */
   outbox: Buffer[] = [];
-  /** Sealed IPv4 fragments other than the first, sent after the outbox (mesh/fragments.ts). */
-  outboxTail: Buffer[] = [];
   /** Frames waiting for a session (copies), bounded. */
   staged: Buffer[] = [];
   readonly stats: PeerStats = { rxBytes: 0, rxPackets: 0, txBytes: 0, txPackets: 0, roams: 0 };

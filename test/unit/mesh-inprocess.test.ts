@@ -91,38 +91,3 @@ test('a peer without an endpoint is reached once it has spoken to us', async (t)
   await waitFor(() => nodes.get('host-a')!.tap.written.length === 1);
   t.deepEqual(nodes.get('host-a')!.tap.written[0], req);
 });
-
-test('IPv4 fragments: the tails of a batch go after its other frames, so equal sizes form runs; all arrive byte-exact', async (t) => {
-  const { nodes, net, stop } = await buildMesh({ names: ['home', 'host-a'] });
-  t.teardown(stop);
-  await waitFor(() => allUp(nodes));
-  const [home, a] = ['home', 'host-a'].map((n) => nodes.get(n)!);
-  // A guest's 1400-byte UDP datagrams in a 1422 MTU: a 1420-byte first fragment and a 28-byte tail each.
-  const ipv4 = (id: number, offsetUnits: number, more: boolean, dataBytes: number): Buffer => {
-    const ip = Buffer.alloc(20 + dataBytes, id);
-    ip[0] = 0x45;
-    ip.writeUInt16BE(20 + dataBytes, 2);
-    ip.writeUInt16BE(id, 4);
-    ip.writeUInt16BE((more ? 0x2000 : 0) | offsetUnits, 6);
-    ip[8] = 64;
-    ip[9] = 17;
-    return frame(LAN, GUEST_A, 0x0800, ip);
-  };
-  const head = (id: number) => ipv4(id, 0, true, 1400);
-  const tail = (id: number) => ipv4(id, 175, false, 8);
-  const other = arp(1, GUEST_A, '192.168.77.10', '00:00:00:00:00:00', '192.168.77.1');
-  const sizes: number[] = [];
-  net.filter = (msg, from) => {
-    if (from.startsWith('192.0.2.2:') && classify(msg) === 4 && msg.length > 32) sizes.push(msg.length - 32);
-    return msg;
-  };
-  a.tap.inject(head(1), tail(1), head(2), tail(2), other, head(3), tail(3));
-  await waitFor(() => home.tap.written.length === 7);
-  t.deepEqual(
-    sizes,
-    [1434, 1434, other.length, 1434, 42, 42, 42],
-    'first fragments and other frames in their order, then the tails in theirs',
-  );
-  t.deepEqual(home.tap.written, [head(1), head(2), other, head(3), tail(1), tail(2), tail(3)]);
-  t.is(home.daemon.mesh.drops.replay, 0, 'the counters out of order on the wire are within the replay window');
-});
