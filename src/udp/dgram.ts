@@ -11,7 +11,8 @@ import {
   UDP_RX_BUFFER_BYTES,
   UDP_RX_DATAGRAMS_MAX,
   UDP_RX_SLAB_BYTES,
-  UDP_SOCKET_BUFFER_BYTES,
+  UDP_RECV_BUFFER_BYTES,
+  UDP_SEND_BUFFER_BYTES,
   UDP_TX_QUEUE_BYTES,
   UDP_TX_QUEUE_MAX,
 } from '../constants.ts';
@@ -119,7 +120,7 @@ export interface DgramOptions {
   gro?: boolean;
   /** Test hook: bytes per received message (default UDP_RX_BUFFER_BYTES); longer ones are truncated, counted. */
   rxBufferBytes?: number;
-  /** Test hook: the socket's receive and send buffers (default UDP_SOCKET_BUFFER_BYTES). */
+  /** Test hook: the socket's receive and send buffers (default UDP_RECV_BUFFER_BYTES, UDP_SEND_BUFFER_BYTES). */
   socketBufferBytes?: number;
   /** Send batches from a thread of the socket's own (default off; HOMEWIRE_UDP_SEND_THREAD=1 turns it on; see
    *  README, Benchmarks, for why it is off). */
@@ -224,8 +225,8 @@ export class DgramSocket implements UdpSocket {
         try {
           // Room for a burst while JS is busy, not much more: a deep buffer in front of a busy daemon is a
           // standing queue, latency for every packet behind it (a ping beside a bulk stream).
-          sock.setRecvBufferSize(opts.socketBufferBytes ?? UDP_SOCKET_BUFFER_BYTES);
-          sock.setSendBufferSize(opts.socketBufferBytes ?? UDP_SOCKET_BUFFER_BYTES);
+          sock.setRecvBufferSize(opts.socketBufferBytes ?? UDP_RECV_BUFFER_BYTES);
+          sock.setSendBufferSize(opts.socketBufferBytes ?? UDP_SEND_BUFFER_BYTES);
         } catch {
           /* best effort: capped by sysctl */
         }
