@@ -31,13 +31,18 @@ function datagram(i: number, len: number): Buffer {
 }
 
 test('batches from the send thread and inline ones arrive in order; close() joins the thread', async (t) => {
-  const rx = await DgramSocket.bind('127.0.0.1', 0);
+  // The receiver shares this event loop, which is busy sending: its buffer holds all 577 (the daemon's default is
+  // a short queue, UDP_RECV_BUFFER_BYTES).
+  const rx = await DgramSocket.bind('127.0.0.1', 0, { socketBufferBytes: 8 << 20 });
   const seen: number[] = [];
   rx.start((m) => void seen.push(m.readUInt32BE(0)));
   const before = threads();
   const tx = await DgramSocket.bind('127.0.0.1', 0, { nativeReceive: false, sendThread: true });
   t.is(threads(), before + 1, 'the sender has a thread of its own');
-  t.teardown(() => rx.close());
+  t.teardown(async () => {
+    await rx.close();
+    await tx.close(); // also when an assertion failed before the test's own close()
+  });
   let next = 0;
   for (const size of [1, 300, 2, 1, 64, 3, 1, 200, 4, 1]) {
     const msgs = Array.from({ length: size }, () => datagram(next++, 1200));
