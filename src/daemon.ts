@@ -134,12 +134,21 @@ export class Daemon {
   async start(): Promise<void> {
     const { sw, mesh, log } = this;
     mesh.start({
-      frame: (peer, frame) => sw.fromPeer(peer, frame),
+      frame: (peer, frame) => {
+        this.tap.holdFlush?.(); // batchEnd below flushes
+        sw.fromPeer(peer, frame);
+      },
       signal: (peer, payload) => sw.onSignal(peer, payload),
       peerState: (peer, up) => log.info({ peer: peer.name, endpoint: peer.endpoint }, up ? 'peer up' : 'peer down'),
       batchEnd: () => this.tap.flush?.(), // a lone frame (a ping) goes to the TAP at once
     });
-    this.tap.start({ frame: (frame) => sw.fromTap(frame), batchEnd: () => mesh.flush() });
+    this.tap.start({
+      frame: (frame) => {
+        mesh.holdFlush(); // batchEnd flushes
+        sw.fromTap(frame);
+      },
+      batchEnd: () => mesh.flush(),
+    });
     this.timer = setInterval(() => this.tick(), TICK_MS);
     if (this.services) {
       try {

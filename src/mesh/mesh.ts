@@ -155,6 +155,9 @@ export class Mesh {
   private readonly outboxPeers: Peer[] = [];
   private flushScheduled = false;
   private readonly flushBound = () => this.flush();
+  /** A batch is open (a UDP wake-up, or a TAP read: holdFlush()) and its end calls flush(): queue() schedules
+   *  nothing. An idle round trip then costs no setImmediate hop and no extra event-loop turn. */
+  private batchOpen = false;
   private readonly localAddresses: () => string[];
   readonly overlay: OverlayAddresses;
   /** Sources of recent initiations from keys not (yet) in the config: a peer added by a reload is reached at
@@ -188,7 +191,10 @@ export class Mesh {
   start(handler: MeshHandler): void {
     this.handler = handler;
     this.socket.start(
-      (msg, address, port) => this.receive(msg, address, port),
+      (msg, address, port) => {
+        this.batchOpen = true;
+        this.receive(msg, address, port);
+      },
       () => this.receiveBatchEnd(),
     );
     this.tick();
@@ -259,7 +265,7 @@ export class Mesh {
   /** The end of a batch of received datagrams: what it produced leaves now, not on a later turn. */
   private receiveBatchEnd(): void {
     this.handler?.batchEnd?.();
-    if (this.outboxPeers.length > 0) this.flush();
+    this.flush();
   }
 
   /** @internal relay.ts: a message for this site's own side, from `origin` (relayed: through its introducer). */
@@ -430,7 +436,7 @@ export class Mesh {
       return false;
     }
     if (peer.outbox.push(out) === 1) this.outboxPeers.push(peer);
-    if (!this.flushScheduled) {
+    if (!this.flushScheduled && !this.batchOpen) {
       this.flushScheduled = true;
       setImmediate(this.flushBound);
     }
@@ -463,8 +469,14 @@ export class Mesh {
   }
 
   /** Sends every peer's sealed datagrams, one batch per peer. Called at the end of a TAP batch. */
+  /** The caller (the daemon's TAP read batch) calls flush() when its batch ends: sends wait for it. */
+  holdFlush(): void {
+    this.batchOpen = true;
+  }
+
   flush(): void {
     this.flushScheduled = false;
+    this.batchOpen = false;
     const peers = this.outboxPeers;
     for (let i = 0; i < peers.length; i++) {
       const peer = peers[i];

@@ -24,6 +24,9 @@ export interface TapDevice {
   readonly name: string;
   readonly mtu: number;
   readonly stats: TapStats;
+  /** The caller will call flush() at the end of its batch (a UDP wake-up): writes until then need no scheduled
+   *  flush of their own. */
+  holdFlush?(): void;
   /** Implementation detail beyond TapStats (queue depth, drops by cause), for the status report. */
   readonly detail?: Record<string, number>;
   /** Start delivering frames to the handler. */

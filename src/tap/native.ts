@@ -144,6 +144,7 @@ export class NativeTap implements TapDevice {
   private pendingCount = 0;
   private flushScheduled = false;
   private readonly flushBound = (): void => this.flush();
+  private held = false; // holdFlush(): the caller flushes at its batch end, write() schedules nothing
 
   /** Creates (or attaches to) the TAP, sets its MTU, enslaves it to `bridge` if given and brings it up.
    *  Throws OperatorError with an errno code (EPERM, EBUSY, ENOENT...) and a message that says what to do. */
@@ -287,7 +288,7 @@ export class NativeTap implements TapDevice {
       return false;
     }
     this.pending[this.pendingCount++] = frame;
-    if (!this.flushScheduled) {
+    if (!this.flushScheduled && !this.held) {
       this.flushScheduled = true;
       setImmediate(this.flushBound);
     }
@@ -301,8 +302,13 @@ export class NativeTap implements TapDevice {
   }
 
   /** Hands this turn's frames to the kernel now (normally done by the setImmediate write() scheduled). */
+  holdFlush(): void {
+    this.held = true;
+  }
+
   flush(): void {
     this.flushScheduled = false;
+    this.held = false;
     const n = this.pendingCount;
     if (n === 0 || this.closed) return;
     this.pendingCount = 0;

@@ -146,7 +146,7 @@ export class TcpLinks {
       if (len === 0 || len > TCP_FRAME_MAX_BYTES) {
         this.stats.malformed++;
         this.drop(link);
-        return;
+        break; // what came before it in this chunk still ends its batch
       }
       if (buf.length < LENGTH_BYTES + len) break;
       // Each datagram is a view of its own range: the mesh decrypts it in place and may keep it.
