@@ -388,7 +388,8 @@ struct Init {
   Napi::Float64Array counters;
   uint32_t queueMax;
   bool writerThread = false;
-  size_t queueBytes = 0;  // writer thread: bytes queued at most (0: no bound beyond queueMax)
+  size_t queueBytes = 0;     // writer thread: bytes queued at most (0: no bound beyond queueMax)
+  bool coalesceUdp = false;  // UDP runs too (off: see groOff_)
 };
 
 constexpr uint32_t kInlineFrames = 32;  // writer thread: batches this small are written inline when it is idle
@@ -434,6 +435,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
     info_ = init->info;
     ctr_ = init->counters.Data();
     ctrRef_ = Napi::Persistent(static_cast<Napi::Object>(init->counters));
+    if (!init->coalesceUdp) groOff_ = (1u << gro::kUdp4) | (1u << gro::kUdp6);
     if (init->writerThread) {
       threaded_ = true;
       queueBytesMax_ = init->queueBytes;
@@ -540,7 +542,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
         continue;
       }
       gro::Seg first;
-      if (!info_.vnet || !gro::Parse(data, len, &first) || (groBroken_ & (1u << first.kind))) {
+      if (!info_.vnet || !gro::Parse(data, len, &first) || ((groBroken_ | groOff_) & (1u << first.kind))) {
         accepted += Emit(data, len, info_.vnet, 1, len);
         i++;
         continue;
@@ -1030,6 +1032,10 @@ class Tap : public Napi::ObjectWrap<Tap> {
   std::vector<gro::Seg> segs_;
   std::vector<uint8_t> big_ = std::vector<uint8_t>(65536 + 256);  // one offloaded (TSO) read
   std::vector<uint8_t> merged_;
+  // Kinds not coalesced by choice. UDP runs are off by default: the receiving stack hands a coalesced run to a
+  // socket that did not ask for UDP_GRO as one burst of up to 64 datagrams, which overflows a default-size
+  // receive buffer (an application's own socket behind the TAP) where single frames would not.
+  uint32_t groOff_ = 0;
   uint32_t groBroken_ = 0;  // kinds (bits) whose coalesced frames the kernel refused: written one by one
   size_t qhead_ = 0, qcount_ = 0;
   // writer thread (worker.h): the queue, whether this batch may write inline, and the counters it moves
@@ -1094,6 +1100,7 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   Init init{-1, {}, Napi::Float64Array(), 0};
   if (!ReadCommon(env, o, &init.counters, &init.queueMax)) return env.Undefined();
   init.writerThread = WriterThreadOption(o, &init.queueBytes);
+  init.coalesceUdp = o.Get("coalesceUdp").ToBoolean().Value();
   SysErr e;
   if (!OpenTap(args, &init.info, &e)) return ThrowSys(env, e);
   init.fd = init.info.fd;
@@ -1108,6 +1115,7 @@ Napi::Value WrapFd(const Napi::CallbackInfo& info) {
   Init init{info[0].As<Napi::Number>().Int32Value(), {}, Napi::Float64Array(), 0};
   if (!ReadCommon(env, info[1].As<Napi::Object>(), &init.counters, &init.queueMax)) return env.Undefined();
   init.writerThread = WriterThreadOption(info[1].As<Napi::Object>(), &init.queueBytes);
+  init.coalesceUdp = info[1].As<Napi::Object>().Get("coalesceUdp").ToBoolean().Value();
   init.info.fd = init.fd;
   init.info.name = "fd" + std::to_string(init.fd);
   fcntl(init.fd, F_SETFL, fcntl(init.fd, F_GETFL) | O_NONBLOCK);

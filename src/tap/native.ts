@@ -49,6 +49,8 @@ interface NativeCommonOptions {
   writerThread?: boolean;
   /** Writer thread: bytes waiting at most (frames beyond are dropped and counted). */
   writeQueueBytes?: number;
+  /** Coalesce runs of UDP datagrams on writes too (TCP always). */
+  coalesceUdp?: boolean;
 }
 
 export interface TapAddon {
@@ -114,9 +116,14 @@ export interface NativeTapOptions {
   /** Write on a thread of the TAP's own (default off; HOMEWIRE_TAP_WRITER_THREAD=1 turns it on). Measured on a
    *  busy 2-core host: the thread's wake-ups cost more than the second core gave (README, Benchmarks). */
   writerThread?: boolean;
+  /** Coalesce runs of equal-size UDP datagrams of one flow on writes (default off; HOMEWIRE_TAP_COALESCE_UDP=1
+   *  turns it on): the receiving stack hands such a run to a socket that did not ask for UDP_GRO as one burst,
+   *  which overflows a default-size socket buffer (native/tap.cc, groOff_). TCP runs are always coalesced. */
+  coalesceUdp?: boolean;
 }
 
 const WRITER_THREAD_DEFAULT = process.env.HOMEWIRE_TAP_WRITER_THREAD === '1';
+const COALESCE_UDP_DEFAULT = process.env.HOMEWIRE_TAP_COALESCE_UDP === '1';
 
 export class NativeTap implements TapDevice {
   /** The name the kernel gave (differs from the requested one when it had "%d"). */
@@ -165,6 +172,7 @@ export class NativeTap implements TapDevice {
         txQueueLen: TAP_TX_QUEUE_LEN,
         writerThread: opts.writerThread ?? WRITER_THREAD_DEFAULT,
         writeQueueBytes: TAP_WRITE_QUEUE_BYTES,
+        coalesceUdp: opts.coalesceUdp ?? COALESCE_UDP_DEFAULT,
       });
     } catch (e) {
       throw toOperatorError(e);

@@ -7,6 +7,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { labFor, netnsTest } from '../helpers/netns.ts';
 
+// The daemons this file starts coalesce UDP runs on TAP writes too (off by default, src/tap/native.ts), so the
+// UDP test below crosses that path.
+process.env.HOMEWIRE_TAP_COALESCE_UDP = '1';
+
 const BYTES = 32 * 1024 * 1024;
 
 const SERVER = `

@@ -51,7 +51,7 @@ function bed(t: ExecutionContext): Bed {
   const ns = `hwfns${hex}`;
   sh('ip', 'netns', 'add', ns);
   t.teardown(() => quiet(() => sh('ip', 'netns', 'del', ns)));
-  const tap = NativeTap.open({ name: `hwf${hex}`, mtu: 1500 });
+  const tap = NativeTap.open({ name: `hwf${hex}`, mtu: 1500, coalesceUdp: true }); // UDP runs: opt-in
   t.teardown(() => tap.close());
   sh('ip', 'link', 'set', 'dev', tap.name, 'netns', ns);
   sh('ip', '-n', ns, 'link', 'set', 'lo', 'up');
