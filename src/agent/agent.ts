@@ -6,18 +6,28 @@
 // a firewall needs no inbound port and no certificate, and a standby coordinator can simply proxy. The cost
 // is one held HTTP request per host, answered within POLL_WAIT_MS or as soon as a command is queued.
 //
-// Lifecycle: new HostAgent(cfg, deps) → start() (returns at once; registering is retried in the background
-// until the coordinator answers) → stop() (idempotent; stops this host's guests: a restarted agent cannot
-// take over QEMU processes it did not start).
+// Lifecycle: new HostAgent(cfg, deps) → start() (re-adopts the guests an earlier agent left running, then
+// returns; registering is retried in the background until the coordinator answers) → stop() (idempotent; the
+// guests keep running for the next agent, unless stop_guests_on_exit asks to stop them).
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { Readable } from 'node:stream';
 import { CoordinatorClient } from '../coordinator/client.ts';
 import { AGENT_REQUEST_TIMEOUT_MS, AGENT_RETRY_MS, HEARTBEAT_MS, POLL_WAIT_MS } from '../coordinator/constants.ts';
-import { ApiError, type Command, type CommandResult, type HostInfo, type LaunchSpec } from '../coordinator/types.ts';
+import {
+  ApiError,
+  type Command,
+  type CommandResult,
+  type HostInfo,
+  type LaunchSpec,
+  type WarmImage,
+} from '../coordinator/types.ts';
 import type { Logger } from '../log.ts';
 import type { AgentStatus } from '../status.ts';
 import type { AgentConfig } from './config.ts';
-import type { GuestSpec, Hypervisor } from './hypervisor.ts';
+import type { AdoptReport, GuestSpec, Hypervisor } from './hypervisor.ts';
 import { ImageCache } from './images.ts';
+import { baseFormat, fileSha256 } from './qemu/disks.ts';
 
 /** How long confirm waits for a migration destination to leave 'incoming' (well within the command timeout). */
 const CONFIRM_WAIT_MS = 10_000;
@@ -44,6 +54,8 @@ export class HostAgent {
   readonly bootId = crypto.randomBytes(8).toString('hex');
   /** Plain counters, read by `status` and tests. */
   readonly stats = { registrations: 0, heartbeats: 0, heartbeatFailures: 0, polls: 0, commands: 0, commandFailures: 0 };
+  /** What start() found of an earlier agent's guests (and how long taking them over took). */
+  adoption: (AdoptReport & { ms: number }) | null = null;
   private hv: Hypervisor | null = null;
   private guestsVersion = 0;
   private registered = false;
@@ -60,7 +72,17 @@ export class HostAgent {
     private readonly deps: AgentDeps,
   ) {
     this.client = new CoordinatorClient(config.urls, config.token);
-    this.images = new ImageCache(config.cacheDir, deps.log);
+    this.images = new ImageCache(config.cacheDir, deps.log, (sha, what) => this.blob(sha, what));
+  }
+
+  /** A blob of the coordinator's store (warm images' state and disk), streamed. */
+  private async blob(sha256: string, what: string): Promise<Readable> {
+    try {
+      const res = await this.client.raw('GET', `/v1/agent/blobs/${sha256}`, { signal: this.abort.signal });
+      return Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
+    } catch (err) {
+      throw new Error(`${what}: cannot fetch blob ${sha256} from the coordinator: ${(err as Error).message}`);
+    }
   }
 
   get name(): string {
@@ -83,6 +105,12 @@ export class HostAgent {
         this.guestsVersion++;
         this.heartbeatSoon();
       };
+    if (this.hv?.start) {
+      // Before the first heartbeat: the coordinator must see the guests that kept running, not an empty host.
+      const started = Date.now();
+      const report = await this.hv.start();
+      this.adoption = { ...report, ms: Date.now() - started };
+    }
     this.loops.push(this.pollLoop());
     this.deps.log.info(
       { coordinator: this.config.urls, bridge: this.bridge, hypervisor: this.hv?.info ?? null },
@@ -92,7 +120,11 @@ export class HostAgent {
 
   private async qemu(): Promise<Hypervisor> {
     const { QemuHypervisor } = await import('./qemu/hypervisor.ts');
-    return new QemuHypervisor({ stateDir: this.config.stateDir, log: this.deps.log.child({ part: 'qemu' }) });
+    return new QemuHypervisor({
+      stateDir: this.config.stateDir,
+      log: this.deps.log.child({ part: 'qemu' }),
+      ...(this.config.qemuBinary ? { binary: this.config.qemuBinary } : {}),
+    });
   }
 
   // ---- registration and heartbeats -----------------------------------------------------------------
@@ -150,7 +182,13 @@ export class HostAgent {
     (this.hv?.refresh?.() ?? Promise.resolve())
       .catch(() => {})
       .then(() => {
-        const body = { name: this.name, boot_id: this.bootId, guests_version: version, guests: this.hv?.list() ?? [] };
+        const body = {
+          name: this.name,
+          boot_id: this.bootId,
+          guests_version: version,
+          guests: this.hv?.list() ?? [],
+          ...(this.hv?.disks ? { disks: this.hv.disks() } : {}),
+        };
         return this.client.request<{ ok: boolean; reservations?: { mac: string; ip: string; vm: string }[] }>(
           'POST',
           '/v1/agent/heartbeat',
@@ -272,23 +310,27 @@ export class HostAgent {
       case 'start': {
         if ((await hv.state(c.vm.name)) === 'running') return { state: 'running' };
         const spec = await this.spec(c.vm);
-        await hv.launch(spec);
+        const r = await hv.launch(spec, {
+          ...(c.disk_from ? { diskFrom: c.disk_from } : {}),
+          ...(c.tls_psk ? { psk: c.tls_psk } : {}),
+        });
         this.guestsVersion++;
-        return { state: 'running' };
+        return { state: 'running', ...(r?.note ? { note: r.note } : {}) };
       }
       case 'incoming': {
-        const address = this.config.migrationAddress ?? this.deps.address;
-        if (!address || address === '0.0.0.0' || address === '::')
-          throw new Error(`host ${this.name} has no migration address: set coordinator.migration_address`);
-        if ((await hv.state(c.vm.name)) !== 'absent') await hv.stop(c.vm.name); // a leftover of an earlier attempt
+        const address = this.migrationAddress();
+        if ((await hv.state(c.vm.name)) !== 'absent') await hv.stop(c.vm.name, { discard: true }); // an earlier attempt
         const spec = await this.spec(c.vm);
-        const uri = await hv.incoming(spec, address);
+        const r = await hv.incoming(spec, address, c.tls_psk ? { psk: c.tls_psk } : {});
         this.guestsVersion++;
-        return { uri, state: 'incoming' };
+        return { uri: r.uri, ...(r.nbd ? { nbd: r.nbd } : {}), state: 'incoming' };
       }
       case 'migrate':
         try {
-          await hv.migrate(c.name, c.uri);
+          await hv.migrate(c.name, c.uri, {
+            ...(c.nbd ? { nbd: c.nbd } : {}),
+            ...(c.tls_psk ? { psk: c.tls_psk } : {}),
+          });
         } finally {
           this.guestsVersion++;
         }
@@ -308,16 +350,53 @@ export class HostAgent {
         return { state };
       }
       case 'stop':
-        await hv.stop(c.name);
+        await hv.stop(c.name, { discard: c.discard === true });
         this.guestsVersion++;
         return { state: 'absent' };
+      case 'export_disk': {
+        if (!hv.exportDisk) throw new Error(`host ${this.name}'s hypervisor keeps no disks`);
+        return { disk: await hv.exportDisk(c.name, this.migrationAddress(), c.tls_psk) };
+      }
+      case 'snapshot':
+        return { warm: await this.snapshot(c.name) };
     }
+  }
+
+  private migrationAddress(): string {
+    const address = this.config.migrationAddress ?? this.deps.address;
+    if (!address || address === '0.0.0.0' || address === '::')
+      throw new Error(`host ${this.name} has no migration address: set coordinator.migration_address`);
+    return address;
+  }
+
+  /** Saves a guest, keeps the files in this host's cache and uploads them to the coordinator's blob store. */
+  private async snapshot(name: string): Promise<Omit<WarmImage, 'disk_gib' | 'source_vm'>> {
+    const hv = this.hv!;
+    if (!hv.snapshot) throw new Error(`host ${this.name}'s hypervisor cannot save guests`);
+    const files = await hv.snapshot(name);
+    const mac = hv.list().find((g) => g.name === name)?.mac ?? '';
+    const publish = async (file: string) => {
+      const { sha256, bytes } = await fileSha256(file);
+      const cached = this.images.adopt(file, sha256);
+      await this.client.raw('PUT', `/v1/agent/blobs/${sha256}`, {
+        body: () => Readable.toWeb(fs.createReadStream(cached)) as ReadableStream<Uint8Array>,
+        bytes,
+        signal: this.abort.signal,
+      });
+      return { sha256, bytes };
+    };
+    const state = await publish(files.state);
+    const overlay = files.overlay ? await publish(files.overlay) : null;
+    this.deps.log.info({ vm: name, state, overlay, pauseMs: files.pauseMs }, 'warm image published');
+    return { state, overlay, mac, manifest: files.manifest };
   }
 
   private async spec(vm: LaunchSpec): Promise<GuestSpec> {
     const bridge = this.bridge;
     if (!bridge) throw new Error(`host ${this.name} has no bridge for guests: set tap.bridge (or coordinator.bridge)`);
     const files = await this.images.image(vm.image);
+    const base = files.disk ? { file: files.disk, format: baseFormat(files.disk) } : null;
+    const warm = vm.image.warm;
     return {
       name: vm.name,
       mac: vm.mac,
@@ -325,7 +404,17 @@ export class HostAgent {
       memoryMib: vm.memory_mib,
       kernel: files.kernel,
       initrd: files.initrd,
-      ...(files.disk ? { disk: files.disk } : {}),
+      ...(vm.disk ? { disk: { base, gib: vm.disk.gib } } : {}),
+      ...(warm && files.state
+        ? {
+            warm: {
+              state: files.state,
+              overlay: files.overlay ?? null,
+              manifest: warm.manifest,
+              clone: vm.clone === true,
+            },
+          }
+        : {}),
       cmdline: vm.image.cmdline ?? 'quiet',
       bridge,
     };
@@ -338,6 +427,7 @@ export class HostAgent {
       bootId: this.bootId,
       guests: this.hv?.list() ?? [],
       hypervisor: this.hv?.info ?? null,
+      adoption: this.adoption,
       ...this.stats,
       images: { ...this.images.stats },
     };
@@ -349,7 +439,7 @@ export class HostAgent {
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.abort.abort();
     await Promise.allSettled([...this.loops, ...this.running]);
-    await this.hv?.close();
+    await this.hv?.close({ stopGuests: this.config.stopGuestsOnExit });
     this.deps.log.info('host agent stopped');
   }
 }

@@ -12,6 +12,8 @@
 //     cache_dir: /var/cache/homewire/images
 //     state_dir: /var/lib/homewire/vms
 //     hypervisor: qemu                     # or none: register, run no VMs
+//     qemu_binary: /usr/bin/qemu-system-x86_64   # default: qemu-system-x86_64 on PATH
+//     stop_guests_on_exit: false           # default: guests keep running when the daemon stops (re-adopted)
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -32,6 +34,9 @@ export interface AgentConfig {
   cacheDir: string;
   stateDir: string;
   hypervisor: 'qemu' | 'none';
+  qemuBinary?: string;
+  /** Stop this host's guests when the agent (the daemon) stops; default false: they keep running. */
+  stopGuestsOnExit: boolean;
 }
 
 const KEYS = [
@@ -46,6 +51,8 @@ const KEYS = [
   'cache_dir',
   'state_dir',
   'hypervisor',
+  'qemu_binary',
+  'stop_guests_on_exit',
 ];
 const LABEL_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
 
@@ -134,6 +141,12 @@ export function parseAgentConfig(raw: unknown, file: string, keyPrefix = 'coordi
   const stateDir = rel(o.state_dir === undefined ? '/var/lib/homewire/vms' : c.string(o.state_dir, k('state_dir')));
   const hypervisor = o.hypervisor === undefined ? 'qemu' : c.string(o.hypervisor, k('hypervisor'));
   if (hypervisor !== 'qemu' && hypervisor !== 'none') c.fail(k('hypervisor'), `"${hypervisor}" is not qemu or none`);
+  const qemuBinary = o.qemu_binary === undefined ? undefined : rel(c.string(o.qemu_binary, k('qemu_binary')));
+  let stopGuestsOnExit = false;
+  if (o.stop_guests_on_exit !== undefined) {
+    if (typeof o.stop_guests_on_exit !== 'boolean') c.fail(k('stop_guests_on_exit'), 'must be true or false');
+    stopGuestsOnExit = o.stop_guests_on_exit as boolean;
+  }
   return {
     file,
     urls,
@@ -147,5 +160,7 @@ export function parseAgentConfig(raw: unknown, file: string, keyPrefix = 'coordi
     cacheDir,
     stateDir,
     hypervisor: hypervisor as 'qemu' | 'none',
+    ...(qemuBinary ? { qemuBinary } : {}),
+    stopGuestsOnExit,
   };
 }

@@ -1,7 +1,9 @@
-// The host's image cache: each file of an image is fetched once (http(s):// or a path on this host), its
-// SHA-256 checked while it streams, and kept as <cache_dir>/<sha256>. A file is written under a temporary
-// name and renamed only after the checksum matched, so the cache never holds a wrong or partial file, and
-// concurrent requests for the same file share one download.
+// The host's image cache: each file of an image is fetched once (http(s):// or a path on this host, or
+// blob:SHA256 from the coordinator's blob store, where warm images live), its SHA-256 checked while it streams,
+// and kept as <cache_dir>/<sha256>. A file is written under a temporary name and renamed only after the
+// checksum matched, so the cache never holds a wrong or partial file, and concurrent requests for the same file
+// share one download. Cached files are read-only for everyone (a VM's disk base is never written: guests write
+// to their own overlay).
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,7 +18,13 @@ export interface ImageFiles {
   kernel: string;
   initrd: string;
   disk?: string;
+  /** A warm image's saved state and frozen overlay. */
+  state?: string;
+  overlay?: string;
 }
+
+/** Opens blob:SHA256 locations (the coordinator's blob store, with the host token). */
+export type BlobSource = (sha256: string, what: string) => Promise<Readable>;
 
 export class ImageCache {
   private readonly inflight = new Map<string, Promise<string>>();
@@ -25,15 +33,41 @@ export class ImageCache {
   constructor(
     readonly dir: string,
     private readonly log: Logger,
+    private readonly blobs: BlobSource | null = null,
   ) {}
 
   async image(img: ImageRecord): Promise<ImageFiles> {
-    const [kernel, initrd, disk] = await Promise.all([
+    const w = img.warm;
+    const [kernel, initrd, disk, state, overlay] = await Promise.all([
       this.file(img.kernel, img.sha256.kernel, `image ${img.name} kernel`),
       this.file(img.initrd, img.sha256.initrd, `image ${img.name} initrd`),
       img.disk ? this.file(img.disk, img.sha256.disk!, `image ${img.name} disk`) : Promise.resolve(undefined),
+      w
+        ? this.file(`blob:${w.state.sha256}`, w.state.sha256, `warm image ${img.name} state`)
+        : Promise.resolve(undefined),
+      w?.overlay
+        ? this.file(`blob:${w.overlay.sha256}`, w.overlay.sha256, `warm image ${img.name} disk overlay`)
+        : Promise.resolve(undefined),
     ]);
-    return disk ? { kernel, initrd, disk } : { kernel, initrd };
+    return {
+      kernel,
+      initrd,
+      ...(disk ? { disk } : {}),
+      ...(state ? { state } : {}),
+      ...(overlay ? { overlay } : {}),
+    };
+  }
+
+  /** Moves a file made on this host (a snapshot) into the cache under its SHA-256; returns the cached path. */
+  adopt(file: string, sha256: string): string {
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o755 });
+    const target = path.join(this.dir, sha256);
+    if (fs.existsSync(target)) fs.rmSync(file, { force: true });
+    else {
+      fs.chmodSync(file, 0o444);
+      fs.renameSync(file, target);
+    }
+    return target;
   }
 
   /** The local path of a verified copy of `location`. */
@@ -59,12 +93,13 @@ export class ImageCache {
     let bytes = 0;
     const started = Date.now();
     try {
-      const source = await open(location, what);
+      const source =
+        location.startsWith('blob:') && this.blobs ? await this.blobs(want, what) : await open(location, what);
       source.on('data', (c: Buffer) => {
         hash.update(c);
         bytes += c.length;
       });
-      await pipeline(source, fs.createWriteStream(tmp, { mode: 0o644 }));
+      await pipeline(source, fs.createWriteStream(tmp, { mode: 0o444 }));
       const got = hash.digest('hex');
       if (got !== want) {
         this.stats.mismatches++;

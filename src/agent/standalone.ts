@@ -11,7 +11,11 @@ import { createLogger, exitOnSignals } from '../log.ts';
 import { HostAgent } from './agent.ts';
 import { parseAgentConfig } from './config.ts';
 
-export async function loadStandaloneAgent(file: string, log = createLogger()): Promise<HostAgent> {
+export async function loadStandaloneAgent(
+  file: string,
+  log = createLogger(),
+  o: { stopGuestsOnExit?: boolean } = {},
+): Promise<HostAgent> {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
@@ -27,6 +31,7 @@ export async function loadStandaloneAgent(file: string, log = createLogger()): P
     );
   }
   const agentCfg = parseAgentConfig(doc.coordinator, file);
+  if (o.stopGuestsOnExit) agentCfg.stopGuestsOnExit = true;
   const { coordinator: _, ...daemonPart } = doc;
   const cfg = parseConfig(YAML.stringify(daemonPart), file); // the daemon's own keys, checked as the daemon does
   const socket = cfg.control?.socket ?? defaultControlSocket(cfg.name);
@@ -39,10 +44,10 @@ export async function loadStandaloneAgent(file: string, log = createLogger()): P
   });
 }
 
-/** Runs until SIGINT/SIGTERM; stopping the agent stops this host's guests. */
-export async function runStandaloneAgent(file: string): Promise<void> {
+/** Runs until SIGINT/SIGTERM; the guests keep running (re-adopted by the next agent) unless stopGuestsOnExit. */
+export async function runStandaloneAgent(file: string, o: { stopGuestsOnExit?: boolean } = {}): Promise<void> {
   const log = createLogger(process.env.HOMEWIRE_LOG_LEVEL ?? 'info');
-  const agent = await loadStandaloneAgent(file, log);
+  const agent = await loadStandaloneAgent(file, log, o);
   await agent.start();
   exitOnSignals(log, 'the host agent', () => agent.stop(), 10_000);
 }

@@ -6,6 +6,7 @@
 import crypto from 'node:crypto';
 import http from 'node:http';
 import type { Logger } from '../log.ts';
+import type { BlobStore } from './blobs.ts';
 import { API_BODY_MAX_BYTES, HEARTBEAT_MS, POLL_WAIT_MS } from './constants.ts';
 import type { Dispatcher } from './dispatch.ts';
 import type { HostQuery, HostRegistry } from './hosts.ts';
@@ -34,10 +35,12 @@ export interface ApiContext {
   dispatch: Dispatcher;
   leadership: Leadership;
   imageServer?: string;
+  /** Warm images' files (PUT|GET /v1/agent/blobs/SHA256). */
+  blobs: BlobStore;
   log: Logger;
   now: () => number;
-  /** Reconciles a host's fresh guest report (async, errors logged). */
-  reconcile(host: string, guests: Heartbeat['guests']): void;
+  /** Reconciles a host's fresh guest report, and the disks it keeps (async, errors logged). */
+  reconcile(host: string, guests: Heartbeat['guests'], disks?: string[]): void;
 }
 
 type Role = 'admin' | 'host';
@@ -80,6 +83,18 @@ export function apiHandler(ctx: ApiContext): http.RequestListener {
     }
     if (!ctx.leadership.leading) {
       proxy(ctx, req, res);
+      return;
+    }
+    const blob = /^\/v1\/agent\/blobs\/([^/]+)$/.exec(url.pathname);
+    if (blob) {
+      // Raw bodies both ways: not JSON, and larger than API_BODY_MAX_BYTES.
+      const sha = decodeURIComponent(blob[1]);
+      (req.method === 'PUT'
+        ? ctx.blobs.put(sha, req).then((r) => reply(res, r.existed ? 200 : 201, { sha256: sha, bytes: r.bytes }))
+        : req.method === 'GET'
+          ? ctx.blobs.get(sha, res)
+          : Promise.reject(notFound(req.method ?? 'GET', url.pathname))
+      ).catch((err) => fail(res, err, ctx.log));
       return;
     }
     route(ctx, req, res, url).then(
@@ -127,6 +142,14 @@ async function route(
     if (action === undefined && m === 'DELETE') {
       await ctx.vms.delete(name);
       return ok({ deleted: name });
+    }
+    if (m === 'POST' && action === 'snapshot') {
+      const body = (await readJson(req, true)) as Record<string, unknown>;
+      for (const k of Object.keys(body))
+        if (k !== 'image') throw new ApiError(400, 'bad_request', `unknown key "${k}" for snapshot; allowed: image`);
+      if (typeof body.image !== 'string')
+        throw new ApiError(400, 'bad_request', 'snapshot needs { "image": NAME }: the warm image to publish');
+      return ok(await ctx.vms.snapshot(name, { image: body.image }), 201);
     }
     if (m === 'POST' && (action === 'start' || action === 'stop' || action === 'migrate')) {
       const body = (await readJson(req, true)) as Record<string, unknown>;
@@ -215,7 +238,8 @@ async function agent(
           'unknown_host',
           `host ${name} is not registered with this coordinator (or restarted): register again`,
         );
-      if (r.guests) ctx.reconcile(name, r.guests);
+      const disks = Array.isArray(hb.disks) ? hb.disks.filter((d): d is string => typeof d === 'string') : undefined;
+      if (r.guests) ctx.reconcile(name, r.guests, disks);
       const rec = await ctx.store.get<HostRecord>('hosts', name);
       return {
         status: 200,

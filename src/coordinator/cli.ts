@@ -14,8 +14,10 @@ export const COORDINATOR_USAGE = `Coordinator:
   coordinator check --config FILE
                               validate a coordinator config
   coordinator token           print a new random API token (for admin_token_file / host_token_file)
-  agent --config FILE         run the host agent beside a running daemon (reads the daemon's config
-                              and its coordinator: section)
+  agent --config FILE [--stop-guests-on-exit]
+                              run the host agent beside a running daemon (reads the daemon's config
+                              and its coordinator: section); its guests keep running when it stops
+                              unless --stop-guests-on-exit
 API (--coordinator URL[,URL...] --token-file F, or HOMEWIRE_COORDINATOR / HOMEWIRE_TOKEN_FILE; --json):
   host list [--site S] [--label K[=V]]... [--free-cpus N] [--free-memory MiB] [--state up|down]
   host show NAME
@@ -23,10 +25,11 @@ API (--coordinator URL[,URL...] --token-file F, or HOMEWIRE_COORDINATOR / HOMEWI
   image add NAME --kernel URL|PATH --initrd URL|PATH [--disk URL|PATH] [--cmdline TEXT]
             [--kernel-sha256 H --initrd-sha256 H --disk-sha256 H]   (a missing checksum is computed
                                                                      from the file as read from here)
-  vm create NAME --image I [--cpus N] [--memory MiB] [--mac M] [--ip A] [--host H] [--site S]
-            [--label K=V]... [--cmdline TEXT]
+  vm create NAME --image I [--cpus N] [--memory MiB] [--disk GiB] [--mac M] [--ip A] [--host H]
+            [--site S] [--label K=V]... [--cmdline TEXT] [--clone]
   vm start NAME [--host H] [--no-wait]
   vm migrate NAME [--to H] [--no-wait]
+  vm snapshot NAME --image NEW  save the running VM's memory and disk as warm image NEW (it keeps running)
   vm stop NAME [--no-wait]
   vm delete NAME
   vm list [--state S] [--host H]
@@ -81,7 +84,7 @@ class Args {
   }
 }
 
-const BOOLEAN_FLAGS = new Set(['--json', '--no-wait', '--help']);
+const BOOLEAN_FLAGS = new Set(['--json', '--no-wait', '--help', '--clone', '--stop-guests-on-exit']);
 
 function usage(message: string): never {
   throw new OperatorError('EUSAGE', `${message}\n${COORDINATOR_USAGE}`);
@@ -99,7 +102,7 @@ export async function runCoordinatorCli(argv: string[], out: Writable = process.
       const file =
         args.opt('--config') ?? usage('missing --config FILE (the daemon config with a coordinator: section)');
       const { runStandaloneAgent } = await import('../agent/standalone.ts');
-      return runStandaloneAgent(file);
+      return runStandaloneAgent(file, { stopGuestsOnExit: args.flag('--stop-guests-on-exit') });
     }
     case 'host':
     case 'vm':
@@ -264,8 +267,11 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
       };
       const cpus = args.int('--cpus');
       const mem = args.int('--memory');
+      const disk = args.int('--disk');
       if (cpus !== undefined) body.cpus = cpus;
       if (mem !== undefined) body.memory_mib = mem;
+      if (disk !== undefined) body.disk_gib = disk;
+      if (args.flag('--clone')) body.clone = true;
       for (const [flag, key] of [
         ['--mac', 'mac'],
         ['--ip', 'ip'],
@@ -306,6 +312,18 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
       if (to) body.host = to;
       const vm = await call<VmRecord>('POST', `/v1/vms/${enc(need('NAME'))}/migrate`, body);
       return show(vm, () => verb(vm, `migrated: running on ${vm.host}`));
+    }
+    case 'snapshot': {
+      const image = args.opt('--image') ?? usage('vm snapshot: missing --image NEW (the warm image to publish)');
+      const img = await call<ImageRecord>('POST', `/v1/vms/${enc(need('NAME'))}/snapshot`, { image });
+      const w = img.warm!;
+      return show(
+        img,
+        () =>
+          `warm image ${img.name} saved from vm ${name} (state ${(w.state.bytes / 2 ** 20).toFixed(1)} MiB` +
+          `${w.overlay ? `, disk overlay ${(w.overlay.bytes / 2 ** 20).toFixed(1)} MiB` : ''}; QEMU ${w.manifest.qemu}, ` +
+          `${w.manifest.machine}); resume it with \`homewire vm create NEW --image ${img.name}\` and \`vm start NEW\``,
+      );
     }
     case 'stop': {
       const vm = await call<VmRecord>('POST', `/v1/vms/${enc(need('NAME'))}/stop`, { wait });
@@ -409,6 +427,10 @@ function vmDetails(v: VmRecord): string {
     memory: `${v.memory_mib} MiB`,
     mac: v.mac,
     ip: v.ip ?? 'dhcp (pool)',
+    disk:
+      v.disk_host !== undefined && (v.disk_gib != null || v.disk_host)
+        ? `${v.disk_gib != null ? `${v.disk_gib} GiB` : "the image's size"}${v.disk_host ? `, on ${v.disk_host}` : ''}`
+        : '-',
     placement: JSON.stringify(v.placement),
     error: v.error ?? '-',
     created: v.created_at,

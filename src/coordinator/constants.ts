@@ -13,7 +13,8 @@ export const COMMANDS_PER_POLL_MAX = 32;
 export const START_TIMEOUT_MS = 120_000; // image fetch + QEMU launch
 export const INCOMING_TIMEOUT_MS = 120_000; // image fetch + QEMU -incoming launch
 export const MIGRATE_TIMEOUT_MS = 300_000; // RAM copy under TCG is slow
-export const SHORT_COMMAND_TIMEOUT_MS = 15_000; // expect, confirm, stop
+export const SHORT_COMMAND_TIMEOUT_MS = 15_000; // expect, confirm, stop, export_disk
+export const SNAPSHOT_TIMEOUT_MS = 300_000; // save RAM to a file, copy the overlay, upload both
 /** After a leader takes over, agents get this long to report before unfinished operations are settled. */
 export const TAKEOVER_GRACE_MS = 2 * HEARTBEAT_MS + 1_000;
 

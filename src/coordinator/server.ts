@@ -6,6 +6,7 @@ import crypto from 'node:crypto';
 import http from 'node:http';
 import type { Logger } from '../log.ts';
 import { apiHandler } from './api.ts';
+import { BlobStore } from './blobs.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { COORDINATOR_TICK_MS } from './constants.ts';
 import { Dispatcher } from './dispatch.ts';
@@ -32,6 +33,7 @@ export class Coordinator {
   readonly hosts: HostRegistry;
   readonly vms: Lifecycle;
   readonly reconciler: Reconciler;
+  readonly blobs: BlobStore;
   private server: http.Server | null = null;
   private metricsServer: http.Server | null = null;
   private timer: NodeJS.Timeout | null = null;
@@ -49,8 +51,8 @@ export class Coordinator {
     now: () => number,
   ) {
     this.now = now;
-    this.hosts = new HostRegistry(store, log.child({ part: 'hosts' }), now, (host) =>
-      this.dispatch.failHost(host, 'went down'),
+    this.hosts = new HostRegistry(store, log.child({ part: 'hosts' }), now, (host, reason) =>
+      this.dispatch.failHost(host, reason ?? 'went down'),
     );
     const records = new VmRecords({
       store,
@@ -62,6 +64,7 @@ export class Coordinator {
     });
     this.vms = new Lifecycle(records);
     this.reconciler = new Reconciler(records);
+    this.blobs = new BlobStore(config.dataDir);
   }
 
   static async fromConfig(cfg: CoordinatorConfig, deps: CoordinatorDeps): Promise<Coordinator> {
@@ -114,12 +117,13 @@ export class Coordinator {
         dispatch: this.dispatch,
         leadership: this.leadership,
         imageServer: config.imageServer,
+        blobs: this.blobs,
         log: log.child({ part: 'api' }),
         now: this.now,
-        reconcile: (host, guests) => {
+        reconcile: (host, guests, disks) => {
           const term = this.term;
           if (!this.leadership.leading) return;
-          this.reconciler.reconcile(host, guests).catch((err) => {
+          this.reconciler.reconcile(host, guests, disks).catch((err) => {
             if (term === this.term) log.warn({ host, error: (err as Error).message }, 'reconcile failed');
           });
         },

@@ -9,9 +9,11 @@ import {
   INCOMING_TIMEOUT_MS,
   MIGRATE_TIMEOUT_MS,
   SHORT_COMMAND_TIMEOUT_MS,
+  SNAPSHOT_TIMEOUT_MS,
   START_TIMEOUT_MS,
   VM_MAC_PREFIX,
 } from './constants.ts';
+import { checkName } from './images.ts';
 import { parseCreate } from './requests.ts';
 import { checkOperation, type Operation, transition } from './states.ts';
 import {
@@ -25,6 +27,7 @@ import {
   type VmState,
 } from './types.ts';
 import type { VmRecords, VmRecordsDeps } from './vm-records.ts';
+import { checkOneAtATime, hasDisk, launchSpec, operationKey, resumesWarm, warmCreate, warmUnfit } from './vm-state.ts';
 
 export class Lifecycle {
   /** Operation outcomes, read by metrics. */
@@ -56,18 +59,32 @@ export class Lifecycle {
 
   async create(body: unknown): Promise<VmRecord> {
     const req = parseCreate(body);
+    const given = {
+      memory: (body as { memory_mib?: unknown }).memory_mib !== undefined,
+      cpus: (body as { cpus?: unknown }).cpus !== undefined,
+    };
     return this.r.locked(async () => {
-      if (!(await this.d.store.get<ImageRecord>('images', req.image))) {
+      const image = await this.d.store.get<ImageRecord>('images', req.image);
+      if (!image) {
         throw new ApiError(
           400,
           'unknown_image',
           `no image named ${req.image}: add it first (POST /v1/images, or images: in the coordinator config)`,
         );
       }
+      if (req.clone && !image.warm)
+        throw new ApiError(400, 'bad_request', `clone is for warm images; ${req.image} is a cold image`);
+      // A warm image fixes memory, CPUs, disk size and (unless cloned) the MAC: they are in its saved state.
+      const warm = image.warm ? warmCreate(image, req, given) : null;
+      if (warm) {
+        req.memoryMib = warm.memoryMib;
+        req.cpus = warm.cpus;
+      }
       const vms = await this.r.list();
-      const mac = req.mac ?? this.newMac(vms);
+      const mac = warm?.mac ?? req.mac ?? this.newMac(vms);
       const ip = req.ip ?? null;
-      const macOwner = vms.find((x) => x.mac === mac);
+      // The same saved guest may be defined more than once (it runs as one VM at a time: checked at start).
+      const macOwner = vms.find((x) => x.mac === mac && !(warm && !req.clone && mac === image.warm!.mac));
       if (macOwner) throw new ApiError(409, 'mac_taken', `mac ${mac} belongs to vm ${macOwner.name}`);
       const ipOwner = ip === null ? undefined : vms.find((x) => x.ip === ip);
       if (ipOwner) throw new ApiError(409, 'ip_taken', `ip ${ip} is reserved for vm ${ipOwner.name}`);
@@ -84,6 +101,9 @@ export class Lifecycle {
         target: null,
         placement: req.placement,
         ...(req.cmdline ? { cmdline: req.cmdline } : {}),
+        disk_gib: warm ? warm.diskGib : (req.diskGib ?? null),
+        disk_host: null,
+        ...(req.clone ? { clone: true } : {}),
         error: null,
         created_at: at,
         updated_at: at,
@@ -115,8 +135,11 @@ export class Lifecycle {
       await this.d.store.delete('vms', name);
       return vm;
     });
-    // A failed VM may have left a guest behind; if its host is up, ask it to clean up (no wait).
-    if (vm.state === 'failed' && vm.host) this.r.fireAndForget(vm.host, { type: 'stop', name });
+    // A failed VM may have left a guest behind; if its host is up, ask it to clean up (no wait). Its disk goes
+    // everywhere (a host that is down now is told when it reports again: reconcile).
+    if (vm.state === 'failed' && vm.host && vm.host !== vm.disk_host)
+      this.r.fireAndForget(vm.host, { type: 'stop', name });
+    if (vm.disk_host) this.r.fireAndForget(vm.disk_host, { type: 'stop', name, discard: true });
     this.d.log.info({ vm: name }, 'vm deleted');
   }
 
@@ -135,7 +158,22 @@ export class Lifecycle {
           `vm ${name} uses image ${vm.image}, which no longer exists: add it again`,
         );
       const chosen = o.host ?? (vm.state === 'defined' ? (vm.host ?? undefined) : undefined);
-      const host = this.d.hosts.place(await this.hostViews(), vm, { host: chosen });
+      if (resumesWarm(vm, image) && !vm.clone) checkOneAtATime(vm, await this.r.list());
+      const host = this.d.hosts.place(await this.hostViews(), vm, {
+        host: chosen,
+        need: (h) => warmUnfit(h, vm, image),
+        prefer: vm.disk_host ?? null,
+      });
+      if (
+        vm.disk_host &&
+        vm.disk_host !== host.name &&
+        !this.d.hosts.isUp(await this.d.store.get<HostRecord>('hosts', vm.disk_host))
+      )
+        throw new ApiError(
+          409,
+          'disk_unavailable',
+          `vm ${name}'s disk is on ${vm.disk_host}, which is down: start it there when it is back, or wait`,
+        );
       this.busy.set(name, 'start');
       try {
         return {
@@ -151,24 +189,57 @@ export class Lifecycle {
     });
     const run = this.operation(name, async () => {
       const host = vm.host!;
-      this.d.log.info({ vm: name, host }, 'starting vm');
+      const diskHost = vm.disk_host ?? null;
+      const copy = diskHost !== null && diskHost !== host; // stopped elsewhere: its disk moves here first
+      this.d.log.info({ vm: name, host, ...(copy ? { diskFrom: diskHost } : {}) }, 'starting vm');
+      let note: string | undefined;
       try {
-        await this.command(
+        const key = copy ? operationKey() : undefined;
+        const exported = copy
+          ? await this.command(
+              diskHost,
+              { type: 'export_disk', name, tls_psk: key! },
+              START_TIMEOUT_MS,
+              'start_failed',
+              `offering vm ${name}'s disk on ${diskHost} for a copy to ${host}`,
+            )
+          : null;
+        const r = await this.command(
           host,
-          { type: 'start', vm: spec(vm, image) },
+          {
+            type: 'start',
+            vm: spec(vm, image),
+            ...(exported?.disk ? { disk_from: exported.disk, tls_psk: key } : {}),
+          },
           START_TIMEOUT_MS,
           'start_failed',
           `starting vm ${name} on ${host}`,
         );
+        note = r.note;
       } catch (err) {
         this.stats.startFailed++;
-        this.r.fireAndForget(host, { type: 'stop', name });
+        // The new host's copy goes (never the only one: a failed start on the disk's own host keeps it).
+        this.r.fireAndForget(host, { type: 'stop', name, discard: host !== diskHost });
+        if (copy) this.r.fireAndForget(diskHost, { type: 'stop', name }); // ends the export, keeps the disk
         await this.r.update(name, (v) => transition(v, 'failed', { error: (err as Error).message }, this.r.date()));
         throw err;
       }
       this.stats.started++;
-      await this.r.update(name, (v) => transition(v, 'running', { error: null }, this.r.date()));
-      this.d.log.info({ vm: name, host }, 'vm running');
+      const disk = hasDisk(vm, image);
+      await this.r.update(name, (v) =>
+        transition(
+          v,
+          'running',
+          {
+            error: note ?? null,
+            disk_host: disk ? host : null,
+            ...(resumesWarm(v, image) ? { resumed: true } : {}),
+          },
+          this.r.date(),
+        ),
+      );
+      if (copy) this.r.fireAndForget(diskHost, { type: 'stop', name, discard: true }); // the copy runs here now
+      this.d.log.info({ vm: name, host, note }, 'vm running');
     });
     return this.finish(name, vm, run, o.wait);
   }
@@ -232,7 +303,11 @@ export class Lifecycle {
           'host_down',
           `vm ${name} runs on ${vm.host}, which is down: it cannot be migrated live`,
         );
-      const dest = this.d.hosts.place(views, vm, { host: o.host, exclude: vm.host! });
+      const dest = this.d.hosts.place(views, vm, {
+        host: o.host,
+        exclude: vm.host!,
+        need: (h) => warmUnfit(h, vm, image),
+      });
       if (!dest.address)
         throw new ApiError(
           409,
@@ -251,23 +326,31 @@ export class Lifecycle {
     return this.finish(name, vm, run, o.wait);
   }
 
-  /** incoming on the destination → expect → QMP migrate on the source → confirm → stop the source. */
+  /**
+   * incoming on the destination → expect → QMP migrate on the source → confirm → stop the source. With a disk,
+   * the destination also offers an NBD export that the source mirrors the overlay to (both streams under TLS
+   * with this migration's own key); the paused-guest steps run inside the agents (src/agent/qemu/).
+   */
   private async runMigration(vm: VmRecord, image: ImageRecord): Promise<void> {
     const { name } = vm;
     const src = vm.host!;
     const dest = vm.target!;
     const started = this.d.now();
-    this.d.log.info({ vm: name, from: src, to: dest }, 'migrating vm');
+    const disk = hasDisk(vm, image);
+    const key = operationKey();
+    this.d.log.info({ vm: name, from: src, to: dest, disk }, 'migrating vm');
     try {
       const inc = await this.command(
         dest,
-        { type: 'incoming', vm: spec(vm, image) },
+        { type: 'incoming', vm: spec(vm, image), tls_psk: key },
         INCOMING_TIMEOUT_MS,
         'migration_failed',
         `starting the incoming guest on ${dest}`,
       );
       if (!inc.uri)
         throw new ApiError(409, 'migration_failed', `${dest} started the incoming guest but gave no migration URI`);
+      if (disk && !inc.nbd)
+        throw new ApiError(409, 'migration_failed', `${dest} offered no NBD export for vm ${name}'s disk`);
       await this.command(
         dest,
         { type: 'expect', mac: vm.mac },
@@ -277,7 +360,7 @@ export class Lifecycle {
       );
       await this.command(
         src,
-        { type: 'migrate', name, uri: inc.uri },
+        { type: 'migrate', name, uri: inc.uri, tls_psk: key, ...(inc.nbd ? { nbd: inc.nbd } : {}) },
         MIGRATE_TIMEOUT_MS,
         'migration_failed',
         `migrating ${name} from ${src} to ${dest} (${inc.uri})`,
@@ -298,7 +381,7 @@ export class Lifecycle {
     } catch (err) {
       this.stats.migrationFailed++;
       const why = (err as Error).message;
-      this.r.fireAndForget(dest, { type: 'stop', name });
+      this.r.fireAndForget(dest, { type: 'stop', name, discard: true }); // its files too: it never ran there
       // The source keeps the VM: resume it if the migration had paused it.
       let back: CommandResult | null = null;
       try {
@@ -340,10 +423,61 @@ export class Lifecycle {
     }
     this.stats.migrated++;
     await this.r.update(name, (v) =>
-      transition(v, 'running', { host: dest, target: null, error: null }, this.r.date()),
+      transition(
+        v,
+        'running',
+        { host: dest, target: null, error: null, ...(disk ? { disk_host: dest } : {}) },
+        this.r.date(),
+      ),
     );
     this.d.log.info({ vm: name, from: src, to: dest, ms: this.d.now() - started }, 'vm migrated');
-    this.r.fireAndForget(src, { type: 'stop', name }); // the paused source copy; a leftover is stopped by reconcile
+    // The paused source copy and its (now stale) disk; a leftover is stopped by reconcile.
+    this.r.fireAndForget(src, { type: 'stop', name, discard: true });
+  }
+
+  // ---- snapshot -----------------------------------------------------------------------------------
+
+  /**
+   * Saves a running VM's memory and disk (it keeps running) and publishes them as a warm image named `image`:
+   * the VM's image files (kernel, initrd, base) plus the saved state and frozen overlay in the blob store.
+   */
+  async snapshot(name: string, o: { image: string }): Promise<ImageRecord> {
+    checkName(o.image, 'image');
+    const { vm, image } = await this.r.locked(async () => {
+      const vm = await this.get(name);
+      checkOperation(vm, 'snapshot');
+      this.checkIdle(vm, 'snapshot');
+      if (await this.d.store.get<ImageRecord>('images', o.image))
+        throw new ApiError(409, 'name_taken', `an image named ${o.image} exists already: pick another name`);
+      const image = await this.d.store.get<ImageRecord>('images', vm.image);
+      if (!image) throw new ApiError(409, 'unknown_image', `vm ${name} uses image ${vm.image}, which no longer exists`);
+      this.busy.set(name, 'snapshot');
+      return { vm, image };
+    });
+    return this.operation(name, async () => {
+      const host = vm.host!;
+      const r = await this.command(
+        host,
+        { type: 'snapshot', name, image: o.image },
+        SNAPSHOT_TIMEOUT_MS,
+        'snapshot_failed',
+        `saving vm ${name} on ${host}`,
+      );
+      if (!r.warm) throw new ApiError(409, 'snapshot_failed', `${host} saved vm ${name} but returned no files`);
+      const { warm: _, created_at: __, ...files } = image;
+      const img: ImageRecord = {
+        ...files,
+        name: o.image,
+        ...(vm.cmdline ? { cmdline: vm.cmdline } : {}),
+        warm: { ...r.warm, disk_gib: vm.disk_gib ?? null, source_vm: name },
+        created_at: new Date(this.d.now()).toISOString(),
+      };
+      this.r.checkLeading();
+      if (!(await this.d.store.create('images', o.image, img)))
+        throw new ApiError(409, 'name_taken', `an image named ${o.image} was added meanwhile`);
+      this.d.log.info({ vm: name, image: o.image, state: r.warm.state, overlay: r.warm.overlay }, 'warm image saved');
+      return img;
+    });
   }
 
   // ---- helpers -------------------------------------------------------------------------------------
@@ -355,7 +489,7 @@ export class Lifecycle {
   }
 
   /** Runs the long phase; clears `busy` at the end, whatever happens. */
-  private operation(name: string, fn: () => Promise<void>): Promise<void> {
+  private operation<T>(name: string, fn: () => Promise<T>): Promise<T> {
     return fn().finally(() => this.busy.delete(name));
   }
 
@@ -389,8 +523,7 @@ export class Lifecycle {
 }
 
 export function spec(vm: VmRecord, image: ImageRecord): LaunchSpec {
-  const img = vm.cmdline ? { ...image, cmdline: vm.cmdline } : image;
-  return { name: vm.name, mac: vm.mac, cpus: vm.cpus, memory_mib: vm.memory_mib, image: img };
+  return launchSpec(vm, image);
 }
 
 /** The DHCP reservations the coordinator holds, for the home site's daemon. */

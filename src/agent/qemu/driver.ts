@@ -6,13 +6,15 @@
 //   const dst = await launch({ ...same, incoming: 'tcp:192.0.2.3:4444' });
 //   const r = await vm.migrate('tcp:192.0.2.3:4444');   // polls query-migrate until completed
 //   await vm.stop();
+//   const again = await attach(opts, pid, startTime);  // a QEMU an earlier process launched (detached: true)
 //
 // The command shape and its pitfalls are measured in shared/notes/vm-testbed.md: TCG unless the CPU itself has
 // vmx/svm (this machine's /dev/kvm is paravirtual and hangs a stock kernel), `-m 128` (64 does not boot), the
 // uncompressed vmlinux, virtio-net without an option ROM, and QEMU's output redirected to a file.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import { signalChild, stopChild } from '../../proc.ts';
+import { optPath } from './disks.ts';
+import { AdoptedQemu, ChildQemu, type QemuProcess } from './process.ts';
 import { Qmp, type QmpEvent } from './qmp.ts';
 
 export type Accel = 'kvm' | 'tcg';
@@ -27,10 +29,28 @@ export interface LaunchOptions {
   /** TAP interface name QEMU creates (at most 15 characters). */
   tap: string;
   memMb?: number; // default 128
+  cpus?: number; // default 1
   qmpSocket: string;
   serialLog: string;
-  /** Wait for a migration stream instead of booting: 'tcp:ADDR:PORT' or 'unix:PATH'. */
+  /**
+   * Wait for a migration stream instead of booting: 'tcp:ADDR:PORT' or 'unix:PATH', or 'defer' (the stream's
+   * URI comes later with QMP migrate-incoming, after capabilities and TLS are set).
+   */
   incoming?: string;
+  /** -S: do not run the CPUs until QMP cont (a storage migration's destination resumes after nbd-server-stop). */
+  paused?: boolean;
+  /** Machine type (default pc; the agent pins the versioned type, e.g. pc-i440fx-7.2, for warm images). */
+  machine?: string;
+  /** CPU model (default: host with KVM, max with TCG). */
+  cpu?: string;
+  /** A writable qcow2 overlay as virtio disk node "disk0" (or a read-only raw/qcow2 file). */
+  disk?: { file: string; format: 'qcow2' | 'raw'; readOnly?: boolean };
+  /** TLS credentials (pre-shared key) object "mtls" for migration and NBD streams. */
+  tls?: { dir: string; endpoint: 'server' | 'client'; identity: string };
+  /** QEMU binary (default qemu-system-x86_64). */
+  binary?: string;
+  /** Own session and process group: the guest outlives this process and its signals (the host agent). */
+  detached?: boolean;
   /** Run QEMU inside this network namespace (`ip netns exec`), so its TAP is made there. */
   netns?: string;
   /** Join the TAP to this bridge (in netns) and set it up once QEMU has made it. */
@@ -76,6 +96,16 @@ export function qemuBinary(): string {
   return 'qemu-system-x86_64';
 }
 
+/** The node name of a guest's disk (its qcow2 overlay), which mirrors, exports and snapshots address. */
+export const DISK_NODE = 'disk0';
+/** The id of the TLS credentials object in a guest (argv) or added for one migration (object-add). */
+export const TLS_OBJECT = 'mtls';
+
+/** The CPU model a guest gets on this accelerator unless told otherwise. */
+export function defaultCpu(accel: Accel): string {
+  return accel === 'kvm' ? 'host' : 'max';
+}
+
 /** The QEMU argument list for a guest (without the binary). */
 export function qemuArgs(o: LaunchOptions): string[] {
   const accel = o.accel ?? detectAccel();
@@ -85,13 +115,13 @@ export function qemuArgs(o: LaunchOptions): string[] {
     '-accel',
     accel,
     '-cpu',
-    accel === 'kvm' ? 'host' : 'max',
+    o.cpu ?? defaultCpu(accel),
     '-M',
-    'pc',
+    o.machine ?? 'pc',
     '-m',
     String(o.memMb ?? 128),
     '-smp',
-    '1',
+    String(o.cpus ?? 1),
     '-display',
     'none',
     '-nodefaults',
@@ -110,8 +140,25 @@ export function qemuArgs(o: LaunchOptions): string[] {
     '-netdev',
     `tap,id=n0,ifname=${o.tap},script=no,downscript=no`,
     '-device',
-    `virtio-net-pci,netdev=n0,mac=${o.mac},romfile=`,
+    `virtio-net-pci,netdev=n0,mac=${o.mac},romfile=,id=net0`,
   ];
+  if (o.disk) {
+    // Node names, not -drive: mirrors, NBD exports and snapshots address the format node "disk0".
+    args.push(
+      '-blockdev',
+      `driver=file,filename=${optPath(o.disk.file)},node-name=${DISK_NODE}-file${o.disk.readOnly ? ',read-only=on' : ''}`,
+      '-blockdev',
+      `driver=${o.disk.format},file=${DISK_NODE}-file,node-name=${DISK_NODE}${o.disk.readOnly ? ',read-only=on' : ''}`,
+      '-device',
+      `virtio-blk-pci,drive=${DISK_NODE},id=vd0`,
+    );
+  }
+  if (o.tls)
+    args.push(
+      '-object',
+      `tls-creds-psk,id=${TLS_OBJECT},endpoint=${o.tls.endpoint},dir=${optPath(o.tls.dir)},username=${o.tls.identity}`,
+    );
+  if (o.paused) args.push('-S');
   if (o.incoming) args.push('-incoming', o.incoming);
   if (o.extraArgs) args.push(...o.extraArgs);
   return args;
@@ -123,14 +170,13 @@ export class Vm {
 
   constructor(
     readonly opts: LaunchOptions,
-    readonly proc: ChildProcess,
+    readonly proc: QemuProcess,
     readonly qmp: Qmp,
     readonly qemuLog: string,
   ) {
-    this.exited = new Promise((r) => {
-      if (proc.exitCode !== null || proc.signalCode !== null) r();
-      else proc.once('exit', () => r());
-    });
+    this.exited = proc.exited;
+    // An adopted QEMU is not our child: its QMP connection closing is the first sign that it exited.
+    if (proc instanceof AdoptedQemu) qmp.onClose(() => proc.check());
   }
 
   get name(): string {
@@ -140,7 +186,7 @@ export class Vm {
     return this.proc.pid;
   }
   get running(): boolean {
-    return this.proc.exitCode === null && this.proc.signalCode === null;
+    return this.proc.running;
   }
 
   serial(): string {
@@ -242,16 +288,31 @@ export class Vm {
         this.qmp.execute('quit').catch(() => {});
         await Promise.race([this.exited, sleep(1500)]);
       }
-      if (this.running) await stopChild(this.proc, { graceMs: 1500 });
+      if (this.running) {
+        this.proc.kill('SIGTERM');
+        await Promise.race([this.exited, sleep(1500)]);
+      }
+      if (this.running) {
+        this.proc.kill('SIGKILL');
+        await Promise.race([this.exited, sleep(5000)]);
+      }
       this.qmp.close();
+      if (this.proc instanceof AdoptedQemu) this.proc.release();
       for (const f of [this.opts.qmpSocket]) fs.rmSync(f, { force: true });
     })();
     return this.stopping;
   }
 
+  /** Lets go of the guest without stopping it (the agent exits; a later agent re-adopts it). */
+  detach(): void {
+    this.qmp.close();
+    if (this.proc instanceof AdoptedQemu) this.proc.release();
+    else if (this.proc instanceof ChildQemu) this.proc.child.unref();
+  }
+
   /** For process-exit handlers, where promises no longer run. */
   killSync(): void {
-    signalChild(this.proc, 'SIGKILL');
+    this.proc.kill('SIGKILL');
   }
 }
 
@@ -269,17 +330,18 @@ interface MigrateInfo {
 export async function launch(o: LaunchOptions): Promise<Vm> {
   const qemuLog = o.qemuLog ?? `${o.serialLog}.qemu`;
   for (const f of [o.qmpSocket, o.serialLog]) fs.rmSync(f, { force: true });
-  const argv = [qemuBinary(), ...qemuArgs(o)];
+  const argv = [o.binary ?? qemuBinary(), ...qemuArgs(o)];
   const full = o.netns ? ['ip', 'netns', 'exec', o.netns, ...argv] : argv;
   // A background QEMU that inherits a pipe keeps it open: give it a file.
   const fd = fs.openSync(qemuLog, 'a');
   let proc: ChildProcess;
   try {
-    proc = spawn(full[0], full.slice(1), { stdio: ['ignore', fd, fd] });
+    proc = spawn(full[0], full.slice(1), { stdio: ['ignore', fd, fd], detached: o.detached ?? false });
   } finally {
     fs.closeSync(fd);
   }
   proc.on('error', () => {});
+  const handle = new ChildQemu(proc);
   const early = new Promise<never>((_, reject) =>
     proc.once('exit', (code, sig) => {
       let out = '';
@@ -300,10 +362,10 @@ export async function launch(o: LaunchOptions): Promise<Vm> {
   try {
     qmp = await Promise.race([Qmp.connect(o.qmpSocket, 15_000), early]);
   } catch (err) {
-    signalChild(proc, 'SIGKILL');
+    handle.kill('SIGKILL');
     throw err;
   }
-  const vm = new Vm(o, proc, qmp, qemuLog);
+  const vm = new Vm(o, handle, qmp, qemuLog);
   try {
     if (o.bridge || o.tapMtu) await attachTap(o);
   } catch (err) {
@@ -311,6 +373,23 @@ export async function launch(o: LaunchOptions): Promise<Vm> {
     throw err;
   }
   return vm;
+}
+
+/**
+ * Takes over a QEMU that an earlier process launched (detached), known by pid and start time: connects to its
+ * QMP socket. Throws if the process is gone or QMP does not answer. The caller checks QMP's answers (name).
+ */
+export async function attach(o: LaunchOptions, pid: number, startTime: number, timeoutMs = 3000): Promise<Vm> {
+  const handle = new AdoptedQemu(pid, startTime);
+  if (!handle.running) throw new Error(`${o.name}: QEMU pid ${pid} (start time ${startTime}) is gone`);
+  let qmp: Qmp;
+  try {
+    qmp = await Qmp.connect(o.qmpSocket, timeoutMs);
+  } catch (err) {
+    handle.release();
+    throw err;
+  }
+  return new Vm(o, handle, qmp, o.qemuLog ?? `${o.serialLog}.qemu`);
 }
 
 /** Sets the TAP's MTU, joins it to the bridge and sets it up (QEMU made it before QMP answered). */
@@ -332,8 +411,21 @@ export function guestMac(n: number): string {
 }
 
 /** Whether QEMU for x86_64 is installed. */
-export function hasQemu(): boolean {
-  return spawnSync('sh', ['-c', `command -v ${qemuBinary()}`]).status === 0;
+export function hasQemu(binary = qemuBinary()): boolean {
+  return spawnSync('sh', ['-c', 'command -v "$1"', 'sh', binary]).status === 0;
+}
+
+/** "7.2.22" from `qemu-system-x86_64 --version`, or null. */
+export function qemuVersion(binary = qemuBinary()): string | null {
+  const r = spawnSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+  return /version (\d+\.\d+\.\d+)/.exec(r.stdout ?? '')?.[1] ?? null;
+}
+
+/** The versioned machine type an alias stands for ("pc" → "pc-i440fx-7.2"), from `-machine help`. */
+export function resolveMachine(alias: string, binary = qemuBinary()): string {
+  const r = spawnSync(binary, ['-machine', 'help'], { encoding: 'utf8', timeout: 10_000 });
+  const line = (r.stdout ?? '').split('\n').find((l) => l.split(/\s+/)[0] === alias);
+  return /\(alias of ([^)]+)\)/.exec(line ?? '')?.[1] ?? alias;
 }
 
 function sleep(ms: number): Promise<void> {
