@@ -379,8 +379,48 @@ export class Lifecycle {
           `after migration the guest on ${dest} is ${conf.state}, not running`,
         );
     } catch (err) {
+      // A step failed, but the guest may have landed anyway (the source's agent restarted mid-way and its
+      // QEMU finished alone, or a result was lost): the destination knows. Never roll back a guest that runs.
+      if (await this.landed(dest, name)) {
+        this.d.log.warn(
+          { vm: name, to: dest, error: (err as Error).message },
+          'a migration step failed, but the guest runs on the destination: the migration stands',
+        );
+      } else return this.rollBackMigration(vm, err as Error);
+    }
+    this.stats.migrated++;
+    await this.r.update(name, (v) =>
+      transition(
+        v,
+        'running',
+        { host: dest, target: null, error: null, ...(disk ? { disk_host: dest } : {}) },
+        this.r.date(),
+      ),
+    );
+    this.d.log.info({ vm: name, from: src, to: dest, ms: this.d.now() - started }, 'vm migrated');
+    // The paused source copy and its (now stale) disk; a leftover is stopped by reconcile.
+    this.r.fireAndForget(src, { type: 'stop', name, discard: true });
+  }
+
+  /** Whether the destination runs the guest (after a step of its migration failed). */
+  private async landed(dest: string, name: string): Promise<boolean> {
+    try {
+      const r = await this.d.dispatch.send(dest, { type: 'confirm', name }, SHORT_COMMAND_TIMEOUT_MS);
+      this.r.noteResult(dest, r);
+      return r.ok && r.state === 'running';
+    } catch {
+      return false;
+    }
+  }
+
+  /** The migration failed: the destination goes (files too: it never ran there), the source keeps the VM. */
+  private async rollBackMigration(vm: VmRecord, err: Error): Promise<void> {
+    const { name } = vm;
+    const src = vm.host!;
+    const dest = vm.target!;
+    {
       this.stats.migrationFailed++;
-      const why = (err as Error).message;
+      const why = err.message;
       this.r.fireAndForget(dest, { type: 'stop', name, discard: true }); // its files too: it never ran there
       // The source keeps the VM: resume it if the migration had paused it.
       let back: CommandResult | null = null;
@@ -421,18 +461,6 @@ export class Lifecycle {
         `migration of ${name} to ${dest} failed and the source no longer runs it: ${why}`,
       );
     }
-    this.stats.migrated++;
-    await this.r.update(name, (v) =>
-      transition(
-        v,
-        'running',
-        { host: dest, target: null, error: null, ...(disk ? { disk_host: dest } : {}) },
-        this.r.date(),
-      ),
-    );
-    this.d.log.info({ vm: name, from: src, to: dest, ms: this.d.now() - started }, 'vm migrated');
-    // The paused source copy and its (now stale) disk; a leftover is stopped by reconcile.
-    this.r.fireAndForget(src, { type: 'stop', name, discard: true });
   }
 
   // ---- snapshot -----------------------------------------------------------------------------------

@@ -98,8 +98,10 @@ export function qemuBinary(): string {
 
 /** The node name of a guest's disk (its qcow2 overlay), which mirrors, exports and snapshots address. */
 export const DISK_NODE = 'disk0';
-/** The id of the TLS credentials object in a guest (argv) or added for one migration (object-add). */
+/** The id of the TLS credentials object a destination is launched with (argv; it stays in that QEMU). */
 export const TLS_OBJECT = 'mtls';
+/** The id of the client credentials a source adds for one outgoing migration (object-add, then object-del). */
+export const TLS_OUT_OBJECT = 'mtls-out';
 
 /** The CPU model a guest gets on this accelerator unless told otherwise. */
 export function defaultCpu(accel: Accel): string {
@@ -156,7 +158,8 @@ export function qemuArgs(o: LaunchOptions): string[] {
   if (o.tls)
     args.push(
       '-object',
-      `tls-creds-psk,id=${TLS_OBJECT},endpoint=${o.tls.endpoint},dir=${optPath(o.tls.dir)},username=${o.tls.identity}`,
+      // The server side takes no username (QEMU refuses one): it looks the client's identity up in keys.psk.
+      `tls-creds-psk,id=${TLS_OBJECT},endpoint=${o.tls.endpoint},dir=${optPath(o.tls.dir)}${o.tls.endpoint === 'client' ? `,username=${o.tls.identity}` : ''}`,
     );
   if (o.paused) args.push('-S');
   if (o.incoming) args.push('-incoming', o.incoming);

@@ -28,6 +28,7 @@ import {
   qemuBinary,
   qemuVersion,
   resolveMachine,
+  TLS_OUT_OBJECT,
   type Vm,
 } from './driver.ts';
 import { bootId, procArgv, procStartTime } from './process.ts';
@@ -233,7 +234,8 @@ export class QemuHypervisor implements Hypervisor {
           report.settled.push(`${name}: the outgoing migration had completed`);
         } else {
           await rollBack(vm, { target: true, job: true, migration: true });
-          await vm.qmp.execute('object-del', { id: 'mtls' }).catch(() => {});
+          await vm.qmp.execute('migrate-set-parameters', { 'tls-creds': '' }).catch(() => {});
+          await vm.qmp.execute('object-del', { id: TLS_OUT_OBJECT }).catch(() => {});
           this.setRunning(g);
           report.settled.push(`${name}: the outgoing migration was rolled back; running here`);
         }
@@ -268,7 +270,12 @@ export class QemuHypervisor implements Hypervisor {
       resumed: () => {
         g.unwatch = null;
         this.setRunning(g);
-        this.o.log.info({ vm: g.spec.name }, 'incoming migration landed; guest resumed');
+        // QEMU's own time of the RESUME: with the source's STOP, the guest's pause (the same clock on one host).
+        const resume = [...(g.vm?.qmp.events ?? [])].reverse().find((e) => e.event === 'RESUME');
+        this.o.log.info(
+          { vm: g.spec.name, resumedAtMs: resume?.atMs ?? null },
+          'incoming migration landed; guest resumed',
+        );
         this.onChange?.();
       },
       failed: (why) => {
@@ -458,6 +465,7 @@ export class QemuHypervisor implements Hypervisor {
           totalMs: r.totalTimeMs,
           downtimeMs: r.downtimeMs,
           ramBytes: r.ramTransferredBytes,
+          stoppedAtMs: r.stoppedAtMs,
         },
         'migration completed',
       );

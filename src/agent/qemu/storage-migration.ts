@@ -21,7 +21,7 @@
 // migration fails and the guest keeps running at the source.
 import { formatEndpoint } from '../../addr.ts';
 import type { NbdTarget } from '../hypervisor.ts';
-import { DISK_NODE, type MigrationResult, TLS_OBJECT, type Vm } from './driver.ts';
+import { DISK_NODE, type MigrationResult, TLS_OBJECT, TLS_OUT_OBJECT, type Vm } from './driver.ts';
 import { freePort } from './ports.ts';
 import type { QmpEvent } from './qmp.ts';
 import { pskObject, type TlsKey } from './tls.ts';
@@ -117,7 +117,7 @@ export async function migrateOut(
   const eventsFrom = q.events.length;
   try {
     if (o.key) {
-      await q.execute('object-add', pskObject(o.key, 'client'));
+      await q.execute('object-add', pskObject(o.key, 'client', TLS_OUT_OBJECT));
       state.tls = true;
     }
     if (o.nbd) {
@@ -126,7 +126,7 @@ export async function migrateOut(
         'node-name': MIRROR_NODE,
         server: { type: 'inet', host: o.nbd.host, port: String(o.nbd.port) },
         export: o.nbd.export,
-        ...(o.key ? { 'tls-creds': TLS_OBJECT } : {}),
+        ...(o.key ? { 'tls-creds': TLS_OUT_OBJECT } : {}),
       });
       state.target = true;
       const ready = jobEvent(vm, 'BLOCK_JOB_READY');
@@ -149,7 +149,7 @@ export async function migrateOut(
         { capability: 'pause-before-switchover', state: o.nbd !== null },
       ],
     });
-    await q.execute('migrate-set-parameters', { 'tls-creds': o.key ? TLS_OBJECT : '' });
+    await q.execute('migrate-set-parameters', { 'tls-creds': o.key ? TLS_OUT_OBJECT : '' });
 
     // The switch-over runs from the event, here in the agent: the guest is paused until migrate-continue.
     let switchError: Error | null = null;
@@ -211,7 +211,10 @@ export async function migrateOut(
     await rollBack(vm, state);
     throw err;
   } finally {
-    if (state.tls) await q.execute('object-del', { id: TLS_OBJECT }).catch(() => {});
+    if (state.tls) {
+      await q.execute('migrate-set-parameters', { 'tls-creds': '' }).catch(() => {});
+      await q.execute('object-del', { id: TLS_OUT_OBJECT }).catch(() => {});
+    }
   }
 }
 

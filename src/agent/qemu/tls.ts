@@ -45,10 +45,17 @@ export function removePsk(key: TlsKey | null): void {
 
 /** QMP object-add arguments for the credentials of one operation. */
 export function pskObject(key: TlsKey, endpoint: 'client' | 'server', id = TLS_OBJECT): Record<string, unknown> {
-  return { 'qom-type': 'tls-creds-psk', id, endpoint, dir: key.dir, username: key.identity };
+  // The server side takes no username (QEMU refuses one): it looks the client's identity up in keys.psk.
+  return {
+    'qom-type': 'tls-creds-psk',
+    id,
+    endpoint,
+    dir: key.dir,
+    ...(endpoint === 'client' ? { username: key.identity } : {}),
+  };
 }
 
 /** The same as a command-line object (qemu-nbd, qemu-img --object). */
 export function pskObjectArg(key: TlsKey, endpoint: 'client' | 'server', id = TLS_OBJECT): string {
-  return `tls-creds-psk,id=${id},endpoint=${endpoint},dir=${optPath(key.dir)},username=${key.identity}`;
+  return `tls-creds-psk,id=${id},endpoint=${endpoint},dir=${optPath(key.dir)}${endpoint === 'client' ? `,username=${key.identity}` : ''}`;
 }
