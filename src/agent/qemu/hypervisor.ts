@@ -200,7 +200,8 @@ export class QemuHypervisor implements Hypervisor {
         return;
       }
       removeRuntime(dir);
-      this.guests.set(name, { spec: rt.spec, vm: null, state: 'exited', rt: null, dir, unwatch: null, tls: null });
+      const spec = { ...rt.spec, name };
+      this.guests.set(name, { spec, vm: null, state: 'exited', rt: null, dir, unwatch: null, tls: null });
       this.o.log.warn({ vm: name, pid: rt.pid }, 'a guest of an earlier agent died while no agent ran; reporting it');
       return;
     }
@@ -211,7 +212,7 @@ export class QemuHypervisor implements Hypervisor {
       throw new Error(`pid ${rt.pid} answers QMP as ${named?.name ?? '(nothing)'}, not ${name}: left alone`);
     }
     const tls = rt.tls_dir ? { dir: rt.tls_dir, identity: 'homewire' } : null;
-    const g: Guest = { spec: rt.spec, vm, state: 'running', rt, dir, unwatch: null, tls };
+    const g: Guest = { spec: { ...rt.spec, name }, vm, state: 'running', rt, dir, unwatch: null, tls };
     this.track(g);
     report.adopted.push(name);
     const status = (await vm.qmp.execute<{ status: string }>('query-status')).status;
