@@ -34,6 +34,7 @@ command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
 command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
 case " $* " in *" --vms "*)
   command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+  command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
   command -v cpio >/dev/null 2>&1 || missing+=(cpio)
   command -v etcd >/dev/null 2>&1 || true ;;
 esac

@@ -44,7 +44,7 @@ vmTest(
       if (lab) await lab.destroy();
       else await deleteNamespaces(prefix);
     });
-    lab = await Lab.create({ prefix, siteConfig: vmSiteConfig({ dhcp: true }) });
+    lab = await Lab.create({ prefix, siteConfig: vmSiteConfig({ dhcp: true }), upTimeoutMs: 60_000 });
     const image = buildGuestImage({ log: (m) => t.log(m) });
     const grid = await GridLab.start(lab, image, { agents: 'daemon', cpus: 4, logLevel: 'info' });
     await grid.addImage('tiny');

@@ -8,6 +8,8 @@
 //   sent ≤ (its overlay + the RAM QEMU sent) × 1.1 (the base was not sent: the destination fetched it itself).
 //   Then a third migration whose destination QEMU is killed in the middle of the mirror: the VM keeps running
 //   on host-a (its disk still whole, the counter still going), the VM record says why, host-b keeps no files.
+//   Finally the VM is stopped (its overlay stays on host-a) and started on host-b: the overlay is copied there
+//   first (cold copy, TLS) and the guest boots with its data; delete removes the disk everywhere.
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
@@ -47,7 +49,7 @@ vmTest(
       if (lab) await lab.destroy();
       else await deleteNamespaces(prefix);
     });
-    lab = await Lab.create({ prefix, siteConfig: vmSiteConfig({ dhcp: true }) });
+    lab = await Lab.create({ prefix, siteConfig: vmSiteConfig({ dhcp: true }), upTimeoutMs: 60_000 });
     const image = buildGuestImage({ log: (m) => t.log(m) });
     const grid = await GridLab.start(lab, image, { logLevel: 'info' });
     const base = path.join(lab.dir, 'base.raw');
@@ -164,5 +166,43 @@ vmTest(
     t.is(c.sha256, mark.sha256);
     t.is(c.gaps, 0, 'no counter record was lost');
     t.true(c.count > checks.at(-1)!.count, 'the guest kept writing');
+
+    // Stop keeps the overlay on host-a; a start on host-b copies it there first.
+    t.is((await grid.json<VmRecord>('vm', 'stop', 'web')).state, 'stopped');
+    const kept = path.join(grid.stateDir('host-a'), 'web', 'disk.qcow2');
+    t.true(fs.existsSync(kept), 'stop keeps the overlay on host-a');
+    const keptBytes = fs.statSync(kept).size;
+    const coldAt = Date.now();
+    const started = await grid.json<VmRecord>('vm', 'start', 'web', '--host', 'host-b');
+    t.is(started.host, 'host-b');
+    t.is(started.disk_host, 'host-b');
+    const copied = grid.agentEvents('host-b', 'disk copied from the host that had it').at(-1);
+    t.log(
+      `cold start on host-b: ${Date.now() - coldAt} ms, ${((copied?.bytes as number) / MiB).toFixed(1)} MiB copied in ${copied?.ms} ms`,
+    );
+    t.is(copied?.bytes, keptBytes, 'the overlay file was copied byte for byte');
+    const serialB = grid.serialLog('host-b', 'web');
+    const again = await waitUntil('the guest booted on host-b with its disk', 180_000, async () =>
+      diskMark(fs.existsSync(serialB) ? fs.readFileSync(serialB, 'utf8') : ''),
+    );
+    t.false(again.fresh, 'the disk already had its data');
+    t.is(again.sha256, mark.sha256);
+    const ipB = parseLease(fs.readFileSync(serialB, 'utf8'))!.ip;
+    const cb = await diskCheck(lab, 'lan', ipB);
+    t.is(cb.sha256, mark.sha256, 'the data re-read on host-b matches');
+    await waitUntil(
+      'host-a dropped its copy',
+      20_000,
+      async () => !fs.existsSync(path.join(grid.stateDir('host-a'), 'web')),
+    );
+
+    // Delete removes it everywhere.
+    await grid.ok('vm', 'stop', 'web');
+    t.true(fs.existsSync(path.join(grid.stateDir('host-b'), 'web', 'disk.qcow2')));
+    await grid.ok('vm', 'delete', 'web');
+    await waitUntil('the disk is gone everywhere', 20_000, async () =>
+      ['host-a', 'host-b'].every((h) => !fs.existsSync(path.join(grid.stateDir(h), 'web'))),
+    );
+    t.pass('delete removed the disk from every host');
   },
 );

@@ -30,6 +30,8 @@ export interface HostOptions {
   site?: string;
   labels?: Record<string, string>;
   available?: boolean;
+  /** The QEMU version the fake hypervisor reports (warm images pin it). */
+  qemuVersion?: string;
   dhcp?: boolean;
   address?: string | null;
   /** The daemon's expect (default: record the MAC in FakeHost.expects). */
@@ -105,7 +107,7 @@ export class Harness {
       },
       cfgFile,
     );
-    const hv = new FakeHypervisor(this.cloud, name, { available: o.available });
+    const hv = new FakeHypervisor(this.cloud, name, { available: o.available, qemuVersion: o.qemuVersion });
     const host: FakeHost = { name, agent: null as unknown as HostAgent, hv, expects: [], reservations: null };
     host.agent = new HostAgent(cfg, {
       name,

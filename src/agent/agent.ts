@@ -338,7 +338,8 @@ export class HostAgent {
       case 'confirm': {
         let state = await hv.state(c.name);
         // A destination loads the last state after the source reported "completed": give it a moment.
-        for (const deadline = Date.now() + CONFIRM_WAIT_MS; state === 'incoming' && Date.now() < deadline; ) {
+        const waitMs = c.wait === false ? 0 : CONFIRM_WAIT_MS;
+        for (const deadline = Date.now() + waitMs; state === 'incoming' && Date.now() < deadline; ) {
           await sleep(20, this.abort.signal);
           state = await hv.state(c.name);
         }

@@ -304,6 +304,12 @@ function hostInfo(b: Record<string, unknown>): HostInfo {
       available: hv.available,
       accel: hv.accel ?? null,
       ...(hv.reason ? { reason: String(hv.reason) } : {}),
+      // What a warm image must match (short strings; anything else is dropped).
+      ...Object.fromEntries(
+        (['qemu_version', 'machine', 'cpu'] as const)
+          .filter((k) => typeof hv[k] === 'string' && (hv[k] as string).length <= 64)
+          .map((k) => [k, hv[k]]),
+      ),
     },
     address: typeof b.address === 'string' ? b.address : null,
     bridge: str('bridge'),

@@ -304,7 +304,7 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
       const host = args.opt('--host');
       if (host) body.host = host;
       const vm = await call<VmRecord>('POST', `/v1/vms/${enc(need('NAME'))}/start`, body);
-      return show(vm, () => verb(vm, `running on ${vm.host}`));
+      return show(vm, () => verb(vm, `running on ${vm.host}${vm.note ? `\n${vm.note}` : ''}`));
     }
     case 'migrate': {
       const body: Record<string, unknown> = { wait };
@@ -433,6 +433,7 @@ function vmDetails(v: VmRecord): string {
         : '-',
     placement: JSON.stringify(v.placement),
     error: v.error ?? '-',
+    ...(v.note ? { note: v.note } : {}),
     created: v.created_at,
     updated: v.updated_at,
   });

@@ -69,6 +69,8 @@ export interface VmRecord {
   resumed?: boolean;
   /** Why the last operation failed (kept until the next one succeeds). */
   error: string | null;
+  /** What the host said about the last start (a clone must renew its DHCP lease). */
+  note?: string | null;
   created_at: string;
   updated_at: string;
   /** Bumped on every write: what a client saw is what it acted on. */
@@ -165,7 +167,7 @@ export type Command =
   | { id: string; type: 'incoming'; vm: LaunchSpec; tls_psk?: string }
   | { id: string; type: 'expect'; mac: string }
   | { id: string; type: 'migrate'; name: string; uri: string; nbd?: NbdTarget; tls_psk?: string }
-  | { id: string; type: 'confirm'; name: string; resume?: boolean }
+  | { id: string; type: 'confirm'; name: string; resume?: boolean; wait?: boolean }
   | { id: string; type: 'stop'; name: string; discard?: boolean }
   | { id: string; type: 'export_disk'; name: string; tls_psk: string }
   | { id: string; type: 'snapshot'; name: string; image: string };

@@ -47,7 +47,7 @@ export function warmUnfit(h: HostView, vm: VmRecord, image: ImageRecord): string
   if (hv.machine !== m.machine) diffs.push(`machine ${hv.machine ?? 'unknown'}, not ${m.machine}`);
   if (hv.cpu !== m.cpu) diffs.push(`CPU model ${hv.cpu ?? 'unknown'}, not ${m.cpu}`);
   if (hv.accel !== m.accel) diffs.push(`accelerator ${hv.accel ?? 'none'}, not ${m.accel}`);
-  return diffs.length ? `${h.name} cannot resume warm image ${image.name}: it has ${diffs.join(', ')}` : null;
+  return diffs.length ? `${h.name}, which cannot resume warm image ${image.name}: it has ${diffs.join(', ')}` : null;
 }
 
 /** The fields a create request fills from a warm image (memory, CPUs and MAC are in the saved state). */

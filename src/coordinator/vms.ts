@@ -231,7 +231,8 @@ export class Lifecycle {
           v,
           'running',
           {
-            error: note ?? null,
+            error: null,
+            note: note ?? null,
             disk_host: disk ? host : null,
             ...(resumesWarm(v, image) ? { resumed: true } : {}),
           },
@@ -405,7 +406,8 @@ export class Lifecycle {
   /** Whether the destination runs the guest (after a step of its migration failed). */
   private async landed(dest: string, name: string): Promise<boolean> {
     try {
-      const r = await this.d.dispatch.send(dest, { type: 'confirm', name }, SHORT_COMMAND_TIMEOUT_MS);
+      // No waiting: a guest still loading there is stopped by the rollback, which then resumes the source.
+      const r = await this.d.dispatch.send(dest, { type: 'confirm', name, wait: false }, SHORT_COMMAND_TIMEOUT_MS);
       this.r.noteResult(dest, r);
       return r.ok && r.state === 'running';
     } catch {
