@@ -46,14 +46,14 @@ export const READY_MARK = 'HOMEWIRE-READY';
 export const DISK_MARK = 'HOMEWIRE-DISK';
 
 /**
- * The guest's disk test (kernel argument hw.disk=MIB, a virtio disk of at least 512 MiB as /dev/vda, raw: no
- * file system): MIB MiB of random data at 64 MiB with its SHA-256 in the sector at 128 MiB (written once:
- * a disk that has them already keeps them), then a counter: record i (the number and a newline, one 512-byte
- * sector, O_DIRECT so it reaches the virtual disk at once) at sector 524288 + i, one every 10 ms.
- * `GET /cgi-bin/disk` re-reads both from the disk (O_DIRECT) and answers
- * `sha256=HEX stored=HEX mib=N count=N records=N gaps=N` (gaps: records that do not hold their number).
+ * The guest's disk test (kernel argument hw.disk=MIB, a virtio disk of at least 64 + MIB MiB as /dev/vda, raw:
+ * no file system): MIB MiB of random data from 64 MiB on, with its SHA-256 in the sector at 16 MiB (written
+ * once: a disk that has them already keeps them), then a counter: record i (the number and a newline, one
+ * 512-byte sector, O_DIRECT so it reaches the virtual disk at once) at sector 65536 + i (32 MiB on; room for
+ * 65,535 records, 11 minutes), one every 10 ms. `GET /cgi-bin/disk` re-reads both from the disk (O_DIRECT)
+ * and answers `sha256=HEX stored=HEX mib=N count=N records=N gaps=N` (gaps: records not holding their number).
  */
-export const DISK_LAYOUT = { dataMib: 64, sumSector: 262144, counterSector: 524288 } as const;
+export const DISK_LAYOUT = { dataMib: 64, sumSector: 32768, counterSector: 65536 } as const;
 
 export interface GuestImage {
   kernel: string; // uncompressed vmlinux
@@ -123,7 +123,7 @@ boot)
     echo "${DISK_MARK} sha256=$sha mib=$mib fresh=1"
   fi
   i=0
-  while :; do
+  while [ $i -lt 65535 ]; do
     i=$((i + 1))
     printf '%d\\n' $i | dd of=$D bs=512 seek=$((CNT + i)) count=1 conv=sync,notrunc oflag=direct 2>/dev/null
     echo $i > /run/counter

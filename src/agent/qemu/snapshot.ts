@@ -1,13 +1,18 @@
 // Warm images: a running guest's memory and device state and its disk, saved at one instant, and resumed later
 // (on this host or another) instead of booting.
 //
-// Save: QMP stop (QEMU drains and flushes the disk), migrate to a file through an exec: URI (QEMU 7.2 has no
-// file: URI), then a sparse copy of the overlay while the guest is still stopped and its disk inactive, so the
-// two belong to the same instant; then cont. Resume: QEMU with the same devices, -S -incoming defer, the frozen
-// overlay (a fresh copy, re-pointed at this host's base), migrate-incoming exec:cat FILE, then cont.
+// Save: QMP stop (QEMU drains and flushes the disk), migrate into a unix socket the agent listens on and copies
+// into a file (QEMU 7.2 has no file: URI, and exec: would need QEMU to spawn a shell, which a seccomp sandbox
+// with spawn=deny forbids), then a sparse copy of the overlay while the guest is still stopped and its disk
+// inactive, so the two belong to the same instant; then cont. Resume: QEMU with the same devices, -S -incoming
+// defer, the frozen overlay (a fresh copy, re-pointed at this host's base), migrate-incoming on a unix socket
+// that the agent feeds the file into, then cont.
 //
 // A saved state only loads into the same machine: the manifest pins what must match (QEMU version, machine
 // type, CPU model, accelerator, memory, CPUs, devices), and both placement and the agent check it.
+import fs from 'node:fs';
+import net from 'node:net';
+import { pipeline } from 'node:stream/promises';
 import type { WarmManifest } from '../../coordinator/types.ts';
 import type { GuestSpec } from '../hypervisor.ts';
 import { sparseCopy } from './disks.ts';
@@ -58,33 +63,41 @@ export async function saveState(
 ): Promise<{ pauseMs: number }> {
   const q = vm.qmp;
   const wasRunning = (await q.execute<{ status: string }>('query-status')).status === 'running';
+  const sock = `${stateFile}.sock`;
   const pausedAt = Date.now();
   await q.execute('stop');
+  let server: net.Server | null = null;
   try {
+    // The agent receives the stream (one connection, from this QEMU) and writes the file.
+    fs.rmSync(sock, { force: true });
+    let written: Promise<void> = Promise.reject(new Error('QEMU never connected to send its state'));
+    written.catch(() => {});
+    server = net.createServer((c) => {
+      server?.close(); // one stream only
+      written = pipeline(c, fs.createWriteStream(stateFile, { mode: 0o600 }));
+      written.catch(() => {});
+    });
+    await new Promise<void>((resolve, reject) => {
+      server!.once('error', reject);
+      server!.listen(sock, () => resolve());
+    });
+    fs.chmodSync(sock, 0o600);
     await q.execute('migrate-set-capabilities', {
       capabilities: [
         { capability: 'events', state: true },
         { capability: 'pause-before-switchover', state: false },
       ],
     });
-    // No TLS into a local file (a TLS object left set from a migration would wrap the pipe).
+    // No TLS into a local file (a TLS object left set from a migration would wrap the stream).
     await q.execute('migrate-set-parameters', { 'tls-creds': '' });
-    await q.execute('migrate', { uri: `exec:cat > ${shellQuote(stateFile)}` });
-    const deadline = Date.now() + SAVE_TIMEOUT_MS;
-    for (;;) {
-      const info = await q.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
-      if (info.status === 'completed') break;
-      if (info.status === 'failed' || info.status === 'cancelled')
-        throw new Error(`saving the state failed${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
-      if (Date.now() > deadline) {
-        await q.execute('migrate_cancel').catch(() => {});
-        throw new Error(`saving the state took longer than ${SAVE_TIMEOUT_MS / 1000} s`);
-      }
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await q.execute('migrate', { uri: `unix:${sock}` });
+    await waitMigration(vm, 'saving the state');
+    await written;
     // Stopped and migrated: the disk is flushed and inactive, so this copy is the disk of that same instant.
     if (overlay) await sparseCopy(overlay, frozenFile);
   } finally {
+    server?.close();
+    fs.rmSync(sock, { force: true });
     if (wasRunning) await q.execute('cont');
   }
   return { pauseMs: Date.now() - pausedAt };
@@ -93,23 +106,38 @@ export async function saveState(
 /** Destination of a warm start: load the state file (QEMU launched with -S -incoming defer), then run. */
 export async function loadState(vm: Vm, stateFile: string): Promise<void> {
   const q = vm.qmp;
+  const sock = `${vm.opts.qmpSocket}.state`;
+  fs.rmSync(sock, { force: true });
   await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
   await q.execute('migrate-set-parameters', { 'tls-creds': '' });
-  await q.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(stateFile)}` });
-  const deadline = Date.now() + SAVE_TIMEOUT_MS;
-  for (;;) {
-    const info = await q.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
-    if (info.status === 'completed') break;
-    if (info.status === 'failed')
-      throw new Error(`loading the saved state failed${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
-    if (!vm.running) throw new Error(`QEMU exited while loading the saved state:\n${vm.tail(5)}`);
-    if (Date.now() > deadline) throw new Error(`loading the saved state took longer than ${SAVE_TIMEOUT_MS / 1000} s`);
-    await new Promise((r) => setTimeout(r, 20));
+  await q.execute('migrate-incoming', { uri: `unix:${sock}` });
+  try {
+    const c = await new Promise<net.Socket>((resolve, reject) => {
+      const s = net.connect(sock);
+      s.once('connect', () => resolve(s));
+      s.once('error', reject);
+    });
+    await pipeline(fs.createReadStream(stateFile), c);
+    await waitMigration(vm, 'loading the saved state');
+  } finally {
+    fs.rmSync(sock, { force: true });
   }
   await q.execute('cont');
 }
 
-/** A single-quoted sh word (exec: URIs run through /bin/sh -c). */
-export function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
+/** Polls query-migrate (either end) until completed; throws if it failed or took too long. */
+async function waitMigration(vm: Vm, what: string): Promise<void> {
+  const deadline = Date.now() + SAVE_TIMEOUT_MS;
+  for (;;) {
+    const info = await vm.qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+    if (info.status === 'completed') return;
+    if (info.status === 'failed' || info.status === 'cancelled')
+      throw new Error(`${what} failed${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
+    if (!vm.running) throw new Error(`QEMU exited while ${what}:\n${vm.tail(5)}`);
+    if (Date.now() > deadline) {
+      await vm.qmp.execute('migrate_cancel').catch(() => {});
+      throw new Error(`${what} took longer than ${SAVE_TIMEOUT_MS / 1000} s`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
