@@ -9,7 +9,8 @@
 // The guest's init, in order: mount proc/sys/dev, insmod the virtio chain, bring up lo and eth0, then either a
 // static address (kernel argument hw.ip=ADDR/LEN) or `udhcpc` until it gets a lease; prints one line
 //   HOMEWIRE-LEASE ip=198.51.100.123 mask=24 router=... server=... lease=... mtu=...
-// to the serial console (ttyS0), starts its services and prints HOMEWIRE-READY ip=ADDR. Services for tests:
+// to the serial console (ttyS0), starts its services and prints HOMEWIRE-READY ip=ADDR; then it watches eth0's
+// MAC and takes a new lease when a NIC with another MAC appears (a clone; HOMEWIRE-RENEWED). Services for tests:
 // the kernel answers ping; TCP port 7 echoes (busybox nc -ll -e cat), so a connection can be held through a
 // live migration; TCP port 80 serves one page (busybox httpd).
 //
@@ -42,6 +43,8 @@ export const GUEST_HTTP_PORT = 80;
 /** Serial-console markers the init script prints (tests wait for these). */
 export const LEASE_MARK = 'HOMEWIRE-LEASE';
 export const READY_MARK = 'HOMEWIRE-READY';
+/** `HOMEWIRE-RENEWED mac=M`: the guest found a NIC with a new MAC (a clone) and took a new DHCP lease for it. */
+export const RENEW_MARK = 'HOMEWIRE-RENEWED';
 /** `HOMEWIRE-DISK sha256=HEX mib=N fresh=0|1`: the disk test data is in place and the counter runs. */
 export const DISK_MARK = 'HOMEWIRE-DISK';
 
@@ -99,6 +102,18 @@ addr=$(ip -4 -o addr show dev eth0 | sed -n 's/.* inet \\([0-9.]*\\).*/\\1/p')
 echo "${READY_MARK} ip=$addr uptime=$(cut -d" " -f1 /proc/uptime)"
 disk=$(sed -n 's/.*hw\\.disk=\\([0-9]*\\).*/\\1/p' /proc/cmdline)
 [ -n "$disk" ] && hw-disk boot "$disk" &
+# A NIC with another MAC (a clone of a warm image gets one): renew the lease for it.
+if [ -z "$static" ]; then
+  (mac=$(cat /sys/class/net/eth0/address 2>/dev/null)
+  while :; do
+    sleep 1; m=$(cat /sys/class/net/eth0/address 2>/dev/null)
+    if [ -n "$m" ] && [ "$m" != "$mac" ]; then
+      mac=$m; ip link set eth0 up
+      until udhcpc -i eth0 -f -q -n -t 5 -T 1 -s /etc/udhcpc.script; do :; done
+      echo "${RENEW_MARK} mac=$m"
+    fi
+  done) &
+fi
 while :; do sleep 3600; done
 `;
 

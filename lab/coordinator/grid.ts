@@ -99,13 +99,13 @@ export class GridLab {
       }
       await lab.waitPeersUp();
     } else for (const site of g.hosts) g.startAgent(site);
-    const deadline = Date.now() + 30_000;
+    const deadline = Date.now() + 90_000; // a busy machine starts Node slowly
     for (;;) {
       const r = await g.cli('host', 'list', '--json');
       const up =
         r.code === 0 ? (JSON.parse(r.stdout) as { hosts: HostView[] }).hosts.filter((h) => h.state === 'up').length : 0;
       if (up === g.hosts.length) break;
-      if (Date.now() > deadline) throw new Error(`hosts not registered after 30 s (${r.stderr.trim()})\n${g.logs()}`);
+      if (Date.now() > deadline) throw new Error(`hosts not registered after 90 s (${r.stderr.trim()})\n${g.logs()}`);
       await sleep(100);
     }
     return g;

@@ -2,13 +2,13 @@
 //   a running guest (with a disk: random data and a 10 ms counter) is saved with `homewire vm snapshot`, and a
 //   VM created from that warm image starts on the other host by resuming it: its uptime continues (it did not
 //   boot), its disk has the data and a gapless counter. The saved guest runs as one VM at a time (same MAC);
-//   a host whose QEMU differs from the manifest is not chosen by placement, and a start forced onto it is
-//   refused with the reason.
+//   a clone runs beside it with a new MAC on a new NIC and renews its DHCP lease; a host whose QEMU differs
+//   from the manifest is not chosen by placement, and a start forced onto it is refused with the reason.
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { GridLab } from '../../lab/coordinator/grid.ts';
-import { buildGuestImage, READY_MARK } from '../../lab/guest-image.ts';
+import { buildGuestImage, READY_MARK, RENEW_MARK } from '../../lab/guest-image.ts';
 import { runOk, sleep } from '../../lab/run.ts';
 import { deleteNamespaces, Lab } from '../../lab/topology.ts';
 import { parseLease, vmPrefix, vmSiteConfig } from '../../lab/vm/guests.ts';
@@ -113,6 +113,24 @@ vmTest(
     const c = await diskCheck(lab, 'lan', ip);
     t.is(c.sha256, mark.sha256, 'the frozen disk came along');
     t.is(c.gaps, 0, 'the counter has no gaps');
+
+    // A clone runs beside it: a new MAC on a new NIC, and the guest renews its lease for it.
+    const clone = await grid.json<VmRecord>('vm', 'create', 'web4', '--image', 'web-warm', '--clone');
+    t.not(clone.mac, web.mac, 'a clone has its own MAC');
+    const cloned = await grid.json<VmRecord>('vm', 'start', 'web4', '--host', 'host-a');
+    t.regex(cloned.note ?? '', /must renew its DHCP lease/, `the agent says so: ${cloned.note}`);
+    const serialClone = grid.serialLog('host-a', 'web4');
+    // Its console log starts at the resume: the only lease in it is the one it renewed.
+    const cloneIp = await waitUntil('the clone renewed its lease', 90_000, async () => {
+      const text = fs.existsSync(serialClone) ? fs.readFileSync(serialClone, 'utf8') : '';
+      return text.includes(`${RENEW_MARK} mac=${clone.mac}`) ? (parseLease(text)?.ip ?? null) : null;
+    });
+    t.log(`clone web4 on host-a: ${cloned.note}; its new lease ${cloneIp} (the original has ${ip})`);
+    t.not(cloneIp, ip, 'the clone got an address of its own');
+    t.true((await lab.ping('lan', cloneIp, { count: 3, intervalS: 0.2 })).ok, 'the clone answers on its new address');
+    t.true((await lab.ping('lan', ip, { count: 3, intervalS: 0.2 })).ok, 'and the original on its own');
+    t.true((await guestUptime(lab, 'lan', cloneIp)) >= before, 'the clone continues the saved guest too');
+    await grid.ok('vm', 'stop', 'web4');
 
     // A host whose QEMU differs: host-a's agent restarts with a QEMU that says it is 8.1.0.
     const wrapper = path.join(lab.dir, 'qemu-8.1.sh');

@@ -413,7 +413,9 @@ export class QemuHypervisor implements Hypervisor {
     const key = o.psk ? writePsk(path.join(dir, 'tls'), o.psk) : null;
     const vm = await launch(
       this.options(spec, dir, {
-        paused: true,
+        // With a disk the guest may run only after the NBD server stopped (watchIncoming does both); without
+        // one QEMU runs it itself when the stream completes, even if no agent is there at that moment.
+        paused: storage,
         incoming: 'defer',
         ...(key ? { tls: { dir: key.dir, endpoint: 'server' as const, identity: key.identity } } : {}),
       }),

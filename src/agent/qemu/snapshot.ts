@@ -117,8 +117,19 @@ export async function loadState(vm: Vm, stateFile: string): Promise<void> {
       s.once('connect', () => resolve(s));
       s.once('error', reject);
     });
-    await pipeline(fs.createReadStream(stateFile), c);
-    await waitMigration(vm, 'loading the saved state');
+    // QEMU may close the socket as soon as it has read the end-of-stream marker, before our side saw its
+    // writes finish ("premature close"): what counts is whether QEMU says the load completed.
+    let pipeError: unknown = null;
+    const fed = pipeline(fs.createReadStream(stateFile), c).catch((err) => {
+      pipeError = err;
+    });
+    try {
+      await waitMigration(vm, 'loading the saved state');
+    } catch (err) {
+      await fed;
+      throw pipeError ? new Error(`${(err as Error).message} (feeding it: ${(pipeError as Error).message})`) : err;
+    }
+    c.destroy();
   } finally {
     fs.rmSync(sock, { force: true });
   }

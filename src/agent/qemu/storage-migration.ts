@@ -98,7 +98,8 @@ export function watchIncoming(
 /** Destination, stream complete: no more writes can come over NBD, so stop that server and let the guest run. */
 export async function finishIncoming(vm: Vm, storage: boolean): Promise<void> {
   if (storage) await vm.qmp.execute('nbd-server-stop').catch(() => {}); // already stopped: fine
-  await vm.qmp.execute('cont');
+  const { status } = await vm.qmp.execute<{ status: string }>('query-status');
+  if (status !== 'running') await vm.qmp.execute('cont'); // without a disk QEMU ran it already
 }
 
 /**
