@@ -97,7 +97,7 @@ export class GridLab {
         fs.copyFileSync(g.agentConfig(site), lab.site(site).configFile);
         lab.startDaemon(site);
       }
-      await lab.waitPeersUp();
+      await lab.waitPeersUp(90_000); // a busy machine starts Node slowly
     } else for (const site of g.hosts) g.startAgent(site);
     const deadline = Date.now() + 90_000; // a busy machine starts Node slowly
     for (;;) {

@@ -114,7 +114,7 @@ vmTest(
     t.deepEqual([...(adopted.dead as string[])].sort(), ['g3', 'ghost-argv', 'ghost-start']);
     t.true(adoptMs <= 5000, `re-adopted ${adoptMs} ms after the restart (≤ 5 s)`);
     t.true(running(decoy.pid!), 'the process a forged record named was left alone');
-    await lab.waitPeersUp();
+    await lab.waitPeersUp(90_000);
     const g3 = await waitUntil('g3 is reported failed', 30_000, async () => {
       const v = await grid.json<VmRecord>('vm', 'show', 'g3');
       return v.state === 'failed' ? v : null;
@@ -157,7 +157,7 @@ vmTest(
       const on = ['host-a', 'host-b'].filter((s) => fs.existsSync(path.join(grid.stateDir(s), 'g1', 'runtime.json')));
       return on.length === 1 && on[0] === settled.host;
     });
-    await lab.waitPeersUp();
+    await lab.waitPeersUp(90_000);
     t.true((await lab.ping('lan', ips.g1, { count: 5, intervalS: 0.2 })).ok, `g1 answers on ${settled.host}`);
   },
 );

@@ -8,6 +8,7 @@
 //   sent ≤ (its overlay + the RAM QEMU sent) × 1.1 (the base was not sent: the destination fetched it itself).
 //   Then a third migration whose destination QEMU is killed in the middle of the mirror: the VM keeps running
 //   on host-a (its disk still whole, the counter still going), the VM record says why, host-b keeps no files.
+//   The same with the network cut (TCP to host-b dropped) mid-mirror: the source sees no progress, ends it.
 //   Finally the VM is stopped (its overlay stays on host-a) and started on host-b: the overlay is copied there
 //   first (cold copy, TLS) and the guest boots with its data; delete removes the disk everywhere.
 import fs from 'node:fs';
@@ -166,6 +167,37 @@ vmTest(
     t.is(c.sha256, mark.sha256);
     t.is(c.gaps, 0, 'no counter record was lost');
     t.true(c.count > checks.at(-1)!.count, 'the guest kept writing');
+
+    // Cut the network (TCP from host-a to host-b dropped; the mesh is UDP and stays) in the middle of the mirror:
+    // nothing fails on its own, the source notices that nothing moves and ends it; the VM stays on host-a.
+    const r2 = await grid.cli('vm', 'migrate', 'web', '--to', 'host-b', '--no-wait');
+    t.is(r2.code, 0, r2.stderr);
+    await waitUntil('the destination is being mirrored to', 60_000, async () => {
+      const disk = path.join(destDir, 'disk.qcow2');
+      if (!fs.existsSync(disk)) return null;
+      return Number((await runOk('du', ['-B1', disk])).stdout.split(/\s/)[0]) > 4 * MiB;
+    });
+    const rule = ['OUTPUT', '-p', 'tcp', '-d', lab.site('host-b').underlay4, '-j', 'DROP'];
+    await runOk('ip', ['netns', 'exec', lab.ns('host-a'), 'iptables', '-I', ...rule]);
+    const cutAt = Date.now();
+    let cut: VmRecord;
+    try {
+      cut = await waitUntil('the cut migration ended', 120_000, async () => {
+        const v = await grid.json<VmRecord>('vm', 'show', 'web');
+        return v.state === 'migrating' ? null : v;
+      });
+    } finally {
+      await runOk('ip', ['netns', 'exec', lab.ns('host-a'), 'iptables', '-D', ...rule]);
+    }
+    t.log(`network cut: the migration ended ${Date.now() - cutAt} ms later: ${cut.error}`);
+    t.is(cut.state, 'running');
+    t.is(cut.host, 'host-a', 'the VM stays on host-a');
+    t.regex(cut.error ?? '', /no progress/, 'the record says the path went quiet');
+    await waitUntil('host-b removed the destination files', 30_000, async () => !fs.existsSync(destDir));
+    const cc = await diskCheck(lab, 'lan', ip);
+    t.is(cc.sha256, mark.sha256);
+    t.is(cc.gaps, 0, 'no counter record was lost');
+    t.true(cc.count > c.count, 'the guest kept writing');
 
     // Stop keeps the overlay on host-a; a start on host-b copies it there first.
     t.is((await grid.json<VmRecord>('vm', 'stop', 'web')).state, 'stopped');
