@@ -12,7 +12,8 @@
 // to the serial console (ttyS0), starts its services and prints HOMEWIRE-READY ip=ADDR; then it watches eth0's
 // MAC and takes a new lease when a NIC with another MAC appears (a clone; HOMEWIRE-RENEWED). Services for tests:
 // the kernel answers ping; TCP port 7 echoes (busybox nc -ll -e cat), so a connection can be held through a
-// live migration; TCP port 80 serves one page (busybox httpd).
+// live migration; TCP port 80 serves one page (busybox httpd). Then it runs a shell on ttyS0 with the prompt
+// GUEST_PROMPT (the serial console tests type into it).
 //
 // Cache: /var/cache/homewire-lab (root) or <tmpdir>/homewire-lab, one directory per kernel package and content
 // hash, written to a temporary name and renamed, so concurrent builders never see a half-written image.
@@ -57,6 +58,8 @@ export const DISK_MARK = 'HOMEWIRE-DISK';
  * and answers `sha256=HEX stored=HEX mib=N count=N records=N gaps=N` (gaps: records not holding their number).
  */
 export const DISK_LAYOUT = { dataMib: 64, sumSector: 32768, counterSector: 65536 } as const;
+/** The prompt of the shell the init runs on the serial console after READY_MARK. */
+export const GUEST_PROMPT = 'hw-guest# ';
 
 export interface GuestImage {
   kernel: string; // uncompressed vmlinux
@@ -114,7 +117,10 @@ if [ -z "$static" ]; then
     fi
   done) &
 fi
-while :; do sleep 3600; done
+# A shell on the serial console (homewire vm console, the web page's terminal), respawned when it exits;
+# cttyhack makes ttyS0 its controlling terminal, so Ctrl-C reaches what it runs.
+export PS1='${GUEST_PROMPT}'
+while :; do setsid cttyhack sh -i; usleep 200000; done
 `;
 
 // /bin/hw-disk boot MIB | check: the disk test (DISK_LAYOUT).

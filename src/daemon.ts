@@ -12,7 +12,7 @@ import { encodeKey } from './mesh/keys.ts';
 import { Mesh } from './mesh/mesh.ts';
 import type { PeerConfig } from './mesh/peer.ts';
 import { formatEndpoint, macNumber, macString } from './addr.ts';
-import type { StatusReport } from './status.ts';
+import { meshReport, type StatusReport } from './status.ts';
 import { LOCAL, Switch } from './switch.ts';
 import type { TapDevice } from './tap/device.ts';
 import { DgramSocket } from './udp/dgram.ts';
@@ -114,6 +114,7 @@ export class Daemon {
         expect: (mac) => this.expect(mac),
         log: this.log.child({ part: 'agent' }),
         reservations: dhcp ? (list) => dhcp.setExtraReservations(list) : undefined,
+        mesh: () => meshReport(this.status()),
       });
       await this.agent.start();
     }

@@ -39,6 +39,22 @@ export interface GridOptions {
   agents?: 'standalone' | 'daemon';
   /** Extra lines for a host's coordinator: section (indented by two spaces), e.g. qemu_binary. */
   agentExtra?: (site: string) => string[];
+  /** Extra lines for the coordinator's config (e.g. `metrics: { listen: ... }`). */
+  coordinatorConfig?: string[];
+}
+
+/** The lab's host token (lab dir/host.token), written once. */
+export function writeHostToken(lab: Lab): void {
+  const file = path.join(lab.dir, 'host.token');
+  if (!fs.existsSync(file))
+    fs.writeFileSync(file, `${crypto.randomBytes(24).toString('base64url')}\n`, { mode: 0o600 });
+}
+
+/** A `coordinator:` section for the home site's daemon config: its in-process agent registers without a
+ *  hypervisor and hands the coordinator's DHCP reservations to the home DHCP server. Make the lab with
+ *  start: false, writeHostToken(lab), then start the daemons (the agent reads the token at start). */
+export function homeAgentSection(): string {
+  return ['coordinator:', `  url: ${LAB_COORDINATOR}`, '  token_file: host.token', '  hypervisor: none'].join('\n');
 }
 
 export class GridLab {
@@ -74,9 +90,7 @@ export class GridLab {
       '8080',
     ]);
     fs.writeFileSync(g.adminTokenFile, `${crypto.randomBytes(24).toString('base64url')}\n`, { mode: 0o600 });
-    fs.writeFileSync(path.join(dir, 'host.token'), `${crypto.randomBytes(24).toString('base64url')}\n`, {
-      mode: 0o600,
-    });
+    writeHostToken(lab); // kept if there is one (a home daemon that joins the coordinator read it already)
     fs.writeFileSync(
       path.join(dir, 'coordinator.yaml'),
       `${[
@@ -86,6 +100,7 @@ export class GridLab {
         'admin_token_file: admin.token',
         'host_token_file: host.token',
         `log_level: ${o.logLevel ?? 'debug'}`,
+        ...(o.coordinatorConfig ?? []),
       ].join('\n')}\n`,
     );
     g.spawn('ul', 'coordinator', [...CLI, 'coordinator', '--config', path.join(dir, 'coordinator.yaml')]);
@@ -103,12 +118,39 @@ export class GridLab {
     for (;;) {
       const r = await g.cli('host', 'list', '--json');
       const up =
-        r.code === 0 ? (JSON.parse(r.stdout) as { hosts: HostView[] }).hosts.filter((h) => h.state === 'up').length : 0;
+        r.code === 0
+          ? (JSON.parse(r.stdout) as { hosts: HostView[] }).hosts.filter(
+              (h) => h.state === 'up' && g.hosts.includes(h.name),
+            ).length
+          : 0;
       if (up === g.hosts.length) break;
-      if (Date.now() > deadline) throw new Error(`hosts not registered after 90 s (${r.stderr.trim()})\n${g.logs()}`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `hosts not registered after 90 s (host list: exit ${r.code} ${r.stdout.trim()} ${r.stderr.trim()})\n${g.logs()}`,
+        );
       await sleep(100);
     }
     return g;
+  }
+
+  /** VM hosts take no connections from the coordinator's network (as behind a NAT): everything they do with it
+   *  must be connections they open. (Hosts still accept each other's live migrations.) */
+  async closeInbound(): Promise<void> {
+    for (const site of this.hosts) {
+      const r = await this.lab.exec(site, [
+        'iptables',
+        '-I',
+        'INPUT',
+        '-s',
+        PLAN.internet4,
+        '-p',
+        'tcp',
+        '--syn', // connection attempts only (conntrack would take the agents' open connections for new ones)
+        '-j',
+        'DROP',
+      ]);
+      if (r.code !== 0) throw new Error(`iptables in ${site}: ${r.stderr.trim()}`);
+    }
   }
 
   agentConfig(site: string): string {

@@ -6,6 +6,67 @@ import os from 'node:os';
 import path from 'node:path';
 import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../../src/coordinator/types.ts';
 import type { DiskSource, GuestSpec, Hypervisor, NbdTarget, SnapshotFiles } from '../../src/agent/hypervisor.ts';
+import type { ConsoleListener, GuestConsole } from '../../src/agent/console.ts';
+import { ByteRing } from '../../src/coordinator/ring.ts';
+import { CONSOLE_SCROLLBACK_BYTES } from '../../src/coordinator/constants.ts';
+
+export const FAKE_PROMPT = 'fake# ';
+
+/** A guest's serial console as a tiny shell: it echoes what is typed and, on Enter, answers `echo WORDS` with
+ *  WORDS (and `say N` with N lines of output), then prints the prompt. Scrollback like the agent's. */
+export class FakeConsole implements GuestConsole {
+  readonly stream = Math.random().toString(16).slice(2, 14);
+  private readonly ring = new ByteRing(CONSOLE_SCROLLBACK_BYTES);
+  private readonly listeners = new Set<ConsoleListener>();
+  private line = '';
+  closed = false;
+
+  constructor(readonly host: string) {}
+
+  /** The guest prints. */
+  print(text: string | Buffer): void {
+    if (this.closed) return;
+    const b = typeof text === 'string' ? Buffer.from(text, 'latin1') : text;
+    this.ring.write(b);
+    for (const l of this.listeners) l.data(b);
+  }
+
+  read(from = 0): { from: number; data: Buffer } {
+    return this.ring.read(from);
+  }
+
+  subscribe(l: ConsoleListener): () => void {
+    this.listeners.add(l);
+    return () => this.listeners.delete(l);
+  }
+
+  write(data: Buffer): boolean {
+    if (this.closed) return false;
+    for (const ch of data.toString('latin1')) {
+      if (ch !== '\r') {
+        this.line += ch;
+        this.print(ch);
+        continue;
+      }
+      const cmd = this.line;
+      this.line = '';
+      let out = '';
+      const echo = /^echo (.*)$/.exec(cmd);
+      const say = /^say (\d+)$/.exec(cmd);
+      if (echo) out = `${echo[1].replace('$HOST', this.host)}\r\n`;
+      else if (say) for (let i = 0; i < Number(say[1]); i++) out += `line ${i} ${'x'.repeat(60)}\r\n`;
+      this.print(`\r\n${out}${FAKE_PROMPT}`);
+    }
+    return true;
+  }
+
+  close(reason = 'the guest stopped'): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const l of this.listeners) l.end(reason);
+    this.listeners.clear();
+  }
+}
 
 /** Guests of all FakeHypervisors of one test, so a fake migration can find its destination. */
 export class FakeCloud {
@@ -23,6 +84,7 @@ interface FakeGuest {
   state: GuestState;
   /** Stands for the guest's memory: carried over by a migration, so tests can check what arrived. */
   memory: string;
+  console: FakeConsole;
 }
 
 /** In-memory hypervisor. Failures are injected per call: `failNext.migrate = 'disk on fire'`. */
@@ -76,7 +138,9 @@ export class FakeHypervisor implements Hypervisor {
       this.diskContent.set(spec.name, spec.warm?.overlay ? `warm disk of ${spec.name}` : `new disk on ${this.host}`);
     }
     const memory = spec.warm ? `resumed on ${this.host}` : `booted on ${this.host}`;
-    this.guests.set(spec.name, { spec, state: 'running', memory });
+    const con = new FakeConsole(this.host);
+    con.print(`${spec.warm ? 'resuming' : 'booting'} ${spec.name} on ${this.host}\r\n${FAKE_PROMPT}`);
+    this.guests.set(spec.name, { spec, state: 'running', memory, console: con });
     return spec.warm?.clone ? { note: `clone ${spec.name} has a new MAC ${spec.mac}: renew DHCP` } : {};
   }
 
@@ -84,7 +148,7 @@ export class FakeHypervisor implements Hypervisor {
     await this.step('incoming', spec.name);
     const port = this.cloud.nextPort();
     const uri = `fake:${address}:${port}`;
-    this.guests.set(spec.name, { spec, state: 'incoming', memory: '' });
+    this.guests.set(spec.name, { spec, state: 'incoming', memory: '', console: new FakeConsole(this.host) });
     this.cloud.incoming.set(uri, { hv: this, name: spec.name });
     if (!spec.disk) return { uri };
     this.diskContent.set(spec.name, '');
@@ -165,8 +229,13 @@ export class FakeHypervisor implements Hypervisor {
   async stop(name: string, o: { discard?: boolean } = {}): Promise<void> {
     await this.step('stop', name);
     const g = this.guests.get(name);
+    g?.console.close();
     this.guests.delete(name);
     if (o.discard || g?.state === 'incoming' || g?.state === 'migrated') this.diskContent.delete(name);
+  }
+
+  console(name: string): FakeConsole | null {
+    return this.guests.get(name)?.console ?? null;
   }
 
   /** Test hook: QEMU died. */
@@ -181,6 +250,7 @@ export class FakeHypervisor implements Hypervisor {
   }
 
   async close(): Promise<void> {
+    for (const g of this.guests.values()) g.console.close();
     this.guests.clear();
   }
 }

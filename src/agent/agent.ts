@@ -21,10 +21,12 @@ import {
   type HostInfo,
   type LaunchSpec,
   type WarmImage,
+  type MeshReport,
 } from '../coordinator/types.ts';
 import type { Logger } from '../log.ts';
 import type { AgentStatus } from '../status.ts';
 import type { AgentConfig } from './config.ts';
+import { ConsoleLinks } from './console.ts';
 import type { AdoptReport, GuestSpec, Hypervisor } from './hypervisor.ts';
 import { ImageCache } from './images.ts';
 import { baseFormat, fileSha256 } from './qemu/disks.ts';
@@ -46,11 +48,15 @@ export interface AgentDeps {
   address?: string;
   /** This site serves DHCP: called with the coordinator's reservations after each heartbeat. */
   reservations?(list: { mac: string; ip: string; vm: string }[]): void;
+  /** The daemon's mesh endpoint and peers, sent with each heartbeat (the web page shows them). */
+  mesh?(): MeshReport | null | Promise<MeshReport | null>;
 }
 
 export class HostAgent {
   readonly client: CoordinatorClient;
   readonly images: ImageCache;
+  /** Console streams to the coordinator (src/agent/console.ts). */
+  readonly consoles: ConsoleLinks;
   readonly bootId = crypto.randomBytes(8).toString('hex');
   /** Plain counters, read by `status` and tests. */
   readonly stats = { registrations: 0, heartbeats: 0, heartbeatFailures: 0, polls: 0, commands: 0, commandFailures: 0 };
@@ -66,6 +72,8 @@ export class HostAgent {
   private readonly running = new Set<Promise<void>>();
   private lastError = '';
   private beating = false;
+  private lastMesh: MeshReport | null = null;
+  private readingMesh = false;
 
   constructor(
     readonly config: AgentConfig,
@@ -73,6 +81,12 @@ export class HostAgent {
   ) {
     this.client = new CoordinatorClient(config.urls, config.token);
     this.images = new ImageCache(config.cacheDir, deps.log, (sha, what) => this.blob(sha, what));
+    this.consoles = new ConsoleLinks({
+      host: deps.name,
+      url: () => this.client.url,
+      wsOptions: () => this.client.wsOptions(),
+      log: deps.log.child({ part: 'console' }),
+    });
   }
 
   /** A blob of the coordinator's store (warm images' state and disk), streamed. */
@@ -182,12 +196,15 @@ export class HostAgent {
     (this.hv?.refresh?.() ?? Promise.resolve())
       .catch(() => {})
       .then(() => {
+        const mesh = this.lastMesh;
+        this.refreshMesh();
         const body = {
           name: this.name,
           boot_id: this.bootId,
           guests_version: version,
           guests: this.hv?.list() ?? [],
           ...(this.hv?.disks ? { disks: this.hv.disks() } : {}),
+          ...(mesh ? { mesh } : {}),
         };
         return this.client.request<{ ok: boolean; reservations?: { mac: string; ip: string; vm: string }[] }>(
           'POST',
@@ -214,6 +231,26 @@ export class HostAgent {
           this.warn(err, 'heartbeat failed');
         },
       );
+  }
+
+  /** The daemon's mesh report, read in the background: a slow daemon never delays a heartbeat. */
+  private refreshMesh(): void {
+    const read = this.deps.mesh;
+    if (!read || this.readingMesh) return;
+    this.readingMesh = true;
+    Promise.resolve()
+      .then(() => read())
+      .then(
+        (m) => {
+          this.lastMesh = m;
+        },
+        () => {
+          this.lastMesh = null;
+        },
+      )
+      .finally(() => {
+        this.readingMesh = false;
+      });
   }
 
   private warn(err: unknown, msg: string): void {
@@ -360,6 +397,12 @@ export class HostAgent {
       }
       case 'snapshot':
         return { warm: await this.snapshot(c.name) };
+      case 'console': {
+        const con = hv.console?.(c.name);
+        if (!con) throw new Error(`no console for guest ${c.name} on ${this.name} (not running here)`);
+        await this.consoles.link(con, c);
+        return {};
+      }
     }
   }
 
@@ -439,6 +482,7 @@ export class HostAgent {
     this.stopped = true;
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.abort.abort();
+    this.consoles.closeAll();
     await Promise.allSettled([...this.loops, ...this.running]);
     await this.hv?.close({ stopGuests: this.config.stopGuestsOnExit });
     this.deps.log.info('host agent stopped');

@@ -17,6 +17,7 @@ import type {
 } from '../coordinator/types.ts';
 
 export type { DiskSource, NbdTarget };
+import type { GuestConsole } from './console.ts';
 
 export interface GuestSpec {
   name: string;
@@ -72,6 +73,8 @@ export interface Hypervisor {
   /** VMs whose disk this host keeps. */
   disks?(): string[];
   list(): GuestReport[];
+  /** The guest's serial console (scrollback and fan-out), or null if there is no such guest or no console. */
+  console?(name: string): GuestConsole | null;
   /** Brings the states list() returns up to date (QEMU: query-status of each guest); before heartbeats. */
   refresh?(): Promise<void>;
   onChange: (() => void) | null;

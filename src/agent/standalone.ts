@@ -8,6 +8,7 @@ import { parseConfig } from '../config.ts';
 import { controlRequest, defaultControlSocket } from '../control.ts';
 import { ConfigError } from '../errors.ts';
 import { createLogger, exitOnSignals } from '../log.ts';
+import { meshReport, type StatusReport } from '../status.ts';
 import { HostAgent } from './agent.ts';
 import { parseAgentConfig } from './config.ts';
 
@@ -41,6 +42,7 @@ export async function loadStandaloneAgent(
     log,
     address: cfg.listen.address,
     expect: async (mac) => (await controlRequest(socket, 'POST', `/v1/expect?mac=${encodeURIComponent(mac)}`)).body,
+    mesh: async () => meshReport((await controlRequest<StatusReport>(socket, 'GET', '/v1/status')).body),
   });
 }
 

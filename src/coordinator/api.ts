@@ -41,6 +41,10 @@ export interface ApiContext {
   now: () => number;
   /** Reconciles a host's fresh guest report, and the disks it keeps (async, errors logged). */
   reconcile(host: string, guests: Heartbeat['guests'], disks?: string[]): void;
+  /** The web page's static files (web.ts; no token: they hold no data). True if it answered. */
+  page?(req: http.IncomingMessage, res: http.ServerResponse, url: URL): boolean;
+  /** GET /v1/events: server-sent events with hosts, VMs, images and operations (web.ts). */
+  events?(req: http.IncomingMessage, res: http.ServerResponse): void;
 }
 
 type Role = 'admin' | 'host';
@@ -50,6 +54,7 @@ export function apiHandler(ctx: ApiContext): http.RequestListener {
   const host = digest(ctx.hostToken);
   return (req, res) => {
     const url = new URL(req.url ?? '/', 'http://coordinator');
+    if (ctx.page?.(req, res, url)) return;
     const role: Role = url.pathname.startsWith('/v1/agent/') ? 'host' : 'admin';
     const token = bearer(req.headers.authorization);
     // Compare digests in constant time: neither the token nor its length leaks through timing.
@@ -97,6 +102,10 @@ export function apiHandler(ctx: ApiContext): http.RequestListener {
       ).catch((err) => fail(res, err, ctx.log));
       return;
     }
+    if (url.pathname === '/v1/events' && req.method === 'GET' && ctx.events) {
+      ctx.events(req, res);
+      return;
+    }
     route(ctx, req, res, url).then(
       (r) => reply(res, r.status, r.body),
       (err) => fail(res, err, ctx.log),
@@ -139,6 +148,12 @@ async function route(
   }
   if (what === 'vms' && name !== undefined) {
     if (action === undefined && m === 'GET') return ok(await ctx.vms.get(name));
+    if (action === 'console')
+      throw new ApiError(
+        426,
+        'upgrade_required',
+        'the console is a WebSocket (console.ts): use `homewire vm console NAME` or the web page',
+      );
     if (action === undefined && m === 'DELETE') {
       await ctx.vms.delete(name);
       return ok({ deleted: name });

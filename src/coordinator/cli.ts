@@ -33,7 +33,10 @@ API (--coordinator URL[,URL...] --token-file F, or HOMEWIRE_COORDINATOR / HOMEWI
   vm stop NAME [--no-wait]
   vm delete NAME
   vm list [--state S] [--host H]
-  vm show NAME`;
+  vm show NAME
+  vm console NAME             the VM's serial console in this terminal, through the coordinator;
+                              Ctrl-] detaches (follows the VM when it migrates)
+Web page: open the coordinator's URL in a browser and sign in with the admin token.`;
 
 class Args {
   constructor(private readonly a: string[]) {}
@@ -332,6 +335,10 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
     case 'delete': {
       await call('DELETE', `/v1/vms/${enc(need('NAME'))}`);
       return show({ deleted: name }, () => `vm ${name} deleted`);
+    }
+    case 'console': {
+      const { attachConsole } = await import('./console-cli.ts');
+      return attachConsole(c, need('NAME'));
     }
     default:
       usage(`unknown vm subcommand "${sub ?? ''}"`);

@@ -34,6 +34,17 @@ export class CoordinatorClient {
     return this.urls[this.current];
   }
 
+  /** The credentials every request carries. */
+  headers(): Record<string, string> {
+    return { authorization: `Bearer ${this.token}` };
+  }
+
+  /** What a WebSocket to the coordinator (agents' console streams, `vm console`) needs to be trusted and
+   *  authenticated exactly as this client's requests are: the same credentials (and, with TLS, the same CA). */
+  wsOptions(): { headers: Record<string, string>; ca?: string } {
+    return { headers: this.headers() };
+  }
+
   async request<T = unknown>(method: string, path: string, body?: unknown, o: RequestOptions = {}): Promise<T> {
     const deadline = Date.now() + (o.retryForMs ?? 0);
     let tries = 0;
@@ -115,7 +126,7 @@ export class CoordinatorClient {
       res = await fetch(base + path, {
         method,
         headers: {
-          authorization: `Bearer ${this.token}`,
+          ...this.headers(),
           ...(body === undefined ? {} : { 'content-type': 'application/json' }),
         },
         body: body === undefined ? undefined : JSON.stringify(body),

@@ -39,3 +39,22 @@ export const VM_CPUS_MAX = 256;
 export const VM_MEMORY_MIB_MAX = 4 * 1024 * 1024;
 /** Guest MACs: locally administered unicast (bit 1 of the first octet set, bit 0 clear), "hw" in octets 2-3. */
 export const VM_MAC_PREFIX = [0x02, 0x68, 0x77] as const;
+
+// --- Serial consoles and the web page ---------------------------------------------------------------------
+/** Scrollback kept per guest by its host agent (and mirrored by the coordinator while viewers watch). */
+export const CONSOLE_SCROLLBACK_BYTES = 128 * 1024;
+/** The agent has this long to open its console stream after the coordinator asked for it. */
+export const CONSOLE_LINK_TIMEOUT_MS = 10_000;
+/** After a failed console request, ask the host again after this. */
+export const CONSOLE_RETRY_MS = 2_000;
+/** The agent's stream stays open this long after the last viewer left (a page reload re-attaches at once). */
+export const CONSOLE_LINGER_MS = 5_000;
+/** A viewer (or agent stream) that lets this much output pile up unsent is closed: a slow reader never grows memory. */
+export const CONSOLE_SEND_BUFFER_MAX_BYTES = 4 * 1024 * 1024;
+/** Largest WebSocket message accepted from a viewer (keystrokes, pastes) and from an agent (output). */
+export const CONSOLE_VIEWER_MESSAGE_MAX_BYTES = 64 * 1024;
+export const CONSOLE_AGENT_MESSAGE_MAX_BYTES = 256 * 1024;
+/** The coordinator re-reads VMs and hosts this often while a page or a console watches (live updates). */
+export const WATCH_INTERVAL_MS = 250;
+/** A comment line on idle event streams, so proxies and browsers keep them open. */
+export const EVENTS_KEEPALIVE_MS = 15_000;

@@ -7,6 +7,7 @@ import http from 'node:http';
 import type { Logger } from '../log.ts';
 import { apiHandler } from './api.ts';
 import { BlobStore } from './blobs.ts';
+import { ConsoleService, tokenPrincipal } from './console.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { COORDINATOR_TICK_MS } from './constants.ts';
 import { Dispatcher } from './dispatch.ts';
@@ -18,6 +19,8 @@ import { Reconciler } from './reconcile.ts';
 import { VmRecords } from './vm-records.ts';
 import { Lifecycle } from './vms.ts';
 import { formatEndpoint } from '../addr.ts';
+import { Watch } from './watch.ts';
+import { eventStream, snapshotReader, webPage } from './web.ts';
 
 export interface CoordinatorDeps {
   log: Logger;
@@ -34,6 +37,10 @@ export class Coordinator {
   readonly vms: Lifecycle;
   readonly reconciler: Reconciler;
   readonly blobs: BlobStore;
+  /** Hosts, VMs, images and operations for the web page's live updates and the console splice (watch.ts). */
+  readonly watch: Watch;
+  /** Serial consoles: viewers' and agents' WebSockets spliced (console.ts). */
+  readonly consoles: ConsoleService;
   private server: http.Server | null = null;
   private metricsServer: http.Server | null = null;
   private timer: NodeJS.Timeout | null = null;
@@ -65,6 +72,20 @@ export class Coordinator {
     this.vms = new Lifecycle(records);
     this.reconciler = new Reconciler(records);
     this.blobs = new BlobStore(config.dataDir);
+    this.watch = new Watch(
+      snapshotReader({ store, hosts: this.hosts, busy: this.vms.busy }),
+      log.child({ part: 'watch' }),
+    );
+    this.consoles = new ConsoleService({
+      id: this.id,
+      store,
+      dispatch: this.dispatch,
+      watch: this.watch,
+      leadership,
+      url: () => this.advertiseUrl,
+      principal: tokenPrincipal(config.adminToken, config.hostToken),
+      log: log.child({ part: 'console' }),
+    });
   }
 
   static async fromConfig(cfg: CoordinatorConfig, deps: CoordinatorDeps): Promise<Coordinator> {
@@ -127,8 +148,11 @@ export class Coordinator {
             if (term === this.term) log.warn({ host, error: (err as Error).message }, 'reconcile failed');
           });
         },
+        page: webPage(),
+        events: eventStream(this.watch),
       }),
     );
+    server.on('upgrade', (req, socket, head) => this.consoles.upgrade(req, socket, head));
     server.keepAliveTimeout = 65_000;
     server.requestTimeout = 0; // long polls and migrations outlast the default
     await new Promise<void>((resolve, reject) => {
@@ -181,6 +205,7 @@ export class Coordinator {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     this.dispatch.close(`lost its leadership (${reason})`);
+    this.consoles.close(`the coordinator lost its leadership (${reason}): attach again`);
     this.vms.busy.clear();
   }
 
@@ -211,6 +236,8 @@ export class Coordinator {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     this.dispatch.close('is stopping');
+    this.consoles.close('the coordinator is stopping');
+    this.watch.stop();
     await this.leadership.stop();
     const close = (s: http.Server | null) =>
       new Promise<void>((r) => {

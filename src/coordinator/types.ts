@@ -67,6 +67,8 @@ export interface VmRecord {
   clone?: boolean;
   /** Its warm image has been resumed: later starts boot from the VM's own disk. */
   resumed?: boolean;
+  /** When the guest last booted (starting → running); a migration keeps it. */
+  started_at?: string;
   /** Why the last operation failed (kept until the next one succeeds). */
   error: string | null;
   /** What the host said about the last start (a clone must renew its DHCP lease). */
@@ -115,6 +117,16 @@ export interface HostRecord extends HostInfo {
 export interface HostView extends HostRecord {
   free: { cpus: number; memory_mib: number };
   vms: string[];
+  /** From the host's last heartbeat, if its agent reports it. */
+  mesh: MeshReport | null;
+}
+
+/** What a host's daemon says about its place in the mesh (heartbeats; shown by the web page). */
+export interface MeshReport {
+  /** The daemon's underlay address:port. */
+  endpoint: string;
+  /** Its peers as it sees them: where they are, whether the session is up, the round trip. */
+  peers: { name: string; endpoint: string | null; up: boolean; rtt_ms: number | null }[];
 }
 
 /** VM state as the hypervisor on a host sees it. */
@@ -134,6 +146,7 @@ export interface Heartbeat {
   guests: GuestReport[];
   /** VMs whose disk overlay this host keeps (running or not). */
   disks?: string[];
+  mesh?: MeshReport;
 }
 
 /** Everything a host needs to run a VM: no lookups on the host. */
@@ -170,7 +183,10 @@ export type Command =
   | { id: string; type: 'confirm'; name: string; resume?: boolean; wait?: boolean }
   | { id: string; type: 'stop'; name: string; discard?: boolean }
   | { id: string; type: 'export_disk'; name: string; tls_psk: string }
-  | { id: string; type: 'snapshot'; name: string; image: string };
+  | { id: string; type: 'snapshot'; name: string; image: string }
+  /** Open a console stream for guest `name` to GET /v1/agent/console?session=...; replay from `from` if `stream` is
+   *  still the guest's current one, else the whole scrollback (src/agent/console.ts). */
+  | { id: string; type: 'console'; name: string; session: string; stream?: string; from?: number };
 
 export type CommandBody = Command extends infer C ? (C extends { id: string } ? Omit<C, 'id'> : never) : never;
 

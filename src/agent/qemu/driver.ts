@@ -32,6 +32,9 @@ export interface LaunchOptions {
   cpus?: number; // default 1
   qmpSocket: string;
   serialLog: string;
+  /** Also put the serial port on this unix socket (QEMU listens; one client, e.g. the agent's SerialConsole).
+   *  Without it the serial port goes to serialLog only. */
+  serialSocket?: string;
   /**
    * Wait for a migration stream instead of booting: 'tcp:ADDR:PORT' or 'unix:PATH', or 'defer' (the stream's
    * URI comes later with QMP migrate-incoming, after capabilities and TLS are set).
@@ -129,8 +132,14 @@ export function qemuArgs(o: LaunchOptions): string[] {
     '-nodefaults',
     '-no-user-config',
     '-no-reboot',
-    '-serial',
-    `file:${o.serialLog}`,
+    ...(o.serialSocket
+      ? [
+          '-chardev',
+          `socket,id=ser0,path=${optPath(o.serialSocket)},server=on,wait=off,logfile=${optPath(o.serialLog)},logappend=on`,
+          '-serial',
+          'chardev:ser0',
+        ]
+      : ['-serial', `file:${o.serialLog}`]),
     '-qmp',
     `unix:${o.qmpSocket},server=on,wait=off`,
     '-kernel',
@@ -301,7 +310,7 @@ export class Vm {
       }
       this.qmp.close();
       if (this.proc instanceof AdoptedQemu) this.proc.release();
-      for (const f of [this.opts.qmpSocket]) fs.rmSync(f, { force: true });
+      for (const f of [this.opts.qmpSocket, this.opts.serialSocket]) if (f) fs.rmSync(f, { force: true });
     })();
     return this.stopping;
   }
@@ -332,7 +341,7 @@ interface MigrateInfo {
 /** Starts QEMU, connects QMP and (with bridge) joins the TAP to the bridge. Throws with QEMU's output. */
 export async function launch(o: LaunchOptions): Promise<Vm> {
   const qemuLog = o.qemuLog ?? `${o.serialLog}.qemu`;
-  for (const f of [o.qmpSocket, o.serialLog]) fs.rmSync(f, { force: true });
+  for (const f of [o.qmpSocket, o.serialLog, o.serialSocket]) if (f) fs.rmSync(f, { force: true });
   const argv = [o.binary ?? qemuBinary(), ...qemuArgs(o)];
   const full = o.netns ? ['ip', 'netns', 'exec', o.netns, ...argv] : argv;
   // A background QEMU that inherits a pipe keeps it open: give it a file.

@@ -1,7 +1,8 @@
 // The Hypervisor seam over the QEMU driver in driver.ts: one QEMU per guest, its TAP made by QEMU and joined to
 // the daemon's bridge, and everything of the guest in one directory, <state_dir>/<vm>/:
 //   runtime.json  which QEMU runs it and what it is doing (runtime.ts): how a restarted agent re-adopts it
-//   qmp.sock      QMP;  serial.log  the console;  qemu.log  QEMU's own output
+//   qmp.sock      QMP;  serial.sock  the serial console (the agent's SerialConsole holds it: ../console.ts)
+//   serial.log    everything the console printed;  qemu.log  QEMU's own output
 //   disk.qcow2    the writable overlay over the image's base in the cache (disks.ts); kept while stopped
 //   tls/          the key of the migration or copy in flight (tls.ts), removed afterwards
 // QEMU runs in its own session (detached), so the guest outlives the agent and the daemon: stopping or
@@ -13,6 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../../coordinator/types.ts';
 import type { Logger } from '../../log.ts';
+import { SerialConsole } from '../console.ts';
 import type { AdoptReport, DiskSource, GuestSpec, Hypervisor, NbdTarget, SnapshotFiles } from '../hypervisor.ts';
 import { type Phase, type RuntimeRecord, readRuntime, removeRuntime, writeRuntime } from '../runtime.ts';
 import { type DiskExport, endExport, exportOverlay, importOverlay } from './disk-copy.ts';
@@ -40,6 +42,8 @@ interface Guest {
   spec: GuestSpec;
   /** null: the guest's QEMU was found dead when this agent started (reported as exited until stopped). */
   vm: Vm | null;
+  /** The agent's end of the guest's serial socket (scrollback and fan-out to console streams). */
+  console: SerialConsole | null;
   state: GuestState;
   rt: RuntimeRecord | null;
   dir: string;
@@ -111,6 +115,7 @@ export class QemuHypervisor implements Hypervisor {
       cpu: this.cpu,
       qmpSocket: path.join(dir, 'qmp.sock'),
       serialLog: path.join(dir, 'serial.log'),
+      serialSocket: path.join(dir, 'serial.sock'),
       qemuLog: path.join(dir, 'qemu.log'),
       bridge: spec.bridge,
       tapMtu: bridgeMtu(spec.bridge),
@@ -146,11 +151,25 @@ export class QemuHypervisor implements Hypervisor {
     });
   }
 
+  /** Takes the guest's serial socket (before its CPUs run: launched with -S, or waiting for its stream). */
+  private async attachConsole(vm: Vm): Promise<SerialConsole> {
+    const con = new SerialConsole(vm.opts.serialSocket!, this.o.log);
+    try {
+      await con.connect();
+    } catch (err) {
+      con.close();
+      await vm.stop();
+      throw err;
+    }
+    return con;
+  }
+
   private track(g: Guest): void {
     this.guests.set(g.spec.name, g);
     g.vm?.exited.then(() => {
       if (this.closed || this.guests.get(g.spec.name) !== g || g.state === 'exited') return;
       g.state = 'exited';
+      g.console?.close('QEMU exited');
       this.o.log.warn({ vm: g.spec.name, pid: g.vm?.pid }, 'QEMU exited');
       this.onChange?.();
     });
@@ -201,7 +220,16 @@ export class QemuHypervisor implements Hypervisor {
       }
       removeRuntime(dir);
       const spec = { ...rt.spec, name };
-      this.guests.set(name, { spec, vm: null, state: 'exited', rt: null, dir, unwatch: null, tls: null });
+      this.guests.set(name, {
+        spec,
+        vm: null,
+        console: null,
+        state: 'exited',
+        rt: null,
+        dir,
+        unwatch: null,
+        tls: null,
+      });
       this.o.log.warn({ vm: name, pid: rt.pid }, 'a guest of an earlier agent died while no agent ran; reporting it');
       return;
     }
@@ -212,7 +240,15 @@ export class QemuHypervisor implements Hypervisor {
       throw new Error(`pid ${rt.pid} answers QMP as ${named?.name ?? '(nothing)'}, not ${name}: left alone`);
     }
     const tls = rt.tls_dir ? { dir: rt.tls_dir, identity: 'homewire' } : null;
-    const g: Guest = { spec: { ...rt.spec, name }, vm, state: 'running', rt, dir, unwatch: null, tls };
+    // The console socket takes one client: the earlier agent's connection died with it, so it is free.
+    const console = await this.attachConsole(vm).catch((err) => {
+      this.o.log.warn(
+        { vm: name, error: (err as Error).message },
+        'cannot take the serial console of a re-adopted guest',
+      );
+      return null;
+    });
+    const g: Guest = { spec: { ...rt.spec, name }, vm, console, state: 'running', rt, dir, unwatch: null, tls };
     this.track(g);
     report.adopted.push(name);
     const status = (await vm.qmp.execute<{ status: string }>('query-status')).status;
@@ -295,10 +331,18 @@ export class QemuHypervisor implements Hypervisor {
     this.endExport(spec.name);
     if (spec.warm) return this.resumeWarm(spec, dir);
     if (spec.disk) await this.prepareDisk(spec, dir, o);
-    const vm = await launch(this.options(spec, dir));
-    const g: Guest = { spec, vm, state: 'running', rt: null, dir, unwatch: null, tls: null };
+    // Paused until the agent holds the serial socket: the console's scrollback starts at the first byte.
+    const vm = await launch(this.options(spec, dir, { paused: true }));
+    const console = await this.attachConsole(vm);
+    const g: Guest = { spec, vm, console, state: 'running', rt: null, dir, unwatch: null, tls: null };
     this.record(g, 'running');
     this.track(g);
+    try {
+      await vm.qmp.execute('cont');
+    } catch (err) {
+      await this.stop(spec.name);
+      throw err;
+    }
     this.o.log.info(
       { vm: spec.name, pid: vm.pid, tap: vm.opts.tap, accel: this.info.accel, disk: vm.opts.disk?.file ?? null },
       'guest launched',
@@ -362,7 +406,8 @@ export class QemuHypervisor implements Hypervisor {
         incoming: 'defer',
       }),
     );
-    const g: Guest = { spec, vm, state: 'incoming', rt: null, dir, unwatch: null, tls: null };
+    const console = await this.attachConsole(vm);
+    const g: Guest = { spec, vm, console, state: 'incoming', rt: null, dir, unwatch: null, tls: null };
     this.record(g, 'incoming');
     this.track(g);
     const started = Date.now();
@@ -420,7 +465,8 @@ export class QemuHypervisor implements Hypervisor {
         ...(key ? { tls: { dir: key.dir, endpoint: 'server' as const, identity: key.identity } } : {}),
       }),
     );
-    const g: Guest = { spec, vm, state: 'incoming', rt: null, dir, unwatch: null, tls: key };
+    const console = await this.attachConsole(vm);
+    const g: Guest = { spec, vm, console, state: 'incoming', rt: null, dir, unwatch: null, tls: key };
     this.track(g);
     let setup: Awaited<ReturnType<typeof prepareIncoming>>;
     try {
@@ -503,6 +549,7 @@ export class QemuHypervisor implements Hypervisor {
     if (g) {
       this.guests.delete(name);
       g.unwatch?.();
+      g.console?.close();
       await g.vm?.stop();
       this.o.log.info({ vm: name }, 'guest stopped');
     }
@@ -578,6 +625,10 @@ export class QemuHypervisor implements Hypervisor {
     }
   }
 
+  console(name: string): SerialConsole | null {
+    return this.guests.get(name)?.console ?? null;
+  }
+
   disks(): string[] {
     if (!fs.existsSync(this.o.stateDir)) return [];
     return fs
@@ -608,6 +659,7 @@ export class QemuHypervisor implements Hypervisor {
       this.closed = true;
       for (const g of this.guests.values()) {
         g.unwatch?.();
+        g.console?.close('the agent stops; the guest keeps running');
         g.vm?.detach();
       }
       if (this.guests.size)
