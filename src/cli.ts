@@ -103,13 +103,15 @@ async function up(file: string, stopGuestsOnExit: boolean): Promise<void> {
   const cfg = loadConfig(file);
   if (stopGuestsOnExit && cfg.coordinator) cfg.coordinator.stopGuestsOnExit = true;
   const log = createLogger(process.env.HOMEWIRE_LOG_LEVEL ?? cfg.logLevel);
+  log.info({ config: cfg.file, pid: process.pid }, 'homewire starting');
   const { Daemon } = await import('./daemon.ts');
   const daemon = await Daemon.fromConfig(cfg, { log, services: true });
   await daemon.start();
   process.on('SIGHUP', () => {
     daemon.reloadFromFile().catch(() => {});
   });
-  exitOnSignals(log, 'the daemon', () => daemon.stop(), 2000);
+  // Stopping guests (QMP quit, one after the other) takes longer than closing the TAP and the socket.
+  exitOnSignals(log, 'the daemon', () => daemon.stop(), cfg.coordinator?.stopGuestsOnExit ? 15_000 : 2000);
 }
 
 async function control(cmd: string, args: string[]): Promise<void> {

@@ -412,7 +412,7 @@ export class QemuHypervisor implements Hypervisor {
     this.track(g);
     const started = Date.now();
     try {
-      await loadState(vm, warm.state);
+      await loadState(vm, warm.state, { silentNic: warm.clone });
     } catch (err) {
       await this.stop(spec.name, { discard: !warm.overlay });
       throw err;
@@ -427,8 +427,9 @@ export class QemuHypervisor implements Hypervisor {
 
   /**
    * A clone resumes with the memory of the original, MAC included (virtio-net keeps it in its device state):
-   * unplug that NIC and plug one with the clone's own MAC. The guest sees a new interface and must renew its
-   * DHCP lease (its old lease belongs to the original's MAC).
+   * that NIC never sends (loadState took its link down and skipped the announcement, or the mesh would move
+   * the original's MAC here); unplug it and plug one with the clone's own MAC. The guest sees a new interface
+   * and must renew its DHCP lease (its old lease belongs to the original's MAC).
    */
   private async replugNic(g: Guest): Promise<string> {
     const q = g.vm!.qmp;
