@@ -145,8 +145,11 @@ vmTest(
       const f = path.join(grid.stateDir('host-b'), 'g1', 'runtime.json');
       return fs.existsSync(f) && JSON.parse(fs.readFileSync(f, 'utf8')).phase === 'outgoing';
     });
-    lab.site('host-b').daemon!.kill('SIGKILL');
-    await sleep(300);
+    const daemonB = lab.site('host-b').daemon!;
+    daemonB.kill('SIGKILL');
+    await new Promise((r) =>
+      daemonB.exitCode !== null || daemonB.signalCode !== null ? r(null) : daemonB.once('exit', r),
+    );
     lab.startDaemon('host-b');
     const settled = await waitUntil('the migration is settled', 120_000, async () => {
       const v = await grid.json<VmRecord>('vm', 'show', 'g1');

@@ -52,6 +52,11 @@ export interface LaunchOptions {
   tls?: { dir: string; endpoint: 'server' | 'client'; identity: string };
   /** QEMU binary (default qemu-system-x86_64). */
   binary?: string;
+  /**
+   * The NIC goes nowhere (a TAP "<tap>x" left down) and the TAP waits unplugged: a clone of a warm image loads a NIC with the
+   * original's MAC in its state, which must never reach the network; it is replaced by one on the TAP.
+   */
+  nicDetached?: boolean;
   /** Own session and process group: the guest outlives this process and its signals (the host agent). */
   detached?: boolean;
   /** Run QEMU inside this network namespace (`ip netns exec`), so its TAP is made there. */
@@ -150,8 +155,11 @@ export function qemuArgs(o: LaunchOptions): string[] {
     `console=ttyS0 ${o.append ?? 'quiet'}`,
     '-netdev',
     `tap,id=n0,ifname=${o.tap},script=no,downscript=no`,
+    // nicDetached: the NIC sits on a second TAP that stays down and joins no bridge (it must be a TAP: a saved
+    // virtio-net needs vnet headers); the real TAP waits for a NIC plugged in later.
+    ...(o.nicDetached ? ['-netdev', `tap,id=nx,ifname=${o.tap}x,script=no,downscript=no`] : []),
     '-device',
-    `virtio-net-pci,netdev=n0,mac=${o.mac},romfile=,id=net0`,
+    `virtio-net-pci,netdev=${o.nicDetached ? 'nx' : 'n0'},mac=${o.mac},romfile=,id=net0`,
   ];
   if (o.disk) {
     // Node names, not -drive: mirrors, NBD exports and snapshots address the format node "disk0".

@@ -137,8 +137,10 @@ export class QemuHypervisor implements Hypervisor {
       pid: vm.pid,
       start_time: startTime ?? -1,
       boot_id: this.boot,
-      argv: [this.binary, ...qemuArgs(vm.opts)],
-      qemu_version: this.version,
+      // A process's argv never changes: an adopted guest keeps what its launch recorded (the options this agent
+      // rebuilt for it lack -S, -incoming and the like, and would not match /proc/PID/cmdline next time).
+      argv: g.rt?.argv ?? [this.binary, ...qemuArgs(vm.opts)],
+      qemu_version: g.rt?.qemu_version ?? this.version,
       qmp: vm.opts.qmpSocket,
       serial: vm.opts.serialLog,
       nbd: g.rt?.nbd ?? null,
@@ -404,6 +406,7 @@ export class QemuHypervisor implements Hypervisor {
         cpu: warm.manifest.cpu,
         paused: true,
         incoming: 'defer',
+        nicDetached: warm.clone,
       }),
     );
     const console = await this.attachConsole(vm);
@@ -412,7 +415,7 @@ export class QemuHypervisor implements Hypervisor {
     this.track(g);
     const started = Date.now();
     try {
-      await loadState(vm, warm.state, { silentNic: warm.clone });
+      await loadState(vm, warm.state);
     } catch (err) {
       await this.stop(spec.name, { discard: !warm.overlay });
       throw err;
@@ -426,10 +429,12 @@ export class QemuHypervisor implements Hypervisor {
   }
 
   /**
-   * A clone resumes with the memory of the original, MAC included (virtio-net keeps it in its device state):
-   * that NIC never sends (loadState took its link down and skipped the announcement, or the mesh would move
-   * the original's MAC here); unplug it and plug one with the clone's own MAC. The guest sees a new interface
-   * and must renew its DHCP lease (its old lease belongs to the original's MAC).
+   * A clone resumes with the memory of the original, MAC included (virtio-net keeps it in its device state).
+   * That NIC was loaded on a TAP that leads nowhere (nicDetached: whatever it sends, QEMU's announcement
+   * after the load included, never reaches the network, or the mesh would move the original's MAC here);
+   * unplug it and plug one with the clone's own MAC into the TAP. The guest sees a new interface and must renew
+   * its DHCP lease (its old lease belongs to the original's MAC). (Not announce-rounds 0 instead: with it,
+   * QEMU 7.2 crashes when the NIC is unplugged.)
    */
   private async replugNic(g: Guest): Promise<string> {
     const q = g.vm!.qmp;
@@ -439,6 +444,7 @@ export class QemuHypervisor implements Hypervisor {
       throw new Error('the guest did not release its NIC (ACPI hot-unplug) within 20 s');
     });
     await q.execute('device_add', { driver: 'virtio-net-pci', netdev: 'n0', mac: g.spec.mac, id: 'net0', romfile: '' });
+    await q.execute('netdev_del', { id: 'nx' }).catch(() => {}); // the dead-end TAP goes too
     return `clone ${g.spec.name} has a new MAC ${g.spec.mac} on a new NIC: the guest must renew its DHCP lease`;
   }
 

@@ -103,17 +103,13 @@ export async function saveState(
   return { pauseMs: Date.now() - pausedAt };
 }
 
-/**
- * Destination of a warm start: load the state file (QEMU launched with -S -incoming defer), then run. With
- * silentNic (a clone) the loaded NIC, which has the original's MAC in its state, must never send: no
- * announcement when the load completes, and its link is down before the CPUs run (the caller replaces it).
- */
-export async function loadState(vm: Vm, stateFile: string, o: { silentNic?: boolean } = {}): Promise<void> {
+/** Destination of a warm start: load the state file (QEMU launched with -S -incoming defer), then run. */
+export async function loadState(vm: Vm, stateFile: string): Promise<void> {
   const q = vm.qmp;
   const sock = `${vm.opts.qmpSocket}.state`;
   fs.rmSync(sock, { force: true });
   await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
-  await q.execute('migrate-set-parameters', { 'tls-creds': '', ...(o.silentNic ? { 'announce-rounds': 0 } : {}) });
+  await q.execute('migrate-set-parameters', { 'tls-creds': '' });
   await q.execute('migrate-incoming', { uri: `unix:${sock}` });
   try {
     const c = await new Promise<net.Socket>((resolve, reject) => {
@@ -137,8 +133,6 @@ export async function loadState(vm: Vm, stateFile: string, o: { silentNic?: bool
   } finally {
     fs.rmSync(sock, { force: true });
   }
-  // The load set the NIC's link as it was saved (up): take it down before the guest can send with it.
-  if (o.silentNic) await q.execute('set_link', { name: 'net0', up: false });
   await q.execute('cont');
 }
 
