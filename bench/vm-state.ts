@@ -7,7 +7,7 @@
 //               for a guest that wrote 0, 64 and 512 MiB to its overlay: the guest's pause (source STOP →
 //               destination RESUME, QEMU's own timestamps), the whole `vm migrate` (CLI to answer), the agent's
 //               migrate command, and the bytes the source sent; N migrations per size, alternating A ⇄ B
-//     warm      first ping from the LAN host after `vm start`: a cold boot (kernel, init, DHCP) against a
+//     warm      `vm start` to the LAN host's first echo reply: a cold boot (kernel, init, DHCP) against a
 //               resume from a warm image (`vm snapshot`), N of each (the first warm start also fetches the
 //               saved state from the coordinator; later ones find it in the host's cache)
 //     adopt     kill -9 the daemon of a host running two guests and start it again: time from the restart to
@@ -20,7 +20,7 @@ import { GridLab } from '../lab/coordinator/grid.ts';
 import { buildGuestImage } from '../lab/guest-image.ts';
 import { median, runOk, sleep } from '../lab/run.ts';
 import { Lab, PROJECT_ROOT } from '../lab/topology.ts';
-import { vmSiteConfig, vmSkipReason } from '../lab/vm/guests.ts';
+import { parseLease, vmSiteConfig, vmSkipReason } from '../lab/vm/guests.ts';
 import { diskMark } from '../lab/vm/state.ts';
 import { detectAccel } from '../src/agent/qemu/driver.ts';
 
@@ -138,19 +138,21 @@ async function warmVsCold(lab: Lab, grid: GridLab): Promise<Record<string, unkno
   const cold: number[] = [];
   for (let i = 0; i < RUNS; i++) {
     const name = `cold${i}`;
-    const ip = `198.51.100.${60 + i}`;
-    await grid.ok('vm', 'create', name, '--image', 'tiny', '--memory', '128', '--ip', ip);
+    await grid.ok('vm', 'create', name, '--image', 'tiny', '--memory', '128');
     const t0 = Date.now();
     await grid.ok('vm', 'start', name, '--host', 'host-b');
-    cold.push(Date.now() - t0 + (await firstPing(lab, ip)));
+    // Its address comes from the home pool: the console says which once it has one (it cannot answer before).
+    const ip = await waitUntil(`${name}'s lease`, 180_000, async () => parseLease(serial(grid, 'host-b', name))?.ip);
+    await firstPing(lab, ip);
+    cold.push(Date.now() - t0);
     process.stderr.write(`cold boot to first ping: ${cold.at(-1)} ms\n`);
     await grid.ok('vm', 'stop', name);
     await grid.ok('vm', 'delete', name);
   }
-  // The warm image: a booted guest with a reserved address, saved once.
-  const ip = '198.51.100.70';
-  await grid.ok('vm', 'create', 'orig', '--image', 'tiny', '--memory', '128', '--ip', ip);
+  // The warm image: a booted guest, saved once; resumed, it has the same address (its lease is in its memory).
+  await grid.ok('vm', 'create', 'orig', '--image', 'tiny', '--memory', '128');
   await grid.ok('vm', 'start', 'orig', '--host', 'host-a');
+  const ip = await waitUntil("orig's lease", 180_000, async () => parseLease(serial(grid, 'host-a', 'orig'))?.ip);
   await firstPing(lab, ip);
   await grid.ok('vm', 'snapshot', 'orig', '--image', 'tiny-warm');
   const saved = grid.agentEvents('host-a', 'guest state saved').at(-1);
@@ -161,7 +163,8 @@ async function warmVsCold(lab: Lab, grid: GridLab): Promise<Record<string, unkno
     await grid.ok('vm', 'create', name, '--image', 'tiny-warm');
     const t0 = Date.now();
     await grid.ok('vm', 'start', name, '--host', 'host-b');
-    warm.push(Date.now() - t0 + (await firstPing(lab, ip)));
+    await firstPing(lab, ip);
+    warm.push(Date.now() - t0);
     process.stderr.write(`warm start to first ping: ${warm.at(-1)} ms\n`);
     await grid.ok('vm', 'stop', name);
     await grid.ok('vm', 'delete', name);
