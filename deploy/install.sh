@@ -31,7 +31,7 @@ demo_pkgs=(iproute2 iputils-ping iperf3 procps busybox-static)
 build_pkgs=(python3 make g++)
 vm_pkgs=(qemu-system-x86 qemu-utils cpio xz-utils kmod curl)
 test_pkgs=(
-  iputils-arping tcpdump psmisc util-linux                   # traffic and captures
+  iputils-arping tcpdump psmisc util-linux curl              # traffic, captures, raw API requests
   isc-dhcp-client dhcpcd-base dnsmasq                        # real DHCP clients, a rogue DHCP server
   conntrack iptables nftables ipset socat openssl            # NATs, floods, TLS certificates
   etcd-server prometheus                                     # coordinator store, scraping

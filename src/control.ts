@@ -86,9 +86,13 @@ export function controlRequest<T = ControlResult>(
   socketPath: string,
   method: 'GET' | 'POST',
   urlPath: string,
+  json?: unknown,
 ): Promise<{ status: number; body: T }> {
+  const payload = json === undefined ? undefined : JSON.stringify(json);
+  const headers =
+    payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) };
   return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath, method, path: urlPath, timeout: 5000 }, (res) => {
+    const req = http.request({ socketPath, method, path: urlPath, timeout: 5000, headers }, (res) => {
       let data = '';
       res.setEncoding('utf8');
       res.on('data', (c) => (data += c));
@@ -109,6 +113,6 @@ export function controlRequest<T = ControlResult>(
         ),
       );
     });
-    req.end();
+    req.end(payload);
   });
 }

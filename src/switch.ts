@@ -3,7 +3,8 @@
 //   fromTap  (inside):  learn src → local; service? → known peer: send | group/unknown: flood to all peers
 //   fromPeer (outside): learn src → peer;  service? → group/unknown/local: write to the TAP
 //                       (split horizon: a frame from a peer never goes back out to peers, except to a MAC that
-//                        just moved away from here: the old host forwards to the new one for a grace period)
+//                        just moved away from here: the old host forwards to the new one for a grace period;
+//                        relaying between sites behind NAT is the mesh's business: mesh/relay.ts)
 //
 // MAC mobility (live migration): a guest MAC showing up on the local side while the table placed it behind a
 // peer is a move; the switch announces "MAC m is at me, sequence n" to every peer at once (mesh/signal.ts), and
@@ -119,8 +120,7 @@ export class Switch {
         return;
       }
     }
-    const peers = this.mesh.peers;
-    for (let i = 0; i < peers.length; i++) this.mesh.sendFrame(peers[i], frame);
+    this.mesh.flood(frame); // every site; through a relay one copy, which the relay fans out
   }
 
   /** A frame from a peer (OWNED: handed on to the TAP without copying). */
@@ -246,7 +246,7 @@ export class Switch {
       const entry = this.table.get(a.mac);
       if (!entry || entry.port !== null || entry.seq !== a.seq) continue; // superseded
       const msg = encodeMacAt(a.mac, a.seq);
-      for (const peer of this.mesh.peers) this.mesh.sendSignal(peer, msg);
+      this.mesh.floodSignal(msg);
       this.mobility.announced++;
     }
   }
@@ -297,8 +297,7 @@ export class Switch {
   expect(mac: number): void {
     const entry = this.table.get(mac);
     if (entry !== undefined) entry.expectedUntilMs = this.nowMs + EXPECT_DUAL_SEND_MS;
-    const msg = encodeExpect(mac);
-    for (const peer of this.mesh.peers) this.mesh.sendSignal(peer, msg);
+    this.mesh.floodSignal(encodeExpect(mac));
   }
 
   /** Ages out entries not seen for MAC_AGEING_MS; forgets entries of removed peers; sends due announcements. */
@@ -306,7 +305,7 @@ export class Switch {
     this.nowMs = now;
     if (this.announcements.length) this.sendDueAnnouncements();
     for (const [mac, entry] of this.table) {
-      if (now - entry.seenMs > MAC_AGEING_MS || (entry.port !== null && !this.mesh.peers.includes(entry.port))) {
+      if (now - entry.seenMs > MAC_AGEING_MS || entry.port?.removed) {
         this.table.delete(mac);
       }
     }

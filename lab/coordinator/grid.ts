@@ -1,9 +1,11 @@
 // The coordinator on the namespace lab (lab/topology.ts), for the QEMU test and the demo (`--vms`):
 //   underlay namespace   the coordinator (192.0.2.254:7100, SQLite) and an HTTP image server (:8080) serving
-//                        the lab guest's kernel and initramfs (lab/guest-image.ts)
+//                        the lab guest's kernel and initramfs (lab/guest-image.ts); image_server points at it,
+//                        so it is the one allowed image source
 //   every VM-host site   a host agent beside the site's daemon (`homewire agent`: the daemon's config plus a
 //                        coordinator: section), or inside it (agents: 'daemon': the coordinator: section in
-//                        the daemon's own config), QEMU guests on the site's br-hw
+//                        the daemon's own config), with its own token (`homewire host add SITE`), QEMU guests
+//                        on the site's br-hw, running as LAB_QEMU_USER under -sandbox
 // The lab must have been made with vmSiteConfig({ dhcp: true }) (lab/vm/guests.ts): control sockets in the
 // lab dir, the DHCP server at home. Admin commands run the real CLI inside the underlay namespace.
 import type { ChildProcess } from 'node:child_process';
@@ -19,6 +21,8 @@ export const LAB_COORDINATOR = `http://${PLAN.internet4}:7100`;
 export const LAB_IMAGES = `http://${PLAN.internet4}:8080`;
 /** The `homewire` executable, as the tests and the demo run it inside namespaces. */
 export const CLI = [process.execPath, HOMEWIRE_BIN];
+/** The unprivileged UID:GID lab QEMUs drop to (coordinator.qemu_user; no account needed). */
+export const LAB_QEMU_USER = '64123:64123';
 
 const IMAGE_SERVER = `import http from 'node:http'; import fs from 'node:fs'; import path from 'node:path';
 const [dir, host, port] = process.argv.slice(2);
@@ -39,22 +43,18 @@ export interface GridOptions {
   agents?: 'standalone' | 'daemon';
   /** Extra lines for a host's coordinator: section (indented by two spaces), e.g. qemu_binary. */
   agentExtra?: (site: string) => string[];
+  /** QEMU's user (default LAB_QEMU_USER); null: QEMU stays root. */
+  qemuUser?: string | null;
   /** Extra lines for the coordinator's config (e.g. `metrics: { listen: ... }`). */
   coordinatorConfig?: string[];
 }
 
-/** The lab's host token (lab dir/host.token), written once. */
-export function writeHostToken(lab: Lab): void {
-  const file = path.join(lab.dir, 'host.token');
-  if (!fs.existsSync(file))
-    fs.writeFileSync(file, `${crypto.randomBytes(24).toString('base64url')}\n`, { mode: 0o600 });
-}
-
 /** A `coordinator:` section for the home site's daemon config: its in-process agent registers without a
- *  hypervisor and hands the coordinator's DHCP reservations to the home DHCP server. Make the lab with
- *  start: false, writeHostToken(lab), then start the daemons (the agent reads the token at start). */
-export function homeAgentSection(): string {
-  return ['coordinator:', `  url: ${LAB_COORDINATOR}`, '  token_file: host.token', '  hypervisor: none'].join('\n');
+ *  hypervisor and hands the coordinator's DHCP reservations to the home DHCP server. Its token is its own
+ *  (<lab dir>/<site>.token): make the lab with start: false, GridLab.start, grid.hostToken(site), then start
+ *  the daemons (the agent reads the token at start). */
+export function homeAgentSection(site = 'home'): string {
+  return ['coordinator:', `  url: ${LAB_COORDINATOR}`, `  token_file: ${site}.token`, '  hypervisor: none'].join('\n');
 }
 
 export class GridLab {
@@ -63,6 +63,8 @@ export class GridLab {
   readonly hosts: string[];
   /** The standalone agents by site (agents: 'standalone'). */
   readonly agents = new Map<string, ChildProcess>();
+  /** QEMU's user on the hosts (null: root). */
+  qemuUser: string | null = null;
 
   private constructor(
     readonly lab: Lab,
@@ -90,7 +92,6 @@ export class GridLab {
       '8080',
     ]);
     fs.writeFileSync(g.adminTokenFile, `${crypto.randomBytes(24).toString('base64url')}\n`, { mode: 0o600 });
-    writeHostToken(lab); // kept if there is one (a home daemon that joins the coordinator read it already)
     fs.writeFileSync(
       path.join(dir, 'coordinator.yaml'),
       `${[
@@ -98,13 +99,21 @@ export class GridLab {
         'store: sqlite',
         'data_dir: coordinator-data',
         'admin_token_file: admin.token',
-        'host_token_file: host.token',
+        `image_server: ${LAB_IMAGES}`,
         `log_level: ${o.logLevel ?? 'debug'}`,
         ...(o.coordinatorConfig ?? []),
       ].join('\n')}\n`,
     );
     g.spawn('ul', 'coordinator', [...CLI, 'coordinator', '--config', path.join(dir, 'coordinator.yaml')]);
-    for (const site of g.hosts) g.writeAgentConfig(site);
+    g.qemuUser = o.qemuUser === undefined ? LAB_QEMU_USER : o.qemuUser;
+    // QEMU, once it has dropped to qemuUser, reaches its migration keys under the lab dir (state_dir is
+    // root:<its group> 0710): the lab dir must be traversable, not readable.
+    if (g.qemuUser) fs.chmodSync(dir, 0o711);
+    for (const site of g.hosts) {
+      await waitForCoordinator(g);
+      await g.hostToken(site);
+      g.writeAgentConfig(site);
+    }
     if (o.agents === 'daemon') {
       // The agent inside the daemon: its config gains the coordinator: section; restart the daemons.
       for (const site of g.hosts) {
@@ -153,6 +162,13 @@ export class GridLab {
     }
   }
 
+  /** `homewire host add SITE` as the admin would run it (the token alone on stdout), into <lab dir>/SITE.token. */
+  async hostToken(site: string): Promise<string> {
+    const token = (await this.ok('host', 'add', site)).trim();
+    fs.writeFileSync(path.join(this.lab.dir, `${site}.token`), `${token}\n`, { mode: 0o600 });
+    return token;
+  }
+
   agentConfig(site: string): string {
     return path.join(this.lab.dir, `${site}-agent.yaml`);
   }
@@ -166,7 +182,8 @@ export class GridLab {
       `${daemonPart}\n${[
         'coordinator:',
         `  url: ${LAB_COORDINATOR}`,
-        '  token_file: host.token',
+        `  token_file: ${site}.token`,
+        ...(this.qemuUser ? [`  qemu_user: "${this.qemuUser}"`] : []),
         `  cpus: ${this.o.cpus ?? 2}`,
         `  memory_mib: ${this.o.memoryMib ?? 1024}`,
         `  migration_address: ${s.underlay4}`,
@@ -289,5 +306,16 @@ export class GridLab {
         return `--- ${n} ---\n${text}`;
       })
       .join('\n');
+  }
+}
+
+/** Waits until the coordinator answers (it was just spawned). */
+async function waitForCoordinator(g: GridLab): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const r = await g.cli('host', 'list', '--json');
+    if (r.code === 0) return;
+    if (Date.now() > deadline) throw new Error(`the coordinator does not answer: ${r.stderr.trim()}\n${g.logs()}`);
+    await sleep(100);
   }
 }

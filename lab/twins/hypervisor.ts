@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../../src/coordinator/types.ts';
-import type { DiskSource, GuestSpec, Hypervisor, NbdTarget, SnapshotFiles } from '../../src/agent/hypervisor.ts';
+import type { DiskSource, GuestSpec, Hypervisor, MigrationChannel, SnapshotFiles } from '../../src/agent/hypervisor.ts';
 import type { ConsoleListener, GuestConsole } from '../../src/agent/console.ts';
 import { ByteRing } from '../../src/coordinator/ring.ts';
 import { CONSOLE_SCROLLBACK_BYTES } from '../../src/coordinator/constants.ts';
@@ -68,15 +68,16 @@ export class FakeConsole implements GuestConsole {
   }
 }
 
-/** Guests of all FakeHypervisors of one test, so a fake migration can find its destination. */
+/**
+ * Guests of all FakeHypervisors of one test, so a fake migration can find its destination: by URI, and only
+ * with the same TLS key (what QEMU's TLS-PSK handshake enforces), which tests can check.
+ */
 export class FakeCloud {
-  readonly incoming = new Map<string, { hv: FakeHypervisor; name: string }>();
+  readonly incoming = new Map<string, { hv: FakeHypervisor; name: string; tlsPsk: string }>();
+  /** Every channel a migration was sent over, in order (tests check URIs and keys). */
+  readonly sent: MigrationChannel[] = [];
   /** Disks offered for a cold copy, by "host:port". */
   readonly exports = new Map<string, { hv: FakeHypervisor; name: string }>();
-  private port = 40000;
-  nextPort(): number {
-    return this.port++;
-  }
 }
 
 interface FakeGuest {
@@ -144,21 +145,20 @@ export class FakeHypervisor implements Hypervisor {
     return spec.warm?.clone ? { note: `clone ${spec.name} has a new MAC ${spec.mac}: renew DHCP` } : {};
   }
 
-  async incoming(spec: GuestSpec, address: string): Promise<{ uri: string; nbd?: NbdTarget }> {
+  async incoming(spec: GuestSpec, m: MigrationChannel): Promise<void> {
     await this.step('incoming', spec.name);
-    const port = this.cloud.nextPort();
-    const uri = `fake:${address}:${port}`;
+    if (this.cloud.incoming.has(m.uri)) throw new Error(`${m.uri}: Address already in use`);
     this.guests.set(spec.name, { spec, state: 'incoming', memory: '', console: new FakeConsole(this.host) });
-    this.cloud.incoming.set(uri, { hv: this, name: spec.name });
-    if (!spec.disk) return { uri };
-    this.diskContent.set(spec.name, '');
-    return { uri, nbd: { host: address, port: port + 1, export: 'disk0' } };
+    this.cloud.incoming.set(m.uri, { hv: this, name: spec.name, tlsPsk: m.tlsPsk });
+    if (spec.disk) {
+      if (!m.nbd) throw new Error(`${spec.name} has a disk: its migration needs an NBD port`);
+      this.diskContent.set(spec.name, '');
+    }
   }
 
-  async exportDisk(name: string, address: string): Promise<DiskSource> {
+  async exportDisk(name: string, address: string, port: number): Promise<DiskSource> {
     const content = this.diskContent.get(name);
     if (content === undefined) throw new Error(`this host has no disk of ${name}`);
-    const port = this.cloud.nextPort();
     this.cloud.exports.set(`${address}:${port}`, { hv: this, name });
     const sha256 = crypto.createHash('sha256').update(content).digest('hex');
     return { host: address, port, export: 'overlay', bytes: content.length, sha256 };
@@ -194,7 +194,9 @@ export class FakeHypervisor implements Hypervisor {
     return [...this.diskContent.keys()];
   }
 
-  async migrate(name: string, uri: string): Promise<void> {
+  async migrate(name: string, m: MigrationChannel): Promise<void> {
+    const { uri } = m;
+    this.cloud.sent.push(m);
     const g = this.guests.get(name);
     if (g?.state !== 'running') throw new Error(`no running guest ${name} here`);
     try {
@@ -205,7 +207,14 @@ export class FakeHypervisor implements Hypervisor {
     }
     const dest = this.cloud.incoming.get(uri);
     const dg = dest?.hv.guests.get(dest.name);
-    if (!dest || !dg || dg.state !== 'incoming') throw new Error(`nothing listens at ${uri}`);
+    if (!dest || !dg || dg.state !== 'incoming') {
+      g.state = 'running';
+      throw new Error(`nothing listens at ${uri}`);
+    }
+    if (dest.tlsPsk !== m.tlsPsk) {
+      g.state = 'running';
+      throw new Error(`TLS handshake with ${uri} failed: the destination holds another key`);
+    }
     this.cloud.incoming.delete(uri);
     dg.memory = g.memory;
     const disk = this.diskContent.get(name);
@@ -232,6 +241,7 @@ export class FakeHypervisor implements Hypervisor {
     g?.console.close();
     this.guests.delete(name);
     if (o.discard || g?.state === 'incoming' || g?.state === 'migrated') this.diskContent.delete(name);
+    for (const [uri, d] of this.cloud.incoming) if (d.hv === this && d.name === name) this.cloud.incoming.delete(uri);
   }
 
   console(name: string): FakeConsole | null {

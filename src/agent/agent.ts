@@ -12,12 +12,17 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { Readable } from 'node:stream';
+import net from 'node:net';
 import { CoordinatorClient } from '../coordinator/client.ts';
 import { AGENT_REQUEST_TIMEOUT_MS, AGENT_RETRY_MS, HEARTBEAT_MS, POLL_WAIT_MS } from '../coordinator/constants.ts';
+import { NAME_RE } from '../coordinator/images.ts';
+import { LimitedLog } from '../coordinator/limited-log.ts';
+import { NBD_EXPORT, parseMigrationUri, refuseMigrationAddress } from '../coordinator/migration.ts';
 import {
   ApiError,
   type Command,
   type CommandResult,
+  type GuestMac,
   type HostInfo,
   type LaunchSpec,
   type WarmImage,
@@ -30,13 +35,29 @@ import { ConsoleLinks } from './console.ts';
 import type { AdoptReport, GuestSpec, Hypervisor } from './hypervisor.ts';
 import { ImageCache } from './images.ts';
 import { baseFormat, fileSha256 } from './qemu/disks.ts';
+import {
+  CommandRefused,
+  checkCommand,
+  checkMac,
+  type HostLimits,
+  REFUSAL_REASONS,
+  type RefusalReason,
+} from './validate.ts';
+
+/** The guest MAC list goes to the daemon when it changes, and at least this often. */
+const GUEST_MACS_RESEND_MS = 60_000;
 
 /** How long confirm waits for a migration destination to leave 'incoming' (well within the command timeout). */
 const CONFIRM_WAIT_MS = 10_000;
 
+/** What the daemon answers to the agent's calls. */
+export type DaemonResult = { ok: boolean; error?: string };
+
 export interface AgentDeps {
   /** This host's name at the coordinator: the daemon's name. */
   name: string;
+  /** The daemon's public key (base64): the coordinator authorizes migrating MACs to move to this site's key. */
+  publicKey?: string;
   /** The bridge guests' TAPs join (the daemon's tap.bridge); the config's bridge overrides it. */
   bridge?: string;
   /** "MAC is about to arrive here": the daemon's switch (Daemon.expect) or its control socket. */
@@ -44,10 +65,20 @@ export interface AgentDeps {
   log: Logger;
   /** Default: QEMU, or none with `hypervisor: none`. */
   hypervisor?: Hypervisor;
-  /** Where other hosts send migrations when the config has no migration_address (the daemon's listen address). */
-  address?: string;
+  /** Where other hosts send migrations when the config has no migration_address: the host's overlay address
+   *  (host_address or the bridge's lease, so migration streams ride the mesh), else the daemon's listen address.
+   *  A function is read at each registration and each incoming migration. */
+  address?: string | (() => string | undefined);
   /** This site serves DHCP: called with the coordinator's reservations after each heartbeat. */
   reservations?(list: { mac: string; ip: string; vm: string }[]): void;
+  /**
+   * "MAC may move to the site with this public key until untilMs" (a migration the coordinator runs): the
+   * daemon's MAC ownership (Daemon.authorizeMove, or POST /v1/authorize-move on its control socket). Absent:
+   * the daemon has no MAC ownership to tell, and the command succeeds without it.
+   */
+  authorizeMove?(mac: string, siteKey: string, untilMs: number): DaemonResult | Promise<DaemonResult>;
+  /** The coordinator's guests on this host (after each heartbeat): the daemon's port security. */
+  setGuestMacs?(list: GuestMac[]): DaemonResult | Promise<DaemonResult>;
   /** The daemon's mesh endpoint and peers, sent with each heartbeat (the web page shows them). */
   mesh?(): MeshReport | null | Promise<MeshReport | null>;
 }
@@ -62,6 +93,10 @@ export class HostAgent {
   readonly stats = { registrations: 0, heartbeats: 0, heartbeatFailures: 0, polls: 0, commands: 0, commandFailures: 0 };
   /** What start() found of an earlier agent's guests (and how long taking them over took). */
   adoption: (AdoptReport & { ms: number }) | null = null;
+  /** Commands (and heartbeat-reply entries) refused by the agent's own checks, by reason (metrics). */
+  readonly refused = Object.fromEntries(REFUSAL_REASONS.map((r) => [r, 0])) as Record<RefusalReason, number>;
+  private readonly limited: LimitedLog;
+  private lastGuestMacs = { key: '', atMs: 0 };
   private hv: Hypervisor | null = null;
   private guestsVersion = 0;
   private registered = false;
@@ -79,8 +114,9 @@ export class HostAgent {
     readonly config: AgentConfig,
     private readonly deps: AgentDeps,
   ) {
-    this.client = new CoordinatorClient(config.urls, config.token);
+    this.client = new CoordinatorClient(config.urls, config.token, { ca: config.ca });
     this.images = new ImageCache(config.cacheDir, deps.log, (sha, what) => this.blob(sha, what));
+    this.limited = new LimitedLog(deps.log);
     this.consoles = new ConsoleLinks({
       host: deps.name,
       url: () => this.client.url,
@@ -97,6 +133,23 @@ export class HostAgent {
     } catch (err) {
       throw new Error(`${what}: cannot fetch blob ${sha256} from the coordinator: ${(err as Error).message}`);
     }
+  }
+
+  /** The migration address other hosts reach this one at (registered; incoming URIs must use it). The daemon's
+   *  is a function (its overlay address may come with a DHCP lease): read each time. */
+  get migrationAddress(): string | null {
+    const d = this.deps.address;
+    const a = this.config.migrationAddress ?? (typeof d === 'function' ? d() : d);
+    return a && refuseMigrationAddress(a) === null ? a : null;
+  }
+
+  private limits(): HostLimits {
+    return {
+      cpus: this.config.cpus,
+      memoryMib: this.config.memoryMib,
+      migrationAddress: this.migrationAddress,
+      migrationPorts: this.config.migrationPorts,
+    };
   }
 
   get name(): string {
@@ -134,9 +187,14 @@ export class HostAgent {
 
   private async qemu(): Promise<Hypervisor> {
     const { QemuHypervisor } = await import('./qemu/hypervisor.ts');
+    if (!this.config.qemuUser && process.getuid?.() === 0)
+      this.deps.log.warn(
+        'QEMU will run as root: set coordinator.qemu_user to an unprivileged user so a guest that escapes QEMU is not root',
+      );
     return new QemuHypervisor({
       stateDir: this.config.stateDir,
       log: this.deps.log.child({ part: 'qemu' }),
+      runAs: this.config.qemuUser,
       ...(this.config.qemuBinary ? { binary: this.config.qemuBinary } : {}),
     });
   }
@@ -162,7 +220,9 @@ export class HostAgent {
       memory_mib: this.config.memoryMib,
       labels: this.config.labels,
       hypervisor,
-      address: this.config.migrationAddress ?? this.deps.address ?? null,
+      address: this.migrationAddress,
+      migration_ports: this.config.migrationPorts,
+      public_key: this.deps.publicKey ?? null,
       bridge: bridge ?? '',
       dhcp: this.deps.reservations !== undefined,
       boot_id: this.bootId,
@@ -206,15 +266,14 @@ export class HostAgent {
           ...(this.hv?.disks ? { disks: this.hv.disks() } : {}),
           ...(mesh ? { mesh } : {}),
         };
-        return this.client.request<{ ok: boolean; reservations?: { mac: string; ip: string; vm: string }[] }>(
-          'POST',
-          '/v1/agent/heartbeat',
-          body,
-          {
-            timeoutMs: AGENT_REQUEST_TIMEOUT_MS,
-            signal: this.abort.signal,
-          },
-        );
+        return this.client.request<{
+          ok: boolean;
+          reservations?: { mac: string; ip: string; vm: string }[];
+          guest_macs?: unknown;
+        }>('POST', '/v1/agent/heartbeat', body, {
+          timeoutMs: AGENT_REQUEST_TIMEOUT_MS,
+          signal: this.abort.signal,
+        });
       })
       .finally(() => {
         this.beating = false;
@@ -223,6 +282,7 @@ export class HostAgent {
         (r) => {
           this.stats.heartbeats++;
           if (r?.reservations && this.deps.reservations) this.deps.reservations(r.reservations);
+          if (r?.guest_macs !== undefined) this.guestMacs(r.guest_macs);
         },
         (err) => {
           if (this.stopped) return;
@@ -231,6 +291,44 @@ export class HostAgent {
           this.warn(err, 'heartbeat failed');
         },
       );
+  }
+
+  /** The coordinator's guests here, checked, to the daemon's port security (only when the list changed). */
+  private guestMacs(raw: unknown): void {
+    if (!this.deps.setGuestMacs || !Array.isArray(raw)) return;
+    const list: GuestMac[] = [];
+    for (const g of raw as Partial<GuestMac>[]) {
+      try {
+        const mac = checkMac(g?.mac);
+        if (typeof g.vm !== 'string' || !NAME_RE.test(g.vm))
+          throw new CommandRefused('bad_name', 'guest_macs: vm name');
+        if (g.ip !== null && !(typeof g.ip === 'string' && net.isIPv4(g.ip)))
+          throw new CommandRefused('bad_command', 'guest_macs: ip must be an IPv4 address or null');
+        list.push({ mac, ip: g.ip, vm: g.vm });
+      } catch (err) {
+        this.refuse(err as CommandRefused, 'heartbeat guest_macs');
+      }
+    }
+    const key = JSON.stringify(list);
+    // Again now and then even unchanged: a daemon that restarted beside a standalone agent starts empty.
+    const now = Date.now();
+    if (key === this.lastGuestMacs.key && now - this.lastGuestMacs.atMs < GUEST_MACS_RESEND_MS) return;
+    Promise.resolve(this.deps.setGuestMacs(list)).then(
+      (r) => {
+        if (r.ok) this.lastGuestMacs = { key, atMs: now };
+        else this.deps.log.warn({ error: r.error }, 'the daemon refused the guest MAC list');
+      },
+      (err) => this.deps.log.warn({ error: (err as Error).message }, 'cannot give the daemon the guest MAC list'),
+    );
+  }
+
+  private refuse(err: CommandRefused, what: string): void {
+    this.refused[err.reason]++;
+    this.limited.warn(
+      err.reason,
+      { reason: err.reason, what, error: err.message },
+      'refused a command from the coordinator',
+    );
   }
 
   /** The daemon's mesh report, read in the background: a slow daemon never delays a heartbeat. */
@@ -275,7 +373,7 @@ export class HostAgent {
         );
         this.stats.polls++;
         failures = 0;
-        for (const c of r.commands) this.track(this.execute(c));
+        for (const c of Array.isArray(r?.commands) ? r.commands : []) this.track(this.execute(c));
       } catch (err) {
         if (this.stopped) return;
         if (err instanceof ApiError && err.code === 'unknown_host') this.registered = false;
@@ -295,30 +393,37 @@ export class HostAgent {
     p.finally(() => this.running.delete(p));
   }
 
-  /** Runs one command and posts its result (retried a few times: the coordinator waits for it). */
-  private async execute(c: Command): Promise<void> {
+  /** Checks and runs one command and posts its result (retried a few times: the coordinator waits for it). */
+  private async execute(raw: unknown): Promise<void> {
     this.stats.commands++;
     const started = Date.now();
+    const id = typeof (raw as Command)?.id === 'string' ? (raw as Command).id.slice(0, 64) : '';
     let result: Omit<CommandResult, 'id' | 'guests_version' | 'boot_id'>;
+    let c: Command | null = null;
     try {
+      c = checkCommand(raw, this.limits());
       result = { ok: true, ...(await this.run(c)) };
     } catch (err) {
       this.stats.commandFailures++;
+      if (err instanceof CommandRefused) this.refuse(err, c?.type ?? 'command');
       result = { ok: false, error: (err as Error).message };
     }
-    const level = result.ok ? 'info' : 'warn';
-    this.deps.log[level](
-      {
-        command: c.type,
-        target: 'vm' in c ? c.vm.name : 'name' in c ? c.name : c.mac,
-        ms: Date.now() - started,
-        ...(result.ok ? {} : { error: result.error }),
-      },
-      `command ${c.type} ${result.ok ? 'done' : 'failed'}`,
-    );
+    if (c) {
+      const level = result.ok ? 'info' : 'warn';
+      this.deps.log[level](
+        {
+          command: c.type,
+          target: 'vm' in c ? c.vm.name : 'name' in c ? c.name : c.mac,
+          ms: Date.now() - started,
+          ...(result.ok ? {} : { error: result.error }),
+        },
+        `command ${c.type} ${result.ok ? 'done' : 'failed'}`,
+      );
+    }
+    if (!id) return; // nothing to answer to
     const body = {
       name: this.name,
-      result: { ...result, id: c.id, guests_version: this.guestsVersion, boot_id: this.bootId },
+      result: { ...result, id, guests_version: this.guestsVersion, boot_id: this.bootId },
     };
     for (let i = 0; i < 5 && !this.stopped; i++) {
       try {
@@ -342,6 +447,19 @@ export class HostAgent {
       if (!r.ok) throw new Error(`the daemon refused expect ${c.mac}: ${r.error}`);
       return {};
     }
+    if (c.type === 'authorize-move') {
+      if (!this.deps.authorizeMove) {
+        this.limited.warn(
+          'no-authorize-move',
+          { mac: c.mac },
+          'the daemon has no MAC ownership to authorize a move with; the migration goes on',
+        );
+        return {};
+      }
+      const r = await this.deps.authorizeMove(c.mac, c.site_key, Date.now() + c.ttl_ms);
+      if (!r.ok) throw new Error(`the daemon refused authorize-move ${c.mac}: ${r.error}`);
+      return {};
+    }
     if (!hv) throw new Error(`host ${this.name} runs no hypervisor (coordinator.hypervisor: none)`);
     switch (c.type) {
       case 'start': {
@@ -355,19 +473,21 @@ export class HostAgent {
         return { state: 'running', ...(r?.note ? { note: r.note } : {}) };
       }
       case 'incoming': {
-        const address = this.migrationAddress();
+        // checkCommand made sure the URI is this host's migration address and ports of its range.
         if ((await hv.state(c.vm.name)) !== 'absent') await hv.stop(c.vm.name, { discard: true }); // an earlier attempt
         const spec = await this.spec(c.vm);
-        const r = await hv.incoming(spec, address, c.tls_psk ? { psk: c.tls_psk } : {});
+        const host = parseMigrationUri(c.uri)!.address;
+        await hv.incoming(spec, {
+          uri: c.uri,
+          tlsPsk: c.tls_psk,
+          ...(c.nbd_port ? { nbd: { host, port: c.nbd_port, export: NBD_EXPORT } } : {}),
+        });
         this.guestsVersion++;
-        return { uri: r.uri, ...(r.nbd ? { nbd: r.nbd } : {}), state: 'incoming' };
+        return { state: 'incoming' };
       }
       case 'migrate':
         try {
-          await hv.migrate(c.name, c.uri, {
-            ...(c.nbd ? { nbd: c.nbd } : {}),
-            ...(c.tls_psk ? { psk: c.tls_psk } : {}),
-          });
+          await hv.migrate(c.name, { uri: c.uri, tlsPsk: c.tls_psk, ...(c.nbd ? { nbd: c.nbd } : {}) });
         } finally {
           this.guestsVersion++;
         }
@@ -392,8 +512,11 @@ export class HostAgent {
         this.guestsVersion++;
         return { state: 'absent' };
       case 'export_disk': {
+        // checkCommand made sure the port is one of this host's migration ports.
         if (!hv.exportDisk) throw new Error(`host ${this.name}'s hypervisor keeps no disks`);
-        return { disk: await hv.exportDisk(c.name, this.migrationAddress(), c.tls_psk) };
+        const address = this.migrationAddress;
+        if (!address) throw new Error(`host ${this.name} has no migration address: set coordinator.migration_address`);
+        return { disk: await hv.exportDisk(c.name, address, c.port, c.tls_psk) };
       }
       case 'snapshot':
         return { warm: await this.snapshot(c.name) };
@@ -404,13 +527,6 @@ export class HostAgent {
         return {};
       }
     }
-  }
-
-  private migrationAddress(): string {
-    const address = this.config.migrationAddress ?? this.deps.address;
-    if (!address || address === '0.0.0.0' || address === '::')
-      throw new Error(`host ${this.name} has no migration address: set coordinator.migration_address`);
-    return address;
   }
 
   /** Saves a guest, keeps the files in this host's cache and uploads them to the coordinator's blob store. */
@@ -438,7 +554,11 @@ export class HostAgent {
   private async spec(vm: LaunchSpec): Promise<GuestSpec> {
     const bridge = this.bridge;
     if (!bridge) throw new Error(`host ${this.name} has no bridge for guests: set tap.bridge (or coordinator.bridge)`);
-    const files = await this.images.image(vm.image);
+    const files = await this.images.image(vm.image, {
+      sources: vm.image_sources,
+      allowLocal: this.config.allowLocalImages,
+      ca: this.config.ca,
+    });
     const base = files.disk ? { file: files.disk, format: baseFormat(files.disk) } : null;
     const warm = vm.image.warm;
     return {
@@ -473,6 +593,7 @@ export class HostAgent {
       hypervisor: this.hv?.info ?? null,
       adoption: this.adoption,
       ...this.stats,
+      refused: { ...this.refused },
       images: { ...this.images.stats },
     };
   }

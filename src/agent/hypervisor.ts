@@ -36,6 +36,19 @@ export interface GuestSpec {
   bridge: string;
 }
 
+/**
+ * One migration's channel, from the coordinator (checked by the agent): `tcp:IP:PORT` on the destination's
+ * migration address, and the TLS pre-shared key both ends use (64 hex digits), so the stream is encrypted
+ * and only a destination holding the key can receive it. With a disk, `nbd` is the destination's NBD export of
+ * its overlay (incoming: the port to serve it on, on uri's address; migrate: where the source mirrors to),
+ * under the same key.
+ */
+export interface MigrationChannel {
+  uri: string;
+  tlsPsk: string;
+  nbd?: NbdTarget;
+}
+
 export interface SnapshotFiles {
   /** Local files (the caller moves them into its cache and publishes them). */
   state: string;
@@ -58,16 +71,17 @@ export interface Hypervisor {
   start?(): Promise<AdoptReport>;
   /** Boots (or resumes a warm image); with diskFrom, copies the VM's overlay from another host first. */
   launch(spec: GuestSpec, o?: { diskFrom?: DiskSource; psk?: string }): Promise<{ note?: string } | undefined>;
-  /** A guest that waits for a migration stream on `address` (and, with a disk, an NBD mirror). */
-  incoming(spec: GuestSpec, address: string, o?: { psk?: string }): Promise<{ uri: string; nbd?: NbdTarget }>;
-  migrate(name: string, uri: string, o?: { nbd?: NbdTarget; psk?: string }): Promise<void>;
+  /** A guest that waits for a migration stream at `m.uri` (and its disk's mirror at `m.nbd`), TLS with `m.tlsPsk`. */
+  incoming(spec: GuestSpec, m: MigrationChannel): Promise<void>;
+  /** Sends the guest (and its disk, to `m.nbd`) to `m.uri` over TLS keyed with `m.tlsPsk`. */
+  migrate(name: string, m: MigrationChannel): Promise<void>;
   state(name: string): Promise<GuestState | 'absent'>;
   /** Continues a paused guest (one whose migration was cancelled or completed but not taken over). */
   resume(name: string): Promise<void>;
   /** Stops the guest; its disk stays on this host unless discard (deleted, moved away, or never ran here). */
   stop(name: string, o?: { discard?: boolean }): Promise<void>;
   /** Offers a stopped VM's overlay to another host (one copy, TLS with psk). */
-  exportDisk?(name: string, address: string, psk: string): Promise<DiskSource>;
+  exportDisk?(name: string, address: string, port: number, psk: string): Promise<DiskSource>;
   /** Saves a running guest's memory and disk at one instant (it keeps running). */
   snapshot?(name: string): Promise<SnapshotFiles>;
   /** VMs whose disk this host keeps. */

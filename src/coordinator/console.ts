@@ -34,6 +34,8 @@ import {
 import type { Dispatcher } from './dispatch.ts';
 import type { Leadership } from './leader.ts';
 import { ByteRing } from './ring.ts';
+import type { AuthAudit } from './audit.ts';
+import type { Credentials } from './credentials.ts';
 import type { Store } from './store.ts';
 import type { VmRecord } from './types.ts';
 import type { Watch } from './watch.ts';
@@ -55,25 +57,41 @@ export interface ConsoleDeps {
   /** Who the request's bearer token names for this role: 'admin', a host's name, ANY_HOST (a token all hosts
    *  share names none), or null (no or a wrong token). The API's own check (tokenPrincipal). */
   principal(req: http.IncomingMessage, role: 'admin' | 'host'): Promise<string | null>;
+  /** CA certificates for proxying to a leader over TLS (tls.ca_file; default: the system's). */
+  proxyCa?: string;
   log: Logger;
 }
 
-/** The principal of the shared host token: it proves "a host", not which. */
+/** The principal of a token all hosts would share (none do since per-host tokens): "a host", not which. */
 export const ANY_HOST = '*';
 
-/** principal() for the coordinator's admin token and shared host token (constant-time comparisons). */
+/**
+ * principal() for the admin token (constant-time comparison) and each host's own token (credentials.ts): a
+ * host token names its host. Refusals are counted and logged like the API's (audit.ts).
+ */
 export function tokenPrincipal(
   adminToken: string,
-  hostToken: string,
+  credentials: Credentials,
+  audit: AuthAudit,
 ): (req: http.IncomingMessage, role: 'admin' | 'host') => Promise<string | null> {
   const digest = (s: string) => crypto.createHash('sha256').update(s).digest();
   const admin = digest(adminToken);
-  const host = digest(hostToken);
   return async (req, role) => {
+    const who = { remote: req.socket.remoteAddress, path: req.url?.split('?')[0], console: true };
     const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
-    if (!m) return null;
-    const ok = crypto.timingSafeEqual(digest(m[1]), role === 'admin' ? admin : host);
-    return ok ? (role === 'admin' ? 'admin' : ANY_HOST) : null;
+    if (!m) {
+      audit.refuse('missing_token', who);
+      return null;
+    }
+    if (role === 'admin') {
+      if (crypto.timingSafeEqual(digest(m[1]), admin)) return 'admin';
+      audit.refuse('wrong_admin_token', who);
+      return null;
+    }
+    const r = await credentials.authenticate(m[1]);
+    if (r.ok) return r.host;
+    audit.refuse(r.reason, who);
+    return null;
   };
 }
 
@@ -224,7 +242,12 @@ export class ConsoleService {
         const host = t.hostname.replace(/^\[|\]$/g, '');
         const up =
           t.protocol === 'https:'
-            ? tls.connect({ host, port, servername: net.isIP(host) ? undefined : host })
+            ? tls.connect({
+                host,
+                port,
+                servername: net.isIP(host) ? undefined : host,
+                ...(this.d.proxyCa ? { ca: this.d.proxyCa } : {}),
+              })
             : net.connect(port, host);
         up.once(t.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
           this.stats.proxied++;

@@ -86,6 +86,14 @@ export class HostRegistry {
     return rec;
   }
 
+  /** Forgets a host (`homewire host remove`): its record, its liveness, its queued and running commands. */
+  async remove(name: string): Promise<boolean> {
+    const had = await this.store.delete('hosts', name);
+    const live = this.live.delete(name);
+    this.onDown(name);
+    return had || live;
+  }
+
   /** A heartbeat: returns the host's guests if they are fresh enough to reconcile against, else null. */
   async heartbeat(hb: Heartbeat): Promise<{ known: boolean; guests: GuestReport[] | null }> {
     const rec = await this.store.get<HostRecord>('hosts', hb.name);

@@ -59,6 +59,12 @@ export function coordinatorRegistry(c: Coordinator): client.Registry {
     failed: c.dispatch.stats.failed,
     timed_out: c.dispatch.stats.timedOut,
   }));
+  counter(
+    'homewire_coordinator_auth_failures_total',
+    'API requests refused: no or wrong token, a revoked host, a host acting as another (403).',
+    'reason',
+    () => ({ ...c.audit.failures }),
+  );
   counter('homewire_coordinator_vm_events_total', 'VM lifecycle outcomes.', 'event', () => ({
     started: c.vms.stats.started,
     start_failed: c.vms.stats.startFailed,

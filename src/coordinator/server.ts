@@ -4,12 +4,15 @@
 // operations a dead leader left). A standby serves /v1/status and proxies the rest to the leader.
 import crypto from 'node:crypto';
 import http from 'node:http';
+import https from 'node:https';
 import type { Logger } from '../log.ts';
 import { apiHandler } from './api.ts';
 import { BlobStore } from './blobs.ts';
+import { AuthAudit } from './audit.ts';
 import { ConsoleService, tokenPrincipal } from './console.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { COORDINATOR_TICK_MS } from './constants.ts';
+import { Credentials } from './credentials.ts';
 import { Dispatcher } from './dispatch.ts';
 import { HostRegistry } from './hosts.ts';
 import { type Leadership, SoloLeadership } from './leader.ts';
@@ -37,6 +40,9 @@ export class Coordinator {
   readonly vms: Lifecycle;
   readonly reconciler: Reconciler;
   readonly blobs: BlobStore;
+  readonly credentials: Credentials;
+  /** Refused requests by reason (metrics). */
+  readonly audit: AuthAudit;
   /** Hosts, VMs, images and operations for the web page's live updates and the console splice (watch.ts). */
   readonly watch: Watch;
   /** Serial consoles: viewers' and agents' WebSockets spliced (console.ts). */
@@ -58,6 +64,8 @@ export class Coordinator {
     now: () => number,
   ) {
     this.now = now;
+    this.credentials = new Credentials(store, now);
+    this.audit = new AuthAudit(log.child({ part: 'api' }), now);
     this.hosts = new HostRegistry(store, log.child({ part: 'hosts' }), now, (host, reason) =>
       this.dispatch.failHost(host, reason ?? 'went down'),
     );
@@ -68,6 +76,7 @@ export class Coordinator {
       log: log.child({ part: 'vms' }),
       now,
       leading: () => this.leadership.leading,
+      imageSources: config.imageSources,
     });
     this.vms = new Lifecycle(records);
     this.reconciler = new Reconciler(records);
@@ -83,7 +92,8 @@ export class Coordinator {
       watch: this.watch,
       leadership,
       url: () => this.advertiseUrl,
-      principal: tokenPrincipal(config.adminToken, config.hostToken),
+      principal: tokenPrincipal(config.adminToken, this.credentials, this.audit),
+      proxyCa: config.tls?.ca,
       log: log.child({ part: 'console' }),
     });
   }
@@ -111,7 +121,8 @@ export class Coordinator {
   /** The URL the API listens at (port 0 in the config: the one the OS chose). */
   get url(): string {
     const a = this.server?.address();
-    if (a && typeof a === 'object') return `http://${formatEndpoint(a.address, a.port)}`;
+    if (a && typeof a === 'object')
+      return `${this.config.tls ? 'https' : 'http'}://${formatEndpoint(a.address, a.port)}`;
     return this.config.advertiseUrl;
   }
 
@@ -124,34 +135,39 @@ export class Coordinator {
   async start(): Promise<void> {
     const { config, log } = this;
     const self = this;
-    const server = http.createServer(
-      apiHandler({
-        id: this.id,
-        get url() {
-          return self.advertiseUrl;
-        },
-        adminToken: config.adminToken,
-        hostToken: config.hostToken,
-        store: this.store,
-        hosts: this.hosts,
-        vms: this.vms,
-        dispatch: this.dispatch,
-        leadership: this.leadership,
-        imageServer: config.imageServer,
-        blobs: this.blobs,
-        log: log.child({ part: 'api' }),
-        now: this.now,
-        reconcile: (host, guests, disks) => {
-          const term = this.term;
-          if (!this.leadership.leading) return;
-          this.reconciler.reconcile(host, guests, disks).catch((err) => {
-            if (term === this.term) log.warn({ host, error: (err as Error).message }, 'reconcile failed');
-          });
-        },
-        page: webPage(),
-        events: eventStream(this.watch),
-      }),
-    );
+    const handler = apiHandler({
+      id: this.id,
+      get url() {
+        return self.advertiseUrl;
+      },
+      adminToken: config.adminToken,
+      credentials: this.credentials,
+      audit: this.audit,
+      imageSources: config.imageSources,
+      proxyCa: config.tls?.ca,
+      store: this.store,
+      hosts: this.hosts,
+      vms: this.vms,
+      dispatch: this.dispatch,
+      leadership: this.leadership,
+      imageServer: config.imageServer,
+      blobs: this.blobs,
+      log: log.child({ part: 'api' }),
+      now: this.now,
+      reconcile: (host, guests, disks) => {
+        const term = this.term;
+        if (!this.leadership.leading) return;
+        this.reconciler.reconcile(host, guests, disks).catch((err) => {
+          if (term === this.term) log.warn({ host, error: (err as Error).message }, 'reconcile failed');
+        });
+      },
+      page: webPage(),
+      events: eventStream(this.watch),
+    });
+    // TLS on the same port when configured: agents and the CLI check the certificate (their ca_file).
+    const server: http.Server = config.tls
+      ? https.createServer({ cert: config.tls.cert, key: config.tls.key }, handler)
+      : http.createServer(handler);
     server.on('upgrade', (req, socket, head) => this.consoles.upgrade(req, socket, head));
     server.keepAliveTimeout = 65_000;
     server.requestTimeout = 0; // long polls and migrations outlast the default

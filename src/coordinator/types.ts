@@ -98,8 +98,12 @@ export interface HostInfo {
   memory_mib: number;
   labels: Record<string, string>;
   hypervisor: Hypervisor;
-  /** Address other hosts reach this one at for live migration. */
+  /** Address other hosts reach this one at for live migration (its overlay address once it has one). */
   address: string | null;
+  /** TCP ports the coordinator may choose from for a migration to this host (inclusive). */
+  migration_ports: [number, number] | null;
+  /** The daemon's public key (base64): moves of a migrating guest's MAC are authorized to this site. */
+  public_key: string | null;
   bridge: string;
   /** This site serves DHCP: it takes the coordinator's reservations. */
   dhcp: boolean;
@@ -156,6 +160,8 @@ export interface LaunchSpec {
   cpus: number;
   memory_mib: number;
   image: ImageRecord;
+  /** Where the image may come from (the coordinator's image_sources): the agent checks again. */
+  image_sources: string[];
   /** The VM has a writable disk (an overlay over image.disk, or empty): its size in GiB, null for the base's. */
   disk?: { gib: number | null } | null;
   /** A warm image resumed as a clone: its MAC is new (mac above), not the one in the saved memory. */
@@ -175,14 +181,31 @@ export interface DiskSource extends NbdTarget {
   sha256: string;
 }
 
+/** A guest MAC the coordinator places on a host (heartbeat reply: the daemon's port security). */
+export interface GuestMac {
+  mac: string;
+  ip: string | null;
+  vm: string;
+}
+
+/**
+ * Commands to host agents. A migration: `incoming` on the destination with the URI the coordinator built from
+ * the destination's registered address and port range, `authorize-move` to the source, the destination and
+ * the site serving DHCP, `expect` on the destination, then `migrate` on the source with the same URI; both
+ * QEMUs get the same fresh TLS pre-shared key (64 hex digits), so the stream is encrypted and only the
+ * intended destination can receive it.
+ */
 export type Command =
   | { id: string; type: 'start'; vm: LaunchSpec; disk_from?: DiskSource; tls_psk?: string }
-  | { id: string; type: 'incoming'; vm: LaunchSpec; tls_psk?: string }
+  /** nbd_port: a VM with a disk also takes its overlay's mirror there (NBD, same address and key as uri). */
+  | { id: string; type: 'incoming'; vm: LaunchSpec; uri: string; tls_psk: string; nbd_port?: number }
   | { id: string; type: 'expect'; mac: string }
-  | { id: string; type: 'migrate'; name: string; uri: string; nbd?: NbdTarget; tls_psk?: string }
+  | { id: string; type: 'authorize-move'; mac: string; site_key: string; ttl_ms: number }
+  | { id: string; type: 'migrate'; name: string; uri: string; tls_psk: string; nbd?: NbdTarget }
   | { id: string; type: 'confirm'; name: string; resume?: boolean; wait?: boolean }
   | { id: string; type: 'stop'; name: string; discard?: boolean }
-  | { id: string; type: 'export_disk'; name: string; tls_psk: string }
+  /** Offer a stopped VM's overlay for one copy on this host's migration address and `port` (TLS, tls_psk). */
+  | { id: string; type: 'export_disk'; name: string; tls_psk: string; port: number }
   | { id: string; type: 'snapshot'; name: string; image: string }
   /** Open a console stream for guest `name` to GET /v1/agent/console?session=...; replay from `from` if `stream` is
    *  still the guest's current one, else the whole scrollback (src/agent/console.ts). */
@@ -194,16 +217,13 @@ export interface CommandResult {
   id: string;
   ok: boolean;
   error?: string;
-  /** incoming: the migration URI; confirm: the guest's state. */
-  uri?: string;
-  /** incoming with a disk: where the source mirrors it. */
-  nbd?: NbdTarget;
-  /** export_disk: where the overlay can be fetched. */
+  /** export_disk: where the overlay can be fetched (and its size and SHA-256). */
   disk?: DiskSource;
   /** snapshot: the saved state, uploaded to the coordinator's blob store. */
   warm?: Omit<WarmImage, 'disk_gib' | 'source_vm'>;
   /** Something the operator should know (a clone must renew its DHCP lease). */
   note?: string;
+  /** confirm: the guest's state. */
   state?: GuestState | 'absent';
   guests_version: number;
   boot_id: string;

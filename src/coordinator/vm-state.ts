@@ -1,13 +1,7 @@
 // What the coordinator decides about a VM's state beyond its RAM: its writable disk (where the overlay lives,
 // whether a start must copy it first) and warm images (which hosts can resume a saved state, which MAC a VM
 // made from one gets). The operations in vms.ts call these; the hosts do the work (src/agent/qemu/).
-import crypto from 'node:crypto';
 import { ApiError, type HostView, type ImageRecord, type LaunchSpec, type VmRecord } from './types.ts';
-
-/** A fresh key for one migration or disk copy: both agents' QEMUs use it for TLS (tls-creds-psk), nobody else. */
-export function operationKey(): string {
-  return crypto.randomBytes(32).toString('hex');
-}
 
 /** Whether the VM has a writable disk: the image has a base, a size was asked for, or a warm image had one. */
 export function hasDisk(vm: VmRecord, image: ImageRecord): boolean {
@@ -19,8 +13,8 @@ export function resumesWarm(vm: VmRecord, image: ImageRecord): boolean {
   return image.warm !== undefined && !vm.resumed;
 }
 
-/** Everything a host needs to run the VM. */
-export function launchSpec(vm: VmRecord, image: ImageRecord): LaunchSpec {
+/** Everything a host needs to run the VM (image_sources: where the host may fetch the image from). */
+export function launchSpec(vm: VmRecord, image: ImageRecord, imageSources: string[]): LaunchSpec {
   let img = vm.cmdline ? { ...image, cmdline: vm.cmdline } : image;
   if (img.warm && !resumesWarm(vm, image)) {
     const { warm: _, ...cold } = img;
@@ -32,6 +26,7 @@ export function launchSpec(vm: VmRecord, image: ImageRecord): LaunchSpec {
     cpus: vm.cpus,
     memory_mib: vm.memory_mib,
     image: img,
+    image_sources: imageSources,
     ...(hasDisk(vm, image) ? { disk: { gib: vm.disk_gib ?? null } } : {}),
     ...(vm.clone ? { clone: true } : {}),
   };

@@ -6,6 +6,7 @@
 // leader died mid-way) is settled from the hosts' reports once they have reported to the new leader.
 import crypto from 'node:crypto';
 import {
+  AUTHORIZE_MOVE_TTL_MS,
   INCOMING_TIMEOUT_MS,
   MIGRATE_TIMEOUT_MS,
   SHORT_COMMAND_TIMEOUT_MS,
@@ -14,8 +15,9 @@ import {
   VM_MAC_PREFIX,
 } from './constants.ts';
 import { checkName } from './images.ts';
+import { DEFAULT_MIGRATION_PORTS, DISK_COPY_EXPORT, migrationUri, NBD_EXPORT, newTlsPsk } from './migration.ts';
 import { parseCreate } from './requests.ts';
-import { checkOperation, type Operation, transition } from './states.ts';
+import { checkOperation, holdsCapacity, type Operation, transition } from './states.ts';
 import {
   ApiError,
   type CommandBody,
@@ -27,12 +29,14 @@ import {
   type VmState,
 } from './types.ts';
 import type { VmRecords, VmRecordsDeps } from './vm-records.ts';
-import { checkOneAtATime, hasDisk, launchSpec, operationKey, resumesWarm, warmCreate, warmUnfit } from './vm-state.ts';
+import { checkOneAtATime, hasDisk, launchSpec, resumesWarm, warmCreate, warmUnfit } from './vm-state.ts';
 
 export class Lifecycle {
   /** Operation outcomes, read by metrics. */
   readonly stats = { started: 0, startFailed: 0, stopped: 0, migrated: 0, migrationFailed: 0 };
   private readonly d: VmRecordsDeps;
+  /** Migration ports in use per destination host (chosen here, never by the hosts). */
+  private readonly portsInUse = new Map<string, Set<number>>();
 
   constructor(private readonly r: VmRecords) {
     this.d = r.d;
@@ -193,23 +197,44 @@ export class Lifecycle {
       const copy = diskHost !== null && diskHost !== host; // stopped elsewhere: its disk moves here first
       this.d.log.info({ vm: name, host, ...(copy ? { diskFrom: diskHost } : {}) }, 'starting vm');
       let note: string | undefined;
+      let exportPort: number | null = null;
+      let exportFrom: string | null = null;
       try {
-        const key = copy ? operationKey() : undefined;
-        const exported = copy
-          ? await this.command(
-              diskHost,
-              { type: 'export_disk', name, tls_psk: key! },
-              START_TIMEOUT_MS,
-              'start_failed',
-              `offering vm ${name}'s disk on ${diskHost} for a copy to ${host}`,
-            )
-          : null;
+        const key = copy ? newTlsPsk() : undefined;
+        let exported: CommandResult | null = null;
+        if (copy) {
+          const diskRec = await this.d.store.get<HostRecord>('hosts', diskHost);
+          if (!diskRec?.address)
+            throw new ApiError(409, 'start_failed', `host ${diskHost}, which has vm ${name}'s disk, has no address`);
+          exportFrom = diskRec.address;
+          exportPort = this.takePort(diskRec);
+          exported = await this.command(
+            diskHost,
+            { type: 'export_disk', name, tls_psk: key!, port: exportPort },
+            START_TIMEOUT_MS,
+            'start_failed',
+            `offering vm ${name}'s disk on ${diskHost} for a copy to ${host}`,
+          );
+        }
         const r = await this.command(
           host,
           {
             type: 'start',
-            vm: spec(vm, image),
-            ...(exported?.disk ? { disk_from: exported.disk, tls_psk: key } : {}),
+            vm: spec(vm, image, this.d.imageSources),
+            // Where to fetch it from is the disk host's registered address and the port chosen here; what to
+            // expect (size, SHA-256) is the disk host's word, checked by the receiver.
+            ...(exported?.disk && exportFrom
+              ? {
+                  disk_from: {
+                    host: exportFrom,
+                    port: exportPort!,
+                    export: DISK_COPY_EXPORT,
+                    bytes: exported.disk.bytes,
+                    sha256: exported.disk.sha256,
+                  },
+                  tls_psk: key,
+                }
+              : {}),
           },
           START_TIMEOUT_MS,
           'start_failed',
@@ -217,6 +242,7 @@ export class Lifecycle {
         );
         note = r.note;
       } catch (err) {
+        if (exportPort !== null) this.portsInUse.get(diskHost!)?.delete(exportPort);
         this.stats.startFailed++;
         // The new host's copy goes (never the only one: a failed start on the disk's own host keeps it).
         this.r.fireAndForget(host, { type: 'stop', name, discard: host !== diskHost });
@@ -224,6 +250,7 @@ export class Lifecycle {
         await this.r.update(name, (v) => transition(v, 'failed', { error: (err as Error).message }, this.r.date()));
         throw err;
       }
+      if (exportPort !== null) this.portsInUse.get(diskHost!)?.delete(exportPort);
       this.stats.started++;
       const disk = hasDisk(vm, image);
       await this.r.update(name, (v) =>
@@ -328,9 +355,10 @@ export class Lifecycle {
   }
 
   /**
-   * incoming on the destination → expect → QMP migrate on the source → confirm → stop the source. With a disk,
-   * the destination also offers an NBD export that the source mirrors the overlay to (both streams under TLS
-   * with this migration's own key); the paused-guest steps run inside the agents (src/agent/qemu/).
+   * incoming on the destination (URI from its registered address and port range, a fresh TLS key; with a disk
+   * also an NBD port of that range for the overlay's mirror) → authorize-move at the source, the destination and
+   * the DHCP site → expect → QMP migrate on the source with the same URI, key and NBD target → confirm → stop
+   * the source. The paused-guest steps of a disk migration run inside the agents (src/agent/qemu/).
    */
   private async runMigration(vm: VmRecord, image: ImageRecord): Promise<void> {
     const { name } = vm;
@@ -338,20 +366,48 @@ export class Lifecycle {
     const dest = vm.target!;
     const started = this.d.now();
     const disk = hasDisk(vm, image);
-    const key = operationKey();
     this.d.log.info({ vm: name, from: src, to: dest, disk }, 'migrating vm');
+    const ports: number[] = []; // taken for this migration, given back when it ends
+    const release = () => {
+      for (const p of ports) this.portsInUse.get(dest)?.delete(p);
+    };
     try {
-      const inc = await this.command(
-        dest,
-        { type: 'incoming', vm: spec(vm, image), tls_psk: key },
-        INCOMING_TIMEOUT_MS,
-        'migration_failed',
-        `starting the incoming guest on ${dest}`,
-      );
-      if (!inc.uri)
-        throw new ApiError(409, 'migration_failed', `${dest} started the incoming guest but gave no migration URI`);
-      if (disk && !inc.nbd)
-        throw new ApiError(409, 'migration_failed', `${dest} offered no NBD export for vm ${name}'s disk`);
+      const destRec = await this.d.store.get<HostRecord>('hosts', dest);
+      if (!destRec?.address)
+        throw new ApiError(409, 'migration_failed', `host ${dest} has no registered migration address`);
+      const tlsPsk = newTlsPsk();
+      let uri = '';
+      let nbdPort: number | null = null;
+      // A port something else on the destination holds: once more with others.
+      for (let attempt = 1; ; attempt++) {
+        const port = this.takePort(destRec);
+        ports.push(port);
+        uri = migrationUri(destRec.address, port);
+        if (disk) {
+          nbdPort = this.takePort(destRec);
+          ports.push(nbdPort);
+        }
+        try {
+          await this.command(
+            dest,
+            {
+              type: 'incoming',
+              vm: spec(vm, image, this.d.imageSources),
+              uri,
+              tls_psk: tlsPsk,
+              ...(nbdPort !== null ? { nbd_port: nbdPort } : {}),
+            },
+            INCOMING_TIMEOUT_MS,
+            'migration_failed',
+            `starting the incoming guest on ${dest}`,
+          );
+          break;
+        } catch (err) {
+          if (attempt > 1 || !/in use/i.test((err as Error).message)) throw err;
+          this.d.log.warn({ vm: name, to: dest, uri }, 'migration port in use on the destination: trying another');
+        }
+      }
+      await this.authorizeMove(vm, src, destRec);
       await this.command(
         dest,
         { type: 'expect', mac: vm.mac },
@@ -361,10 +417,16 @@ export class Lifecycle {
       );
       await this.command(
         src,
-        { type: 'migrate', name, uri: inc.uri, tls_psk: key, ...(inc.nbd ? { nbd: inc.nbd } : {}) },
+        {
+          type: 'migrate',
+          name,
+          uri,
+          tls_psk: tlsPsk,
+          ...(nbdPort !== null ? { nbd: { host: destRec.address, port: nbdPort, export: NBD_EXPORT } } : {}),
+        },
         MIGRATE_TIMEOUT_MS,
         'migration_failed',
-        `migrating ${name} from ${src} to ${dest} (${inc.uri})`,
+        `migrating ${name} from ${src} to ${dest} (${uri})`,
       );
       const conf = await this.command(
         dest,
@@ -380,6 +442,7 @@ export class Lifecycle {
           `after migration the guest on ${dest} is ${conf.state}, not running`,
         );
     } catch (err) {
+      release();
       // A step failed, but the guest may have landed anyway (the source's agent restarted mid-way and its
       // QEMU finished alone, or a result was lost): the destination knows. Never roll back a guest that runs.
       if (await this.landed(dest, name)) {
@@ -389,6 +452,7 @@ export class Lifecycle {
         );
       } else return this.rollBackMigration(vm, err as Error);
     }
+    release();
     this.stats.migrated++;
     await this.r.update(name, (v) =>
       transition(
@@ -463,6 +527,74 @@ export class Lifecycle {
         `migration of ${name} to ${dest} failed and the source no longer runs it: ${why}`,
       );
     }
+  }
+
+  /** A port from the destination's registered range that no other migration to it uses now. */
+  private takePort(dest: HostRecord): number {
+    const [lo, hi] = dest.migration_ports ?? DEFAULT_MIGRATION_PORTS;
+    const used = this.portsInUse.get(dest.name) ?? new Set<number>();
+    this.portsInUse.set(dest.name, used);
+    const n = hi - lo + 1;
+    const first = crypto.randomInt(n);
+    for (let i = 0; i < n; i++) {
+      const p = lo + ((first + i) % n);
+      if (!used.has(p)) {
+        used.add(p);
+        return p;
+      }
+    }
+    throw new ApiError(409, 'migration_failed', `every migration port of ${dest.name} (${lo}-${hi}) is in use`);
+  }
+
+  /**
+   * The daemons that must let the guest's MAC move to the destination site before its `expect`: the source,
+   * the destination and the site(s) serving DHCP (the home LAN) are waited for; every other host that is up
+   * is told too, without waiting (its guests may talk to this one).
+   */
+  private async authorizeMove(vm: VmRecord, src: string, dest: HostRecord): Promise<void> {
+    if (!dest.public_key) {
+      this.d.log.warn(
+        { vm: vm.name, to: dest.name },
+        "the destination registered no public key: its daemon's MAC ownership is not told about this migration",
+      );
+      return;
+    }
+    const body = {
+      type: 'authorize-move',
+      mac: vm.mac,
+      site_key: dest.public_key,
+      ttl_ms: AUTHORIZE_MOVE_TTL_MS,
+    } as const;
+    const hosts = await this.d.store.list<HostRecord>('hosts');
+    const needed = new Set([src, dest.name, ...hosts.filter((h) => h.dhcp && h.state === 'up').map((h) => h.name)]);
+    for (const h of hosts) if (!needed.has(h.name) && h.state === 'up') this.r.fireAndForget(h.name, body);
+    await Promise.all(
+      [...needed].map((h) =>
+        this.command(
+          h,
+          body,
+          SHORT_COMMAND_TIMEOUT_MS,
+          'migration_failed',
+          `authorizing ${vm.mac} to move to ${dest.name} at ${h}'s daemon`,
+        ),
+      ),
+    );
+  }
+
+  /** A host was removed (`homewire host remove`): its idle VMs fail; running operations fail by themselves. */
+  async hostRemoved(host: string): Promise<string[]> {
+    this.portsInUse.delete(host);
+    const failed: string[] = [];
+    for (const vm of await this.list()) {
+      if (vm.host !== host || this.busy.has(vm.name) || !holdsCapacity(vm.state)) continue;
+      await this.r.update(vm.name, (v) =>
+        v.host === host && holdsCapacity(v.state) && !this.busy.has(v.name)
+          ? transition(v, 'failed', { target: null, error: `its host ${host} was removed` }, this.r.date())
+          : v,
+      );
+      failed.push(vm.name);
+    }
+    return failed;
   }
 
   // ---- snapshot -----------------------------------------------------------------------------------
@@ -552,8 +684,8 @@ export class Lifecycle {
   }
 }
 
-export function spec(vm: VmRecord, image: ImageRecord): LaunchSpec {
-  return launchSpec(vm, image);
+export function spec(vm: VmRecord, image: ImageRecord, imageSources: string[]): LaunchSpec {
+  return launchSpec(vm, image, imageSources);
 }
 
 /** The DHCP reservations the coordinator holds, for the home site's daemon. */

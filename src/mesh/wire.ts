@@ -3,6 +3,8 @@
 //   handshake init  (1): type | 0 0 0 | sender index u32 LE | Noise IK message 1 (e, s, timestamp)
 //   handshake resp  (2): type | 0 0 0 | sender index u32 LE | receiver index u32 LE | Noise IK message 2
 //   data / signal  (4/5): type | 0 0 0 | receiver index u32 LE | counter u64 LE | ChaCha20-Poly1305(payload)
+//   relayed        (6/7): type | site id u24 BE | receiver index u32 LE | counter u64 LE | ChaCha20-Poly1305(payload)
+//                         (to the relay: the target site; from the relay: the origin site; see mesh/relay.ts)
 //
 // The 16-byte transport header is the AEAD's associated data, so type, index and counter are authenticated.
 // Decoders never throw: a malformed datagram classifies as null and is counted by the caller.
@@ -13,6 +15,8 @@ import {
   MSG_DATA,
   MSG_HANDSHAKE_INIT,
   MSG_HANDSHAKE_RESP,
+  MSG_RELAY_DATA,
+  MSG_RELAY_SIGNAL,
   TRANSPORT_HEADER_BYTES,
   AEAD_TAG_BYTES,
 } from '../constants.ts';
@@ -31,12 +35,23 @@ export const OFF_PAYLOAD = TRANSPORT_HEADER_BYTES; // transport: ciphertext, the
 /** Largest counter we accept: counters are JS numbers on the hot path (2^53 is ~285 years at 1 Mpps). */
 export const MAX_COUNTER = Number.MAX_SAFE_INTEGER;
 
-export type Classified = typeof MSG_HANDSHAKE_INIT | typeof MSG_HANDSHAKE_RESP | typeof MSG_DATA | typeof MSG_SIGNAL;
+export type Classified =
+  | typeof MSG_HANDSHAKE_INIT
+  | typeof MSG_HANDSHAKE_RESP
+  | typeof MSG_DATA
+  | typeof MSG_SIGNAL
+  | typeof MSG_RELAY_DATA
+  | typeof MSG_RELAY_SIGNAL;
 
 /** The message type if the datagram's size and reserved bytes are right for it, else 0. */
 export function classify(msg: Buffer): Classified | 0 {
-  if (msg.length < 4 || msg[1] !== 0 || msg[2] !== 0 || msg[3] !== 0) return 0;
+  if (msg.length < 4) return 0;
   const type = msg[OFF_TYPE];
+  if (type === MSG_RELAY_DATA || type === MSG_RELAY_SIGNAL) {
+    // The reserved bytes carry a site id (authenticated: the header is the AEAD's associated data).
+    return msg.length >= TRANSPORT_HEADER_BYTES + AEAD_TAG_BYTES ? type : 0;
+  }
+  if (msg[1] !== 0 || msg[2] !== 0 || msg[3] !== 0) return 0;
   switch (type) {
     case MSG_DATA:
     case MSG_SIGNAL:
@@ -50,14 +65,20 @@ export function classify(msg: Buffer): Classified | 0 {
   }
 }
 
-export function writeTransportHeader(out: Buffer, type: number, receiver: number, counter: number): void {
+/** `site` goes into the reserved bytes (relayed messages only; 0 otherwise). */
+export function writeTransportHeader(out: Buffer, type: number, receiver: number, counter: number, site = 0): void {
   out[OFF_TYPE] = type;
-  out[1] = 0;
-  out[2] = 0;
-  out[3] = 0;
+  out[1] = site >>> 16;
+  out[2] = (site >>> 8) & 0xff;
+  out[3] = site & 0xff;
   out.writeUInt32LE(receiver, OFF_RECEIVER);
   out.writeUInt32LE(counter >>> 0, OFF_COUNTER_LO);
   out.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), OFF_COUNTER_HI);
+}
+
+/** Relayed messages: the 24-bit site id in the reserved bytes. */
+export function readSite(msg: Buffer): number {
+  return (msg[1] << 16) | (msg[2] << 8) | msg[3];
 }
 
 export function readReceiver(msg: Buffer): number {

@@ -148,7 +148,7 @@ vmTest(
     const refused = await ConsoleViewer.refused(grid, 'web', wrong);
     t.is(refused.code, 1);
     t.regex(refused.stderr, /bearer token/);
-    const hostToken = fs.readFileSync(path.join(lab.dir, 'host.token'), 'utf8').trim();
+    const hostToken = fs.readFileSync(path.join(lab.dir, 'host-a.token'), 'utf8').trim(); // host-a's own
     const adminToken = fs.readFileSync(grid.adminTokenFile, 'utf8').trim();
     t.is(await upgradeStatus(lab, '/v1/vms/web/console', {}), 401, 'no token');
     t.is(await upgradeStatus(lab, '/v1/vms/web/console', { authorization: `Bearer ${hostToken}` }), 401, 'host token');

@@ -17,7 +17,7 @@ import {
   launchBrowser,
   testOutputDir,
 } from '../../lab/coordinator/browser.ts';
-import { GridLab, homeAgentSection, writeHostToken } from '../../lab/coordinator/grid.ts';
+import { GridLab, homeAgentSection } from '../../lab/coordinator/grid.ts';
 import { buildGuestImage, GUEST_PROMPT } from '../../lab/guest-image.ts';
 import { deleteNamespaces, Lab, PLAN } from '../../lab/topology.ts';
 import { vmSiteConfig } from '../../lab/vm/guests.ts';
@@ -65,10 +65,12 @@ webTest(
       start: false,
       siteConfig: (site) => [dhcp(site), site === 'home' ? homeAgentSection() : ''].join('\n'),
     });
-    writeHostToken(lab);
-    for (const s of lab.sites) lab.startDaemon(s.name);
-    await lab.waitPeersUp();
+    // home's agent needs its own token (`homewire host add home`), so the coordinator comes first.
+    for (const s of lab.sites) if (s.name !== 'home') lab.startDaemon(s.name);
     const grid = await GridLab.start(lab, buildGuestImage({ log: (m) => t.log(m) }));
+    await grid.hostToken('home');
+    lab.startDaemon('home');
+    await lab.waitPeersUp();
     await grid.closeInbound();
     await grid.addImage('tiny');
     await grid.ok('vm', 'create', 'web', '--image', 'tiny', '--memory', '128', '--ip', '198.51.100.50');
@@ -86,7 +88,7 @@ webTest(
     await page.waitForSelector('#signin-error:has-text("Wrong token")', { timeout: 10_000 });
     t.regex((await page.textContent('#signin-error')) ?? '', /Wrong token: the coordinator refused it \(401\)/);
     // The host token is not the admin token either.
-    await page.fill('#token', fs.readFileSync(path.join(lab.dir, 'host.token'), 'utf8').trim());
+    await page.fill('#token', fs.readFileSync(path.join(lab.dir, 'host-a.token'), 'utf8').trim());
     await page.click('#signin-button');
     await page.waitForSelector('#signin-error:has-text("Wrong token")', { timeout: 10_000 });
 

@@ -172,9 +172,9 @@ test('a host whose QEMU differs from a warm image is not chosen, and a start for
 
 test("the blob store keeps only what hashes to its name; a restarted agent's predecessor's commands fail at once", async (t) => {
   const h = await harness(t);
-  await h.addHost('host-a');
+  const a = await h.addHost('host-a');
   const url = h.coordinator.url;
-  const put = (sha: string, body: string, token = h.hostToken) =>
+  const put = (sha: string, body: string, token = a.token) =>
     fetch(`${url}/v1/agent/blobs/${sha}`, { method: 'PUT', headers: { authorization: `Bearer ${token}` }, body });
   const good = 'saved guest state';
   const sha = crypto.createHash('sha256').update(good).digest('hex');
@@ -186,15 +186,16 @@ test("the blob store keeps only what hashes to its name; a restarted agent's pre
   t.is(h.coordinator.blobs.stats.rejected, 1);
   t.is((await put(sha, good, h.adminToken)).status, 401, 'the admin token does not write blobs');
   t.is((await put(sha, good)).status, 201);
-  const got = await fetch(`${url}/v1/agent/blobs/${sha}`, { headers: { authorization: `Bearer ${h.hostToken}` } });
+  const got = await fetch(`${url}/v1/agent/blobs/${sha}`, { headers: { authorization: `Bearer ${a.token}` } });
   t.is(await got.text(), good);
   t.is((await fetch(`${url}/v1/agent/blobs/${sha}`)).status, 401, 'reading needs the host token');
 
   // An agent that restarts (new boot id) never answers its predecessor's commands: they fail now.
+  const z = await h.hostToken('host-z');
   const register = (bootId: string) =>
     fetch(`${url}/v1/agent/register`, {
       method: 'POST',
-      headers: { authorization: `Bearer ${h.hostToken}`, 'content-type': 'application/json' },
+      headers: { authorization: `Bearer ${z.token}`, 'content-type': 'application/json' },
       body: JSON.stringify({
         name: 'host-z',
         site: 'z',

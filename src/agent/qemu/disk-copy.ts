@@ -1,20 +1,21 @@
 // Moving a stopped VM's overlay to another host (cold copy): the host that has it exports the overlay file
 // byte for byte (qemu-nbd, read-only, format raw over the qcow2 file, TLS with the operation's key, one
-// client); the host that starts the VM pulls it (qemu-img convert from NBD into a sparse file), checks its
+// client, on its migration address and a port the coordinator chose from its range); the host that starts the VM pulls it (qemu-img convert from NBD into a sparse file), checks its
 // SHA-256 against what the exporter said, and re-points it at its own copy of the base. The base never moves.
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { promisify } from 'node:util';
+import { DISK_COPY_EXPORT } from '../../coordinator/migration.ts';
 import type { DiskSource } from '../hypervisor.ts';
 import { type DiskFormat, fileSha256, rebaseOverlay } from './disks.ts';
 import { TLS_OBJECT } from './driver.ts';
-import { freePort, waitListening } from './ports.ts';
+import { waitListening } from './ports.ts';
 import { pskObjectArg, type TlsKey } from './tls.ts';
 
 const run = promisify(execFile);
 /** An export nobody fetched is ended after this. */
 export const EXPORT_TTL_MS = 10 * 60_000;
-const EXPORT_NAME = 'overlay';
+const EXPORT_NAME = DISK_COPY_EXPORT;
 
 export interface DiskExport {
   source: Omit<DiskSource, 'tls_psk'>;
@@ -23,9 +24,14 @@ export interface DiskExport {
 }
 
 /** Serves `file` (unchanged bytes) on address over NBD with TLS until stopped (or EXPORT_TTL_MS). */
-export async function exportOverlay(file: string, address: string, key: TlsKey, qemuLog: string): Promise<DiskExport> {
+export async function exportOverlay(
+  file: string,
+  address: string,
+  port: number,
+  key: TlsKey,
+  qemuLog: string,
+): Promise<DiskExport> {
   const { sha256, bytes } = await fileSha256(file);
-  const port = await freePort(address);
   const fd = fs.openSync(qemuLog, 'a');
   let proc: ChildProcess;
   try {

@@ -8,6 +8,10 @@
 // QEMU runs in its own session (detached), so the guest outlives the agent and the daemon: stopping or
 // restarting homewire leaves guests running, and start() takes them over again. Accelerator: KVM only when the
 // CPU has vmx/svm (detectAccel), else TCG. The TAP takes the bridge's MTU (the daemon sized that for the mesh).
+//
+// Confinement: -sandbox on, and with runAs (coordinator.qemu_user) QEMU drops to that user after it has made
+// its TAP and opened its disk, sockets and files; each VM's directory is then root:<its group> 0770 (QEMU makes
+// the sockets of a warm start there) and each operation's TLS key directory is QEMU's own (0700, key 0600).
 import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -15,7 +19,7 @@ import path from 'node:path';
 import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../../coordinator/types.ts';
 import type { Logger } from '../../log.ts';
 import { SerialConsole } from '../console.ts';
-import type { AdoptReport, DiskSource, GuestSpec, Hypervisor, NbdTarget, SnapshotFiles } from '../hypervisor.ts';
+import type { AdoptReport, DiskSource, GuestSpec, Hypervisor, MigrationChannel, SnapshotFiles } from '../hypervisor.ts';
 import { type Phase, type RuntimeRecord, readRuntime, removeRuntime, writeRuntime } from '../runtime.ts';
 import { type DiskExport, endExport, exportOverlay, importOverlay } from './disk-copy.ts';
 import { createOverlay, imageInfo, OVERLAY_FILE, overlayBytes, rebaseOverlay } from './disks.ts';
@@ -59,6 +63,8 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 export interface QemuHypervisorOptions {
   stateDir: string;
   log: Logger;
+  /** QEMU drops to this user after setup (coordinator.qemu_user). */
+  runAs?: { uid: number; gid: number; text: string };
   /** QEMU binary (default qemu-system-x86_64). */
   binary?: string;
   /** Where cold copies and migrations listen when no address is given (tests). */
@@ -79,7 +85,11 @@ export class QemuHypervisor implements Hypervisor {
 
   constructor(private readonly o: QemuHypervisorOptions) {
     this.binary = o.binary ?? qemuBinary();
-    const available = hasQemu(this.binary);
+    const installed = hasQemu(this.binary);
+    // -runas needs set*id: an agent that is not root (the daemon's systemd unit runs it as a dynamic user,
+    // so QEMU is unprivileged already) cannot use qemu_user.
+    const cannotDrop = o.runAs !== undefined && process.getuid?.() !== 0;
+    const available = installed && !cannotDrop;
     const accel = detectAccel();
     this.version = (available && qemuVersion(this.binary)) || 'unknown';
     // Guests run the versioned machine type ("pc" resolved once): a guest started here can still migrate to
@@ -92,13 +102,38 @@ export class QemuHypervisor implements Hypervisor {
           kind: 'qemu',
           available,
           accel: null,
-          reason: `${this.binary} is not installed (apt-get install qemu-system-x86)`,
+          reason: cannotDrop
+            ? `coordinator.qemu_user (${o.runAs!.text}) needs the agent to run as root; without root QEMU runs as the agent's own user: remove qemu_user`
+            : `${this.binary} is not installed (apt-get install qemu-system-x86)`,
         };
   }
 
   private dir(name: string): string {
     if (!NAME_RE.test(name)) throw new Error(`"${name}" is not a valid VM name`);
     return path.join(this.o.stateDir, name);
+  }
+
+  /** A VM's directory, made: root only, or root plus QEMU's group (it reaches its keys and sockets there). */
+  private makeDir(name: string): string {
+    const dir = this.dir(name);
+    fs.mkdirSync(this.o.stateDir, { recursive: true, mode: 0o700 });
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    if (this.o.runAs) {
+      for (const d of [this.o.stateDir, dir]) fs.chownSync(d, 0, this.o.runAs.gid);
+      fs.chmodSync(this.o.stateDir, 0o710);
+      fs.chmodSync(dir, 0o770);
+    }
+    return dir;
+  }
+
+  /** A disk file QEMU opens: its own after -runas (it may reopen it, e.g. when a migration re-activates it). */
+  private own(file: string): void {
+    if (this.o.runAs) fs.chownSync(file, this.o.runAs.uid, this.o.runAs.gid);
+  }
+
+  /** This operation's key, in a directory only QEMU (and root) can read. */
+  private key(dir: string, psk: string, name = 'tls'): TlsKey {
+    return writePsk(path.join(dir, name), psk, this.o.runAs);
   }
 
   private options(spec: GuestSpec, dir: string, o: Partial<LaunchOptions> = {}): LaunchOptions {
@@ -121,6 +156,7 @@ export class QemuHypervisor implements Hypervisor {
       tapMtu: bridgeMtu(spec.bridge),
       binary: this.binary,
       detached: true,
+      ...(this.o.runAs ? { runAs: this.o.runAs.text } : {}),
       ...(spec.disk || spec.warm?.overlay
         ? { disk: { file: path.join(dir, OVERLAY_FILE), format: 'qcow2' as const } }
         : {}),
@@ -328,8 +364,7 @@ export class QemuHypervisor implements Hypervisor {
 
   async launch(spec: GuestSpec, o: { diskFrom?: DiskSource; psk?: string } = {}): Promise<{ note?: string }> {
     await this.stop(spec.name);
-    const dir = this.dir(spec.name);
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const dir = this.makeDir(spec.name);
     this.endExport(spec.name);
     if (spec.warm) return this.resumeWarm(spec, dir);
     if (spec.disk) await this.prepareDisk(spec, dir, o);
@@ -358,13 +393,14 @@ export class QemuHypervisor implements Hypervisor {
     const base = spec.disk!.base;
     if (o.diskFrom) {
       if (!o.psk) throw new Error('a disk copy needs its key (tls_psk)');
-      const key = writePsk(path.join(dir, 'tls'), o.psk);
+      const key = this.key(dir, o.psk);
       const started = Date.now();
       try {
         await importOverlay(file, o.diskFrom, key, base);
       } finally {
         removePsk(key);
       }
+      this.own(file);
       this.o.log.info(
         {
           vm: spec.name,
@@ -383,6 +419,7 @@ export class QemuHypervisor implements Hypervisor {
       return;
     }
     await createOverlay(file, base, await overlayBytes(base, spec.disk!.gib));
+    this.own(file);
   }
 
   private async resumeWarm(spec: GuestSpec, dir: string): Promise<{ note?: string }> {
@@ -397,8 +434,10 @@ export class QemuHypervisor implements Hypervisor {
       const file = path.join(dir, OVERLAY_FILE);
       fs.rmSync(file, { force: true });
       fs.copyFileSync(warm.overlay, `${file}.part`);
+      fs.chmodSync(`${file}.part`, 0o644); // the cached copy is read-only; the VM's own is not
       fs.renameSync(`${file}.part`, file);
       await rebaseOverlay(file, spec.disk?.base ?? null);
+      this.own(file);
     }
     const vm = await launch(
       this.options(spec, dir, {
@@ -448,42 +487,38 @@ export class QemuHypervisor implements Hypervisor {
     return `clone ${g.spec.name} has a new MAC ${g.spec.mac} on a new NIC: the guest must renew its DHCP lease`;
   }
 
-  async incoming(
-    spec: GuestSpec,
-    address: string,
-    o: { psk?: string } = {},
-  ): Promise<{ uri: string; nbd?: NbdTarget }> {
+  async incoming(spec: GuestSpec, m: MigrationChannel): Promise<void> {
     await this.stop(spec.name, { discard: true }); // a leftover of an earlier attempt: never this VM's live disk
-    const dir = this.dir(spec.name);
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const dir = this.makeDir(spec.name);
     const storage = spec.disk !== undefined;
+    if (storage && !m.nbd) throw new Error(`${spec.name} has a writable disk: its migration needs an NBD port`);
     if (storage) {
       const base = spec.disk!.base;
       // The same virtual size as the source's overlay, over this host's own copy of the base.
       await createOverlay(path.join(dir, OVERLAY_FILE), base, await overlayBytes(base, spec.disk!.gib));
+      this.own(path.join(dir, OVERLAY_FILE));
     }
-    const key = o.psk ? writePsk(path.join(dir, 'tls'), o.psk) : null;
+    const key = this.key(dir, m.tlsPsk);
     const vm = await launch(
       this.options(spec, dir, {
         // With a disk the guest may run only after the NBD server stopped (watchIncoming does both); without
         // one QEMU runs it itself when the stream completes, even if no agent is there at that moment.
         paused: storage,
         incoming: 'defer',
-        ...(key ? { tls: { dir: key.dir, endpoint: 'server' as const, identity: key.identity } } : {}),
+        tls: { dir: key.dir, endpoint: 'server' as const, identity: key.identity },
       }),
     );
     const console = await this.attachConsole(vm);
     const g: Guest = { spec, vm, console, state: 'incoming', rt: null, dir, unwatch: null, tls: key };
     this.track(g);
-    let setup: Awaited<ReturnType<typeof prepareIncoming>>;
     try {
       this.watch(g, storage);
-      setup = await prepareIncoming(vm, { address, storage, key });
+      await prepareIncoming(vm, { uri: m.uri, nbd: storage ? m.nbd! : null, key });
     } catch (err) {
       await this.stop(spec.name, { discard: true });
-      throw err;
+      throw new Error(`${spec.name}: cannot listen for the migration at ${m.uri}: ${(err as Error).message}`);
     }
-    this.record(g, 'incoming', { nbd: setup.nbd });
+    this.record(g, 'incoming', { nbd: storage ? m.nbd! : null });
     if (spec.bridge) {
       // The bridge learned the guest's MAC on the homewire TAP (its frames came over the mesh). Point it at the
       // incoming guest's TAP now, so frames the mesh sends here during the migration (expect) reach the guest
@@ -497,14 +532,15 @@ export class QemuHypervisor implements Hypervisor {
           'could not pin the MAC on the bridge',
         );
     }
-    return setup.nbd ? { uri: setup.uri, nbd: setup.nbd } : { uri: setup.uri };
   }
 
-  async migrate(name: string, uri: string, o: { nbd?: NbdTarget; psk?: string } = {}): Promise<void> {
+  async migrate(name: string, m: MigrationChannel): Promise<void> {
     const g = this.need(name);
+    const { uri } = m;
+    const o = { nbd: m.nbd };
     if (g.spec.disk && !o.nbd)
       throw new Error(`${name} has a writable disk: its migration needs the destination's NBD export`);
-    const key = o.psk ? writePsk(path.join(g.dir, 'tls'), o.psk) : null;
+    const key = this.key(g.dir, m.tlsPsk);
     g.tls = key;
     this.record(g, 'outgoing', { tls_dir: key?.dir ?? null });
     try {
@@ -574,14 +610,14 @@ export class QemuHypervisor implements Hypervisor {
 
   // ---- disks and snapshots --------------------------------------------------------------------------
 
-  async exportDisk(name: string, address: string, psk: string): Promise<DiskSource> {
+  async exportDisk(name: string, address: string, port: number, psk: string): Promise<DiskSource> {
     if (this.guests.get(name)?.vm?.running) throw new Error(`${name} runs here: stop it before its disk is copied`);
     const dir = this.dir(name);
     const file = path.join(dir, OVERLAY_FILE);
     if (!fs.existsSync(file)) throw new Error(`this host has no disk of ${name}`);
     this.endExport(name);
-    const key = writePsk(path.join(dir, 'tls-export'), psk);
-    const e = await exportOverlay(file, address, key, path.join(dir, 'qemu.log'));
+    const key = this.key(dir, psk, 'tls-export');
+    const e = await exportOverlay(file, address, port, key, path.join(dir, 'qemu.log'));
     e.proc.once('exit', () => {
       removePsk(key);
       if (this.exports.get(name) === e) this.exports.delete(name);
@@ -607,7 +643,7 @@ export class QemuHypervisor implements Hypervisor {
     const frozen = path.join(g.dir, `snapshot-${tag}.qcow2`);
     this.record(g, 'snapshot');
     try {
-      const { pauseMs } = await saveState(g.vm!, stateFile, overlay, frozen);
+      const { pauseMs } = await saveState(g.vm!, stateFile, overlay, frozen, this.o.runAs);
       this.o.log.info({ vm: name, pauseMs }, 'guest state saved');
       return {
         state: stateFile,

@@ -60,6 +60,7 @@ export async function saveState(
   stateFile: string,
   overlay: string | null,
   frozenFile: string,
+  owner?: { uid: number; gid: number },
 ): Promise<{ pauseMs: number }> {
   const q = vm.qmp;
   const wasRunning = (await q.execute<{ status: string }>('query-status')).status === 'running';
@@ -82,6 +83,7 @@ export async function saveState(
       server!.listen(sock, () => resolve());
     });
     fs.chmodSync(sock, 0o600);
+    if (owner) fs.chownSync(sock, owner.uid, owner.gid); // QEMU connects after it dropped root
     await q.execute('migrate-set-capabilities', {
       capabilities: [
         { capability: 'events', state: true },

@@ -19,10 +19,8 @@
 // guest's writes, so the mirror converges however busy the disk is. A stall (no progress for
 // STALL_TIMEOUT_MS: a cut network) is ended with QMP yank, so the source never hangs on a dead peer: the
 // migration fails and the guest keeps running at the source.
-import { formatEndpoint } from '../../addr.ts';
 import type { NbdTarget } from '../hypervisor.ts';
 import { DISK_NODE, type MigrationResult, TLS_OBJECT, TLS_OUT_OBJECT, type Vm } from './driver.ts';
-import { freePort } from './ports.ts';
 import type { QmpEvent } from './qmp.ts';
 import { pskObject, type TlsKey } from './tls.ts';
 
@@ -35,26 +33,22 @@ const STALL_POLL_MS = 1_000;
 /** How long cleanup steps (job cancel, migrate_cancel) may take before we stop waiting. */
 const CLEANUP_WAIT_MS = 10_000;
 
-export interface IncomingSetup {
-  uri: string;
-  nbd: NbdTarget | null;
-}
-
-/** Destination, after launch with -S, -incoming defer and (with a key) the TLS object: listen for both streams. */
+/**
+ * Destination, after launch with -S, -incoming defer and the TLS object: listen for both streams, at the URI and
+ * NBD port the coordinator chose (from this host's registered address and ports; the agent checked them).
+ */
 export async function prepareIncoming(
   vm: Vm,
-  o: { address: string; storage: boolean; key: TlsKey | null },
-): Promise<IncomingSetup> {
+  o: { uri: string; nbd: NbdTarget | null; key: TlsKey | null },
+): Promise<void> {
   const q = vm.qmp;
   const caps = [{ capability: 'events', state: true }];
-  if (o.storage) caps.push({ capability: 'late-block-activate', state: true });
+  if (o.nbd) caps.push({ capability: 'late-block-activate', state: true });
   await q.execute('migrate-set-capabilities', { capabilities: caps });
   await q.execute('migrate-set-parameters', { 'tls-creds': o.key ? TLS_OBJECT : '' });
-  let nbd: NbdTarget | null = null;
-  if (o.storage) {
-    const port = await freePort(o.address);
+  if (o.nbd) {
     await q.execute('nbd-server-start', {
-      addr: { type: 'inet', data: { host: o.address, port: String(port) } },
+      addr: { type: 'inet', data: { host: o.nbd.host, port: String(o.nbd.port) } },
       ...(o.key ? { 'tls-creds': TLS_OBJECT } : {}),
       'max-connections': 2,
     });
@@ -62,15 +56,11 @@ export async function prepareIncoming(
       type: 'nbd',
       id: EXPORT_ID,
       'node-name': DISK_NODE,
-      name: DISK_NODE,
+      name: o.nbd.export,
       writable: true,
     });
-    nbd = { host: o.address, port, export: DISK_NODE };
   }
-  const port = await freePort(o.address);
-  const uri = `tcp:${formatEndpoint(o.address, port)}`;
-  await q.execute('migrate-incoming', { uri });
-  return { uri, nbd };
+  await q.execute('migrate-incoming', { uri: o.uri });
 }
 
 /**

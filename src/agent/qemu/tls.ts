@@ -28,14 +28,20 @@ export function checkPsk(psk: unknown): string {
   return psk;
 }
 
-/** Writes dir/keys.psk (0600 in a 0700 directory) for one operation. */
-export function writePsk(dir: string, psk: string): TlsKey {
+/**
+ * Writes dir/keys.psk (0600 in a fresh 0700 directory) for one operation, owned by `owner` (QEMU's user after
+ * -runas: it reads the key when the TLS session starts, after it dropped root).
+ */
+export function writePsk(dir: string, psk: string, owner?: { uid: number; gid: number }): TlsKey {
   checkPsk(psk);
+  fs.rmSync(dir, { recursive: true, force: true }); // a leftover of an interrupted operation
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  fs.chmodSync(dir, 0o700);
   const file = path.join(dir, 'keys.psk');
-  fs.writeFileSync(file, `${PSK_IDENTITY}:${psk}\n`, { mode: 0o600 });
-  fs.chmodSync(file, 0o600);
+  fs.writeFileSync(file, `${PSK_IDENTITY}:${psk}\n`, { mode: 0o600, flag: 'wx' });
+  if (owner) {
+    fs.chownSync(dir, owner.uid, owner.gid);
+    fs.chownSync(file, owner.uid, owner.gid);
+  }
   return { dir, identity: PSK_IDENTITY };
 }
 
