@@ -8,6 +8,7 @@ import { type DhcpConfig, parseDhcpConfig } from './dhcp/config.ts';
 import { Checker, LOG_LEVELS, parseYaml, readConfigFile } from './checker.ts';
 import { decodeKey, publicKeyOf } from './mesh/keys.ts';
 import type { Endpoint, PeerConfig } from './mesh/peer.ts';
+import { parseSecurityConfig, type SecurityConfig } from './security/config.ts';
 
 export interface TapConfig {
   name: string;
@@ -32,6 +33,8 @@ export interface Config {
   mobility: { announceMoves: boolean };
   /** This host joins a lifecycle coordinator (validated by the agent module). */
   coordinator?: AgentConfig;
+  /** Port security, MAC ownership, snooping, inspection, storm control (README "Security model"). */
+  security: SecurityConfig;
 }
 
 const TOP_KEYS = [
@@ -47,6 +50,7 @@ const TOP_KEYS = [
   'control',
   'coordinator',
   'mobility',
+  'security',
 ];
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$/;
 const IFNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$/;
@@ -168,6 +172,12 @@ export function parseConfig(text: string, file: string): Config {
     control,
     mobility: { announceMoves },
     coordinator: top.coordinator === undefined ? undefined : parseAgentConfig(top.coordinator, file),
+    security: parseSecurityConfig(
+      top.security,
+      file,
+      top.dhcp !== undefined,
+      peers.map((p) => p.name),
+    ),
   };
 }
 

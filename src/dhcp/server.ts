@@ -61,7 +61,7 @@ import {
 } from './codec.ts';
 import type { DhcpConfig } from './config.ts';
 import { buildArpReply, ethertype, macEquals, parseArp, parseUdp, type UdpView } from './frame.ts';
-import { formatMac } from '../addr.ts';
+import { formatMac, macNumber, macString } from '../addr.ts';
 import { broadcastOf, formatIPv4, inCidr, parseCidr, parseIPv4, prefixMask, type Cidr } from './ip.ts';
 import { SiteBudget } from './ratelimit.ts';
 import { buildReply, type ReplyContext } from './reply.ts';
@@ -739,6 +739,27 @@ export class DhcpServer {
       this.reservedByMac.set(mac, ip);
       this.reservedByIp.set(ip, mac);
     }
+  }
+
+  /** Whether it answers the serving site's own local side too (dhcp.serve_local). */
+  get serveLocal(): boolean {
+    return this.cfg.serveLocal;
+  }
+
+  /** The MAC (48-bit number) holding `ip` now, or null: authoritative bindings for ARP inspection. */
+  macOf(ip: number, now: number): number | null {
+    const l = this.table.byIp.get(ip);
+    if (l === undefined || !this.table.isActive(l, now)) return null;
+    return macNumber(l.mac);
+  }
+
+  /** Active leases of a MAC as [ip, expiresAtMs] (the switch tells the MAC's new site when it moves). */
+  leasesOf(mac: number, now: number): Array<[number, number]> {
+    const out: Array<[number, number]> = [];
+    const text = macString(mac);
+    for (const l of this.table.byKey.values())
+      if (l.mac === text && this.table.isActive(l, now)) out.push([l.ip, l.expiresAt]);
+    return out;
   }
 
   leases(): DhcpLeaseInfo[] {

@@ -5,7 +5,9 @@
 //                         per peer per batch, so runs of full-size datagrams leave as one UDP GSO send)
 // Inbound  (receive):    udp message → classify → index table → open (decrypt in place) → replay → roam → switch
 // Handshake messages are queued and processed on their own event-loop turns (processHandshakes), never on
-// the receive path. All time policy lives in timers.ts; the data path only records times.
+// the receive path; the handshake guard (cookie.ts: mac1, cookies under load, per-source buckets) decides
+// what may be queued, and responses to our own initiations are processed first. All time policy lives in
+// timers.ts; the data path only records times.
 import sodium from 'sodium-native';
 import {
   HANDSHAKE_QUEUE_MAX,
@@ -14,8 +16,10 @@ import {
   MSG_DATA,
   MSG_HANDSHAKE_INIT,
   MSG_HANDSHAKE_RESP,
+  MSG_COOKIE_REPLY,
   REJECT_AFTER_MS,
 } from '../constants.ts';
+import { ADMIT, HandshakeGuard, SEND_COOKIE } from './cookie.ts';
 import type { Logger } from '../log.ts';
 import type { UdpSocket } from '../udp/socket.ts';
 import { consumeInitiation, createInitiation, type StaticKeys, TimestampClock } from './handshake.ts';
@@ -82,6 +86,9 @@ export class Mesh {
   private readonly byKey = new Map<string, Peer>();
   private readonly byIndex = new Map<number, Slot>();
   private readonly handshakeQueue: QueuedHandshake[] = [];
+  /** Responses to our own initiations: processed before any queued initiation. */
+  private readonly responseQueue: QueuedHandshake[] = [];
+  readonly guard: HandshakeGuard;
   private handshakeScheduled = false;
   private readonly timestamps = new TimestampClock();
   private readonly timers: MeshTimers;
@@ -99,6 +106,7 @@ export class Mesh {
     private readonly now: () => number = Date.now,
   ) {
     this.nowMs = now();
+    this.guard = new HandshakeGuard(keys.publicKey, now);
     for (const p of peers) this.addPeer(p);
     this.timers = new MeshTimers(this);
   }
@@ -150,15 +158,33 @@ export class Mesh {
       return;
     }
     if (type === MSG_HANDSHAKE_INIT || type === MSG_HANDSHAKE_RESP) {
-      if (this.handshakeQueue.length >= HANDSHAKE_QUEUE_MAX) {
+      if (!this.guard.mac1Valid(msg)) return; // counted by the guard: nothing else was spent on it
+      let queue: QueuedHandshake[];
+      if (type === MSG_HANDSHAKE_RESP) {
+        if (this.pendingSlot(readRespReceiver(msg)) === null) {
+          this.drops.unknown_index++;
+          return;
+        }
+        queue = this.responseQueue;
+      } else {
+        const verdict = this.guard.admit(msg, address, port, this.handshakeQueue.length);
+        if (verdict === SEND_COOKIE) this.socket.send(this.guard.cookieReply(msg, address, port), port, address);
+        if (verdict !== ADMIT) return;
+        queue = this.handshakeQueue;
+      }
+      if (queue.length >= HANDSHAKE_QUEUE_MAX) {
         this.drops.handshake_queue_full++;
         return;
       }
-      this.handshakeQueue.push({ msg, address, port });
+      queue.push({ msg, address, port });
       if (!this.handshakeScheduled) {
         this.handshakeScheduled = true;
         setImmediate(() => this.processHandshakes());
       }
+      return;
+    }
+    if (type === MSG_COOKIE_REPLY) {
+      this.consumeCookieReply(msg);
       return;
     }
     this.drops.malformed++;
@@ -252,12 +278,14 @@ export class Mesh {
     this.handshakeScheduled = false;
     if (this.closed) return;
     this.nowMs = this.now();
-    const batch = this.handshakeQueue.splice(0, HANDSHAKES_PER_TICK_MAX);
+    const responses = this.responseQueue.splice(0, HANDSHAKES_PER_TICK_MAX);
+    const batch = this.handshakeQueue.splice(0, HANDSHAKES_PER_TICK_MAX - responses.length);
+    for (const h of responses) this.handleResponse(h);
     for (const h of batch) {
       if (h.msg[OFF_TYPE] === MSG_HANDSHAKE_INIT) this.handleInitiation(h);
       else this.handleResponse(h);
     }
-    if (this.handshakeQueue.length > 0 && !this.handshakeScheduled) {
+    if (this.handshakeQueue.length + this.responseQueue.length > 0 && !this.handshakeScheduled) {
       this.handshakeScheduled = true;
       setImmediate(() => this.processHandshakes());
     }
@@ -279,7 +307,30 @@ export class Mesh {
     peer.pending = pending;
     this.byIndex.set(index, { peer, keypair: null });
     this.handshakes.initiated++;
+    this.guard.stamp(msg, this.guard.remote(peer, peer.publicKey));
     this.socket.send(msg, ep.port, ep.address);
+  }
+
+  /** The slot of a handshake we have pending under `index`, or null. */
+  private pendingSlot(index: number): Slot | null {
+    const slot = this.byIndex.get(index);
+    if (!slot || slot.keypair !== null || slot.peer.pending?.localIndex !== index) return null;
+    return slot;
+  }
+
+  /** A cookie reply: the peer is under load; resend our pending initiation at once, with mac2. */
+  private consumeCookieReply(msg: Buffer): void {
+    const slot = this.pendingSlot(readReceiver(msg));
+    const r = slot ? this.guard.remote(slot.peer, slot.peer.publicKey) : null;
+    if (!slot || !r || !this.guard.consumeReply(msg, r)) {
+      if (!slot) this.guard.stats.cookie_replies_invalid++;
+      return;
+    }
+    const ep = slot.peer.endpoint;
+    if (r.lastInit === null || ep === null || this.closed) return;
+    const again = Buffer.from(r.lastInit);
+    this.guard.stamp(again, r);
+    this.socket.send(again, ep.port, ep.address);
   }
 
   /** @internal timers */
@@ -326,26 +377,27 @@ export class Mesh {
     // holder of the initiator's key can send.
     peer.lastHandshakeMs = this.nowMs;
     this.handshakes.responded++;
+    this.guard.stamp(msg, this.guard.remote(peer, peer.publicKey));
     this.socket.send(msg, h.port, h.address);
   }
 
   private handleResponse(h: QueuedHandshake): void {
     const answered = readRespReceiver(h.msg);
-    const slot = this.byIndex.get(answered);
+    const slot = this.pendingSlot(answered);
     const pending = slot?.peer.pending;
-    if (!slot || slot.keypair !== null || !pending || pending.localIndex !== answered) {
+    if (!slot || !pending) {
       this.drops.unknown_index++;
       return;
     }
     const peer = slot.peer;
     const keys = pending.consumeResponse(h.msg);
-    peer.pending = null;
     if (!keys) {
-      this.byIndex.delete(pending.localIndex);
+      // A forged or damaged response: the handshake stays pending for the real one.
       this.handshakes.invalid++;
       this.drops.handshake_invalid++;
       return;
     }
+    peer.pending = null;
     const keypair = new Keypair(keys.send, keys.recv, pending.localIndex, readSender(h.msg), true, this.nowMs);
     slot.keypair = keypair;
     if (peer.previous) this.retire(peer.previous);
@@ -420,6 +472,7 @@ export class Mesh {
     if (this.closed) return;
     this.nowMs = this.now();
     this.timers.tick(this.nowMs);
+    this.guard.tick(this.nowMs);
   }
 
   /** @internal for timers */
@@ -432,6 +485,7 @@ export class Mesh {
     this.closed = true;
     for (const peer of [...this.peers]) this.removePeer(peer);
     this.handshakeQueue.length = 0;
+    this.responseQueue.length = 0;
     await this.socket.close();
   }
 }
