@@ -79,6 +79,10 @@ export class Daemon {
           now,
           log: deps.log.child({ part: 'dhcp' }),
           send: (frame, to) => sw!.sendTo(to, frame),
+          macPort: (mac) => {
+            const entry = sw?.table.get(macNumber(mac));
+            return entry === undefined ? null : (entry.port?.name ?? LOCAL);
+          },
         });
       } catch (err) {
         tap.close();
