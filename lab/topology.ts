@@ -322,7 +322,26 @@ export class Lab implements Teardown {
     }
     const extra = this.opts.siteConfig?.(s.name);
     if (extra) lines.push(extra.trimEnd());
+    if (!/^security:/m.test(extra ?? '')) lines.push(...this.securityLines(s));
     return `${lines.join('\n')}\n`;
+  }
+
+  /**
+   * The lab's security: section (unless the site's extra config has its own): the home site's local side is
+   * the home LAN; guests with static addresses need ARP inspection that learns first claims (strict needs a
+   * DHCP lease or a reservation per guest); where home serves DHCP, hosts trust only home's DHCP replies.
+   */
+  private securityLines(s: Site): string[] {
+    const homeServesDhcp = this.sites.some(
+      (x) => x.role === 'home' && /^dhcp:/m.test(this.opts.siteConfig?.(x.name) ?? ''),
+    );
+    const lines = ['security:'];
+    if (s.role === 'home') lines.push('  local_side: lan');
+    if (this.opts.staticAddresses !== false) lines.push('  arp_inspection: learn');
+    const home = this.sites.find((x) => x.role === 'home')!;
+    if (s.role !== 'home' && homeServesDhcp && s.peers.includes(home.name))
+      lines.push(`  dhcp_servers: [${home.name}]`);
+    return lines.length > 1 ? lines : [];
   }
 
   // ---- lookups -------------------------------------------------------------------------------------

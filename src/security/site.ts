@@ -425,7 +425,8 @@ export class SiteSecurity {
               'arp_no_binding',
               src,
               LOCAL_PORT,
-              `ARP inspection: ${ipString(a.senderIp)} is not bound to this MAC (no DHCP lease or reservation); dropped`,
+              `ARP inspection: ${ipString(a.senderIp)} is not bound to this MAC (no DHCP lease or reservation); dropped. ` +
+                'Guests with static addresses need a coordinator reservation or security.arp_inspection: learn',
             );
             return DROP;
           }
