@@ -110,6 +110,6 @@ function ipv6Bytes(text: string): Buffer {
   const tl = tail ? tail.split(':') : [];
   const groups = [...h, ...Array(8 - h.length - tl.length).fill('0'), ...tl];
   const b = Buffer.alloc(16);
-  groups.forEach((g, i) => b.writeUInt16BE(Number.parseInt(g, 16), i * 2));
+  for (let i = 0; i < 8; i++) b.writeUInt16BE(Number.parseInt(groups[i], 16), i * 2);
   return b;
 }
