@@ -60,9 +60,11 @@ export const REPLAY_WORD_BITS = 32;
 // --- Handshake processing (never on the data path) ------------------------------------------------
 export const HANDSHAKE_QUEUE_MAX = 1024; // queued handshake messages beyond this are dropped
 export const HANDSHAKES_PER_TICK_MAX = 64; // handshake messages processed per queue turn
+export const HANDSHAKE_TURN_BUDGET_MS = 4; // ... or fewer: a turn stops after this long (a Noise DH costs 1-8 ms here)
 // Handshake guard (mesh/cookie.ts, WireGuard's values): under load, a handshake without a valid mac2 gets a
 // cookie reply instead of a Diffie-Hellman; with one, each source address gets a token bucket.
-export const UNDER_LOAD_QUEUE_LEN = HANDSHAKE_QUEUE_MAX / 8; // queued handshakes that mean "under load"
+export const UNDER_LOAD_QUEUE_LEN = 32; // queued initiations that mean "under load" (WireGuard: 1/8 of its queue;
+// a Noise DH costs this daemon 100x what it costs WireGuard, so 32 is already a backlog of 30-250 ms)
 export const UNDER_LOAD_HOLD_MS = 1_000; // stay under load this long after the queue was that long
 export const COOKIE_SECRET_MS = 120_000; // the responder's cookie secret changes this often
 export const COOKIE_VALID_MS = COOKIE_SECRET_MS - 5_000; // an initiator uses a received cookie this long

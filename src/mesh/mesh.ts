@@ -11,6 +11,7 @@
 import sodium from 'sodium-native';
 import {
   HANDSHAKE_QUEUE_MAX,
+  HANDSHAKE_TURN_BUDGET_MS,
   HANDSHAKES_PER_TICK_MAX,
   MSG_SIGNAL,
   MSG_DATA,
@@ -278,12 +279,14 @@ export class Mesh {
     this.handshakeScheduled = false;
     if (this.closed) return;
     this.nowMs = this.now();
-    const responses = this.responseQueue.splice(0, HANDSHAKES_PER_TICK_MAX);
-    const batch = this.handshakeQueue.splice(0, HANDSHAKES_PER_TICK_MAX - responses.length);
-    for (const h of responses) this.handleResponse(h);
-    for (const h of batch) {
+    // Responses to our own initiations first; then initiations, until the turn's count or time is spent.
+    const deadline = performance.now() + HANDSHAKE_TURN_BUDGET_MS;
+    for (let n = 0; n < HANDSHAKES_PER_TICK_MAX; n++) {
+      const h = this.responseQueue.shift() ?? this.handshakeQueue.shift();
+      if (h === undefined) break;
       if (h.msg[OFF_TYPE] === MSG_HANDSHAKE_INIT) this.handleInitiation(h);
       else this.handleResponse(h);
+      if (performance.now() > deadline) break;
     }
     if (this.handshakeQueue.length + this.responseQueue.length > 0 && !this.handshakeScheduled) {
       this.handshakeScheduled = true;
