@@ -111,9 +111,19 @@ export interface IperfResult {
   streams: number;
 }
 
+/** The parts of `iperf3 -J` output that parseIperf3 reads. */
+interface IperfJson {
+  error?: string;
+  end?: {
+    sum_received?: { bits_per_second: number; bytes: number; seconds: number };
+    sum_sent?: { bits_per_second: number; bytes: number; seconds: number; retransmits?: number };
+  };
+  start?: { test_start?: { num_streams?: number } };
+}
+
 /** Reads `iperf3 -J` output of a TCP client run; throws with iperf3's own error text. */
 export function parseIperf3(json: string): IperfResult {
-  let doc: any;
+  let doc: IperfJson;
   try {
     doc = JSON.parse(json);
   } catch {

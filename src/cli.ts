@@ -124,14 +124,14 @@ async function control(cmd: string, args: string[]): Promise<void> {
   if (cmd === 'reload') {
     const r = await controlRequest(socket, 'POST', '/v1/reload');
     if (!r.body.ok) fail(`reload refused, the daemon keeps its running config: ${r.body.error}`, 1);
-    process.stdout.write(`reloaded: ${r.body.changes.length ? r.body.changes.join('; ') : 'no changes'}\n`);
+    process.stdout.write(`reloaded: ${r.body.changes?.length ? r.body.changes.join('; ') : 'no changes'}\n`);
     return;
   }
   if (cmd === 'expect') {
     const mac = option(args, '--mac');
     if (!mac) fail('missing --mac MAC');
     const r = await controlRequest(socket, 'POST', `/v1/expect?mac=${encodeURIComponent(mac!)}`);
-    if (!r.body.ok) fail(r.body.error, 1);
+    if (!r.body.ok) fail(r.body.error ?? 'expect refused', 1);
     process.stdout.write(`expecting ${mac} on ${cfg.name}\n`);
     return;
   }
@@ -142,7 +142,7 @@ async function control(cmd: string, args: string[]): Promise<void> {
     const seconds = Number(option(args, '--seconds') ?? 60);
     if (!(seconds > 0)) fail('--seconds must be a positive number');
     const r = await controlRequest(socket, 'POST', '/v1/authorize-move', { mac, to, seconds });
-    if (!r.body.ok) fail(r.body.error, 1);
+    if (!r.body.ok) fail(r.body.error ?? 'refused', 1);
     process.stdout.write(`${mac} may move to ${to} for ${seconds} s (on ${cfg.name})\n`);
     return;
   }
@@ -154,11 +154,11 @@ async function control(cmd: string, args: string[]): Promise<void> {
         return ip ? { mac, ip } : { mac };
       });
     const r = await controlRequest(socket, 'POST', '/v1/guests', { guests: list });
-    if (!r.body.ok) fail(r.body.error, 1);
+    if (!r.body.ok) fail(r.body.error ?? 'refused', 1);
     process.stdout.write(`${list.length} guest MACs set on ${cfg.name}\n`);
     return;
   }
-  const r = await controlRequest(socket, 'GET', '/v1/status');
+  const r = await controlRequest<StatusReport>(socket, 'GET', '/v1/status');
   if (args.includes('--json')) {
     process.stdout.write(`${JSON.stringify(r.body, null, 2)}\n`);
     return;

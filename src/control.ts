@@ -17,7 +17,7 @@ import type { StatusReport } from './status.ts';
 
 export interface ControlHandlers {
   status(): StatusReport;
-  reload(): Promise<{ ok: boolean; error?: string; changes?: string[] }>;
+  reload(): Promise<ControlResult>;
   expect(mac: string): { ok: boolean; error?: string };
   guests(list: ReadonlyArray<string | { mac: string; ip?: string | null }>): { ok: boolean; error?: string };
   authorizeMove(mac: string, to: string, untilMs: number): { ok: boolean; error?: string };
@@ -26,6 +26,7 @@ export interface ControlHandlers {
 const BODY_MAX_BYTES = 1 << 20;
 
 /** A JSON request body (at most 1 MiB), or an error text. */
+// biome-ignore lint/suspicious/noExplicitAny: a request body is checked field by field by its handler
 function readJson(req: http.IncomingMessage): Promise<{ value?: any; error?: string }> {
   return new Promise((resolve) => {
     let size = 0;
@@ -128,13 +129,20 @@ function answers(socketPath: string): Promise<boolean> {
   });
 }
 
+/** What reload and expect answer. */
+export interface ControlResult {
+  ok: boolean;
+  error?: string;
+  changes?: string[];
+}
+
 /** A request to a daemon's control socket; throws OperatorError with what to do if nobody answers. */
-export function controlRequest(
+export function controlRequest<T = ControlResult>(
   socketPath: string,
   method: 'GET' | 'POST',
   urlPath: string,
   body?: unknown,
-): Promise<{ status: number; body: any }> {
+): Promise<{ status: number; body: T }> {
   return new Promise((resolve, reject) => {
     const headers = body === undefined ? undefined : { 'content-type': 'application/json' };
     const req = http.request({ socketPath, method, path: urlPath, timeout: 5000, headers }, (res) => {

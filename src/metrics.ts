@@ -3,7 +3,7 @@
 // this host's local side (at most PORT_SERIES_MAX).
 import http from 'node:http';
 import client from 'prom-client';
-import type { Endpoint } from './mesh/peer.ts';
+import type { Endpoint, Peer } from './mesh/peer.ts';
 import type { Daemon } from './daemon.ts';
 import { macString } from './addr.ts';
 
@@ -18,23 +18,32 @@ export function daemonRegistry(d: Daemon): client.Registry {
   }
   const peers = () => d.mesh.peers;
 
-  const perPeer = (name: string, help: string, read: (p: any) => number, type: 'counter' | 'gauge') => {
-    const Metric = type === 'counter' ? client.Counter : client.Gauge;
-    new Metric({
-      name,
-      help,
-      labelNames: ['peer'],
-      registers: [register],
-      collect(this: any) {
-        this.reset();
-        for (const p of peers()) {
-          const v = read(p);
-          if (v < 0) continue;
-          if (type === 'counter') this.inc({ peer: p.name }, v);
-          else this.set({ peer: p.name }, v);
-        }
-      },
-    });
+  // A counter or gauge per peer; read() < 0 means "no value" (the series is left out).
+  const perPeer = (name: string, help: string, read: (p: Peer) => number, type: 'counter' | 'gauge') => {
+    const values = function* () {
+      for (const p of peers()) {
+        const v = read(p);
+        if (v >= 0) yield [{ peer: p.name }, v] as const;
+      }
+    };
+    const cfg = { name, help, labelNames: ['peer'] as const, registers: [register] };
+    if (type === 'counter') {
+      new client.Counter({
+        ...cfg,
+        collect() {
+          this.reset();
+          for (const [labels, v] of values()) this.inc(labels, v);
+        },
+      });
+    } else {
+      new client.Gauge({
+        ...cfg,
+        collect() {
+          this.reset();
+          for (const [labels, v] of values()) this.set(labels, v);
+        },
+      });
+    }
   };
   perPeer(
     'homewire_peer_rx_bytes_total',
@@ -82,12 +91,12 @@ export function daemonRegistry(d: Daemon): client.Registry {
     name: 'homewire_mac_table_entries',
     help: 'MAC addresses in the switch table.',
     registers: [register],
-    collect(this: any) {
+    collect() {
       this.set(d.sw.table.size);
     },
   });
   const local = (field: 'rxBytes' | 'txBytes') =>
-    function (this: any) {
+    function (this: client.Counter<'mac'>) {
       this.reset();
       let n = 0;
       for (const [mac, e] of d.sw.table) {
@@ -208,7 +217,7 @@ export function daemonRegistry(d: Daemon): client.Registry {
       name: 'homewire_dhcp_leases_active',
       help: 'Active DHCP leases.',
       registers: [register],
-      collect(this: any) {
+      collect() {
         this.set(dhcp.stats.leasesActive);
       },
     });
@@ -228,7 +237,7 @@ function counterFrom(
     help,
     labelNames: [label],
     registers: [register],
-    collect(this: any) {
+    collect() {
       this.reset();
       for (const [k, v] of Object.entries(read())) if (typeof v === 'number') this.inc({ [label]: k }, v);
     },
@@ -240,7 +249,7 @@ function single(register: client.Registry, name: string, help: string, read: () 
     name,
     help,
     registers: [register],
-    collect(this: any) {
+    collect() {
       this.reset();
       this.inc(read());
     },

@@ -54,8 +54,7 @@ sock.on('connect', () => {
 });
 sock.on('data', (d: string) => {
   buffer += d;
-  let nl: number;
-  while ((nl = buffer.indexOf('\n')) >= 0) {
+  for (let nl = buffer.indexOf('\n'); nl >= 0; nl = buffer.indexOf('\n')) {
     const n = Number(buffer.slice(0, nl));
     buffer = buffer.slice(nl + 1);
     if (n !== s.echoed) s.inOrder = false;

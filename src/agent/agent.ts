@@ -125,7 +125,7 @@ export class HostAgent {
   }
 
   private async register(): Promise<void> {
-    const r = await this.client.request('POST', '/v1/agent/register', this.info(), {
+    const r = await this.client.request<{ heartbeat_ms: number }>('POST', '/v1/agent/register', this.info(), {
       timeoutMs: AGENT_REQUEST_TIMEOUT_MS,
       signal: this.abort.signal,
     });
@@ -151,10 +151,15 @@ export class HostAgent {
       .catch(() => {})
       .then(() => {
         const body = { name: this.name, boot_id: this.bootId, guests_version: version, guests: this.hv?.list() ?? [] };
-        return this.client.request('POST', '/v1/agent/heartbeat', body, {
-          timeoutMs: AGENT_REQUEST_TIMEOUT_MS,
-          signal: this.abort.signal,
-        });
+        return this.client.request<{ ok: boolean; reservations?: { mac: string; ip: string; vm: string }[] }>(
+          'POST',
+          '/v1/agent/heartbeat',
+          body,
+          {
+            timeoutMs: AGENT_REQUEST_TIMEOUT_MS,
+            signal: this.abort.signal,
+          },
+        );
       })
       .finally(() => {
         this.beating = false;

@@ -413,7 +413,10 @@ function reply(res: http.ServerResponse, status: number, body: unknown, headers:
 }
 
 function fail(res: http.ServerResponse, err: unknown, log: Logger): void {
-  if (err instanceof ApiError) return reply(res, err.status, { error: { code: err.code, message: err.message } });
+  if (err instanceof ApiError) {
+    reply(res, err.status, { error: { code: err.code, message: err.message } });
+    return;
+  }
   log.error({ error: (err as Error)?.stack ?? String(err) }, 'api: internal error');
   reply(res, 500, { error: { code: 'internal', message: `internal error: ${(err as Error)?.message ?? err}` } });
 }

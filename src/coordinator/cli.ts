@@ -160,7 +160,7 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
   const c = client(args);
   const json = args.flag('--json');
   const show = (v: unknown, human: () => string) => print(json ? JSON.stringify(v, null, 2) : human());
-  const call = async <T = any>(method: string, path: string, body?: unknown): Promise<T> => {
+  const call = async <T = unknown>(method: string, path: string, body?: unknown): Promise<T> => {
     try {
       // Operations wait for QEMU (image fetch, boot, RAM copy): allow them minutes.
       return await c.request<T>(method, path, body, {

@@ -34,7 +34,7 @@ export class CoordinatorClient {
     return this.urls[this.current];
   }
 
-  async request<T = any>(method: string, path: string, body?: unknown, o: RequestOptions = {}): Promise<T> {
+  async request<T = unknown>(method: string, path: string, body?: unknown, o: RequestOptions = {}): Promise<T> {
     const deadline = Date.now() + (o.retryForMs ?? 0);
     let tries = 0;
     for (;;) {
@@ -80,14 +80,14 @@ export class CoordinatorClient {
       );
     }
     const text = await res.text();
-    let json: any = null;
+    let json: unknown = null;
     try {
       json = text ? JSON.parse(text) : null;
     } catch {
       /* not JSON */
     }
     if (!res.ok) {
-      const e = json?.error;
+      const e = (json as { error?: { code?: string; message?: string } } | null)?.error;
       throw new ApiError(
         res.status,
         e?.code ?? `http_${res.status}`,

@@ -33,7 +33,7 @@ export function checkImage(raw: unknown, imageServer?: string): Omit<ImageRecord
     bad(`image ${name}: sha256 must be a mapping { kernel: HEX, initrd: HEX${o.disk ? ', disk: HEX' : ''} }`);
   const s = sums as Record<string, unknown>;
   for (const k of Object.keys(s))
-    if (!FILES.includes(k as any)) bad(`image ${name}: sha256.${k} is not one of kernel, initrd, disk`);
+    if (!(FILES as readonly string[]).includes(k)) bad(`image ${name}: sha256.${k} is not one of kernel, initrd, disk`);
   const out: Omit<ImageRecord, 'created_at'> = { name, kernel: '', initrd: '', sha256: { kernel: '', initrd: '' } };
   for (const f of FILES) {
     if (o[f] === undefined || o[f] === null) {

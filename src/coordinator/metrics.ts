@@ -12,7 +12,7 @@ export function coordinatorRegistry(c: Coordinator): client.Registry {
     name: 'homewire_coordinator_leader',
     help: '1 if this coordinator is the leader.',
     registers: [register],
-    collect(this: any) {
+    collect() {
       this.set(c.leadership.leading ? 1 : 0);
     },
   });
@@ -21,7 +21,7 @@ export function coordinatorRegistry(c: Coordinator): client.Registry {
     help: 'VMs by state.',
     labelNames: ['state'],
     registers: [register],
-    async collect(this: any) {
+    async collect() {
       this.reset();
       if (!c.leadership.leading) return;
       const counts = Object.fromEntries(VM_STATES.map((s) => [s, 0])) as Record<string, number>;
@@ -34,7 +34,7 @@ export function coordinatorRegistry(c: Coordinator): client.Registry {
     help: 'Registered hosts by state.',
     labelNames: ['state'],
     registers: [register],
-    async collect(this: any) {
+    async collect() {
       this.reset();
       if (!c.leadership.leading) return;
       const counts: Record<string, number> = { up: 0, down: 0 };
@@ -48,7 +48,7 @@ export function coordinatorRegistry(c: Coordinator): client.Registry {
       help,
       labelNames: [label],
       registers: [register],
-      collect(this: any) {
+      collect() {
         this.reset();
         for (const [k, v] of Object.entries(read())) this.inc({ [label]: k }, v);
       },
@@ -65,8 +65,8 @@ export function coordinatorRegistry(c: Coordinator): client.Registry {
     stopped: c.vms.stats.stopped,
     migrated: c.vms.stats.migrated,
     migration_failed: c.vms.stats.migrationFailed,
-    crashed: c.vms.stats.crashed,
-    settled_after_takeover: c.vms.stats.settled,
+    crashed: c.reconciler.stats.crashed,
+    settled_after_takeover: c.reconciler.stats.settled,
   }));
   return register;
 }

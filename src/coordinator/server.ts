@@ -13,6 +13,8 @@ import { HostRegistry } from './hosts.ts';
 import { type Leadership, SoloLeadership } from './leader.ts';
 import { SqliteStore, type Store } from './store.ts';
 import type { HostRecord, ImageRecord } from './types.ts';
+import { Reconciler } from './reconcile.ts';
+import { VmRecords } from './vm-records.ts';
 import { Lifecycle } from './vms.ts';
 import { formatEndpoint } from '../addr.ts';
 
@@ -29,6 +31,7 @@ export class Coordinator {
   readonly dispatch = new Dispatcher();
   readonly hosts: HostRegistry;
   readonly vms: Lifecycle;
+  readonly reconciler: Reconciler;
   private server: http.Server | null = null;
   private metricsServer: http.Server | null = null;
   private timer: NodeJS.Timeout | null = null;
@@ -49,7 +52,7 @@ export class Coordinator {
     this.hosts = new HostRegistry(store, log.child({ part: 'hosts' }), now, (host) =>
       this.dispatch.failHost(host, 'went down'),
     );
-    this.vms = new Lifecycle({
+    const records = new VmRecords({
       store,
       hosts: this.hosts,
       dispatch: this.dispatch,
@@ -57,6 +60,8 @@ export class Coordinator {
       now,
       leading: () => this.leadership.leading,
     });
+    this.vms = new Lifecycle(records);
+    this.reconciler = new Reconciler(records);
   }
 
   static async fromConfig(cfg: CoordinatorConfig, deps: CoordinatorDeps): Promise<Coordinator> {
@@ -114,7 +119,7 @@ export class Coordinator {
         reconcile: (host, guests) => {
           const term = this.term;
           if (!this.leadership.leading) return;
-          this.vms.reconcile(host, guests).catch((err) => {
+          this.reconciler.reconcile(host, guests).catch((err) => {
             if (term === this.term) log.warn({ host, error: (err as Error).message }, 'reconcile failed');
           });
         },
@@ -183,7 +188,7 @@ export class Coordinator {
     (async () => {
       await this.hosts.tick();
       if (term !== this.term) return;
-      await this.vms.settle((host) => {
+      await this.reconciler.settle((host) => {
         const l = this.hosts.live.get(host);
         return !l || l.down ? 'down' : l.guests;
       });

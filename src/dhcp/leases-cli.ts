@@ -18,7 +18,7 @@ export interface LeaseListRow {
 /** Every lease record in the store at `dbPath`, sorted by address. A bound lease past its expiry is reported
  *  as 'expired' (the daemon does not write expiries). Throws OperatorError if the file cannot be read. */
 export function listLeases(dbPath: string, now = Date.now()): LeaseListRow[] {
-  let db;
+  let db: ReturnType<typeof openDatabase>;
   try {
     db = openDatabase(dbPath, { readonly: true, fileMustExist: true });
   } catch (err) {

@@ -223,7 +223,10 @@ export class NativeTap implements TapDevice {
 
   // One call per wake-up with the number of frames in the slab (negative: -errno, reading stopped).
   private readonly onRead = (count: number): void => {
-    if (count < 0) return this.readFailed(-count);
+    if (count < 0) {
+      this.readFailed(-count);
+      return;
+    }
     const h = this.handler;
     if (!h) return;
     const slab = this.slab;

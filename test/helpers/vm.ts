@@ -1,15 +1,13 @@
 // QEMU lab tests: a lab per test with its own hwv prefix; teardown stops the guests and deletes the namespaces
 // even on failure. Without root or the tools a test fails saying why (CI must install them).
-import test, { type ExecutionContext } from 'ava';
+import type { ExecutionContext } from 'ava';
 import { buildGuestImage } from '../../lab/guest-image.ts';
 import { deleteNamespaces, Lab, type LabOptions } from '../../lab/topology.ts';
 import { LabGuests, vmPrefix, vmSkipReason } from '../../lab/vm/guests.ts';
+import { testIf } from './prereq.ts';
 
-const skip = vmSkipReason();
-
-export const vmTest = (
-  skip ? (title: string) => test.serial(title, (t) => t.fail(`cannot run: ${skip}`)) : test.serial
-) as typeof test.serial;
+/** test.serial; when QEMU guests cannot run here, the test fails saying why and what to install. */
+export const vmTest = testIf(vmSkipReason());
 
 export async function vmLab(
   t: ExecutionContext,

@@ -175,7 +175,7 @@ export class Vm {
   }
 
   async status(): Promise<string> {
-    return (await this.qmp.execute('query-status')).status;
+    return (await this.qmp.execute<{ status: string }>('query-status')).status;
   }
 
   /** Waits until query-status says running (a migration destination: after it has loaded the last state). */
@@ -206,7 +206,7 @@ export class Vm {
     await this.qmp.execute('migrate', { uri });
     const deadline = startedAtMs + (o.timeoutMs ?? 60_000);
     for (;;) {
-      const info = await this.qmp.execute('query-migrate');
+      const info = await this.qmp.execute<MigrateInfo>('query-migrate');
       if (info.status === 'completed') {
         const stop = this.qmp.events.slice(eventsFrom).find((e: QmpEvent) => e.event === 'STOP');
         return {
@@ -253,6 +253,16 @@ export class Vm {
   killSync(): void {
     signalChild(this.proc, 'SIGKILL');
   }
+}
+
+/** The fields of QMP query-migrate that the driver reads. */
+interface MigrateInfo {
+  status?: string;
+  'total-time'?: number;
+  downtime?: number;
+  'setup-time'?: number;
+  ram?: { transferred?: number };
+  'error-desc'?: string;
 }
 
 /** Starts QEMU, connects QMP and (with bridge) joins the TAP to the bridge. Throws with QEMU's output. */

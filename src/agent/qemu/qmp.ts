@@ -8,9 +8,20 @@ import net from 'node:net';
 
 export interface QmpEvent {
   event: string;
-  data?: any;
+  data?: Record<string, unknown>;
   /** QEMU's own timestamp, in ms since the epoch. */
   atMs: number;
+}
+
+/** One line from QEMU: the greeting, an event, or a command's answer. */
+interface QmpMessage {
+  QMP?: unknown;
+  event?: string;
+  data?: Record<string, unknown>;
+  timestamp?: { seconds: number; microseconds: number };
+  id?: string | number;
+  return?: unknown;
+  error?: { class: string; desc: string };
 }
 
 export class QmpError extends Error {
@@ -29,7 +40,7 @@ export class Qmp {
   private buffer = '';
   private readonly pending = new Map<
     string,
-    { command: string; resolve: (v: any) => void; reject: (e: Error) => void }
+    { command: string; resolve: (v: unknown) => void; reject: (e: Error) => void }
   >();
   private closed = false;
   private greeting: ((v: unknown) => void) | null = null;
@@ -80,12 +91,12 @@ export class Qmp {
     return this.closed;
   }
 
-  /** Runs a command; resolves with its "return" value, rejects with QmpError. */
-  execute(command: string, args?: Record<string, unknown>): Promise<any> {
+  /** Runs a command; resolves with its "return" value (of the shape the caller names), rejects with QmpError. */
+  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
     if (this.closed) return Promise.reject(new Error(`QMP connection closed (${command})`));
     const id = String(this.nextId++);
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { command, resolve, reject });
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject });
       this.socket.write(
         `${JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id })}\n`,
       );
@@ -114,12 +125,11 @@ export class Qmp {
 
   private onData(d: string): void {
     this.buffer += d;
-    let nl: number;
-    while ((nl = this.buffer.indexOf('\n')) >= 0) {
+    for (let nl = this.buffer.indexOf('\n'); nl >= 0; nl = this.buffer.indexOf('\n')) {
       const line = this.buffer.slice(0, nl).trim();
       this.buffer = this.buffer.slice(nl + 1);
       if (!line) continue;
-      let msg: any;
+      let msg: QmpMessage;
       try {
         msg = JSON.parse(line);
       } catch {

@@ -1,7 +1,7 @@
 // Three daemons over the in-memory TAP/UDP twins exchange real Ethernet/ARP frames, byte-exact.
 import test from 'ava';
-import { classify } from '../src/mesh/wire.ts';
-import { allUp, arp, buildMesh, frame, waitFor } from './helpers/memory-mesh.ts';
+import { classify } from '../../src/mesh/wire.ts';
+import { allUp, arp, buildMesh, frame, waitFor } from '../helpers/memory-mesh.ts';
 
 const GUEST_A = '52:54:00:00:00:0a';
 const GUEST_B = '52:54:00:00:00:0b';

@@ -1,11 +1,11 @@
 // A real QEMU guest (TCG) on host-a gets its address from homewire's DHCP server at home, over the encrypted
 // overlay, and the LAN host at home reaches it (issue 3). Needs root, QEMU and the guest image packages (see
 // lab/vm/guests.ts vmSkipReason); the guest image is built once and cached (lab/guest-image.ts).
-import { parsePing } from '../lab/run.ts';
-import { HOMEWIRE_BIN, PLAN } from '../lab/topology.ts';
-import { vmSiteConfig } from '../lab/vm/guests.ts';
-import { guestMac } from '../src/agent/qemu/driver.ts';
-import { vmLab, vmTest } from './helpers/vm.ts';
+import { parsePing } from '../../lab/run.ts';
+import { HOMEWIRE_BIN, PLAN } from '../../lab/topology.ts';
+import { vmSiteConfig } from '../../lab/vm/guests.ts';
+import { guestMac } from '../../src/agent/qemu/driver.ts';
+import { vmLab, vmTest } from '../helpers/vm.ts';
 
 const ipNum = (ip: string) => ip.split('.').reduce((a, o) => a * 256 + Number(o), 0);
 

@@ -1,5 +1,5 @@
 // Unit tests: wire codec, replay window against a naive model, MAC table ageing, config validation.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,13 +9,13 @@ import {
   HANDSHAKE_RESP_BYTES,
   defaultTapMtu,
   maxFrameBytes,
-} from '../src/constants.ts';
-import { parseConfig } from '../src/config.ts';
-import { ConfigError } from '../src/errors.ts';
-import { encodeKey, generatePrivateKey, publicKeyOf, decodeKey } from '../src/mesh/keys.ts';
-import { REPLAY_WINDOW_SIZE, ReplayWindow } from '../src/mesh/replay.ts';
-import { classify, readCounter, readReceiver, writeTransportHeader } from '../src/mesh/wire.ts';
-import { allUp, buildMesh, frame, waitFor } from './helpers/memory-mesh.ts';
+} from '../../src/constants.ts';
+import { parseConfig } from '../../src/config.ts';
+import { ConfigError } from '../../src/errors.ts';
+import { encodeKey, generatePrivateKey, publicKeyOf, decodeKey } from '../../src/mesh/keys.ts';
+import { REPLAY_WINDOW_SIZE, ReplayWindow } from '../../src/mesh/replay.ts';
+import { classify, readCounter, readReceiver, writeTransportHeader } from '../../src/mesh/wire.ts';
+import { allUp, buildMesh, frame, waitFor } from '../helpers/memory-mesh.ts';
 
 test('transport header round trip, including counters above 2^32', (t) => {
   for (const counter of [0, 1, 0xffffffff, 0x1_0000_0000, 2 ** 40 + 7, Number.MAX_SAFE_INTEGER]) {
@@ -151,7 +151,7 @@ function tmp(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'hw-cfg-'));
 }
 
-function expectError(t: any, yaml: string, key: string, words: RegExp, file = 'site.yaml'): void {
+function expectError(t: ExecutionContext, yaml: string, key: string, words: RegExp, file = 'site.yaml'): void {
   const err = t.throws(() => parseConfig(yaml, file), { instanceOf: ConfigError });
   t.is(err.key, key, err.message);
   t.regex(err.message, words);
@@ -221,7 +221,7 @@ test('the example configs in deploy/examples are valid once keys are filled in',
   const keyFile = path.join(dir, 'private.key');
   fs.writeFileSync(keyFile, `${encodeKey(generatePrivateKey())}\n`);
   for (const name of ['home.yaml', 'vm-host.yaml']) {
-    let text = fs.readFileSync(new URL(`../deploy/examples/${name}`, import.meta.url), 'utf8');
+    let text = fs.readFileSync(new URL(`../../deploy/examples/${name}`, import.meta.url), 'utf8');
     text = text.replace(/REPLACE_WITH_[A-Z_]+=*/g, () => encodeKey(publicKeyOf(generatePrivateKey())));
     text = text.replace(/private_key_file: .*/, `private_key_file: ${keyFile}`);
     const cfg = parseConfig(text, name);

@@ -5,9 +5,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
-import { listLeases } from '../src/dhcp/leases-cli.ts';
-import { PLAN, type Lab } from '../lab/topology.ts';
-import { labFor, netnsTest } from './helpers/netns.ts';
+import { listLeases } from '../../src/dhcp/leases-cli.ts';
+import { PLAN, type Lab } from '../../lab/topology.ts';
+import { labFor, netnsTest } from '../helpers/netns.ts';
 
 const LEASE_SECONDS = 20; // renewal (T1) after 10 s
 

@@ -1,7 +1,7 @@
 // Bad input against the mesh, in process: replays, spoofed sources, unknown keys, random and mutated datagrams.
 import test from 'ava';
-import { classify } from '../src/mesh/wire.ts';
-import { allUp, arp, buildMesh, waitFor } from './helpers/memory-mesh.ts';
+import { classify } from '../../src/mesh/wire.ts';
+import { allUp, arp, buildMesh, waitFor } from '../helpers/memory-mesh.ts';
 
 const GUEST_A = '52:54:00:00:00:0a';
 

@@ -4,8 +4,8 @@
 // exposition passes `promtool check metrics`.
 import fs from 'node:fs';
 import path from 'node:path';
-import { PLAN } from '../lab/topology.ts';
-import { labFor, netnsTest } from './helpers/netns.ts';
+import { PLAN } from '../../lab/topology.ts';
+import { labFor, netnsTest } from '../helpers/netns.ts';
 
 const METRICS_PORT = 9586;
 const PROM = `${PLAN.internet4}:9090`;

@@ -1,26 +1,27 @@
 // The coordinator's API and VM state machine, on the in-memory hypervisor twin: a coordinator and several
 // host agents in one process (src/coordinator/harness.ts). Real HTTP on 127.0.0.1, real SQLite.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import { ImageCache } from '../src/agent/images.ts';
-import { CoordinatorClient } from '../src/coordinator/client.ts';
-import { runCoordinatorCli } from '../src/coordinator/cli.ts';
-import { HOST_DOWN_AFTER_MS } from '../src/coordinator/constants.ts';
-import { Harness, waitFor } from '../lab/coordinator/harness.ts';
-import { ApiError, type HostView, type VmRecord } from '../src/coordinator/types.ts';
-import { silentLogger } from '../src/log.ts';
+import { ImageCache } from '../../src/agent/images.ts';
+import { CoordinatorClient } from '../../src/coordinator/client.ts';
+import { runCoordinatorCli } from '../../src/coordinator/cli.ts';
+import { HOST_DOWN_AFTER_MS } from '../../src/coordinator/constants.ts';
+import { Harness, waitFor } from '../../lab/coordinator/harness.ts';
+import { ApiError, type HostView, type ImageRecord, type VmRecord } from '../../src/coordinator/types.ts';
+import { silentLogger } from '../../src/log.ts';
 
-async function harness(t: any, o: Parameters<typeof Harness.start>[0] = {}): Promise<Harness> {
+async function harness(t: ExecutionContext, o: Parameters<typeof Harness.start>[0] = {}): Promise<Harness> {
   const h = await Harness.start(o);
   t.teardown(() => h.stop());
   return h;
 }
 
-async function apiError(t: any, p: Promise<unknown>, status: number, code: string): Promise<ApiError> {
+async function apiError(t: ExecutionContext, p: Promise<unknown>, status: number, code: string): Promise<ApiError> {
   const err = (await t.throwsAsync(p)) as ApiError;
   t.true(err instanceof ApiError, String(err));
   t.is(err.status, status, err.message);
@@ -28,13 +29,16 @@ async function apiError(t: any, p: Promise<unknown>, status: number, code: strin
   return err;
 }
 
+/** A raw reply: an API error, or whatever the endpoint answers. */
+type RawBody = { error: { code: string; message: string } } & Record<string, unknown>;
+
 function raw(
   url: string,
   method: string,
   p: string,
   headers: Record<string, string> = {},
   body?: string,
-): Promise<{ status: number; body: any }> {
+): Promise<{ status: number; body: RawBody }> {
   return new Promise((resolve, reject) => {
     const req = http.request(url + p, { method, headers, agent: false }, (res) => {
       let d = '';
@@ -74,10 +78,10 @@ test('without a valid token every endpoint answers 401 and nothing changes', asy
     t.is(r.body.error.code, 'unauthorized');
     t.truthy(r.body.error.message);
   }
-  const list = await h.admin.request('GET', '/v1/vms');
+  const list = await h.admin.request<{ vms: VmRecord[] }>('GET', '/v1/vms');
   t.deepEqual(list.vms, []);
-  t.deepEqual((await h.admin.request('GET', '/v1/images')).images, []);
-  t.is((await h.admin.request('GET', '/v1/hosts')).hosts.length, 1);
+  t.deepEqual((await h.admin.request<{ images: ImageRecord[] }>('GET', '/v1/images')).images, []);
+  t.is((await h.admin.request<{ hosts: HostView[] }>('GET', '/v1/hosts')).hosts.length, 1);
 });
 
 test('hosts register and are listed with free capacity; filters by site, labels, free CPUs and memory', async (t) => {
@@ -192,7 +196,7 @@ test('start with wait=false answers 202 in state starting; a second operation me
     'running',
   );
   a.hv.delayMs = 300;
-  const stop = h.admin.request('POST', '/v1/vms/slow/stop', {});
+  const stop = h.admin.request<VmRecord>('POST', '/v1/vms/slow/stop', {});
   await new Promise((r) => setTimeout(r, 50));
   await apiError(t, h.admin.request('POST', '/v1/vms/slow/migrate', {}), 409, 'busy');
   t.is((await stop).state, 'stopped');
@@ -382,7 +386,10 @@ test('DHCP reservations: a vm created with an ip reaches the site that serves DH
   );
   await waitFor(() => home.reservations?.length === 1, 5000, 'reservations at home');
   t.deepEqual(home.reservations, [{ mac: vm.mac, ip: '198.51.100.50', vm: 'printer' }]);
-  t.deepEqual((await h.admin.request('GET', '/v1/reservations')).reservations, home.reservations);
+  t.deepEqual(
+    (await h.admin.request<{ reservations: unknown[] }>('GET', '/v1/reservations')).reservations,
+    home.reservations,
+  );
   await h.admin.request('DELETE', '/v1/vms/printer');
   await waitFor(() => home.reservations?.length === 0, 5000, 'reservation gone');
 });
@@ -422,7 +429,7 @@ test('images: validated on POST, listed, refused for delete while in use', async
     400,
     'bad_request',
   );
-  const img = await h.admin.request('POST', '/v1/images', h.image);
+  const img = await h.admin.request<ImageRecord>('POST', '/v1/images', h.image);
   t.is(img.name, 'tiny');
   t.truthy(img.created_at);
   await apiError(t, h.admin.request('POST', '/v1/images', h.image), 409, 'name_taken');
@@ -437,8 +444,12 @@ test('images in the config are known at start; relative locations resolve agains
   const h = await harness(t, {
     configExtra: `image_server: http://192.0.2.10:8080/images\nimages:\n  - { name: cfg, kernel: k/vmlinux, initrd: http://192.0.2.10/i.gz, sha256: { kernel: ${sum}, initrd: ${sum} }, cmdline: "quiet hw.x=1" }`,
   });
-  await waitFor(async () => (await h.admin.request('GET', '/v1/images')).images.length === 1, 3000, 'config image');
-  const img = await h.admin.request('GET', '/v1/images/cfg');
+  await waitFor(
+    async () => (await h.admin.request<{ images: ImageRecord[] }>('GET', '/v1/images')).images.length === 1,
+    3000,
+    'config image',
+  );
+  const img = await h.admin.request<ImageRecord>('GET', '/v1/images/cfg');
   t.is(img.kernel, 'http://192.0.2.10:8080/images/k/vmlinux');
   t.is(img.initrd, 'http://192.0.2.10/i.gz');
   t.is(img.cmdline, 'quiet hw.x=1');
@@ -458,7 +469,7 @@ test('the image cache fetches over HTTP once, verifies SHA-256, never keeps a ba
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   t.teardown(() => server.close());
-  const base = `http://127.0.0.1:${(server.address() as any).port}`;
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   const cache = new ImageCache(path.join(dir, 'cache'), silentLogger);
   const [p1, p2] = await Promise.all([
     cache.file(`${base}/good`, sum, 'kernel'),
@@ -556,7 +567,7 @@ test('CLI: host list, vm create/start/migrate/stop/delete/list/show, tables and 
 async function closedPort(): Promise<number> {
   const s = http.createServer();
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as any).port;
+  const port = (s.address() as AddressInfo).port;
   await new Promise((r) => s.close(r));
   return port;
 }
@@ -564,6 +575,6 @@ async function closedPort(): Promise<number> {
 test('a client with several coordinator URLs moves past one that is down', async (t) => {
   const h = await harness(t);
   const c = new CoordinatorClient([`http://127.0.0.1:${await closedPort()}`, h.coordinator.url], h.adminToken);
-  t.deepEqual((await c.request('GET', '/v1/vms', undefined, { retryForMs: 2000 })).vms, []);
+  t.deepEqual((await c.request<{ vms: VmRecord[] }>('GET', '/v1/vms', undefined, { retryForMs: 2000 })).vms, []);
   t.is(c.url, h.coordinator.url);
 });

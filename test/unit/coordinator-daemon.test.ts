@@ -2,10 +2,10 @@
 // destination daemon's switch through HostAgent's expect(mac) seam, and the home site's switch sends the
 // guest's frames to both hosts until the guest shows up at the destination.
 import test from 'ava';
-import { Harness, waitFor } from '../lab/coordinator/harness.ts';
-import type { VmRecord } from '../src/coordinator/types.ts';
-import { macNumber } from '../src/addr.ts';
-import { allUp, arp, authorizeEverywhere, buildMesh } from './helpers/memory-mesh.ts';
+import { Harness, waitFor } from '../../lab/coordinator/harness.ts';
+import type { VmRecord } from '../../src/coordinator/types.ts';
+import { macNumber } from '../../src/addr.ts';
+import { allUp, arp, authorizeEverywhere, buildMesh } from '../helpers/memory-mesh.ts';
 
 test('migrate: the destination daemon is told the MAC is about to arrive; home dual-sends to it', async (t) => {
   const mesh = await buildMesh({ names: ['home', 'host-a', 'host-b'] });

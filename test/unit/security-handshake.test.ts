@@ -10,11 +10,11 @@ import {
   HANDSHAKE_RESP_BYTES,
   MSG_HANDSHAKE_INIT,
   MSG_HANDSHAKE_RESP,
-} from '../src/constants.ts';
-import { HandshakeGuard } from '../src/mesh/cookie.ts';
-import { generatePrivateKey, publicKeyOf } from '../src/mesh/keys.ts';
-import { classify } from '../src/mesh/wire.ts';
-import { allUp, arp, buildMesh, waitFor } from './helpers/memory-mesh.ts';
+} from '../../src/constants.ts';
+import { HandshakeGuard } from '../../src/mesh/cookie.ts';
+import { generatePrivateKey, publicKeyOf } from '../../src/mesh/keys.ts';
+import { classify } from '../../src/mesh/wire.ts';
+import { allUp, arp, buildMesh, waitFor } from '../helpers/memory-mesh.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -4,11 +4,11 @@ import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { clientFrame, parseReply, SimClient, simMac } from '../lab/dhcp-client-sim.ts';
-import { encodeDhcp, u32, u8 } from '../src/dhcp/codec.ts';
-import { parseDhcpConfig } from '../src/dhcp/config.ts';
-import { FRAME_HEADROOM_BYTES, fillUdpHeaders, finish, sum16 } from '../src/dhcp/frame.ts';
-import { DhcpServer } from '../src/dhcp/server.ts';
+import { clientFrame, parseReply, SimClient, simMac } from '../../lab/dhcp-client-sim.ts';
+import { encodeDhcp, u32, u8 } from '../../src/dhcp/codec.ts';
+import { parseDhcpConfig } from '../../src/dhcp/config.ts';
+import { FRAME_HEADROOM_BYTES, fillUdpHeaders, finish, sum16 } from '../../src/dhcp/frame.ts';
+import { DhcpServer } from '../../src/dhcp/server.ts';
 
 const FRAMES = 10_000;
 

@@ -13,13 +13,13 @@ import {
   u8,
   type DhcpHeader,
   type OptionList,
-} from '../src/dhcp/codec.ts';
-import { parseDhcpConfig } from '../src/dhcp/config.ts';
-import { BOOTP_FILE_OFFSET, BOOTP_SNAME_OFFSET, DHCP_MAGIC_COOKIE } from '../src/dhcp/constants.ts';
-import { buildArpReply, FRAME_HEADROOM_BYTES, fillDhcpReplyHeaders, parseArp, parseUdp } from '../src/dhcp/frame.ts';
-import { clientFrame, parseReply, simMac } from '../lab/dhcp-client-sim.ts';
-import { parseIPv4 } from '../src/dhcp/ip.ts';
-import { ConfigError } from '../src/errors.ts';
+} from '../../src/dhcp/codec.ts';
+import { parseDhcpConfig } from '../../src/dhcp/config.ts';
+import { BOOTP_FILE_OFFSET, BOOTP_SNAME_OFFSET, DHCP_MAGIC_COOKIE } from '../../src/dhcp/constants.ts';
+import { buildArpReply, FRAME_HEADROOM_BYTES, fillDhcpReplyHeaders, parseArp, parseUdp } from '../../src/dhcp/frame.ts';
+import { clientFrame, parseReply, simMac } from '../../lab/dhcp-client-sim.ts';
+import { parseIPv4 } from '../../src/dhcp/ip.ts';
+import { ConfigError } from '../../src/errors.ts';
 
 const ip = (s: string) => parseIPv4(s)!;
 

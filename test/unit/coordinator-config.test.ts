@@ -3,10 +3,10 @@ import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parseAgentConfig } from '../src/agent/config.ts';
-import { parseCoordinatorConfig } from '../src/coordinator/config.ts';
-import { canTransition, VM_STATES } from '../src/coordinator/states.ts';
-import { ConfigError } from '../src/errors.ts';
+import { parseAgentConfig } from '../../src/agent/config.ts';
+import { parseCoordinatorConfig } from '../../src/coordinator/config.ts';
+import { canTransition, VM_STATES } from '../../src/coordinator/states.ts';
+import { ConfigError } from '../../src/errors.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-ccfg-'));
 fs.writeFileSync(path.join(dir, 'admin.token'), 'admin-token-0123456789abcdef\n');

@@ -2,15 +2,15 @@
 // announcements converging, flap hold-down, and "expect" dual-sending during a migration. Each move is
 // authorized on every site first (authorizeMove, what the coordinator sends before a migration: with
 // security.mac_moves: authorized, the default, an unauthorized move is refused; see security-*.test.ts).
-import test from 'ava';
-import { macNumber } from '../src/addr.ts';
-import { allUp, arp, authorizeEverywhere, buildMesh, frame, waitFor } from './helpers/memory-mesh.ts';
+import test, { type ExecutionContext } from 'ava';
+import { macNumber } from '../../src/addr.ts';
+import { allUp, arp, authorizeEverywhere, buildMesh, frame, waitFor } from '../helpers/memory-mesh.ts';
 
 const VM = '52:54:00:00:00:77';
 const LAN = '52:54:00:00:00:01';
 const vmKey = macNumber(VM);
 
-async function threeSites(t: any) {
+async function threeSites(t: ExecutionContext) {
   const m = await buildMesh({ names: ['home', 'host-a', 'host-b'] });
   t.teardown(m.stop);
   await waitFor(() => allUp(m.nodes));

@@ -4,7 +4,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { labFor, netnsTest } from './helpers/netns.ts';
+import { labFor, netnsTest } from '../helpers/netns.ts';
 
 const BYTES = 32 * 1024 * 1024;
 

@@ -6,19 +6,19 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { macNumber } from '../src/addr.ts';
-import { encodeExpect, encodeMacAt } from '../src/mesh/signal.ts';
-import type { Peer } from '../src/mesh/peer.ts';
-import { parseReply, SimClient, simMac } from '../lab/dhcp-client-sim.ts';
-import { formatIPv4 } from '../src/dhcp/ip.ts';
-import { DHCPACK } from '../src/dhcp/constants.ts';
+import { macNumber } from '../../src/addr.ts';
+import { encodeExpect, encodeMacAt } from '../../src/mesh/signal.ts';
+import type { Peer } from '../../src/mesh/peer.ts';
+import { parseReply, SimClient, simMac } from '../../lab/dhcp-client-sim.ts';
+import { formatIPv4 } from '../../src/dhcp/ip.ts';
+import { DHCPACK } from '../../src/dhcp/constants.ts';
 import {
   dhcpServerReply,
   hiddenRouterAdvertisement,
   neighbourAdvertisement,
   routerAdvertisement,
   truncatedChainRouterAdvertisement,
-} from './helpers/attack-frames.ts';
+} from '../helpers/attack-frames.ts';
 import {
   allUp,
   arp,
@@ -28,7 +28,7 @@ import {
   labSecurity,
   type Node,
   waitFor,
-} from './helpers/memory-mesh.ts';
+} from '../helpers/memory-mesh.ts';
 
 const LAN = '52:54:00:00:00:01'; // a device on the home LAN
 const GA = '52:54:00:00:00:0a'; // a guest on host-a
@@ -400,7 +400,7 @@ test('a guest that moves keeps its binding: home tells the new host (BINDING); a
   s.b.tap.inject(again);
   await waitFor(() => wrote(s.home, (f) => f.equals(again)));
   // host-a (not the DHCP server) tries to hand host-b a binding for the router's address.
-  const { encodeBinding } = await import('../src/security/signal.ts');
+  const { encodeBinding } = await import('../../src/security/signal.ts');
   s.a.daemon.mesh.sendSignal(peerOf(s.a, 'host-b'), encodeBinding(macNumber(G), 0xc6336401, 600));
   s.a.daemon.mesh.flush();
   await waitFor(() => s.b.daemon.sw.security.snooping.server_from_peer === 1);

@@ -6,13 +6,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseReply, SimClient, simMac } from '../lab/dhcp-client-sim.ts';
-import { parseDhcpConfig } from '../src/dhcp/config.ts';
-import { DHCPACK, DHCPOFFER } from '../src/dhcp/constants.ts';
-import { listLeases } from '../src/dhcp/leases-cli.ts';
-import { DhcpServer } from '../src/dhcp/server.ts';
+import { parseReply, SimClient, simMac } from '../../lab/dhcp-client-sim.ts';
+import { parseDhcpConfig } from '../../src/dhcp/config.ts';
+import { DHCPACK, DHCPOFFER } from '../../src/dhcp/constants.ts';
+import { listLeases } from '../../src/dhcp/leases-cli.ts';
+import { DhcpServer } from '../../src/dhcp/server.ts';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const ACKS_BEFORE_KILL = 300 + Math.floor(Math.random() * 300); // a different moment each run
 
 const CONFIG = {

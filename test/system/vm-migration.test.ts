@@ -11,10 +11,11 @@
 //      pinging every 10 ms loses at most 2 replies, and an iperf3 TCP stream survives. (The kernel's own
 //      move of the veth between namespaces takes 20–45 ms here; it is logged beside the gap.)
 // Needs root, QEMU, tcpdump and the guest image packages (lab/vm/guests.ts vmSkipReason).
+import type { MacStatus } from '../../src/status.ts';
 import path from 'node:path';
-import { sleep } from '../lab/run.ts';
-import { HOMEWIRE_BIN, type Lab, SITE_BRIDGE } from '../lab/topology.ts';
-import { GUEST_TAP, vmSiteConfig } from '../lab/vm/guests.ts';
+import { sleep } from '../../lab/run.ts';
+import { HOMEWIRE_BIN, type Lab, SITE_BRIDGE } from '../../lab/topology.ts';
+import { GUEST_TAP, vmSiteConfig } from '../../lab/vm/guests.ts';
 import {
   firstTowardsGuest,
   fromGuestFilter,
@@ -25,9 +26,9 @@ import {
   startTcpProbe,
   towardsGuestFilter,
   wirePause,
-} from '../lab/vm/measure.ts';
-import { guestMac } from '../src/agent/qemu/driver.ts';
-import { vmLab, vmTest } from './helpers/vm.ts';
+} from '../../lab/vm/measure.ts';
+import { guestMac } from '../../src/agent/qemu/driver.ts';
+import { vmLab, vmTest } from '../helpers/vm.ts';
 
 const fmt = (ms: number) => `${ms.toFixed(1)} ms`;
 
@@ -143,7 +144,7 @@ vmTest(
       lab.site('home').configFile,
       '--json',
     ]);
-    const entry = JSON.parse(status.stdout).macs.find((m: any) => m.mac === mac);
+    const entry = JSON.parse(status.stdout).macs.find((m: MacStatus) => m.mac === mac);
     t.is(entry?.port, 'host-b', "home's switch has the guest behind host-b");
   },
 );
@@ -261,7 +262,7 @@ vmTest(
     ]);
     const mac = (await lab.exec('guest-a', ['cat', '/sys/class/net/eth0/address'])).stdout.trim();
     t.is(
-      JSON.parse(status.stdout).macs.find((m: any) => m.mac === mac)?.port,
+      JSON.parse(status.stdout).macs.find((m: MacStatus) => m.mac === mac)?.port,
       'host-b',
       "home's switch has guest-a behind host-b",
     );

@@ -10,9 +10,9 @@ import {
   simMac,
   type ClientStyle,
   type ServerReply,
-} from '../lab/dhcp-client-sim.ts';
-import { u32 } from '../src/dhcp/codec.ts';
-import { parseDhcpConfig } from '../src/dhcp/config.ts';
+} from '../../lab/dhcp-client-sim.ts';
+import { u32 } from '../../src/dhcp/codec.ts';
+import { parseDhcpConfig } from '../../src/dhcp/config.ts';
 import {
   DECLINE_QUARANTINE_MS,
   DHCPACK,
@@ -32,12 +32,12 @@ import {
   OPT_ROUTER,
   OPT_SERVER_ID,
   OPT_SUBNET_MASK,
-} from '../src/dhcp/constants.ts';
-import { decodeClasslessRoutes, encodeDhcp, u8 } from '../src/dhcp/codec.ts';
-import { FRAME_HEADROOM_BYTES, fillUdpHeaders } from '../src/dhcp/frame.ts';
-import { formatIPv4, parseIPv4 } from '../src/dhcp/ip.ts';
-import { formatLeases, listLeases } from '../src/dhcp/leases-cli.ts';
-import { DhcpServer, serverMac } from '../src/dhcp/server.ts';
+} from '../../src/dhcp/constants.ts';
+import { decodeClasslessRoutes, encodeDhcp, u8 } from '../../src/dhcp/codec.ts';
+import { FRAME_HEADROOM_BYTES, fillUdpHeaders } from '../../src/dhcp/frame.ts';
+import { formatIPv4, parseIPv4 } from '../../src/dhcp/ip.ts';
+import { formatLeases, listLeases } from '../../src/dhcp/leases-cli.ts';
+import { DhcpServer, serverMac } from '../../src/dhcp/server.ts';
 
 const ip = (s: string) => parseIPv4(s)!;
 const SERVER = ip('192.168.77.2');

@@ -2,15 +2,19 @@
 // (`npm run build`). Every interface, bridge and namespace is uniquely named hwt* and removed in
 // t.teardown, even when the test fails.
 
-import test, { type ExecutionContext } from 'ava';
+import type { ExecutionContext } from 'ava';
 import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { TAP_WRITE_QUEUE_MAX } from '../src/constants.ts';
-import { OperatorError } from '../src/errors.ts';
-import { NativeTap, loadTapAddon } from '../src/tap/native.ts';
+import { TAP_WRITE_QUEUE_MAX } from '../../src/constants.ts';
+import { OperatorError } from '../../src/errors.ts';
+import { NativeTap, loadTapAddon } from '../../src/tap/native.ts';
+import { missingFor, testIf } from '../helpers/prereq.ts';
 
-const NATIVE_TS = fileURLToPath(new URL('../src/tap/native.ts', import.meta.url));
+/** Every test here needs root and the built addon; without them it fails saying what to install. */
+const tapTest = testIf(missingFor({ root: true, programs: { ip: 'iproute2' }, addon: true }));
+
+const NATIVE_TS = fileURLToPath(new URL('../../src/tap/native.ts', import.meta.url));
 const ETH_P_ARP = 0x0806;
 
 const uniq = (prefix: string): string => prefix + randomBytes(2).toString('hex'); // hwt + 4 hex <= 15 chars
@@ -91,7 +95,7 @@ function child(
   });
 }
 
-test('opens a TAP with the MTU, up, with its MAC and ifindex, and enslaved to a new bridge', (t) => {
+tapTest('opens a TAP with the MTU, up, with its MAC and ifindex, and enslaved to a new bridge', (t) => {
   const br = bridgeName(t);
   const tap = openTap(t, { mtu: 1372, bridge: br });
   t.regex(tap.name, /^hwt[0-9a-f]{4}$/);
@@ -109,7 +113,7 @@ test('opens a TAP with the MTU, up, with its MAC and ifindex, and enslaved to a 
   t.regex(bridge, /\bbridge forward_delay/);
 });
 
-test('enslaves to an existing bridge, and the kernel picks a name for "%d"', (t) => {
+tapTest('enslaves to an existing bridge, and the kernel picks a name for "%d"', (t) => {
   const br = bridgeName(t);
   sh('ip', 'link', 'add', br, 'type', 'bridge');
   const tap = NativeTap.open({ name: 'hwt%d', mtu: 1400, bridge: br });
@@ -118,7 +122,7 @@ test('enslaves to an existing bridge, and the kernel picks a name for "%d"', (t)
   t.regex(sh('ip', 'link', 'show', 'dev', tap.name), new RegExp(`master ${br} `));
 });
 
-test('round trip: an ARP request written into the TAP gets the kernel ARP reply read back', async (t) => {
+tapTest('round trip: an ARP request written into the TAP gets the kernel ARP reply read back', async (t) => {
   const ns = netns(t);
   const tap = openTap(t);
   // The open fd follows the device into the namespace; there the kernel owns 192.0.2.1.
@@ -176,7 +180,7 @@ test('round trip: an ARP request written into the TAP gets the kernel ARP reply 
   t.is(s.txDropped, 0);
 });
 
-test('close() removes the interface at once, is idempotent, and later writes are dropped', (t) => {
+tapTest('close() removes the interface at once, is idempotent, and later writes are dropped', (t) => {
   const tap = openTap(t);
   tap.start({ frame() {}, batchEnd() {} });
   t.true(linkExists(tap.name));
@@ -187,7 +191,7 @@ test('close() removes the interface at once, is idempotent, and later writes are
   t.is(tap.stats.txDropped, 1);
 });
 
-test('an interface deleted under a reading TAP stops reading with onerror, without spinning', async (t) => {
+tapTest('an interface deleted under a reading TAP stops reading with onerror, without spinning', async (t) => {
   const tap = openTap(t);
   let error: (Error & { code?: string }) | undefined;
   tap.onerror = (e) => (error = e);
@@ -202,7 +206,7 @@ test('an interface deleted under a reading TAP stops reading with onerror, witho
   t.is(tap.stats.txDropped, 1);
 });
 
-test('a process that opened, read and closed a TAP exits within 2 s of close()', async (t) => {
+tapTest('a process that opened, read and closed a TAP exits within 2 s of close()', async (t) => {
   const name = uniq('hwt');
   t.teardown(() => linkExists(name) && quiet(() => sh('ip', 'link', 'del', name)));
   const r = await child(`
@@ -221,7 +225,7 @@ test('a process that opened, read and closed a TAP exits within 2 s of close()',
   t.false(linkExists(name));
 });
 
-test('a TAP dropped without close() is removed when garbage-collected', async (t) => {
+tapTest('a TAP dropped without close() is removed when garbage-collected', async (t) => {
   const name = uniq('hwt');
   t.teardown(() => linkExists(name) && quiet(() => sh('ip', 'link', 'del', name)));
   const r = await child(
@@ -241,7 +245,7 @@ test('a TAP dropped without close() is removed when garbage-collected', async (t
   t.regex(r.out, /after gc false/);
 });
 
-test('burst: 10,000 frames written in one loop turn are all accounted for', async (t) => {
+tapTest('burst: 10,000 frames written in one loop turn are all accounted for', async (t) => {
   const br = bridgeName(t);
   const tap = openTap(t, { bridge: br }); // the bridge consumes what we write
   const frame = (i: number): Buffer => {
@@ -264,117 +268,126 @@ test('burst: 10,000 frames written in one loop turn are all accounted for', asyn
   t.log(`burst into a TAP: ${s.txFrames} written, ${s.txDropped} dropped, ${tap.detail.txEagain} EAGAIN`);
 });
 
-test('write queue: EAGAIN queues up to TAP_WRITE_QUEUE_MAX frames in order, drops the rest, drains when writable', async (t) => {
-  const [fdA, fdB] = loadTapAddon().socketPair(64 * 1024); // datagrams behave like frames; small buffers say EAGAIN
-  const a = NativeTap._fromFd(fdA);
-  const b = NativeTap._fromFd(fdB);
-  t.teardown(() => {
-    a.close();
-    b.close();
-  });
-  const N = 10_000;
-  for (let i = 0; i < N; i++) {
-    const f = Buffer.alloc(1400);
-    f.writeUInt32BE(i, 0);
-    a.write(f);
-  }
-  await turn(); // one flush for all 10,000
-  const d = a.detail;
-  const s = a.stats;
-  t.true(d.txEagain >= 1, 'the socket buffer filled up');
-  t.is(d.txQueued, TAP_WRITE_QUEUE_MAX);
-  t.is(s.txFrames + d.txQueued + s.txDropped, N);
-  t.is(d.txDroppedQueue, N - s.txFrames - TAP_WRITE_QUEUE_MAX);
-  t.false(a.write(Buffer.alloc(60)), 'write() refuses while the queue is full');
-  t.log(`burst into a socket pair: ${s.txFrames} written at once, ${d.txQueued} queued, ${d.txDroppedQueue} dropped`);
+tapTest(
+  'write queue: EAGAIN queues up to TAP_WRITE_QUEUE_MAX frames in order, drops the rest, drains when writable',
+  async (t) => {
+    const [fdA, fdB] = loadTapAddon().socketPair(64 * 1024); // datagrams behave like frames; small buffers say EAGAIN
+    const a = NativeTap._fromFd(fdA);
+    const b = NativeTap._fromFd(fdB);
+    t.teardown(() => {
+      a.close();
+      b.close();
+    });
+    const N = 10_000;
+    for (let i = 0; i < N; i++) {
+      const f = Buffer.alloc(1400);
+      f.writeUInt32BE(i, 0);
+      a.write(f);
+    }
+    await turn(); // one flush for all 10,000
+    const d = a.detail;
+    const s = a.stats;
+    t.true(d.txEagain >= 1, 'the socket buffer filled up');
+    t.is(d.txQueued, TAP_WRITE_QUEUE_MAX);
+    t.is(s.txFrames + d.txQueued + s.txDropped, N);
+    t.is(d.txDroppedQueue, N - s.txFrames - TAP_WRITE_QUEUE_MAX);
+    t.false(a.write(Buffer.alloc(60)), 'write() refuses while the queue is full');
+    t.log(`burst into a socket pair: ${s.txFrames} written at once, ${d.txQueued} queued, ${d.txDroppedQueue} dropped`);
 
-  // Now read the other end: the queue drains through UV_WRITABLE, in order.
-  const seen: number[] = [];
-  let batches = 0;
-  b.start({
-    frame(f) {
-      seen.push(f.readUInt32BE(0));
-    },
-    batchEnd() {
-      batches++;
-    },
-  });
-  const written = s.txFrames + TAP_WRITE_QUEUE_MAX;
-  t.true(await until(() => seen.length >= written, 10_000), `read ${seen.length} of ${written}`);
-  t.is(a.detail.txQueued, 0);
-  t.is(a.stats.txFrames, written);
-  t.is(a.stats.txDropped, N - written + 1);
-  // Everything written arrived in order: the first txFrames straight away, then the queued ones.
-  t.deepEqual(seen.slice(0, written), [...Array(written).keys()]);
-  t.true(seen.length / batches > 1, `frames were batched (${seen.length} frames in ${batches} wake-ups)`);
-  t.is(b.stats.rxFrames, seen.length);
-  t.is(b.stats.rxBytes, seen.length * 1400);
-  t.log(`drained: ${seen.length} frames read in ${batches} wake-ups`);
-});
+    // Now read the other end: the queue drains through UV_WRITABLE, in order.
+    const seen: number[] = [];
+    let batches = 0;
+    b.start({
+      frame(f) {
+        seen.push(f.readUInt32BE(0));
+      },
+      batchEnd() {
+        batches++;
+      },
+    });
+    const written = s.txFrames + TAP_WRITE_QUEUE_MAX;
+    t.true(await until(() => seen.length >= written, 10_000), `read ${seen.length} of ${written}`);
+    t.is(a.detail.txQueued, 0);
+    t.is(a.stats.txFrames, written);
+    t.is(a.stats.txDropped, N - written + 1);
+    // Everything written arrived in order: the first txFrames straight away, then the queued ones.
+    t.deepEqual(seen.slice(0, written), [...Array(written).keys()]);
+    t.true(seen.length / batches > 1, `frames were batched (${seen.length} frames in ${batches} wake-ups)`);
+    t.is(b.stats.rxFrames, seen.length);
+    t.is(b.stats.rxBytes, seen.length * 1400);
+    t.log(`drained: ${seen.length} frames read in ${batches} wake-ups`);
+  },
+);
 
-test('errors say what to do: name in use, not a TAP, not a bridge, bad MTU or name, no /dev/net/tun, no CAP_NET_ADMIN', async (t) => {
-  const tap = openTap(t);
-  const busy = t.throws(() => NativeTap.open({ name: tap.name, mtu: 1400 }), { instanceOf: OperatorError });
-  t.is(busy?.code, 'EBUSY');
-  t.regex(busy!.message, new RegExp(`${tap.name} is in use by another process`));
+tapTest(
+  'errors say what to do: name in use, not a TAP, not a bridge, bad MTU or name, no /dev/net/tun, no CAP_NET_ADMIN',
+  async (t) => {
+    const tap = openTap(t);
+    const busy = t.throws(() => NativeTap.open({ name: tap.name, mtu: 1400 }), { instanceOf: OperatorError });
+    t.is(busy?.code, 'EBUSY');
+    t.regex(busy!.message, new RegExp(`${tap.name} is in use by another process`));
 
-  const br = bridgeName(t);
-  sh('ip', 'link', 'add', br, 'type', 'bridge');
-  const notTap = t.throws(() => NativeTap.open({ name: br, mtu: 1400 }), { instanceOf: OperatorError });
-  t.is(notTap?.code, 'EINVAL');
-  t.regex(notTap!.message, /exists and is not a TAP/);
+    const br = bridgeName(t);
+    sh('ip', 'link', 'add', br, 'type', 'bridge');
+    const notTap = t.throws(() => NativeTap.open({ name: br, mtu: 1400 }), { instanceOf: OperatorError });
+    t.is(notTap?.code, 'EINVAL');
+    t.regex(notTap!.message, /exists and is not a TAP/);
 
-  const notBridge = t.throws(() => NativeTap.open({ name: uniq('hwt'), mtu: 1400, bridge: tap.name }), {
-    instanceOf: OperatorError,
-  });
-  t.is(notBridge?.code, 'EOPNOTSUPP');
-  t.regex(notBridge!.message, /is not a bridge/);
+    const notBridge = t.throws(() => NativeTap.open({ name: uniq('hwt'), mtu: 1400, bridge: tap.name }), {
+      instanceOf: OperatorError,
+    });
+    t.is(notBridge?.code, 'EOPNOTSUPP');
+    t.regex(notBridge!.message, /is not a bridge/);
 
-  t.is(t.throws<OperatorError>(() => NativeTap.open({ name: uniq('hwt'), mtu: 20, bridge: tap.name }))?.code, 'EINVAL');
-  t.is(t.throws<OperatorError>(() => NativeTap.open({ name: 'hwt/bad', mtu: 1400 }))?.code, 'EINVAL');
-  t.is(t.throws<OperatorError>(() => NativeTap.open({ name: 'hwt0123456789abcdef', mtu: 1400 }))?.code, 'EINVAL');
+    t.is(
+      t.throws<OperatorError>(() => NativeTap.open({ name: uniq('hwt'), mtu: 20, bridge: tap.name }))?.code,
+      'EINVAL',
+    );
+    t.is(t.throws<OperatorError>(() => NativeTap.open({ name: 'hwt/bad', mtu: 1400 }))?.code, 'EINVAL');
+    t.is(t.throws<OperatorError>(() => NativeTap.open({ name: 'hwt0123456789abcdef', mtu: 1400 }))?.code, 'EINVAL');
 
-  // No /dev/net/tun (hidden by a tmpfs in a private mount namespace).
-  const noTun = await run('unshare', [
-    '-m',
-    'sh',
-    '-c',
-    `mount -t tmpfs none /dev/net && exec "$0" "$@"`,
-    process.execPath,
-    '--import=tsx',
-    '--input-type=module',
-    '-e',
-    `
+    // No /dev/net/tun (hidden by a tmpfs in a private mount namespace).
+    const noTun = await run('unshare', [
+      '-m',
+      'sh',
+      '-c',
+      `mount -t tmpfs none /dev/net && exec "$0" "$@"`,
+      process.execPath,
+      '--import=tsx',
+      '--input-type=module',
+      '-e',
+      `
       import { NativeTap } from ${JSON.stringify(NATIVE_TS)};
       try { NativeTap.open({ name: 'hwtnotun', mtu: 1400 }); console.log('{}'); }
       catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }
     `,
-  ]);
-  t.is(noTun.status, 0, `unshare (util-linux) must run here: ${noTun.stderr.trim()}`);
-  const e = JSON.parse(noTun.stdout.trim()) as { code: string; message: string };
-  t.is(e.code, 'ENOENT');
-  t.regex(e.message, /load the tun module \(modprobe tun\)/);
+    ]);
+    t.is(noTun.status, 0, `unshare (util-linux) must run here: ${noTun.stderr.trim()}`);
+    const e = JSON.parse(noTun.stdout.trim()) as { code: string; message: string };
+    t.is(e.code, 'ENOENT');
+    t.regex(e.message, /load the tun module \(modprobe tun\)/);
 
-  // Root without CAP_NET_ADMIN: the kernel refuses TUNSETIFF.
-  const name = uniq('hwt');
-  const r = await run('setpriv', [
-    '--inh-caps=-net_admin',
-    '--bounding-set=-net_admin',
-    process.execPath,
-    '--import=tsx',
-    '--input-type=module',
-    '-e',
-    `
+    // Root without CAP_NET_ADMIN: the kernel refuses TUNSETIFF.
+    const name = uniq('hwt');
+    const r = await run('setpriv', [
+      '--inh-caps=-net_admin',
+      '--bounding-set=-net_admin',
+      process.execPath,
+      '--import=tsx',
+      '--input-type=module',
+      '-e',
+      `
       import { NativeTap } from ${JSON.stringify(NATIVE_TS)};
       try { NativeTap.open({ name: ${JSON.stringify(name)}, mtu: 1400 }); console.log('opened'); }
       catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }
     `,
-  ]);
-  t.falsy(r.error, `setpriv (util-linux) must run here: ${r.error?.message}`);
-  const out = JSON.parse(r.stdout.trim()) as { code: string; message: string };
-  t.is(out.code, 'EPERM', r.stdout + r.stderr);
-  t.is(
-    out.message,
-    `creating TAP ${name} needs root or CAP_NET_ADMIN (EPERM); run as root or grant CAP_NET_ADMIN (e.g. AmbientCapabilities=CAP_NET_ADMIN)`,
-  );
-});
+    ]);
+    t.falsy(r.error, `setpriv (util-linux) must run here: ${r.error?.message}`);
+    const out = JSON.parse(r.stdout.trim()) as { code: string; message: string };
+    t.is(out.code, 'EPERM', r.stdout + r.stderr);
+    t.is(
+      out.message,
+      `creating TAP ${name} needs root or CAP_NET_ADMIN (EPERM); run as root or grant CAP_NET_ADMIN (e.g. AmbientCapabilities=CAP_NET_ADMIN)`,
+    );
+  },
+);

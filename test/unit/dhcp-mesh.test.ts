@@ -4,10 +4,10 @@ import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { DHCPACK, DHCPOFFER } from '../src/dhcp/constants.ts';
-import { parseReply, SimClient, simMac } from '../lab/dhcp-client-sim.ts';
-import { formatIPv4 } from '../src/dhcp/ip.ts';
-import { allUp, buildMesh, waitFor } from './helpers/memory-mesh.ts';
+import { DHCPACK, DHCPOFFER } from '../../src/dhcp/constants.ts';
+import { parseReply, SimClient, simMac } from '../../lab/dhcp-client-sim.ts';
+import { formatIPv4 } from '../../src/dhcp/ip.ts';
+import { allUp, buildMesh, waitFor } from '../helpers/memory-mesh.ts';
 
 test('a guest behind host-a gets a home address from the home site over the mesh', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-dhcpmesh-'));

@@ -5,14 +5,15 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { loadConfig } from '../src/config.ts';
-import { controlRequest } from '../src/control.ts';
-import { Daemon } from '../src/daemon.ts';
-import { silentLogger } from '../src/log.ts';
-import { encodeKey, generatePrivateKey, publicKeyOf } from '../src/mesh/keys.ts';
-import { MemoryTap } from '../lab/twins/tap.ts';
-import { MemoryNetwork } from '../lab/twins/udp.ts';
-import { arp, waitFor } from './helpers/memory-mesh.ts';
+import { loadConfig } from '../../src/config.ts';
+import type { StatusReport } from '../../src/status.ts';
+import { controlRequest } from '../../src/control.ts';
+import { Daemon } from '../../src/daemon.ts';
+import { silentLogger } from '../../src/log.ts';
+import { encodeKey, generatePrivateKey, publicKeyOf } from '../../src/mesh/keys.ts';
+import { MemoryTap } from '../../lab/twins/tap.ts';
+import { MemoryNetwork } from '../../lab/twins/udp.ts';
+import { arp, waitFor } from '../helpers/memory-mesh.ts';
 
 interface Site {
   name: string;
@@ -76,7 +77,7 @@ test('reload adds and removes peers, keeps unchanged sessions, refuses an invali
   fs.writeFileSync(homeFile, yaml(home, [a, b], dir, 'bogus_key: 1'));
   const bad = await controlRequest(path.join(dir, 'home.sock'), 'POST', '/v1/reload');
   t.is(bad.status, 400);
-  t.regex(bad.body.error, /bogus_key: unknown key/);
+  t.regex(bad.body.error ?? '', /bogus_key: unknown key/);
   t.deepEqual(
     dh.mesh.peers.map((p) => p.name),
     ['host-a'],
@@ -102,7 +103,7 @@ test('reload adds and removes peers, keeps unchanged sessions, refuses an invali
   );
 
   // Status over the control socket.
-  const st = await controlRequest(path.join(dir, 'home.sock'), 'GET', '/v1/status');
+  const st = await controlRequest<StatusReport>(path.join(dir, 'home.sock'), 'GET', '/v1/status');
   t.is(st.body.name, 'home');
   t.is(st.body.peers[0].name, 'host-b');
   t.true(st.body.peers[0].up);

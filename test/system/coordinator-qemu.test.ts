@@ -6,17 +6,19 @@
 // Every admin step is the real CLI, run in the underlay namespace: image add, vm create, vm start on host-a
 // (the guest gets a home-network lease), vm migrate to host-b while the LAN host pings every 10 ms, vm stop
 // (QEMU, TAP and capacity released), vm delete. Needs root, QEMU and the guest image packages.
+import type { DhcpLeaseInfo } from '../../src/dhcp/server.ts';
+import type { MacStatus } from '../../src/status.ts';
 import type { ExecutionContext } from 'ava';
 import fs from 'node:fs';
-import { tapName } from '../src/agent/qemu/hypervisor.ts';
-import { GridLab } from '../lab/coordinator/grid.ts';
-import type { HostView, VmRecord } from '../src/coordinator/types.ts';
-import { buildGuestImage, LEASE_MARK } from '../lab/guest-image.ts';
-import { sleep } from '../lab/run.ts';
-import { deleteNamespaces, HOMEWIRE_BIN, Lab, PLAN } from '../lab/topology.ts';
-import { parseLease, vmPrefix, vmSiteConfig } from '../lab/vm/guests.ts';
-import { vmTest } from './helpers/vm.ts';
-import { replyGaps, startPing } from '../lab/vm/measure.ts';
+import { tapName } from '../../src/agent/qemu/hypervisor.ts';
+import { GridLab } from '../../lab/coordinator/grid.ts';
+import type { HostView, VmRecord } from '../../src/coordinator/types.ts';
+import { buildGuestImage, LEASE_MARK } from '../../lab/guest-image.ts';
+import { sleep } from '../../lab/run.ts';
+import { deleteNamespaces, HOMEWIRE_BIN, Lab, PLAN } from '../../lab/topology.ts';
+import { parseLease, vmPrefix, vmSiteConfig } from '../../lab/vm/guests.ts';
+import { vmTest } from '../helpers/vm.ts';
+import { replyGaps, startPing } from '../../lab/vm/measure.ts';
 
 async function waitUntil<T>(
   what: string,
@@ -97,7 +99,7 @@ vmTest(
       ).stdout,
     );
     t.truthy(
-      homeStatus.dhcp.leases.find((l: any) => l.mac === created.mac && l.ip === lease.ip),
+      homeStatus.dhcp.leases.find((l: DhcpLeaseInfo) => l.mac === created.mac && l.ip === lease.ip),
       'home lists the lease',
     );
     t.true(
@@ -141,7 +143,7 @@ vmTest(
       ).stdout,
     );
     t.is(
-      homeAfter.macs.find((m: any) => m.mac === created.mac)?.port,
+      homeAfter.macs.find((m: MacStatus) => m.mac === created.mac)?.port,
       'host-b',
       "home's switch has the guest behind host-b",
     );

@@ -3,8 +3,8 @@
 // Needs root (see helpers/netns.ts). Each test builds its own lab (own prefix) and tears it down.
 import fs from 'node:fs';
 import path from 'node:path';
-import { HOMEWIRE_BIN, hasProgram, PROJECT_ROOT, TAP_NAME } from '../lab/topology.ts';
-import { labFor, netnsTest, pingText } from './helpers/netns.ts';
+import { HOMEWIRE_BIN, hasProgram, PROJECT_ROOT, TAP_NAME } from '../../lab/topology.ts';
+import { labFor, netnsTest, pingText } from '../helpers/netns.ts';
 
 const fast = { count: 5, intervalS: 0.1 };
 
