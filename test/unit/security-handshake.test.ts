@@ -63,7 +63,7 @@ async function twoSites(t: any) {
   return { ...m, home: m.nodes.get('home')!, a: m.nodes.get('host-a')! };
 }
 
-test('initiations without a valid mac1 are dropped before any Diffie-Hellman', async (t) => {
+test.serial('initiations without a valid mac1 are dropped before any Diffie-Hellman', async (t) => {
   const { net, home, a } = await twoSites(t);
   const mesh = home.daemon.mesh;
   const invalid = mesh.handshakes.invalid;
@@ -75,7 +75,7 @@ test('initiations without a valid mac1 are dropped before any Diffie-Hellman', a
   await waitFor(() => home.tap.written.length === 1);
 });
 
-test('under a flood of mac1-valid initiations from spoofed addresses, a real peer still gets its session', async (t) => {
+test.serial('under a flood of mac1-valid initiations from spoofed addresses, a real peer still gets its session', async (t) => {
   const { net, home, a } = await twoSites(t);
   const mesh = home.daemon.mesh;
   const evil = attacker(home.daemon.config.publicKey);
@@ -103,7 +103,7 @@ test('under a flood of mac1-valid initiations from spoofed addresses, a real pee
   await waitFor(() => home.tap.written.length === 1);
 });
 
-test('one source with valid cookies is held to its token bucket', async (t) => {
+test.serial('one source with valid cookies is held to its token bucket', async (t) => {
   const { net, home } = await twoSites(t);
   const mesh = home.daemon.mesh;
   const evil = attacker(home.daemon.config.publicKey);
@@ -131,7 +131,7 @@ test('one source with valid cookies is held to its token bucket', async (t) => {
   t.pass();
 });
 
-test('a forged response does not cancel the pending handshake; the real one completes it', async (t) => {
+test.serial('a forged response does not cancel the pending handshake; the real one completes it', async (t) => {
   const { net, home, a } = await twoSites(t);
   let held: Buffer | null = null;
   let init: Buffer | null = null;
@@ -162,7 +162,7 @@ test('a forged response does not cancel the pending handshake; the real one comp
   t.is(mesh.peers[0].pending, null);
 });
 
-test('responses to our own initiations are processed before queued initiations', async (t) => {
+test.serial('responses to our own initiations are processed before queued initiations', async (t) => {
   const { net, home } = await twoSites(t);
   const mesh = home.daemon.mesh;
   mesh.guard.enabled = false; // let the bogus initiations all reach the queue (each costs a DH)

@@ -50,7 +50,7 @@ async function sites(
 ): Promise<Sites> {
   const m = await buildMesh({ names: ['home', 'host-a', 'host-b'], security: o.security, extra: o.extra });
   t.teardown(m.stop);
-  await waitFor(() => allUp(m.nodes));
+  await waitFor(() => allUp(m.nodes), 20_000); // the machine is shared: handshakes may queue
   const [home, a, b] = ['home', 'host-a', 'host-b'].map((n) => m.nodes.get(n)!);
   return { home, a, b, nodes: m.nodes, net: m.net };
 }
@@ -81,7 +81,7 @@ async function introduce(s: Sites): Promise<void> {
 
 // ---- port security (sending side) ----------------------------------------------------------------------
 
-test("a guest that sends as a home-LAN device's MAC is stopped at its own host; the device keeps its traffic", async (t) => {
+test.serial("a guest that sends as a home-LAN device's MAC is stopped at its own host; the device keeps its traffic", async (t) => {
   const s = await sites(t);
   await introduce(s);
   // The attack: one gratuitous ARP from the guest with the LAN device's MAC and address.
@@ -97,7 +97,7 @@ test("a guest that sends as a home-LAN device's MAC is stopped at its own host; 
   t.false(wrote(s.a, sized(115)), "host-a's guest did not get the device's traffic");
 });
 
-test('strict with a guest list: only the coordinator-given MACs (and the bridge) leave the host', async (t) => {
+test.serial('strict with a guest list: only the coordinator-given MACs (and the bridge) leave the host', async (t) => {
   const s = await sites(t);
   t.deepEqual(s.a.daemon.setGuestMacs([GA, { mac: '52:54:00:00:00:0c', ip: '198.51.100.12' }]), { ok: true });
   t.false(s.a.daemon.setGuestMacs(['01:00:5e:00:00:01']).ok, 'a group MAC is refused');
@@ -114,7 +114,7 @@ test('strict with a guest list: only the coordinator-given MACs (and the bridge)
   await waitFor(() => wrote(s.home, sized(66)));
 });
 
-test('learn: at most max_macs_per_site MACs leave a guests side; a MAC flood fills nothing elsewhere', async (t) => {
+test.serial('learn: at most max_macs_per_site MACs leave a guests side; a MAC flood fills nothing elsewhere', async (t) => {
   const s = await sites(t, {
     security: (n) => (n === 'host-a' ? 'security: { port_security: learn, max_macs_per_site: 4 }' : ''),
   });
@@ -130,7 +130,7 @@ test('learn: at most max_macs_per_site MACs leave a guests side; a MAC flood fil
   await waitFor(() => wrote(s.home, sized(61)));
 });
 
-test("home: a LAN frame claiming a remote guest's MAC is not sent into the mesh", async (t) => {
+test.serial("home: a LAN frame claiming a remote guest's MAC is not sent into the mesh", async (t) => {
   const s = await sites(t);
   await introduce(s);
   s.home.tap.inject(frame(BCAST, GA, 0x0806, Buffer.alloc(46))); // a LAN device spoofing host-a's guest
@@ -144,7 +144,7 @@ test("home: a LAN frame claiming a remote guest's MAC is not sent into the mesh"
 
 // ---- ownership (receiving side): a hostile host's daemon ----------------------------------------------
 
-test("a hostile host's frames, MAC_AT and EXPECT for MACs it does not own are refused at the receivers", async (t) => {
+test.serial("a hostile host's frames, MAC_AT and EXPECT for MACs it does not own are refused at the receivers", async (t) => {
   const s = await sites(t);
   await introduce(s);
   const home = s.home.daemon.sw;
@@ -187,7 +187,7 @@ test("a hostile host's frames, MAC_AT and EXPECT for MACs it does not own are re
   await waitFor(() => portOf(s.home, GB) === 'host-a');
 });
 
-test('mac_moves: open lets peers claim MACs other peers hold, never MACs pinned here', async (t) => {
+test.serial('mac_moves: open lets peers claim MACs other peers hold, never MACs pinned here', async (t) => {
   const s = await sites(t, {
     security: (n) =>
       n === 'home' ? 'security: { local_side: lan, mac_moves: open, arp_inspection: learn }' : labSecurity(n),
@@ -200,7 +200,7 @@ test('mac_moves: open lets peers claim MACs other peers hold, never MACs pinned 
   t.is(portOf(s.home, LAN), 'local');
 });
 
-test('a local MAC stays pinned after its entry ages out', async (t) => {
+test.serial('a local MAC stays pinned after its entry ages out', async (t) => {
   const m = await buildMesh({ names: ['home', 'host-a'] });
   t.teardown(m.stop);
   await waitFor(() => allUp(m.nodes));
@@ -216,7 +216,7 @@ test('a local MAC stays pinned after its entry ages out', async (t) => {
   t.is(portOf(home, LAN), undefined, 'the quiet device was not taken');
 });
 
-test('a peer holds at most max_macs_per_peer MACs here; other sites are unaffected', async (t) => {
+test.serial('a peer holds at most max_macs_per_peer MACs here; other sites are unaffected', async (t) => {
   const s = await sites(t, {
     security: (n) => (n === 'home' ? 'security: { local_side: lan, max_macs_per_peer: 100 }' : ''),
   });
@@ -234,7 +234,7 @@ test('a peer holds at most max_macs_per_peer MACs here; other sites are unaffect
 
 // ---- storm control --------------------------------------------------------------------------------------
 
-test('storm control: a guest flooding broadcasts gets flood_pps through; unicast carries on', async (t) => {
+test.serial('storm control: a guest flooding broadcasts gets flood_pps through; unicast carries on', async (t) => {
   const s = await sites(t, {
     security: (n) =>
       n === 'home'
@@ -302,7 +302,7 @@ async function lease(site: Node, client: SimClient): Promise<string> {
   return formatIPv4(offer.msg.yiaddr);
 }
 
-test("a guest's rogue DHCP server is stopped at its host; a hostile host's at the receivers; guests still lease from home", async (t) => {
+test.serial("a guest's rogue DHCP server is stopped at its host; a hostile host's at the receivers; guests still lease from home", async (t) => {
   const s = await dhcpSites(t);
   const ROGUE = '52:54:00:00:66:66';
   const victim = new SimClient(simMac(21), 'udhcpc');
@@ -330,7 +330,7 @@ test("a guest's rogue DHCP server is stopped at its host; a hostile host's at th
   t.regex(ip, /^198\.51\.100\.1\d\d$/);
 });
 
-test('home LAN DHCP stays on the LAN when serve_local is false; so do the LAN server replies', async (t) => {
+test.serial('home LAN DHCP stays on the LAN when serve_local is false; so do the LAN server replies', async (t) => {
   const s = await dhcpSites(t);
   const lanClient = new SimClient(simMac(31), 'dhclient');
   s.home.tap.inject(lanClient.discover());
@@ -344,7 +344,7 @@ test('home LAN DHCP stays on the LAN when serve_local is false; so do the LAN se
 
 // ---- ARP/ND inspection, RA guard, bindings --------------------------------------------------------------
 
-test('ARP inspection (strict): a guest may claim only its leased address; RA guard; ND inspection', async (t) => {
+test.serial('ARP inspection (strict): a guest may claim only its leased address; RA guard; ND inspection', async (t) => {
   const s = await dhcpSites(t);
   const client = new SimClient(simMac(41), 'udhcpc');
   const G = [...simMac(41)].map((x) => x.toString(16).padStart(2, '0')).join(':');
@@ -387,7 +387,7 @@ test('ARP inspection (strict): a guest may claim only its leased address; RA gua
   await waitFor(() => wrote(s.home, (f) => f.equals(na)));
 });
 
-test('a guest that moves keeps its binding: home tells the new host (BINDING); a forged BINDING is refused', async (t) => {
+test.serial('a guest that moves keeps its binding: home tells the new host (BINDING); a forged BINDING is refused', async (t) => {
   const s = await dhcpSites(t);
   const client = new SimClient(simMac(42), 'udhcpc');
   const G = [...simMac(42)].map((x) => x.toString(16).padStart(2, '0')).join(':');
@@ -410,7 +410,7 @@ test('a guest that moves keeps its binding: home tells the new host (BINDING); a
   t.is(portOf(s.home, G), 'host-b');
 });
 
-test("a hostile host's ARP for an address that lives elsewhere is dropped at home", async (t) => {
+test.serial("a hostile host's ARP for an address that lives elsewhere is dropped at home", async (t) => {
   const s = await dhcpSites(t);
   s.home.tap.inject(arp(1, LAN, '198.51.100.1', '00:00:00:00:00:00', '198.51.100.1')); // the router says hello
   await waitFor(() => portOf(s.b, LAN) === 'home');
@@ -429,7 +429,7 @@ test("a hostile host's ARP for an address that lives elsewhere is dropped at hom
   );
 });
 
-test('ARP suppression: home answers a LAN request for a leased guest itself; nothing crosses the mesh', async (t) => {
+test.serial('ARP suppression: home answers a LAN request for a leased guest itself; nothing crosses the mesh', async (t) => {
   const s = await dhcpSites(t);
   const ip = await lease(s.a, new SimClient(simMac(44)));
   const G = [...simMac(44)].map((x) => x.toString(16).padStart(2, '0')).join(':');
@@ -456,7 +456,7 @@ test('ARP suppression: home answers a LAN request for a leased guest itself; not
 
 // ---- DHCP identity over the mesh ----------------------------------------------------------------------
 
-test('DHCP identity: chaddr must be the sender; a lease cannot be released from another host', async (t) => {
+test.serial('DHCP identity: chaddr must be the sender; a lease cannot be released from another host', async (t) => {
   const s = await dhcpSites(t);
   const victim = new SimClient(simMac(51), 'udhcpc');
   const ip = await lease(s.a, victim);
