@@ -525,8 +525,9 @@ export class Lab implements Teardown {
 
   // ---- daemons -------------------------------------------------------------------------------------
 
-  /** Starts `homewire up` in the site's namespace; output (JSON logs) is appended to site.logFile. */
-  startDaemon(name: string, extraArgs: string[] = []): ChildProcess {
+  /** Starts `homewire up` in the site's namespace (or another entry script taking --config: benchmarks run
+   *  variants); output (JSON logs) is appended to site.logFile. */
+  startDaemon(name: string, extraArgs: string[] = [], entry: string[] = [HOMEWIRE_BIN, 'up']): ChildProcess {
     const s = this.site(name);
     if (s.daemon && s.daemon.exitCode === null && s.daemon.signalCode === null) {
       throw new Error(`the daemon of ${name} is already running (pid ${s.daemon.pid})`);
@@ -536,7 +537,7 @@ export class Lab implements Teardown {
     try {
       s.daemon = spawn(
         'ip',
-        ['netns', 'exec', s.ns, process.execPath, HOMEWIRE_BIN, 'up', '--config', s.configFile, ...extraArgs],
+        ['netns', 'exec', s.ns, process.execPath, ...entry, '--config', s.configFile, ...extraArgs],
         {
           stdio: ['ignore', fd, fd],
           cwd: this.dir,

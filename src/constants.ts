@@ -71,6 +71,9 @@ export const COOKIE_VALID_MS = COOKIE_SECRET_MS - 5_000; // an initiator uses a 
 export const HANDSHAKE_SOURCE_PER_SECOND = 20; // per-source token bucket under load
 export const HANDSHAKE_SOURCE_BURST = 5;
 export const HANDSHAKE_SOURCES_MAX = 65_536; // token buckets kept; beyond this new sources are refused
+// Cookie replies to sources that are no peer's known endpoint, per second (a spoofed flood gets few answers
+// and costs little; a known peer's endpoint always gets its cookie).
+export const COOKIE_REPLIES_UNKNOWN_PER_SECOND = 1_000;
 
 // --- Switch -----------------------------------------------------------------------------------------
 export const MAC_AGEING_MS = 300_000; // like Linux bridges

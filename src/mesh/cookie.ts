@@ -13,7 +13,9 @@
 // the cookie and gets nowhere, a real one retries at once with mac2 (we resend our initiation as soon as a
 // cookie arrives, rather than at the next 5 s retry). With a valid mac2, each source address has a token
 // bucket (20 per second, burst 5). Responses are exempt: they are admitted only for a handshake we have
-// pending (the mesh checks the index) and are processed first.
+// pending (the mesh checks the index) and are processed first. Cookie replies go at once to a source that is
+// a configured peer's known endpoint; to any other source at most 1,000 per second (a spoofed flood then costs
+// a keyed hash per datagram and few sends; a peer whose address we do not know yet may need a retry).
 //
 //   cookie reply (3): type | 0 0 0 | receiver index u32 LE (the sender index of the message answered)
 //                     | nonce (24) | XChaCha20-Poly1305(key = BLAKE2b-256("homewire cookie" | responder's public
@@ -23,6 +25,7 @@ import {
   COOKIE_BYTES,
   COOKIE_NONCE_BYTES,
   COOKIE_REPLY_BYTES,
+  COOKIE_REPLIES_UNKNOWN_PER_SECOND,
   COOKIE_SECRET_MS,
   COOKIE_VALID_MS,
   HANDSHAKE_MAC_BYTES,
@@ -43,6 +46,7 @@ const ZERO_MAC = Buffer.alloc(HANDSHAKE_MAC_BYTES);
 export const ADMIT = 0;
 export const DROP = 1;
 export const SEND_COOKIE = 2; // under load, no valid mac2: answer with cookieReply(), do not process
+export const NO_COOKIE = 3; // under load, no valid mac2, and the cookie budget for unknown sources is spent
 
 function labelledKey(label: Buffer, publicKey: Buffer): Buffer {
   const out = Buffer.alloc(32);
@@ -72,6 +76,7 @@ export class RemoteCookie {
 export class GuardStats {
   mac1_invalid = 0; // dropped before any other work
   cookies_sent = 0; // under load: answered with a cookie reply instead of a Diffie-Hellman
+  cookies_withheld = 0; // under load, from an unknown source beyond the cookie budget: dropped
   rate_limited = 0; // valid mac2, but the source's token bucket was empty
   cookie_replies_accepted = 0;
   cookie_replies_invalid = 0; // not for a pending handshake, or did not decrypt
@@ -94,6 +99,9 @@ export class HandshakeGuard {
   private underLoadUntilMs = 0;
   private readonly buckets = new Map<string, Bucket>();
   private readonly remotes = new WeakMap<object, RemoteCookie>();
+  private known = new Set<string>(); // "address|port" of configured peers' current endpoints
+  private cookieSecond = 0;
+  private cookiesThisSecond = 0;
   private readonly scratch = Buffer.alloc(HANDSHAKE_MAC_BYTES);
   private readonly cookieScratch = Buffer.alloc(COOKIE_BYTES);
 
@@ -151,10 +159,27 @@ export class HandshakeGuard {
       this.underLoadUntilMs = now + UNDER_LOAD_HOLD_MS;
     }
     if (now >= this.underLoadUntilMs) return ADMIT;
-    if (!this.mac2Valid(msg, address, port, now)) return SEND_COOKIE;
+    if (!this.mac2Valid(msg, address, port, now)) {
+      if (this.known.has(`${address}|${port}`)) return SEND_COOKIE;
+      const second = Math.floor(now / 1000);
+      if (second !== this.cookieSecond) {
+        this.cookieSecond = second;
+        this.cookiesThisSecond = 0;
+      }
+      if (this.cookiesThisSecond++ < COOKIE_REPLIES_UNKNOWN_PER_SECOND) return SEND_COOKIE;
+      this.stats.cookies_withheld++;
+      return NO_COOKIE;
+    }
     if (this.allow(address, now)) return ADMIT;
     this.stats.rate_limited++;
     return DROP;
+  }
+
+  /** The endpoints of configured peers (refreshed by the mesh every tick): their cookies are never withheld. */
+  setKnownEndpoints(endpoints: Iterable<{ address: string; port: number }>): void {
+    const known = new Set<string>();
+    for (const e of endpoints) known.add(`${e.address}|${e.port}`);
+    this.known = known;
   }
 
   get underLoad(): boolean {

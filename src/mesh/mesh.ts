@@ -476,6 +476,7 @@ export class Mesh {
     this.nowMs = this.now();
     this.timers.tick(this.nowMs);
     this.guard.tick(this.nowMs);
+    this.guard.setKnownEndpoints(this.peers.flatMap((p) => (p.endpoint ? [p.endpoint] : [])));
   }
 
   /** @internal for timers */

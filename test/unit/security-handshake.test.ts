@@ -75,33 +75,36 @@ test.serial('initiations without a valid mac1 are dropped before any Diffie-Hell
   await waitFor(() => home.tap.written.length === 1);
 });
 
-test.serial('under a flood of mac1-valid initiations from spoofed addresses, a real peer still gets its session', async (t) => {
-  const { net, home, a } = await twoSites(t);
-  const mesh = home.daemon.mesh;
-  const evil = attacker(home.daemon.config.publicKey);
-  const flood = startFlood(net, evil.stamp); // ~20,000 per second, as far as this event loop lets them out
-  t.teardown(flood.stop);
-  await waitFor(() => mesh.guard.underLoad, 5000);
-  // host-a re-handshakes now (a rekey, a restart): its first initiation gets a cookie, the resend with mac2 is
-  // processed.
-  const peer = a.daemon.mesh.peers[0];
-  const completed = a.daemon.mesh.handshakes.completed;
-  const started = Date.now();
-  a.daemon.mesh.initiate(peer);
-  await waitFor(() => a.daemon.mesh.handshakes.completed === completed + 1, 10_000);
-  const ms = Date.now() - started;
-  await flood.stop();
-  const sent = flood.sent;
-  t.log(
-    `${sent} bogus initiations; host-a's handshake completed in ${ms} ms; home: ${JSON.stringify(mesh.guard.stats)}, ` +
-      `${mesh.handshakes.invalid} went through DH`,
-  );
-  t.true(mesh.guard.stats.cookies_sent > 0, 'cookie replies were sent');
-  t.true(a.daemon.mesh.guard.stats.cookie_replies_accepted >= 1, 'host-a took a cookie and resent with mac2');
-  t.true(mesh.handshakes.invalid < sent / 4, `${mesh.handshakes.invalid} of ${sent} cost a Diffie-Hellman`);
-  a.tap.inject(arp(1, '52:54:00:00:00:0a', '198.51.100.10', '00:00:00:00:00:00', '198.51.100.1'));
-  await waitFor(() => home.tap.written.length === 1);
-});
+test.serial(
+  'under a flood of mac1-valid initiations from spoofed addresses, a real peer still gets its session',
+  async (t) => {
+    const { net, home, a } = await twoSites(t);
+    const mesh = home.daemon.mesh;
+    const evil = attacker(home.daemon.config.publicKey);
+    const flood = startFlood(net, evil.stamp); // ~20,000 per second, as far as this event loop lets them out
+    t.teardown(flood.stop);
+    await waitFor(() => mesh.guard.underLoad, 5000);
+    // host-a re-handshakes now (a rekey, a restart): its first initiation gets a cookie, the resend with mac2 is
+    // processed.
+    const peer = a.daemon.mesh.peers[0];
+    const completed = a.daemon.mesh.handshakes.completed;
+    const started = Date.now();
+    a.daemon.mesh.initiate(peer);
+    await waitFor(() => a.daemon.mesh.handshakes.completed === completed + 1, 10_000);
+    const ms = Date.now() - started;
+    await flood.stop();
+    const sent = flood.sent;
+    t.log(
+      `${sent} bogus initiations; host-a's handshake completed in ${ms} ms; home: ${JSON.stringify(mesh.guard.stats)}, ` +
+        `${mesh.handshakes.invalid} went through DH`,
+    );
+    t.true(mesh.guard.stats.cookies_sent > 0, 'cookie replies were sent');
+    t.true(a.daemon.mesh.guard.stats.cookie_replies_accepted >= 1, 'host-a took a cookie and resent with mac2');
+    t.true(mesh.handshakes.invalid < sent / 4, `${mesh.handshakes.invalid} of ${sent} cost a Diffie-Hellman`);
+    a.tap.inject(arp(1, '52:54:00:00:00:0a', '198.51.100.10', '00:00:00:00:00:00', '198.51.100.1'));
+    await waitFor(() => home.tap.written.length === 1);
+  },
+);
 
 test.serial('one source with valid cookies is held to its token bucket', async (t) => {
   const { net, home } = await twoSites(t);

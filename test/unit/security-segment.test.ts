@@ -81,21 +81,24 @@ async function introduce(s: Sites): Promise<void> {
 
 // ---- port security (sending side) ----------------------------------------------------------------------
 
-test.serial("a guest that sends as a home-LAN device's MAC is stopped at its own host; the device keeps its traffic", async (t) => {
-  const s = await sites(t);
-  await introduce(s);
-  // The attack: one gratuitous ARP from the guest with the LAN device's MAC and address.
-  s.a.tap.inject(arp(1, LAN, '198.51.100.1', '00:00:00:00:00:00', '198.51.100.1'));
-  await sleep(50);
-  t.is(s.a.daemon.sw.security.portSecurity.remote_mac, 1);
-  t.is(portOf(s.home, LAN), 'local', 'home still has the device on its LAN');
-  t.is(portOf(s.b, LAN), 'home', 'host-b still sends its traffic to home');
-  // Legitimate traffic carries on: host-b's guest reaches the LAN device, the LAN device reaches host-a's guest.
-  s.b.tap.inject(frame(LAN, GB, 0x0800, Buffer.alloc(101, 1)));
-  s.home.tap.inject(frame(GA, LAN, 0x0800, Buffer.alloc(102, 2)));
-  await waitFor(() => wrote(s.home, sized(115)) && wrote(s.a, sized(116)));
-  t.false(wrote(s.a, sized(115)), "host-a's guest did not get the device's traffic");
-});
+test.serial(
+  "a guest that sends as a home-LAN device's MAC is stopped at its own host; the device keeps its traffic",
+  async (t) => {
+    const s = await sites(t);
+    await introduce(s);
+    // The attack: one gratuitous ARP from the guest with the LAN device's MAC and address.
+    s.a.tap.inject(arp(1, LAN, '198.51.100.1', '00:00:00:00:00:00', '198.51.100.1'));
+    await sleep(50);
+    t.is(s.a.daemon.sw.security.portSecurity.remote_mac, 1);
+    t.is(portOf(s.home, LAN), 'local', 'home still has the device on its LAN');
+    t.is(portOf(s.b, LAN), 'home', 'host-b still sends its traffic to home');
+    // Legitimate traffic carries on: host-b's guest reaches the LAN device, the LAN device reaches host-a's guest.
+    s.b.tap.inject(frame(LAN, GB, 0x0800, Buffer.alloc(101, 1)));
+    s.home.tap.inject(frame(GA, LAN, 0x0800, Buffer.alloc(102, 2)));
+    await waitFor(() => wrote(s.home, sized(115)) && wrote(s.a, sized(116)));
+    t.false(wrote(s.a, sized(115)), "host-a's guest did not get the device's traffic");
+  },
+);
 
 test.serial('strict with a guest list: only the coordinator-given MACs (and the bridge) leave the host', async (t) => {
   const s = await sites(t);
@@ -114,21 +117,24 @@ test.serial('strict with a guest list: only the coordinator-given MACs (and the 
   await waitFor(() => wrote(s.home, sized(66)));
 });
 
-test.serial('learn: at most max_macs_per_site MACs leave a guests side; a MAC flood fills nothing elsewhere', async (t) => {
-  const s = await sites(t, {
-    security: (n) => (n === 'host-a' ? 'security: { port_security: learn, max_macs_per_site: 4 }' : ''),
-  });
-  const frames = Array.from({ length: 10 }, (_, i) =>
-    frame(BCAST, `52:54:00:00:10:${i.toString(16).padStart(2, '0')}`, 0x0800, Buffer.alloc(46)),
-  );
-  s.a.tap.inject(...frames);
-  await sleep(80);
-  t.is(s.a.daemon.sw.security.portSecurity.too_many_macs, 6);
-  t.is(s.home.daemon.sw.security.macCount(peerOf(s.home, 'host-a')), 4);
-  // The four it has keep working.
-  s.a.tap.inject(frame(BCAST, '52:54:00:00:10:00', 0x0800, Buffer.alloc(47)));
-  await waitFor(() => wrote(s.home, sized(61)));
-});
+test.serial(
+  'learn: at most max_macs_per_site MACs leave a guests side; a MAC flood fills nothing elsewhere',
+  async (t) => {
+    const s = await sites(t, {
+      security: (n) => (n === 'host-a' ? 'security: { port_security: learn, max_macs_per_site: 4 }' : ''),
+    });
+    const frames = Array.from({ length: 10 }, (_, i) =>
+      frame(BCAST, `52:54:00:00:10:${i.toString(16).padStart(2, '0')}`, 0x0800, Buffer.alloc(46)),
+    );
+    s.a.tap.inject(...frames);
+    await sleep(80);
+    t.is(s.a.daemon.sw.security.portSecurity.too_many_macs, 6);
+    t.is(s.home.daemon.sw.security.macCount(peerOf(s.home, 'host-a')), 4);
+    // The four it has keep working.
+    s.a.tap.inject(frame(BCAST, '52:54:00:00:10:00', 0x0800, Buffer.alloc(47)));
+    await waitFor(() => wrote(s.home, sized(61)));
+  },
+);
 
 test.serial("home: a LAN frame claiming a remote guest's MAC is not sent into the mesh", async (t) => {
   const s = await sites(t);
@@ -144,48 +150,51 @@ test.serial("home: a LAN frame claiming a remote guest's MAC is not sent into th
 
 // ---- ownership (receiving side): a hostile host's daemon ----------------------------------------------
 
-test.serial("a hostile host's frames, MAC_AT and EXPECT for MACs it does not own are refused at the receivers", async (t) => {
-  const s = await sites(t);
-  await introduce(s);
-  const home = s.home.daemon.sw;
-  const toHome = peerOf(s.a, 'home');
-  const toB = peerOf(s.a, 'host-b');
-  // 1. Frames with the home LAN device's MAC, straight from host-a's daemon (its port security is not ours).
-  s.a.daemon.mesh.sendFrame(toHome, frame(BCAST, LAN, 0x0806, Buffer.alloc(46)));
-  // 2. "The LAN device is at me" and "host-b's guest is at me", with high sequences.
-  s.a.daemon.mesh.sendSignal(toHome, encodeMacAt(macNumber(LAN), 1000));
-  s.a.daemon.mesh.sendSignal(toHome, encodeMacAt(macNumber(GB), 1000));
-  s.a.daemon.mesh.sendSignal(toB, encodeMacAt(macNumber(GB), 1000));
-  // 3. "Send me a copy of host-b's guest's traffic."
-  s.a.daemon.mesh.sendSignal(toHome, encodeExpect(macNumber(GB)));
-  // 4. Frames as host-b's guest.
-  s.a.daemon.mesh.sendFrame(toHome, frame(LAN, GB, 0x0800, Buffer.alloc(104)));
-  s.a.daemon.mesh.flush();
-  await waitFor(
-    () =>
-      home.security.ownership.local_mac === 1 &&
-      home.security.ownership.move_refused === 2 &&
-      home.security.ownership.expect_refused === 1 &&
-      home.security.ownership.owned_elsewhere === 1,
-  );
-  t.is(s.b.daemon.sw.security.ownership.move_refused, 1, 'host-b refuses a claim on its own guest');
-  t.is(portOf(s.home, LAN), 'local');
-  t.is(portOf(s.home, GB), 'host-b');
-  t.is(portOf(s.b, GB), 'local');
-  t.is(home.table.get(macNumber(GB))!.alsoTo, null, 'no copy of the traffic goes to host-a');
-  t.false(wrote(s.home, sized(118)), 'the forged frame did not reach the LAN');
-  // Legitimate traffic carries on, and host-a gets none of host-b's guest's frames.
-  const before = s.a.tap.written.length;
-  s.home.tap.inject(frame(GB, LAN, 0x0800, Buffer.alloc(105)));
-  await waitFor(() => wrote(s.b, sized(119)));
-  await sleep(20);
-  t.is(s.a.tap.written.length, before);
-  // With the coordinator's authorization the same announcement is a migration, and is followed.
-  authorizeEverywhere(s.nodes, GB, 'host-a');
-  s.a.daemon.mesh.sendSignal(toHome, encodeMacAt(macNumber(GB), 1001));
-  s.a.daemon.mesh.flush();
-  await waitFor(() => portOf(s.home, GB) === 'host-a');
-});
+test.serial(
+  "a hostile host's frames, MAC_AT and EXPECT for MACs it does not own are refused at the receivers",
+  async (t) => {
+    const s = await sites(t);
+    await introduce(s);
+    const home = s.home.daemon.sw;
+    const toHome = peerOf(s.a, 'home');
+    const toB = peerOf(s.a, 'host-b');
+    // 1. Frames with the home LAN device's MAC, straight from host-a's daemon (its port security is not ours).
+    s.a.daemon.mesh.sendFrame(toHome, frame(BCAST, LAN, 0x0806, Buffer.alloc(46)));
+    // 2. "The LAN device is at me" and "host-b's guest is at me", with high sequences.
+    s.a.daemon.mesh.sendSignal(toHome, encodeMacAt(macNumber(LAN), 1000));
+    s.a.daemon.mesh.sendSignal(toHome, encodeMacAt(macNumber(GB), 1000));
+    s.a.daemon.mesh.sendSignal(toB, encodeMacAt(macNumber(GB), 1000));
+    // 3. "Send me a copy of host-b's guest's traffic."
+    s.a.daemon.mesh.sendSignal(toHome, encodeExpect(macNumber(GB)));
+    // 4. Frames as host-b's guest.
+    s.a.daemon.mesh.sendFrame(toHome, frame(LAN, GB, 0x0800, Buffer.alloc(104)));
+    s.a.daemon.mesh.flush();
+    await waitFor(
+      () =>
+        home.security.ownership.local_mac === 1 &&
+        home.security.ownership.move_refused === 2 &&
+        home.security.ownership.expect_refused === 1 &&
+        home.security.ownership.owned_elsewhere === 1,
+    );
+    t.is(s.b.daemon.sw.security.ownership.move_refused, 1, 'host-b refuses a claim on its own guest');
+    t.is(portOf(s.home, LAN), 'local');
+    t.is(portOf(s.home, GB), 'host-b');
+    t.is(portOf(s.b, GB), 'local');
+    t.is(home.table.get(macNumber(GB))!.alsoTo, null, 'no copy of the traffic goes to host-a');
+    t.false(wrote(s.home, sized(118)), 'the forged frame did not reach the LAN');
+    // Legitimate traffic carries on, and host-a gets none of host-b's guest's frames.
+    const before = s.a.tap.written.length;
+    s.home.tap.inject(frame(GB, LAN, 0x0800, Buffer.alloc(105)));
+    await waitFor(() => wrote(s.b, sized(119)));
+    await sleep(20);
+    t.is(s.a.tap.written.length, before);
+    // With the coordinator's authorization the same announcement is a migration, and is followed.
+    authorizeEverywhere(s.nodes, GB, 'host-a');
+    s.a.daemon.mesh.sendSignal(toHome, encodeMacAt(macNumber(GB), 1001));
+    s.a.daemon.mesh.flush();
+    await waitFor(() => portOf(s.home, GB) === 'host-a');
+  },
+);
 
 test.serial('mac_moves: open lets peers claim MACs other peers hold, never MACs pinned here', async (t) => {
   const s = await sites(t, {
@@ -302,33 +311,36 @@ async function lease(site: Node, client: SimClient): Promise<string> {
   return formatIPv4(offer.msg.yiaddr);
 }
 
-test.serial("a guest's rogue DHCP server is stopped at its host; a hostile host's at the receivers; guests still lease from home", async (t) => {
-  const s = await dhcpSites(t);
-  const ROGUE = '52:54:00:00:66:66';
-  const victim = new SimClient(simMac(21), 'udhcpc');
-  const victimMac = [...simMac(21)].map((x) => x.toString(16).padStart(2, '0')).join(':');
-  // A guest on host-b answers DHCP (offers and ACKs with its own router) to host-a's guest.
-  s.b.tap.inject(
-    dhcpServerReply(2, ROGUE, '198.51.100.66', victimMac, '198.51.100.67'),
-    dhcpServerReply(5, ROGUE, '198.51.100.66', victimMac, '198.51.100.67'),
-  );
-  // host-b's daemon itself is hostile as well: it sends rogue replies straight into the mesh.
-  const rogue = dhcpServerReply(5, ROGUE, '198.51.100.66', victimMac, '198.51.100.68');
-  s.b.daemon.mesh.sendFrame(peerOf(s.b, 'host-a'), rogue);
-  s.b.daemon.mesh.sendFrame(peerOf(s.b, 'home'), rogue);
-  s.b.daemon.mesh.flush();
-  await waitFor(
-    () =>
-      s.b.daemon.sw.security.snooping.server_from_guest === 2 &&
-      s.a.daemon.sw.security.snooping.server_from_peer === 1 &&
-      s.home.daemon.sw.security.snooping.server_from_peer === 1,
-  );
-  t.false(wrote(s.a, fromMac(ROGUE)), "no rogue reply reached host-a's guests");
-  t.false(wrote(s.home, fromMac(ROGUE)), 'none reached the home LAN');
-  // The guest on host-a gets its address from home's server.
-  const ip = await lease(s.a, victim);
-  t.regex(ip, /^198\.51\.100\.1\d\d$/);
-});
+test.serial(
+  "a guest's rogue DHCP server is stopped at its host; a hostile host's at the receivers; guests still lease from home",
+  async (t) => {
+    const s = await dhcpSites(t);
+    const ROGUE = '52:54:00:00:66:66';
+    const victim = new SimClient(simMac(21), 'udhcpc');
+    const victimMac = [...simMac(21)].map((x) => x.toString(16).padStart(2, '0')).join(':');
+    // A guest on host-b answers DHCP (offers and ACKs with its own router) to host-a's guest.
+    s.b.tap.inject(
+      dhcpServerReply(2, ROGUE, '198.51.100.66', victimMac, '198.51.100.67'),
+      dhcpServerReply(5, ROGUE, '198.51.100.66', victimMac, '198.51.100.67'),
+    );
+    // host-b's daemon itself is hostile as well: it sends rogue replies straight into the mesh.
+    const rogue = dhcpServerReply(5, ROGUE, '198.51.100.66', victimMac, '198.51.100.68');
+    s.b.daemon.mesh.sendFrame(peerOf(s.b, 'host-a'), rogue);
+    s.b.daemon.mesh.sendFrame(peerOf(s.b, 'home'), rogue);
+    s.b.daemon.mesh.flush();
+    await waitFor(
+      () =>
+        s.b.daemon.sw.security.snooping.server_from_guest === 2 &&
+        s.a.daemon.sw.security.snooping.server_from_peer === 1 &&
+        s.home.daemon.sw.security.snooping.server_from_peer === 1,
+    );
+    t.false(wrote(s.a, fromMac(ROGUE)), "no rogue reply reached host-a's guests");
+    t.false(wrote(s.home, fromMac(ROGUE)), 'none reached the home LAN');
+    // The guest on host-a gets its address from home's server.
+    const ip = await lease(s.a, victim);
+    t.regex(ip, /^198\.51\.100\.1\d\d$/);
+  },
+);
 
 test.serial('home LAN DHCP stays on the LAN when serve_local is false; so do the LAN server replies', async (t) => {
   const s = await dhcpSites(t);
@@ -344,71 +356,77 @@ test.serial('home LAN DHCP stays on the LAN when serve_local is false; so do the
 
 // ---- ARP/ND inspection, RA guard, bindings --------------------------------------------------------------
 
-test.serial('ARP inspection (strict): a guest may claim only its leased address; RA guard; ND inspection', async (t) => {
-  const s = await dhcpSites(t);
-  const client = new SimClient(simMac(41), 'udhcpc');
-  const G = [...simMac(41)].map((x) => x.toString(16).padStart(2, '0')).join(':');
-  // Before a lease: the guest's gratuitous ARP for an address is dropped (no binding).
-  s.a.tap.inject(arp(1, G, '198.51.100.150', '00:00:00:00:00:00', '198.51.100.150'));
-  await sleep(30);
-  const insp = s.a.daemon.sw.security.inspection;
-  t.is(insp.arp_no_binding, 1);
-  const ip = await lease(s.a, client);
-  t.is(s.a.daemon.sw.security.stats.bindingsSnooped, 1, "host-a snooped the guest's ACK");
-  const ownArp = arp(1, G, ip, '00:00:00:00:00:00', '198.51.100.1');
-  s.a.tap.inject(ownArp);
-  await waitFor(() => wrote(s.home, (f) => f.equals(ownArp)));
-  // The attack: claim the router's address (ARP poisoning), and an ARP whose sender MAC is not the source.
-  s.a.tap.inject(arp(2, G, '198.51.100.1', LAN, '198.51.100.9'));
-  const mismatched = arp(1, G, ip, '00:00:00:00:00:00', '198.51.100.1');
-  Buffer.from('020000000099', 'hex').copy(mismatched, 22);
-  s.a.tap.inject(mismatched);
-  // Router advertisements, plain and hidden behind extension headers; a neighbour advertisement whose
-  // link-layer address is someone else's.
-  s.a.tap.inject(
-    routerAdvertisement(G),
-    hiddenRouterAdvertisement(G),
-    truncatedChainRouterAdvertisement(G),
-    neighbourAdvertisement(G, 'fe80::1', LAN),
-  );
-  await sleep(50);
-  t.is(insp.arp_no_binding, 2);
-  t.is(insp.arp_sha_mismatch, 1);
-  t.is(insp.ra_guard, 2);
-  t.is(insp.unparseable, 1);
-  t.is(insp.nd_lladdr_mismatch, 1);
-  t.false(
-    wrote(s.home, (f) => f.readUInt16BE(12) === 0x86dd),
-    'no RA or forged NA reached home',
-  );
-  // Its own neighbour advertisement passes.
-  const na = neighbourAdvertisement(G, 'fe80::5054:ff:fe00:29', G);
-  s.a.tap.inject(na);
-  await waitFor(() => wrote(s.home, (f) => f.equals(na)));
-});
+test.serial(
+  'ARP inspection (strict): a guest may claim only its leased address; RA guard; ND inspection',
+  async (t) => {
+    const s = await dhcpSites(t);
+    const client = new SimClient(simMac(41), 'udhcpc');
+    const G = [...simMac(41)].map((x) => x.toString(16).padStart(2, '0')).join(':');
+    // Before a lease: the guest's gratuitous ARP for an address is dropped (no binding).
+    s.a.tap.inject(arp(1, G, '198.51.100.150', '00:00:00:00:00:00', '198.51.100.150'));
+    await sleep(30);
+    const insp = s.a.daemon.sw.security.inspection;
+    t.is(insp.arp_no_binding, 1);
+    const ip = await lease(s.a, client);
+    t.is(s.a.daemon.sw.security.stats.bindingsSnooped, 1, "host-a snooped the guest's ACK");
+    const ownArp = arp(1, G, ip, '00:00:00:00:00:00', '198.51.100.1');
+    s.a.tap.inject(ownArp);
+    await waitFor(() => wrote(s.home, (f) => f.equals(ownArp)));
+    // The attack: claim the router's address (ARP poisoning), and an ARP whose sender MAC is not the source.
+    s.a.tap.inject(arp(2, G, '198.51.100.1', LAN, '198.51.100.9'));
+    const mismatched = arp(1, G, ip, '00:00:00:00:00:00', '198.51.100.1');
+    Buffer.from('020000000099', 'hex').copy(mismatched, 22);
+    s.a.tap.inject(mismatched);
+    // Router advertisements, plain and hidden behind extension headers; a neighbour advertisement whose
+    // link-layer address is someone else's.
+    s.a.tap.inject(
+      routerAdvertisement(G),
+      hiddenRouterAdvertisement(G),
+      truncatedChainRouterAdvertisement(G),
+      neighbourAdvertisement(G, 'fe80::1', LAN),
+    );
+    await sleep(50);
+    t.is(insp.arp_no_binding, 2);
+    t.is(insp.arp_sha_mismatch, 1);
+    t.is(insp.ra_guard, 2);
+    t.is(insp.unparseable, 1);
+    t.is(insp.nd_lladdr_mismatch, 1);
+    t.false(
+      wrote(s.home, (f) => f.readUInt16BE(12) === 0x86dd),
+      'no RA or forged NA reached home',
+    );
+    // Its own neighbour advertisement passes.
+    const na = neighbourAdvertisement(G, 'fe80::5054:ff:fe00:29', G);
+    s.a.tap.inject(na);
+    await waitFor(() => wrote(s.home, (f) => f.equals(na)));
+  },
+);
 
-test.serial('a guest that moves keeps its binding: home tells the new host (BINDING); a forged BINDING is refused', async (t) => {
-  const s = await dhcpSites(t);
-  const client = new SimClient(simMac(42), 'udhcpc');
-  const G = [...simMac(42)].map((x) => x.toString(16).padStart(2, '0')).join(':');
-  const ip = await lease(s.a, client);
-  authorizeEverywhere(s.nodes, G, 'host-b');
-  const garp = arp(1, G, ip, '00:00:00:00:00:00', ip);
-  s.b.tap.inject(garp); // the guest resumed on host-b: its first gratuitous ARP may race the binding
-  await waitFor(() => portOf(s.home, G) === 'host-b' && s.b.daemon.sw.security.stats.bindingSignals === 1);
-  const again = arp(1, G, ip, '00:00:00:00:00:00', '198.51.100.1');
-  s.b.tap.inject(again);
-  await waitFor(() => wrote(s.home, (f) => f.equals(again)));
-  // host-a (not the DHCP server) tries to hand host-b a binding for the router's address.
-  const { encodeBinding } = await import('../../src/security/signal.ts');
-  s.a.daemon.mesh.sendSignal(peerOf(s.a, 'host-b'), encodeBinding(macNumber(G), 0xc6336401, 600));
-  s.a.daemon.mesh.flush();
-  await waitFor(() => s.b.daemon.sw.security.snooping.server_from_peer === 1);
-  const noBinding = s.b.daemon.sw.security.inspection.arp_no_binding;
-  s.b.tap.inject(arp(2, G, '198.51.100.1', LAN, '198.51.100.9'));
-  await waitFor(() => s.b.daemon.sw.security.inspection.arp_no_binding === noBinding + 1);
-  t.is(portOf(s.home, G), 'host-b');
-});
+test.serial(
+  'a guest that moves keeps its binding: home tells the new host (BINDING); a forged BINDING is refused',
+  async (t) => {
+    const s = await dhcpSites(t);
+    const client = new SimClient(simMac(42), 'udhcpc');
+    const G = [...simMac(42)].map((x) => x.toString(16).padStart(2, '0')).join(':');
+    const ip = await lease(s.a, client);
+    authorizeEverywhere(s.nodes, G, 'host-b');
+    const garp = arp(1, G, ip, '00:00:00:00:00:00', ip);
+    s.b.tap.inject(garp); // the guest resumed on host-b: its first gratuitous ARP may race the binding
+    await waitFor(() => portOf(s.home, G) === 'host-b' && s.b.daemon.sw.security.stats.bindingSignals === 1);
+    const again = arp(1, G, ip, '00:00:00:00:00:00', '198.51.100.1');
+    s.b.tap.inject(again);
+    await waitFor(() => wrote(s.home, (f) => f.equals(again)));
+    // host-a (not the DHCP server) tries to hand host-b a binding for the router's address.
+    const { encodeBinding } = await import('../../src/security/signal.ts');
+    s.a.daemon.mesh.sendSignal(peerOf(s.a, 'host-b'), encodeBinding(macNumber(G), 0xc6336401, 600));
+    s.a.daemon.mesh.flush();
+    await waitFor(() => s.b.daemon.sw.security.snooping.server_from_peer === 1);
+    const noBinding = s.b.daemon.sw.security.inspection.arp_no_binding;
+    s.b.tap.inject(arp(2, G, '198.51.100.1', LAN, '198.51.100.9'));
+    await waitFor(() => s.b.daemon.sw.security.inspection.arp_no_binding === noBinding + 1);
+    t.is(portOf(s.home, G), 'host-b');
+  },
+);
 
 test.serial("a hostile host's ARP for an address that lives elsewhere is dropped at home", async (t) => {
   const s = await dhcpSites(t);
@@ -429,30 +447,33 @@ test.serial("a hostile host's ARP for an address that lives elsewhere is dropped
   );
 });
 
-test.serial('ARP suppression: home answers a LAN request for a leased guest itself; nothing crosses the mesh', async (t) => {
-  const s = await dhcpSites(t);
-  const ip = await lease(s.a, new SimClient(simMac(44)));
-  const G = [...simMac(44)].map((x) => x.toString(16).padStart(2, '0')).join(':');
-  s.a.tap.inject(frame(BCAST, G, 0x0800, Buffer.alloc(46)));
-  await waitFor(() => portOf(s.home, G) === 'host-a');
-  let sentByHome = 0;
-  s.net.filter = (msg, from) => {
-    if (from === '192.0.2.1:51820' && msg[0] === 4 && msg.length > 32) sentByHome++;
-    return msg;
-  };
-  s.home.tap.inject(arp(1, LAN, '198.51.100.1', '00:00:00:00:00:00', ip));
-  await waitFor(() => s.home.tap.written.some((f) => f.readUInt16BE(12) === 0x0806 && f.readUInt16BE(20) === 2));
-  const reply = s.home.tap.written.find((f) => f.readUInt16BE(12) === 0x0806 && f.readUInt16BE(20) === 2)!;
-  t.true(fromMac(G)(reply), "the reply carries the guest's MAC");
-  t.is(`${reply[28]}.${reply[29]}.${reply[30]}.${reply[31]}`, ip);
-  await sleep(50);
-  t.is(sentByHome, 0, 'frames over the mesh for this broadcast');
-  t.is(s.home.daemon.sw.security.stats.arpSuppressed, 1);
-  // Without suppression the same request goes to every peer.
-  s.home.daemon.sw.security.reconfigure({ ...s.home.daemon.sw.security.cfg, arpSuppression: false });
-  s.home.tap.inject(arp(1, LAN, '198.51.100.1', '00:00:00:00:00:00', ip));
-  await waitFor(() => sentByHome === 2);
-});
+test.serial(
+  'ARP suppression: home answers a LAN request for a leased guest itself; nothing crosses the mesh',
+  async (t) => {
+    const s = await dhcpSites(t);
+    const ip = await lease(s.a, new SimClient(simMac(44)));
+    const G = [...simMac(44)].map((x) => x.toString(16).padStart(2, '0')).join(':');
+    s.a.tap.inject(frame(BCAST, G, 0x0800, Buffer.alloc(46)));
+    await waitFor(() => portOf(s.home, G) === 'host-a');
+    let sentByHome = 0;
+    s.net.filter = (msg, from) => {
+      if (from === '192.0.2.1:51820' && msg[0] === 4 && msg.length > 32) sentByHome++;
+      return msg;
+    };
+    s.home.tap.inject(arp(1, LAN, '198.51.100.1', '00:00:00:00:00:00', ip));
+    await waitFor(() => s.home.tap.written.some((f) => f.readUInt16BE(12) === 0x0806 && f.readUInt16BE(20) === 2));
+    const reply = s.home.tap.written.find((f) => f.readUInt16BE(12) === 0x0806 && f.readUInt16BE(20) === 2)!;
+    t.true(fromMac(G)(reply), "the reply carries the guest's MAC");
+    t.is(`${reply[28]}.${reply[29]}.${reply[30]}.${reply[31]}`, ip);
+    await sleep(50);
+    t.is(sentByHome, 0, 'frames over the mesh for this broadcast');
+    t.is(s.home.daemon.sw.security.stats.arpSuppressed, 1);
+    // Without suppression the same request goes to every peer.
+    s.home.daemon.sw.security.reconfigure({ ...s.home.daemon.sw.security.cfg, arpSuppression: false });
+    s.home.tap.inject(arp(1, LAN, '198.51.100.1', '00:00:00:00:00:00', ip));
+    await waitFor(() => sentByHome === 2);
+  },
+);
 
 // ---- DHCP identity over the mesh ----------------------------------------------------------------------
 
