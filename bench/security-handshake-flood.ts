@@ -84,9 +84,11 @@ async function sample(lab: Lab, flood: boolean): Promise<Sample> {
       )
     : null;
   let attackerOut = '';
-  attacker?.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    attackerOut += d;
-  });
+  if (attacker?.stdout) {
+    attacker.stdout.setEncoding('utf8').on('data', (d: string) => {
+      attackerOut += d;
+    });
+  }
   const attackerDone = attacker ? new Promise((r) => attacker.once('exit', r)) : null;
   if (flood) await sleep(2000);
   let mbps: number | null = null;
