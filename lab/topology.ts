@@ -53,6 +53,7 @@ import {
   sleepSync,
 } from './run.ts';
 import { formatEndpoint } from '../src/addr.ts';
+import { controlRequest } from '../src/control.ts';
 
 export { deleteNamespaces, hasProgram } from './netns.ts';
 
@@ -620,6 +621,22 @@ export class Lab implements Teardown {
         throw new Error(`peers not up after ${timeoutMs} ms: ${missing.join(', ')}\n${tails}`);
       }
       await sleep(50);
+    }
+  }
+
+  /**
+   * Authorizes `mac` to move to site `to` on every running site (what the coordinator sends before a
+   * migration: with security.mac_moves: authorized, the default, receivers refuse an unauthorized move).
+   */
+  async authorizeMove(mac: string, to: string, seconds = 120): Promise<void> {
+    for (const s of this.sites) {
+      if (!s.daemon || s.daemon.exitCode !== null) continue;
+      const r = await controlRequest(path.join(this.dir, `${s.name}.sock`), 'POST', '/v1/authorize-move', {
+        mac,
+        to,
+        seconds,
+      });
+      if (!r.body.ok) throw new Error(`authorize-move at ${s.name}: ${r.body.error}`);
     }
   }
 
