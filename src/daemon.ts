@@ -110,6 +110,7 @@ export class Daemon {
       signal: (peer, payload) => sw.onSignal(peer, payload),
       peerState: (peer, up) => log.info({ peer: peer.name, endpoint: peer.endpoint }, up ? 'peer up' : 'peer down'),
     });
+    this.readInfraMacs(this.now());
     this.tap.start({ frame: (frame) => sw.fromTap(frame), batchEnd: () => mesh.flush() });
     this.timer = setInterval(() => this.tick(), TICK_MS);
     if (this.services) {

@@ -340,10 +340,11 @@ export class SiteSecurity {
 
   // ---- per-frame checks ---------------------------------------------------------------------------
 
-  /** A frame from the local side (src: its source MAC). PASS, DROP (counted) or KEEP_LOCAL. */
+  /** A frame from the local side (src: its source MAC). PASS, DROP (counted) or KEEP_LOCAL. The site's own
+   *  bridge and TAP (infraMacs: the host's own stack, e.g. a host address on the overlay) are not inspected. */
   checkLocal(frame: Buffer, src: number): number {
     const kind = classify(frame);
-    if (kind === K_OTHER) return PASS;
+    if (kind === K_OTHER || (this.infraMacs.size > 0 && this.infraMacs.has(src))) return PASS;
     const cfg = this.cfg;
     const guests = this.guestsSide;
     switch (kind) {
