@@ -66,6 +66,9 @@ export const HANDSHAKE_TURN_BUDGET_MS = 4; // ... or fewer: a turn stops after t
 export const UNDER_LOAD_QUEUE_LEN = 32; // queued initiations that mean "under load" (WireGuard: 1/8 of its queue;
 // a Noise DH costs this daemon 100x what it costs WireGuard, so 32 is already a backlog of 30-250 ms)
 export const UNDER_LOAD_HOLD_MS = 1_000; // stay under load this long after the queue was that long
+// ... or after this many initiations arrived within one second (sites rekey every 2 minutes: even 200 of them
+// starting at once is 200 in a second; a flood is thousands, and must not get 32 Diffie-Hellmans a second)
+export const UNDER_LOAD_INITIATIONS_PER_SECOND = 100;
 export const COOKIE_SECRET_MS = 120_000; // the responder's cookie secret changes this often
 export const COOKIE_VALID_MS = COOKIE_SECRET_MS - 5_000; // an initiator uses a received cookie this long
 export const HANDSHAKE_SOURCE_PER_SECOND = 20; // per-source token bucket under load

@@ -8,7 +8,7 @@
 //   mac2 = BLAKE2b-128(key = cookie, msg[0 .. mac2)), or 16 zero bytes without a fresh cookie.
 //   cookie = BLAKE2b-128(key = responder's secret (random, new every 2 minutes), source address and port)
 //
-// Under load (the initiation queue at 1/8 of its size, and for 1 s after), an initiation without a valid mac2
+// Under load (32 queued initiations or 100 arriving within a second, and for 1 s after), an initiation without a valid mac2
 // gets a cookie reply (message type 3) instead of being processed: a sender at a spoofed address never sees
 // the cookie and gets nowhere, a real one retries at once with mac2 (we resend our initiation as soon as a
 // cookie arrives, rather than at the next 5 s retry). With a valid mac2, each source address has a token
@@ -35,6 +35,7 @@ import {
   MSG_COOKIE_REPLY,
   MSG_HANDSHAKE_INIT,
   UNDER_LOAD_HOLD_MS,
+  UNDER_LOAD_INITIATIONS_PER_SECOND,
   UNDER_LOAD_QUEUE_LEN,
 } from '../constants.ts';
 
@@ -102,6 +103,8 @@ export class HandshakeGuard {
   private known = new Set<string>(); // "address|port" of configured peers' current endpoints
   private cookieSecond = 0;
   private cookiesThisSecond = 0;
+  private arrivalSecond = 0;
+  private arrivalsThisSecond = 0;
   private readonly scratch = Buffer.alloc(HANDSHAKE_MAC_BYTES);
   private readonly cookieScratch = Buffer.alloc(COOKIE_BYTES);
 
@@ -154,14 +157,18 @@ export class HandshakeGuard {
   admit(msg: Buffer, address: string, port: number, queued: number): number {
     if (!this.enabled) return ADMIT;
     const now = this.now();
-    if (queued >= UNDER_LOAD_QUEUE_LEN) {
+    const second = Math.floor(now / 1000);
+    if (second !== this.arrivalSecond) {
+      this.arrivalSecond = second;
+      this.arrivalsThisSecond = 0;
+    }
+    if (queued >= UNDER_LOAD_QUEUE_LEN || ++this.arrivalsThisSecond >= UNDER_LOAD_INITIATIONS_PER_SECOND) {
       if (now >= this.underLoadUntilMs) this.stats.under_load++;
       this.underLoadUntilMs = now + UNDER_LOAD_HOLD_MS;
     }
     if (now >= this.underLoadUntilMs) return ADMIT;
     if (!this.mac2Valid(msg, address, port, now)) {
       if (this.known.has(`${address}|${port}`)) return SEND_COOKIE;
-      const second = Math.floor(now / 1000);
       if (second !== this.cookieSecond) {
         this.cookieSecond = second;
         this.cookiesThisSecond = 0;
