@@ -204,6 +204,10 @@ export class HandshakeGuard {
 
   private mac2Valid(msg: Buffer, address: string, port: number, now: number): boolean {
     const mac2At = msg.length - HANDSHAKE_MAC_BYTES;
+    // No cookie: the sender sent zeros (every spoofed flood does). Two keyed hashes saved per datagram.
+    let any = 0;
+    for (let i = mac2At; i < msg.length; i++) any |= msg[i];
+    if (any === 0) return false;
     const cookie = this.cookieFor(address, port, now, this.cookieScratch);
     sodium.crypto_generichash(this.scratch, msg.subarray(0, mac2At), cookie);
     return sodium.sodium_memcmp(this.scratch, msg.subarray(mac2At));
