@@ -33,7 +33,8 @@ import { macKey, macString } from './addr.ts';
 import { decodeSignal, encodeExpect, encodeMacAt, SIG_EXPECT, SIG_MAC_AT } from './mesh/signal.ts';
 import type { SecurityConfig } from './security/config.ts';
 import { decodeBinding, encodeBinding, SIG_SECURITY_FIRST, SIG_SECURITY_LAST } from './security/signal.ts';
-import { DROP, KEEP_LOCAL, type LeaseSource, SiteSecurity } from './security/site.ts';
+import { DROP, KEEP_LOCAL } from './security/inspect.ts';
+import { type LeaseSource, SiteSecurity } from './security/site.ts';
 import { STORM_BROADCAST, STORM_MULTICAST, STORM_UNKNOWN_UNICAST } from './security/storm.ts';
 import type { TapDevice } from './tap/device.ts';
 
