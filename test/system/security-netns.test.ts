@@ -210,6 +210,7 @@ netnsTest(
       siteConfig: (s) => (s === 'host-a' ? 'security: { arp_inspection: learn, flood_pps: 200 }' : ''),
     });
     t.true((await lab.ping('lan', 'guest-b', { count: 2 })).ok);
+    t.true((await lab.ping('guest-a', 'lan', { count: 2 })).ok, "guest-a's own MAC is learned before the flood");
     const flood = lab.exec('guest-a', ['python3', RAWSEND, 'eth-flood', 'eth0', '20000', '10000'], {
       timeoutMs: 60_000,
     });
