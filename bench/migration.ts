@@ -3,9 +3,10 @@
 // 198.51.100.50) migrated back and forth between host-a and host-b over the underlay, the LAN host pinging it
 // every 2 ms, tcpdump on both guest TAPs. A benchmark reports figures; it never fails for being slow.
 //
-//   sudo node --import tsx bench/migration.ts [--runs N] [--modes expect,noexpect,off,vxlan]
+//   sudo node --import tsx bench/migration.ts [--runs N] [--modes expect,noexpect,off,vxlan] [--prefix hwbm]
 //     --runs N    migrations per mode (default 10)
 //     --modes     expect    homewire, `homewire expect` on the destination before QMP migrate
+//                 expect-tls  as expect, the stream TLS with a pre-shared key as the host agents run it
 //                 noexpect  homewire without expect: the destination announces the move when the RARP
 //                           arrives
 //                 off       homewire with mobility messages off (mobility.announce_moves: false): peers learn
@@ -22,6 +23,7 @@
 //   forward   RARP → the first frame for the guest that the destination TAP carries (how soon the LAN's
 //             traffic is redirected)
 // Prints a table and JSON; writes the JSON to bench/results/migration-<date>.json.
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -40,9 +42,9 @@ import {
   towardsGuestFilter,
   wirePause,
 } from '../lab/vm/measure.ts';
-import { detectAccel, guestMac, type Vm } from '../src/agent/qemu/driver.ts';
+import { detectAccel, guestMac, type Vm, writePskDir } from '../src/agent/qemu/driver.ts';
 
-type Mode = 'expect' | 'expect-cli' | 'noexpect' | 'off' | 'vxlan';
+type Mode = 'expect' | 'expect-tls' | 'expect-cli' | 'noexpect' | 'off' | 'vxlan';
 
 function option(name: string, fallback: string): string {
   const i = process.argv.indexOf(name);
@@ -50,6 +52,8 @@ function option(name: string, fallback: string): string {
 }
 
 const RUNS = Number(option('--runs', '10'));
+/** Namespace prefix stem (default hwbm: hwbm-, hwbmo-, hwbmx-); another one lets two runs share a machine. */
+const PREFIX = option('--prefix', 'hwbm');
 const MODES = option('--modes', 'expect,noexpect,off,vxlan').split(',') as Mode[];
 const GUEST_IP = '198.51.100.50';
 const MAC = guestMac(0xbe01);
@@ -85,7 +89,11 @@ async function migrateOnce(
   from: string,
   to: string,
 ): Promise<{ figures: Figures; vm: Vm }> {
-  const dst = await guests.incoming(to, vm);
+  // expect-tls: a fresh key per migration, in a directory each QEMU reads (what the host agents do).
+  const keyDir =
+    mode === 'expect-tls' ? path.join(lab.dir, `key-${run}-${crypto.randomBytes(3).toString('hex')}`) : null;
+  if (keyDir) writePskDir(keyDir, crypto.randomBytes(32).toString('hex'));
+  const dst = await guests.incoming(to, vm, undefined, keyDir ? { tlsPskDir: keyDir } : {});
   const file = (n: string) => path.join(lab.dir, `run${run}-${mode}-${n}.pcap`);
   const capFrom = await lab.capture(from, GUEST_TAP, file('from'), fromGuestFilter(MAC));
   const capTo = await lab.capture(to, GUEST_TAP, file('to'), fromGuestFilter(MAC));
@@ -94,7 +102,7 @@ async function migrateOnce(
   await sleep(800);
   // The coordinator authorizes every homewire migration on every site first (security.mac_moves: authorized).
   if (mode !== 'vxlan') await lab.authorizeMove(MAC, to);
-  if (mode === 'expect') {
+  if (mode === 'expect' || mode === 'expect-tls') {
     // What a coordinator's host agent does: one request on the daemon's control socket.
     const r = await controlRequest(
       path.join(lab.dir, `${to}.sock`),
@@ -116,7 +124,7 @@ async function migrateOnce(
       MAC,
     ]);
   }
-  const r = await vm.migrate(dst.uri);
+  const r = await vm.migrate(dst.uri, keyDir ? { tlsPskDir: keyDir } : {});
   await dst.vm.waitRunning(10_000);
   await sleep(1000);
   const trace = await ping.stop();
@@ -259,19 +267,20 @@ async function main(): Promise<number> {
   }
   if (!Number.isInteger(RUNS) || RUNS < 1) throw new Error('--runs needs a positive whole number');
   for (const m of MODES)
-    if (!['expect', 'expect-cli', 'noexpect', 'off', 'vxlan'].includes(m))
-      throw new Error(`unknown mode "${m}" (expect, expect-cli, noexpect, off, vxlan)`);
+    if (!['expect', 'expect-tls', 'expect-cli', 'noexpect', 'off', 'vxlan'].includes(m))
+      throw new Error(`unknown mode "${m}" (expect, expect-tls, expect-cli, noexpect, off, vxlan)`);
   const date = new Date();
   const loadBefore = os.loadavg()[0];
   const figures: Figures[] = [];
   const counters: Record<string, unknown> = {};
   const homewireModes = MODES.filter((m) => m !== 'vxlan' && m !== 'off');
-  if (homewireModes.length) counters.homewire = await runMode(homewireModes, 'hwbm-', RUNS, figures);
-  if (MODES.includes('off')) counters.off = await runMode(['off'], 'hwbmo-', RUNS, figures);
-  if (MODES.includes('vxlan')) await runMode(['vxlan'], 'hwbmx-', RUNS, figures);
+  if (homewireModes.length) counters.homewire = await runMode(homewireModes, `${PREFIX}-`, RUNS, figures);
+  if (MODES.includes('off')) counters.off = await runMode(['off'], `${PREFIX}o-`, RUNS, figures);
+  if (MODES.includes('vxlan')) await runMode(['vxlan'], `${PREFIX}x-`, RUNS, figures);
 
   const label: Record<Mode, string> = {
     expect: 'homewire + expect',
+    'expect-tls': 'homewire + expect, TLS-PSK stream',
     'expect-cli': 'homewire + expect (CLI)',
     noexpect: 'homewire, no expect',
     off: 'homewire, mobility messages off',
@@ -283,6 +292,7 @@ async function main(): Promise<number> {
       mode,
       label: label[mode],
       runs: f.length,
+      qemuTotalMs: stats(f.map((x) => x.qemuTotalMs)),
       qemuDowntimeMs: stats(f.map((x) => x.qemuDowntimeMs)),
       pauseMs: stats(f.map((x) => x.pauseMs)),
       nicGapMs: stats(f.map((x) => x.nicGapMs)),

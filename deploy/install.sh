@@ -11,7 +11,7 @@
 #
 # Idempotent: Debian packages are installed only when missing (apt-get update only when an install needs it),
 # npm ci runs only when package-lock.json changed since the last install, the addon is rebuilt only when its
-# sources are newer, the guest image is built once and cached. Without root, a missing Debian package is an
+# sources are newer, so is the web page (web/dist), the guest image is built once and cached. Without root, a missing Debian package is an
 # error that names it and the command to run.
 set -euo pipefail
 
@@ -31,7 +31,7 @@ demo_pkgs=(iproute2 iputils-ping iperf3 procps busybox-static)
 build_pkgs=(python3 make g++)
 vm_pkgs=(qemu-system-x86 qemu-utils cpio xz-utils kmod)
 test_pkgs=(
-  iputils-arping tcpdump psmisc util-linux                   # traffic and captures
+  iputils-arping tcpdump psmisc util-linux curl              # traffic, captures, raw API requests
   isc-dhcp-client dhcpcd-base dnsmasq                        # real DHCP clients, a rogue DHCP server
   conntrack iptables nftables ipset socat openssl            # NATs, floods, TLS certificates
   etcd-server prometheus                                     # coordinator store, scraping
@@ -88,6 +88,16 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   say "installing npm dependencies (npm ci)"
   npm ci --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci failed (see above)"
 fi
+
+# --- the web page (the coordinator serves web/dist; esbuild bundles it, no root needed) ----------------------
+page=web/dist/app.js
+stale=0
+[ -f "$page" ] || stale=1
+for f in web/*.ts web/*.css web/*.html package-lock.json; do [ "$f" -nt "$page" ] && stale=1; done
+if [ "$stale" = 1 ]; then
+  say "building the web page (npm run build:web)"
+  npm run build:web --silent >/dev/null || die "building the web page failed (see above): npm run build:web"
+fi
 [ "$profile" = unit ] && exit 0
 
 # --- the native addon ------------------------------------------------------------------------------------
@@ -96,8 +106,8 @@ stale=0
 [ -f "$addon" ] || stale=1
 for f in binding.gyp native/*; do [ "$f" -nt "$addon" ] && stale=1; done
 if [ "$stale" = 1 ]; then
-  say "building the TAP addon (npm run build)"
-  npm run build --silent >/dev/null || die "building the TAP addon failed (see above); it needs make, g++ and python3"
+  say "building the TAP addon (npm run build:addon)"
+  npm run build:addon --silent >/dev/null || die "building the TAP addon failed (see above); it needs make, g++ and python3"
 fi
 
 # --- the lab guest image (QEMU tests, demo --vms, benchmarks) -------------------------------------------

@@ -11,7 +11,8 @@
 //   HOMEWIRE-LEASE ip=198.51.100.123 mask=24 router=... server=... lease=... mtu=...
 // to the serial console (ttyS0), starts its services and prints HOMEWIRE-READY ip=ADDR. Services for tests:
 // the kernel answers ping; TCP port 7 echoes (busybox nc -ll -e cat), so a connection can be held through a
-// live migration; TCP port 80 serves one page (busybox httpd).
+// live migration; TCP port 80 serves one page (busybox httpd). Then it runs a shell on ttyS0 with the prompt
+// GUEST_PROMPT (the serial console tests type into it).
 //
 // Cache: /var/cache/homewire-lab (root) or <tmpdir>/homewire-lab, one directory per kernel package and content
 // hash, written to a temporary name and renamed, so concurrent builders never see a half-written image.
@@ -39,6 +40,8 @@ export const GUEST_HTTP_PORT = 80;
 /** Serial-console markers the init script prints (tests wait for these). */
 export const LEASE_MARK = 'HOMEWIRE-LEASE';
 export const READY_MARK = 'HOMEWIRE-READY';
+/** The prompt of the shell the init runs on the serial console after READY_MARK. */
+export const GUEST_PROMPT = 'hw-guest# ';
 
 export interface GuestImage {
   kernel: string; // uncompressed vmlinux
@@ -82,7 +85,10 @@ httpd -p ${GUEST_HTTP_PORT} -h /www
 nc -ll -p ${GUEST_ECHO_PORT} -e cat &
 addr=$(ip -4 -o addr show dev eth0 | sed -n 's/.* inet \\([0-9.]*\\).*/\\1/p')
 echo "${READY_MARK} ip=$addr uptime=$(cut -d" " -f1 /proc/uptime)"
-while :; do sleep 3600; done
+# A shell on the serial console (homewire vm console, the web page's terminal), respawned when it exits;
+# cttyhack makes ttyS0 its controlling terminal, so Ctrl-C reaches what it runs.
+export PS1='${GUEST_PROMPT}'
+while :; do setsid cttyhack sh -i; usleep 200000; done
 `;
 
 // udhcpc calls this with $1 = deconfig|bound|renew|nak and the lease in the environment ($ip, $mask, ...).

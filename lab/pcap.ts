@@ -16,8 +16,10 @@ export interface Packet {
   dport?: number;
   /** ICMP / ICMPv6 type. */
   icmpType?: number;
-  /** UDP payload (a view into the file buffer). */
+  /** UDP or TCP payload (a view into the file buffer). */
   payload?: Buffer;
+  /** TCP sequence number of the payload's first byte. */
+  seq?: number;
 }
 
 const LINKTYPE_ETHERNET = 1;
@@ -79,9 +81,11 @@ function decodeFrom(frame: Buffer, type: number, off: number, ts: number): Packe
     return p;
   }
   let proto = -1;
+  let end = frame.length; // where the IP packet ends (Ethernet pads short frames)
   if (type === 0x0800 && frame.length >= off + 20) {
     const ihl = (frame[off] & 0x0f) * 4;
     proto = frame[off + 9];
+    end = Math.min(frame.length, off + frame.readUInt16BE(off + 2));
     p.src = Array.from(frame.subarray(off + 12, off + 16)).join('.');
     p.dst = Array.from(frame.subarray(off + 16, off + 20)).join('.');
     const fragOffset = frame.readUInt16BE(off + 6) & 0x1fff;
@@ -94,6 +98,7 @@ function decodeFrom(frame: Buffer, type: number, off: number, ts: number): Packe
     }
   } else if (type === 0x86dd && frame.length >= off + 40) {
     proto = frame[off + 6];
+    end = Math.min(frame.length, off + 40 + frame.readUInt16BE(off + 4));
     p.src = ip6(frame.subarray(off + 8, off + 24));
     p.dst = ip6(frame.subarray(off + 24, off + 40));
     off += 40;
@@ -107,6 +112,12 @@ function decodeFrom(frame: Buffer, type: number, off: number, ts: number): Packe
   }
   if (proto === 6) {
     p.kind = 'tcp';
+    if (frame.length >= off + 20) {
+      p.sport = frame.readUInt16BE(off);
+      p.dport = frame.readUInt16BE(off + 2);
+      p.seq = frame.readUInt32BE(off + 4);
+      p.payload = frame.subarray(Math.min(end, off + (frame[off + 12] >> 4) * 4), end);
+    }
     return p;
   }
   if (proto === 17 && frame.length >= off + 8) {
@@ -126,4 +137,37 @@ function ip6(b: Buffer): string {
     .join(':')
     .replace(/(^|:)0(:0)+(:|$)/, '::')
     .replace(/:{3,}/, '::');
+}
+
+/**
+ * The bytes each TCP direction carried, reassembled by sequence number (retransmissions and overlaps
+ * counted once; a gap, e.g. a packet the capture lost, is left out), keyed "SRC:PORT>DST:PORT". Only a
+ * reassembled stream shows a string that crossed a segment boundary.
+ */
+export function tcpStreams(packets: Packet[]): Map<string, Buffer> {
+  const flows = new Map<string, Packet[]>();
+  for (const p of packets) {
+    if (p.kind !== 'tcp' || !p.payload?.length || p.seq === undefined) continue;
+    const key = `${p.src}:${p.sport}>${p.dst}:${p.dport}`;
+    const list = flows.get(key) ?? [];
+    list.push(p);
+    flows.set(key, list);
+  }
+  const out = new Map<string, Buffer>();
+  for (const [key, list] of flows) {
+    const base = list[0].seq!;
+    const rel = (p: Packet) => (p.seq! - base + 2 ** 32) % 2 ** 32; // sequence numbers wrap
+    list.sort((a, b) => rel(a) - rel(b));
+    const parts: Buffer[] = [];
+    let next = 0;
+    for (const p of list) {
+      const start = rel(p);
+      const stop = start + p.payload!.length;
+      if (stop <= next) continue;
+      parts.push(p.payload!.subarray(Math.max(0, next - start)));
+      next = stop;
+    }
+    out.set(key, Buffer.concat(parts));
+  }
+  return out;
 }

@@ -171,7 +171,8 @@ export function parseConfig(text: string, file: string): Config {
     dhcp: top.dhcp === undefined ? undefined : parseDhcpConfig(top.dhcp, file),
     control,
     mobility: { announceMoves },
-    coordinator: top.coordinator === undefined ? undefined : parseAgentConfig(top.coordinator, file),
+    coordinator:
+      top.coordinator === undefined ? undefined : parseAgentConfig(top.coordinator, file, 'coordinator', name),
     security: parseSecurityConfig(
       top.security,
       file,

@@ -141,10 +141,12 @@ export function controlRequest<T = ControlResult>(
   socketPath: string,
   method: 'GET' | 'POST',
   urlPath: string,
-  body?: unknown,
+  json?: unknown,
 ): Promise<{ status: number; body: T }> {
+  const payload = json === undefined ? undefined : JSON.stringify(json);
+  const headers =
+    payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) };
   return new Promise((resolve, reject) => {
-    const headers = body === undefined ? undefined : { 'content-type': 'application/json' };
     const req = http.request({ socketPath, method, path: urlPath, timeout: 5000, headers }, (res) => {
       let data = '';
       res.setEncoding('utf8');
@@ -166,6 +168,6 @@ export function controlRequest<T = ControlResult>(
         ),
       );
     });
-    req.end(body === undefined ? undefined : JSON.stringify(body));
+    req.end(payload);
   });
 }

@@ -14,7 +14,7 @@ import { decodeKey, encodeKey } from './mesh/keys.ts';
 import { Mesh } from './mesh/mesh.ts';
 import type { PeerConfig } from './mesh/peer.ts';
 import { formatEndpoint, macNumber, macString } from './addr.ts';
-import type { StatusReport } from './status.ts';
+import { meshReport, type StatusReport } from './status.ts';
 import { LOCAL, Switch } from './switch.ts';
 import type { TapDevice } from './tap/device.ts';
 import { DgramSocket } from './udp/dgram.ts';
@@ -38,6 +38,11 @@ export class Daemon {
   private agent: HostAgent | null = null;
   private infraReadMs = 0;
   readonly startedMs: number;
+
+  /** The host agent, when this daemon joins a coordinator (metrics read its counters). */
+  get hostAgent(): HostAgent | null {
+    return this.agent;
+  }
 
   private constructor(
     public config: Config,
@@ -127,11 +132,15 @@ export class Daemon {
       const dhcp = this.dhcp;
       this.agent = new HostAgent(this.config.coordinator, {
         name: this.config.name,
+        publicKey: encodeKey(this.config.publicKey),
         bridge: this.config.tap.bridge,
         address: this.config.listen.address,
         expect: (mac) => this.expect(mac),
         log: this.log.child({ part: 'agent' }),
         reservations: dhcp ? (list) => dhcp.setExtraReservations(list) : undefined,
+        authorizeMove: (mac, siteKey, untilMs) => this.authorizeMove(mac, siteKey, untilMs),
+        setGuestMacs: (list) => this.setGuestMacs(list),
+        mesh: () => meshReport(this.status()),
       });
       await this.agent.start();
     }

@@ -6,6 +6,7 @@ import client from 'prom-client';
 import type { Endpoint, Peer } from './mesh/peer.ts';
 import type { Daemon } from './daemon.ts';
 import { macString } from './addr.ts';
+import { registerAgentMetrics } from './agent/metrics.ts';
 
 const PORT_SERIES_MAX = 256;
 
@@ -17,6 +18,7 @@ export function daemonRegistry(d: Daemon): client.Registry {
     register.removeSingleMetric(`homewire_${name}`);
   }
   const peers = () => d.mesh.peers;
+  registerAgentMetrics(register, () => d.hostAgent);
 
   // A counter or gauge per peer; read() < 0 means "no value" (the series is left out).
   const perPeer = (name: string, help: string, read: (p: Peer) => number, type: 'counter' | 'gauge') => {

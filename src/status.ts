@@ -1,6 +1,6 @@
 // The status report a daemon serves on its control socket (GET /v1/status) and `homewire status` prints:
 // one type for both ends, so the CLI renders exactly what the daemon sends.
-import type { GuestReport, Hypervisor as HypervisorInfo } from './coordinator/types.ts';
+import type { GuestReport, Hypervisor as HypervisorInfo, MeshReport } from './coordinator/types.ts';
 import type { DhcpLeaseInfo } from './dhcp/server.ts';
 import type { PeerStats } from './mesh/peer.ts';
 import type { TapStats } from './tap/device.ts';
@@ -35,6 +35,8 @@ export interface AgentStatus {
   polls: number;
   commands: number;
   commandFailures: number;
+  /** Commands refused by the agent's own checks, by reason. */
+  refused: Record<string, number>;
   images: Record<string, number>;
 }
 
@@ -68,4 +70,12 @@ export interface StatusReport {
   mobility: Record<string, number>;
   dhcp: { leases: DhcpLeaseInfo[]; active: number } | null;
   agent: AgentStatus | null;
+}
+
+/** What the host agent reports about the mesh: this daemon's endpoint and how it sees its peers. */
+export function meshReport(s: Pick<StatusReport, 'listen' | 'peers'>): MeshReport {
+  return {
+    endpoint: s.listen,
+    peers: s.peers.map((p) => ({ name: p.name, endpoint: p.endpoint, up: p.up, rtt_ms: p.rttMs })),
+  };
 }

@@ -1,8 +1,10 @@
 // The coordinator on the namespace lab (lab/topology.ts), for the QEMU test and the demo (`--vms`):
 //   underlay namespace   the coordinator (192.0.2.254:7100, SQLite) and an HTTP image server (:8080) serving
-//                        the lab guest's kernel and initramfs (lab/guest-image.ts)
+//                        the lab guest's kernel and initramfs (lab/guest-image.ts); image_server points at it,
+//                        so it is the one allowed image source
 //   every VM-host site   a host agent beside the site's daemon (`homewire agent`: the daemon's config plus a
-//                        coordinator: section), QEMU guests on the site's br-hw
+//                        coordinator: section) with its own token (`homewire host add SITE`), QEMU guests on
+//                        the site's br-hw, running as LAB_QEMU_USER under -sandbox
 // The lab must have been made with vmSiteConfig({ dhcp: true }) (lab/vm/guests.ts): control sockets in the
 // lab dir, the DHCP server at home. Admin commands run the real CLI inside the underlay namespace.
 import type { ChildProcess } from 'node:child_process';
@@ -18,6 +20,8 @@ export const LAB_COORDINATOR = `http://${PLAN.internet4}:7100`;
 export const LAB_IMAGES = `http://${PLAN.internet4}:8080`;
 /** The `homewire` executable, as the tests and the demo run it inside namespaces. */
 export const CLI = [process.execPath, HOMEWIRE_BIN];
+/** The unprivileged UID:GID lab QEMUs drop to (coordinator.qemu_user; no account needed). */
+export const LAB_QEMU_USER = '64123:64123';
 
 const IMAGE_SERVER = `import http from 'node:http'; import fs from 'node:fs'; import path from 'node:path';
 const [dir, host, port] = process.argv.slice(2);
@@ -34,6 +38,18 @@ export interface GridOptions {
   cpus?: number;
   memoryMib?: number;
   logLevel?: string;
+  /** QEMU's user (default LAB_QEMU_USER); null: QEMU stays root. */
+  qemuUser?: string | null;
+  /** Extra lines for the coordinator's config (e.g. `metrics: { listen: ... }`). */
+  coordinatorConfig?: string[];
+}
+
+/** A `coordinator:` section for the home site's daemon config: its in-process agent registers without a
+ *  hypervisor and hands the coordinator's DHCP reservations to the home DHCP server. Its token is its own
+ *  (<lab dir>/<site>.token): make the lab with start: false, GridLab.start, grid.hostToken(site), then start
+ *  the daemons (the agent reads the token at start). */
+export function homeAgentSection(site = 'home'): string {
+  return ['coordinator:', `  url: ${LAB_COORDINATOR}`, `  token_file: ${site}.token`, '  hypervisor: none'].join('\n');
 }
 
 export class GridLab {
@@ -67,9 +83,6 @@ export class GridLab {
       '8080',
     ]);
     fs.writeFileSync(g.adminTokenFile, `${crypto.randomBytes(24).toString('base64url')}\n`, { mode: 0o600 });
-    fs.writeFileSync(path.join(dir, 'host.token'), `${crypto.randomBytes(24).toString('base64url')}\n`, {
-      mode: 0o600,
-    });
     fs.writeFileSync(
       path.join(dir, 'coordinator.yaml'),
       `${[
@@ -77,13 +90,20 @@ export class GridLab {
         'store: sqlite',
         'data_dir: coordinator-data',
         'admin_token_file: admin.token',
-        'host_token_file: host.token',
+        `image_server: ${LAB_IMAGES}`,
         `log_level: ${o.logLevel ?? 'debug'}`,
+        ...(o.coordinatorConfig ?? []),
       ].join('\n')}\n`,
     );
     g.spawn('ul', 'coordinator', [...CLI, 'coordinator', '--config', path.join(dir, 'coordinator.yaml')]);
+    const qemuUser = o.qemuUser === undefined ? LAB_QEMU_USER : o.qemuUser;
+    // QEMU, once it has dropped to qemuUser, reaches its migration keys under the lab dir (state_dir is
+    // root:<its group> 0710): the lab dir must be traversable, not readable.
+    if (qemuUser) fs.chmodSync(dir, 0o711);
     for (const site of g.hosts) {
       const s = lab.site(site);
+      await waitForCoordinator(g);
+      await g.hostToken(site);
       fs.writeFileSync(
         g.agentConfig(site),
         `${
@@ -91,7 +111,8 @@ export class GridLab {
           [
             'coordinator:',
             `  url: ${LAB_COORDINATOR}`,
-            '  token_file: host.token',
+            `  token_file: ${site}.token`,
+            ...(qemuUser ? [`  qemu_user: "${qemuUser}"`] : []),
             `  cpus: ${o.cpus ?? 2}`,
             `  memory_mib: ${o.memoryMib ?? 1024}`,
             `  migration_address: ${s.underlay4}`,
@@ -106,12 +127,46 @@ export class GridLab {
     for (;;) {
       const r = await g.cli('host', 'list', '--json');
       const up =
-        r.code === 0 ? (JSON.parse(r.stdout) as { hosts: HostView[] }).hosts.filter((h) => h.state === 'up').length : 0;
+        r.code === 0
+          ? (JSON.parse(r.stdout) as { hosts: HostView[] }).hosts.filter(
+              (h) => h.state === 'up' && g.hosts.includes(h.name),
+            ).length
+          : 0;
       if (up === g.hosts.length) break;
-      if (Date.now() > deadline) throw new Error(`hosts not registered after 30 s (${r.stderr.trim()})\n${g.logs()}`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `hosts not registered after 30 s (host list: exit ${r.code} ${r.stdout.trim()} ${r.stderr.trim()})\n${g.logs()}`,
+        );
       await sleep(100);
     }
     return g;
+  }
+
+  /** VM hosts take no connections from the coordinator's network (as behind a NAT): everything they do with it
+   *  must be connections they open. (Hosts still accept each other's live migrations.) */
+  async closeInbound(): Promise<void> {
+    for (const site of this.hosts) {
+      const r = await this.lab.exec(site, [
+        'iptables',
+        '-I',
+        'INPUT',
+        '-s',
+        PLAN.internet4,
+        '-p',
+        'tcp',
+        '--syn', // connection attempts only (conntrack would take the agents' open connections for new ones)
+        '-j',
+        'DROP',
+      ]);
+      if (r.code !== 0) throw new Error(`iptables in ${site}: ${r.stderr.trim()}`);
+    }
+  }
+
+  /** `homewire host add SITE` as the admin would run it (the token alone on stdout), into <lab dir>/SITE.token. */
+  async hostToken(site: string): Promise<string> {
+    const token = (await this.ok('host', 'add', site)).trim();
+    fs.writeFileSync(path.join(this.lab.dir, `${site}.token`), `${token}\n`, { mode: 0o600 });
+    return token;
   }
 
   agentConfig(site: string): string {
@@ -181,5 +236,16 @@ export class GridLab {
         return `--- ${n} ---\n${text}`;
       })
       .join('\n');
+  }
+}
+
+/** Waits until the coordinator answers (it was just spawned). */
+async function waitForCoordinator(g: GridLab): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const r = await g.cli('host', 'list', '--json');
+    if (r.code === 0) return;
+    if (Date.now() > deadline) throw new Error(`the coordinator does not answer: ${r.stderr.trim()}\n${g.logs()}`);
+    await sleep(100);
   }
 }

@@ -1,5 +1,6 @@
 // A whole grid in one process, on the in-memory hypervisor twin: a coordinator on 127.0.0.1:0 and host
-// agents with FakeHypervisors, a tiny image on disk. Used by test/coordinator-*.test.ts and
+// agents with FakeHypervisors, a tiny image on disk (the agents take local images). Every host gets its own
+// token through the admin API, as `homewire host add` does. Used by test/coordinator-*.test.ts and
 // bench/coordinator-*.ts. (The real thing — QEMU guests in namespaces — is test/coordinator-qemu.test.ts.)
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -14,6 +15,7 @@ import { parseCoordinatorConfig } from '../../src/coordinator/config.ts';
 import type { Leadership } from '../../src/coordinator/leader.ts';
 import { Coordinator } from '../../src/coordinator/server.ts';
 import type { Store } from '../../src/coordinator/store.ts';
+import type { GuestMac } from '../../src/coordinator/types.ts';
 
 export interface FakeHost {
   name: string;
@@ -21,7 +23,15 @@ export interface FakeHost {
   hv: FakeHypervisor;
   /** MACs the "daemon" was told to expect. */
   expects: string[];
+  /** Moves the "daemon" was told to authorize, in order. */
+  authorized: { mac: string; siteKey: string; untilMs: number }[];
+  /** The guest MAC list the "daemon" was given last (port security). */
+  guestMacs: GuestMac[] | null;
   reservations: { mac: string; ip: string; vm: string }[] | null;
+  /** The host's own API token (coordinator.token_file). */
+  token: string;
+  tokenFile: string;
+  publicKey: string | null;
 }
 
 export interface HostOptions {
@@ -34,6 +44,14 @@ export interface HostOptions {
   address?: string | null;
   /** The daemon's expect (default: record the MAC in FakeHost.expects). */
   expect?: (mac: string) => { ok: boolean; error?: string };
+  /** The daemon's public key (default: a fresh random one). */
+  publicKey?: string | null;
+  /** The daemon's authorizeMove (default: record it in FakeHost.authorized); null: a daemon without it. */
+  authorizeMove?: ((mac: string, siteKey: string, untilMs: number) => { ok: boolean; error?: string }) | null;
+  /** Extra keys of the agent's coordinator: section. */
+  agentConfig?: Record<string, unknown>;
+  /** The agent's logger (default: the harness's). */
+  log?: Logger;
 }
 
 export class Harness {
@@ -46,10 +64,13 @@ export class Harness {
     readonly dir: string,
     readonly coordinator: Coordinator,
     readonly adminToken: string,
-    readonly hostToken: string,
     readonly log: Logger,
+    /** The CA of the coordinator's TLS certificate (clients and agents verify with it). */
+    readonly caFile?: string,
   ) {
-    this.admin = new CoordinatorClient([coordinator.url], adminToken);
+    this.admin = new CoordinatorClient([coordinator.url], adminToken, {
+      ca: caFile ? fs.readFileSync(caFile, 'utf8') : undefined,
+    });
     const file = (n: string, text: string) => {
       const p = path.join(dir, n);
       fs.writeFileSync(p, text);
@@ -61,19 +82,24 @@ export class Harness {
   }
 
   static async start(
-    o: { log?: Logger; store?: Store; leadership?: Leadership; configExtra?: string; now?: () => number } = {},
+    o: {
+      log?: Logger;
+      store?: Store;
+      leadership?: Leadership;
+      configExtra?: string;
+      now?: () => number;
+      /** With a `tls:` section in configExtra: the CA that signed its certificate. */
+      caFile?: string;
+    } = {},
   ): Promise<Harness> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-coord-'));
     const adminToken = crypto.randomBytes(24).toString('base64url');
-    const hostToken = crypto.randomBytes(24).toString('base64url');
     fs.writeFileSync(path.join(dir, 'admin.token'), `${adminToken}\n`, { mode: 0o600 });
-    fs.writeFileSync(path.join(dir, 'host.token'), `${hostToken}\n`, { mode: 0o600 });
     const text = [
       'listen: 127.0.0.1:0',
       'store: sqlite',
       `data_dir: ${path.join(dir, 'data')}`,
       'admin_token_file: admin.token',
-      'host_token_file: host.token',
       o.configExtra ?? '',
     ].join('\n');
     const file = path.join(dir, 'coordinator.yaml');
@@ -86,36 +112,80 @@ export class Harness {
       now: o.now,
     });
     await c.start();
-    return new Harness(dir, c, adminToken, hostToken, log);
+    return new Harness(dir, c, adminToken, log, o.caFile);
   }
 
-  /** Starts a host agent with a fake hypervisor and waits until the coordinator lists it. */
+  /** `homewire host add NAME`: a token bound to NAME, written to <dir>/<NAME>.token. */
+  async hostToken(name: string, rotate = false): Promise<{ token: string; file: string }> {
+    const r = await this.admin.request<{ token: string }>('POST', '/v1/hosts', { name, ...(rotate ? { rotate } : {}) });
+    const file = path.join(this.dir, `${name}.token`);
+    fs.writeFileSync(file, `${r.token}\n`, { mode: 0o600 });
+    return { token: r.token, file };
+  }
+
+  /** Starts a host agent with a fake hypervisor (its own token) and waits until the coordinator lists it. */
   async addHost(name: string, o: HostOptions = {}): Promise<FakeHost> {
     const cfgFile = path.join(this.dir, `${name}.yaml`);
+    // A host that was here before (its daemon restarted) keeps its token file.
+    const old = path.join(this.dir, `${name}.token`);
+    const { token, file: tokenFile } = fs.existsSync(old)
+      ? { token: fs.readFileSync(old, 'utf8').trim(), file: old }
+      : await this.hostToken(name);
     const cfg = parseAgentConfig(
       {
         url: this.coordinator.url,
-        token_file: 'host.token',
+        token_file: tokenFile,
         cpus: o.cpus ?? 4,
         memory_mib: o.memoryMib ?? 4096,
         ...(o.site ? { site: o.site } : {}),
         labels: o.labels ?? {},
         cache_dir: `cache-${name}`,
         state_dir: `state-${name}`,
+        allow_local_images: true,
+        ...(this.caFile ? { ca_file: this.caFile } : {}),
+        ...o.agentConfig,
       },
       cfgFile,
+      'coordinator',
+      name,
     );
     const hv = new FakeHypervisor(this.cloud, name, { available: o.available });
-    const host: FakeHost = { name, agent: null as unknown as HostAgent, hv, expects: [], reservations: null };
+    const publicKey = o.publicKey === undefined ? crypto.randomBytes(32).toString('base64') : o.publicKey;
+    const host: FakeHost = {
+      name,
+      agent: null as unknown as HostAgent,
+      hv,
+      expects: [],
+      authorized: [],
+      guestMacs: null,
+      reservations: null,
+      token,
+      tokenFile,
+      publicKey,
+    };
+    const authorize = o.authorizeMove;
     host.agent = new HostAgent(cfg, {
       name,
+      ...(publicKey ? { publicKey } : {}),
       bridge: 'br-hw',
-      log: this.log,
+      log: o.log ?? this.log,
       hypervisor: hv,
       address: o.address === null ? undefined : (o.address ?? `192.0.2.${this.hosts.size + 2}`),
       expect: (mac) => {
         host.expects.push(mac);
         return o.expect ? o.expect(mac) : { ok: true };
+      },
+      ...(authorize === null
+        ? {}
+        : {
+            authorizeMove: (mac: string, siteKey: string, untilMs: number) => {
+              host.authorized.push({ mac, siteKey, untilMs });
+              return authorize ? authorize(mac, siteKey, untilMs) : { ok: true };
+            },
+          }),
+      setGuestMacs: (list) => {
+        host.guestMacs = list;
+        return { ok: true };
       },
       ...(o.dhcp
         ? {

@@ -1,15 +1,77 @@
 // In-memory twin of the Hypervisor seam (src/agent/hypervisor.ts): tests run a coordinator and several hosts
 // in one process, with failures injected per call.
 import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../../src/coordinator/types.ts';
-import type { GuestSpec, Hypervisor } from '../../src/agent/hypervisor.ts';
+import type { GuestSpec, Hypervisor, MigrationChannel } from '../../src/agent/hypervisor.ts';
+import type { ConsoleListener, GuestConsole } from '../../src/agent/console.ts';
+import { ByteRing } from '../../src/coordinator/ring.ts';
+import { CONSOLE_SCROLLBACK_BYTES } from '../../src/coordinator/constants.ts';
 
-/** Guests of all FakeHypervisors of one test, so a fake migration can find its destination. */
-export class FakeCloud {
-  readonly incoming = new Map<string, { hv: FakeHypervisor; name: string }>();
-  private port = 40000;
-  nextPort(): number {
-    return this.port++;
+export const FAKE_PROMPT = 'fake# ';
+
+/** A guest's serial console as a tiny shell: it echoes what is typed and, on Enter, answers `echo WORDS` with
+ *  WORDS (and `say N` with N lines of output), then prints the prompt. Scrollback like the agent's. */
+export class FakeConsole implements GuestConsole {
+  readonly stream = Math.random().toString(16).slice(2, 14);
+  private readonly ring = new ByteRing(CONSOLE_SCROLLBACK_BYTES);
+  private readonly listeners = new Set<ConsoleListener>();
+  private line = '';
+  closed = false;
+
+  constructor(readonly host: string) {}
+
+  /** The guest prints. */
+  print(text: string | Buffer): void {
+    if (this.closed) return;
+    const b = typeof text === 'string' ? Buffer.from(text, 'latin1') : text;
+    this.ring.write(b);
+    for (const l of this.listeners) l.data(b);
   }
+
+  read(from = 0): { from: number; data: Buffer } {
+    return this.ring.read(from);
+  }
+
+  subscribe(l: ConsoleListener): () => void {
+    this.listeners.add(l);
+    return () => this.listeners.delete(l);
+  }
+
+  write(data: Buffer): boolean {
+    if (this.closed) return false;
+    for (const ch of data.toString('latin1')) {
+      if (ch !== '\r') {
+        this.line += ch;
+        this.print(ch);
+        continue;
+      }
+      const cmd = this.line;
+      this.line = '';
+      let out = '';
+      const echo = /^echo (.*)$/.exec(cmd);
+      const say = /^say (\d+)$/.exec(cmd);
+      if (echo) out = `${echo[1].replace('$HOST', this.host)}\r\n`;
+      else if (say) for (let i = 0; i < Number(say[1]); i++) out += `line ${i} ${'x'.repeat(60)}\r\n`;
+      this.print(`\r\n${out}${FAKE_PROMPT}`);
+    }
+    return true;
+  }
+
+  close(reason = 'the guest stopped'): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const l of this.listeners) l.end(reason);
+    this.listeners.clear();
+  }
+}
+
+/**
+ * Guests of all FakeHypervisors of one test, so a fake migration can find its destination: by URI, and only
+ * with the same TLS key (what QEMU's TLS-PSK handshake enforces), which tests can check.
+ */
+export class FakeCloud {
+  readonly incoming = new Map<string, { hv: FakeHypervisor; name: string; tlsPsk: string }>();
+  /** Every channel a migration was sent over, in order (tests check URIs and keys). */
+  readonly sent: MigrationChannel[] = [];
 }
 
 interface FakeGuest {
@@ -17,6 +79,7 @@ interface FakeGuest {
   state: GuestState;
   /** Stands for the guest's memory: carried over by a migration, so tests can check what arrived. */
   memory: string;
+  console: FakeConsole;
 }
 
 /** In-memory hypervisor. Failures are injected per call: `failNext.migrate = 'disk on fire'`. */
@@ -57,18 +120,21 @@ export class FakeHypervisor implements Hypervisor {
     await this.step('launch', spec.name);
     const g = this.guests.get(spec.name);
     if (g && g.state === 'running') return;
-    this.guests.set(spec.name, { spec, state: 'running', memory: `booted on ${this.host}` });
+    const con = new FakeConsole(this.host);
+    con.print(`booting ${spec.name} on ${this.host}\r\n${FAKE_PROMPT}`);
+    this.guests.set(spec.name, { spec, state: 'running', memory: `booted on ${this.host}`, console: con });
   }
 
-  async incoming(spec: GuestSpec, address: string): Promise<string> {
+  async incoming(spec: GuestSpec, m: MigrationChannel): Promise<void> {
     await this.step('incoming', spec.name);
-    const uri = `fake:${address}:${this.cloud.nextPort()}`;
-    this.guests.set(spec.name, { spec, state: 'incoming', memory: '' });
-    this.cloud.incoming.set(uri, { hv: this, name: spec.name });
-    return uri;
+    if (this.cloud.incoming.has(m.uri)) throw new Error(`${m.uri}: Address already in use`);
+    this.guests.set(spec.name, { spec, state: 'incoming', memory: '', console: new FakeConsole(this.host) });
+    this.cloud.incoming.set(m.uri, { hv: this, name: spec.name, tlsPsk: m.tlsPsk });
   }
 
-  async migrate(name: string, uri: string): Promise<void> {
+  async migrate(name: string, m: MigrationChannel): Promise<void> {
+    const { uri } = m;
+    this.cloud.sent.push(m);
     const g = this.guests.get(name);
     if (g?.state !== 'running') throw new Error(`no running guest ${name} here`);
     try {
@@ -79,7 +145,14 @@ export class FakeHypervisor implements Hypervisor {
     }
     const dest = this.cloud.incoming.get(uri);
     const dg = dest?.hv.guests.get(dest.name);
-    if (!dest || !dg || dg.state !== 'incoming') throw new Error(`nothing listens at ${uri}`);
+    if (!dest || !dg || dg.state !== 'incoming') {
+      g.state = 'running';
+      throw new Error(`nothing listens at ${uri}`);
+    }
+    if (dest.tlsPsk !== m.tlsPsk) {
+      g.state = 'running';
+      throw new Error(`TLS handshake with ${uri} failed: the destination holds another key`);
+    }
     this.cloud.incoming.delete(uri);
     dg.memory = g.memory;
     dg.state = 'running';
@@ -100,7 +173,13 @@ export class FakeHypervisor implements Hypervisor {
 
   async stop(name: string): Promise<void> {
     await this.step('stop', name);
+    this.guests.get(name)?.console.close();
     this.guests.delete(name);
+    for (const [uri, d] of this.cloud.incoming) if (d.hv === this && d.name === name) this.cloud.incoming.delete(uri);
+  }
+
+  console(name: string): FakeConsole | null {
+    return this.guests.get(name)?.console ?? null;
   }
 
   /** Test hook: QEMU died. */
@@ -115,6 +194,7 @@ export class FakeHypervisor implements Hypervisor {
   }
 
   async close(): Promise<void> {
+    for (const g of this.guests.values()) g.console.close();
     this.guests.clear();
   }
 }

@@ -115,11 +115,21 @@ export class LabGuests {
     return { vm, lease, bootMs: Date.now() - started };
   }
 
-  /** A destination for a live migration of `like` at a site: same machine, -incoming tcp:<site>:port. */
-  async incoming(site: string, like: Vm, port = MIGRATION_PORT): Promise<{ vm: Vm; uri: string }> {
+  /**
+   * A destination for a live migration of `like` at a site: same machine, -incoming tcp:<site>:port; with
+   * tlsPskDir (driver.ts writePskDir) it listens only for TLS with that key, as the host agent's do.
+   */
+  async incoming(
+    site: string,
+    like: Vm,
+    port = MIGRATION_PORT,
+    o: { tlsPskDir?: string } = {},
+  ): Promise<{ vm: Vm; uri: string }> {
     const uri = `tcp:${this.lab.site(site).underlay4}:${port}`;
-    const vm = await launch(this.options(site, like.opts.mac, { append: like.opts.append, incoming: uri }));
+    const tls = o.tlsPskDir ? { incoming: 'defer', tlsPskDir: o.tlsPskDir } : { incoming: uri };
+    const vm = await launch(this.options(site, like.opts.mac, { append: like.opts.append, ...tls }));
     this.vms.push(vm);
+    if (o.tlsPskDir) await vm.incomingTls(uri);
     return { vm, uri };
   }
 

@@ -10,21 +10,50 @@
 // until the coordinator answers) → stop() (idempotent; stops this host's guests: a restarted agent cannot
 // take over QEMU processes it did not start).
 import crypto from 'node:crypto';
+import net from 'node:net';
 import { CoordinatorClient } from '../coordinator/client.ts';
 import { AGENT_REQUEST_TIMEOUT_MS, AGENT_RETRY_MS, HEARTBEAT_MS, POLL_WAIT_MS } from '../coordinator/constants.ts';
-import { ApiError, type Command, type CommandResult, type HostInfo, type LaunchSpec } from '../coordinator/types.ts';
+import { NAME_RE } from '../coordinator/images.ts';
+import { LimitedLog } from '../coordinator/limited-log.ts';
+import { refuseMigrationAddress } from '../coordinator/migration.ts';
+import {
+  ApiError,
+  type Command,
+  type CommandResult,
+  type GuestMac,
+  type HostInfo,
+  type LaunchSpec,
+  type MeshReport,
+} from '../coordinator/types.ts';
 import type { Logger } from '../log.ts';
 import type { AgentStatus } from '../status.ts';
 import type { AgentConfig } from './config.ts';
+import { ConsoleLinks } from './console.ts';
 import type { GuestSpec, Hypervisor } from './hypervisor.ts';
 import { ImageCache } from './images.ts';
+import {
+  CommandRefused,
+  checkCommand,
+  checkMac,
+  type HostLimits,
+  REFUSAL_REASONS,
+  type RefusalReason,
+} from './validate.ts';
+
+/** The guest MAC list goes to the daemon when it changes, and at least this often. */
+const GUEST_MACS_RESEND_MS = 60_000;
 
 /** How long confirm waits for a migration destination to leave 'incoming' (well within the command timeout). */
 const CONFIRM_WAIT_MS = 10_000;
 
+/** What the daemon answers to the agent's calls. */
+export type DaemonResult = { ok: boolean; error?: string };
+
 export interface AgentDeps {
   /** This host's name at the coordinator: the daemon's name. */
   name: string;
+  /** The daemon's public key (base64): the coordinator authorizes migrating MACs to move to this site's key. */
+  publicKey?: string;
   /** The bridge guests' TAPs join (the daemon's tap.bridge); the config's bridge overrides it. */
   bridge?: string;
   /** "MAC is about to arrive here": the daemon's switch (Daemon.expect) or its control socket. */
@@ -36,14 +65,30 @@ export interface AgentDeps {
   address?: string;
   /** This site serves DHCP: called with the coordinator's reservations after each heartbeat. */
   reservations?(list: { mac: string; ip: string; vm: string }[]): void;
+  /**
+   * "MAC may move to the site with this public key until untilMs" (a migration the coordinator runs): the
+   * daemon's MAC ownership (Daemon.authorizeMove, or POST /v1/authorize-move on its control socket). Absent:
+   * the daemon has no MAC ownership to tell, and the command succeeds without it.
+   */
+  authorizeMove?(mac: string, siteKey: string, untilMs: number): DaemonResult | Promise<DaemonResult>;
+  /** The coordinator's guests on this host (after each heartbeat): the daemon's port security. */
+  setGuestMacs?(list: GuestMac[]): DaemonResult | Promise<DaemonResult>;
+  /** The daemon's mesh endpoint and peers, sent with each heartbeat (the web page shows them). */
+  mesh?(): MeshReport | null | Promise<MeshReport | null>;
 }
 
 export class HostAgent {
   readonly client: CoordinatorClient;
   readonly images: ImageCache;
+  /** Console streams to the coordinator (src/agent/console.ts). */
+  readonly consoles: ConsoleLinks;
   readonly bootId = crypto.randomBytes(8).toString('hex');
   /** Plain counters, read by `status` and tests. */
   readonly stats = { registrations: 0, heartbeats: 0, heartbeatFailures: 0, polls: 0, commands: 0, commandFailures: 0 };
+  /** Commands (and heartbeat-reply entries) refused by the agent's own checks, by reason (metrics). */
+  readonly refused = Object.fromEntries(REFUSAL_REASONS.map((r) => [r, 0])) as Record<RefusalReason, number>;
+  private readonly limited: LimitedLog;
+  private lastGuestMacs = { key: '', atMs: 0 };
   private hv: Hypervisor | null = null;
   private guestsVersion = 0;
   private registered = false;
@@ -54,13 +99,37 @@ export class HostAgent {
   private readonly running = new Set<Promise<void>>();
   private lastError = '';
   private beating = false;
+  private lastMesh: MeshReport | null = null;
+  private readingMesh = false;
 
   constructor(
     readonly config: AgentConfig,
     private readonly deps: AgentDeps,
   ) {
-    this.client = new CoordinatorClient(config.urls, config.token);
+    this.client = new CoordinatorClient(config.urls, config.token, { ca: config.ca });
     this.images = new ImageCache(config.cacheDir, deps.log);
+    this.limited = new LimitedLog(deps.log);
+    this.consoles = new ConsoleLinks({
+      host: deps.name,
+      url: () => this.client.url,
+      wsOptions: () => this.client.wsOptions(),
+      log: deps.log.child({ part: 'console' }),
+    });
+  }
+
+  /** The migration address other hosts reach this one at (registered; incoming URIs must use it). */
+  get migrationAddress(): string | null {
+    const a = this.config.migrationAddress ?? this.deps.address;
+    return a && refuseMigrationAddress(a) === null ? a : null;
+  }
+
+  private limits(): HostLimits {
+    return {
+      cpus: this.config.cpus,
+      memoryMib: this.config.memoryMib,
+      migrationAddress: this.migrationAddress,
+      migrationPorts: this.config.migrationPorts,
+    };
   }
 
   get name(): string {
@@ -92,7 +161,15 @@ export class HostAgent {
 
   private async qemu(): Promise<Hypervisor> {
     const { QemuHypervisor } = await import('./qemu/hypervisor.ts');
-    return new QemuHypervisor({ stateDir: this.config.stateDir, log: this.deps.log.child({ part: 'qemu' }) });
+    if (!this.config.qemuUser && process.getuid?.() === 0)
+      this.deps.log.warn(
+        'QEMU will run as root: set coordinator.qemu_user to an unprivileged user so a guest that escapes QEMU is not root',
+      );
+    return new QemuHypervisor({
+      stateDir: this.config.stateDir,
+      log: this.deps.log.child({ part: 'qemu' }),
+      runAs: this.config.qemuUser,
+    });
   }
 
   // ---- registration and heartbeats -----------------------------------------------------------------
@@ -116,7 +193,9 @@ export class HostAgent {
       memory_mib: this.config.memoryMib,
       labels: this.config.labels,
       hypervisor,
-      address: this.config.migrationAddress ?? this.deps.address ?? null,
+      address: this.migrationAddress,
+      migration_ports: this.config.migrationPorts,
+      public_key: this.deps.publicKey ?? null,
       bridge: bridge ?? '',
       dhcp: this.deps.reservations !== undefined,
       boot_id: this.bootId,
@@ -150,16 +229,23 @@ export class HostAgent {
     (this.hv?.refresh?.() ?? Promise.resolve())
       .catch(() => {})
       .then(() => {
-        const body = { name: this.name, boot_id: this.bootId, guests_version: version, guests: this.hv?.list() ?? [] };
-        return this.client.request<{ ok: boolean; reservations?: { mac: string; ip: string; vm: string }[] }>(
-          'POST',
-          '/v1/agent/heartbeat',
-          body,
-          {
-            timeoutMs: AGENT_REQUEST_TIMEOUT_MS,
-            signal: this.abort.signal,
-          },
-        );
+        const mesh = this.lastMesh;
+        this.refreshMesh();
+        const body = {
+          name: this.name,
+          boot_id: this.bootId,
+          guests_version: version,
+          guests: this.hv?.list() ?? [],
+          ...(mesh ? { mesh } : {}),
+        };
+        return this.client.request<{
+          ok: boolean;
+          reservations?: { mac: string; ip: string; vm: string }[];
+          guest_macs?: unknown;
+        }>('POST', '/v1/agent/heartbeat', body, {
+          timeoutMs: AGENT_REQUEST_TIMEOUT_MS,
+          signal: this.abort.signal,
+        });
       })
       .finally(() => {
         this.beating = false;
@@ -168,6 +254,7 @@ export class HostAgent {
         (r) => {
           this.stats.heartbeats++;
           if (r?.reservations && this.deps.reservations) this.deps.reservations(r.reservations);
+          if (r?.guest_macs !== undefined) this.guestMacs(r.guest_macs);
         },
         (err) => {
           if (this.stopped) return;
@@ -176,6 +263,64 @@ export class HostAgent {
           this.warn(err, 'heartbeat failed');
         },
       );
+  }
+
+  /** The coordinator's guests here, checked, to the daemon's port security (only when the list changed). */
+  private guestMacs(raw: unknown): void {
+    if (!this.deps.setGuestMacs || !Array.isArray(raw)) return;
+    const list: GuestMac[] = [];
+    for (const g of raw as Partial<GuestMac>[]) {
+      try {
+        const mac = checkMac(g?.mac);
+        if (typeof g.vm !== 'string' || !NAME_RE.test(g.vm))
+          throw new CommandRefused('bad_name', 'guest_macs: vm name');
+        if (g.ip !== null && !(typeof g.ip === 'string' && net.isIPv4(g.ip)))
+          throw new CommandRefused('bad_command', 'guest_macs: ip must be an IPv4 address or null');
+        list.push({ mac, ip: g.ip, vm: g.vm });
+      } catch (err) {
+        this.refuse(err as CommandRefused, 'heartbeat guest_macs');
+      }
+    }
+    const key = JSON.stringify(list);
+    // Again now and then even unchanged: a daemon that restarted beside a standalone agent starts empty.
+    const now = Date.now();
+    if (key === this.lastGuestMacs.key && now - this.lastGuestMacs.atMs < GUEST_MACS_RESEND_MS) return;
+    Promise.resolve(this.deps.setGuestMacs(list)).then(
+      (r) => {
+        if (r.ok) this.lastGuestMacs = { key, atMs: now };
+        else this.deps.log.warn({ error: r.error }, 'the daemon refused the guest MAC list');
+      },
+      (err) => this.deps.log.warn({ error: (err as Error).message }, 'cannot give the daemon the guest MAC list'),
+    );
+  }
+
+  private refuse(err: CommandRefused, what: string): void {
+    this.refused[err.reason]++;
+    this.limited.warn(
+      err.reason,
+      { reason: err.reason, what, error: err.message },
+      'refused a command from the coordinator',
+    );
+  }
+
+  /** The daemon's mesh report, read in the background: a slow daemon never delays a heartbeat. */
+  private refreshMesh(): void {
+    const read = this.deps.mesh;
+    if (!read || this.readingMesh) return;
+    this.readingMesh = true;
+    Promise.resolve()
+      .then(() => read())
+      .then(
+        (m) => {
+          this.lastMesh = m;
+        },
+        () => {
+          this.lastMesh = null;
+        },
+      )
+      .finally(() => {
+        this.readingMesh = false;
+      });
   }
 
   private warn(err: unknown, msg: string): void {
@@ -200,7 +345,7 @@ export class HostAgent {
         );
         this.stats.polls++;
         failures = 0;
-        for (const c of r.commands) this.track(this.execute(c));
+        for (const c of Array.isArray(r?.commands) ? r.commands : []) this.track(this.execute(c));
       } catch (err) {
         if (this.stopped) return;
         if (err instanceof ApiError && err.code === 'unknown_host') this.registered = false;
@@ -220,30 +365,37 @@ export class HostAgent {
     p.finally(() => this.running.delete(p));
   }
 
-  /** Runs one command and posts its result (retried a few times: the coordinator waits for it). */
-  private async execute(c: Command): Promise<void> {
+  /** Checks and runs one command and posts its result (retried a few times: the coordinator waits for it). */
+  private async execute(raw: unknown): Promise<void> {
     this.stats.commands++;
     const started = Date.now();
+    const id = typeof (raw as Command)?.id === 'string' ? (raw as Command).id.slice(0, 64) : '';
     let result: Omit<CommandResult, 'id' | 'guests_version' | 'boot_id'>;
+    let c: Command | null = null;
     try {
+      c = checkCommand(raw, this.limits());
       result = { ok: true, ...(await this.run(c)) };
     } catch (err) {
       this.stats.commandFailures++;
+      if (err instanceof CommandRefused) this.refuse(err, c?.type ?? 'command');
       result = { ok: false, error: (err as Error).message };
     }
-    const level = result.ok ? 'info' : 'warn';
-    this.deps.log[level](
-      {
-        command: c.type,
-        target: 'vm' in c ? c.vm.name : 'name' in c ? c.name : c.mac,
-        ms: Date.now() - started,
-        ...(result.ok ? {} : { error: result.error }),
-      },
-      `command ${c.type} ${result.ok ? 'done' : 'failed'}`,
-    );
+    if (c) {
+      const level = result.ok ? 'info' : 'warn';
+      this.deps.log[level](
+        {
+          command: c.type,
+          target: 'vm' in c ? c.vm.name : 'name' in c ? c.name : c.mac,
+          ms: Date.now() - started,
+          ...(result.ok ? {} : { error: result.error }),
+        },
+        `command ${c.type} ${result.ok ? 'done' : 'failed'}`,
+      );
+    }
+    if (!id) return; // nothing to answer to
     const body = {
       name: this.name,
-      result: { ...result, id: c.id, guests_version: this.guestsVersion, boot_id: this.bootId },
+      result: { ...result, id, guests_version: this.guestsVersion, boot_id: this.bootId },
     };
     for (let i = 0; i < 5 && !this.stopped; i++) {
       try {
@@ -267,6 +419,19 @@ export class HostAgent {
       if (!r.ok) throw new Error(`the daemon refused expect ${c.mac}: ${r.error}`);
       return {};
     }
+    if (c.type === 'authorize-move') {
+      if (!this.deps.authorizeMove) {
+        this.limited.warn(
+          'no-authorize-move',
+          { mac: c.mac },
+          'the daemon has no MAC ownership to authorize a move with; the migration goes on',
+        );
+        return {};
+      }
+      const r = await this.deps.authorizeMove(c.mac, c.site_key, Date.now() + c.ttl_ms);
+      if (!r.ok) throw new Error(`the daemon refused authorize-move ${c.mac}: ${r.error}`);
+      return {};
+    }
     if (!hv) throw new Error(`host ${this.name} runs no hypervisor (coordinator.hypervisor: none)`);
     switch (c.type) {
       case 'start': {
@@ -277,18 +442,16 @@ export class HostAgent {
         return { state: 'running' };
       }
       case 'incoming': {
-        const address = this.config.migrationAddress ?? this.deps.address;
-        if (!address || address === '0.0.0.0' || address === '::')
-          throw new Error(`host ${this.name} has no migration address: set coordinator.migration_address`);
+        // checkCommand made sure the URI is this host's migration address and a port of its range.
         if ((await hv.state(c.vm.name)) !== 'absent') await hv.stop(c.vm.name); // a leftover of an earlier attempt
         const spec = await this.spec(c.vm);
-        const uri = await hv.incoming(spec, address);
+        await hv.incoming(spec, { uri: c.uri, tlsPsk: c.tls_psk });
         this.guestsVersion++;
-        return { uri, state: 'incoming' };
+        return { state: 'incoming' };
       }
       case 'migrate':
         try {
-          await hv.migrate(c.name, c.uri);
+          await hv.migrate(c.name, { uri: c.uri, tlsPsk: c.tls_psk });
         } finally {
           this.guestsVersion++;
         }
@@ -311,13 +474,23 @@ export class HostAgent {
         await hv.stop(c.name);
         this.guestsVersion++;
         return { state: 'absent' };
+      case 'console': {
+        const con = hv.console?.(c.name);
+        if (!con) throw new Error(`no console for guest ${c.name} on ${this.name} (not running here)`);
+        await this.consoles.link(con, c);
+        return {};
+      }
     }
   }
 
   private async spec(vm: LaunchSpec): Promise<GuestSpec> {
     const bridge = this.bridge;
     if (!bridge) throw new Error(`host ${this.name} has no bridge for guests: set tap.bridge (or coordinator.bridge)`);
-    const files = await this.images.image(vm.image);
+    const files = await this.images.image(vm.image, {
+      sources: vm.image_sources,
+      allowLocal: this.config.allowLocalImages,
+      ca: this.config.ca,
+    });
     return {
       name: vm.name,
       mac: vm.mac,
@@ -339,6 +512,7 @@ export class HostAgent {
       guests: this.hv?.list() ?? [],
       hypervisor: this.hv?.info ?? null,
       ...this.stats,
+      refused: { ...this.refused },
       images: { ...this.images.stats },
     };
   }
@@ -348,6 +522,7 @@ export class HostAgent {
     this.stopped = true;
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.abort.abort();
+    this.consoles.closeAll();
     await Promise.allSettled([...this.loops, ...this.running]);
     await this.hv?.close();
     this.deps.log.info('host agent stopped');

@@ -1,21 +1,48 @@
-// The host's image cache: each file of an image is fetched once (http(s):// or a path on this host), its
-// SHA-256 checked while it streams, and kept as <cache_dir>/<sha256>. A file is written under a temporary
-// name and renamed only after the checksum matched, so the cache never holds a wrong or partial file, and
-// concurrent requests for the same file share one download.
+// The host's image cache: each file of an image is fetched once, its SHA-256 checked while it streams, and
+// kept as <cache_dir>/<sha256>. A file is written under a temporary name and renamed only after the checksum
+// matched, so the cache never holds a wrong or partial file, and concurrent requests for the same file share
+// one download.
+//
+// Where a file may come from is checked here again, whatever the coordinator said: an http(s) URL whose host
+// is in the launch's image_sources, connected to only after DNS resolution showed an address that is public
+// or listed (no loopback, link-local or private service by way of a name); no redirects; at most
+// IMAGE_FILE_MAX_BYTES. A path on this host only with allow_local_images, and only a regular file. Errors name
+// the location and the status or error code, never what the source sent.
 import crypto from 'node:crypto';
+import dns from 'node:dns';
 import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import type net from 'node:net';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import { type Readable, Transform } from 'node:stream';
+import tls from 'node:tls';
 import { pipeline } from 'node:stream/promises';
+import { IMAGE_FETCH_TIMEOUT_MS, IMAGE_FILE_MAX_BYTES } from '../coordinator/constants.ts';
+import {
+  addressAllowed,
+  effectivePort,
+  type ImageSource,
+  parseImageSources,
+  rangeOf,
+  refuseUrl,
+} from '../coordinator/image-sources.ts';
 import type { ImageRecord } from '../coordinator/types.ts';
 import type { Logger } from '../log.ts';
-
-const FETCH_TIMEOUT_MS = 300_000;
+import { CommandRefused } from './validate.ts';
 
 export interface ImageFiles {
   kernel: string;
   initrd: string;
   disk?: string;
+}
+
+/** Where images may come from, for one launch. */
+export interface ImagePolicy {
+  sources: readonly string[];
+  allowLocal: boolean;
+  /** Extra CA certificates for https:// image servers (the agent's ca_file). */
+  ca?: string;
 }
 
 export class ImageCache {
@@ -27,17 +54,23 @@ export class ImageCache {
     private readonly log: Logger,
   ) {}
 
-  async image(img: ImageRecord): Promise<ImageFiles> {
+  async image(img: ImageRecord, policy: ImagePolicy): Promise<ImageFiles> {
     const [kernel, initrd, disk] = await Promise.all([
-      this.file(img.kernel, img.sha256.kernel, `image ${img.name} kernel`),
-      this.file(img.initrd, img.sha256.initrd, `image ${img.name} initrd`),
-      img.disk ? this.file(img.disk, img.sha256.disk!, `image ${img.name} disk`) : Promise.resolve(undefined),
+      this.file(img.kernel, img.sha256.kernel, `image ${img.name} kernel`, policy),
+      this.file(img.initrd, img.sha256.initrd, `image ${img.name} initrd`, policy),
+      img.disk ? this.file(img.disk, img.sha256.disk!, `image ${img.name} disk`, policy) : Promise.resolve(undefined),
     ]);
     return disk ? { kernel, initrd, disk } : { kernel, initrd };
   }
 
-  /** The local path of a verified copy of `location`. */
-  file(location: string, sha256: string, what: string): Promise<string> {
+  /** The local path of a verified copy of `location`. The source is checked even when the file is cached. */
+  file(location: string, sha256: string, what: string, policy: ImagePolicy): Promise<string> {
+    const sources = parseImageSources(policy.sources);
+    try {
+      checkLocation(location, what, sources, policy.allowLocal);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const want = sha256.toLowerCase();
     const target = path.join(this.dir, want);
     if (fs.existsSync(target)) {
@@ -46,25 +79,41 @@ export class ImageCache {
     }
     let p = this.inflight.get(want);
     if (!p) {
-      p = this.fetch(location, want, target, what).finally(() => this.inflight.delete(want));
+      p = this.fetch(location, want, target, what, sources, policy.ca).finally(() => this.inflight.delete(want));
       this.inflight.set(want, p);
     }
     return p;
   }
 
-  private async fetch(location: string, want: string, target: string, what: string): Promise<string> {
+  private async fetch(
+    location: string,
+    want: string,
+    target: string,
+    what: string,
+    sources: ImageSource[],
+    ca: string | undefined,
+  ): Promise<string> {
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o755 });
     const tmp = `${target}.part-${crypto.randomBytes(4).toString('hex')}`;
     const hash = crypto.createHash('sha256');
     let bytes = 0;
     const started = Date.now();
     try {
-      const source = await open(location, what);
-      source.on('data', (c: Buffer) => {
-        hash.update(c);
-        bytes += c.length;
+      const source = location.startsWith('/')
+        ? await openLocal(location, what)
+        : await openUrl(location, what, sources, ca);
+      const meter = new Transform({
+        transform(c: Buffer, _enc, cb) {
+          bytes += c.length;
+          if (bytes > IMAGE_FILE_MAX_BYTES) {
+            cb(new Error(`${what}: ${location} is larger than ${IMAGE_FILE_MAX_BYTES} bytes`));
+            return;
+          }
+          hash.update(c);
+          cb(null, c);
+        },
       });
-      await pipeline(source, fs.createWriteStream(tmp, { mode: 0o644 }));
+      await pipeline(source, meter, fs.createWriteStream(tmp, { mode: 0o644 }));
       const got = hash.digest('hex');
       if (got !== want) {
         this.stats.mismatches++;
@@ -84,25 +133,84 @@ export class ImageCache {
   }
 }
 
-async function open(location: string, what: string): Promise<Readable> {
+/** Throws CommandRefused unless `location` is an allowed URL, or an allowed plain absolute path. */
+function checkLocation(location: string, what: string, sources: ImageSource[], allowLocal: boolean): void {
   if (location.startsWith('/')) {
-    try {
-      await fs.promises.access(location, fs.constants.R_OK);
-    } catch (err) {
-      throw new Error(`${what}: cannot read ${location} on this host (${(err as NodeJS.ErrnoException).code})`);
-    }
-    return fs.createReadStream(location);
+    if (!allowLocal)
+      throw new CommandRefused(
+        'local_image',
+        `${what}: ${location} is a path on this host, and this host does not take local images (coordinator.allow_local_images)`,
+      );
+    if (location.includes('\0') || path.posix.normalize(location) !== location)
+      throw new CommandRefused('local_image', `${what}: "${location}" is not a plain absolute path`);
+    return;
   }
-  let res: Response;
+  const why = refuseUrl(location, sources);
+  if (why) throw new CommandRefused('image_source', `${what}: ${location} refused: ${why}`);
+}
+
+async function openLocal(location: string, what: string): Promise<Readable> {
+  let st: fs.Stats;
   try {
-    res = await fetch(location, { signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
+    st = await fs.promises.stat(location);
   } catch (err) {
-    const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
-    throw new Error(`${what}: cannot fetch ${location} (${cause}): is the image server reachable from this host?`);
+    throw new Error(`${what}: cannot read ${location} on this host (${(err as NodeJS.ErrnoException).code})`);
   }
-  if (!res.ok || !res.body) {
-    res.body?.cancel().catch(() => {});
-    throw new Error(`${what}: ${location} answered HTTP ${res.status}`);
-  }
-  return Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
+  if (!st.isFile()) throw new CommandRefused('local_image', `${what}: ${location} is not a regular file`);
+  return fs.createReadStream(location);
+}
+
+/**
+ * GET with the address check in the connection's own DNS lookup: what is checked is what is connected to
+ * (no second resolution an attacker's DNS could answer differently). No redirects are followed.
+ */
+function openUrl(location: string, what: string, sources: ImageSource[], ca: string | undefined): Promise<Readable> {
+  const u = new URL(location);
+  const port = effectivePort(u);
+  let refused: CommandRefused | null = null;
+  const lookup: net.LookupFunction = (host, opts, cb) => {
+    dns.lookup(host, { all: true }, (err, addrs) => {
+      if (err) return cb(err, '', 4);
+      const bad = addrs.find((a) => !addressAllowed(a.address, port, sources));
+      if (bad) {
+        refused = new CommandRefused(
+          'image_source',
+          `${what}: ${u.hostname} resolves to ${bad.address}, a ${rangeOf(bad.address)} address that image_sources does not list`,
+        );
+        return cb(refused, '', 4);
+      }
+      if ((opts as dns.LookupOptions).all) return cb(null, addrs as unknown as string, 4);
+      cb(null, addrs[0].address, addrs[0].family);
+    });
+  };
+  return new Promise((resolve, reject) => {
+    const onResponse = (res: http.IncomingMessage) => {
+      if (res.statusCode !== 200) {
+        res.resume();
+        const redirect = res.statusCode! >= 300 && res.statusCode! < 400 ? ' (redirects are not followed)' : '';
+        return reject(new Error(`${what}: ${location} answered HTTP ${res.statusCode}${redirect}`));
+      }
+      const len = Number(res.headers['content-length']);
+      if (Number.isFinite(len) && len > IMAGE_FILE_MAX_BYTES) {
+        res.destroy();
+        return reject(new Error(`${what}: ${location} is larger than ${IMAGE_FILE_MAX_BYTES} bytes`));
+      }
+      resolve(res);
+    };
+    const o = { lookup, timeout: IMAGE_FETCH_TIMEOUT_MS, agent: false as const };
+    const req =
+      u.protocol === 'https:'
+        ? https.request(u, { ...o, ...(ca ? { ca: [...tls.rootCertificates, ca] } : {}) }, onResponse)
+        : http.request(u, o, onResponse);
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (refused) return reject(refused);
+      reject(
+        new Error(
+          `${what}: cannot fetch ${location} (${err.code ?? err.message}): is the image server reachable from this host?`,
+        ),
+      );
+    });
+    req.end();
+  });
 }

@@ -1,20 +1,27 @@
 // The coordinator's HTTP JSON API (src/coordinator/README.md). Every request needs a bearer token: the
-// admin token for /v1/* and the host token for /v1/agent/*; without the right one the answer is 401 and
-// nothing changes. A standby coordinator answers /v1/status itself and proxies everything else to the leader.
+// admin token for /v1/* and a host's own token (`homewire host add NAME`) for /v1/agent/*; without the right
+// one the answer is 401 and nothing changes, and a host token used to act as another host is 403. A standby
+// coordinator answers /v1/status itself and proxies everything else to the leader.
 //
 // Order of a request: auth → (standby: proxy) → route → JSON reply or {"error": {"code", "message"}}.
 import crypto from 'node:crypto';
 import http from 'node:http';
+import https from 'node:https';
 import type { Logger } from '../log.ts';
+import type { AuthAudit, AuthFailureReason } from './audit.ts';
 import { API_BODY_MAX_BYTES, HEARTBEAT_MS, POLL_WAIT_MS } from './constants.ts';
+import type { Credentials } from './credentials.ts';
 import type { Dispatcher } from './dispatch.ts';
 import type { HostQuery, HostRegistry } from './hosts.ts';
 import { checkImage, checkName } from './images.ts';
 import type { Leadership } from './leader.ts';
+import { refuseMigrationAddress } from './migration.ts';
+import { holdsCapacity } from './states.ts';
 import type { Store } from './store.ts';
 import {
   ApiError,
   type CommandResult,
+  type GuestMac,
   type Heartbeat,
   type HostInfo,
   type HostRecord,
@@ -27,64 +34,91 @@ export interface ApiContext {
   id: string;
   url: string;
   adminToken: string;
-  hostToken: string;
+  credentials: Credentials;
+  audit: AuthAudit;
   store: Store;
   hosts: HostRegistry;
   vms: Lifecycle;
   dispatch: Dispatcher;
   leadership: Leadership;
   imageServer?: string;
+  /** The image allowlist (image_sources, image_server's host included). */
+  imageSources: string[];
+  /** CA certificates for proxying to a leader over HTTPS (tls.ca_file; default: the system's). */
+  proxyCa?: string;
   log: Logger;
   now: () => number;
   /** Reconciles a host's fresh guest report (async, errors logged). */
   reconcile(host: string, guests: Heartbeat['guests']): void;
+  /** The web page's static files (web.ts; no token: they hold no data). True if it answered. */
+  page?(req: http.IncomingMessage, res: http.ServerResponse, url: URL): boolean;
+  /** GET /v1/events: server-sent events with hosts, VMs, images and operations (web.ts). */
+  events?(req: http.IncomingMessage, res: http.ServerResponse): void;
 }
-
-type Role = 'admin' | 'host';
 
 export function apiHandler(ctx: ApiContext): http.RequestListener {
   const admin = digest(ctx.adminToken);
-  const host = digest(ctx.hostToken);
   return (req, res) => {
     const url = new URL(req.url ?? '/', 'http://coordinator');
-    const role: Role = url.pathname.startsWith('/v1/agent/') ? 'host' : 'admin';
+    if (ctx.page?.(req, res, url)) return;
+    const agentPath = url.pathname.startsWith('/v1/agent/');
     const token = bearer(req.headers.authorization);
-    // Compare digests in constant time: neither the token nor its length leaks through timing.
-    if (token === null || !crypto.timingSafeEqual(digest(token), role === 'admin' ? admin : host)) {
+    const who = { remote: req.socket.remoteAddress, method: req.method, path: url.pathname };
+    const deny = (reason: AuthFailureReason) => {
+      ctx.audit.refuse(reason, who);
       req.resume();
-      return reply(
+      reply(
         res,
         401,
         {
           error: {
             code: 'unauthorized',
-            message: `missing or wrong bearer token: this endpoint needs the ${role === 'admin' ? 'admin token (--token-file)' : 'host token (coordinator.token_file)'}`,
+            message: `missing or wrong bearer token: this endpoint needs ${agentPath ? "this host's own token (coordinator.token_file, from `homewire host add NAME`)" : 'the admin token (--token-file)'}`,
           },
         },
         { 'www-authenticate': 'Bearer' },
       );
-    }
-    if (url.pathname === '/v1/status' && req.method === 'GET') {
-      ctx.leadership.leaderUrl().then(
-        (leader) =>
-          reply(res, 200, {
-            id: ctx.id,
-            url: ctx.url,
-            leader: ctx.leadership.leading,
-            leader_url: leader,
-            store: ctx.store.backend,
-          }),
+    };
+    if (token === null) return deny('missing_token');
+    const serve = (principal: string | null) => {
+      if (url.pathname === '/v1/status' && req.method === 'GET' && principal === null) {
+        ctx.leadership.leaderUrl().then(
+          (leader) =>
+            reply(res, 200, {
+              id: ctx.id,
+              url: ctx.url,
+              leader: ctx.leadership.leading,
+              leader_url: leader,
+              store: ctx.store.backend,
+            }),
+          (err) => fail(res, err, ctx.log),
+        );
+        return;
+      }
+      if (!ctx.leadership.leading) {
+        proxy(ctx, req, res);
+        return;
+      }
+      if (url.pathname === '/v1/events' && req.method === 'GET' && principal === null && ctx.events) {
+        ctx.events(req, res);
+        return;
+      }
+      route(ctx, req, res, url, principal).then(
+        (r) => reply(res, r.status, r.body),
         (err) => fail(res, err, ctx.log),
       );
-      return;
+    };
+    if (!agentPath) {
+      // Compare digests in constant time: neither the token nor its length leaks through timing.
+      if (!crypto.timingSafeEqual(digest(token), admin)) return deny('wrong_admin_token');
+      return serve(null);
     }
-    if (!ctx.leadership.leading) {
-      proxy(ctx, req, res);
-      return;
-    }
-    route(ctx, req, res, url).then(
-      (r) => reply(res, r.status, r.body),
-      (err) => fail(res, err, ctx.log),
+    ctx.credentials.authenticate(token).then(
+      (r) => (r.ok ? serve(r.host) : deny(r.reason)),
+      (err) => {
+        req.resume();
+        fail(res, err, ctx.log);
+      },
     );
   };
 }
@@ -94,6 +128,7 @@ async function route(
   req: http.IncomingMessage,
   res: http.ServerResponse,
   url: URL,
+  principal: string | null,
 ): Promise<{ status: number; body: unknown }> {
   const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent); // ['v1', 'vms', NAME, 'start']
   const m = req.method ?? 'GET';
@@ -101,7 +136,29 @@ async function route(
   if (parts[0] !== 'v1') throw notFound(m, url.pathname);
   const [, what, name, action] = parts;
 
-  if (what === 'agent') return agent(ctx, req, res, name);
+  if (what === 'agent') return agent(ctx, req, res, name, principal!);
+  if (what === 'hosts' && m === 'POST' && name === undefined) {
+    // `homewire host add NAME [--rotate]`: a token bound to NAME, shown once.
+    const body = (await readJson(req)) as Record<string, unknown>;
+    for (const k of Object.keys(body))
+      if (k !== 'name' && k !== 'rotate')
+        throw new ApiError(400, 'bad_request', `unknown key "${k}"; allowed: name, rotate`);
+    if (body.rotate !== undefined && typeof body.rotate !== 'boolean')
+      throw new ApiError(400, 'bad_request', 'rotate must be true or false');
+    const host = checkName(body.name, 'host');
+    const r = await ctx.credentials.add(host, body.rotate === true);
+    ctx.log.info({ host, rotated: r.rotated }, r.rotated ? 'host token replaced' : 'host added');
+    return ok({ name: host, token: r.token, rotated: r.rotated }, r.rotated ? 200 : 201);
+  }
+  if (what === 'hosts' && m === 'DELETE' && name !== undefined && action === undefined) {
+    // `homewire host remove NAME`: its token stops working now; its registration and commands go too.
+    const revoked = await ctx.credentials.remove(name);
+    const registered = await ctx.hosts.remove(name);
+    const failed = await ctx.vms.hostRemoved(name);
+    if (!revoked && !registered) throw new ApiError(404, 'not_found', `no host named ${name} (homewire host list)`);
+    ctx.log.warn({ host: name, revoked, registered, failedVms: failed }, 'host removed: its token is revoked');
+    return ok({ deleted: name, revoked, failed_vms: failed });
+  }
   if (what === 'hosts' && m === 'GET' && name === undefined) {
     const views = ctx.hosts.filter(await hostViews(ctx), hostQuery(url.searchParams));
     return ok({ hosts: views });
@@ -124,6 +181,12 @@ async function route(
   }
   if (what === 'vms' && name !== undefined) {
     if (action === undefined && m === 'GET') return ok(await ctx.vms.get(name));
+    if (action === 'console')
+      throw new ApiError(
+        426,
+        'upgrade_required',
+        'the console is a WebSocket (console.ts): use `homewire vm console NAME` or the web page',
+      );
     if (action === undefined && m === 'DELETE') {
       await ctx.vms.delete(name);
       return ok({ deleted: name });
@@ -156,7 +219,7 @@ async function route(
     if (m === 'GET') return ok({ images: await ctx.store.list<ImageRecord>('images') });
     if (m === 'POST') {
       const img: ImageRecord = {
-        ...checkImage(await readJson(req), ctx.imageServer),
+        ...checkImage(await readJson(req), ctx.imageServer, ctx.imageSources),
         created_at: new Date(ctx.now()).toISOString(),
       };
       if (!(await ctx.store.create('images', img.name, img)))
@@ -188,16 +251,30 @@ async function route(
   throw notFound(m, url.pathname);
 }
 
-/** /v1/agent/register|heartbeat|poll|result (host token). */
+/** /v1/agent/register|heartbeat|poll|result (the host's own token: it acts only as itself). */
 async function agent(
   ctx: ApiContext,
   req: http.IncomingMessage,
   res: http.ServerResponse,
   what: string | undefined,
+  principal: string,
 ): Promise<{ status: number; body: unknown }> {
   if (req.method !== 'POST') throw notFound(req.method ?? 'GET', `/v1/agent/${what}`);
   const body = (await readJson(req)) as Record<string, unknown>;
   const name = checkName(body.name, 'host');
+  if (name !== principal) {
+    ctx.audit.refuse('wrong_host', {
+      remote: req.socket.remoteAddress,
+      path: `/v1/agent/${what}`,
+      principal,
+      claimed: name,
+    });
+    throw new ApiError(
+      403,
+      'forbidden',
+      `this token belongs to host ${principal}; it cannot act as host ${name} (each host uses its own token from \`homewire host add NAME\`)`,
+    );
+  }
   switch (what) {
     case 'register': {
       const rec = await ctx.hosts.register(hostInfo(body));
@@ -216,10 +293,14 @@ async function agent(
           `host ${name} is not registered with this coordinator (or restarted): register again`,
         );
       if (r.guests) ctx.reconcile(name, r.guests);
-      const rec = await ctx.store.get<HostRecord>('hosts', name);
+      const [rec, vms] = await Promise.all([ctx.store.get<HostRecord>('hosts', name), ctx.vms.list()]);
       return {
         status: 200,
-        body: { ok: true, ...(rec?.dhcp ? { reservations: reservations(await ctx.vms.list()) } : {}) },
+        body: {
+          ok: true,
+          guest_macs: guestMacs(vms, name),
+          ...(rec?.dhcp ? { reservations: reservations(vms) } : {}),
+        },
       };
     }
     case 'poll': {
@@ -249,6 +330,13 @@ async function agent(
   }
 }
 
+/** The MACs (and reserved addresses) of the VMs the coordinator places on `host`: its daemon's port security. */
+export function guestMacs(vms: VmRecord[], host: string): GuestMac[] {
+  return vms
+    .filter((v) => (v.host === host && holdsCapacity(v.state)) || (v.state === 'migrating' && v.target === host))
+    .map((v) => ({ mac: v.mac, ip: v.ip, vm: v.name }));
+}
+
 function hostInfo(b: Record<string, unknown>): HostInfo {
   const bad = (m: string): never => {
     throw new ApiError(400, 'bad_request', `registration: ${m}`);
@@ -269,6 +357,29 @@ function hostInfo(b: Record<string, unknown>): HostInfo {
     Object.values(labels as object).some((v) => typeof v !== 'string')
   )
     bad('labels must map names to strings');
+  let address: string | null = null;
+  if (b.address !== undefined && b.address !== null) {
+    const why = typeof b.address === 'string' ? refuseMigrationAddress(b.address) : 'must be an IP address';
+    if (why) bad(`address: ${why}`);
+    address = b.address as string;
+  }
+  const ports = b.migration_ports ?? null;
+  if (
+    ports !== null &&
+    !(
+      Array.isArray(ports) &&
+      ports.length === 2 &&
+      ports.every((p) => Number.isInteger(p) && p >= 1024 && p <= 65535) &&
+      ports[0] <= ports[1]
+    )
+  )
+    bad('migration_ports must be [FIRST, LAST], TCP ports from 1024 to 65535');
+  let publicKey: string | null = null;
+  if (b.public_key !== undefined && b.public_key !== null) {
+    if (typeof b.public_key !== 'string' || !/^[A-Za-z0-9+/]{43}=$/.test(b.public_key))
+      bad("public_key must be the daemon's base64 Curve25519 public key");
+    publicKey = b.public_key as string;
+  }
   return {
     name: str('name'),
     site: str('site'),
@@ -281,7 +392,9 @@ function hostInfo(b: Record<string, unknown>): HostInfo {
       accel: hv.accel ?? null,
       ...(hv.reason ? { reason: String(hv.reason) } : {}),
     },
-    address: typeof b.address === 'string' ? b.address : null,
+    address,
+    migration_ports: ports as [number, number] | null,
+    public_key: publicKey,
     bridge: str('bridge'),
     dhcp: b.dhcp === true,
     boot_id: str('boot_id'),
@@ -349,9 +462,14 @@ function proxy(ctx: ApiContext, req: http.IncomingMessage, res: http.ServerRespo
         });
       }
       const target = new URL(req.url ?? '/', leader);
-      const up = http.request(
+      const request = target.protocol === 'https:' ? https.request : http.request;
+      const up = request(
         target,
-        { method: req.method, headers: { ...req.headers, host: target.host, 'x-forwarded-by': ctx.id } },
+        {
+          method: req.method,
+          headers: { ...req.headers, host: target.host, 'x-forwarded-by': ctx.id },
+          ...(ctx.proxyCa ? { ca: ctx.proxyCa } : {}),
+        },
         (r) => {
           res.writeHead(r.statusCode ?? 502, r.headers);
           r.pipe(res);

@@ -13,10 +13,14 @@ export const COORDINATOR_USAGE = `Coordinator:
   coordinator --config FILE   run the lifecycle coordinator (HTTP API) in the foreground
   coordinator check --config FILE
                               validate a coordinator config
-  coordinator token           print a new random API token (for admin_token_file / host_token_file)
+  coordinator token           print a new random admin token (for admin_token_file)
   agent --config FILE         run the host agent beside a running daemon (reads the daemon's config
                               and its coordinator: section)
-API (--coordinator URL[,URL...] --token-file F, or HOMEWIRE_COORDINATOR / HOMEWIRE_TOKEN_FILE; --json):
+API (--coordinator URL[,URL...] --token-file F [--ca-file F], or HOMEWIRE_COORDINATOR / HOMEWIRE_TOKEN_FILE /
+HOMEWIRE_CA_FILE; --json):
+  host add NAME [--rotate]    print a new token for VM host NAME (the daemon's name), shown once: put it in
+                              that host's coordinator.token_file. --rotate replaces an existing one
+  host remove NAME            revoke NAME's token and forget the host (its running VMs fail)
   host list [--site S] [--label K[=V]]... [--free-cpus N] [--free-memory MiB] [--state up|down]
   host show NAME
   image list | show NAME | delete NAME
@@ -30,7 +34,10 @@ API (--coordinator URL[,URL...] --token-file F, or HOMEWIRE_COORDINATOR / HOMEWI
   vm stop NAME [--no-wait]
   vm delete NAME
   vm list [--state S] [--host H]
-  vm show NAME`;
+  vm show NAME
+  vm console NAME             the VM's serial console in this terminal, through the coordinator;
+                              Ctrl-] detaches (follows the VM when it migrates)
+Web page: open the coordinator's URL in a browser and sign in with the admin token.`;
 
 class Args {
   constructor(private readonly a: string[]) {}
@@ -81,7 +88,7 @@ class Args {
   }
 }
 
-const BOOLEAN_FLAGS = new Set(['--json', '--no-wait', '--help']);
+const BOOLEAN_FLAGS = new Set(['--json', '--no-wait', '--help', '--rotate']);
 
 function usage(message: string): never {
   throw new OperatorError('EUSAGE', `${message}\n${COORDINATOR_USAGE}`);
@@ -147,12 +154,22 @@ function client(args: Args): CoordinatorClient {
       `cannot read the token file ${tokenFile} (${(err as NodeJS.ErrnoException).code})`,
     );
   }
+  const caFile = args.opt('--ca-file') ?? process.env.HOMEWIRE_CA_FILE;
+  let ca: string | undefined;
+  if (caFile) {
+    try {
+      ca = fs.readFileSync(caFile, 'utf8');
+    } catch (err) {
+      throw new OperatorError('ETOKEN', `cannot read the CA file ${caFile} (${(err as NodeJS.ErrnoException).code})`);
+    }
+  }
   return new CoordinatorClient(
     url!
       .split(',')
       .map((u) => u.trim().replace(/\/+$/, ''))
       .filter(Boolean),
     token,
+    { ca },
   );
 }
 
@@ -196,6 +213,28 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
     if (sub === 'show') {
       const h = await call<HostView>('GET', `/v1/hosts/${enc(need('NAME'))}`);
       return show(h, () => hostTable([h]));
+    }
+    if (sub === 'add') {
+      const r = await call<{ name: string; token: string; rotated: boolean }>('POST', '/v1/hosts', {
+        name: need('NAME'),
+        ...(args.flag('--rotate') ? { rotate: true } : {}),
+      });
+      // The token goes to stdout alone (`homewire host add h > h.token`); the advice to stderr.
+      if (json) return show(r, () => '');
+      print(r.token);
+      process.stderr.write(
+        `host ${r.name}: ${r.rotated ? 'token replaced (the old one no longer works)' : 'added'}. Put the token above in ` +
+          `that host's coordinator.token_file (mode 600); it is not shown again.\n`,
+      );
+      return;
+    }
+    if (sub === 'remove') {
+      const r = await call<{ deleted: string; failed_vms: string[] }>('DELETE', `/v1/hosts/${enc(need('NAME'))}`);
+      return show(
+        r,
+        () =>
+          `host ${r.deleted} removed: its token is revoked${r.failed_vms.length ? `; vm ${r.failed_vms.join(', ')} failed (start them elsewhere)` : ''}`,
+      );
     }
     usage(`unknown host subcommand "${sub ?? ''}"`);
   }
@@ -314,6 +353,10 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
     case 'delete': {
       await call('DELETE', `/v1/vms/${enc(need('NAME'))}`);
       return show({ deleted: name }, () => `vm ${name} deleted`);
+    }
+    case 'console': {
+      const { attachConsole } = await import('./console-cli.ts');
+      return attachConsole(c, need('NAME'));
     }
     default:
       usage(`unknown vm subcommand "${sub ?? ''}"`);

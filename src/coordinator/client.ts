@@ -1,7 +1,11 @@
 // HTTP client of the coordinator API, for the CLI and the host agent. Several URLs (every coordinator) may
 // be given: a request goes to the current one and moves on when that one cannot be reached or has no
 // leader. Only requests that surely did not arrive are retried (connection refused, 503), so a POST is
-// never applied twice.
+// never applied twice. https:// URLs are verified against `ca` (a PEM bundle: the CLI's --ca-file, the
+// agent's coordinator.ca_file) or else the system's CAs; a certificate that does not verify is an error,
+// never retried and never ignored.
+import http from 'node:http';
+import https from 'node:https';
 import { ApiError } from './types.ts';
 
 export interface RequestOptions {
@@ -11,27 +15,37 @@ export interface RequestOptions {
   retryForMs?: number;
 }
 
-const SAFE_TO_RETRY = new Set([
-  'ECONNREFUSED',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'UND_ERR_CONNECT_TIMEOUT',
-]);
+const SAFE_TO_RETRY = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
 
 export class CoordinatorClient {
   private current = 0;
 
+  private readonly agent: https.Agent | undefined;
+  private readonly ca: string | undefined;
+
   constructor(
     readonly urls: string[],
     private readonly token: string,
+    o: { ca?: string } = {},
   ) {
     if (urls.length === 0) throw new Error('no coordinator URL');
+    this.ca = o.ca;
+    this.agent = o.ca ? new https.Agent({ ca: o.ca, keepAlive: true }) : undefined;
   }
 
   get url(): string {
     return this.urls[this.current];
+  }
+
+  /** The credentials every request carries. */
+  headers(): Record<string, string> {
+    return { authorization: `Bearer ${this.token}` };
+  }
+
+  /** What a WebSocket to the coordinator (agents' console streams, `vm console`) needs to be trusted and
+   *  authenticated exactly as this client's requests are: the same credentials (and, with TLS, the same CA). */
+  wsOptions(): { headers: Record<string, string>; ca?: string } {
+    return { headers: this.headers(), ...(this.ca ? { ca: this.ca } : {}) };
   }
 
   async request<T = unknown>(method: string, path: string, body?: unknown, o: RequestOptions = {}): Promise<T> {
@@ -59,34 +73,31 @@ export class CoordinatorClient {
   private async once<T>(base: string, method: string, path: string, body: unknown, o: RequestOptions): Promise<T> {
     const signals = [AbortSignal.timeout(o.timeoutMs ?? 30_000)];
     if (o.signal) signals.push(o.signal);
-    let res: Response;
+    const signal = AbortSignal.any(signals);
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    let res: { status: number; text: string };
     try {
-      res = await fetch(base + path, {
-        method,
-        headers: {
-          authorization: `Bearer ${this.token}`,
-          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-        },
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal: AbortSignal.any(signals),
-      });
+      res = await this.send(base + path, method, payload, signal);
     } catch (err) {
-      const code = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).name;
+      const e = err as NodeJS.ErrnoException;
+      const code = signal.aborted ? 'TimeoutError' : (e.code ?? e.name);
       const safe = SAFE_TO_RETRY.has(code);
+      const tls = TLS_ERRORS.has(code) || /certificate|self.signed|SSL|TLS/i.test(e.message);
       throw new ApiError(
         0,
-        safe ? 'unreachable_safe' : 'unreachable',
-        `cannot reach the coordinator at ${base} (${code === 'TimeoutError' ? 'timed out' : code}): is \`homewire coordinator\` running there?`,
+        safe ? 'unreachable_safe' : tls ? 'tls_error' : 'unreachable',
+        tls
+          ? `cannot verify the coordinator at ${base} (${code}: ${e.message}): give the CA that signed its certificate (--ca-file, or coordinator.ca_file)`
+          : `cannot reach the coordinator at ${base} (${code === 'TimeoutError' ? 'timed out' : code}): is \`homewire coordinator\` running there?`,
       );
     }
-    const text = await res.text();
     let json: unknown = null;
     try {
-      json = text ? JSON.parse(text) : null;
+      json = res.text ? JSON.parse(res.text) : null;
     } catch {
       /* not JSON */
     }
-    if (!res.ok) {
+    if (res.status < 200 || res.status > 299) {
       const e = (json as { error?: { code?: string; message?: string } } | null)?.error;
       throw new ApiError(
         res.status,
@@ -96,4 +107,43 @@ export class CoordinatorClient {
     }
     return json as T;
   }
+
+  private send(
+    url: string,
+    method: string,
+    payload: string | undefined,
+    signal: AbortSignal,
+  ): Promise<{ status: number; text: string }> {
+    const u = new URL(url);
+    const headers: Record<string, string> = this.headers();
+    if (payload !== undefined) {
+      headers['content-type'] = 'application/json';
+      headers['content-length'] = String(Buffer.byteLength(payload));
+    }
+    return new Promise((resolve, reject) => {
+      const done = (res: http.IncomingMessage) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', reject);
+      };
+      const req =
+        u.protocol === 'https:'
+          ? https.request(u, { method, headers, signal, ...(this.agent ? { agent: this.agent } : {}) }, done)
+          : http.request(u, { method, headers, signal }, done);
+      req.on('error', reject);
+      req.end(payload);
+    });
+  }
 }
+
+const TLS_ERRORS = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_HAS_EXPIRED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'ERR_SSL_WRONG_VERSION_NUMBER',
+  'EPROTO',
+]);

@@ -13,6 +13,7 @@ import {
   type HostInfo,
   type HostRecord,
   type HostView,
+  type MeshReport,
   type VmRecord,
 } from './types.ts';
 
@@ -25,6 +26,7 @@ export interface Liveness {
   guestsVersion: number;
   reportedMs: number; // when `guests` arrived (0: none since this leader began)
   down: boolean;
+  mesh?: MeshReport | null;
 }
 
 export interface HostQuery {
@@ -81,6 +83,14 @@ export class HostRegistry {
     return rec;
   }
 
+  /** Forgets a host (`homewire host remove`): its record, its liveness, its queued and running commands. */
+  async remove(name: string): Promise<boolean> {
+    const had = await this.store.delete('hosts', name);
+    const live = this.live.delete(name);
+    this.onDown(name);
+    return had || live;
+  }
+
   /** A heartbeat: returns the host's guests if they are fresh enough to reconcile against, else null. */
   async heartbeat(hb: Heartbeat): Promise<{ known: boolean; guests: GuestReport[] | null }> {
     const rec = await this.store.get<HostRecord>('hosts', hb.name);
@@ -89,6 +99,7 @@ export class HostRegistry {
     const now = this.now();
     l.lastSeenMs = now;
     l.down = false;
+    l.mesh = meshReport(hb.mesh);
     if (rec.state === 'down') {
       await this.store.put('hosts', hb.name, { ...rec, state: 'up', last_seen: new Date(now).toISOString() });
       this.log.info({ host: hb.name }, 'host up again');
@@ -171,6 +182,7 @@ export class HostRegistry {
         last_seen: lastSeen,
         free: { cpus: Math.max(0, h.cpus - cpus), memory_mib: Math.max(0, h.memory_mib - mem) },
         vms: names,
+        mesh: l?.mesh ?? null,
       };
     });
   }
@@ -234,4 +246,22 @@ export class HostRegistry {
     );
     return fits[0];
   }
+}
+
+/** An agent's mesh report, bounded and typed (a host is not trusted to send sane ones): or null. */
+export function meshReport(m: unknown): MeshReport | null {
+  const str = (v: unknown) => (typeof v === 'string' ? v.slice(0, 64) : null);
+  if (!m || typeof m !== 'object') return null;
+  const o = m as Record<string, unknown>;
+  const endpoint = str(o.endpoint);
+  if (endpoint === null || !Array.isArray(o.peers)) return null;
+  const peers = (o.peers as unknown[]).slice(0, 64).flatMap((p) => {
+    if (!p || typeof p !== 'object') return [];
+    const q = p as Record<string, unknown>;
+    const name = str(q.name);
+    if (name === null) return [];
+    const rtt = typeof q.rtt_ms === 'number' && Number.isFinite(q.rtt_ms) ? Math.max(0, q.rtt_ms) : null;
+    return [{ name, endpoint: str(q.endpoint), up: q.up === true, rtt_ms: rtt }];
+  });
+  return { endpoint, peers };
 }

@@ -59,6 +59,12 @@ export function coordinatorRegistry(c: Coordinator): client.Registry {
     failed: c.dispatch.stats.failed,
     timed_out: c.dispatch.stats.timedOut,
   }));
+  counter(
+    'homewire_coordinator_auth_failures_total',
+    'API requests refused: no or wrong token, a revoked host, a host acting as another (403).',
+    'reason',
+    () => ({ ...c.audit.failures }),
+  );
   counter('homewire_coordinator_vm_events_total', 'VM lifecycle outcomes.', 'event', () => ({
     started: c.vms.stats.started,
     start_failed: c.vms.stats.startFailed,
@@ -68,5 +74,36 @@ export function coordinatorRegistry(c: Coordinator): client.Registry {
     crashed: c.reconciler.stats.crashed,
     settled_after_takeover: c.reconciler.stats.settled,
   }));
+  const cs = c.consoles.stats;
+  new client.Gauge({
+    name: 'homewire_coordinator_console_viewers',
+    help: 'Viewers attached to serial consoles.',
+    registers: [register],
+    collect() {
+      this.set(c.consoles.viewers);
+    },
+  });
+  counter(
+    'homewire_coordinator_console_rejected_total',
+    'Console WebSocket upgrades and streams refused, by reason.',
+    'reason',
+    () => ({ ...cs.rejected }),
+  );
+  counter('homewire_coordinator_console_events_total', 'Serial console events.', 'event', () => ({
+    viewer_attached: cs.viewersAttached,
+    stream_opened: cs.streamsOpened,
+    stream_request_failed: cs.streamRequestsFailed,
+    slow_viewer_closed: cs.slowViewersClosed,
+    proxied_to_leader: cs.proxied,
+  }));
+  new client.Counter({
+    name: 'homewire_coordinator_console_input_dropped_bytes_total',
+    help: 'Keystrokes dropped because no stream to the guest was open.',
+    registers: [register],
+    collect() {
+      this.reset();
+      this.inc(cs.inputDroppedBytes);
+    },
+  });
   return register;
 }

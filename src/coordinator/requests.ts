@@ -8,7 +8,7 @@ import {
   VM_MEMORY_MIB_MAX,
   VM_MEMORY_MIB_MIN,
 } from './constants.ts';
-import { checkName } from './images.ts';
+import { checkCmdline, checkName } from './images.ts';
 import { ApiError, type VmRecord } from './types.ts';
 
 const CREATE_KEYS = ['name', 'image', 'cpus', 'memory_mib', 'mac', 'ip', 'host', 'site', 'labels', 'cmdline'];
@@ -47,7 +47,7 @@ export function parseCreate(body: unknown): CreateRequest {
         : int(o.memory_mib, 'memory_mib', VM_MEMORY_MIB_MIN, VM_MEMORY_MIB_MAX),
     placement,
     ...(o.host === undefined ? {} : { pinned: str(o.host, 'host') }),
-    ...(o.cmdline === undefined ? {} : { cmdline: str(o.cmdline, 'cmdline') }),
+    ...(o.cmdline === undefined ? {} : { cmdline: checkCmdline(o.cmdline, 'cmdline') }),
     ...(o.mac === undefined ? {} : { mac: checkMac(o.mac) }),
     ...(o.ip === undefined || o.ip === null ? {} : { ip: checkIp(o.ip) }),
   };

@@ -4,10 +4,14 @@
 // operations a dead leader left). A standby serves /v1/status and proxies the rest to the leader.
 import crypto from 'node:crypto';
 import http from 'node:http';
+import https from 'node:https';
 import type { Logger } from '../log.ts';
 import { apiHandler } from './api.ts';
+import { AuthAudit } from './audit.ts';
+import { ConsoleService, tokenPrincipal } from './console.ts';
 import type { CoordinatorConfig } from './config.ts';
 import { COORDINATOR_TICK_MS } from './constants.ts';
+import { Credentials } from './credentials.ts';
 import { Dispatcher } from './dispatch.ts';
 import { HostRegistry } from './hosts.ts';
 import { type Leadership, SoloLeadership } from './leader.ts';
@@ -17,6 +21,8 @@ import { Reconciler } from './reconcile.ts';
 import { VmRecords } from './vm-records.ts';
 import { Lifecycle } from './vms.ts';
 import { formatEndpoint } from '../addr.ts';
+import { Watch } from './watch.ts';
+import { eventStream, snapshotReader, webPage } from './web.ts';
 
 export interface CoordinatorDeps {
   log: Logger;
@@ -32,6 +38,13 @@ export class Coordinator {
   readonly hosts: HostRegistry;
   readonly vms: Lifecycle;
   readonly reconciler: Reconciler;
+  readonly credentials: Credentials;
+  /** Refused requests by reason (metrics). */
+  readonly audit: AuthAudit;
+  /** Hosts, VMs, images and operations for the web page's live updates and the console splice (watch.ts). */
+  readonly watch: Watch;
+  /** Serial consoles: viewers' and agents' WebSockets spliced (console.ts). */
+  readonly consoles: ConsoleService;
   private server: http.Server | null = null;
   private metricsServer: http.Server | null = null;
   private timer: NodeJS.Timeout | null = null;
@@ -49,6 +62,8 @@ export class Coordinator {
     now: () => number,
   ) {
     this.now = now;
+    this.credentials = new Credentials(store, now);
+    this.audit = new AuthAudit(log.child({ part: 'api' }), now);
     this.hosts = new HostRegistry(store, log.child({ part: 'hosts' }), now, (host) =>
       this.dispatch.failHost(host, 'went down'),
     );
@@ -59,9 +74,25 @@ export class Coordinator {
       log: log.child({ part: 'vms' }),
       now,
       leading: () => this.leadership.leading,
+      imageSources: config.imageSources,
     });
     this.vms = new Lifecycle(records);
     this.reconciler = new Reconciler(records);
+    this.watch = new Watch(
+      snapshotReader({ store, hosts: this.hosts, busy: this.vms.busy }),
+      log.child({ part: 'watch' }),
+    );
+    this.consoles = new ConsoleService({
+      id: this.id,
+      store,
+      dispatch: this.dispatch,
+      watch: this.watch,
+      leadership,
+      url: () => this.advertiseUrl,
+      principal: tokenPrincipal(config.adminToken, this.credentials, this.audit),
+      proxyCa: config.tls?.ca,
+      log: log.child({ part: 'console' }),
+    });
   }
 
   static async fromConfig(cfg: CoordinatorConfig, deps: CoordinatorDeps): Promise<Coordinator> {
@@ -87,7 +118,8 @@ export class Coordinator {
   /** The URL the API listens at (port 0 in the config: the one the OS chose). */
   get url(): string {
     const a = this.server?.address();
-    if (a && typeof a === 'object') return `http://${formatEndpoint(a.address, a.port)}`;
+    if (a && typeof a === 'object')
+      return `${this.config.tls ? 'https' : 'http'}://${formatEndpoint(a.address, a.port)}`;
     return this.config.advertiseUrl;
   }
 
@@ -100,31 +132,39 @@ export class Coordinator {
   async start(): Promise<void> {
     const { config, log } = this;
     const self = this;
-    const server = http.createServer(
-      apiHandler({
-        id: this.id,
-        get url() {
-          return self.advertiseUrl;
-        },
-        adminToken: config.adminToken,
-        hostToken: config.hostToken,
-        store: this.store,
-        hosts: this.hosts,
-        vms: this.vms,
-        dispatch: this.dispatch,
-        leadership: this.leadership,
-        imageServer: config.imageServer,
-        log: log.child({ part: 'api' }),
-        now: this.now,
-        reconcile: (host, guests) => {
-          const term = this.term;
-          if (!this.leadership.leading) return;
-          this.reconciler.reconcile(host, guests).catch((err) => {
-            if (term === this.term) log.warn({ host, error: (err as Error).message }, 'reconcile failed');
-          });
-        },
-      }),
-    );
+    const handler = apiHandler({
+      id: this.id,
+      get url() {
+        return self.advertiseUrl;
+      },
+      adminToken: config.adminToken,
+      credentials: this.credentials,
+      audit: this.audit,
+      imageSources: config.imageSources,
+      proxyCa: config.tls?.ca,
+      store: this.store,
+      hosts: this.hosts,
+      vms: this.vms,
+      dispatch: this.dispatch,
+      leadership: this.leadership,
+      imageServer: config.imageServer,
+      log: log.child({ part: 'api' }),
+      now: this.now,
+      reconcile: (host, guests) => {
+        const term = this.term;
+        if (!this.leadership.leading) return;
+        this.reconciler.reconcile(host, guests).catch((err) => {
+          if (term === this.term) log.warn({ host, error: (err as Error).message }, 'reconcile failed');
+        });
+      },
+      page: webPage(),
+      events: eventStream(this.watch),
+    });
+    // TLS on the same port when configured: agents and the CLI check the certificate (their ca_file).
+    const server: http.Server = config.tls
+      ? https.createServer({ cert: config.tls.cert, key: config.tls.key }, handler)
+      : http.createServer(handler);
+    server.on('upgrade', (req, socket, head) => this.consoles.upgrade(req, socket, head));
     server.keepAliveTimeout = 65_000;
     server.requestTimeout = 0; // long polls and migrations outlast the default
     await new Promise<void>((resolve, reject) => {
@@ -177,6 +217,7 @@ export class Coordinator {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     this.dispatch.close(`lost its leadership (${reason})`);
+    this.consoles.close(`the coordinator lost its leadership (${reason}): attach again`);
     this.vms.busy.clear();
   }
 
@@ -207,6 +248,8 @@ export class Coordinator {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     this.dispatch.close('is stopping');
+    this.consoles.close('the coordinator is stopping');
+    this.watch.stop();
     await this.leadership.stop();
     const close = (s: http.Server | null) =>
       new Promise<void>((r) => {

@@ -53,7 +53,9 @@ export function transition(vm: VmRecord, to: VmState, change: Partial<VmRecord> 
   if (!canTransition(vm.state, to)) {
     throw new ApiError(409, 'invalid_transition', `vm ${vm.name}: ${vm.state} → ${to} is not a valid transition`);
   }
-  return { ...vm, ...change, state: to, updated_at: now.toISOString(), generation: vm.generation + 1 };
+  // Uptime counts from the boot, and a migration keeps it.
+  const boot = to === 'running' && vm.state === 'starting' ? { started_at: now.toISOString() } : {};
+  return { ...vm, ...change, ...boot, state: to, updated_at: now.toISOString(), generation: vm.generation + 1 };
 }
 
 /** States in which a VM holds capacity on its host (and, migrating, on its target too). */

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { openDatabase, type Database, type Statement } from '../dhcp/sqlite.ts';
 import { OperatorError } from '../errors.ts';
 
-export type Kind = 'hosts' | 'vms' | 'images';
+export type Kind = 'hosts' | 'vms' | 'images' | 'credentials';
 
 export interface Store {
   readonly backend: 'sqlite' | 'etcd';

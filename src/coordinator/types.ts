@@ -30,6 +30,8 @@ export interface VmRecord {
   /** Placement constraints for automatic placement. */
   placement: { site?: string; labels?: Record<string, string> };
   cmdline?: string;
+  /** When the guest last booted (starting → running); a migration keeps it. */
+  started_at?: string;
   /** Why the last operation failed (kept until the next one succeeds). */
   error: string | null;
   created_at: string;
@@ -53,8 +55,12 @@ export interface HostInfo {
   memory_mib: number;
   labels: Record<string, string>;
   hypervisor: Hypervisor;
-  /** Address other hosts reach this one at for live migration. */
+  /** Address other hosts reach this one at for live migration (its overlay address once it has one). */
   address: string | null;
+  /** TCP ports the coordinator may choose from for a migration to this host (inclusive). */
+  migration_ports: [number, number] | null;
+  /** The daemon's public key (base64): moves of a migrating guest's MAC are authorized to this site. */
+  public_key: string | null;
   bridge: string;
   /** This site serves DHCP: it takes the coordinator's reservations. */
   dhcp: boolean;
@@ -72,6 +78,16 @@ export interface HostRecord extends HostInfo {
 export interface HostView extends HostRecord {
   free: { cpus: number; memory_mib: number };
   vms: string[];
+  /** From the host's last heartbeat, if its agent reports it. */
+  mesh: MeshReport | null;
+}
+
+/** What a host's daemon says about its place in the mesh (heartbeats; shown by the web page). */
+export interface MeshReport {
+  /** The daemon's underlay address:port. */
+  endpoint: string;
+  /** Its peers as it sees them: where they are, whether the session is up, the round trip. */
+  peers: { name: string; endpoint: string | null; up: boolean; rtt_ms: number | null }[];
 }
 
 /** VM state as the hypervisor on a host sees it. */
@@ -89,6 +105,7 @@ export interface Heartbeat {
   /** Bumped by the agent whenever its set of guests changes; results carry it too (orders reports). */
   guests_version: number;
   guests: GuestReport[];
+  mesh?: MeshReport;
 }
 
 /** Everything a host needs to run a VM: no lookups on the host. */
@@ -98,15 +115,35 @@ export interface LaunchSpec {
   cpus: number;
   memory_mib: number;
   image: ImageRecord;
+  /** Where the image may come from (the coordinator's image_sources): the agent checks again. */
+  image_sources: string[];
 }
 
+/** A guest MAC the coordinator places on a host (heartbeat reply: the daemon's port security). */
+export interface GuestMac {
+  mac: string;
+  ip: string | null;
+  vm: string;
+}
+
+/**
+ * Commands to host agents. A migration: `incoming` on the destination with the URI the coordinator built from
+ * the destination's registered address and port range, `authorize-move` to the source, the destination and
+ * the site serving DHCP, `expect` on the destination, then `migrate` on the source with the same URI; both
+ * QEMUs get the same fresh TLS pre-shared key (64 hex digits), so the stream is encrypted and only the
+ * intended destination can receive it.
+ */
 export type Command =
   | { id: string; type: 'start'; vm: LaunchSpec }
-  | { id: string; type: 'incoming'; vm: LaunchSpec }
+  | { id: string; type: 'incoming'; vm: LaunchSpec; uri: string; tls_psk: string }
   | { id: string; type: 'expect'; mac: string }
-  | { id: string; type: 'migrate'; name: string; uri: string }
+  | { id: string; type: 'authorize-move'; mac: string; site_key: string; ttl_ms: number }
+  | { id: string; type: 'migrate'; name: string; uri: string; tls_psk: string }
   | { id: string; type: 'confirm'; name: string; resume?: boolean }
-  | { id: string; type: 'stop'; name: string };
+  | { id: string; type: 'stop'; name: string }
+  /** Open a console stream for guest `name` to GET /v1/agent/console?session=...; replay from `from` if `stream` is
+   *  still the guest's current one, else the whole scrollback (src/agent/console.ts). */
+  | { id: string; type: 'console'; name: string; session: string; stream?: string; from?: number };
 
 export type CommandBody = Command extends infer C ? (C extends { id: string } ? Omit<C, 'id'> : never) : never;
 
@@ -114,8 +151,7 @@ export interface CommandResult {
   id: string;
   ok: boolean;
   error?: string;
-  /** incoming: the migration URI; confirm: the guest's state. */
-  uri?: string;
+  /** confirm: the guest's state. */
   state?: GuestState | 'absent';
   guests_version: number;
   boot_id: string;

@@ -17,6 +17,8 @@ export interface VmRecordsDeps {
   now: () => number;
   /** False once leadership is lost: nothing is written after that. */
   leading: () => boolean;
+  /** The image allowlist, sent with every launch (the agent checks again). */
+  imageSources: string[];
 }
 
 export class VmRecords {

@@ -6,14 +6,16 @@
 // leader died mid-way) is settled from the hosts' reports once they have reported to the new leader.
 import crypto from 'node:crypto';
 import {
+  AUTHORIZE_MOVE_TTL_MS,
   INCOMING_TIMEOUT_MS,
   MIGRATE_TIMEOUT_MS,
   SHORT_COMMAND_TIMEOUT_MS,
   START_TIMEOUT_MS,
   VM_MAC_PREFIX,
 } from './constants.ts';
+import { DEFAULT_MIGRATION_PORTS, migrationUri, newTlsPsk } from './migration.ts';
 import { parseCreate } from './requests.ts';
-import { checkOperation, type Operation, transition } from './states.ts';
+import { checkOperation, holdsCapacity, type Operation, transition } from './states.ts';
 import {
   ApiError,
   type CommandBody,
@@ -30,6 +32,8 @@ export class Lifecycle {
   /** Operation outcomes, read by metrics. */
   readonly stats = { started: 0, startFailed: 0, stopped: 0, migrated: 0, migrationFailed: 0 };
   private readonly d: VmRecordsDeps;
+  /** Migration ports in use per destination host (chosen here, never by the hosts). */
+  private readonly portsInUse = new Map<string, Set<number>>();
 
   constructor(private readonly r: VmRecords) {
     this.d = r.d;
@@ -155,7 +159,7 @@ export class Lifecycle {
       try {
         await this.command(
           host,
-          { type: 'start', vm: spec(vm, image) },
+          { type: 'start', vm: spec(vm, image, this.d.imageSources) },
           START_TIMEOUT_MS,
           'start_failed',
           `starting vm ${name} on ${host}`,
@@ -251,23 +255,44 @@ export class Lifecycle {
     return this.finish(name, vm, run, o.wait);
   }
 
-  /** incoming on the destination → expect → QMP migrate on the source → confirm → stop the source. */
+  /**
+   * incoming on the destination (URI from its registered address and port range, a fresh TLS key) →
+   * authorize-move at the source, the destination and the DHCP site → expect → QMP migrate on the source with
+   * the same URI and key → confirm → stop the source.
+   */
   private async runMigration(vm: VmRecord, image: ImageRecord): Promise<void> {
     const { name } = vm;
     const src = vm.host!;
     const dest = vm.target!;
     const started = this.d.now();
     this.d.log.info({ vm: name, from: src, to: dest }, 'migrating vm');
+    const ports: number[] = []; // taken for this migration, given back when it ends
     try {
-      const inc = await this.command(
-        dest,
-        { type: 'incoming', vm: spec(vm, image) },
-        INCOMING_TIMEOUT_MS,
-        'migration_failed',
-        `starting the incoming guest on ${dest}`,
-      );
-      if (!inc.uri)
-        throw new ApiError(409, 'migration_failed', `${dest} started the incoming guest but gave no migration URI`);
+      const destRec = await this.d.store.get<HostRecord>('hosts', dest);
+      if (!destRec?.address)
+        throw new ApiError(409, 'migration_failed', `host ${dest} has no registered migration address`);
+      const tlsPsk = newTlsPsk();
+      let uri = '';
+      // A port something else on the destination holds: once more with another one.
+      for (let attempt = 1; ; attempt++) {
+        const port = this.takePort(destRec);
+        ports.push(port);
+        uri = migrationUri(destRec.address, port);
+        try {
+          await this.command(
+            dest,
+            { type: 'incoming', vm: spec(vm, image, this.d.imageSources), uri, tls_psk: tlsPsk },
+            INCOMING_TIMEOUT_MS,
+            'migration_failed',
+            `starting the incoming guest on ${dest}`,
+          );
+          break;
+        } catch (err) {
+          if (attempt > 1 || !/in use/i.test((err as Error).message)) throw err;
+          this.d.log.warn({ vm: name, to: dest, uri }, 'migration port in use on the destination: trying another');
+        }
+      }
+      await this.authorizeMove(vm, src, destRec);
       await this.command(
         dest,
         { type: 'expect', mac: vm.mac },
@@ -277,10 +302,10 @@ export class Lifecycle {
       );
       await this.command(
         src,
-        { type: 'migrate', name, uri: inc.uri },
+        { type: 'migrate', name, uri, tls_psk: tlsPsk },
         MIGRATE_TIMEOUT_MS,
         'migration_failed',
-        `migrating ${name} from ${src} to ${dest} (${inc.uri})`,
+        `migrating ${name} from ${src} to ${dest} (${uri})`,
       );
       const conf = await this.command(
         dest,
@@ -296,6 +321,7 @@ export class Lifecycle {
           `after migration the guest on ${dest} is ${conf.state}, not running`,
         );
     } catch (err) {
+      for (const p of ports) this.portsInUse.get(dest)?.delete(p);
       this.stats.migrationFailed++;
       const why = (err as Error).message;
       this.r.fireAndForget(dest, { type: 'stop', name });
@@ -338,12 +364,81 @@ export class Lifecycle {
         `migration of ${name} to ${dest} failed and the source no longer runs it: ${why}`,
       );
     }
+    for (const p of ports) this.portsInUse.get(dest)?.delete(p);
     this.stats.migrated++;
     await this.r.update(name, (v) =>
       transition(v, 'running', { host: dest, target: null, error: null }, this.r.date()),
     );
     this.d.log.info({ vm: name, from: src, to: dest, ms: this.d.now() - started }, 'vm migrated');
     this.r.fireAndForget(src, { type: 'stop', name }); // the paused source copy; a leftover is stopped by reconcile
+  }
+
+  /** A port from the destination's registered range that no other migration to it uses now. */
+  private takePort(dest: HostRecord): number {
+    const [lo, hi] = dest.migration_ports ?? DEFAULT_MIGRATION_PORTS;
+    const used = this.portsInUse.get(dest.name) ?? new Set<number>();
+    this.portsInUse.set(dest.name, used);
+    const n = hi - lo + 1;
+    const first = crypto.randomInt(n);
+    for (let i = 0; i < n; i++) {
+      const p = lo + ((first + i) % n);
+      if (!used.has(p)) {
+        used.add(p);
+        return p;
+      }
+    }
+    throw new ApiError(409, 'migration_failed', `every migration port of ${dest.name} (${lo}-${hi}) is in use`);
+  }
+
+  /**
+   * The daemons that must let the guest's MAC move to the destination site before its `expect`: the source,
+   * the destination and the site(s) serving DHCP (the home LAN) are waited for; every other host that is up
+   * is told too, without waiting (its guests may talk to this one).
+   */
+  private async authorizeMove(vm: VmRecord, src: string, dest: HostRecord): Promise<void> {
+    if (!dest.public_key) {
+      this.d.log.warn(
+        { vm: vm.name, to: dest.name },
+        "the destination registered no public key: its daemon's MAC ownership is not told about this migration",
+      );
+      return;
+    }
+    const body = {
+      type: 'authorize-move',
+      mac: vm.mac,
+      site_key: dest.public_key,
+      ttl_ms: AUTHORIZE_MOVE_TTL_MS,
+    } as const;
+    const hosts = await this.d.store.list<HostRecord>('hosts');
+    const needed = new Set([src, dest.name, ...hosts.filter((h) => h.dhcp && h.state === 'up').map((h) => h.name)]);
+    for (const h of hosts) if (!needed.has(h.name) && h.state === 'up') this.r.fireAndForget(h.name, body);
+    await Promise.all(
+      [...needed].map((h) =>
+        this.command(
+          h,
+          body,
+          SHORT_COMMAND_TIMEOUT_MS,
+          'migration_failed',
+          `authorizing ${vm.mac} to move to ${dest.name} at ${h}'s daemon`,
+        ),
+      ),
+    );
+  }
+
+  /** A host was removed (`homewire host remove`): its idle VMs fail; running operations fail by themselves. */
+  async hostRemoved(host: string): Promise<string[]> {
+    this.portsInUse.delete(host);
+    const failed: string[] = [];
+    for (const vm of await this.list()) {
+      if (vm.host !== host || this.busy.has(vm.name) || !holdsCapacity(vm.state)) continue;
+      await this.r.update(vm.name, (v) =>
+        v.host === host && holdsCapacity(v.state) && !this.busy.has(v.name)
+          ? transition(v, 'failed', { target: null, error: `its host ${host} was removed` }, this.r.date())
+          : v,
+      );
+      failed.push(vm.name);
+    }
+    return failed;
   }
 
   // ---- helpers -------------------------------------------------------------------------------------
@@ -388,9 +483,16 @@ export class Lifecycle {
   }
 }
 
-export function spec(vm: VmRecord, image: ImageRecord): LaunchSpec {
+export function spec(vm: VmRecord, image: ImageRecord, imageSources: string[]): LaunchSpec {
   const img = vm.cmdline ? { ...image, cmdline: vm.cmdline } : image;
-  return { name: vm.name, mac: vm.mac, cpus: vm.cpus, memory_mib: vm.memory_mib, image: img };
+  return {
+    name: vm.name,
+    mac: vm.mac,
+    cpus: vm.cpus,
+    memory_mib: vm.memory_mib,
+    image: img,
+    image_sources: imageSources,
+  };
 }
 
 /** The DHCP reservations the coordinator holds, for the home site's daemon. */

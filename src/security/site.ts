@@ -105,8 +105,9 @@ export class SiteSecurity {
       macs.add(g.mac);
       if (g.ip !== null) reservations.push({ ip: g.ip, mac: g.mac });
     }
-    // Guests that left this host (stopped, deleted): their local pins go too.
-    for (const mac of this.pins.keys()) if (!macs.has(mac)) this.pins.delete(mac);
+    // Guests that left this host (stopped, deleted): their local pins go too. (A LAN side's pins are its
+    // devices': the coordinator's list, empty at home, says nothing about them.)
+    if (this.guestsSide) for (const mac of this.pins.keys()) if (!macs.has(mac)) this.pins.delete(mac);
     this.guestMacs = macs;
     this.bindings.setReservations(reservations);
   }

@@ -104,9 +104,6 @@ etcdTest(`two coordinators on etcd: the standby takes over within 5 s when the l
   const etcd = await startEtcd(t, dir);
   const admin = crypto.randomBytes(24).toString('base64url');
   fs.writeFileSync(path.join(dir, 'admin.token'), `${admin}\n`, { mode: 0o600 });
-  fs.writeFileSync(path.join(dir, 'host.token'), `${crypto.randomBytes(24).toString('base64url')}\n`, {
-    mode: 0o600,
-  });
   const urls: string[] = [];
   const procs: ChildProcess[] = [];
   for (const name of ['c1', 'c2']) {
@@ -120,7 +117,6 @@ etcdTest(`two coordinators on etcd: the standby takes over within 5 s when the l
         `store: etcd://${etcd}`,
         `data_dir: ${path.join(dir, name)}`,
         'admin_token_file: admin.token',
-        'host_token_file: host.token',
         'log_level: debug',
       ].join('\n')}\n`,
     );
@@ -167,13 +163,27 @@ etcdTest(`two coordinators on etcd: the standby takes over within 5 s when the l
   t.is(states[standbyIdx]?.leader_url, urls[leaderIdx], 'the standby knows the leader');
   t.is(states[0]?.store, 'etcd');
 
-  // A host agent that knows both coordinators; all admin calls go to the standby, which proxies.
+  // A host agent that knows both coordinators, with its own token (minted through the standby, which
+  // proxies to the leader); all admin calls go to the standby.
+  const viaStandby = new CoordinatorClient([urls[standbyIdx]], admin);
+  const minted = await viaStandby.request<{ token: string }>('POST', '/v1/hosts', { name: 'host-a' });
+  fs.writeFileSync(path.join(dir, 'host-a.token'), `${minted.token}\n`, { mode: 0o600 });
   const cloud = new FakeCloud();
   const hv = new FakeHypervisor(cloud, 'host-a');
   const agent = new HostAgent(
     parseAgentConfig(
-      { url: urls, token_file: 'host.token', cpus: 16, memory_mib: 16384, cache_dir: 'cache', state_dir: 'state' },
+      {
+        url: urls,
+        token_file: 'host-a.token',
+        cpus: 16,
+        memory_mib: 16384,
+        cache_dir: 'cache',
+        state_dir: 'state',
+        allow_local_images: true,
+      },
       path.join(dir, 'agent.yaml'),
+      'coordinator',
+      'host-a',
     ),
     {
       name: 'host-a',
@@ -186,7 +196,6 @@ etcdTest(`two coordinators on etcd: the standby takes over within 5 s when the l
   );
   await agent.start();
   t.teardown(() => agent.stop());
-  const viaStandby = new CoordinatorClient([urls[standbyIdx]], admin);
   await waitFor(
     async () => (await viaStandby.request<{ hosts: HostView[] }>('GET', '/v1/hosts')).hosts.length === 1,
     10_000,

@@ -10,6 +10,7 @@ import {
   defaultTapMtu,
   maxFrameBytes,
 } from '../../src/constants.ts';
+import { parseCoordinatorConfig } from '../../src/coordinator/config.ts';
 import { parseConfig } from '../../src/config.ts';
 import { ConfigError } from '../../src/errors.ts';
 import { encodeKey, generatePrivateKey, publicKeyOf, decodeKey } from '../../src/mesh/keys.ts';
@@ -224,7 +225,28 @@ test('the example configs in deploy/examples are valid once keys are filled in',
     let text = fs.readFileSync(new URL(`../../deploy/examples/${name}`, import.meta.url), 'utf8');
     text = text.replace(/REPLACE_WITH_[A-Z_]+=*/g, () => encodeKey(publicKeyOf(generatePrivateKey())));
     text = text.replace(/private_key_file: .*/, `private_key_file: ${keyFile}`);
+    // The coordinator: section's files, as `homewire host add host-a` and the admin would make them.
+    const tokenFile = path.join(dir, 'host-a.token');
+    fs.writeFileSync(tokenFile, `host-a.${'x'.repeat(43)}\n`);
+    const caFile = path.join(dir, 'ca.crt');
+    fs.writeFileSync(caFile, '-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n');
+    text = text.replace(/token_file: .*/, `token_file: ${tokenFile}`).replace(/ca_file: \S+/, `ca_file: ${caFile}`);
+    text = text.replace(/qemu_user: \S+/, 'qemu_user: "64123:64123"');
     const cfg = parseConfig(text, name);
     t.true(cfg.peers.length >= 2, name);
+    if (name === 'vm-host.yaml') t.is(cfg.coordinator?.urls[0], 'https://192.0.2.10:7100');
   }
+  // The coordinator's example, with its credential files in place.
+  let text = fs.readFileSync(new URL('../../deploy/examples/coordinator.yaml', import.meta.url), 'utf8');
+  for (const [f, body] of [
+    ['coordinator.crt', '-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n'],
+    ['coordinator.key', '-----BEGIN PRIVATE KEY-----\nMA==\n-----END PRIVATE KEY-----\n'],
+    ['admin.token', `${'a'.repeat(32)}\n`],
+  ]) {
+    fs.writeFileSync(path.join(dir, f), body);
+    text = text.replace(`/run/credentials/homewire-coordinator.service/${f}`, path.join(dir, f));
+  }
+  const c = parseCoordinatorConfig(text, 'coordinator.yaml');
+  t.is(c.advertiseUrl, 'https://192.0.2.10:7100');
+  t.deepEqual(c.imageSources, ['images.example.org', '192.0.2.10:8080']);
 });

@@ -58,7 +58,7 @@ test('without a valid token every endpoint answers 401 and nothing changes', asy
   const cases: [string, string, Record<string, string>][] = [
     ['GET', '/v1/vms', {}],
     ['POST', '/v1/vms', { authorization: 'Bearer wrong-token-wrong-token' }],
-    ['POST', '/v1/vms', { authorization: `Bearer ${h.hostToken}` }], // the host token is not an admin token
+    ['POST', '/v1/vms', { authorization: `Bearer ${h.host('host-a').token}` }], // a host token is not an admin token
     ['POST', '/v1/images', { authorization: 'Basic abc' }],
     ['DELETE', '/v1/vms/x', {}],
     ['GET', '/v1/hosts', { authorization: `Bearer ${h.adminToken}x` }],
@@ -442,7 +442,7 @@ test('images: validated on POST, listed, refused for delete while in use', async
 test('images in the config are known at start; relative locations resolve against image_server', async (t) => {
   const sum = 'c'.repeat(64);
   const h = await harness(t, {
-    configExtra: `image_server: http://192.0.2.10:8080/images\nimages:\n  - { name: cfg, kernel: k/vmlinux, initrd: http://192.0.2.10/i.gz, sha256: { kernel: ${sum}, initrd: ${sum} }, cmdline: "quiet hw.x=1" }`,
+    configExtra: `image_server: http://192.0.2.10:8080/images\nimage_sources: ["192.0.2.10:80"]\nimages:\n  - { name: cfg, kernel: k/vmlinux, initrd: http://192.0.2.10/i.gz, sha256: { kernel: ${sum}, initrd: ${sum} }, cmdline: "quiet hw.x=1" }`,
   });
   await waitFor(
     async () => (await h.admin.request<{ images: ImageRecord[] }>('GET', '/v1/images')).images.length === 1,
@@ -471,21 +471,22 @@ test('the image cache fetches over HTTP once, verifies SHA-256, never keeps a ba
   t.teardown(() => server.close());
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   const cache = new ImageCache(path.join(dir, 'cache'), silentLogger);
+  const policy = { sources: ['127.0.0.1'], allowLocal: false }; // loopback: only because it is listed
   const [p1, p2] = await Promise.all([
-    cache.file(`${base}/good`, sum, 'kernel'),
-    cache.file(`${base}/good`, sum, 'kernel'),
+    cache.file(`${base}/good`, sum, 'kernel', policy),
+    cache.file(`${base}/good`, sum, 'kernel', policy),
   ]);
   t.is(p1, p2);
   t.true(fs.readFileSync(p1).equals(content));
   t.is(requests, 1, 'concurrent requests share one download');
-  await cache.file(`${base}/good`, sum, 'kernel');
+  await cache.file(`${base}/good`, sum, 'kernel', policy);
   t.is(requests, 1, 'cached');
   const other = 'd'.repeat(64);
-  const err = await t.throwsAsync(cache.file(`${base}/tampered`, other, 'initrd'));
+  const err = await t.throwsAsync(cache.file(`${base}/tampered`, other, 'initrd', policy));
   t.regex(err!.message, /initrd: .*\/tampered has SHA-256 [0-9a-f]{64}, but the image says d{64}/);
-  await t.throwsAsync(cache.file(`${base}/missing`, other, 'disk'), { message: /answered HTTP 404/ });
+  await t.throwsAsync(cache.file(`${base}/missing`, other, 'disk', policy), { message: /answered HTTP 404/ });
   t.deepEqual(fs.readdirSync(path.join(dir, 'cache')), [sum], 'no partial or wrong file left behind');
-  await t.throwsAsync(cache.file(`http://127.0.0.1:${await closedPort()}/x`, other, 'kernel'), {
+  await t.throwsAsync(cache.file(`http://127.0.0.1:${await closedPort()}/x`, other, 'kernel', policy), {
     message: /cannot fetch .*ECONNREFUSED/,
   });
 });

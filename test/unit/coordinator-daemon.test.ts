@@ -17,8 +17,9 @@ test('migrate: the destination daemon is told the MAC is about to arrive; home d
   await h.addHost('host-a', { expect: (mac) => daemon('host-a').expect(mac) });
   await h.addHost('host-b', {
     expect: (mac) => {
-      // A migration is authorized on every site before its expect (security.mac_moves: authorized): the
-      // coordinator's authorizeMove command (issue 10, coordinator side) does this; until then, the test does.
+      // A migration is authorized on every site before its expect (security.mac_moves: authorized). The
+      // coordinator sends authorizeMove to the hosts' agents; home runs no agent in this test, so the test
+      // authorizes on every daemon itself.
       authorizeEverywhere(mesh.nodes, mac, 'host-b');
       return daemon('host-b').expect(mac);
     },

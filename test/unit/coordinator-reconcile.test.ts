@@ -32,7 +32,15 @@ async function bed(t: ExecutionContext): Promise<Bed> {
   const store = SqliteStore.open(dir);
   const dispatch = new Dispatcher();
   const hosts = new HostRegistry(store, silentLogger, Date.now, () => {});
-  const records = new VmRecords({ store, hosts, dispatch, log: silentLogger, now: Date.now, leading: () => true });
+  const records = new VmRecords({
+    store,
+    hosts,
+    dispatch,
+    log: silentLogger,
+    now: Date.now,
+    leading: () => true,
+    imageSources: [],
+  });
   const received: Record<string, string[]> = { 'host-a': [], 'host-b': [] };
   const confirmState: Bed['confirmState'] = {};
   let stopped = false;

@@ -7,6 +7,17 @@
 //   const r = await vm.migrate('tcp:192.0.2.3:4444');   // polls query-migrate until completed
 //   await vm.stop();
 //
+// Encrypted migration (TLS with a pre-shared key; what the host agent always uses):
+//   writePskDir(dir, key)                                  // on both hosts: DIR/keys.psk = "qemu:<hex key>"
+//   const dst = await launch({ ...same, incoming: 'defer', tlsPskDir: dir });
+//   await dst.incomingTls('tcp:192.0.2.3:4444');           // listens; only a client holding the key gets in
+//   await vm.migrate('tcp:192.0.2.3:4444', { tlsPskDir: dir });
+//
+// Confinement: every QEMU runs under `-sandbox on` (seccomp: obsolete, spawn and resource-control system calls
+// denied) and, with runAs, drops to that UID:GID once it has opened its TAP, sockets and files. The sandbox
+// keeps set*id allowed only because -runas calls it after the filter is installed (elevateprivileges=deny
+// kills QEMU 7.2 with SIGSYS at -runas; measured).
+//
 // The command shape and its pitfalls are measured in shared/notes/vm-testbed.md: TCG unless the CPU itself has
 // vmx/svm (this machine's /dev/kvm is paravirtual and hangs a stock kernel), `-m 128` (64 does not boot), the
 // uncompressed vmlinux, virtio-net without an option ROM, and QEMU's output redirected to a file.
@@ -28,9 +39,21 @@ export interface LaunchOptions {
   tap: string;
   memMb?: number; // default 128
   qmpSocket: string;
+  /** Everything the guest prints on its serial port (ttyS0) is appended here. */
   serialLog: string;
-  /** Wait for a migration stream instead of booting: 'tcp:ADDR:PORT' or 'unix:PATH'. */
+  /** Also put the serial port on this unix socket (QEMU listens; one client, e.g. the agent's SerialConsole).
+   *  Without it the serial port goes to serialLog only. */
+  serialSocket?: string;
+  /** Start with the CPUs stopped (-S): the caller connects to the serial socket first, then sends QMP cont. */
+  paused?: boolean;
+  /** Wait for a migration stream instead of booting: 'tcp:ADDR:PORT', 'unix:PATH' or 'defer' (incomingTls). */
   incoming?: string;
+  /** Destination of an encrypted migration: the directory holding keys.psk (writePskDir). */
+  tlsPskDir?: string;
+  /** Seccomp sandbox (default true). */
+  sandbox?: boolean;
+  /** Drop to this "UID:GID" after setup (QEMU 7.2's -runas; QEMU 9 spells it -run-with user=). */
+  runAs?: string;
   /** Run QEMU inside this network namespace (`ip netns exec`), so its TAP is made there. */
   netns?: string;
   /** Join the TAP to this bridge (in netns) and set it up once QEMU has made it. */
@@ -76,6 +99,11 @@ export function qemuBinary(): string {
   return 'qemu-system-x86_64';
 }
 
+/** A value inside a QEMU option list: commas are doubled. */
+function qemuOpt(v: string): string {
+  return v.replaceAll(',', ',,');
+}
+
 /** The QEMU argument list for a guest (without the binary). */
 export function qemuArgs(o: LaunchOptions): string[] {
   const accel = o.accel ?? detectAccel();
@@ -97,8 +125,14 @@ export function qemuArgs(o: LaunchOptions): string[] {
     '-nodefaults',
     '-no-user-config',
     '-no-reboot',
-    '-serial',
-    `file:${o.serialLog}`,
+    ...(o.serialSocket
+      ? [
+          '-chardev',
+          `socket,id=ser0,path=${qemuOpt(o.serialSocket)},server=on,wait=off,logfile=${qemuOpt(o.serialLog)},logappend=on`,
+          '-serial',
+          'chardev:ser0',
+        ]
+      : ['-serial', `file:${o.serialLog}`]),
     '-qmp',
     `unix:${o.qmpSocket},server=on,wait=off`,
     '-kernel',
@@ -112,9 +146,45 @@ export function qemuArgs(o: LaunchOptions): string[] {
     '-device',
     `virtio-net-pci,netdev=n0,mac=${o.mac},romfile=`,
   ];
+  if (o.tlsPskDir)
+    args.push('-object', `tls-creds-psk,id=${TLS_SERVER_ID},endpoint=server,dir=${safeOptionValue(o.tlsPskDir)}`);
   if (o.incoming) args.push('-incoming', o.incoming);
+  if (o.paused) args.push('-S');
+  if (o.sandbox !== false) args.push('-sandbox', 'on,obsolete=deny,spawn=deny,resourcecontrol=deny');
+  if (o.runAs) {
+    if (!/^[1-9]\d*:[1-9]\d*$/.test(o.runAs)) throw new Error(`runAs "${o.runAs}" is not UID:GID (not root)`);
+    args.push('-runas', o.runAs);
+  }
   if (o.extraArgs) args.push(...o.extraArgs);
   return args;
+}
+
+/** The id of the destination's TLS credentials object (-object tls-creds-psk). */
+const TLS_SERVER_ID = 'migtls';
+/** The PSK identity both ends use (QEMU's default username). */
+const TLS_PSK_USER = 'qemu';
+
+/** A path inside a QEMU option list (-object a=b,c=d): a comma would start another option. */
+export function safeOptionValue(v: string): string {
+  if (/[,=\s]/.test(v) || !v.startsWith('/'))
+    throw new Error(`"${v}" cannot be passed to QEMU (absolute, no , = or spaces)`);
+  return v;
+}
+
+/**
+ * Writes DIR/keys.psk for QEMU's tls-creds-psk: "qemu:<hex key>", DIR 0700 and the file 0600, owned by
+ * `owner` (QEMU's UID:GID after -runas), so only QEMU and root can read the key.
+ */
+export function writePskDir(dir: string, keyHex: string, owner?: { uid: number; gid: number }): void {
+  if (!/^[0-9a-f]{64}$/.test(keyHex)) throw new Error('a TLS pre-shared key is 64 hex digits');
+  safeOptionValue(dir);
+  fs.mkdirSync(dir, { mode: 0o700 });
+  const file = `${dir}/keys.psk`;
+  fs.writeFileSync(file, `${TLS_PSK_USER}:${keyHex}\n`, { mode: 0o600, flag: 'wx' });
+  if (owner) {
+    fs.chownSync(dir, owner.uid, owner.gid);
+    fs.chownSync(file, owner.uid, owner.gid);
+  }
 }
 
 export class Vm {
@@ -189,18 +259,60 @@ export class Vm {
     }
   }
 
+  /** A destination launched with incoming 'defer' and tlsPskDir: starts listening at uri, TLS required. */
+  async incomingTls(uri: string): Promise<void> {
+    await this.qmp.execute('migrate-set-parameters', { 'tls-creds': TLS_SERVER_ID });
+    await this.qmp.execute('migrate-incoming', { uri });
+  }
+
   /**
    * Live-migrates to uri (a destination launched with incoming: uri) and polls query-migrate every pollMs
-   * until it completes; throws if it fails or takes longer than timeoutMs (and cancels it then).
+   * until it completes; throws if it fails or takes longer than timeoutMs (and cancels it then). With
+   * tlsPskDir the stream is TLS with the key in that directory (the destination must hold the same key).
    */
   async migrate(
     uri: string,
-    o: { pollMs?: number; timeoutMs?: number; maxBandwidthBytes?: number; downtimeLimitMs?: number } = {},
+    o: {
+      pollMs?: number;
+      timeoutMs?: number;
+      maxBandwidthBytes?: number;
+      downtimeLimitMs?: number;
+      tlsPskDir?: string;
+    } = {},
   ): Promise<MigrationResult> {
-    const params: Record<string, number> = {};
+    const params: Record<string, number | string> = {};
     if (o.maxBandwidthBytes !== undefined) params['max-bandwidth'] = o.maxBandwidthBytes;
     if (o.downtimeLimitMs !== undefined) params['downtime-limit'] = o.downtimeLimitMs;
-    if (Object.keys(params).length) await this.qmp.execute('migrate-set-parameters', params);
+    const tlsId = o.tlsPskDir ? `migtls${++this.tlsObjects}` : null;
+    if (tlsId) {
+      await this.qmp.execute('object-add', {
+        'qom-type': 'tls-creds-psk',
+        id: tlsId,
+        endpoint: 'client',
+        dir: o.tlsPskDir,
+        username: TLS_PSK_USER,
+      });
+      params['tls-creds'] = tlsId;
+    } else {
+      // A guest that arrived over TLS keeps its destination's setting (a server object): clear it.
+      params['tls-creds'] = '';
+    }
+    try {
+      if (Object.keys(params).length) await this.qmp.execute('migrate-set-parameters', params);
+      return await this.migrateNow(uri, o);
+    } catch (err) {
+      if (tlsId) {
+        // The guest stays here: leave no credentials behind for the next attempt.
+        await this.qmp.execute('migrate-set-parameters', { 'tls-creds': '' }).catch(() => {});
+        await this.qmp.execute('object-del', { id: tlsId }).catch(() => {});
+      }
+      throw err;
+    }
+  }
+
+  private tlsObjects = 0;
+
+  private async migrateNow(uri: string, o: { pollMs?: number; timeoutMs?: number }): Promise<MigrationResult> {
     const eventsFrom = this.qmp.events.length;
     const startedAtMs = Date.now();
     await this.qmp.execute('migrate', { uri });
@@ -244,7 +356,7 @@ export class Vm {
       }
       if (this.running) await stopChild(this.proc, { graceMs: 1500 });
       this.qmp.close();
-      for (const f of [this.opts.qmpSocket]) fs.rmSync(f, { force: true });
+      for (const f of [this.opts.qmpSocket, this.opts.serialSocket]) if (f) fs.rmSync(f, { force: true });
     })();
     return this.stopping;
   }
@@ -268,7 +380,7 @@ interface MigrateInfo {
 /** Starts QEMU, connects QMP and (with bridge) joins the TAP to the bridge. Throws with QEMU's output. */
 export async function launch(o: LaunchOptions): Promise<Vm> {
   const qemuLog = o.qemuLog ?? `${o.serialLog}.qemu`;
-  for (const f of [o.qmpSocket, o.serialLog]) fs.rmSync(f, { force: true });
+  for (const f of [o.qmpSocket, o.serialLog, o.serialSocket]) if (f) fs.rmSync(f, { force: true });
   const argv = [qemuBinary(), ...qemuArgs(o)];
   const full = o.netns ? ['ip', 'netns', 'exec', o.netns, ...argv] : argv;
   // A background QEMU that inherits a pipe keeps it open: give it a file.

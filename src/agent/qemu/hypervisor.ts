@@ -1,22 +1,31 @@
 // The Hypervisor seam over the QEMU driver in driver.ts: one QEMU per guest, its TAP made by QEMU and
 // joined to the daemon's bridge, QMP on a socket in state_dir. Accelerator: KVM only when the CPU has
-// vmx/svm (detectAccel), else TCG. A disk is attached read-only, so both ends of a migration see the same
-// bytes without a block copy. The TAP takes the bridge's MTU (the daemon sized that to fit the overlay).
+// vmx/svm (detectAccel), else TCG. A disk is attached read-only and raw (never format-probed: a qcow2 header
+// could name a host file as its backing file), so both ends of a migration see the same bytes without a
+// block copy. The TAP takes the bridge's MTU (the daemon sized that to fit the overlay).
+//
+// Confinement: -sandbox on, and with runAs (coordinator.qemu_user) QEMU drops to that user after it has made
+// its TAP and opened its files; state_dir is then root:<its group> 0710 so it can reach its TLS keys there.
+// Migrations are TLS with the pre-shared key the coordinator gave both ends, in a directory of its own
+// (0700, the key file 0600, owned by QEMU's user) that is removed when the migration is over.
 import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../../coordinator/types.ts';
 import type { Logger } from '../../log.ts';
-import { detectAccel, hasQemu, launch, type LaunchOptions, type Vm } from './driver.ts';
-import type { GuestSpec, Hypervisor } from '../hypervisor.ts';
-import { formatEndpoint } from '../../addr.ts';
+import { detectAccel, hasQemu, launch, type LaunchOptions, type Vm, writePskDir } from './driver.ts';
+import type { GuestSpec, Hypervisor, MigrationChannel } from '../hypervisor.ts';
+import { SerialConsole } from '../console.ts';
 
 interface Guest {
   vm: Vm;
   spec: GuestSpec;
   state: GuestState;
+  /** An incoming guest's TLS key directory, removed once the guest runs (or stops). */
+  pskDir?: string;
+  /** The agent's end of the guest's serial socket (scrollback and fan-out to console streams). */
+  console: SerialConsole;
 }
 
 const MIGRATE_TIMEOUT_MS = 290_000;
@@ -26,24 +35,59 @@ export class QemuHypervisor implements Hypervisor {
   onChange: (() => void) | null = null;
   private readonly guests = new Map<string, Guest>();
 
-  constructor(private readonly o: { stateDir: string; log: Logger }) {
+  constructor(
+    private readonly o: { stateDir: string; log: Logger; runAs?: { uid: number; gid: number; text: string } },
+  ) {
     const available = hasQemu();
-    this.info = available
-      ? { kind: 'qemu', available, accel: detectAccel() }
-      : {
-          kind: 'qemu',
-          available,
-          accel: null,
-          reason: 'qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)',
-        };
+    // -runas needs set*id: an agent that is not root (the daemon's systemd unit runs it as a dynamic user,
+    // so QEMU is unprivileged already) cannot use qemu_user.
+    const cannotDrop = o.runAs !== undefined && process.getuid?.() !== 0;
+    this.info =
+      available && !cannotDrop
+        ? { kind: 'qemu', available, accel: detectAccel() }
+        : {
+            kind: 'qemu',
+            available: false,
+            accel: null,
+            reason: cannotDrop
+              ? `coordinator.qemu_user (${o.runAs!.text}) needs the agent to run as root; without root QEMU runs as the agent's own user: remove qemu_user`
+              : 'qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)',
+          };
   }
 
-  private options(spec: GuestSpec, incoming?: string): LaunchOptions {
-    fs.mkdirSync(this.o.stateDir, { recursive: true, mode: 0o700 });
-    const base = path.join(this.o.stateDir, spec.name);
+  /** state_dir: root only, or root plus QEMU's group (to reach its TLS key directories). */
+  private stateDir(): string {
+    const dir = this.o.stateDir;
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    if (this.o.runAs) {
+      fs.chownSync(dir, 0, this.o.runAs.gid);
+      fs.chmodSync(dir, 0o710);
+      const { uid, gid } = this.o.runAs;
+      for (let d = path.dirname(dir); ; d = path.dirname(d)) {
+        const st = fs.statSync(d);
+        const x = st.uid === uid ? st.mode & 0o100 : st.gid === gid ? st.mode & 0o010 : st.mode & 0o001;
+        if (!x)
+          throw new Error(
+            `${d} is not searchable by qemu_user ${this.o.runAs.text}: QEMU could not reach its migration keys in ${dir} (chmod o+x ${d}, or move state_dir)`,
+          );
+        if (d === path.dirname(d)) break;
+      }
+    }
+    return dir;
+  }
+
+  /** A fresh directory with this migration's key, readable by QEMU's user only. */
+  private pskDir(name: string, keyHex: string): string {
+    const dir = path.join(this.stateDir(), `${name}.tls-${crypto.randomBytes(4).toString('hex')}`);
+    writePskDir(dir, keyHex, this.o.runAs);
+    return dir;
+  }
+
+  private options(spec: GuestSpec, incoming?: { pskDir: string }): LaunchOptions {
+    const base = path.join(this.stateDir(), spec.name);
     const extra: string[] = [];
     if (spec.cpus !== 1) extra.push('-smp', String(spec.cpus));
-    if (spec.disk) extra.push('-drive', `file=${spec.disk},if=virtio,readonly=on`);
+    if (spec.disk) extra.push('-drive', `file=${spec.disk},if=virtio,readonly=on,format=raw`);
     return {
       name: spec.name,
       kernel: spec.kernel,
@@ -54,20 +98,36 @@ export class QemuHypervisor implements Hypervisor {
       memMb: spec.memoryMib,
       qmpSocket: `${base}.qmp`,
       serialLog: `${base}.serial`,
+      serialSocket: `${base}.serial.sock`,
       qemuLog: `${base}.qemu.log`,
       bridge: spec.bridge,
       tapMtu: bridgeMtu(spec.bridge),
       extraArgs: extra,
-      ...(incoming ? { incoming } : {}),
+      ...(this.o.runAs ? { runAs: this.o.runAs.text } : {}),
+      ...(incoming ? { incoming: 'defer', tlsPskDir: incoming.pskDir } : {}),
     };
   }
 
-  private adopt(spec: GuestSpec, vm: Vm, state: GuestState): void {
-    const g: Guest = { vm, spec, state };
+  /** Takes the guest's serial socket before its CPUs run (launch with -S; incoming waits for its stream anyway). */
+  private async attachConsole(vm: Vm): Promise<SerialConsole> {
+    const con = new SerialConsole(vm.opts.serialSocket!, this.o.log);
+    try {
+      await con.connect();
+    } catch (err) {
+      con.close();
+      await vm.stop();
+      throw err;
+    }
+    return con;
+  }
+
+  private adopt(spec: GuestSpec, vm: Vm, state: GuestState, console: SerialConsole, pskDir?: string): void {
+    const g: Guest = { vm, spec, state, console, ...(pskDir ? { pskDir } : {}) };
     this.guests.set(spec.name, g);
     vm.exited.then(() => {
       if (this.guests.get(spec.name) !== g || g.state === 'exited') return;
       g.state = 'exited';
+      g.console.close('QEMU exited');
       this.o.log.warn({ vm: spec.name, pid: vm.pid }, 'QEMU exited');
       this.onChange?.();
     });
@@ -75,17 +135,38 @@ export class QemuHypervisor implements Hypervisor {
 
   async launch(spec: GuestSpec): Promise<void> {
     await this.stop(spec.name);
-    const vm = await launch(this.options(spec));
-    this.adopt(spec, vm, 'running');
+    const vm = await launch({ ...this.options(spec), paused: true });
+    const con = await this.attachConsole(vm);
+    try {
+      await vm.qmp.execute('cont');
+    } catch (err) {
+      con.close();
+      await vm.stop();
+      throw err;
+    }
+    this.adopt(spec, vm, 'running', con);
     this.o.log.info({ vm: spec.name, pid: vm.pid, tap: vm.opts.tap, accel: this.info.accel }, 'guest launched');
   }
 
-  async incoming(spec: GuestSpec, address: string): Promise<string> {
+  async incoming(spec: GuestSpec, m: MigrationChannel): Promise<void> {
     await this.stop(spec.name);
-    const port = await freePort(address);
-    const uri = `tcp:${formatEndpoint(address, port)}`;
-    const vm = await launch(this.options(spec, uri));
-    this.adopt(spec, vm, 'incoming'); // runs by itself once the stream has arrived: refresh() sees that
+    const pskDir = this.pskDir(spec.name, m.tlsPsk);
+    let vm: Vm;
+    let con: SerialConsole;
+    try {
+      vm = await launch(this.options(spec, { pskDir }));
+      con = await this.attachConsole(vm);
+    } catch (err) {
+      fs.rmSync(pskDir, { recursive: true, force: true });
+      throw err;
+    }
+    this.adopt(spec, vm, 'incoming', con, pskDir); // runs by itself once the stream has arrived: refresh() sees that
+    try {
+      await vm.incomingTls(m.uri);
+    } catch (err) {
+      await this.stop(spec.name);
+      throw new Error(`${spec.name}: cannot listen for the migration at ${m.uri}: ${(err as Error).message}`);
+    }
     if (spec.bridge) {
       // The bridge learned the guest's MAC on the homewire TAP (its frames came over the mesh). Point it at the
       // incoming guest's TAP now, so frames the mesh sends here during the migration (expect) reach the guest
@@ -99,13 +180,14 @@ export class QemuHypervisor implements Hypervisor {
           'could not pin the MAC on the bridge',
         );
     }
-    return uri;
   }
 
-  async migrate(name: string, uri: string): Promise<void> {
+  async migrate(name: string, m: MigrationChannel): Promise<void> {
     const g = this.need(name);
+    const { uri } = m;
+    const pskDir = this.pskDir(name, m.tlsPsk);
     try {
-      const r = await g.vm.migrate(uri, { timeoutMs: MIGRATE_TIMEOUT_MS });
+      const r = await g.vm.migrate(uri, { timeoutMs: MIGRATE_TIMEOUT_MS, tlsPskDir: pskDir });
       g.state = 'migrated';
       this.o.log.info(
         { vm: name, uri, totalMs: r.totalTimeMs, downtimeMs: r.downtimeMs, ramBytes: r.ramTransferredBytes },
@@ -116,6 +198,8 @@ export class QemuHypervisor implements Hypervisor {
       const status = await g.vm.status().catch(() => 'unknown');
       if (status !== 'running' && g.vm.running) await g.vm.qmp.execute('cont').catch(() => {});
       throw err;
+    } finally {
+      fs.rmSync(pskDir, { recursive: true, force: true });
     }
   }
 
@@ -125,6 +209,7 @@ export class QemuHypervisor implements Hypervisor {
     if (!g.vm.running) return 'exited';
     const status = await g.vm.status().catch(() => null);
     g.state = guestState(status, g.state);
+    if (g.pskDir && g.state !== 'incoming') this.dropKey(g);
     return g.state;
   }
 
@@ -138,8 +223,21 @@ export class QemuHypervisor implements Hypervisor {
     const g = this.guests.get(name);
     if (!g) return;
     this.guests.delete(name);
+    g.console.close();
     await g.vm.stop();
+    this.dropKey(g);
     this.o.log.info({ vm: name }, 'guest stopped');
+  }
+
+  /** The migration is over (landed or abandoned): its key is of no use to anyone any more. */
+  private dropKey(g: Guest): void {
+    if (!g.pskDir) return;
+    fs.rmSync(g.pskDir, { recursive: true, force: true });
+    delete g.pskDir;
+  }
+
+  console(name: string): SerialConsole | null {
+    return this.guests.get(name)?.console ?? null;
   }
 
   list(): GuestReport[] {
@@ -199,16 +297,4 @@ function bridgeMtu(bridge: string): number | undefined {
   } catch {
     return undefined;
   }
-}
-
-/** A free TCP port on address (for a migration listener). */
-function freePort(address: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, address, () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
