@@ -43,6 +43,18 @@ export async function deleteNamespaces(prefix: string): Promise<void> {
   const names = namespacesWith(prefix, (await run('ip', ['netns', 'list'])).stdout);
   await endProcessesIn(names);
   for (const ns of names) await run('ip', ['netns', 'del', ns]);
+  removeNetnsEtc(prefix);
+}
+
+/** /etc/netns/<ns>/ holds files `ip netns exec` bind-mounts over /etc (a lab's per-namespace hosts file). */
+export const NETNS_ETC = '/etc/netns';
+
+/** Removes /etc/netns/<prefix>* (what a lab wrote there for its namespaces). */
+function removeNetnsEtc(prefix: string): void {
+  if (!PREFIX_RE.test(prefix) || !fs.existsSync(NETNS_ETC)) return;
+  for (const name of fs.readdirSync(NETNS_ETC)) {
+    if (name.startsWith(prefix)) fs.rmSync(`${NETNS_ETC}/${name}`, { recursive: true, force: true });
+  }
 }
 
 export function deleteNamespacesSync(prefix: string): void {
@@ -57,6 +69,7 @@ export function deleteNamespacesSync(prefix: string): void {
     }
   }
   for (const ns of names) runSync('ip', ['netns', 'del', ns]);
+  removeNetnsEtc(prefix);
 }
 
 /** Processes still inside the lab's namespaces (left by a crashed earlier run): SIGTERM, then SIGKILL. */

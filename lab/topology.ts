@@ -106,6 +106,20 @@ export interface LabOptions {
   keepDir?: boolean;
   /** Delete namespaces left by an earlier run with the same prefix before building (default true). */
   cleanStale?: boolean;
+  /** Another underlay than the flat one (e.g. sites behind NATs: lab/nat.ts). */
+  network?: LabNetwork;
+}
+
+/** An underlay for the lab: it builds each site's eth0 and everything between the sites. */
+export interface LabNetwork {
+  /** The address a site's daemon has (behind a NAT: its private one). */
+  address(site: { name: string; index: number; role: 'home' | 'host' }): string;
+  /** Builds the underlay once the site namespaces exist (with lo up); each site's eth0 is its job. */
+  build(lab: Lab): Promise<void>;
+  /** The lines after name and public_key for `peer` in `site`'s peers (default: its endpoint). */
+  peerLines?(lab: Lab, site: Site, peer: Site): string[];
+  /** The listen value in a site's config (default: its address and port). */
+  listen?(site: Site): string;
 }
 
 export interface Host {
@@ -218,13 +232,14 @@ export class Lab implements Teardown {
         site: name,
       };
       const underlay6 = this.family === 6 || this.opts.ipv6 ? PLAN.underlay6(index) : null;
-      const address = this.family === 6 ? underlay6! : PLAN.underlay4(index);
+      const address =
+        this.opts.network?.address({ name, index, role }) ?? (this.family === 6 ? underlay6! : PLAN.underlay4(index));
       this.sites.push({
         name,
         ns: this.ns(name),
         index,
         role,
-        underlay4: PLAN.underlay4(index),
+        underlay4: this.opts.network ? address : PLAN.underlay4(index),
         underlay6,
         address,
         port,
@@ -249,6 +264,16 @@ export class Lab implements Teardown {
   }
 
   private async build(): Promise<void> {
+    const network = this.opts.network;
+    if (network) {
+      for (const s of this.sites) {
+        await ip('netns', 'add', s.ns);
+        await ipn(s.ns, 'link', 'set', 'lo', 'up');
+      }
+      await network.build(this);
+      for (const s of this.sites) await this.buildSegment(s);
+      return;
+    }
     const ul = this.underlayNs;
     await ip('netns', 'add', ul);
     await ipn(ul, 'link', 'set', 'lo', 'up');
@@ -258,7 +283,6 @@ export class Lab implements Teardown {
     if (this.family === 6 || this.opts.ipv6) {
       await ipn(ul, 'addr', 'add', `${PLAN.internet6}/${PLAN.underlayLen6}`, 'dev', UNDERLAY_BRIDGE, 'nodad');
     }
-    const mtu = String(this.tapMtu);
     for (const s of this.sites) {
       await ip('netns', 'add', s.ns);
       await ipn(s.ns, 'link', 'set', 'lo', 'up');
@@ -269,23 +293,28 @@ export class Lab implements Teardown {
       await ipn(s.ns, 'addr', 'add', `${s.underlay4}/${PLAN.underlayLen4}`, 'dev', 'eth0');
       if (s.underlay6) await ipn(s.ns, 'addr', 'add', `${s.underlay6}/${PLAN.underlayLen6}`, 'dev', 'eth0', 'nodad');
       await ipn(s.ns, 'link', 'set', 'eth0', 'up');
-      // The site's L2 segment: br-hw, which the daemon's TAP joins (tap.bridge).
-      await ipn(s.ns, 'link', 'add', SITE_BRIDGE, 'mtu', mtu, 'type', 'bridge');
-      await ipn(s.ns, 'link', 'set', SITE_BRIDGE, 'up');
-      // The LAN host (home) or the guest (VM hosts), on br-hw by a veth.
-      const h = s.host;
-      const port = s.role === 'home' ? 'lan0' : 'vm0';
-      await ip('netns', 'add', h.ns);
-      await ipn(h.ns, 'link', 'set', 'lo', 'up');
-      await ipn(s.ns, 'link', 'add', port, 'mtu', mtu, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', h.ns);
-      await ipn(s.ns, 'link', 'set', port, 'master', SITE_BRIDGE, 'up');
-      await ipn(h.ns, 'link', 'set', 'eth0', 'mtu', mtu);
-      // The LAN host's address is the home router's business (static here); guests may use DHCP.
-      if (this.opts.staticAddresses !== false || s.role === 'home') {
-        await ipn(h.ns, 'addr', 'add', `${h.ip}/${PLAN.overlayLen}`, 'dev', 'eth0');
-      }
-      await ipn(h.ns, 'link', 'set', 'eth0', 'up');
+      await this.buildSegment(s);
     }
+  }
+
+  /** The site's L2 segment: br-hw, which the daemon's TAP joins (tap.bridge), and its LAN host or guest. */
+  private async buildSegment(s: Site): Promise<void> {
+    const mtu = String(this.tapMtu);
+    await ipn(s.ns, 'link', 'add', SITE_BRIDGE, 'mtu', mtu, 'type', 'bridge');
+    await ipn(s.ns, 'link', 'set', SITE_BRIDGE, 'up');
+    // The LAN host (home) or the guest (VM hosts), on br-hw by a veth.
+    const h = s.host;
+    const port = s.role === 'home' ? 'lan0' : 'vm0';
+    await ip('netns', 'add', h.ns);
+    await ipn(h.ns, 'link', 'set', 'lo', 'up');
+    await ipn(s.ns, 'link', 'add', port, 'mtu', mtu, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', h.ns);
+    await ipn(s.ns, 'link', 'set', port, 'master', SITE_BRIDGE, 'up');
+    await ipn(h.ns, 'link', 'set', 'eth0', 'mtu', mtu);
+    // The LAN host's address is the home router's business (static here); guests may use DHCP.
+    if (this.opts.staticAddresses !== false || s.role === 'home') {
+      await ipn(h.ns, 'addr', 'add', `${h.ip}/${PLAN.overlayLen}`, 'dev', 'eth0');
+    }
+    await ipn(h.ns, 'link', 'set', 'eth0', 'up');
   }
 
   private writeConfigs(): void {
@@ -307,7 +336,7 @@ export class Lab implements Teardown {
       opts.inlineKey
         ? `private_key: "${fs.readFileSync(s.keyFile, 'utf8').trim()}"`
         : `private_key_file: ${path.basename(s.keyFile)}`,
-      `listen: "${opts.listen ?? s.endpoint}"`,
+      `listen: "${opts.listen ?? this.opts.network?.listen?.(s) ?? s.endpoint}"`,
       `log_level: ${this.opts.logLevel ?? 'info'}`,
       `control: { socket: ${path.join(this.dir, `${s.name}.sock`)} }`, // labs run side by side: no shared /run path
       'tap:',
@@ -319,7 +348,10 @@ export class Lab implements Teardown {
     else lines.push('peers:');
     for (const name of s.peers) {
       const p = this.site(name);
-      lines.push(`  - name: ${p.name}`, `    public_key: "${p.publicKey}"`, `    endpoint: "${p.endpoint}"`);
+      const custom = this.opts.network?.peerLines?.(this, s, p);
+      if (custom)
+        lines.push(`  - name: ${p.name}`, `    public_key: "${p.publicKey}"`, ...custom.map((l) => `    ${l}`));
+      else lines.push(`  - name: ${p.name}`, `    public_key: "${p.publicKey}"`, `    endpoint: "${p.endpoint}"`);
     }
     const extra = this.opts.siteConfig?.(s.name);
     if (extra) lines.push(extra.trimEnd());

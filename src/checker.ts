@@ -5,7 +5,10 @@ import net from 'node:net';
 import YAML from 'yaml';
 import { DEFAULT_PORT } from './constants.ts';
 import { ConfigError } from './errors.ts';
-import type { Endpoint } from './mesh/peer.ts';
+import type { Endpoint, HostPort } from './mesh/peer.ts';
+
+const HOSTNAME_RE =
+  /^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
@@ -94,5 +97,30 @@ export class Checker {
     const min = key === 'listen' ? 0 : 1; // listen port 0: any free port
     if (!(port >= min && port <= 65535)) this.fail(key, `port ${m![2]} is out of range ${min}-65535`);
     return { address, port };
+  }
+
+  /** "home.example.net:51820", "192.0.2.1:51820" or "[2001:db8::1]:51820": a DNS name or an IP, with a port. */
+  hostEndpoint(v: unknown, key: string): HostPort {
+    const text = this.string(v, key);
+    if (/^[^:[\]]+$/.test(text) || /^\[[^\]]+\]$/.test(text))
+      this.fail(key, `"${text}" has no port: write ADDRESS:PORT or NAME:PORT (e.g. home.example.net:51820)`);
+    const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:[\]]+):(\d+)$/.exec(text);
+    if (!m) {
+      this.fail(
+        key,
+        `"${text}" is not NAME:PORT or ADDRESS:PORT (e.g. home.example.net:51820; IPv6 in brackets: "[2001:db8::1]:51820")`,
+      );
+    }
+    const host = m![1];
+    if (net.isIP(host) === 0 && /^[\d.]+$/.test(host)) {
+      this.fail(key, `"${host}" is not an IP address (four numbers 0-255) nor a DNS name`);
+    }
+    if (net.isIP(host) === 0 && !HOSTNAME_RE.test(host)) {
+      this.fail(key, `"${host}" is neither an IP address nor a valid DNS name (letters, digits, '-' and dots)`);
+    }
+    if (m![0].startsWith('[') && net.isIP(host) !== 6) this.fail(key, `"${host}" in brackets must be an IPv6 address`);
+    const port = Number(m![2]);
+    if (!(port >= 1 && port <= 65535)) this.fail(key, `port ${m![2]} is out of range 1-65535`);
+    return { host, port };
   }
 }

@@ -196,7 +196,9 @@ function formatStatus(s: StatusReport): string {
     out.push(
       `peer: ${p.name} (${p.up ? 'up' : 'down'})`,
       `  public key: ${p.publicKey}`,
-      `  endpoint: ${p.endpoint ?? '(none yet)'}`,
+      `  path: ${p.path === 'relay' ? `relay via ${p.via}` : p.path}`,
+      `  endpoint: ${p.endpoint ?? '(none yet)'}${p.learned ? ` (${p.learned})` : ''}`,
+      ...(p.introduced_by ? [`  introduced_by: ${p.introduced_by} (site ${p.siteId})`] : []),
       `  latest handshake: ${ago(p.lastHandshakeSecondsAgo)}`,
       `  transfer: ${bytes(p.rxBytes)} received, ${bytes(p.txBytes)} sent`,
       `  rtt: ${p.rttMs === null ? '-' : `${p.rttMs} ms`}`,
@@ -206,6 +208,8 @@ function formatStatus(s: StatusReport): string {
   const local = s.macs.filter((m) => m.port === 'local');
   out.push(`local MACs: ${local.length ? local.map((m) => m.mac).join(', ') : '(none)'}`);
   out.push(`MAC table: ${s.macs.length} entries`);
+  if (s.hostAddress) out.push(`host address: ${s.hostAddress}`);
+  for (const r of s.relayed) out.push(`relayed ${r.from} → ${r.to}: ${r.packets} packets, ${bytes(r.bytes)}`);
   const drops = Object.entries(s.drops).filter(([, v]) => v > 0);
   out.push(`drops: ${drops.length ? drops.map(([k, v]) => `${k}=${v}`).join(' ') : 'none'}`);
   const sec = s.security;

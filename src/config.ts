@@ -1,6 +1,7 @@
 // The daemon's YAML config: parsed, validated and resolved in one place. Every error names the file, the key
 // path and what to do. See README "Config reference".
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { defaultTapMtu } from './constants.ts';
 import { type AgentConfig, parseAgentConfig } from './agent/config.ts';
@@ -33,6 +34,14 @@ export interface Config {
   mobility: { announceMoves: boolean };
   /** This host joins a lifecycle coordinator (validated by the agent module). */
   coordinator?: AgentConfig;
+  /** TCP fallback: accept the mesh's datagrams over TCP here (for sites whose UDP is blocked). */
+  listenTcp?: Endpoint;
+  /** Introduce every peer to the others (names, keys, observed endpoints). */
+  introduce: boolean;
+  /** Forward frames between two peers that have no direct path (one hop). */
+  relay: boolean;
+  /** This host's address on the overlay, put on tap.bridge (live migrations ride the mesh to it). */
+  hostAddress?: { address: string; prefixLength: number };
   /** Port security, MAC ownership, snooping, inspection, storm control (README "Security model"). */
   security: SecurityConfig;
 }
@@ -50,6 +59,10 @@ const TOP_KEYS = [
   'control',
   'coordinator',
   'mobility',
+  'listen_tcp',
+  'introduce',
+  'relay',
+  'host_address',
   'security',
 ];
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$/;
@@ -104,7 +117,7 @@ export function parseConfig(text: string, file: string): Config {
   peersRaw.forEach((p: unknown, i: number) => {
     const at = `peers[${i}]`;
     const o = c.object(p, at);
-    c.onlyKeys(o, ['name', 'public_key', 'endpoint'], at);
+    c.onlyKeys(o, ['name', 'public_key', 'endpoint', 'endpoint_tcp', 'introducer'], at);
     const pname = c.string(o.name, `${at}.name`);
     if (!NAME_RE.test(pname))
       c.fail(`${at}.name`, `"${pname}" is not a valid peer name: use 1-32 letters, digits, '.', '_' or '-'`);
@@ -122,15 +135,24 @@ export function parseConfig(text: string, file: string): Config {
     keys.set(hex, pname);
     const peer: PeerConfig = { name: pname, publicKey: key! };
     if (o.endpoint !== undefined) {
-      peer.endpoint = c.endpoint(o.endpoint, `${at}.endpoint`, false);
-      const epFamily = peer.endpoint.address.includes(':') ? 6 : 4;
-      if (epFamily !== family) {
+      const hp = c.hostEndpoint(o.endpoint, `${at}.endpoint`);
+      const epFamily = net.isIP(hp.host);
+      if (epFamily === 0)
+        peer.endpointHost = hp; // a DNS name: resolved at run time (mesh/resolver.ts)
+      else if (epFamily !== family) {
         c.fail(
           `${at}.endpoint`,
           `is IPv${epFamily} but 'listen' is IPv${family}: the underlay socket can only reach IPv${family} endpoints`,
         );
-      }
+      } else peer.endpoint = { address: hp.host, port: hp.port };
     }
+    if (o.endpoint_tcp !== undefined) {
+      peer.endpointTcp = c.hostEndpoint(o.endpoint_tcp, `${at}.endpoint_tcp`);
+      const tcpFamily = net.isIP(peer.endpointTcp.host);
+      if (tcpFamily !== 0 && tcpFamily !== family)
+        c.fail(`${at}.endpoint_tcp`, `is IPv${tcpFamily} but 'listen' is IPv${family}: use an IPv${family} address`);
+    }
+    if (o.introducer !== undefined) peer.introducer = c.boolean(o.introducer, `${at}.introducer`);
     peers.push(peer);
   });
 
@@ -151,6 +173,28 @@ export function parseConfig(text: string, file: string): Config {
     const m = c.object(top.mobility, 'mobility');
     c.onlyKeys(m, ['announce_moves'], 'mobility');
     if (m.announce_moves !== undefined) announceMoves = c.boolean(m.announce_moves, 'mobility.announce_moves');
+  }
+  let listenTcp: Endpoint | undefined;
+  if (top.listen_tcp !== undefined) {
+    listenTcp = c.endpoint(top.listen_tcp, 'listen_tcp', false);
+    if ((listenTcp.address.includes(':') ? 6 : 4) !== family)
+      c.fail('listen_tcp', `must be IPv${family} like 'listen' (the mesh has one address family)`);
+  }
+  const introduce = top.introduce === undefined ? false : c.boolean(top.introduce, 'introduce');
+  const relay = top.relay === undefined ? false : c.boolean(top.relay, 'relay');
+  if (relay && !introduce)
+    c.fail('relay', 'relay: true needs introduce: true (sites accept relayed frames only from sites we introduced)');
+  if (introduce && peers.some((p) => p.introducer))
+    c.fail('introduce', 'a node that introduces others cannot also take introductions: drop introducer: true');
+  let hostAddress: Config['hostAddress'];
+  if (top.host_address !== undefined) {
+    const text = c.string(top.host_address, 'host_address');
+    const m = /^([^/]+)\/(\d{1,3})$/.exec(text);
+    const ipFamily = m ? net.isIP(m[1]) : 0;
+    if (!m || ipFamily === 0 || Number(m[2]) > (ipFamily === 4 ? 32 : 128))
+      c.fail('host_address', `"${text}" is not ADDRESS/PREFIX (e.g. 198.51.100.20/24, in the home LAN's subnet)`);
+    if (!bridge) c.fail('host_address', 'needs tap.bridge: the host address goes on the bridge the TAP joins');
+    hostAddress = { address: m![1], prefixLength: Number(m![2]) };
   }
   let logLevel = 'info';
   if (top.log_level !== undefined) {
@@ -173,10 +217,15 @@ export function parseConfig(text: string, file: string): Config {
     mobility: { announceMoves },
     coordinator:
       top.coordinator === undefined ? undefined : parseAgentConfig(top.coordinator, file, 'coordinator', name),
+    listenTcp,
+    introduce,
+    relay,
+    hostAddress,
+    // A site that serves DHCP, introduces or relays is the home site: its local side is the home LAN.
     security: parseSecurityConfig(
       top.security,
       file,
-      top.dhcp !== undefined,
+      top.dhcp !== undefined || introduce || relay,
       peers.map((p) => p.name),
     ),
   };

@@ -6,6 +6,8 @@ export const MSG_HANDSHAKE_RESP = 2;
 export const MSG_COOKIE_REPLY = 3; // "you are sending under load: retry with this cookie" (mesh/cookie.ts)
 export const MSG_DATA = 4; // encrypted Ethernet frame (empty payload = keepalive)
 export const MSG_SIGNAL = 5; // encrypted signal message (mesh signalling; same session and counter space as data)
+export const MSG_RELAY_DATA = 6; // a frame relayed through an introducer; reserved bytes = a 24-bit site id
+export const MSG_RELAY_SIGNAL = 7; // a signal message relayed the same way
 
 export const TRANSPORT_HEADER_BYTES = 16; // type u8, 3 reserved, receiver index u32 LE, counter u64 LE
 export const AEAD_TAG_BYTES = 16;
@@ -24,6 +26,29 @@ export const COOKIE_NONCE_BYTES = 24;
 export const COOKIE_BYTES = 16;
 export const COOKIE_REPLY_BYTES = 8 + COOKIE_NONCE_BYTES + COOKIE_BYTES + 16;
 export const NOISE_PROLOGUE = Buffer.from('homewire v1');
+
+// --- Sites behind NAT: introductions, relay, paths, TCP fallback (README "Sites behind NAT") -------
+export const SITE_ID_BROADCAST = 0xff_ffff; // relayed frame for every site the relay serves (it fans out)
+export const SITE_ID_MAX = 0xff_fffe; // site ids are 1..SITE_ID_MAX (0: none)
+export const INTRO_REPEAT_MS = [0, 1_000, 3_000]; // a directory change is sent again (UDP may lose one)
+export const INTRO_REFRESH_MS = 60_000; // an introducer re-sends its whole directory this often
+export const INTRO_LEASE_MS = 3 * INTRO_REFRESH_MS; // an introduced peer not re-introduced this long is removed
+export const INTRODUCED_PEERS_MAX = 4_096; // introduced peers one site keeps at most
+export const CANDIDATES_MAX = 8; // endpoints in one introduction or candidate list
+export const CANDIDATES_REFRESH_MS = 60_000; // a site re-sends its local addresses to its introducers
+export const DNS_REFRESH_MS = 30_000; // DNS endpoints are resolved again this often
+export const DNS_RETRY_MIN_MS = 1_000; // and after a handshake failure, at most this often
+export const PING_INTERVAL_MS = 500; // a direct path to an introduced peer is probed this often while in use
+export const DIRECT_TRUST_MS = 1_500; // no answer to a probe for this long: back to the relay
+export const DIRECT_IDLE_MS = 60_000; // no data to an introduced peer for this long: stop probing
+export const PUNCH_BACKOFF_MS = [0, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000]; // then 60 s
+export const PUNCH_ANSWER_MIN_MS = 300; // a peer's punch request starts our initiation at most this often
+export const TCP_FALLBACK_AFTER_MS = 2_000; // no UDP answer from a peer with endpoint_tcp: connect over TCP
+export const TCP_RETRY_UDP_MS = 30_000; // while on TCP, try UDP again this often
+export const TCP_CONNECTIONS_MAX = 1_024; // accepted TCP connections at most (listen_tcp)
+export const TCP_IDLE_MS = 60_000; // a TCP connection without a datagram this long is closed
+export const TCP_FRAME_MAX_BYTES = 2_048; // a length prefix beyond this closes the connection
+export const TCP_WRITE_BUFFER_MAX_BYTES = 4 * 1024 * 1024; // datagrams beyond this queue are dropped
 
 // --- Underlay and MTU ------------------------------------------------------------------------------
 export const UNDERLAY_MTU_BYTES = 1500;

@@ -1,8 +1,10 @@
 // The per-host daemon: TAP ↔ switch ↔ mesh ↔ UDP, built from a Config, with one tick for all ageing.
 // Lifecycle: fromConfig → start → reload (SIGHUP) → stop (idempotent). I/O comes in through the TapDevice
 // and UdpSocket seams, so tests run whole meshes in one process with the in-memory twins.
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import type http from 'node:http';
+import os from 'node:os';
 import { maxFrameBytes, TICK_MS } from './constants.ts';
 import { type Config, loadConfig } from './config.ts';
 import { defaultControlSocket, serveControl } from './control.ts';
@@ -15,10 +17,14 @@ import { Mesh } from './mesh/mesh.ts';
 import type { PeerConfig } from './mesh/peer.ts';
 import { formatEndpoint, macNumber, macString } from './addr.ts';
 import { meshReport, type StatusReport } from './status.ts';
+import { OperatorError } from './errors.ts';
 import { LOCAL, Switch } from './switch.ts';
 import type { TapDevice } from './tap/device.ts';
 import { DgramSocket } from './udp/dgram.ts';
 import type { UdpSocket } from './udp/socket.ts';
+import { type Connect, TcpLinks, Underlay } from './udp/tcp.ts';
+import type { Lookup } from './mesh/resolver.ts';
+import type { Endpoint } from './mesh/peer.ts';
 
 const INFRA_MACS_REFRESH_MS = 5_000;
 
@@ -29,6 +35,12 @@ export interface DaemonDeps {
   now?: () => number;
   /** Serve the control socket and metrics (the real daemon does; in-process tests do not). */
   services?: boolean;
+  /** DNS lookups for host-name endpoints (default: getaddrinfo). */
+  lookup?: Lookup;
+  /** This host's addresses offered as direct-path candidates (default: its interfaces'). */
+  localAddresses?: () => string[];
+  /** TCP links: how to connect, and how to listen on listen_tcp (default: real TCP). */
+  tcp?: { connect: Connect; listen(links: TcpLinks, at: Endpoint): Promise<void> };
 }
 
 export class Daemon {
@@ -61,7 +73,19 @@ export class Daemon {
   static async fromConfig(cfg: Config, deps: DaemonDeps): Promise<Daemon> {
     const now = deps.now ?? Date.now;
     const dhcpConfig = cfg.dhcp ?? null;
-    const socket = deps.socket ?? (await DgramSocket.bind(cfg.listen.address, cfg.listen.port));
+    const udp = deps.socket ?? (await DgramSocket.bind(cfg.listen.address, cfg.listen.port));
+    // TCP links beside UDP: dialed for a peer's endpoint_tcp, accepted on listen_tcp.
+    const links = new TcpLinks(deps.tcp?.connect, now);
+    const socket = new Underlay(udp, links);
+    if (cfg.listenTcp) {
+      try {
+        if (deps.tcp) await deps.tcp.listen(links, cfg.listenTcp);
+        else await links.listen(cfg.listenTcp.address, cfg.listenTcp.port);
+      } catch (err) {
+        await socket.close();
+        throw err;
+      }
+    }
     let tap: TapDevice;
     if (deps.tap) {
       tap = deps.tap;
@@ -74,7 +98,22 @@ export class Daemon {
         throw err;
       }
     }
-    const mesh = new Mesh({ publicKey: cfg.publicKey, secretKey: cfg.privateKey }, socket, cfg.peers, deps.log, now);
+    if (cfg.hostAddress && !deps.tap) {
+      try {
+        await addBridgeAddress(cfg.tap.bridge!, cfg.hostAddress);
+      } catch (err) {
+        tap.close();
+        await socket.close();
+        throw err;
+      }
+    }
+    const mesh = new Mesh({ publicKey: cfg.publicKey, secretKey: cfg.privateKey }, socket, cfg.peers, deps.log, now, {
+      introduce: cfg.introduce,
+      relay: cfg.relay,
+      lookup: deps.lookup,
+      localAddresses: deps.localAddresses,
+      overlayInterfaces: [tap.name, ...(cfg.tap.bridge ? [cfg.tap.bridge] : [])],
+    });
     let dhcp: DhcpServer | null = null;
     let sw: Switch | null = null;
     if (dhcpConfig) {
@@ -134,7 +173,9 @@ export class Daemon {
         name: this.config.name,
         publicKey: encodeKey(this.config.publicKey),
         bridge: this.config.tap.bridge,
-        address: this.config.listen.address,
+        // Migrations come to this host's overlay address (host_address or the bridge's DHCP lease), so their
+        // streams ride the mesh; without one, to the listen address.
+        address: () => this.overlayAddress() ?? this.config.listen.address,
         expect: (mac) => this.expect(mac),
         log: this.log.child({ part: 'agent' }),
         reservations: dhcp ? (list) => dhcp.setExtraReservations(list) : undefined,
@@ -167,6 +208,18 @@ export class Daemon {
         'security.dhcp_servers is not set: DHCP server replies from every peer reach the guests here; list the site that serves DHCP',
       );
     }
+  }
+
+  /** This host's address on the overlay: host_address, else an address the bridge has (a DHCP lease). */
+  overlayAddress(): string | undefined {
+    if (this.config.hostAddress) return this.config.hostAddress.address;
+    const bridge = this.config.tap.bridge;
+    if (!bridge) return undefined;
+    const family = this.config.listen.family === 6 ? 'IPv6' : 'IPv4';
+    const found = (os.networkInterfaces()[bridge] ?? []).find(
+      (a) => a.family === family && !a.internal && !a.address.startsWith('169.254.') && !a.address.startsWith('fe80:'),
+    );
+    return found?.address;
   }
 
   private async startServices(): Promise<void> {
@@ -287,6 +340,7 @@ export class Daemon {
     const old = this.config;
     const byName = new Map(next.peers.map((p) => [p.name, p]));
     for (const peer of [...this.mesh.peers]) {
+      if (peer.introducedBy !== null) continue; // introduced sites come and go with their introducer
       const want = byName.get(peer.name);
       if (!want?.publicKey.equals(peer.publicKey)) {
         this.mesh.removePeer(peer);
@@ -294,7 +348,8 @@ export class Daemon {
       }
     }
     for (const want of next.peers) {
-      const peer = this.mesh.peerByName(want.name);
+      const found = this.mesh.peerByName(want.name);
+      const peer = found?.introducedBy === null ? found : undefined;
       if (!peer) {
         this.mesh.addPeer(want);
         if (!changes.includes(`peer ${want.name}: new key`)) changes.push(`peer ${want.name} added`);
@@ -305,10 +360,26 @@ export class Daemon {
         )
       ) {
         peer.endpoint = want.endpoint ?? peer.endpoint;
-        changes.push(
-          `peer ${want.name}: endpoint ${want.endpoint ? `${want.endpoint.address}:${want.endpoint.port}` : 'learned'}`,
-        );
+        this.mesh.configure(peer, want);
+        const text = want.endpoint
+          ? formatEndpoint(want.endpoint.address, want.endpoint.port)
+          : want.endpointHost
+            ? `${want.endpointHost.host}:${want.endpointHost.port}`
+            : 'learned';
+        changes.push(`peer ${want.name}: endpoint ${text}`);
+      } else if (
+        !samePeerOptions(
+          want,
+          old.peers.find((p) => p.name === want.name),
+        )
+      ) {
+        this.mesh.configure(peer, want);
+        changes.push(`peer ${want.name}: introducer/endpoint_tcp changed`);
       }
+    }
+    if (next.relay !== old.relay) {
+      this.mesh.relayEnabled = next.relay;
+      changes.push(`relay ${old.relay} -> ${next.relay}`);
     }
     if (JSON.stringify(next.security) !== JSON.stringify(old.security)) {
       this.sw.security.reconfigure(next.security);
@@ -331,6 +402,9 @@ export class Daemon {
       ['dhcp', JSON.stringify(old.dhcp), JSON.stringify(next.dhcp)],
       ['control', JSON.stringify(old.control), JSON.stringify(next.control)],
       ['coordinator', JSON.stringify(old.coordinator), JSON.stringify(next.coordinator)],
+      ['listen_tcp', JSON.stringify(old.listenTcp), JSON.stringify(next.listenTcp)],
+      ['introduce', String(old.introduce), String(next.introduce)],
+      ['host_address', JSON.stringify(old.hostAddress), JSON.stringify(next.hostAddress)],
     ] as const) {
       if (a !== b) {
         this.log.warn({ key }, 'this setting changed but applies only after a restart');
@@ -342,6 +416,7 @@ export class Daemon {
       peers: next.peers,
       logLevel: next.logLevel,
       mobility: next.mobility,
+      relay: next.relay,
       security: next.security,
     };
     this.mesh.tick();
@@ -360,11 +435,17 @@ export class Daemon {
       peers: this.mesh.peers.map((p) => ({
         name: p.name,
         publicKey: encodeKey(p.publicKey),
-        endpoint: p.endpoint ? formatEndpoint(p.endpoint.address, p.endpoint.port) : null,
-        up: p.up,
+        endpoint: p.endpoint ? this.mesh.describe(p.endpoint) : null,
+        up: p.up || (p.introducedBy !== null && this.mesh.pathOf(p) === 'relay'), // reachable, if through home
         lastHandshakeSecondsAgo: p.lastHandshakeMs ? Math.round((now - p.lastHandshakeMs) / 1000) : null,
         rttMs: p.rttMs < 0 ? null : p.rttMs,
         ...p.stats,
+        path: this.mesh.pathOf(p),
+        via: p.introducedBy?.name ?? null,
+        learned: p.learned,
+        introduced_by: p.introducedBy?.name ?? null,
+        siteId: p.siteId || null,
+        candidates: p.candidates.map((e) => this.mesh.describe(e)),
       })),
       macs: [...this.sw.table].map(([mac, e]) => ({
         mac: macString(mac),
@@ -372,10 +453,15 @@ export class Daemon {
         ageSeconds: Math.round((now - e.seenMs) / 1000),
         seq: e.seq,
       })),
-      drops: { ...this.mesh.drops, ...this.sw.drops },
+      drops: { ...this.mesh.drops, ...this.sw.drops, tcp_link_closed: this.underlay.closedLinkDrops },
       security: this.securityReport(),
       handshakes: { ...this.mesh.handshakes },
       mobility: { ...this.sw.mobility },
+      introductions: { ...this.mesh.introStats },
+      punches: { ...this.mesh.paths.punches },
+      relayed: this.relayed(),
+      tcp: { ...this.underlay.links.stats, links: this.underlay.links.size },
+      hostAddress: this.overlayAddress() ?? null,
       dhcp: this.dhcp ? { leases: this.dhcp.leases(), active: this.dhcp.stats.leasesActive } : null,
       agent: this.agent?.status() ?? null,
     };
@@ -400,6 +486,20 @@ export class Daemon {
     };
   }
 
+  /** What this node relayed, per (from, to) pair. */
+  relayed(): { from: string; to: string; packets: number; bytes: number }[] {
+    const out: { from: string; to: string; packets: number; bytes: number }[] = [];
+    for (const p of this.mesh.peers) {
+      if (p.relayedTo === null) continue;
+      for (const [to, c] of p.relayedTo) if (!to.removed) out.push({ from: p.name, to: to.name, ...c });
+    }
+    return out;
+  }
+
+  get underlay(): Underlay {
+    return this.mesh.socket as Underlay;
+  }
+
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
@@ -414,5 +514,39 @@ export class Daemon {
 }
 
 function sameEndpoint(a: PeerConfig, b: PeerConfig | undefined): boolean {
-  return a.endpoint?.address === b?.endpoint?.address && a.endpoint?.port === b?.endpoint?.port;
+  return (
+    a.endpoint?.address === b?.endpoint?.address &&
+    a.endpoint?.port === b?.endpoint?.port &&
+    a.endpointHost?.host === b?.endpointHost?.host &&
+    a.endpointHost?.port === b?.endpointHost?.port
+  );
+}
+
+function samePeerOptions(a: PeerConfig, b: PeerConfig | undefined): boolean {
+  return (
+    (a.introducer ?? false) === (b?.introducer ?? false) &&
+    a.endpointTcp?.host === b?.endpointTcp?.host &&
+    a.endpointTcp?.port === b?.endpointTcp?.port
+  );
+}
+
+/** Puts the host's overlay address on its bridge (`ip addr replace`: idempotent across restarts). */
+function addBridgeAddress(bridge: string, a: { address: string; prefixLength: number }): Promise<void> {
+  const family = a.address.includes(':') ? '-6' : '-4';
+  return new Promise((resolve, reject) => {
+    execFile(
+      'ip',
+      [family, 'addr', 'replace', `${a.address}/${a.prefixLength}`, 'dev', bridge],
+      { timeout: 5000 },
+      (err, _out, stderr) => {
+        if (!err) return resolve();
+        reject(
+          new OperatorError(
+            'EHOSTADDR',
+            `cannot put host_address ${a.address}/${a.prefixLength} on ${bridge}: ${(stderr || err.message).trim()} (needs iproute2 and CAP_NET_ADMIN)`,
+          ),
+        );
+      },
+    );
+  });
 }

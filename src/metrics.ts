@@ -81,11 +81,49 @@ export function daemonRegistry(d: Daemon): client.Registry {
     'gauge',
   );
 
+  new client.Gauge({
+    name: 'homewire_peer_path',
+    help: 'The path frames to the peer take now: 1 for the one in use (direct, relay, tcp).',
+    labelNames: ['peer', 'path'] as const,
+    registers: [register],
+    collect() {
+      this.reset();
+      for (const p of peers()) {
+        const now = d.mesh.pathOf(p);
+        for (const path of ['direct', 'relay', 'tcp'] as const) this.set({ peer: p.name, path }, now === path ? 1 : 0);
+      }
+    },
+  });
+  for (const [field, help] of [
+    ['packets', 'Packets this relay forwarded from one site to another.'],
+    ['bytes', 'Payload bytes this relay forwarded from one site to another.'],
+  ] as const) {
+    new client.Counter({
+      name: `homewire_relayed_${field}_total`,
+      help,
+      labelNames: ['from', 'to'] as const,
+      registers: [register],
+      collect() {
+        this.reset();
+        for (const r of d.relayed()) this.inc({ from: r.from, to: r.to }, r[field]);
+      },
+    });
+  }
+  counterFrom(register, 'homewire_punch_attempts_total', 'Hole punching attempts by result.', 'result', () => ({
+    ...d.mesh.paths.punches,
+  }));
+  counterFrom(register, 'homewire_introductions_total', 'Introductions by result.', 'result', () => ({
+    ...d.mesh.introStats,
+  }));
+  counterFrom(register, 'homewire_tcp_links_total', 'TCP fallback link events.', 'event', () => ({
+    ...d.underlay.links.stats,
+  }));
   counterFrom(register, 'homewire_handshakes_total', 'Handshake messages by result.', 'result', () => ({
     ...d.mesh.handshakes,
   }));
   counterFrom(register, 'homewire_dropped_packets_total', 'Packets and frames dropped, by reason.', 'reason', () => {
     const out: Record<string, number> = { ...d.mesh.drops, ...d.sw.drops };
+    out.tcp_link_closed = d.underlay.closedLinkDrops;
     out.tap_write = d.tap.stats.txDropped;
     return out;
   });

@@ -2,7 +2,7 @@
 // one type for both ends, so the CLI renders exactly what the daemon sends.
 import type { GuestReport, Hypervisor as HypervisorInfo, MeshReport } from './coordinator/types.ts';
 import type { DhcpLeaseInfo } from './dhcp/server.ts';
-import type { PeerStats } from './mesh/peer.ts';
+import type { Learned, PathKind, PeerStats } from './mesh/peer.ts';
 import type { TapStats } from './tap/device.ts';
 
 export interface PeerStatus extends PeerStats {
@@ -13,6 +13,25 @@ export interface PeerStatus extends PeerStats {
   up: boolean;
   lastHandshakeSecondsAgo: number | null;
   rttMs: number | null;
+  /** How frames reach the peer now: direct (UDP), relay (through `via`), tcp, or none. */
+  path: PathKind;
+  /** The relay for path 'relay' (the peer's introducer). */
+  via: string | null;
+  /** How the endpoint was learned: config, dns, introduction, roaming (the peer's own packets). */
+  learned: Learned | null;
+  /** The introducer that named this peer (null: it is in the config). */
+  introduced_by: string | null;
+  /** Its site id (ours if we introduce, else the introducer's); null if none. */
+  siteId: number | null;
+  /** Endpoints tried for a direct path (DNS results, or what the introducer sent). */
+  candidates: string[];
+}
+
+export interface RelayedStatus {
+  from: string;
+  to: string;
+  packets: number;
+  bytes: number;
 }
 
 export interface MacStatus {
@@ -68,6 +87,16 @@ export interface StatusReport {
   };
   handshakes: Record<string, number>;
   mobility: Record<string, number>;
+  /** Introductions by result (sent, accepted, withdrawn, dropped...). */
+  introductions: Record<string, number>;
+  /** Hole punching attempts by result. */
+  punches: Record<string, number>;
+  /** What this node relayed, per pair of sites (relay: true). */
+  relayed: RelayedStatus[];
+  /** TCP links (listen_tcp, endpoint_tcp). */
+  tcp: Record<string, number>;
+  /** This host's overlay address (host_address, or the bridge's lease), if any. */
+  hostAddress: string | null;
   dhcp: { leases: DhcpLeaseInfo[]; active: number } | null;
   agent: AgentStatus | null;
 }

@@ -3,7 +3,8 @@
 //   fromTap  (inside):  learn src → local; service? → known peer: send | group/unknown: flood to all peers
 //   fromPeer (outside): learn src → peer;  service? → group/unknown/local: write to the TAP
 //                       (split horizon: a frame from a peer never goes back out to peers, except to a MAC that
-//                        just moved away from here: the old host forwards to the new one for a grace period)
+//                        just moved away from here: the old host forwards to the new one for a grace period;
+//                        relaying between sites behind NAT is the mesh's business: mesh/relay.ts)
 //
 // MAC mobility (live migration): a guest MAC showing up on the local side while the table placed it behind a
 // peer is a move; the switch announces "MAC m is at me, sequence n" to every peer at once (mesh/signal.ts), and
@@ -112,6 +113,7 @@ export class Switch {
       writeLocal: (frame) => this.tap.write(frame),
       dhcp: service,
       log,
+      hasIntroducer: () => this.mesh.peers.some((p) => p.introducer),
     });
   }
 
@@ -152,8 +154,7 @@ export class Switch {
       }
     }
     if (!sec.storm.allow(LOCAL_STORM_PORT, stormKind(frame, group), this.nowMs)) return;
-    const peers = this.mesh.peers;
-    for (let i = 0; i < peers.length; i++) this.mesh.sendFrame(peers[i], frame);
+    this.mesh.flood(frame); // every site; through a relay one copy, which the relay fans out
   }
 
   /** A frame from a peer (OWNED: handed on to the TAP without copying). `peer` is the site it came FROM
@@ -329,7 +330,7 @@ export class Switch {
       const entry = this.table.get(a.mac);
       if (!entry || entry.port !== null || entry.seq !== a.seq) continue; // superseded
       const msg = encodeMacAt(a.mac, a.seq);
-      for (const peer of this.mesh.peers) this.mesh.sendSignal(peer, msg);
+      this.mesh.floodSignal(msg);
       this.mobility.announced++;
     }
   }
@@ -392,8 +393,7 @@ export class Switch {
     const entry = this.table.get(mac);
     if (entry !== undefined) entry.expectedUntilMs = this.nowMs + EXPECT_DUAL_SEND_MS;
     this.security.expectHere(mac, this.nowMs + EXPECT_DUAL_SEND_MS);
-    const msg = encodeExpect(mac);
-    for (const peer of this.mesh.peers) this.mesh.sendSignal(peer, msg);
+    this.mesh.floodSignal(encodeExpect(mac));
   }
 
   /** Ages out entries not seen for MAC_AGEING_MS; forgets entries of removed peers; sends due announcements. */
@@ -401,16 +401,15 @@ export class Switch {
     this.nowMs = now;
     this.security.nowMs = now;
     if (this.announcements.length) this.sendDueAnnouncements();
-    const peers = this.mesh.peers;
     for (const [mac, entry] of this.table) {
-      if (now - entry.seenMs > MAC_AGEING_MS || (entry.port !== null && !peers.includes(entry.port))) {
+      if (now - entry.seenMs > MAC_AGEING_MS || entry.port?.removed) {
         this.deleteEntry(mac, entry);
       }
     }
     if (now - this.lastPruneMs >= SECURITY_PRUNE_MS) {
       this.lastPruneMs = now;
       this.security.prune();
-      this.security.storm.retain((p) => p === LOCAL_STORM_PORT || peers.includes(p as Peer));
+      this.security.storm.retain((p) => p === LOCAL_STORM_PORT || !(p as Peer).removed);
     }
   }
 }

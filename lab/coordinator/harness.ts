@@ -41,7 +41,7 @@ export interface HostOptions {
   labels?: Record<string, string>;
   available?: boolean;
   dhcp?: boolean;
-  address?: string | null;
+  address?: string | null | (() => string | undefined);
   /** The daemon's expect (default: record the MAC in FakeHost.expects). */
   expect?: (mac: string) => { ok: boolean; error?: string };
   /** The daemon's public key (default: a fresh random one). */

@@ -116,16 +116,17 @@ export class LabGuests {
   }
 
   /**
-   * A destination for a live migration of `like` at a site: same machine, -incoming tcp:<site>:port; with
+   * A destination for a live migration of `like` at a site: same machine, -incoming tcp:<address>:port (default:
+   * the site's underlay address; behind NAT, its overlay host address, so the stream rides the mesh); with
    * tlsPskDir (driver.ts writePskDir) it listens only for TLS with that key, as the host agent's do.
    */
   async incoming(
     site: string,
     like: Vm,
     port = MIGRATION_PORT,
-    o: { tlsPskDir?: string } = {},
+    o: { tlsPskDir?: string; address?: string } = {},
   ): Promise<{ vm: Vm; uri: string }> {
-    const uri = `tcp:${this.lab.site(site).underlay4}:${port}`;
+    const uri = `tcp:${o.address ?? this.lab.site(site).underlay4}:${port}`;
     const tls = o.tlsPskDir ? { incoming: 'defer', tlsPskDir: o.tlsPskDir } : { incoming: uri };
     const vm = await launch(this.options(site, like.opts.mac, { append: like.opts.append, ...tls }));
     this.vms.push(vm);

@@ -14,7 +14,7 @@ import net from 'node:net';
 import { CoordinatorClient } from '../coordinator/client.ts';
 import { AGENT_REQUEST_TIMEOUT_MS, AGENT_RETRY_MS, HEARTBEAT_MS, POLL_WAIT_MS } from '../coordinator/constants.ts';
 import { NAME_RE } from '../coordinator/images.ts';
-import { LimitedLog } from '../coordinator/limited-log.ts';
+import { LimitedLog } from '../limited-log.ts';
 import { refuseMigrationAddress } from '../coordinator/migration.ts';
 import {
   ApiError,
@@ -61,8 +61,10 @@ export interface AgentDeps {
   log: Logger;
   /** Default: QEMU, or none with `hypervisor: none`. */
   hypervisor?: Hypervisor;
-  /** Where other hosts send migrations when the config has no migration_address (the daemon's listen address). */
-  address?: string;
+  /** Where other hosts send migrations when the config has no migration_address: the host's overlay address
+   *  (host_address or the bridge's lease, so migration streams ride the mesh), else the daemon's listen address.
+   *  A function is read at each registration and each incoming migration. */
+  address?: string | (() => string | undefined);
   /** This site serves DHCP: called with the coordinator's reservations after each heartbeat. */
   reservations?(list: { mac: string; ip: string; vm: string }[]): void;
   /**
@@ -117,9 +119,11 @@ export class HostAgent {
     });
   }
 
-  /** The migration address other hosts reach this one at (registered; incoming URIs must use it). */
+  /** The migration address other hosts reach this one at (registered; incoming URIs must use it). The daemon's
+   *  is a function (its overlay address may come with a DHCP lease): read each time. */
   get migrationAddress(): string | null {
-    const a = this.config.migrationAddress ?? this.deps.address;
+    const d = this.deps.address;
+    const a = this.config.migrationAddress ?? (typeof d === 'function' ? d() : d);
     return a && refuseMigrationAddress(a) === null ? a : null;
   }
 

@@ -9,7 +9,7 @@
 //     memory_mib: 16384                    # default: this machine's memory less 1 GiB
 //     labels: { ssd: "yes" }
 //     bridge: br-hw                        # default: tap.bridge
-//     migration_address: 192.0.2.3         # where other hosts send migrations (default: listen address)
+//     migration_address: 192.0.2.3         # where other hosts send migrations (default: host_address, bridge address, listen)
 //     migration_ports: 49152-49215         # TCP ports the coordinator picks a migration's port from
 //     allow_local_images: false            # true: images may be paths on this host
 //     qemu_user: homewire-qemu             # optional: QEMU drops to this user (or UID:GID) after setup

@@ -27,13 +27,14 @@ export class Keypair {
     readonly createdMs: number,
   ) {}
 
-  /** Encrypts payload (borrowed) into a new datagram with header; returns null if counters are exhausted. */
-  seal(type: number, payload: Buffer): Buffer | null {
+  /** Encrypts payload (borrowed) into a new datagram with header; returns null if counters are exhausted.
+   *  `site` is the relayed messages' site id (authenticated with the header). */
+  seal(type: number, payload: Buffer, site = 0): Buffer | null {
     const counter = this.sendCounter;
     if (counter >= MAX_COUNTER) return null;
     this.sendCounter = counter + 1;
     const out = Buffer.allocUnsafe(TRANSPORT_HEADER_BYTES + payload.length + AEAD_TAG_BYTES);
-    writeTransportHeader(out, type, this.remoteIndex, counter);
+    writeTransportHeader(out, type, this.remoteIndex, counter, site);
     const nonce = this.sendNonce;
     nonce.writeUInt32LE(counter >>> 0, 4);
     nonce.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), 8);

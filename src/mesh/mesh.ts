@@ -1,42 +1,82 @@
-// The encrypted mesh: sessions with every configured peer over one UDP socket.
+// The encrypted mesh: sessions with every peer over one UDP socket (and TCP links where UDP is blocked).
 //
-// Outbound (send path):  switch → sendFrame → current keypair → seal → peer outbox → flush → udp.sendBatch
+// Outbound (send path):  switch → sendFrame → path (direct | relay via introducer) → current keypair → seal →
+//                        peer outbox → flush → udp.sendBatch
 //                        (flushed at the end of each TAP batch, else on the next turn: one batched send
 //                         per peer per batch, so runs of full-size datagrams leave as one UDP GSO send)
-// Inbound  (receive):    udp message → classify → index table → open (decrypt in place) → replay → roam → switch
+// Inbound  (receive):    udp message → classify → index table → open (decrypt in place) → replay → roam →
+//                        switch (relayed messages: relay.ts, then the switch as from the ORIGIN peer)
 // Handshake messages are queued and processed on their own event-loop turns (processHandshakes), never on
 // the receive path; the handshake guard (cookie.ts: mac1, cookies under load, per-source buckets) decides
-// what may be queued, and responses to our own initiations are processed first. All time policy lives in
-// timers.ts; the data path only records times.
+// what may be queued, and responses to our own initiations are processed first. Session time policy lives in
+// timers.ts, path choice and hole punching in paths.ts, introductions in introductions.ts, relaying in
+// relay.ts, DNS endpoints in resolver.ts.
+import os from 'node:os';
 import sodium from 'sodium-native';
 import {
+  CANDIDATES_MAX,
   HANDSHAKE_QUEUE_MAX,
   HANDSHAKE_TURN_BUDGET_MS,
   HANDSHAKES_PER_TICK_MAX,
-  MSG_SIGNAL,
   MSG_DATA,
   MSG_HANDSHAKE_INIT,
   MSG_HANDSHAKE_RESP,
   MSG_COOKIE_REPLY,
+  MSG_RELAY_DATA,
+  MSG_RELAY_SIGNAL,
+  MSG_SIGNAL,
   REJECT_AFTER_MS,
+  SITE_ID_BROADCAST,
 } from '../constants.ts';
 import { ADMIT, HandshakeGuard, SEND_COOKIE } from './cookie.ts';
 import type { Logger } from '../log.ts';
-import type { UdpSocket } from '../udp/socket.ts';
+import { isLink, type UdpSocket } from '../udp/socket.ts';
 import { consumeInitiation, createInitiation, type StaticKeys, TimestampClock } from './handshake.ts';
+import { IntroStats, Introducer, Introductions } from './introductions.ts';
 import { Keypair, OPEN_NOT_AUTHENTIC, OPEN_REPLAYED } from './keypair.ts';
-import { Peer, type PeerConfig } from './peer.ts';
+import {
+  decodeNatSignal,
+  encodePing,
+  type Introduction,
+  isNatSignal,
+  PUNCH,
+  SIG_CANDIDATES,
+  SIG_INTRODUCE,
+  SIG_PING,
+  SIG_PONG,
+  SIG_PUNCH,
+  SIG_WITHDRAW,
+} from './natsignal.ts';
+import { directUsable, Paths } from './paths.ts';
+import { type Endpoint, type PathKind, Peer, type PeerConfig } from './peer.ts';
+import { OverlayAddresses } from './overlay.ts';
+import { relayReceive } from './relay.ts';
+import { type Lookup, Resolver, systemLookup } from './resolver.ts';
 import { MeshTimers } from './timers.ts';
-import { classify, OFF_PAYLOAD, OFF_TYPE, readReceiver, readRespReceiver, readSender } from './wire.ts';
+import { classify, OFF_PAYLOAD, OFF_TYPE, readReceiver, readRespReceiver, readSender, readSite } from './wire.ts';
 import { formatEndpoint } from '../addr.ts';
 
 export interface MeshHandler {
-  /** A decrypted frame from a peer. OWNED by the handler (a view into the received datagram). */
+  /** A decrypted frame from a peer (the origin site for relayed frames). OWNED by the handler (a view into
+   *  the received datagram). */
   frame(peer: Peer, frame: Buffer): void;
-  /** A decrypted signal message (MAC mobility, mesh signalling) from a peer (owned). */
+  /** A decrypted signal message (MAC mobility) from a peer (owned). */
   signal(peer: Peer, payload: Buffer): void;
   /** A peer's session came up (first handshake) or went down. */
   peerState?(peer: Peer, up: boolean): void;
+}
+
+export interface MeshOptions {
+  /** Tell every peer about the others (introducer role, normally home). */
+  introduce?: boolean;
+  /** Forward frames between two of our peers that have no direct path (needs introduce). */
+  relay?: boolean;
+  /** DNS lookups for host-name endpoints (default: getaddrinfo). */
+  lookup?: Lookup;
+  /** This host's own addresses, offered to introducers as direct-path candidates (default: its interfaces'). */
+  localAddresses?: () => string[];
+  /** The overlay's own interfaces (the TAP and its bridge): their addresses are never underlay endpoints. */
+  overlayInterfaces?: string[];
 }
 
 /** Drop counters by reason: plain fields, read at scrape time. */
@@ -53,6 +93,16 @@ export class MeshDrops {
   handshake_unknown_key = 0;
   handshake_replay = 0;
   handshake_queue_full = 0;
+  // relay.ts
+  relay_refused = 0;
+  relay_unknown_site = 0;
+  relay_target_down = 0;
+  relay_not_introducer = 0;
+  relay_unknown_origin = 0;
+  // mesh signals (codes 16-31)
+  nat_signal_malformed = 0;
+  nat_signal_misplaced = 0; // e.g. a PING through a relay, a PUNCH from a configured peer
+  overlay_endpoint = 0; // a handshake or roam from an address inside the overlay (the mesh inside itself)
 }
 
 export class HandshakeCounts {
@@ -77,13 +127,26 @@ interface QueuedHandshake {
 }
 
 export const STAGED_FRAMES_MAX = 128;
+const UNKNOWN_INITIATORS_MAX = 256;
+const UNKNOWN_INITIATOR_TTL_MS = 60_000;
+/** A staged message: type (1), site id (3), payload. */
+const STAGED_HEADER_BYTES = 4;
 
 export class Mesh {
   readonly peers: Peer[] = [];
   readonly drops = new MeshDrops();
   readonly handshakes = new HandshakeCounts();
+  readonly introStats = new IntroStats();
   /** Coarse clock (ms) for the data path, refreshed by tick() and by handshake processing. */
   nowMs: number;
+  readonly introduce: boolean;
+  relayEnabled: boolean;
+  readonly localKeyHex: string;
+  readonly paths: Paths;
+  readonly introductions: Introductions;
+  /** Our introducer role (introduce: true), else null. */
+  readonly introducer: Introducer | null;
+  readonly resolver: Resolver;
   private readonly byKey = new Map<string, Peer>();
   private readonly byIndex = new Map<number, Slot>();
   private readonly handshakeQueue: QueuedHandshake[] = [];
@@ -98,6 +161,11 @@ export class Mesh {
   private readonly outboxPeers: Peer[] = [];
   private flushScheduled = false;
   private readonly flushBound = () => this.flush();
+  private readonly localAddresses: () => string[];
+  readonly overlay: OverlayAddresses;
+  /** Sources of recent initiations from keys not (yet) in the config: a peer added by a reload is reached at
+   *  once instead of at its next retry. Bounded; the address is only a hint (an initiation can be replayed). */
+  private readonly unknownInitiators = new Map<string, { endpoint: Endpoint; atMs: number }>();
 
   constructor(
     private readonly keys: StaticKeys,
@@ -105,9 +173,21 @@ export class Mesh {
     peers: PeerConfig[],
     private readonly log: Logger,
     private readonly now: () => number = Date.now,
+    options: MeshOptions = {},
   ) {
     this.nowMs = now();
     this.guard = new HandshakeGuard(keys.publicKey, now);
+    this.localKeyHex = keys.publicKey.toString('hex');
+    this.introduce = options.introduce ?? false;
+    this.relayEnabled = options.relay ?? false;
+    this.introducer = this.introduce ? new Introducer(this, this.introStats, log) : null;
+    this.introductions = new Introductions(this, this.introStats, log);
+    this.paths = new Paths(this, log);
+    this.resolver = new Resolver(socket.family, options.lookup ?? systemLookup, log, (peer) =>
+      this.timers.sessionWanted(peer),
+    );
+    this.overlay = new OverlayAddresses(options.overlayInterfaces ?? [], now);
+    this.localAddresses = options.localAddresses ?? (() => interfaceAddresses(socket.family, this.overlay.names));
     for (const p of peers) this.addPeer(p);
     this.timers = new MeshTimers(this);
   }
@@ -122,7 +202,7 @@ export class Mesh {
 
   private receive(msg: Buffer, address: string, port: number): void {
     const type = classify(msg);
-    if (type === MSG_DATA || type === MSG_SIGNAL) {
+    if (type >= MSG_DATA) {
       const slot = this.byIndex.get(readReceiver(msg));
       const keypair = slot?.keypair;
       if (!slot || !keypair) {
@@ -145,20 +225,27 @@ export class Mesh {
       if (keypair === peer.next) this.promoteNext(peer);
       const ep = peer.endpoint;
       if (ep === null || ep.port !== port || ep.address !== address) this.roam(peer, address, port);
-      peer.lastRecvMs = this.nowMs;
+      const now = this.nowMs;
+      peer.lastRecvMs = now;
+      peer.lastDirectRecvMs = now;
       if (!peer.up) {
         peer.up = true;
         this.handler?.peerState?.(peer, true);
       }
       if (n === 0) return; // keepalive
-      peer.stats.rxPackets++;
-      peer.stats.rxBytes += n;
       const payload = msg.subarray(OFF_PAYLOAD, OFF_PAYLOAD + n);
-      if (type === MSG_DATA) this.handler!.frame(peer, payload);
-      else this.handler!.signal(peer, payload);
+      if (type === MSG_RELAY_DATA || type === MSG_RELAY_SIGNAL) {
+        relayReceive(this, this.drops, peer, type, readSite(msg), payload);
+        return;
+      }
+      this.deliver(peer, type as typeof MSG_DATA | typeof MSG_SIGNAL, payload, false);
       return;
     }
     if (type === MSG_HANDSHAKE_INIT || type === MSG_HANDSHAKE_RESP) {
+      if (this.overlay.contains(address)) {
+        this.drops.overlay_endpoint++;
+        return;
+      }
       if (!this.guard.mac1Valid(msg)) return; // counted by the guard: nothing else was spent on it
       let queue: QueuedHandshake[];
       if (type === MSG_HANDSHAKE_RESP) {
@@ -185,39 +272,146 @@ export class Mesh {
       return;
     }
     if (type === MSG_COOKIE_REPLY) {
-      this.consumeCookieReply(msg);
+      this.consumeCookieReply(msg, address, port);
       return;
     }
     this.drops.malformed++;
   }
 
+  /** @internal relay.ts: a message for this site's own side, from `origin` (relayed: through its introducer). */
+  deliver(origin: Peer, type: typeof MSG_DATA | typeof MSG_SIGNAL, payload: Buffer, relayed: boolean): void {
+    origin.stats.rxPackets++;
+    origin.stats.rxBytes += payload.length;
+    if (relayed) origin.lastRecvMs = this.nowMs;
+    if (type === MSG_DATA) {
+      origin.lastDataMs = this.nowMs;
+      this.handler!.frame(origin, payload);
+    } else if (isNatSignal(payload)) this.natSignal(origin, payload, relayed);
+    else this.handler!.signal(origin, payload);
+  }
+
+  /** The mesh's own signal messages (codes 16-31): introductions, candidates, punching, probes. */
+  private natSignal(peer: Peer, payload: Buffer, relayed: boolean): void {
+    const m = decodeNatSignal(payload);
+    if (m === null) {
+      this.drops.nat_signal_malformed++;
+      if (payload[0] === SIG_INTRODUCE) this.introStats.malformed++;
+      return;
+    }
+    if (m.type === SIG_INTRODUCE || m.type === SIG_CANDIDATES)
+      m.endpoints = m.endpoints.filter((e) => !this.overlay.contains(e.address));
+    switch (m.type) {
+      case SIG_INTRODUCE:
+        if (relayed) this.introStats.not_introducer++;
+        else this.introductions.receive(peer, m);
+        return;
+      case SIG_WITHDRAW:
+        if (relayed) this.introStats.not_introducer++;
+        else this.introductions.withdraw(peer, m.publicKey);
+        return;
+      case SIG_CANDIDATES:
+        if (relayed || this.introducer === null || peer.introducedBy !== null) this.introStats.not_introducing++;
+        else this.introducer.candidates(peer, m.endpoints, m.known);
+        return;
+      case SIG_PUNCH:
+        if (!relayed || peer.introducedBy === null) this.drops.nat_signal_misplaced++;
+        else this.paths.punchRequested(peer);
+        return;
+      case SIG_PING:
+        if (relayed) this.drops.nat_signal_misplaced++;
+        else this.sendProbe(peer, SIG_PONG, m.nonce);
+        return;
+      case SIG_PONG:
+        if (relayed) this.drops.nat_signal_misplaced++;
+        else this.paths.pong(peer, m.nonce);
+        return;
+    }
+  }
+
   private roam(peer: Peer, address: string, port: number): void {
+    if (this.overlay.contains(address)) {
+      this.drops.overlay_endpoint++; // never follow a peer into our own overlay
+      return;
+    }
     if (peer.endpoint !== null) {
       peer.stats.roams++;
       this.log.info(
-        {
-          peer: peer.name,
-          from: formatEndpoint(peer.endpoint.address, peer.endpoint.port),
-          to: formatEndpoint(address, port),
-        },
+        { peer: peer.name, from: this.describe(peer.endpoint), to: this.describe({ address, port }) },
         'peer endpoint moved',
       );
     }
     peer.endpoint = { address, port };
+    peer.learned = 'roaming';
+    // An introducer tells the others where the site is now (a NAT may have given it a new mapping).
+    if (this.introducer !== null && peer.current !== null) this.introducer.announce(peer);
   }
 
   // ---- outbound --------------------------------------------------------------------------------
 
-  /** Sends a frame (BORROWED: copied by encryption) to a peer, or stages a copy until a session exists. */
+  /** Sends a frame (BORROWED: copied by encryption) to a peer on its current path. */
   sendFrame(peer: Peer, frame: Buffer): void {
-    this.send(peer, MSG_DATA, frame);
+    if (peer.introducedBy === null) {
+      this.sendDirect(peer, MSG_DATA, frame, 0);
+      return;
+    }
+    peer.lastDataMs = this.nowMs;
+    if (directUsable(peer, this.nowMs)) {
+      this.sendDirect(peer, MSG_DATA, frame, 0);
+      return;
+    }
+    this.paths.wantDirect(peer);
+    this.sendRelayed(peer, MSG_RELAY_DATA, frame);
   }
 
   sendSignal(peer: Peer, payload: Buffer): void {
-    this.send(peer, MSG_SIGNAL, payload);
+    if (peer.introducedBy === null || directUsable(peer, this.nowMs)) this.sendDirect(peer, MSG_SIGNAL, payload, 0);
+    else this.sendRelayed(peer, MSG_RELAY_SIGNAL, payload);
   }
 
-  private send(peer: Peer, type: number, payload: Buffer): void {
+  /** A group or unknown-unicast frame (BORROWED) to every site; through a relay, one copy goes to the relay
+   *  and it fans out. */
+  flood(frame: Buffer): void {
+    this.floodType(frame, MSG_DATA);
+  }
+
+  /** A signal message (BORROWED) to every site, as flood(). */
+  floodSignal(payload: Buffer): void {
+    this.floodType(payload, MSG_SIGNAL);
+  }
+
+  private floodType(payload: Buffer, type: typeof MSG_DATA | typeof MSG_SIGNAL): void {
+    const relayType = type === MSG_DATA ? MSG_RELAY_DATA : MSG_RELAY_SIGNAL;
+    const peers = this.peers;
+    for (let i = 0; i < peers.length; i++) {
+      const p = peers[i];
+      const via = p.introducedBy;
+      if (via !== null) {
+        if (via.relays && p.siteId !== 0) continue; // its relay fans out
+        if (directUsable(p, this.nowMs)) this.sendDirect(p, type, payload, 0);
+      } else if (p.introducer && p.relays) {
+        this.sendDirect(p, relayType, payload, SITE_ID_BROADCAST);
+      } else {
+        this.sendDirect(p, type, payload, 0);
+      }
+    }
+  }
+
+  /** Through the peer's introducer, with the peer's site id; without a relay only a direct path can carry it. */
+  private sendRelayed(peer: Peer, type: number, payload: Buffer): void {
+    const via = peer.introducedBy!;
+    if (!via.relays || peer.siteId === 0) {
+      this.sendDirect(peer, type === MSG_RELAY_DATA ? MSG_DATA : MSG_SIGNAL, payload, 0);
+      return;
+    }
+    if (payload.length > 0) {
+      peer.stats.txPackets++;
+      peer.stats.txBytes += payload.length;
+    }
+    this.sendDirect(via, type, payload, peer.siteId, false);
+  }
+
+  /** On the peer's own session, or staged (a copy) until one exists. */
+  private sendDirect(peer: Peer, type: number, payload: Buffer, site: number, count = true): void {
     const keypair = peer.current;
     const ep = peer.endpoint;
     if (ep === null) {
@@ -229,18 +423,27 @@ export class Mesh {
         this.drops.staging_full++;
         return;
       }
-      const staged = Buffer.allocUnsafe(payload.length + 1);
+      const staged = Buffer.allocUnsafe(payload.length + STAGED_HEADER_BYTES);
       staged[0] = type;
-      payload.copy(staged, 1);
+      staged.writeUIntBE(site, 1, 3);
+      payload.copy(staged, STAGED_HEADER_BYTES);
       peer.staged.push(staged);
       this.timers.sessionWanted(peer);
       return;
     }
-    const out = keypair.seal(type, payload);
+    if (!this.queue(peer, keypair, type, payload, site)) return;
+    if (count && payload.length > 0) {
+      peer.stats.txPackets++;
+      peer.stats.txBytes += payload.length;
+    }
+  }
+
+  private queue(peer: Peer, keypair: Keypair, type: number, payload: Buffer, site: number): boolean {
+    const out = keypair.seal(type, payload, site);
     if (out === null) {
       this.drops.counter_range++;
       this.timers.sessionWanted(peer);
-      return;
+      return false;
     }
     if (peer.outbox.push(out) === 1) this.outboxPeers.push(peer);
     if (!this.flushScheduled) {
@@ -248,10 +451,31 @@ export class Mesh {
       setImmediate(this.flushBound);
     }
     peer.lastSentMs = this.nowMs;
-    if (payload.length > 0) {
-      peer.stats.txPackets++;
-      peer.stats.txBytes += payload.length;
-    }
+    return true;
+  }
+
+  /** @internal relay.ts: seals on the peer's current session (no staging); false if there is none. */
+  sealTo(peer: Peer, type: number, payload: Buffer, site: number): boolean {
+    const keypair = peer.current;
+    if (keypair === null || peer.endpoint === null || keypair.createdMs + REJECT_AFTER_MS < this.nowMs) return false;
+    return this.queue(peer, keypair, type, payload, site);
+  }
+
+  /** @internal introductions.ts */
+  sendSignalDirect(peer: Peer, payload: Buffer): void {
+    this.sendDirect(peer, MSG_SIGNAL, payload, 0, false);
+  }
+
+  /** @internal paths.ts: PING/PONG on the direct session only. */
+  sendProbe(peer: Peer, type: number, nonce: number): boolean {
+    return this.sealTo(peer, MSG_SIGNAL, encodePing(type as typeof SIG_PING, nonce), 0);
+  }
+
+  /** @internal paths.ts: asks an introduced peer, through its relay, to punch towards us now. */
+  sendPunch(peer: Peer): void {
+    const via = peer.introducedBy;
+    if (via === null || !via.relays || peer.siteId === 0) return;
+    this.sendDirect(via, MSG_RELAY_SIGNAL, PUNCH, peer.siteId, false);
   }
 
   /** Sends every peer's sealed datagrams, one batch per peer. Called at the end of a TAP batch. */
@@ -268,9 +492,9 @@ export class Mesh {
     peers.length = 0;
   }
 
-  /** @internal timers: an authenticated empty data message. */
+  /** @internal timers: an authenticated empty data message, on the peer's own session. */
   sendKeepalive(peer: Peer): void {
-    if (peer.current) this.send(peer, MSG_DATA, EMPTY);
+    if (peer.current) this.sendDirect(peer, MSG_DATA, EMPTY, 0);
   }
 
   // ---- handshakes (own queue, own event-loop turns) ------------------------------------------
@@ -294,10 +518,23 @@ export class Mesh {
     }
   }
 
-  /** @internal timers: starts a handshake with a peer that has an endpoint. */
-  initiate(peer: Peer): void {
+  /** Where an initiation goes: the working endpoint for a rekey; else the endpoint and every candidate. */
+  private initiationTargets(peer: Peer): Endpoint[] {
     const ep = peer.endpoint;
-    if (!ep || this.closed) return;
+    if (peer.current !== null && ep !== null) return [ep];
+    const out: Endpoint[] = ep !== null ? [ep] : [];
+    for (const c of peer.candidates) {
+      if (out.length >= CANDIDATES_MAX) break;
+      if (!out.some((e) => e.address === c.address && e.port === c.port)) out.push(c);
+    }
+    return out;
+  }
+
+  /** @internal timers, paths: starts a handshake with a peer, to `targets` (default: initiationTargets). */
+  initiate(peer: Peer, targets?: Endpoint[]): void {
+    if (this.closed) return;
+    const to = targets ?? this.initiationTargets(peer);
+    if (to.length === 0) return;
     this.abandonPending(peer);
     const index = this.newIndex();
     const { msg, pending } = createInitiation(
@@ -311,7 +548,9 @@ export class Mesh {
     this.byIndex.set(index, { peer, keypair: null });
     this.handshakes.initiated++;
     this.guard.stamp(msg, this.guard.remote(peer, peer.publicKey));
-    this.socket.send(msg, ep.port, ep.address);
+    // The same initiation to every target: whichever answers first completes it (the socket owns each copy).
+    for (let i = 0; i < to.length; i++) this.socket.send(i === 0 ? msg : Buffer.from(msg), to[i].port, to[i].address);
+    if (!isLink(to[0].address) && peer.udpTryingSinceMs === 0) peer.udpTryingSinceMs = this.nowMs;
   }
 
   /** The slot of a handshake we have pending under `index`, or null. */
@@ -321,19 +560,24 @@ export class Mesh {
     return slot;
   }
 
-  /** A cookie reply: the peer is under load; resend our pending initiation at once, with mac2. */
-  private consumeCookieReply(msg: Buffer): void {
+  /** A cookie reply: the peer is under load; resend our pending initiation at once, with mac2, to where the
+   *  reply came from if that is one of the peer's addresses (else to its endpoint). */
+  private consumeCookieReply(msg: Buffer, address: string, port: number): void {
     const slot = this.pendingSlot(readReceiver(msg));
     const r = slot ? this.guard.remote(slot.peer, slot.peer.publicKey) : null;
     if (!slot || !r || !this.guard.consumeReply(msg, r)) {
       if (!slot) this.guard.stats.cookie_replies_invalid++;
       return;
     }
-    const ep = slot.peer.endpoint;
-    if (r.lastInit === null || ep === null || this.closed) return;
+    const peer = slot.peer;
+    const known = [peer.endpoint, ...peer.candidates].find(
+      (e) => e !== null && e.address === address && e.port === port,
+    );
+    const to = known ?? peer.endpoint;
+    if (r.lastInit === null || !to || this.closed) return;
     const again = Buffer.from(r.lastInit);
     this.guard.stamp(again, r);
-    this.socket.send(again, ep.port, ep.address);
+    this.socket.send(again, to.port, to.address);
   }
 
   /** @internal timers */
@@ -342,6 +586,11 @@ export class Mesh {
     this.byIndex.delete(peer.pending.localIndex);
     peer.pending.abandon();
     peer.pending = null;
+  }
+
+  /** @internal timers: a handshake got no answer. */
+  handshakeTimedOut(peer: Peer): void {
+    this.resolver.handshakeFailed(peer, this.nowMs);
   }
 
   private handleInitiation(h: QueuedHandshake): void {
@@ -356,8 +605,9 @@ export class Mesh {
       init.reject();
       this.handshakes.unknown_key++;
       this.drops.handshake_unknown_key++;
+      this.rememberUnknown(init.remoteStatic.toString('hex'), { address: h.address, port: h.port });
       this.log.debug(
-        { from: formatEndpoint(h.address, h.port), key: init.remoteStatic.toString('base64') },
+        { from: this.describe({ address: h.address, port: h.port }), key: init.remoteStatic.toString('base64') },
         'handshake from a key not in the config',
       );
       return;
@@ -384,6 +634,13 @@ export class Mesh {
     this.socket.send(msg, h.port, h.address);
   }
 
+  private rememberUnknown(hex: string, endpoint: Endpoint): void {
+    const m = this.unknownInitiators;
+    m.delete(hex);
+    if (m.size >= UNKNOWN_INITIATORS_MAX) m.delete(m.keys().next().value!);
+    m.set(hex, { endpoint, atMs: this.nowMs });
+  }
+
   private handleResponse(h: QueuedHandshake): void {
     const answered = readRespReceiver(h.msg);
     const slot = this.pendingSlot(answered);
@@ -403,6 +660,7 @@ export class Mesh {
     peer.pending = null;
     const keypair = new Keypair(keys.send, keys.recv, pending.localIndex, readSender(h.msg), true, this.nowMs);
     slot.keypair = keypair;
+    const fresh = this.noSession(peer);
     if (peer.previous) this.retire(peer.previous);
     peer.previous = peer.current;
     peer.current = keypair;
@@ -411,26 +669,43 @@ export class Mesh {
     }
     peer.rttMs = this.now() - pending.sentMs;
     peer.lastHandshakeMs = this.nowMs;
+    peer.lastDirectRecvMs = this.nowMs;
     this.handshakes.completed++;
     this.timers.handshakeComplete(peer);
+    this.sessionEstablished(peer, fresh);
     // Confirm the session to the responder: staged frames, or a keepalive.
     if (!this.flushStaged(peer)) this.sendKeepalive(peer);
   }
 
   private promoteNext(peer: Peer): void {
+    const fresh = this.noSession(peer);
     if (peer.previous) this.retire(peer.previous);
     peer.previous = peer.current;
     peer.current = peer.next;
     peer.next = null;
     this.timers.handshakeComplete(peer);
+    this.sessionEstablished(peer, fresh);
     this.flushStaged(peer);
+  }
+
+  private noSession(peer: Peer): boolean {
+    return peer.current === null || peer.current.createdMs + REJECT_AFTER_MS < this.nowMs;
+  }
+
+  /** A session just came up (fresh: there was none before). */
+  private sessionEstablished(peer: Peer, fresh: boolean): void {
+    this.paths.sessionUp(peer);
+    // Every new session with an introducer (it may have restarted and know nothing of us): our addresses and
+    // how many sites we know from it, so it introduces what we miss.
+    if (peer.introducer) this.introductions.introducerUp(peer);
+    if (fresh && this.introducer !== null && peer.introducedBy === null) this.introducer.announce(peer);
   }
 
   private flushStaged(peer: Peer): boolean {
     if (peer.staged.length === 0) return false;
     const staged = peer.staged;
     peer.staged = [];
-    for (const s of staged) this.send(peer, s[0], s.subarray(1));
+    for (const s of staged) this.sendDirect(peer, s[0], s.subarray(STAGED_HEADER_BYTES), s.readUIntBE(1, 3));
     return true;
   }
 
@@ -449,14 +724,52 @@ export class Mesh {
 
   // ---- peers and lifecycle -----------------------------------------------------------------------
 
+  /** A peer from the config. An introduced peer with the same key or name makes way for it. */
   addPeer(cfg: PeerConfig): Peer {
+    const hex = cfg.publicKey.toString('hex');
+    for (const p of [...this.peers]) {
+      if (p.introducedBy !== null && (p.keyHex === hex || p.name === cfg.name)) this.introductions.remove(p);
+    }
     const peer = new Peer(cfg.name, cfg.publicKey, cfg.endpoint);
+    peer.learned = cfg.endpoint ? 'config' : null;
+    this.configure(peer, cfg);
+    const seen = this.unknownInitiators.get(hex);
+    if (seen !== undefined) {
+      this.unknownInitiators.delete(hex);
+      if (!cfg.endpoint && !cfg.endpointHost && this.nowMs - seen.atMs < UNKNOWN_INITIATOR_TTL_MS) {
+        peer.endpoint = seen.endpoint; // it has been knocking: answer now (the next tick initiates)
+        peer.learned = 'roaming';
+      }
+    }
+    this.peers.push(peer);
+    this.byKey.set(peer.keyHex, peer);
+    this.introducer?.assign(peer);
+    return peer;
+  }
+
+  /** Applies a peer's config beyond its key (also on reload). */
+  configure(peer: Peer, cfg: PeerConfig): void {
+    peer.introducer = cfg.introducer ?? false;
+    peer.endpointHost = cfg.endpointHost ?? null;
+    peer.endpointTcp = cfg.endpointTcp ?? null;
+    if (cfg.endpoint) peer.candidates = [];
+  }
+
+  /** @internal introductions.ts: a site an introducer named. */
+  addIntroduced(from: Peer, intro: Introduction): Peer {
+    const peer = new Peer(intro.name, intro.publicKey, undefined);
+    peer.introducedBy = from;
+    peer.candidates = intro.endpoints;
+    peer.introFlags = intro.flags;
+    peer.learned = 'introduction';
     this.peers.push(peer);
     this.byKey.set(peer.keyHex, peer);
     return peer;
   }
 
   removePeer(peer: Peer): void {
+    if (peer.removed) return;
+    peer.removed = true;
     this.abandonPending(peer);
     for (const kp of [peer.current, peer.previous, peer.next]) if (kp) this.retire(kp);
     peer.current = peer.previous = peer.next = null;
@@ -464,19 +777,77 @@ export class Mesh {
     this.byKey.delete(peer.keyHex);
     const i = this.peers.indexOf(peer);
     if (i >= 0) this.peers.splice(i, 1);
+    // The sites it introduced go with it; an introducer withdraws a removed peer everywhere.
+    for (const p of [...this.peers]) if (p.introducedBy === peer) this.introductions.remove(p);
+    if (this.introducer !== null && peer.introducedBy === null && !this.closed) this.introducer.release(peer);
   }
 
   peerByName(name: string): Peer | undefined {
     return this.peers.find((p) => p.name === name);
   }
 
-  /** Drives all session time policy; called every TICK_MS. */
+  peerByKeyHex(hex: string): Peer | undefined {
+    return this.byKey.get(hex);
+  }
+
+  /** @internal relay.ts */
+  siteById(id: number): Peer | undefined {
+    return this.introducer?.bySite.get(id);
+  }
+
+  /** The path frames to this peer take now. */
+  pathOf(peer: Peer): PathKind {
+    return this.paths.pathOf(peer);
+  }
+
+  isTcp(ep: Endpoint | null): boolean {
+    return ep !== null && isLink(ep.address);
+  }
+
+  /** @internal paths.ts */
+  linkOpen(address: string): boolean {
+    return this.socket.linkOpen?.(address) ?? false;
+  }
+
+  /** @internal paths.ts */
+  dialTcp(peer: Peer): string | null {
+    const to = peer.tcpCandidates[0];
+    if (to === undefined || this.socket.dial === undefined) return null;
+    return this.socket.dial(to.address, to.port);
+  }
+
+  /** @internal paths.ts */
+  udpSendErrors(): number {
+    return this.socket.sendErrors ?? 0;
+  }
+
+  /** An endpoint as people read it (TCP links: "tcp 192.0.2.1:443"). */
+  describe(ep: Endpoint): string {
+    if (isLink(ep.address)) return this.socket.describe?.(ep.address, ep.port) ?? `${ep.address}:${ep.port}`;
+    return formatEndpoint(ep.address, ep.port);
+  }
+
+  /** @internal introductions.ts: this host's own addresses with the listen port. */
+  localCandidates(): Endpoint[] {
+    const port = this.socket.port;
+    const any = this.socket.address === '0.0.0.0' || this.socket.address === '::';
+    const list = any ? this.localAddresses() : [this.socket.address];
+    return list.slice(0, CANDIDATES_MAX).map((address) => ({ address, port }));
+  }
+
+  /** Drives all time policy; called every TICK_MS. */
   tick(): void {
     if (this.closed) return;
     this.nowMs = this.now();
     this.timers.tick(this.nowMs);
+    this.resolver.tick(this.peers, this.nowMs);
+    this.introducer?.tick();
+    this.introductions.tick();
+    this.paths.tick();
     this.guard.tick(this.nowMs);
-    this.guard.setKnownEndpoints(this.peers.flatMap((p) => (p.endpoint ? [p.endpoint] : [])));
+    this.guard.setKnownEndpoints(
+      this.peers.flatMap((p) => (p.endpoint ? [p.endpoint, ...p.candidates] : p.candidates)),
+    );
   }
 
   /** @internal for timers */
@@ -487,6 +858,7 @@ export class Mesh {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.resolver.close();
     for (const peer of [...this.peers]) this.removePeer(peer);
     this.handshakeQueue.length = 0;
     this.responseQueue.length = 0;
@@ -495,3 +867,18 @@ export class Mesh {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** This host's addresses of one family, for direct-path candidates: no loopback, no link-local, none of the
+ *  overlay's own interfaces. */
+function interfaceAddresses(family: 4 | 6, exclude: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const [name, list] of Object.entries(os.networkInterfaces())) {
+    if (exclude.includes(name)) continue;
+    for (const a of list ?? []) {
+      if (a.internal || (family === 4 ? a.family !== 'IPv4' : a.family !== 'IPv6')) continue;
+      if (a.address.startsWith('169.254.') || a.address.toLowerCase().startsWith('fe80:')) continue;
+      out.push(a.address);
+    }
+  }
+  return out;
+}

@@ -1,5 +1,6 @@
-// A configured peer: its identity, its endpoint, its sessions (keypairs) and its counters.
-// A peer is only ever a key listed in the config; there is no other way to become one.
+// A peer: its identity, its endpoint, its sessions (keypairs) and its counters.
+// A peer is a key listed in the config, or a key introduced over an authenticated session by a peer the config
+// marks `introducer: true` (mesh/introductions.ts); there is no other way to become one.
 import type { Keypair } from './keypair.ts';
 import type { PendingHandshake } from './handshake.ts';
 
@@ -8,16 +9,35 @@ export interface Endpoint {
   port: number;
 }
 
+/** A host name (or IP literal) and port, resolved at run time (mesh/resolver.ts). */
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
 export interface PeerConfig {
   name: string;
   publicKey: Buffer;
+  /** An IP literal endpoint. */
   endpoint?: Endpoint;
+  /** An endpoint given as a DNS name: resolved at start, every DNS_REFRESH_MS and after handshake failures. */
+  endpointHost?: HostPort;
+  /** TCP fallback (the peer's listen_tcp): used when UDP gets no answer. */
+  endpointTcp?: HostPort;
+  /** Accept the sites this peer introduces (and frames it relays from them). */
+  introducer?: boolean;
 }
+
+/** How a peer's endpoint was learned (status). */
+export type Learned = 'config' | 'dns' | 'introduction' | 'roaming';
+
+/** The path frames to a peer take now (status, metrics). */
+export type PathKind = 'direct' | 'relay' | 'tcp' | 'none';
 
 export interface PeerStats {
   rxBytes: number; // decrypted payload bytes received
   rxPackets: number;
-  txBytes: number; // payload bytes sent
+  txBytes: number; // payload bytes sent (direct or through a relay)
   txPackets: number;
   roams: number; // endpoint changed by an authenticated packet
 }
@@ -45,6 +65,57 @@ export class Peer {
   /** Frames waiting for a session (copies), bounded. */
   staged: Buffer[] = [];
   readonly stats: PeerStats = { rxBytes: 0, rxPackets: 0, txBytes: 0, txPackets: 0, roams: 0 };
+
+  // ---- sites behind NAT (mesh/introductions.ts, relay.ts, paths.ts, resolver.ts) -------------------------
+  /** Config: this peer introduces other sites to us. */
+  introducer = false;
+  /** Config: DNS endpoint and TCP fallback endpoint. */
+  endpointHost: HostPort | null = null;
+  endpointTcp: HostPort | null = null;
+  /** The introducer this peer came from (null: configured). */
+  introducedBy: Peer | null = null;
+  /** Its 24-bit site id: assigned by us if we introduce, else by the introducer that named it (0: none). */
+  siteId = 0;
+  /** Endpoints to try for a direct path: DNS results, or the observed and local ones an introducer sent. */
+  candidates: Endpoint[] = [];
+  /** At an introducer: the local addresses the site reported (CANDIDATES). */
+  localCandidates: Endpoint[] = [];
+  learned: Learned | null = null;
+  /** Introduction flags (INTRO_FLAG_*) and when the introduction lapses unless refreshed. */
+  introFlags = 0;
+  introExpiresMs = 0;
+  /** For introducers: it relays for the sites it introduced (an introduction said so). */
+  relays = false;
+  /** For introducers: the sites it introduced, by the site ids it gave them. */
+  introducedSites: Map<number, Peer> | null = null;
+  /** At an introducer: this site uses us as its introducer (it sent CANDIDATES). */
+  acceptsIntroductions = false;
+  /** At a relay: what we relayed from this site, by target. */
+  relayedTo: Map<Peer, { packets: number; bytes: number }> | null = null;
+  /** Removed from the mesh (the switch forgets its MACs). */
+  removed = false;
+  /** Last authenticated packet that came directly (not relayed) from this peer. */
+  lastDirectRecvMs = 0;
+  /** Direct path probing: last PONG, outstanding PING. */
+  lastPongMs = 0;
+  pingNonce = 0;
+  pingSentMs = 0;
+  /** Last data frame sent to or received from this peer (introduced peers: probing and rekeying while active). */
+  lastDataMs = 0;
+  /** Hole punching: attempts so far (backoff index), next attempt, when the current one started. */
+  punchAttempt = 0;
+  punchNextMs = 0;
+  punchStartedMs = 0;
+  punchAnsweredMs = 0;
+  /** Path now in use for frames (recomputed by the mesh on changes). */
+  path: PathKind = 'none';
+  /** TCP fallback: when we first tried this peer over UDP without an answer, and the last UDP retry. */
+  udpTryingSinceMs = 0;
+  tcpRetryUdpMs = 0;
+  /** TCP fallback: endpoint_tcp resolved, the link we dialed (a socket address "tcp#N") and when. */
+  tcpCandidates: Endpoint[] = [];
+  tcpLink: string | null = null;
+  tcpDialedMs = 0;
 
   constructor(
     readonly name: string,

@@ -2,9 +2,14 @@
 // the event hooks here; tick() (every TICK_MS) decides what happens next: handshakes, retries with jitter,
 // rekeying, expiry, keepalives, peer up/down.
 //
-// homewire keeps a session up with every peer whose endpoint it knows (a site mesh is always on), rather
-// than only on demand as WireGuard does: broadcasts and DHCP must find every site reachable at once.
+// homewire keeps a session up with every configured peer whose endpoint it knows (a site mesh is always on),
+// rather than only on demand as WireGuard does: broadcasts and DHCP must find every site reachable at once.
+// Introduced peers (sites behind NAT that an introducer named) are reached through the relay; their direct
+// sessions are made by hole punching (paths.ts) and only rekeyed here while frames flow.
+// A session that has sent but heard nothing for KEEPALIVE + REKEY_TIMEOUT (both sides send keepalives) is
+// renewed: the other side restarted, or a NAT dropped its mapping (a site behind NAT is the only one that can).
 import {
+  DIRECT_IDLE_MS,
   KEEPALIVE_TIMEOUT_MS,
   PEER_DOWN_AFTER_MS,
   REJECT_AFTER_MS,
@@ -55,6 +60,7 @@ export class MeshTimers {
       if (peer.pending && now - peer.pending.sentMs >= REKEY_TIMEOUT_MS) {
         this.mesh.abandonPending(peer);
         this.mesh.handshakes.timeout++;
+        this.mesh.handshakeTimedOut(peer);
         if (!peer.current && peer.staged.length) {
           this.mesh.drops.staging_full += peer.staged.length;
           peer.staged = [];
@@ -70,12 +76,16 @@ export class MeshTimers {
   }
 
   private maybeInitiate(peer: Peer, now: number): void {
-    if (!peer.endpoint || peer.pending || now < peer.nextHandshakeMs) return;
+    if ((!peer.endpoint && peer.candidates.length === 0) || peer.pending || now < peer.nextHandshakeMs) return;
     const kp = peer.current;
+    if (peer.introducedBy !== null && (kp === null || now - peer.lastDataMs >= DIRECT_IDLE_MS)) return;
     const needed =
       kp === null ||
       now - kp.createdMs >= REKEY_AFTER_MS + (kp.initiator ? 0 : 2 * REKEY_TIMEOUT_MS) ||
-      kp.sendCounter >= REKEY_AFTER_MESSAGES_N;
+      kp.sendCounter >= REKEY_AFTER_MESSAGES_N ||
+      (peer.introducedBy === null &&
+        peer.lastSentMs > peer.lastDirectRecvMs &&
+        now - peer.lastDirectRecvMs >= KEEPALIVE_TIMEOUT_MS + REKEY_TIMEOUT_MS);
     if (!needed) return;
     peer.nextHandshakeMs = now + REKEY_TIMEOUT_MS + Math.floor(Math.random() * REKEY_JITTER_MS);
     this.mesh.initiate(peer);

@@ -4,6 +4,8 @@
 //   handshake resp  (2): type | 0 0 0 | sender index u32 LE | receiver index u32 LE | Noise IK message 2 | mac1 | mac2
 //   cookie reply    (3): type | 0 0 0 | receiver index u32 LE | nonce (24) | sealed cookie (32)   (cookie.ts)
 //   data / signal  (4/5): type | 0 0 0 | receiver index u32 LE | counter u64 LE | ChaCha20-Poly1305(payload)
+//   relayed        (6/7): type | site id u24 BE | receiver index u32 LE | counter u64 LE | ChaCha20-Poly1305(payload)
+//                         (to the relay: the target site; from the relay: the origin site; see mesh/relay.ts)
 //
 // The 16-byte transport header is the AEAD's associated data, so type, index and counter are authenticated.
 // Decoders never throw: a malformed datagram classifies as null and is counted by the caller.
@@ -18,6 +20,8 @@ import {
   MSG_DATA,
   MSG_HANDSHAKE_INIT,
   MSG_HANDSHAKE_RESP,
+  MSG_RELAY_DATA,
+  MSG_RELAY_SIGNAL,
   TRANSPORT_HEADER_BYTES,
   AEAD_TAG_BYTES,
 } from '../constants.ts';
@@ -43,12 +47,19 @@ export type Classified =
   | typeof MSG_HANDSHAKE_RESP
   | typeof MSG_COOKIE_REPLY
   | typeof MSG_DATA
-  | typeof MSG_SIGNAL;
+  | typeof MSG_SIGNAL
+  | typeof MSG_RELAY_DATA
+  | typeof MSG_RELAY_SIGNAL;
 
 /** The message type if the datagram's size and reserved bytes are right for it, else 0. */
 export function classify(msg: Buffer): Classified | 0 {
-  if (msg.length < 4 || msg[1] !== 0 || msg[2] !== 0 || msg[3] !== 0) return 0;
+  if (msg.length < 4) return 0;
   const type = msg[OFF_TYPE];
+  if (type === MSG_RELAY_DATA || type === MSG_RELAY_SIGNAL) {
+    // The reserved bytes carry a site id (authenticated: the header is the AEAD's associated data).
+    return msg.length >= TRANSPORT_HEADER_BYTES + AEAD_TAG_BYTES ? type : 0;
+  }
+  if (msg[1] !== 0 || msg[2] !== 0 || msg[3] !== 0) return 0;
   switch (type) {
     case MSG_DATA:
     case MSG_SIGNAL:
@@ -64,14 +75,20 @@ export function classify(msg: Buffer): Classified | 0 {
   }
 }
 
-export function writeTransportHeader(out: Buffer, type: number, receiver: number, counter: number): void {
+/** `site` goes into the reserved bytes (relayed messages only; 0 otherwise). */
+export function writeTransportHeader(out: Buffer, type: number, receiver: number, counter: number, site = 0): void {
   out[OFF_TYPE] = type;
-  out[1] = 0;
-  out[2] = 0;
-  out[3] = 0;
+  out[1] = site >>> 16;
+  out[2] = (site >>> 8) & 0xff;
+  out[3] = site & 0xff;
   out.writeUInt32LE(receiver, OFF_RECEIVER);
   out.writeUInt32LE(counter >>> 0, OFF_COUNTER_LO);
   out.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), OFF_COUNTER_HI);
+}
+
+/** Relayed messages: the 24-bit site id in the reserved bytes. */
+export function readSite(msg: Buffer): number {
+  return (msg[1] << 16) | (msg[2] << 8) | msg[3];
 }
 
 export function readReceiver(msg: Buffer): number {

@@ -28,7 +28,8 @@ export interface SecurityConfig {
   raGuard: boolean;
   /** DHCP server replies only from homewire's own server, the home LAN's side, or trusted peers. */
   dhcpSnooping: boolean;
-  /** Peers whose DHCP server replies reach this site's guests; null: every peer (logged at start). */
+  /** Peers whose DHCP server replies reach this site's guests; null: the introducers if any peer is one
+   *  (issue 9's `introducer: true`: home), else every peer (logged at start). */
   dhcpServers: string[] | null;
   /** Answer ARP requests for bound addresses here instead of flooding them over the mesh. */
   arpSuppression: boolean;
@@ -56,20 +57,20 @@ function oneOf<T extends string>(c: Checker, v: unknown, key: string, allowed: r
 }
 
 /**
- * Validates `security:` (raw YAML value, maybe undefined). `servesDhcp`: the site has a `dhcp:` section,
- * which makes its local side the home LAN unless `local_side` says otherwise. `peerNames` checks
+ * Validates `security:` (raw YAML value, maybe undefined). `homeSite`: the site serves DHCP, introduces or
+ * relays, which makes its local side the home LAN unless `local_side` says otherwise. `peerNames` checks
  * `dhcp_servers`.
  */
 export function parseSecurityConfig(
   raw: unknown,
   file: string,
-  servesDhcp: boolean,
+  homeSite: boolean,
   peerNames: readonly string[],
 ): SecurityConfig {
   const c = new Checker(file);
   const o = raw === undefined ? {} : c.object(raw, 'security');
   c.onlyKeys(o, KEYS, 'security');
-  const localSide = oneOf(c, o.local_side, 'security.local_side', ['lan', 'guests'], servesDhcp ? 'lan' : 'guests');
+  const localSide = oneOf(c, o.local_side, 'security.local_side', ['lan', 'guests'], homeSite ? 'lan' : 'guests');
   const portSecurity = oneOf(c, o.port_security, 'security.port_security', ['strict', 'learn', 'off'], 'strict');
   const macMoves = oneOf(c, o.mac_moves, 'security.mac_moves', ['authorized', 'open'], 'authorized');
   const arpInspection = oneOf(c, o.arp_inspection, 'security.arp_inspection', ['strict', 'learn', 'off'], 'strict');

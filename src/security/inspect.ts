@@ -209,7 +209,10 @@ export class Inspector {
   trustsDhcpFrom(peer: Peer): boolean {
     if (!this.site.guestsSide || this.ctx.dhcp !== null) return false;
     const list = this.site.cfg.dhcpServers;
-    return list === null || list.includes(peer.name);
+    if (list !== null) return list.includes(peer.name);
+    // No list: the introducer (home, where DHCP lives) if this site has one; else any configured peer.
+    if (this.ctx.hasIntroducer()) return peer.introducer;
+    return peer.introducedBy === null;
   }
 
   private peerDhcpServer(peer: Peer, frame: Buffer): number {

@@ -26,7 +26,7 @@ import { Bindings } from './bindings.ts';
 import type { SecurityConfig } from './config.ts';
 import { InspectionDrops, OwnershipDrops, PortSecurityDrops, SnoopingDrops } from './counters.ts';
 import { Inspector } from './inspect.ts';
-import { LimitedLog, type WarnLogger } from './limited-log.ts';
+import { LimitedLog, type WarnLogger } from '../limited-log.ts';
 import { StormControl } from './storm.ts';
 
 /** Lease lookups from this site's own DHCP server (authoritative bindings without snooping). */
@@ -45,6 +45,8 @@ export interface SiteContext {
   writeLocal(frame: Buffer): void;
   /** This site's DHCP server, if it serves one (null otherwise). */
   dhcp: ({ serveLocal: boolean } & LeaseSource) | null;
+  /** Whether a configured peer is marked `introducer: true` (then only introducers are trusted for DHCP). */
+  hasIntroducer(): boolean;
   log: WarnLogger;
 }
 

@@ -43,6 +43,11 @@ export class DgramSocket implements UdpSocket {
   private gso = true;
   /** Datagrams that went out through the batched path, and how many fell back to dgram. */
   readonly batchStats = { batched: 0, fallback: 0, gsoDisabled: false };
+  /** Single sends (handshakes) that failed locally: a firewall refusing UDP shows here at once. */
+  sendErrors = 0;
+  private readonly onSent = (err: Error | null) => {
+    if (err) this.sendErrors++;
+  };
 
   private constructor(
     private readonly sock: dgram.Socket,
@@ -117,7 +122,7 @@ export class DgramSocket implements UdpSocket {
   }
 
   send(msg: Buffer, port: number, address: string): void {
-    this.sock.send(msg, port, address);
+    this.sock.send(msg, port, address, this.onSent);
   }
 
   /** Runs of equal-size datagrams leave as one UDP GSO send; the rest in one sendmmsg. */

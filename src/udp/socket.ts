@@ -1,5 +1,10 @@
-// The UDP seam: the daemon's underlay socket. Two implementations: node:dgram (udp/dgram.ts) and an
-// in-memory network (lab/twins/udp.ts) that lets tests run whole meshes in one process.
+// The UDP seam: the daemon's underlay socket. Implementations: node:dgram (udp/dgram.ts), the same with TCP
+// links beside it (udp/underlay.ts), and an in-memory network (lab/twins/udp.ts) that lets tests run whole
+// meshes in one process.
+//
+// TCP links (fallback for networks that block UDP) look like UDP endpoints to the mesh: a link's address is
+// "tcp#N" and datagrams to it go over that TCP connection, so sessions, roaming and relaying need no special
+// case for them.
 
 /** A datagram. The buffer is OWNED by the handler (it may decrypt in place and keep it). */
 export type UdpHandler = (msg: Buffer, address: string, port: number) => void;
@@ -14,4 +19,18 @@ export interface UdpSocket {
   /** Fire-and-forget send of msgs[0..count) to one destination, in order. OWNERSHIP passes. */
   sendBatch(msgs: Buffer[], count: number, port: number, address: string): void;
   close(): Promise<void>;
+  /** TCP fallback: connects to address:port and returns the link's address ("tcp#N"), or null if unsupported. */
+  dial?(address: string, port: number): string | null;
+  /** Whether a link address still has an open connection. */
+  linkOpen?(address: string): boolean;
+  /** A link address as people read it ("tcp 192.0.2.1:443"). */
+  describe?(address: string, port: number): string;
+  /** UDP sends that failed locally so far (e.g. a firewall rejecting them). */
+  readonly sendErrors?: number;
+}
+
+export const LINK_PREFIX = 'tcp#';
+
+export function isLink(address: string): boolean {
+  return address.startsWith(LINK_PREFIX);
 }

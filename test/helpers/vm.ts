@@ -11,9 +11,9 @@ export const vmTest = testIf(vmSkipReason());
 
 export async function vmLab(
   t: ExecutionContext,
-  opts: Omit<LabOptions, 'prefix'>,
+  opts: Omit<LabOptions, 'prefix'> & { prefix?: string },
 ): Promise<{ lab: Lab; guests: () => LabGuests }> {
-  const prefix = vmPrefix();
+  const prefix = opts.prefix ?? vmPrefix();
   let lab: Lab | null = null;
   let guests: LabGuests | null = null;
   t.teardown(async () => {

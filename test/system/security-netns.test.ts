@@ -148,10 +148,10 @@ netnsTest(
         '--dhcp-range=198.51.100.60,198.51.100.70,2m',
         '--dhcp-authoritative',
         '--no-ping', // offer at once (by default dnsmasq pings an address for 3 s first)
-        '--dhcp-leasefile=' + path.join(lab.dir, 'dnsmasq.leases'),
-        '--pid-file=' + path.join(lab.dir, 'dnsmasq.pid'),
+        `--dhcp-leasefile=${path.join(lab.dir, 'dnsmasq.leases')}`,
+        `--pid-file=${path.join(lab.dir, 'dnsmasq.pid')}`,
         '--log-dhcp',
-        '--log-facility=' + dnsmasqLog,
+        `--log-facility=${dnsmasqLog}`,
       ],
       { stdio: 'pipe' },
     );

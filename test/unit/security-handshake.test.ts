@@ -3,7 +3,7 @@
 // puts the responder under load, where it answers with cookies instead of DH and a real peer still gets its
 // session; one source with valid cookies is held to its token bucket; a forged response does not cancel the
 // pending handshake; responses to our own initiations are processed before queued initiations.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import sodium from 'sodium-native';
 import {
   HANDSHAKE_INIT_BYTES,
@@ -31,11 +31,22 @@ function bogusInit(): Buffer {
 function attacker(targetPublicKey: Buffer) {
   const guard = new HandshakeGuard(publicKeyOf(generatePrivateKey()), Date.now);
   const r = guard.remote({}, targetPublicKey);
-  return { guard, r, stamp: (msg: Buffer) => (guard.stamp(msg, r), msg) };
+  return {
+    guard,
+    r,
+    stamp: (msg: Buffer) => {
+      guard.stamp(msg, r);
+      return msg;
+    },
+  };
 }
 
 /** mac1-valid bogus initiations from spoofed 198.18.0.0/15 sources, ~perTick every 20 ms, until stop(). */
-function startFlood(net: { inject: (...a: any[]) => void }, stamp: (m: Buffer) => Buffer, perTick = 400) {
+function startFlood(
+  net: { inject: (msg: Buffer, fromAddress: string, fromPort: number, toAddress: string, toPort: number) => void },
+  stamp: (m: Buffer) => Buffer,
+  perTick = 400,
+) {
   let on = true;
   let sent = 0;
   const done = (async () => {
@@ -56,7 +67,7 @@ function startFlood(net: { inject: (...a: any[]) => void }, stamp: (m: Buffer) =
   };
 }
 
-async function twoSites(t: any) {
+async function twoSites(t: ExecutionContext) {
   const m = await buildMesh({ names: ['home', 'host-a'] });
   t.teardown(m.stop);
   await waitFor(() => allUp(m.nodes));
@@ -135,7 +146,7 @@ test.serial('one source with valid cookies is held to its token bucket', async (
 });
 
 test.serial('a forged response does not cancel the pending handshake; the real one completes it', async (t) => {
-  const { net, home, a } = await twoSites(t);
+  const { net, a } = await twoSites(t);
   let held: Buffer | null = null;
   let init: Buffer | null = null;
   net.filter = (msg, from) => {

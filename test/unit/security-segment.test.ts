@@ -503,3 +503,38 @@ test.serial('DHCP identity: chaddr must be the sender; a lease cannot be release
   t.not(await lease(s.b, copied), firstIp);
   t.true(dhcp.stats.clientIdConflicts >= 1);
 });
+
+// ---- through a relay: judged against the origin site -----------------------------------------------------
+
+test.serial('a relayed frame or move announcement is judged against its origin site, not the relay', async (t) => {
+  const { buildNatMesh, allIntroduced, peerAt } = await import('../helpers/nat-mesh.ts');
+  const { encodeKey, publicKeyOf } = await import('../../src/mesh/keys.ts');
+  // Two symmetric NATs: host-a and host-c reach each other only through home.
+  const m = await buildNatMesh({
+    sites: [
+      { name: 'host-a', nat: 'symmetric' },
+      { name: 'host-c', nat: 'symmetric' },
+    ],
+  });
+  t.teardown(m.stop);
+  await waitFor(() => allIntroduced(m), 10_000);
+  const a = m.sites.get('host-a')!;
+  const c = m.sites.get('host-c')!;
+  const G = '52:54:00:00:02:0a';
+  a.tap.inject(arp(1, G, '198.51.100.60', '00:00:00:00:00:00', '198.51.100.1'));
+  await waitFor(() => c.daemon.sw.table.get(macNumber(G))?.port?.name === 'host-a', 5000);
+  const toA = peerAt(c, 'host-a')!;
+  t.is(c.daemon.mesh.pathOf(toA), 'relay');
+  // host-c's daemon claims host-a's guest, and sends as it, through home.
+  c.daemon.mesh.sendSignal(toA, encodeMacAt(macNumber(G), 999));
+  c.daemon.mesh.sendFrame(toA, frame(BCAST, G, 0x0800, Buffer.alloc(46)));
+  c.daemon.mesh.flush();
+  const own = a.daemon.sw.security.ownership;
+  await waitFor(() => own.move_refused === 1 && own.local_mac === 1, 5000);
+  t.is(a.daemon.sw.table.get(macNumber(G))?.port, null, 'host-a keeps its guest');
+  // The refusal names the origin (host-c), not the relay: with host-c authorized, the same claim is followed.
+  a.daemon.authorizeMove(G, encodeKey(publicKeyOf(c.key)), Date.now() + 60_000);
+  c.daemon.mesh.sendSignal(toA, encodeMacAt(macNumber(G), 1000));
+  c.daemon.mesh.flush();
+  await waitFor(() => a.daemon.sw.table.get(macNumber(G))?.port?.name === 'host-c', 5000);
+});

@@ -1,6 +1,7 @@
-// Warnings about hostile input, at most one per key per SECURITY_LOG_INTERVAL_MS: an attacker who sends a
-// million bad frames gets one log line every ten seconds (with the count it stands for), never a million.
-import { SECURITY_LOG_INTERVAL_MS } from '../constants.ts';
+// Warnings about hostile input (a bad frame, a wrong token, a host acting as another), at most one per key per
+// SECURITY_LOG_INTERVAL_MS: an attacker who sends a million bad frames or requests gets one log line every ten
+// seconds (with the count it stands for), never a million. Shared by the data plane, coordinator and agent.
+import { SECURITY_LOG_INTERVAL_MS } from './constants.ts';
 
 export interface WarnLogger {
   warn(obj: object, msg?: string): void;
@@ -23,7 +24,7 @@ export class LimitedLog {
       return;
     }
     this.log.warn(e && e.suppressed > 0 ? { ...fields, suppressedSinceLast: e.suppressed } : fields, msg);
-    if (this.last.size > 1024) this.last.clear(); // keys are reasons x ports: never this many, but bounded
+    if (this.last.size > 1024) this.last.clear(); // keys are reasons x ports or hosts: bounded anyway
     this.last.set(key, { atMs: now, suppressed: 0 });
   }
 }
