@@ -154,7 +154,7 @@ vmTest(
 );
 
 vmTest(
-  "a guest namespace moved from host-a's bridge to host-b's + one gratuitous ARP: ≤ 2 of 10 ms pings lost, iperf3 survives",
+  "a guest namespace moved from host-a's bridge to host-b's + one gratuitous ARP: ≤ 2 of 10 ms pings lost beyond the move itself, iperf3 survives",
   async (t) => {
     t.timeout(120_000);
     const { lab } = await vmLab(t, { siteConfig: vmSiteConfig() });
@@ -249,7 +249,10 @@ vmTest(
           .join(', '),
     );
     t.true(trace.replies.length > 300, 'the LAN host pinged the guest throughout');
-    t.true(trace.lost <= 2, `${trace.lost} replies lost`);
+    // While the veth is between namespaces the guest has no link at all: pings sent then are lost whatever the
+    // overlay does (a loaded machine makes the move itself slow). What the mesh owns is the loss beyond that.
+    const inMove = Math.ceil((t2 - t0) / 10);
+    t.true(trace.lost <= inMove + 2, `${trace.lost} replies lost, ${inMove} of them sent while the link was moving`);
     const doc = JSON.parse(iperf!.stdout || '{}');
     t.is(doc.error, undefined, `iperf3: ${doc.error}`);
     const recv = doc.end?.sum_received;
