@@ -24,6 +24,13 @@ Daemon:
   reload --config FILE        re-read the config in the running daemon (same as SIGHUP)
   expect --config FILE --mac MAC
                               live migration: MAC is about to arrive on this host
+  authorize-move --config FILE --mac MAC --to SITE [--seconds N]
+                              MAC may move to SITE (a peer name, this node's name or a base64
+                              public key) for N seconds (default 60): what the coordinator sends
+                              before a migration (security.mac_moves: authorized)
+  guests --config FILE MAC[=IP] ...
+                              this host's guest MACs (and reserved addresses) for port security,
+                              as the coordinator's agent sets them
   leases --config FILE [--json]
                               DHCP leases of a serving site (MAC, IP, hostname, expiry, site)
   help                        this text
@@ -74,6 +81,8 @@ async function main(argv: string[]): Promise<void> {
     case 'status':
     case 'reload':
     case 'expect':
+    case 'authorize-move':
+    case 'guests':
       return control(cmd, args);
     case 'leases': {
       const cfg = loadConfig(requireConfig(args));
@@ -132,6 +141,29 @@ async function control(cmd: string, args: string[]): Promise<void> {
     process.stdout.write(`expecting ${mac} on ${cfg.name}\n`);
     return;
   }
+  if (cmd === 'authorize-move') {
+    const mac = option(args, '--mac');
+    const to = option(args, '--to');
+    if (!mac || !to) fail('give --mac MAC and --to SITE (peer name, this node or base64 public key)');
+    const seconds = Number(option(args, '--seconds') ?? 60);
+    if (!(seconds > 0)) fail('--seconds must be a positive number');
+    const r = await controlRequest(socket, 'POST', '/v1/authorize-move', { mac, to, seconds });
+    if (!r.body.ok) fail(r.body.error ?? 'refused', 1);
+    process.stdout.write(`${mac} may move to ${to} for ${seconds} s (on ${cfg.name})\n`);
+    return;
+  }
+  if (cmd === 'guests') {
+    const list = args
+      .filter((a, i) => !a.startsWith('-') && !['--config', '-c'].includes(args[i - 1]))
+      .map((a) => {
+        const [mac, ip] = a.split('=');
+        return ip ? { mac, ip } : { mac };
+      });
+    const r = await controlRequest(socket, 'POST', '/v1/guests', { guests: list });
+    if (!r.body.ok) fail(r.body.error ?? 'refused', 1);
+    process.stdout.write(`${list.length} guest MACs set on ${cfg.name}\n`);
+    return;
+  }
   const r = await controlRequest<StatusReport>(socket, 'GET', '/v1/status');
   if (args.includes('--json')) {
     process.stdout.write(`${JSON.stringify(r.body, null, 2)}\n`);
@@ -186,6 +218,23 @@ function formatStatus(s: StatusReport): string {
   for (const r of s.relayed) out.push(`relayed ${r.from} → ${r.to}: ${r.packets} packets, ${bytes(r.bytes)}`);
   const drops = Object.entries(s.drops).filter(([, v]) => v > 0);
   out.push(`drops: ${drops.length ? drops.map(([k, v]) => `${k}=${v}`).join(' ') : 'none'}`);
+  const sec = s.security;
+  const secDrops = [
+    ['port security', sec.portSecurityDrops],
+    ['ownership', sec.ownershipDrops],
+    ['dhcp snooping', sec.dhcpSnoopingDrops],
+    ['inspection', sec.inspectionDrops],
+    ['storm', sec.stormDrops],
+    ['handshake guard', sec.handshakeGuard],
+  ] as const;
+  out.push(
+    `security: ${sec.localSide} side, port security ${sec.portSecurity}, moves ${sec.macMoves}` +
+      `${sec.guestMacs === null ? '' : `, ${sec.guestMacs} guest MACs`}`,
+  );
+  for (const [what, counts] of secDrops) {
+    const nz = Object.entries(counts).filter(([, v]) => v > 0);
+    if (nz.length) out.push(`  ${what}: ${nz.map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  }
   if (s.dhcp) {
     out.push('', `dhcp leases (${s.dhcp.active} active):`);
     for (const l of s.dhcp.leases)

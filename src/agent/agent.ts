@@ -16,7 +16,7 @@ import net from 'node:net';
 import { CoordinatorClient } from '../coordinator/client.ts';
 import { AGENT_REQUEST_TIMEOUT_MS, AGENT_RETRY_MS, HEARTBEAT_MS, POLL_WAIT_MS } from '../coordinator/constants.ts';
 import { NAME_RE } from '../coordinator/images.ts';
-import { LimitedLog } from '../coordinator/limited-log.ts';
+import { LimitedLog } from '../limited-log.ts';
 import { NBD_EXPORT, parseMigrationUri, refuseMigrationAddress } from '../coordinator/migration.ts';
 import {
   ApiError,

@@ -33,8 +33,6 @@ export const DEFAULT_LISTEN = '127.0.0.1:7100';
 export const DEFAULT_DATA_DIR = '/var/lib/homewire/coordinator';
 export const TOKEN_MIN_CHARS = 16;
 export const HOST_TOKEN_SECRET_BYTES = 32; // a host token is NAME.SECRET, SECRET 256 random bits
-/** A repeated warning about hostile input (bad tokens, refused commands) is logged at most this often. */
-export const SECURITY_LOG_INTERVAL_MS = 10_000;
 
 // --- VM defaults and limits -----------------------------------------------------------------------------
 export const VM_DEFAULT_CPUS = 1;

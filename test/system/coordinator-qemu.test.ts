@@ -110,6 +110,10 @@ vmTest(
     // Migrate to host-b while the LAN host pings every 10 ms.
     const ping = startPing(lab, 'lan', lease.ip, 0.01);
     await sleep(1500);
+    // A migration is authorized on every site before it starts (security.mac_moves: authorized). The
+    // coordinator tells the hosts' agents; home runs no agent in this lab (homeAgentSection would give it
+    // one), so the test authorizes on every daemon itself.
+    await lab.authorizeMove(created.mac, 'host-b');
     const migrateAt = Date.now();
     const migrated = await json<VmRecord>('vm', 'migrate', 'web', '--to', 'host-b');
     const migratedAt = Date.now();
