@@ -41,6 +41,8 @@ export interface GridOptions {
   logLevel?: string;
   /** standalone (default): `homewire agent` beside the daemon; daemon: the agent runs inside `homewire up`. */
   agents?: 'standalone' | 'daemon';
+  /** The home site's daemon joins the coordinator (hypervisor: none), restarted with a token (default true). */
+  homeAgent?: boolean;
   /** Extra lines for a host's coordinator: section (indented by two spaces), e.g. qemu_binary. */
   agentExtra?: (site: string) => string[];
   /** QEMU's user (default LAB_QEMU_USER); null: QEMU stays root. */
@@ -123,16 +125,30 @@ export class GridLab {
       }
       await lab.waitPeersUp(90_000); // a busy machine starts Node slowly
     } else for (const site of g.hosts) g.startAgent(site);
+    // The home site's daemon joins too (no hypervisor), as in a real grid: the coordinator tells every site's
+    // MAC ownership about a VM's moves (security.mac_moves: authorized) and home's DHCP about reservations.
+    const home = lab.sites.find((s) => s.role === 'home');
+    const homeJoins =
+      o.homeAgent !== false && home !== undefined && !/^coordinator:/m.test(fs.readFileSync(home.configFile, 'utf8'));
+    if (home && homeJoins) {
+      await waitForCoordinator(g);
+      await g.hostToken(home.name);
+      await lab.stopDaemon(home.name);
+      fs.appendFileSync(home.configFile, `\n${homeAgentSection(home.name)}\n`);
+      lab.startDaemon(home.name);
+      await lab.waitPeersUp(90_000);
+    }
+    const expected = home && homeJoins ? [...g.hosts, home.name] : g.hosts;
     const deadline = Date.now() + 90_000; // a busy machine starts Node slowly
     for (;;) {
       const r = await g.cli('host', 'list', '--json');
       const up =
         r.code === 0
           ? (JSON.parse(r.stdout) as { hosts: HostView[] }).hosts.filter(
-              (h) => h.state === 'up' && g.hosts.includes(h.name),
+              (h) => h.state === 'up' && expected.includes(h.name),
             ).length
           : 0;
-      if (up === g.hosts.length) break;
+      if (up === expected.length) break;
       if (Date.now() > deadline)
         throw new Error(
           `hosts not registered after 90 s (host list: exit ${r.code} ${r.stdout.trim()} ${r.stderr.trim()})\n${g.logs()}`,

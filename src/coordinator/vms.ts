@@ -150,7 +150,7 @@ export class Lifecycle {
   // ---- start ---------------------------------------------------------------------------------------
 
   async start(name: string, o: { host?: string; wait?: boolean } = {}): Promise<VmRecord> {
-    const { vm, image } = await this.r.locked(async () => {
+    const { vm, image, lastHost } = await this.r.locked(async () => {
       const vm = await this.get(name);
       checkOperation(vm, 'start');
       this.checkIdle(vm, 'start');
@@ -185,6 +185,7 @@ export class Lifecycle {
             transition(vm, 'starting', { host: host.name, target: null, error: null }, this.r.date()),
           ),
           image,
+          lastHost: vm.host ?? null,
         };
       } catch (err) {
         this.busy.delete(name);
@@ -216,6 +217,10 @@ export class Lifecycle {
             `offering vm ${name}'s disk on ${diskHost} for a copy to ${host}`,
           );
         }
+        // The MAC may still be known behind the host it last ran on (a stopped VM, a warm snapshot resumed
+        // elsewhere): the daemons' MAC ownership is told it now lives here, as for a migration.
+        const hostRec = await this.d.store.get<HostRecord>('hosts', host);
+        if (hostRec) await this.authorizeMove(vm, lastHost ?? host, hostRec, 'start_failed');
         const r = await this.command(
           host,
           {
@@ -551,7 +556,12 @@ export class Lifecycle {
    * the destination and the site(s) serving DHCP (the home LAN) are waited for; every other host that is up
    * is told too, without waiting (its guests may talk to this one).
    */
-  private async authorizeMove(vm: VmRecord, src: string, dest: HostRecord): Promise<void> {
+  private async authorizeMove(
+    vm: VmRecord,
+    src: string,
+    dest: HostRecord,
+    code: 'migration_failed' | 'start_failed' = 'migration_failed',
+  ): Promise<void> {
     if (!dest.public_key) {
       this.d.log.warn(
         { vm: vm.name, to: dest.name },
@@ -574,7 +584,7 @@ export class Lifecycle {
           h,
           body,
           SHORT_COMMAND_TIMEOUT_MS,
-          'migration_failed',
+          code,
           `authorizing ${vm.mac} to move to ${dest.name} at ${h}'s daemon`,
         ),
       ),

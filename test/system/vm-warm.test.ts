@@ -75,7 +75,8 @@ vmTest(
         `manifest ${JSON.stringify(w.manifest)}; the guest's uptime was ${before} s`,
     );
     t.truthy(w.overlay, 'the frozen overlay is part of it');
-    const qemuA = (await grid.json<{ hosts: HostView[] }>('host', 'list')).hosts[0].hypervisor.qemu_version;
+    const qemuA = (await grid.json<{ hosts: HostView[] }>('host', 'list')).hosts.find((h) => h.name === 'host-a')!
+      .hypervisor.qemu_version;
     t.is(w.manifest.qemu, qemuA ?? '(none)');
     t.is(w.manifest.memory_mib, 128);
     t.deepEqual(w.manifest.devices, ['virtio-net-pci', 'virtio-blk-pci']);
