@@ -14,8 +14,11 @@ Keys:
                               (homewire genkey | tee host.key | homewire pubkey > host.pub)
 Daemon:
   check --config FILE         validate a config file; exit 0, or name the key and what is wrong
-  up --config FILE            run the daemon in the foreground (SIGINT/SIGTERM stop it, SIGHUP
-                              reloads the config; needs root or CAP_NET_ADMIN for the TAP device)
+  up --config FILE [--stop-guests-on-exit]
+                              run the daemon in the foreground (SIGINT/SIGTERM stop it, SIGHUP
+                              reloads the config; needs root or CAP_NET_ADMIN for the TAP device).
+                              Its host agent's QEMU guests keep running when it stops (the next
+                              daemon re-adopts them) unless --stop-guests-on-exit
   status --config FILE [--json]
                               peers (endpoint, handshake, rx/tx, RTT), local MACs, leases
   reload --config FILE        re-read the config in the running daemon (same as SIGHUP)
@@ -74,7 +77,7 @@ async function main(argv: string[]): Promise<void> {
       return;
     }
     case 'up':
-      return up(requireConfig(args));
+      return up(requireConfig(args), args.includes('--stop-guests-on-exit'));
     case 'status':
     case 'reload':
     case 'expect':
@@ -105,16 +108,19 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-async function up(file: string): Promise<void> {
+async function up(file: string, stopGuestsOnExit: boolean): Promise<void> {
   const cfg = loadConfig(file);
+  if (stopGuestsOnExit && cfg.coordinator) cfg.coordinator.stopGuestsOnExit = true;
   const log = createLogger(process.env.HOMEWIRE_LOG_LEVEL ?? cfg.logLevel);
+  log.info({ config: cfg.file, pid: process.pid }, 'homewire starting');
   const { Daemon } = await import('./daemon.ts');
   const daemon = await Daemon.fromConfig(cfg, { log, services: true });
   await daemon.start();
   process.on('SIGHUP', () => {
     daemon.reloadFromFile().catch(() => {});
   });
-  exitOnSignals(log, 'the daemon', () => daemon.stop(), 2000);
+  // Stopping guests (QMP quit, one after the other) takes longer than closing the TAP and the socket.
+  exitOnSignals(log, 'the daemon', () => daemon.stop(), cfg.coordinator?.stopGuestsOnExit ? 15_000 : 2000);
 }
 
 async function control(cmd: string, args: string[]): Promise<void> {

@@ -48,6 +48,8 @@ export interface AgentStatus {
   bootId: string;
   guests: GuestReport[];
   hypervisor: HypervisorInfo | null;
+  /** Guests an earlier agent left running, as this one found them at start. */
+  adoption: { adopted: string[]; dead: string[]; settled: string[]; ms: number } | null;
   registrations: number;
   heartbeats: number;
   heartbeatFailures: number;

@@ -40,6 +40,8 @@ export interface HostOptions {
   site?: string;
   labels?: Record<string, string>;
   available?: boolean;
+  /** The QEMU version the fake hypervisor reports (warm images pin it). */
+  qemuVersion?: string;
   dhcp?: boolean;
   address?: string | null | (() => string | undefined);
   /** The daemon's expect (default: record the MAC in FakeHost.expects). */
@@ -149,7 +151,7 @@ export class Harness {
       'coordinator',
       name,
     );
-    const hv = new FakeHypervisor(this.cloud, name, { available: o.available });
+    const hv = new FakeHypervisor(this.cloud, name, { available: o.available, qemuVersion: o.qemuVersion });
     const publicKey = o.publicKey === undefined ? crypto.randomBytes(32).toString('base64') : o.publicKey;
     const host: FakeHost = {
       name,

@@ -16,6 +16,7 @@ export const MIGRATE_TIMEOUT_MS = 300_000; // RAM copy under TCG is slow
 export const SHORT_COMMAND_TIMEOUT_MS = 15_000; // expect, authorize-move, confirm, stop
 /** How long a daemon lets a migrating guest's MAC move to the destination (the whole migration, and then some). */
 export const AUTHORIZE_MOVE_TTL_MS = MIGRATE_TIMEOUT_MS + 60_000;
+export const SNAPSHOT_TIMEOUT_MS = 300_000; // save RAM to a file, copy the overlay, upload both
 /** After a leader takes over, agents get this long to report before unfinished operations are settled. */
 export const TAKEOVER_GRACE_MS = 2 * HEARTBEAT_MS + 1_000;
 

@@ -45,7 +45,7 @@ export class HostRegistry {
     private readonly store: Store,
     private readonly log: Logger,
     private readonly now: () => number,
-    private readonly onDown: (host: string) => void,
+    private readonly onDown: (host: string, reason?: string) => void,
   ) {}
 
   async register(info: HostInfo): Promise<HostRecord> {
@@ -60,6 +60,9 @@ export class HostRegistry {
     await this.store.put('hosts', info.name, rec);
     const l = this.live.get(info.name);
     const sameBoot = l?.bootId === info.boot_id;
+    // A restarted agent will never answer what its predecessor was asked: fail those commands now, not at
+    // their timeouts (its guests kept running; it reports them in its first heartbeat).
+    if (l && !sameBoot) this.onDown(info.name, 'restarted its agent');
     this.live.set(info.name, {
       lastSeenMs: now,
       bootId: info.boot_id,
@@ -202,8 +205,8 @@ export class HostRegistry {
     });
   }
 
-  /** Can `vm` run on `h`? null if yes, else why not. */
-  unfit(h: HostView, vm: VmRecord): string | null {
+  /** Can `vm` run on `h`? null if yes, else why not. `need`: a further condition (a warm image's QEMU). */
+  unfit(h: HostView, vm: VmRecord, need?: (h: HostView) => string | null): string | null {
     if (h.state !== 'up') return `${h.name} is down`;
     if (!h.hypervisor.available) return `${h.name} has no hypervisor (${h.hypervisor.reason ?? 'not available'})`;
     if (vm.placement.site !== undefined && h.site !== vm.placement.site)
@@ -213,27 +216,34 @@ export class HostRegistry {
     }
     if (h.free.cpus < vm.cpus) return `${h.name} has ${h.free.cpus} free CPUs, needs ${vm.cpus}`;
     if (h.free.memory_mib < vm.memory_mib) return `${h.name} has ${h.free.memory_mib} MiB free, needs ${vm.memory_mib}`;
-    return null;
+    return need?.(h) ?? null;
   }
 
   /** The chosen host (checked), or the up host with the most free memory, then CPUs, that fits. */
-  place(views: HostView[], vm: VmRecord, o: { host?: string; exclude?: string } = {}): HostView {
+  place(
+    views: HostView[],
+    vm: VmRecord,
+    o: { host?: string; exclude?: string; need?: (h: HostView) => string | null; prefer?: string | null } = {},
+  ): HostView {
     if (o.host !== undefined) {
       const h = views.find((x) => x.name === o.host);
       if (!h) throw new ApiError(404, 'not_found', `no host named ${o.host} (homewire host list)`);
       if (h.name === o.exclude)
         throw new ApiError(409, 'same_host', `vm ${vm.name} already runs on ${h.name}: pick another host`);
-      const why = this.unfit(h, vm);
+      const why = this.unfit(h, vm, o.need);
       if (why) throw new ApiError(409, 'no_host', `vm ${vm.name} cannot run on ${why}`);
       return h;
     }
     const reasons: string[] = [];
     const fits = views.filter((h) => {
       if (h.name === o.exclude) return false;
-      const why = this.unfit(h, vm);
+      const why = this.unfit(h, vm, o.need);
       if (why) reasons.push(why);
       return why === null;
     });
+    // The host that keeps the VM's disk, if it fits: no copy needed.
+    const preferred = o.prefer ? fits.find((h) => h.name === o.prefer) : undefined;
+    if (preferred) return preferred;
     if (fits.length === 0) {
       throw new ApiError(
         409,
