@@ -179,6 +179,9 @@ export class Daemon {
         expect: (mac) => this.expect(mac),
         log: this.log.child({ part: 'agent' }),
         reservations: dhcp ? (list) => dhcp.setExtraReservations(list) : undefined,
+        leases: dhcp
+          ? () => dhcp.leases().flatMap((l) => (l.state === 'bound' ? [{ mac: l.mac, ip: l.ip }] : []))
+          : undefined,
         authorizeMove: (mac, siteKey, untilMs) => this.authorizeMove(mac, siteKey, untilMs),
         setGuestMacs: (list) => this.setGuestMacs(list),
         mesh: () => meshReport(this.status()),

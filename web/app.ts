@@ -33,6 +33,7 @@ interface VmRecord {
   memory_mib: number;
   mac: string;
   ip: string | null;
+  lease_ip?: string | null;
   state: string;
   host: string | null;
   target: string | null;
@@ -462,7 +463,9 @@ function renderVms(): void {
             h('option', { value: '' }, 'any host'),
             ...others.map((n) => h('option', { value: n, selected: n === choice }, n)),
           );
-          const ssh = vm.ip ? `ssh root@${vm.ip}` : '';
+          // A reservation, else what home's DHCP server leased to the MAC (reported with its heartbeat).
+          const ip = vm.ip ?? vm.lease_ip ?? null;
+          const ssh = ip ? `ssh root@${ip}` : '';
           const row = h(
             'tr',
             { 'data-vm': vm.name, class: vm.state },
@@ -473,19 +476,15 @@ function renderVms(): void {
             h(
               'td',
               { class: 'ip' },
-              vm.ip
+              ip
                 ? h(
                     'span',
-                    {},
+                    { title: vm.ip ? 'reserved at home' : 'leased from the home pool' },
                     h('code', {}, ssh),
                     ' ',
                     h('button', { class: 'copy', title: 'copy the ssh command', onclick: () => copy(ssh) }, 'copy'),
                   )
-                : h(
-                    'span',
-                    { class: 'muted', title: 'no reservation: the guest has a lease from the home pool' },
-                    'dhcp',
-                  ),
+                : h('span', { class: 'muted', title: 'no reservation, and no lease from the home pool yet' }, 'dhcp'),
             ),
             h('td', {}, vm.image),
             h('td', { 'data-since': vm.state === 'running' || vm.state === 'migrating' ? (vm.started_at ?? '') : '' }),

@@ -28,6 +28,8 @@ export interface FakeHost {
   /** The guest MAC list the "daemon" was given last (port security). */
   guestMacs: GuestMac[] | null;
   reservations: { mac: string; ip: string; vm: string }[] | null;
+  /** A DHCP site's bound leases (its agent reports them with each heartbeat). */
+  leases: { mac: string; ip: string }[];
   /** The host's own API token (coordinator.token_file). */
   token: string;
   tokenFile: string;
@@ -43,6 +45,8 @@ export interface HostOptions {
   /** The QEMU version the fake hypervisor reports (warm images pin it). */
   qemuVersion?: string;
   dhcp?: boolean;
+  /** With dhcp: the site's bound leases, reported with each heartbeat (FakeHost.leases, changeable). */
+  leases?: { mac: string; ip: string }[];
   address?: string | null | (() => string | undefined);
   /** The daemon's expect (default: record the MAC in FakeHost.expects). */
   expect?: (mac: string) => { ok: boolean; error?: string };
@@ -161,6 +165,7 @@ export class Harness {
       authorized: [],
       guestMacs: null,
       reservations: null,
+      leases: o.leases ?? [],
       token,
       tokenFile,
       publicKey,
@@ -194,6 +199,7 @@ export class Harness {
             reservations: (list: FakeHost['reservations']) => {
               host.reservations = list;
             },
+            leases: () => host.leases,
           }
         : {}),
     });

@@ -71,6 +71,8 @@ export interface AgentDeps {
   address?: string | (() => string | undefined);
   /** This site serves DHCP: called with the coordinator's reservations after each heartbeat. */
   reservations?(list: { mac: string; ip: string; vm: string }[]): void;
+  /** This site serves DHCP: its bound leases, sent with each heartbeat (the page shows VMs' home IPs). */
+  leases?(): { mac: string; ip: string }[];
   /**
    * "MAC may move to the site with this public key until untilMs" (a migration the coordinator runs): the
    * daemon's MAC ownership (Daemon.authorizeMove, or POST /v1/authorize-move on its control socket). Absent:
@@ -265,6 +267,7 @@ export class HostAgent {
           guests: this.hv?.list() ?? [],
           ...(this.hv?.disks ? { disks: this.hv.disks() } : {}),
           ...(mesh ? { mesh } : {}),
+          ...(this.deps.leases ? { leases: this.deps.leases() } : {}),
         };
         return this.client.request<{
           ok: boolean;

@@ -190,12 +190,12 @@ async function route(
       const host = url.searchParams.get('host');
       if (state) vms = vms.filter((v) => v.state === state);
       if (host) vms = vms.filter((v) => v.host === host || v.target === host);
-      return ok({ vms });
+      return ok({ vms: ctx.hosts.withLeases(vms) });
     }
     if (m === 'POST') return ok(await ctx.vms.create(await readJson(req)), 201);
   }
   if (what === 'vms' && name !== undefined) {
-    if (action === undefined && m === 'GET') return ok(await ctx.vms.get(name));
+    if (action === undefined && m === 'GET') return ok(ctx.hosts.withLeases([await ctx.vms.get(name)])[0]);
     if (action === 'console')
       throw new ApiError(
         426,

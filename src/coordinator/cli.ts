@@ -453,7 +453,7 @@ export function vmTable(vms: VmRecord[]): string {
       String(v.cpus),
       `${v.memory_mib} MiB`,
       v.mac,
-      v.ip ?? 'dhcp',
+      v.ip ?? v.lease_ip ?? 'dhcp',
       v.error ? (v.error.length > 60 ? `${v.error.slice(0, 59)}…` : v.error) : '',
     ]),
   );

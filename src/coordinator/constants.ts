@@ -2,6 +2,7 @@
 // the tick of server.ts; the API and the agent only call hooks.
 
 // --- Host agent ↔ coordinator -----------------------------------------------------------------------
+export const HEARTBEAT_LEASES_MAX = 4096; // leases a DHCP site reports per heartbeat (more are ignored)
 export const HEARTBEAT_MS = 2_000; // agent → coordinator: alive, its VMs, its free capacity
 export const HOST_DOWN_AFTER_MS = 3 * HEARTBEAT_MS + 1_000; // three missed heartbeats: the host is down
 export const POLL_WAIT_MS = 20_000; // a long poll is answered after this at the latest (empty: no work)

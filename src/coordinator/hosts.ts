@@ -3,7 +3,7 @@
 // is written when a host registers or changes between up and down. After a takeover every known host gets
 // a fresh grace period, so a new leader never marks hosts down for heartbeats its predecessor received.
 import type { Logger } from '../log.ts';
-import { HOST_DOWN_AFTER_MS } from './constants.ts';
+import { HEARTBEAT_LEASES_MAX, HOST_DOWN_AFTER_MS } from './constants.ts';
 import { holdsCapacity } from './states.ts';
 import type { Store } from './store.ts';
 import {
@@ -27,6 +27,8 @@ export interface Liveness {
   reportedMs: number; // when `guests` arrived (0: none since this leader began)
   down: boolean;
   mesh?: MeshReport | null;
+  /** MAC → IPv4 of the site's bound DHCP leases (hosts registered with dhcp only). */
+  leases?: Map<string, string>;
 }
 
 export interface HostQuery {
@@ -94,6 +96,20 @@ export class HostRegistry {
     return had || live;
   }
 
+  /** The address a DHCP-serving site (up, registered with dhcp) last reported leased to `mac`, or null. */
+  leaseIp(mac: string): string | null {
+    for (const l of this.live.values()) {
+      const ip = l.down ? undefined : l.leases?.get(mac);
+      if (ip !== undefined) return ip;
+    }
+    return null;
+  }
+
+  /** VM records as the API and the page show them: with `lease_ip` from the DHCP site's report. */
+  withLeases(vms: VmRecord[]): VmRecord[] {
+    return vms.map((v) => ({ ...v, lease_ip: this.leaseIp(v.mac) }));
+  }
+
   /** A heartbeat: returns the host's guests if they are fresh enough to reconcile against, else null. */
   async heartbeat(hb: Heartbeat): Promise<{ known: boolean; guests: GuestReport[] | null }> {
     const rec = await this.store.get<HostRecord>('hosts', hb.name);
@@ -103,6 +119,7 @@ export class HostRegistry {
     l.lastSeenMs = now;
     l.down = false;
     l.mesh = meshReport(hb.mesh);
+    if (rec.dhcp && Array.isArray(hb.leases)) l.leases = leaseMap(hb.leases);
     if (rec.state === 'down') {
       await this.store.put('hosts', hb.name, { ...rec, state: 'up', last_seen: new Date(now).toISOString() });
       this.log.info({ host: hb.name }, 'host up again');
@@ -256,6 +273,20 @@ export class HostRegistry {
     );
     return fits[0];
   }
+}
+
+const LEASE_MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+const LEASE_IP_RE = /^(\d{1,3})(\.\d{1,3}){3}$/;
+
+/** A DHCP site's lease report, bounded and checked (a host is not trusted to send sane ones). */
+function leaseMap(raw: unknown[]): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const x of raw.slice(0, HEARTBEAT_LEASES_MAX)) {
+    const l = x as { mac?: unknown; ip?: unknown };
+    if (typeof l?.mac !== 'string' || typeof l.ip !== 'string') continue;
+    if (LEASE_MAC_RE.test(l.mac) && LEASE_IP_RE.test(l.ip)) m.set(l.mac, l.ip);
+  }
+  return m;
 }
 
 /** An agent's mesh report, bounded and typed (a host is not trusted to send sane ones): or null. */

@@ -51,6 +51,8 @@ export interface VmRecord {
   mac: string;
   /** DHCP reservation at the home site, or null for a pool lease. */
   ip: string | null;
+  /** In API answers and the page only (never stored): the address the DHCP-serving site leased to the MAC. */
+  lease_ip?: string | null;
   state: VmState;
   /** Where it runs (starting, running, migrating: the source), or ran last (stopped, failed). */
   host: string | null;
@@ -151,6 +153,8 @@ export interface Heartbeat {
   /** VMs whose disk overlay this host keeps (running or not). */
   disks?: string[];
   mesh?: MeshReport;
+  /** A DHCP-serving site's bound leases (the API and the page show a pool-leased VM's home IP from them). */
+  leases?: { mac: string; ip: string }[];
 }
 
 /** Everything a host needs to run a VM: no lookups on the host. */

@@ -108,6 +108,12 @@ vmTest(
       homeStatus.dhcp.leases.find((l: DhcpLeaseInfo) => l.mac === created.mac && l.ip === lease.ip),
       'home lists the lease',
     );
+    // home's agent reports its leases with its heartbeats: the API (and the page) show the pool address.
+    const shown = await waitUntil('the lease in `vm show`', 10_000, async () => {
+      const v = await json<VmRecord>('vm', 'show', 'web');
+      return v.lease_ip === lease.ip ? v : null;
+    });
+    t.is(shown.ip, null, 'no reservation: the address is the lease home reported');
     t.true(
       (await lab.ping('lan', lease.ip, { count: 3, intervalS: 0.1 })).ok,
       'the LAN host reaches the guest on host-a',
