@@ -16,6 +16,7 @@ import type { GuestImage } from '../guest-image.ts';
 import { type RunResult, sleep } from '../run.ts';
 import { HOMEWIRE_BIN, type Lab, PLAN, PROJECT_ROOT } from '../topology.ts';
 import type { HostView } from '../../src/coordinator/types.ts';
+import { stopChild } from '../../src/proc.ts';
 
 export const LAB_COORDINATOR = `http://${PLAN.internet4}:7100`;
 export const LAB_IMAGES = `http://${PLAN.internet4}:8080`;
@@ -106,7 +107,7 @@ export class GridLab {
         ...(o.coordinatorConfig ?? []),
       ].join('\n')}\n`,
     );
-    g.spawn('ul', 'coordinator', [...CLI, 'coordinator', '--config', path.join(dir, 'coordinator.yaml')]);
+    g.startCoordinator();
     g.qemuUser = o.qemuUser === undefined ? LAB_QEMU_USER : o.qemuUser;
     // QEMU, once it has dropped to qemuUser, reaches its migration keys under the lab dir (state_dir is
     // root:<its group> 0710): the lab dir must be traversable, not readable.
@@ -260,6 +261,20 @@ export class GridLab {
     const p = this.lab.spawn(ns, ['sh', '-c', 'exec "$@" >> "$0" 2>&1', this.logFile(name), ...argv]);
     this.procs.push(p);
     return p;
+  }
+
+  private coordinatorProc: ChildProcess | null = null;
+
+  private startCoordinator(): void {
+    const config = path.join(this.lab.dir, 'coordinator.yaml');
+    this.coordinatorProc = this.spawn('ul', 'coordinator', [...CLI, 'coordinator', '--config', config]);
+  }
+
+  /** Stops the coordinator (SIGTERM) and starts it again on the same store; resolves once it answers. */
+  async restartCoordinator(): Promise<void> {
+    if (this.coordinatorProc) await stopChild(this.coordinatorProc, { graceMs: 5000 });
+    this.startCoordinator();
+    await waitForCoordinator(this);
   }
 
   /** Serves a file from the image server (as /<name>); returns its URL and SHA-256. */
