@@ -431,8 +431,8 @@ export function hostTable(hosts: HostView[]): string {
       h.site,
       h.state,
       h.hypervisor.available ? `${h.hypervisor.kind}/${h.hypervisor.accel}` : 'none',
-      `${h.free.cpus}/${h.cpus}`,
-      `${h.free.memory_mib}/${h.memory_mib} MiB`,
+      h.hypervisor.available ? `${h.free.cpus}/${h.cpus}` : '-', // no hypervisor (home's agent): takes no VMs
+      h.hypervisor.available ? `${h.free.memory_mib}/${h.memory_mib} MiB` : '-',
       String(h.vms.length),
       Object.entries(h.labels)
         .map(([k, v]) => `${k}=${v}`)
