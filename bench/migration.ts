@@ -100,6 +100,8 @@ async function migrateOnce(
   const capToOut = await lab.capture(to, GUEST_TAP, file('to-out'), towardsGuestFilter(MAC));
   const ping = startPing(lab, 'lan', GUEST_IP, PING_INTERVAL_S);
   await sleep(800);
+  // The coordinator authorizes every homewire migration on every site first (security.mac_moves: authorized).
+  if (mode !== 'vxlan') await lab.authorizeMove(MAC, to);
   if (mode === 'expect' || mode === 'expect-tls') {
     // What a coordinator's host agent does: one request on the daemon's control socket.
     const r = await controlRequest(

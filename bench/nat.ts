@@ -45,7 +45,11 @@ async function main(): Promise<void> {
     sites: ['home', ...HOSTS],
     network,
     peersOf: (s, all) => (s === 'home' ? all.filter((x) => x !== 'home') : ['home']),
-    siteConfig: natSiteConfig({ dhcp: false }),
+    // Static guest addresses, no coordinator reservations: the hosts learn first ARP claims.
+    siteConfig: natSiteConfig({
+      dhcp: false,
+      extra: (s) => (s === 'home' ? '' : 'security: { arp_inspection: learn }'),
+    }),
     upTimeoutMs: 120_000, // seven daemons start at once; Node.js + tsx take seconds each on a loaded machine
   });
   const status = async (site: string) =>

@@ -29,7 +29,7 @@ esac
 # --- Debian packages, by purpose ------------------------------------------------------------------------
 demo_pkgs=(iproute2 iputils-ping iperf3 procps busybox-static)
 build_pkgs=(python3 make g++)
-vm_pkgs=(qemu-system-x86 qemu-utils cpio xz-utils kmod)
+vm_pkgs=(qemu-system-x86 qemu-utils cpio xz-utils kmod curl)
 test_pkgs=(
   iputils-arping tcpdump psmisc util-linux curl              # traffic, captures, raw API requests
   isc-dhcp-client dhcpcd-base dnsmasq                        # real DHCP clients, a rogue DHCP server

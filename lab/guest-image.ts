@@ -9,7 +9,8 @@
 // The guest's init, in order: mount proc/sys/dev, insmod the virtio chain, bring up lo and eth0, then either a
 // static address (kernel argument hw.ip=ADDR/LEN) or `udhcpc` until it gets a lease; prints one line
 //   HOMEWIRE-LEASE ip=198.51.100.123 mask=24 router=... server=... lease=... mtu=...
-// to the serial console (ttyS0), starts its services and prints HOMEWIRE-READY ip=ADDR. Services for tests:
+// to the serial console (ttyS0), starts its services and prints HOMEWIRE-READY ip=ADDR; then it watches eth0's
+// MAC and takes a new lease when a NIC with another MAC appears (a clone; HOMEWIRE-RENEWED). Services for tests:
 // the kernel answers ping; TCP port 7 echoes (busybox nc -ll -e cat), so a connection can be held through a
 // live migration; TCP port 80 serves one page (busybox httpd). Then it runs a shell on ttyS0 with the prompt
 // GUEST_PROMPT (the serial console tests type into it).
@@ -34,12 +35,29 @@ export const VIRTIO_MODULES = [
   'virtio_pci_legacy_dev',
   'virtio_pci',
 ] as const;
+/** The virtio disk driver (after the chain above: it needs virtio and virtio_ring). */
+export const DISK_MODULES = ['virtio_blk'] as const;
+const ALL_MODULES = [...VIRTIO_MODULES, ...DISK_MODULES];
 
 export const GUEST_ECHO_PORT = 7;
 export const GUEST_HTTP_PORT = 80;
 /** Serial-console markers the init script prints (tests wait for these). */
 export const LEASE_MARK = 'HOMEWIRE-LEASE';
 export const READY_MARK = 'HOMEWIRE-READY';
+/** `HOMEWIRE-RENEWED mac=M`: the guest found a NIC with a new MAC (a clone) and took a new DHCP lease for it. */
+export const RENEW_MARK = 'HOMEWIRE-RENEWED';
+/** `HOMEWIRE-DISK sha256=HEX mib=N fresh=0|1`: the disk test data is in place and the counter runs. */
+export const DISK_MARK = 'HOMEWIRE-DISK';
+
+/**
+ * The guest's disk test (kernel argument hw.disk=MIB, a virtio disk of at least 64 + MIB MiB as /dev/vda, raw:
+ * no file system): MIB MiB of random data from 64 MiB on, with its SHA-256 in the sector at 16 MiB (written
+ * once: a disk that has them already keeps them), then a counter: record i (the number and a newline, one
+ * 512-byte sector, O_DIRECT so it reaches the virtual disk at once) at sector 65536 + i (32 MiB on; room for
+ * 65,535 records, 11 minutes), one every 10 ms. `GET /cgi-bin/disk` re-reads both from the disk (O_DIRECT)
+ * and answers `sha256=HEX stored=HEX mib=N count=N records=N gaps=N` (gaps: records not holding their number).
+ */
+export const DISK_LAYOUT = { dataMib: 64, sumSector: 32768, counterSector: 65536 } as const;
 /** The prompt of the shell the init runs on the serial console after READY_MARK. */
 export const GUEST_PROMPT = 'hw-guest# ';
 
@@ -66,7 +84,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-for m in ${VIRTIO_MODULES.join(' ')}; do insmod /lib/modules/$m.ko || echo "HOMEWIRE-ERROR insmod $m"; done
+for m in ${ALL_MODULES.join(' ')}; do insmod /lib/modules/$m.ko || echo "HOMEWIRE-ERROR insmod $m"; done
 ip link set lo up
 n=0
 while ! ip link show eth0 >/dev/null 2>&1; do
@@ -85,11 +103,65 @@ httpd -p ${GUEST_HTTP_PORT} -h /www
 nc -ll -p ${GUEST_ECHO_PORT} -e cat &
 addr=$(ip -4 -o addr show dev eth0 | sed -n 's/.* inet \\([0-9.]*\\).*/\\1/p')
 echo "${READY_MARK} ip=$addr uptime=$(cut -d" " -f1 /proc/uptime)"
+disk=$(sed -n 's/.*hw\\.disk=\\([0-9]*\\).*/\\1/p' /proc/cmdline)
+[ -n "$disk" ] && hw-disk boot "$disk" &
+# A NIC with another MAC (a clone of a warm image gets one): renew the lease for it.
+if [ -z "$static" ]; then
+  (mac=$(cat /sys/class/net/eth0/address 2>/dev/null)
+  while :; do
+    sleep 1; m=$(cat /sys/class/net/eth0/address 2>/dev/null)
+    if [ -n "$m" ] && [ "$m" != "$mac" ]; then
+      mac=$m; ip link set eth0 up
+      until udhcpc -i eth0 -f -q -n -t 5 -T 1 -s /etc/udhcpc.script; do :; done
+      echo "${RENEW_MARK} mac=$m"
+    fi
+  done) &
+fi
 # A shell on the serial console (homewire vm console, the web page's terminal), respawned when it exits;
 # cttyhack makes ttyS0 its controlling terminal, so Ctrl-C reaches what it runs.
 export PS1='${GUEST_PROMPT}'
 while :; do setsid cttyhack sh -i; usleep 200000; done
 `;
+
+// /bin/hw-disk boot MIB | check: the disk test (DISK_LAYOUT).
+const HW_DISK = `#!/bin/sh
+D=/dev/vda
+DATA_MIB=${DISK_LAYOUT.dataMib}
+SUM=${DISK_LAYOUT.sumSector}
+CNT=${DISK_LAYOUT.counterSector}
+stored() { dd if=$D bs=512 skip=$SUM count=1 iflag=direct 2>/dev/null | tr -d '\\000' | head -n 1; }
+case "$1" in
+boot)
+  n=0; while [ ! -b $D ]; do n=$((n + 1)); [ $n -gt 100 ] && { echo "HOMEWIRE-ERROR no $D"; exit 1; }; usleep 20000; done
+  mib=$2
+  set -- $(stored)
+  if [ "$1" = HWSHA ]; then
+    echo "${DISK_MARK} sha256=$2 mib=$3 fresh=0"
+  else
+    dd if=/dev/urandom of=$D bs=1M count=$mib seek=$DATA_MIB oflag=direct 2>/dev/null
+    sha=$(dd if=$D bs=1M count=$mib skip=$DATA_MIB iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+    printf 'HWSHA %s %s\\n' $sha $mib | dd of=$D bs=512 seek=$SUM count=1 conv=sync,notrunc oflag=direct 2>/dev/null
+    echo "${DISK_MARK} sha256=$sha mib=$mib fresh=1"
+  fi
+  i=0
+  while [ $i -lt 65535 ]; do
+    i=$((i + 1))
+    printf '%d\\n' $i | dd of=$D bs=512 seek=$((CNT + i)) count=1 conv=sync,notrunc oflag=direct 2>/dev/null
+    echo $i > /run/counter
+    usleep 10000
+  done ;;
+check)
+  set -- $(stored)
+  sha=$(dd if=$D bs=1M count=$3 skip=$DATA_MIB iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+  n=$(cat /run/counter 2>/dev/null || echo 0)
+  r=$(dd if=$D bs=512 skip=$((CNT + 1)) count=$n iflag=direct 2>/dev/null | tr -d '\\000' |
+    awk 'BEGIN { bad = 0 } { if ($1 != NR) bad++ } END { print NR, bad }')
+  echo "sha256=$sha stored=$2 mib=$3 count=$n records=\${r% *} gaps=\${r#* }" ;;
+esac
+`;
+
+const CGI_UPTIME = '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n"\ncut -d" " -f1 /proc/uptime\n';
+const CGI_DISK = '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n"\nexec hw-disk check\n';
 
 // udhcpc calls this with $1 = deconfig|bound|renew|nak and the lease in the environment ($ip, $mask, ...).
 const UDHCPC_SCRIPT = `#!/bin/sh
@@ -128,20 +200,33 @@ export function buildGuestImage(opts: GuestImageOptions = {}): GuestImage {
   if (!fs.existsSync(path.join(kernelDir, 'vmlinux'))) fetchKernel(pkg, kernelDir, log);
   const kernelVersion = fs.readFileSync(path.join(kernelDir, 'version'), 'utf8').trim();
 
-  const hash = crypto.createHash('sha256').update(INIT).update(UDHCPC_SCRIPT).update(fs.readFileSync(busybox));
-  for (const m of VIRTIO_MODULES) hash.update(fs.readFileSync(path.join(kernelDir, 'modules', `${m}.ko`)));
+  if (ALL_MODULES.some((m) => !fs.existsSync(path.join(kernelDir, 'modules', `${m}.ko`))))
+    fetchModules(pkg, kernelDir, log); // a kernel cached before the disk driver was needed
+  const hash = crypto
+    .createHash('sha256')
+    .update(INIT)
+    .update(UDHCPC_SCRIPT)
+    .update(HW_DISK)
+    .update(CGI_UPTIME)
+    .update(CGI_DISK)
+    .update(fs.readFileSync(busybox));
+  for (const m of ALL_MODULES) hash.update(fs.readFileSync(path.join(kernelDir, 'modules', `${m}.ko`)));
   const dir = path.join(kernelDir, `initrd-${hash.digest('hex').slice(0, 12)}`);
   const initrd = path.join(dir, 'initrd.cpio.gz');
   if (!fs.existsSync(initrd)) {
     log(`guest image: writing ${initrd}`);
     const cpio = new CpioWriter();
-    for (const d of ['bin', 'dev', 'etc', 'lib', 'lib/modules', 'proc', 'sys', 'tmp', 'run', 'www']) cpio.dir(d);
+    for (const d of ['bin', 'dev', 'etc', 'lib', 'lib/modules', 'proc', 'sys', 'tmp', 'run', 'www', 'www/cgi-bin'])
+      cpio.dir(d);
     cpio.charDevice('dev/console', 5, 1, 0o600);
     cpio.file('init', Buffer.from(INIT), 0o755);
     cpio.file('bin/busybox', fs.readFileSync(busybox), 0o755);
     cpio.symlink('bin/sh', 'busybox');
     cpio.file('etc/udhcpc.script', Buffer.from(UDHCPC_SCRIPT), 0o755);
-    for (const m of VIRTIO_MODULES)
+    cpio.file('bin/hw-disk', Buffer.from(HW_DISK), 0o755);
+    cpio.file('www/cgi-bin/uptime', Buffer.from(CGI_UPTIME), 0o755);
+    cpio.file('www/cgi-bin/disk', Buffer.from(CGI_DISK), 0o755);
+    for (const m of ALL_MODULES)
       cpio.file(`lib/modules/${m}.ko`, fs.readFileSync(path.join(kernelDir, 'modules', `${m}.ko`)), 0o644);
     atomicWrite(initrd, zlib.gzipSync(cpio.end(), { level: 6 }));
   }
@@ -176,7 +261,7 @@ function fetchKernel(pkg: string, kernelDir: string, log: (msg: string) => void)
     const deb = fs.readdirSync(work).find((f) => f.endsWith('.deb'));
     if (!deb) throw new Error(`apt-get download ${pkg} left no .deb in ${work}`);
     // Only what we need: the bzImage and the virtio .ko files (the whole package unpacks to ~400 MB).
-    const patterns = ['./boot/vmlinuz-*', ...VIRTIO_MODULES.map((m) => `*/${m}.ko`)];
+    const patterns = ['./boot/vmlinuz-*', ...ALL_MODULES.map((m) => `*/${m}.ko`)];
     must(
       'sh',
       ['-c', `dpkg-deb --fsys-tarfile "$1" | tar -x --wildcards ${patterns.map((p) => `'${p}'`).join(' ')}`, 'sh', deb],
@@ -187,7 +272,7 @@ function fetchKernel(pkg: string, kernelDir: string, log: (msg: string) => void)
     const version = vmlinuz.slice('vmlinuz-'.length);
     const staging = path.join(work, 'out');
     fs.mkdirSync(path.join(staging, 'modules'), { recursive: true });
-    for (const m of VIRTIO_MODULES) {
+    for (const m of ALL_MODULES) {
       const found = findFile(path.join(work, 'lib', 'modules', version), `${m}.ko`);
       if (!found) throw new Error(`${deb} has no ${m}.ko (is it compressed, .ko.xz? then insmod needs it unpacked)`);
       fs.copyFileSync(found, path.join(staging, 'modules', `${m}.ko`));
@@ -203,6 +288,28 @@ function fetchKernel(pkg: string, kernelDir: string, log: (msg: string) => void)
     } catch (err) {
       // Another builder finished first (rename onto a non-empty directory fails): keep theirs, which may be in use.
       if (!fs.existsSync(path.join(kernelDir, 'vmlinux'))) throw err;
+    }
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
+/** Adds modules missing from a cached kernel directory (each file written under a temporary name, then renamed). */
+function fetchModules(pkg: string, kernelDir: string, log: (msg: string) => void): void {
+  const version = fs.readFileSync(path.join(kernelDir, 'version'), 'utf8').trim();
+  const missing = ALL_MODULES.filter((m) => !fs.existsSync(path.join(kernelDir, 'modules', `${m}.ko`)));
+  const work = fs.mkdtempSync(path.join(path.dirname(kernelDir), '.fetch-'));
+  try {
+    log(`guest image: apt-get download ${pkg} for ${missing.join(', ')}`);
+    must('apt-get', ['download', '-q', pkg], work);
+    const deb = fs.readdirSync(work).find((f) => f.endsWith('.deb'));
+    if (!deb) throw new Error(`apt-get download ${pkg} left no .deb in ${work}`);
+    const patterns = missing.map((m) => `'*/${m}.ko'`).join(' ');
+    must('sh', ['-c', `dpkg-deb --fsys-tarfile "$1" | tar -x --wildcards ${patterns}`, 'sh', deb], work);
+    for (const m of missing) {
+      const found = findFile(path.join(work, 'lib', 'modules', version), `${m}.ko`);
+      if (!found) throw new Error(`${deb} has no ${m}.ko for kernel ${version}`);
+      atomicWrite(path.join(kernelDir, 'modules', `${m}.ko`), fs.readFileSync(found));
     }
   } finally {
     fs.rmSync(work, { recursive: true, force: true });

@@ -53,6 +53,7 @@ import {
   sleepSync,
 } from './run.ts';
 import { formatEndpoint } from '../src/addr.ts';
+import { controlRequest } from '../src/control.ts';
 
 export { deleteNamespaces, hasProgram } from './netns.ts';
 
@@ -354,7 +355,26 @@ export class Lab implements Teardown {
     }
     const extra = this.opts.siteConfig?.(s.name);
     if (extra) lines.push(extra.trimEnd());
+    if (!/^security:/m.test(extra ?? '')) lines.push(...this.securityLines(s));
     return `${lines.join('\n')}\n`;
+  }
+
+  /**
+   * The lab's security: section (unless the site's extra config has its own): the home site's local side is
+   * the home LAN; guests with static addresses need ARP inspection that learns first claims (strict needs a
+   * DHCP lease or a reservation per guest); where home serves DHCP, hosts trust only home's DHCP replies.
+   */
+  private securityLines(s: Site): string[] {
+    const homeServesDhcp = this.sites.some(
+      (x) => x.role === 'home' && /^dhcp:/m.test(this.opts.siteConfig?.(x.name) ?? ''),
+    );
+    const lines = ['security:'];
+    if (s.role === 'home') lines.push('  local_side: lan');
+    if (this.opts.staticAddresses !== false) lines.push('  arp_inspection: learn');
+    const home = this.sites.find((x) => x.role === 'home')!;
+    if (s.role !== 'home' && homeServesDhcp && s.peers.includes(home.name))
+      lines.push(`  dhcp_servers: [${home.name}]`);
+    return lines.length > 1 ? lines : [];
   }
 
   // ---- lookups -------------------------------------------------------------------------------------
@@ -538,8 +558,9 @@ export class Lab implements Teardown {
 
   // ---- daemons -------------------------------------------------------------------------------------
 
-  /** Starts `homewire up` in the site's namespace; output (JSON logs) is appended to site.logFile. */
-  startDaemon(name: string, extraArgs: string[] = []): ChildProcess {
+  /** Starts `homewire up` in the site's namespace (or another entry script taking --config: benchmarks run
+   *  variants); output (JSON logs) is appended to site.logFile. */
+  startDaemon(name: string, extraArgs: string[] = [], entry: string[] = [HOMEWIRE_BIN, 'up']): ChildProcess {
     const s = this.site(name);
     if (s.daemon && s.daemon.exitCode === null && s.daemon.signalCode === null) {
       throw new Error(`the daemon of ${name} is already running (pid ${s.daemon.pid})`);
@@ -549,7 +570,7 @@ export class Lab implements Teardown {
     try {
       s.daemon = spawn(
         'ip',
-        ['netns', 'exec', s.ns, process.execPath, HOMEWIRE_BIN, 'up', '--config', s.configFile, ...extraArgs],
+        ['netns', 'exec', s.ns, process.execPath, ...entry, '--config', s.configFile, ...extraArgs],
         {
           stdio: ['ignore', fd, fd],
           cwd: this.dir,
@@ -632,6 +653,22 @@ export class Lab implements Teardown {
         throw new Error(`peers not up after ${timeoutMs} ms: ${missing.join(', ')}\n${tails}`);
       }
       await sleep(50);
+    }
+  }
+
+  /**
+   * Authorizes `mac` to move to site `to` on every running site (what the coordinator sends before a
+   * migration: with security.mac_moves: authorized, the default, receivers refuse an unauthorized move).
+   */
+  async authorizeMove(mac: string, to: string, seconds = 120): Promise<void> {
+    for (const s of this.sites) {
+      if (!s.daemon || s.daemon.exitCode !== null) continue;
+      const r = await controlRequest(path.join(this.dir, `${s.name}.sock`), 'POST', '/v1/authorize-move', {
+        mac,
+        to,
+        seconds,
+      });
+      if (!r.body.ok) throw new Error(`authorize-move at ${s.name}: ${r.body.error}`);
     }
   }
 

@@ -14,13 +14,23 @@ Keys:
                               (homewire genkey | tee host.key | homewire pubkey > host.pub)
 Daemon:
   check --config FILE         validate a config file; exit 0, or name the key and what is wrong
-  up --config FILE            run the daemon in the foreground (SIGINT/SIGTERM stop it, SIGHUP
-                              reloads the config; needs root or CAP_NET_ADMIN for the TAP device)
+  up --config FILE [--stop-guests-on-exit]
+                              run the daemon in the foreground (SIGINT/SIGTERM stop it, SIGHUP
+                              reloads the config; needs root or CAP_NET_ADMIN for the TAP device).
+                              Its host agent's QEMU guests keep running when it stops (the next
+                              daemon re-adopts them) unless --stop-guests-on-exit
   status --config FILE [--json]
                               peers (endpoint, handshake, rx/tx, RTT), local MACs, leases
   reload --config FILE        re-read the config in the running daemon (same as SIGHUP)
   expect --config FILE --mac MAC
                               live migration: MAC is about to arrive on this host
+  authorize-move --config FILE --mac MAC --to SITE [--seconds N]
+                              MAC may move to SITE (a peer name, this node's name or a base64
+                              public key) for N seconds (default 60): what the coordinator sends
+                              before a migration (security.mac_moves: authorized)
+  guests --config FILE MAC[=IP] ...
+                              this host's guest MACs (and reserved addresses) for port security,
+                              as the coordinator's agent sets them
   leases --config FILE [--json]
                               DHCP leases of a serving site (MAC, IP, hostname, expiry, site)
   help                        this text
@@ -67,10 +77,12 @@ async function main(argv: string[]): Promise<void> {
       return;
     }
     case 'up':
-      return up(requireConfig(args));
+      return up(requireConfig(args), args.includes('--stop-guests-on-exit'));
     case 'status':
     case 'reload':
     case 'expect':
+    case 'authorize-move':
+    case 'guests':
       return control(cmd, args);
     case 'leases': {
       const cfg = loadConfig(requireConfig(args));
@@ -96,16 +108,19 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-async function up(file: string): Promise<void> {
+async function up(file: string, stopGuestsOnExit: boolean): Promise<void> {
   const cfg = loadConfig(file);
+  if (stopGuestsOnExit && cfg.coordinator) cfg.coordinator.stopGuestsOnExit = true;
   const log = createLogger(process.env.HOMEWIRE_LOG_LEVEL ?? cfg.logLevel);
+  log.info({ config: cfg.file, pid: process.pid }, 'homewire starting');
   const { Daemon } = await import('./daemon.ts');
   const daemon = await Daemon.fromConfig(cfg, { log, services: true });
   await daemon.start();
   process.on('SIGHUP', () => {
     daemon.reloadFromFile().catch(() => {});
   });
-  exitOnSignals(log, 'the daemon', () => daemon.stop(), 2000);
+  // Stopping guests (QMP quit, one after the other) takes longer than closing the TAP and the socket.
+  exitOnSignals(log, 'the daemon', () => daemon.stop(), cfg.coordinator?.stopGuestsOnExit ? 15_000 : 2000);
 }
 
 async function control(cmd: string, args: string[]): Promise<void> {
@@ -124,6 +139,29 @@ async function control(cmd: string, args: string[]): Promise<void> {
     const r = await controlRequest(socket, 'POST', `/v1/expect?mac=${encodeURIComponent(mac!)}`);
     if (!r.body.ok) fail(r.body.error ?? 'expect refused', 1);
     process.stdout.write(`expecting ${mac} on ${cfg.name}\n`);
+    return;
+  }
+  if (cmd === 'authorize-move') {
+    const mac = option(args, '--mac');
+    const to = option(args, '--to');
+    if (!mac || !to) fail('give --mac MAC and --to SITE (peer name, this node or base64 public key)');
+    const seconds = Number(option(args, '--seconds') ?? 60);
+    if (!(seconds > 0)) fail('--seconds must be a positive number');
+    const r = await controlRequest(socket, 'POST', '/v1/authorize-move', { mac, to, seconds });
+    if (!r.body.ok) fail(r.body.error ?? 'refused', 1);
+    process.stdout.write(`${mac} may move to ${to} for ${seconds} s (on ${cfg.name})\n`);
+    return;
+  }
+  if (cmd === 'guests') {
+    const list = args
+      .filter((a, i) => !a.startsWith('-') && !['--config', '-c'].includes(args[i - 1]))
+      .map((a) => {
+        const [mac, ip] = a.split('=');
+        return ip ? { mac, ip } : { mac };
+      });
+    const r = await controlRequest(socket, 'POST', '/v1/guests', { guests: list });
+    if (!r.body.ok) fail(r.body.error ?? 'refused', 1);
+    process.stdout.write(`${list.length} guest MACs set on ${cfg.name}\n`);
     return;
   }
   const r = await controlRequest<StatusReport>(socket, 'GET', '/v1/status');
@@ -180,6 +218,23 @@ function formatStatus(s: StatusReport): string {
   for (const r of s.relayed) out.push(`relayed ${r.from} → ${r.to}: ${r.packets} packets, ${bytes(r.bytes)}`);
   const drops = Object.entries(s.drops).filter(([, v]) => v > 0);
   out.push(`drops: ${drops.length ? drops.map(([k, v]) => `${k}=${v}`).join(' ') : 'none'}`);
+  const sec = s.security;
+  const secDrops = [
+    ['port security', sec.portSecurityDrops],
+    ['ownership', sec.ownershipDrops],
+    ['dhcp snooping', sec.dhcpSnoopingDrops],
+    ['inspection', sec.inspectionDrops],
+    ['storm', sec.stormDrops],
+    ['handshake guard', sec.handshakeGuard],
+  ] as const;
+  out.push(
+    `security: ${sec.localSide} side, port security ${sec.portSecurity}, moves ${sec.macMoves}` +
+      `${sec.guestMacs === null ? '' : `, ${sec.guestMacs} guest MACs`}`,
+  );
+  for (const [what, counts] of secDrops) {
+    const nz = Object.entries(counts).filter(([, v]) => v > 0);
+    if (nz.length) out.push(`  ${what}: ${nz.map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  }
   if (s.dhcp) {
     out.push('', `dhcp leases (${s.dhcp.active} active):`);
     for (const l of s.dhcp.leases)

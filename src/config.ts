@@ -9,6 +9,7 @@ import { type DhcpConfig, parseDhcpConfig } from './dhcp/config.ts';
 import { Checker, LOG_LEVELS, parseYaml, readConfigFile } from './checker.ts';
 import { decodeKey, publicKeyOf } from './mesh/keys.ts';
 import type { Endpoint, PeerConfig } from './mesh/peer.ts';
+import { parseSecurityConfig, type SecurityConfig } from './security/config.ts';
 
 export interface TapConfig {
   name: string;
@@ -41,6 +42,8 @@ export interface Config {
   relay: boolean;
   /** This host's address on the overlay, put on tap.bridge (live migrations ride the mesh to it). */
   hostAddress?: { address: string; prefixLength: number };
+  /** Port security, MAC ownership, snooping, inspection, storm control (README "Security model"). */
+  security: SecurityConfig;
 }
 
 const TOP_KEYS = [
@@ -60,6 +63,7 @@ const TOP_KEYS = [
   'introduce',
   'relay',
   'host_address',
+  'security',
 ];
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$/;
 const IFNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$/;
@@ -217,6 +221,13 @@ export function parseConfig(text: string, file: string): Config {
     introduce,
     relay,
     hostAddress,
+    // A site that serves DHCP, introduces or relays is the home site: its local side is the home LAN.
+    security: parseSecurityConfig(
+      top.security,
+      file,
+      top.dhcp !== undefined || introduce || relay,
+      peers.map((p) => p.name),
+    ),
   };
 }
 

@@ -3,6 +3,7 @@
 // --- Wire format (see README "Wire format") -------------------------------------------------------
 export const MSG_HANDSHAKE_INIT = 1;
 export const MSG_HANDSHAKE_RESP = 2;
+export const MSG_COOKIE_REPLY = 3; // "you are sending under load: retry with this cookie" (mesh/cookie.ts)
 export const MSG_DATA = 4; // encrypted Ethernet frame (empty payload = keepalive)
 export const MSG_SIGNAL = 5; // encrypted signal message (mesh signalling; same session and counter space as data)
 export const MSG_RELAY_DATA = 6; // a frame relayed through an introducer; reserved bytes = a 24-bit site id
@@ -13,10 +14,17 @@ export const AEAD_TAG_BYTES = 16;
 export const TRANSPORT_OVERHEAD_BYTES = TRANSPORT_HEADER_BYTES + AEAD_TAG_BYTES;
 export const NOISE_KEY_BYTES = 32;
 export const TIMESTAMP_BYTES = 12; // TAI64N-like: u64 seconds BE + u32 nanoseconds BE
-// init: type(1) 3 reserved, sender u32, e(32), enc s(32+16), enc timestamp(12+16)
-export const HANDSHAKE_INIT_BYTES = 8 + 32 + 48 + TIMESTAMP_BYTES + 16;
-// resp: type(1) 3 reserved, sender u32, receiver u32, e(32), enc empty(16)
-export const HANDSHAKE_RESP_BYTES = 12 + 32 + 16;
+export const HANDSHAKE_MAC_BYTES = 16; // mac1 and mac2, each a keyed BLAKE2b-128 (mesh/cookie.ts)
+// init: type(1) 3 reserved, sender u32, e(32), enc s(32+16), enc timestamp(12+16), mac1, mac2
+export const HANDSHAKE_INIT_NOISE_END = 8 + 32 + 48 + TIMESTAMP_BYTES + 16; // 108: mac1 covers [0, this)
+export const HANDSHAKE_INIT_BYTES = HANDSHAKE_INIT_NOISE_END + 2 * HANDSHAKE_MAC_BYTES;
+// resp: type(1) 3 reserved, sender u32, receiver u32, e(32), enc empty(16), mac1, mac2
+export const HANDSHAKE_RESP_NOISE_END = 12 + 32 + 16; // 60
+export const HANDSHAKE_RESP_BYTES = HANDSHAKE_RESP_NOISE_END + 2 * HANDSHAKE_MAC_BYTES;
+// cookie reply: type(1) 3 reserved, receiver u32, nonce(24), XChaCha20-Poly1305(cookie(16)) (+16 tag)
+export const COOKIE_NONCE_BYTES = 24;
+export const COOKIE_BYTES = 16;
+export const COOKIE_REPLY_BYTES = 8 + COOKIE_NONCE_BYTES + COOKIE_BYTES + 16;
 export const NOISE_PROLOGUE = Buffer.from('homewire v1');
 
 // --- Sites behind NAT: introductions, relay, paths, TCP fallback (README "Sites behind NAT") -------
@@ -77,10 +85,40 @@ export const REPLAY_WORD_BITS = 32;
 // --- Handshake processing (never on the data path) ------------------------------------------------
 export const HANDSHAKE_QUEUE_MAX = 1024; // queued handshake messages beyond this are dropped
 export const HANDSHAKES_PER_TICK_MAX = 64; // handshake messages processed per queue turn
+export const HANDSHAKE_TURN_BUDGET_MS = 4; // ... or fewer: a turn stops after this long (a Noise DH costs 1-8 ms here)
+// Handshake guard (mesh/cookie.ts, WireGuard's values): under load, a handshake without a valid mac2 gets a
+// cookie reply instead of a Diffie-Hellman; with one, each source address gets a token bucket.
+export const UNDER_LOAD_QUEUE_LEN = 32; // queued initiations that mean "under load" (WireGuard: 1/8 of its queue;
+// a Noise DH costs this daemon 100x what it costs WireGuard, so 32 is already a backlog of 30-250 ms)
+export const UNDER_LOAD_HOLD_MS = 1_000; // stay under load this long after the queue was that long
+// ... or after this many initiations arrived within one second (sites rekey every 2 minutes: even 200 of them
+// starting at once is 200 in a second; a flood is thousands, and must not get 32 Diffie-Hellmans a second)
+export const UNDER_LOAD_INITIATIONS_PER_SECOND = 100;
+export const COOKIE_SECRET_MS = 120_000; // the responder's cookie secret changes this often
+export const COOKIE_VALID_MS = COOKIE_SECRET_MS - 5_000; // an initiator uses a received cookie this long
+export const HANDSHAKE_SOURCE_PER_SECOND = 20; // per-source token bucket under load
+export const HANDSHAKE_SOURCE_BURST = 5;
+export const HANDSHAKE_SOURCES_MAX = 65_536; // token buckets kept; beyond this new sources are refused
+// Cookie replies to sources that are no peer's known endpoint, per second (a spoofed flood gets few answers
+// and costs little; a known peer's endpoint always gets its cookie).
+export const COOKIE_REPLIES_UNKNOWN_PER_SECOND = 1_000;
 
 // --- Switch -----------------------------------------------------------------------------------------
 export const MAC_AGEING_MS = 300_000; // like Linux bridges
 export const MAC_TABLE_MAX = 16_384;
+
+// --- Segment security (src/security/) -----------------------------------------------------------------
+export const DEFAULT_MAX_MACS_PER_SITE = 32; // MACs learned on a guests side (no guest list from the coordinator)
+export const DEFAULT_MAX_MACS_PER_PEER = 1_024; // MAC table entries one peer (or a LAN side) may hold here
+export const DEFAULT_FLOOD_PPS = 1_000; // per site and kind: broadcast, multicast, unknown unicast
+export const LOCAL_PIN_MS = 86_400_000; // a MAC seen on the local side stays pinned here this long after
+export const OWNER_RECORDS_MAX = 2 * MAC_TABLE_MAX; // remembered local pins of aged-out entries
+export const AUTHORIZE_MOVE_MAX_MS = 600_000; // an authorized move is valid at most this long
+export const AUTHORIZATIONS_MAX = 4_096;
+export const GUEST_MACS_MAX = 4_096; // setGuestMacs: entries accepted
+export const BINDINGS_MAX = 16_384; // IP-MAC bindings (ARP/ND inspection)
+export const LEARNED_BINDING_MS = 600_000; // a learned (not DHCP or reserved) binding lasts this long unseen
+export const SECURITY_LOG_INTERVAL_MS = 10_000; // a repeated security warning is logged at most this often
 
 // --- Timers -----------------------------------------------------------------------------------------
 export const TICK_MS = 250; // one tick drives all ageing, retries, keepalives

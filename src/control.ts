@@ -4,6 +4,10 @@
 //   GET  /v1/status            peers, local MACs, leases (JSON)
 //   POST /v1/reload            re-read the config file (as SIGHUP)
 //   POST /v1/expect?mac=M      MAC M is about to arrive here (live migration): peers send its frames here too
+//   POST /v1/guests            {"guests": ["aa:..", {"mac": "aa:..", "ip": "198.51.100.20"}]}: the coordinator's
+//                              VM records for this host (port security, ARP inspection bindings)
+//   POST /v1/authorize-move    {"mac": "aa:..", "to": "host-b" | "<base64 key>", "seconds": 60} (or "until_ms"):
+//                              a coordinator-announced migration; MAC may move to that site until then
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -15,6 +19,32 @@ export interface ControlHandlers {
   status(): StatusReport;
   reload(): Promise<ControlResult>;
   expect(mac: string): { ok: boolean; error?: string };
+  guests(list: ReadonlyArray<string | { mac: string; ip?: string | null }>): { ok: boolean; error?: string };
+  authorizeMove(mac: string, to: string, untilMs: number): { ok: boolean; error?: string };
+}
+
+const BODY_MAX_BYTES = 1 << 20;
+
+/** A JSON request body (at most 1 MiB), or an error text. */
+// biome-ignore lint/suspicious/noExplicitAny: a request body is checked field by field by its handler
+function readJson(req: http.IncomingMessage): Promise<{ value?: any; error?: string }> {
+  return new Promise((resolve) => {
+    let size = 0;
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size <= BODY_MAX_BYTES) chunks.push(c);
+    });
+    req.on('end', () => {
+      if (size > BODY_MAX_BYTES) return resolve({ error: 'request body larger than 1 MiB' });
+      try {
+        resolve({ value: JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}') });
+      } catch {
+        resolve({ error: 'request body is not JSON' });
+      }
+    });
+    req.on('error', () => resolve({ error: 'request aborted' }));
+  });
 }
 
 export function defaultControlSocket(name: string): string {
@@ -50,6 +80,31 @@ export async function serveControl(socketPath: string, h: ControlHandlers): Prom
       const r = h.expect(url.searchParams.get('mac') ?? '');
       return reply(r.ok ? 200 : 400, r);
     }
+    if (req.method === 'POST' && url.pathname === '/v1/guests') {
+      readJson(req).then(({ value, error }) => {
+        const list = Array.isArray(value) ? value : value?.guests;
+        if (error || !Array.isArray(list))
+          return reply(400, { ok: false, error: error ?? 'body must be {"guests": [MAC or {mac, ip}, ...]}' });
+        const r = h.guests(list);
+        reply(r.ok ? 200 : 400, r);
+      });
+      return;
+    }
+    if (req.method === 'POST' && url.pathname === '/v1/authorize-move') {
+      readJson(req).then(({ value, error }) => {
+        const q = (k: string) => value?.[k] ?? url.searchParams.get(k) ?? undefined;
+        const seconds = q('seconds');
+        const untilMs = q('until_ms') !== undefined ? Number(q('until_ms')) : Date.now() + Number(seconds) * 1000;
+        if (error || typeof q('mac') !== 'string' || typeof q('to') !== 'string' || !Number.isFinite(untilMs))
+          return reply(400, {
+            ok: false,
+            error: error ?? 'give mac, to (peer name or base64 key) and seconds or until_ms',
+          });
+        const r = h.authorizeMove(q('mac'), q('to'), untilMs);
+        reply(r.ok ? 200 : 400, r);
+      });
+      return;
+    }
     reply(404, { ok: false, error: `no such endpoint: ${req.method} ${url.pathname}` });
   });
   await new Promise<void>((resolve, reject) => {
@@ -74,7 +129,6 @@ function answers(socketPath: string): Promise<boolean> {
   });
 }
 
-/** A request to a daemon's control socket; throws OperatorError with what to do if nobody answers. */
 /** What reload and expect answer. */
 export interface ControlResult {
   ok: boolean;
@@ -82,6 +136,7 @@ export interface ControlResult {
   changes?: string[];
 }
 
+/** A request to a daemon's control socket; throws OperatorError with what to do if nobody answers. */
 export function controlRequest<T = ControlResult>(
   socketPath: string,
   method: 'GET' | 'POST',

@@ -2,6 +2,7 @@
 // Lifecycle: fromConfig → start → reload (SIGHUP) → stop (idempotent). I/O comes in through the TapDevice
 // and UdpSocket seams, so tests run whole meshes in one process with the in-memory twins.
 import { execFile } from 'node:child_process';
+import fs from 'node:fs';
 import type http from 'node:http';
 import os from 'node:os';
 import { maxFrameBytes, TICK_MS } from './constants.ts';
@@ -10,7 +11,8 @@ import { defaultControlSocket, serveControl } from './control.ts';
 import { DhcpServer } from './dhcp/server.ts';
 import type { HostAgent } from './agent/agent.ts';
 import type { Logger } from './log.ts';
-import { encodeKey } from './mesh/keys.ts';
+import { parseIPv4 } from './dhcp/ip.ts';
+import { decodeKey, encodeKey } from './mesh/keys.ts';
 import { Mesh } from './mesh/mesh.ts';
 import type { PeerConfig } from './mesh/peer.ts';
 import { formatEndpoint, macNumber, macString } from './addr.ts';
@@ -24,6 +26,8 @@ import type { UdpSocket } from './udp/socket.ts';
 import { type Connect, TcpLinks, Underlay } from './udp/tcp.ts';
 import type { Lookup } from './mesh/resolver.ts';
 import type { Endpoint } from './mesh/peer.ts';
+
+const INFRA_MACS_REFRESH_MS = 5_000;
 
 export interface DaemonDeps {
   tap?: TapDevice;
@@ -45,6 +49,7 @@ export class Daemon {
   private stopped = false;
   private servers: http.Server[] = [];
   private agent: HostAgent | null = null;
+  private infraReadMs = 0;
   readonly startedMs: number;
 
   /** The host agent, when this daemon joins a coordinator (metrics read its counters). */
@@ -119,6 +124,10 @@ export class Daemon {
           now,
           log: deps.log.child({ part: 'dhcp' }),
           send: (frame, to) => sw!.sendTo(to, frame),
+          macPort: (mac) => {
+            const entry = sw?.table.get(macNumber(mac));
+            return entry === undefined ? null : (entry.port?.name ?? LOCAL);
+          },
         });
       } catch (err) {
         tap.close();
@@ -126,7 +135,15 @@ export class Daemon {
         throw err;
       }
     }
-    sw = new Switch(tap, mesh, maxFrameBytes(cfg.listen.family), cfg.publicKey.toString('hex'), deps.log, dhcp);
+    sw = new Switch(
+      tap,
+      mesh,
+      maxFrameBytes(cfg.listen.family),
+      cfg.publicKey.toString('hex'),
+      deps.log.child({ part: 'security' }),
+      dhcp,
+      cfg.security,
+    );
     sw.announceMoves = cfg.mobility.announceMoves;
     return new Daemon(cfg, tap, mesh, sw, deps.log, now, dhcp, deps.services ?? false);
   }
@@ -149,6 +166,7 @@ export class Daemon {
       },
       batchEnd: () => mesh.flush(),
     });
+    this.readInfraMacs(this.now());
     this.timer = setInterval(() => this.tick(), TICK_MS);
     if (this.services) {
       try {
@@ -172,6 +190,11 @@ export class Daemon {
         expect: (mac) => this.expect(mac),
         log: this.log.child({ part: 'agent' }),
         reservations: dhcp ? (list) => dhcp.setExtraReservations(list) : undefined,
+        leases: dhcp
+          ? () => dhcp.leases().flatMap((l) => (l.state === 'bound' ? [{ mac: l.mac, ip: l.ip }] : []))
+          : undefined,
+        authorizeMove: (mac, siteKey, untilMs) => this.authorizeMove(mac, siteKey, untilMs),
+        setGuestMacs: (list) => this.setGuestMacs(list),
         mesh: () => meshReport(this.status()),
       });
       await this.agent.start();
@@ -184,9 +207,21 @@ export class Daemon {
         mtu: this.tap.mtu,
         peers: this.mesh.peers.map((p) => p.name),
         dhcp: this.dhcp !== null,
+        security: {
+          localSide: this.config.security.localSide,
+          portSecurity: this.config.security.portSecurity,
+          macMoves: this.config.security.macMoves,
+          arpInspection: this.config.security.arpInspection,
+        },
       },
       'homewire up',
     );
+    const sec = this.config.security;
+    if (sec.localSide === 'guests' && sec.dhcpSnooping && sec.dhcpServers === null && this.dhcp === null) {
+      log.info(
+        'security.dhcp_servers is not set: DHCP server replies from every peer reach the guests here; list the site that serves DHCP',
+      );
+    }
   }
 
   /** This host's address on the overlay: host_address, else an address the bridge has (a DHCP lease). */
@@ -208,6 +243,8 @@ export class Daemon {
         status: () => this.status(),
         reload: () => this.reloadFromFile(),
         expect: (mac) => this.expect(mac),
+        guests: (list) => this.setGuestMacs(list),
+        authorizeMove: (mac, to, untilMs) => this.authorizeMove(mac, to, untilMs),
       }),
     );
     if (this.config.metrics) {
@@ -221,6 +258,71 @@ export class Daemon {
     this.mesh.tick();
     this.sw.tick(now);
     this.dhcp?.tick(now);
+    if (now - this.infraReadMs >= INFRA_MACS_REFRESH_MS) this.readInfraMacs(now);
+  }
+
+  /** The bridge's and the TAP's own MACs: the host itself may send from them in strict mode (it changes when
+   *  bridge ports change, so it is read again now and then). */
+  private readInfraMacs(now: number): void {
+    this.infraReadMs = now;
+    const macs = new Set<number>();
+    for (const dev of [this.config.tap.bridge, this.tap.name]) {
+      if (!dev) continue;
+      try {
+        const mac = macNumber(fs.readFileSync(`/sys/class/net/${dev}/address`, 'utf8').trim());
+        if (mac >= 0) macs.add(mac);
+      } catch {
+        /* no such device (in-memory TAP): nothing to allow */
+      }
+    }
+    this.sw.security.infraMacs = macs;
+  }
+
+  /**
+   * The coordinator's VM records for this host (port security: in strict mode only these MACs, and the
+   * host's own bridge, may send into the mesh; their reserved addresses are ARP-inspection bindings).
+   * Entries: "aa:bb:cc:dd:ee:ff" or { mac, ip? }.
+   */
+  setGuestMacs(list: ReadonlyArray<string | { mac: string; ip?: string | null }>): { ok: boolean; error?: string } {
+    const guests: Array<{ mac: number; ip: number | null }> = [];
+    for (const g of list) {
+      const text = typeof g === 'string' ? g : g?.mac;
+      const mac = typeof text === 'string' ? macNumber(text) : -1;
+      if (mac < 0 || Math.floor(mac / 0x100_0000_0000) & 1)
+        return { ok: false, error: `"${String(text)}" is not a unicast MAC address (aa:bb:cc:dd:ee:ff)` };
+      let ip: number | null = null;
+      if (typeof g === 'object' && g.ip != null) {
+        ip = parseIPv4(String(g.ip));
+        if (ip === null) return { ok: false, error: `"${g.ip}" (for ${text}) is not an IPv4 address` };
+      }
+      guests.push({ mac, ip });
+    }
+    this.sw.security.setGuestMacs(guests);
+    this.log.info({ guests: guests.length }, 'guest MACs set: port security allows these on the local side');
+    return { ok: true };
+  }
+
+  /**
+   * A coordinator-announced migration: `mac` may move to the site with public key (base64) or peer name
+   * `to` (this site's own key or name: it may arrive here) until `untilMs`. Peers' moves and EXPECTs for a
+   * MAC another site holds are refused without one (security.mac_moves: authorized).
+   */
+  authorizeMove(macText: string, to: string, untilMs: number): { ok: boolean; error?: string } {
+    const mac = macNumber(macText);
+    if (mac < 0) return { ok: false, error: `"${macText}" is not a MAC address (aa:bb:cc:dd:ee:ff)` };
+    let keyHex: string | null = null;
+    if (to === this.config.name) keyHex = this.config.publicKey.toString('hex');
+    else {
+      const peer = this.mesh.peerByName(to);
+      if (peer) keyHex = peer.keyHex;
+      else keyHex = decodeKey(to)?.toString('hex') ?? null;
+    }
+    if (keyHex === null) return { ok: false, error: `"${to}" is neither a peer name nor a base64 public key` };
+    if (!Number.isFinite(untilMs) || untilMs <= this.now())
+      return { ok: false, error: 'the authorization must end in the future (until_ms or seconds)' };
+    this.sw.security.authorizeMove(mac, keyHex, untilMs);
+    this.log.info({ mac: macText, to, seconds: Math.round((untilMs - this.now()) / 1000) }, 'MAC move authorized');
+    return { ok: true };
   }
 
   expect(macText: string): { ok: boolean; error?: string } {
@@ -293,6 +395,10 @@ export class Daemon {
       this.mesh.relayEnabled = next.relay;
       changes.push(`relay ${old.relay} -> ${next.relay}`);
     }
+    if (JSON.stringify(next.security) !== JSON.stringify(old.security)) {
+      this.sw.security.reconfigure(next.security);
+      changes.push('security');
+    }
     if (next.mobility.announceMoves !== old.mobility.announceMoves) {
       this.sw.announceMoves = next.mobility.announceMoves;
       changes.push(`mobility.announce_moves ${old.mobility.announceMoves} -> ${next.mobility.announceMoves}`);
@@ -319,7 +425,14 @@ export class Daemon {
         changes.push(`${key}: needs a restart`);
       }
     }
-    this.config = { ...old, peers: next.peers, logLevel: next.logLevel, mobility: next.mobility, relay: next.relay };
+    this.config = {
+      ...old,
+      peers: next.peers,
+      logLevel: next.logLevel,
+      mobility: next.mobility,
+      relay: next.relay,
+      security: next.security,
+    };
     this.mesh.tick();
     return changes;
   }
@@ -355,6 +468,7 @@ export class Daemon {
         seq: e.seq,
       })),
       drops: { ...this.mesh.drops, ...this.sw.drops, tcp_link_closed: this.underlay.closedLinkDrops },
+      security: this.securityReport(),
       handshakes: { ...this.mesh.handshakes },
       mobility: { ...this.sw.mobility },
       introductions: { ...this.mesh.introStats },
@@ -366,6 +480,25 @@ export class Daemon {
       agent: this.agent?.status() ?? null,
       udp: sock.stats,
       latency: latencyReport() ?? undefined,
+    };
+  }
+
+  /** Security counters by group, for status and metrics. */
+  securityReport(): StatusReport['security'] {
+    const s = this.sw.security;
+    return {
+      localSide: s.cfg.localSide,
+      portSecurity: s.cfg.portSecurity,
+      macMoves: s.cfg.macMoves,
+      guestMacs: s.guestMacs === null ? null : s.guestMacs.size,
+      portSecurityDrops: { ...s.portSecurity },
+      ownershipDrops: { ...s.ownership },
+      dhcpSnoopingDrops: { ...s.snooping },
+      inspectionDrops: { ...s.inspection },
+      stormDrops: { ...s.storm.drops },
+      handshakeGuard: { ...this.mesh.guard.stats },
+      arpSuppressed: s.stats.arpSuppressed,
+      bindings: s.bindings.size,
     };
   }
 

@@ -175,6 +175,70 @@ export function daemonRegistry(d: Daemon): client.Registry {
   single(register, 'homewire_tap_rx_frames_total', 'Frames read from the TAP.', () => d.tap.stats.rxFrames);
   single(register, 'homewire_tap_tx_frames_total', 'Frames written to the TAP.', () => d.tap.stats.txFrames);
 
+  // Security (README "Security model"): drops by reason per defence, and the handshake guard.
+  const sec = d.sw.security;
+  counterFrom(
+    register,
+    'homewire_port_security_drops_total',
+    'Frames from the local side refused by port security, by reason.',
+    'reason',
+    () => ({ ...sec.portSecurity }),
+  );
+  counterFrom(
+    register,
+    'homewire_mac_ownership_drops_total',
+    'Frames, move announcements and EXPECTs from peers refused by MAC ownership, by reason.',
+    'reason',
+    () => ({ ...sec.ownership }),
+  );
+  counterFrom(
+    register,
+    'homewire_dhcp_snooping_drops_total',
+    'DHCP frames not passed on by DHCP snooping, by reason.',
+    'reason',
+    () => ({ ...sec.snooping }),
+  );
+  counterFrom(
+    register,
+    'homewire_arp_inspection_drops_total',
+    'ARP and neighbour-discovery frames dropped by inspection or RA guard, by reason.',
+    'reason',
+    () => ({ ...sec.inspection }),
+  );
+  counterFrom(
+    register,
+    'homewire_storm_drops_total',
+    'Flooded frames over security.flood_pps, by kind.',
+    'kind',
+    () => ({ ...sec.storm.drops }),
+  );
+  single(
+    register,
+    'homewire_arp_suppressed_total',
+    'ARP requests answered (or kept) locally instead of flooded over the mesh.',
+    () => sec.stats.arpSuppressed,
+  );
+  const guard = d.mesh.guard.stats;
+  single(
+    register,
+    'homewire_handshake_cookies_sent_total',
+    'Cookie replies sent under load instead of processing a handshake.',
+    () => guard.cookies_sent,
+  );
+  single(
+    register,
+    'homewire_handshake_rate_limited_total',
+    "Handshakes dropped by their source's token bucket under load.",
+    () => guard.rate_limited,
+  );
+  counterFrom(
+    register,
+    'homewire_handshake_guard_total',
+    'Handshake guard events: mac1_invalid, cookies_sent, rate_limited, cookie_replies_accepted, cookie_replies_invalid, under_load.',
+    'event',
+    () => ({ ...guard }),
+  );
+
   const dhcp = d.dhcp;
   if (dhcp) {
     counterFrom(register, 'homewire_dhcp_messages_total', 'DHCP messages received and sent, by type.', 'type', () => ({

@@ -50,6 +50,8 @@ export interface AgentStatus {
   bootId: string;
   guests: GuestReport[];
   hypervisor: HypervisorInfo | null;
+  /** Guests an earlier agent left running, as this one found them at start. */
+  adoption: { adopted: string[]; dead: string[]; settled: string[]; ms: number } | null;
   registrations: number;
   heartbeats: number;
   heartbeatFailures: number;
@@ -71,6 +73,22 @@ export interface StatusReport {
   macs: MacStatus[];
   /** Dropped packets by reason (mesh and switch). */
   drops: Record<string, number>;
+  /** The segment defences and the handshake guard: modes and counters (README "Security model"). */
+  security: {
+    localSide: string;
+    portSecurity: string;
+    macMoves: string;
+    /** MACs in the coordinator's guest list (null: none given). */
+    guestMacs: number | null;
+    portSecurityDrops: Record<string, number>;
+    ownershipDrops: Record<string, number>;
+    dhcpSnoopingDrops: Record<string, number>;
+    inspectionDrops: Record<string, number>;
+    stormDrops: Record<string, number>;
+    handshakeGuard: Record<string, number>;
+    arpSuppressed: number;
+    bindings: number;
+  };
   handshakes: Record<string, number>;
   mobility: Record<string, number>;
   /** Introductions by result (sent, accepted, withdrawn, dropped...). */

@@ -10,6 +10,11 @@
 // peer is a move; the switch announces "MAC m is at me, sequence n" to every peer at once (mesh/signal.ts), and
 // a coordinator can pre-announce an arrival (expect) so peers send the MAC's frames to both hosts meanwhile.
 // MACs are 48-bit numbers (exact in a double). All ageing is driven by tick(), not by per-entry timers.
+//
+// Security (security/site.ts): the fast path is unchanged (a known source MAC on its own port); a MAC new
+// to a port, or changing port, goes through port security (local side) or the ownership checks (peers), so
+// no peer can take a MAC pinned here and no guest can send as a MAC another site holds. Every frame gets a
+// few header reads for DHCP snooping, ARP/ND inspection and RA guard; floods pass storm control.
 import {
   ANNOUNCE_REPEAT_MS,
   ETHERNET_HEADER_BYTES,
@@ -27,14 +32,21 @@ import type { Mesh } from './mesh/mesh.ts';
 import type { Peer } from './mesh/peer.ts';
 import { macKey, macString } from './addr.ts';
 import { decodeSignal, encodeExpect, encodeMacAt, SIG_EXPECT, SIG_MAC_AT } from './mesh/signal.ts';
+import type { SecurityConfig } from './security/config.ts';
+import { decodeBinding, encodeBinding, SIG_SECURITY_FIRST, SIG_SECURITY_LAST } from './security/signal.ts';
+import { DROP, KEEP_LOCAL } from './security/inspect.ts';
+import { type LeaseSource, SiteSecurity } from './security/site.ts';
+import { STORM_BROADCAST, STORM_MULTICAST, STORM_UNKNOWN_UNICAST } from './security/storm.ts';
 import type { TapDevice } from './tap/device.ts';
 
 /** Port name of the local side in services and logs. */
 export const LOCAL = 'local';
 
 /** Something on the segment that consumes frames itself (the DHCP server). */
-export interface SegmentService {
+export interface SegmentService extends LeaseSource {
   readonly mac: Buffer;
+  /** Whether it also serves the site's own local side (dhcp.serve_local). */
+  readonly serveLocal: boolean;
   /** Offered group frames and frames to `mac`; returns true if consumed. Never throws. */
   offer(frame: Buffer, from: string): boolean;
 }
@@ -77,11 +89,13 @@ export class Switch {
   readonly table = new Map<number, MacEntry>();
   readonly drops = new SwitchDrops();
   readonly mobility = new MobilityStats();
+  readonly security: SiteSecurity;
   nowMs = Date.now();
   /** Announce moves to peers (off: plain data-plane learning, for comparison in bench/). */
   announceMoves = true;
   private readonly serviceMac: number;
   private readonly announcements: Array<{ mac: number; seq: number; atMs: number }> = [];
+  private lastPruneMs = 0;
 
   constructor(
     private readonly tap: TapDevice,
@@ -89,9 +103,18 @@ export class Switch {
     private readonly maxFrameBytes: number,
     private readonly localKeyHex: string,
     private readonly log: Logger,
-    private readonly service: SegmentService | null = null,
+    private readonly service: SegmentService | null,
+    security: SecurityConfig,
   ) {
     this.serviceMac = service ? macKey(service.mac, 0) : -1;
+    this.security = new SiteSecurity(security, {
+      table: this.table,
+      localKeyHex,
+      writeLocal: (frame) => this.tap.write(frame),
+      dhcp: service,
+      log,
+      hasIntroducer: () => this.mesh.peers.some((p) => p.introducer),
+    });
   }
 
   /** A frame from the TAP (BORROWED: valid during this call only). */
@@ -104,13 +127,23 @@ export class Switch {
       this.drops.too_big++;
       return;
     }
+    const sec = this.security;
+    let src = -1;
     if ((frame[6] & 1) === 0) {
-      const src = this.learn(macKey(frame, 6), null);
-      if (src !== undefined) src.rxBytes += frame.length;
-    }
+      src = macKey(frame, 6);
+      let entry = this.table.get(src);
+      if (entry === undefined || entry.port !== null) {
+        entry = this.learnLocal(src, entry); // port security: a MAC new here, or arriving from another site
+        if (entry === undefined) return;
+      } else entry.seenMs = this.nowMs;
+      entry.rxBytes += frame.length;
+    } else if (sec.badLocalSource()) return;
+    const verdict = sec.checkLocal(frame, src);
+    if (verdict === DROP) return;
     const group = (frame[0] & 1) === 1;
     const dst = group ? -1 : macKey(frame, 0);
     if (this.service !== null && (group || dst === this.serviceMac) && this.service.offer(frame, LOCAL)) return;
+    if (verdict === KEEP_LOCAL) return;
     if (!group) {
       const entry = this.table.get(dst);
       if (entry !== undefined) {
@@ -120,16 +153,28 @@ export class Switch {
         return;
       }
     }
+    if (!sec.storm.allow(LOCAL_STORM_PORT, stormKind(frame, group), this.nowMs)) return;
     this.mesh.flood(frame); // every site; through a relay one copy, which the relay fans out
   }
 
-  /** A frame from a peer (OWNED: handed on to the TAP without copying). */
+  /** A frame from a peer (OWNED: handed on to the TAP without copying). `peer` is the site it came FROM
+   *  (for a relayed frame, the origin site, not the relay). */
   fromPeer(peer: Peer, frame: Buffer): void {
     if (frame.length < ETHERNET_HEADER_BYTES) {
       this.drops.runt++;
       return;
     }
-    if ((frame[6] & 1) === 0) this.learn(macKey(frame, 6), peer);
+    const sec = this.security;
+    if ((frame[6] & 1) !== 0) {
+      sec.badPeerSource(peer);
+      return;
+    }
+    const src = macKey(frame, 6);
+    const srcEntry = this.table.get(src);
+    if (srcEntry === undefined || srcEntry.port !== peer) {
+      if (!this.learnPeer(src, srcEntry, peer)) return; // ownership: a MAC pinned here or held by another site
+    } else srcEntry.seenMs = this.nowMs;
+    if (sec.checkPeer(peer, frame, src) === DROP) return;
     const group = (frame[0] & 1) === 1;
     const dst = group ? -1 : macKey(frame, 0);
     if (this.service !== null && (group || dst === this.serviceMac) && this.service.offer(frame, peer.name)) return;
@@ -148,7 +193,8 @@ export class Switch {
         return;
       }
       if (entry !== undefined) entry.txBytes += frame.length;
-    }
+      else if (!sec.storm.allow(peer, STORM_UNKNOWN_UNICAST, this.nowMs)) return;
+    } else if (!sec.storm.allow(peer, frame[0] === 0xff ? STORM_BROADCAST : STORM_MULTICAST, this.nowMs)) return;
     this.tap.write(frame);
   }
 
@@ -171,22 +217,49 @@ export class Switch {
     this.mesh.sendFrame(entry.alsoTo!, frame);
   }
 
-  // ---- learning and mobility -----------------------------------------------------------------------
+  // ---- learning, ownership and mobility ------------------------------------------------------------
 
-  private learn(mac: number, port: Peer | null): MacEntry | undefined {
-    let entry = this.table.get(mac);
+  /** A source MAC on the local side that the table does not place here. undefined: dropped (counted). */
+  private learnLocal(mac: number, entry: MacEntry | undefined): MacEntry | undefined {
+    const sec = this.security;
     if (entry === undefined) {
-      if (this.table.size >= MAC_TABLE_MAX) {
-        this.drops.table_full++;
-        return undefined;
-      }
-      entry = newEntry(port, this.nowMs);
-      this.table.set(mac, entry);
-      return entry;
+      if (!sec.mayLearnLocal(mac)) return undefined;
+      return this.addEntry(mac, null);
     }
+    if (!sec.mayMoveHere(mac, entry.port!)) return undefined;
     entry.seenMs = this.nowMs;
-    if (entry.port !== port) this.move(mac, entry, port, false);
+    this.move(mac, entry, null, false);
     return entry;
+  }
+
+  /** A source MAC from `peer` that the table does not place at `peer`. false: dropped (counted). */
+  private learnPeer(mac: number, entry: MacEntry | undefined, peer: Peer): boolean {
+    const sec = this.security;
+    if (entry === undefined) {
+      if (!sec.mayClaimNew(mac, peer, false)) return false;
+      return this.addEntry(mac, peer) !== undefined;
+    }
+    if (!sec.mayClaimHeld(mac, peer, entry.port, false)) return false;
+    entry.seenMs = this.nowMs;
+    this.move(mac, entry, peer, false);
+    return true;
+  }
+
+  private addEntry(mac: number, port: Peer | null): MacEntry | undefined {
+    if (this.table.size >= MAC_TABLE_MAX) {
+      this.drops.table_full++;
+      return undefined;
+    }
+    const entry = newEntry(port, this.nowMs);
+    this.table.set(mac, entry);
+    this.security.entryAdded(port);
+    if (port !== null) this.sendBinding(mac, port);
+    return entry;
+  }
+
+  private deleteEntry(mac: number, entry: MacEntry): void {
+    this.table.delete(mac);
+    this.security.entryRemoved(mac, entry.port, entry.seenMs);
   }
 
   /** Moves a MAC to another port (data-plane learning or an announcement); returns false if refused. */
@@ -209,6 +282,7 @@ export class Switch {
       return false;
     }
     const from = entry.port;
+    this.security.entryMoved(mac, from, port);
     entry.port = port;
     entry.alsoTo = null;
     entry.expectedUntilMs = 0;
@@ -226,8 +300,18 @@ export class Switch {
       entry.settledUntilMs = now + MOVE_SETTLE_MS;
       if (this.announceMoves) this.announce(mac, entry.seq);
     }
+    if (port !== null) this.sendBinding(mac, port);
     this.log.debug({ mac: macString(mac), from: from?.name ?? LOCAL, to: port?.name ?? LOCAL }, 'MAC moved');
     return true;
+  }
+
+  /** This site serves DHCP and `mac` holds a lease: tell the site it now lives at (ARP inspection there). */
+  private sendBinding(mac: number, peer: Peer): void {
+    const service = this.service;
+    if (service === null) return;
+    for (const [ip, expiresAtMs] of service.leasesOf(mac, this.nowMs)) {
+      this.mesh.sendSignal(peer, encodeBinding(mac, ip, (expiresAtMs - this.nowMs) / 1000));
+    }
   }
 
   private announce(mac: number, seq: number): void {
@@ -251,32 +335,42 @@ export class Switch {
     }
   }
 
-  /** A control message from a peer (authenticated by the mesh). */
+  /** A signal message from a peer (authenticated by the mesh; from the origin site when relayed). */
   onSignal(peer: Peer, payload: Buffer): void {
+    if (payload.length > 0 && payload[0] >= SIG_SECURITY_FIRST && payload[0] <= SIG_SECURITY_LAST) {
+      const b = decodeBinding(payload);
+      if (b === null) this.drops.signal_malformed++;
+      else this.security.bindingSignal(peer, b.mac, b.ip, b.seconds);
+      return;
+    }
     const msg = decodeSignal(payload);
     if (msg === null) {
       this.drops.signal_malformed++;
       return;
     }
+    const sec = this.security;
     let entry = this.table.get(msg.mac);
     if (msg.type === SIG_EXPECT) {
       if (entry === undefined || entry.port === peer) return;
+      if (!sec.mayExpect(msg.mac, peer, entry.port)) return; // never a copy of someone else's traffic
       entry.alsoTo = peer;
       entry.alsoUntilMs = this.nowMs + EXPECT_DUAL_SEND_MS;
       return;
     }
     if (msg.type !== SIG_MAC_AT) return;
-    if (entry === undefined) {
-      if (this.table.size >= MAC_TABLE_MAX) {
-        this.drops.table_full++;
-        return;
-      }
-      entry = newEntry(peer, this.nowMs);
-      entry.seq = msg.seq;
-      entry.settledUntilMs = this.nowMs + MOVE_SETTLE_MS;
-      this.table.set(msg.mac, entry);
+    if (Math.floor(msg.mac / 0x100_0000_0000) & 1) {
+      sec.badPeerSource(peer); // a group address lives nowhere
       return;
     }
+    if (entry === undefined) {
+      if (!sec.mayClaimNew(msg.mac, peer, true)) return;
+      entry = this.addEntry(msg.mac, peer);
+      if (entry === undefined) return;
+      entry.seq = msg.seq;
+      entry.settledUntilMs = this.nowMs + MOVE_SETTLE_MS;
+      return;
+    }
+    if (entry.port !== peer && !sec.mayClaimHeld(msg.mac, peer, entry.port, true)) return;
     const newer =
       seqNewer(msg.seq, entry.seq) ||
       (msg.seq === entry.seq && entry.port !== peer && peer.keyHex > (entry.port?.keyHex ?? this.localKeyHex));
@@ -293,23 +387,40 @@ export class Switch {
       entry.settledUntilMs = this.nowMs + MOVE_SETTLE_MS;
   }
 
-  /** The coordinator says MAC mac is about to arrive here: peers send its frames here too meanwhile. */
+  /** The coordinator (or the operator) says MAC mac is about to arrive here: peers send its frames here too
+   *  meanwhile, and port security lets it appear on the local side. */
   expect(mac: number): void {
     const entry = this.table.get(mac);
     if (entry !== undefined) entry.expectedUntilMs = this.nowMs + EXPECT_DUAL_SEND_MS;
+    this.security.expectHere(mac, this.nowMs + EXPECT_DUAL_SEND_MS);
     this.mesh.floodSignal(encodeExpect(mac));
   }
 
   /** Ages out entries not seen for MAC_AGEING_MS; forgets entries of removed peers; sends due announcements. */
   tick(now: number): void {
     this.nowMs = now;
+    this.security.nowMs = now;
     if (this.announcements.length) this.sendDueAnnouncements();
     for (const [mac, entry] of this.table) {
       if (now - entry.seenMs > MAC_AGEING_MS || entry.port?.removed) {
-        this.table.delete(mac);
+        this.deleteEntry(mac, entry);
       }
     }
+    if (now - this.lastPruneMs >= SECURITY_PRUNE_MS) {
+      this.lastPruneMs = now;
+      this.security.prune();
+      this.security.storm.retain((p) => p === LOCAL_STORM_PORT || !(p as Peer).removed);
+    }
   }
+}
+
+/** The local side's key for storm control. */
+const LOCAL_STORM_PORT = { name: LOCAL };
+const SECURITY_PRUNE_MS = 10_000;
+
+function stormKind(frame: Buffer, group: boolean): number {
+  if (!group) return STORM_UNKNOWN_UNICAST;
+  return frame[0] === 0xff && frame[1] === 0xff && frame[2] === 0xff ? STORM_BROADCAST : STORM_MULTICAST;
 }
 
 function newEntry(port: Peer | null, now: number): MacEntry {

@@ -33,6 +33,7 @@ interface VmRecord {
   memory_mib: number;
   mac: string;
   ip: string | null;
+  lease_ip?: string | null;
   state: string;
   host: string | null;
   target: string | null;
@@ -405,8 +406,9 @@ function renderHosts(): void {
               { title: x.hypervisor.reason ?? '' },
               x.hypervisor.available ? `${x.hypervisor.kind}/${x.hypervisor.accel}` : 'none',
             ),
-            h('td', { class: 'num' }, `${x.free.cpus} / ${x.cpus}`),
-            h('td', { class: 'num' }, `${x.free.memory_mib} / ${x.memory_mib} MiB`),
+            // A host without a hypervisor (home's agent) takes no VMs: its capacity means nothing.
+            h('td', { class: 'num' }, x.hypervisor.available ? `${x.free.cpus} / ${x.cpus}` : '-'),
+            h('td', { class: 'num' }, x.hypervisor.available ? `${x.free.memory_mib} / ${x.memory_mib} MiB` : '-'),
             h('td', { class: 'guests' }, x.vms.join(', ') || '-'),
           ),
         )
@@ -462,7 +464,9 @@ function renderVms(): void {
             h('option', { value: '' }, 'any host'),
             ...others.map((n) => h('option', { value: n, selected: n === choice }, n)),
           );
-          const ssh = vm.ip ? `ssh root@${vm.ip}` : '';
+          // A reservation, else what home's DHCP server leased to the MAC (reported with its heartbeat).
+          const ip = vm.ip ?? vm.lease_ip ?? null;
+          const ssh = ip ? `ssh root@${ip}` : '';
           const row = h(
             'tr',
             { 'data-vm': vm.name, class: vm.state },
@@ -473,19 +477,15 @@ function renderVms(): void {
             h(
               'td',
               { class: 'ip' },
-              vm.ip
+              ip
                 ? h(
                     'span',
-                    {},
+                    { title: vm.ip ? 'reserved at home' : 'leased from the home pool' },
                     h('code', {}, ssh),
                     ' ',
                     h('button', { class: 'copy', title: 'copy the ssh command', onclick: () => copy(ssh) }, 'copy'),
                   )
-                : h(
-                    'span',
-                    { class: 'muted', title: 'no reservation: the guest has a lease from the home pool' },
-                    'dhcp',
-                  ),
+                : h('span', { class: 'muted', title: 'no reservation, and no lease from the home pool yet' }, 'dhcp'),
             ),
             h('td', {}, vm.image),
             h('td', { 'data-since': vm.state === 'running' || vm.state === 'migrating' ? (vm.started_at ?? '') : '' }),
@@ -730,13 +730,33 @@ function openConsole(name: string): void {
   const section = $('#console');
   section.hidden = false;
   refreshConsoleTitle();
-  const status = $('#console-status');
-  status.textContent = 'connecting…';
   term = new Terminal({ convertEol: false, cursorBlink: true, scrollback: 5000, fontSize: 14 });
   fit = new FitAddon();
   term.loadAddon(fit);
   term.open($('#terminal'));
   fit.fit();
+  const enc = new TextEncoder();
+  term.onData((d) => {
+    if (socket?.readyState === WebSocket.OPEN) socket.send(enc.encode(d));
+  });
+  term.onBinary((d) => {
+    if (socket?.readyState === WebSocket.OPEN) socket.send(Uint8Array.from(d, (c) => c.charCodeAt(0) & 0xff));
+  });
+  connectConsole(name, 0);
+  term.focus();
+  section.scrollIntoView({ block: 'nearest' });
+}
+
+/** Closes that end the console for good: the viewer closed it, or the VM was deleted. Anything else (the
+ *  coordinator restarted or lost leadership, the stream broke, the viewer was too slow) reconnects. */
+const CONSOLE_FINAL_CLOSES = new Set([1000, 4404]);
+const CONSOLE_RETRY_MAX_MS = 10_000;
+let consoleRetry: ReturnType<typeof setTimeout> | null = null;
+
+function connectConsole(name: string, attempt: number): void {
+  const status = $('#console-status');
+  status.textContent = attempt === 0 ? 'connecting…' : `reconnecting (attempt ${attempt})…`;
+  status.className = '';
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const ws = new WebSocket(`${scheme}//${location.host}/v1/vms/${encodeURIComponent(name)}/console`, [
     'homewire.console',
@@ -744,7 +764,12 @@ function openConsole(name: string): void {
   ]);
   ws.binaryType = 'arraybuffer';
   socket = ws;
-  const enc = new TextEncoder();
+  let opened = false;
+  ws.onopen = () => {
+    opened = true;
+    // Attaching replays the scrollback: start from a clean screen so a reconnect does not show it twice.
+    if (attempt > 0) term?.reset();
+  };
   ws.onmessage = (e) => {
     if (typeof e.data !== 'string') {
       term?.write(new Uint8Array(e.data as ArrayBuffer));
@@ -761,21 +786,26 @@ function openConsole(name: string): void {
   };
   ws.onclose = (e) => {
     if (socket !== ws) return;
-    status.textContent = `disconnected${e.reason ? `: ${e.reason}` : ''} (code ${e.code})`;
+    socket = null;
+    const why = `disconnected${e.reason ? `: ${e.reason}` : ''} (code ${e.code})`;
+    if (CONSOLE_FINAL_CLOSES.has(e.code) || !snap.vms.some((v) => v.name === name)) {
+      status.textContent = why;
+      status.className = 'error';
+      return;
+    }
+    const next = opened ? 1 : attempt + 1;
+    const delay = Math.min(CONSOLE_RETRY_MAX_MS, 500 * 2 ** Math.min(next, 5));
+    status.textContent = `${why}; reconnecting in ${(delay / 1000).toFixed(1)} s`;
     status.className = 'error';
+    consoleRetry = setTimeout(() => {
+      consoleRetry = null;
+      if (consoleVm === name) connectConsole(name, next);
+    }, delay);
   };
   ws.onerror = () => {
     status.textContent = 'the console connection failed';
     status.className = 'error';
   };
-  term.onData((d) => {
-    if (ws.readyState === WebSocket.OPEN) ws.send(enc.encode(d));
-  });
-  term.onBinary((d) => {
-    if (ws.readyState === WebSocket.OPEN) ws.send(Uint8Array.from(d, (c) => c.charCodeAt(0) & 0xff));
-  });
-  term.focus();
-  section.scrollIntoView({ block: 'nearest' });
 }
 
 function refreshConsoleTitle(): void {
@@ -786,6 +816,8 @@ function refreshConsoleTitle(): void {
 }
 
 function closeConsole(): void {
+  if (consoleRetry) clearTimeout(consoleRetry);
+  consoleRetry = null;
   const ws = socket;
   socket = null;
   ws?.close(1000, 'closed');

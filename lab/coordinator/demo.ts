@@ -24,6 +24,7 @@ export async function runVmDemo(lab: Lab, say: (s?: string) => void): Promise<bo
     `   Coordinator at ${LAB_COORDINATOR} (underlay namespace); a host agent beside the daemon on ${grid.hosts.join(', ')}.`,
   );
   for (const h of grid.hosts) say(`   $ homewire host add ${h} > ${h}.token      # each host its own token`);
+  say('   $ homewire host add home > home.token          # home joins too, without VMs: it hears of every move');
   say('   (QEMU runs under -sandbox as an unprivileged user; migrations are TLS with a key per migration.)');
   const run = async (...argv: string[]) => {
     say(`   $ homewire ${argv.join(' ')}`);

@@ -3,8 +3,9 @@
 //                        the lab guest's kernel and initramfs (lab/guest-image.ts); image_server points at it,
 //                        so it is the one allowed image source
 //   every VM-host site   a host agent beside the site's daemon (`homewire agent`: the daemon's config plus a
-//                        coordinator: section) with its own token (`homewire host add SITE`), QEMU guests on
-//                        the site's br-hw, running as LAB_QEMU_USER under -sandbox
+//                        coordinator: section), or inside it (agents: 'daemon': the coordinator: section in
+//                        the daemon's own config), with its own token (`homewire host add SITE`), QEMU guests
+//                        on the site's br-hw, running as LAB_QEMU_USER under -sandbox
 // The lab must have been made with vmSiteConfig({ dhcp: true }) (lab/vm/guests.ts): control sockets in the
 // lab dir, the DHCP server at home. Admin commands run the real CLI inside the underlay namespace.
 import type { ChildProcess } from 'node:child_process';
@@ -15,6 +16,7 @@ import type { GuestImage } from '../guest-image.ts';
 import { type RunResult, sleep } from '../run.ts';
 import { HOMEWIRE_BIN, type Lab, PLAN, PROJECT_ROOT } from '../topology.ts';
 import type { HostView } from '../../src/coordinator/types.ts';
+import { stopChild } from '../../src/proc.ts';
 
 export const LAB_COORDINATOR = `http://${PLAN.internet4}:7100`;
 export const LAB_IMAGES = `http://${PLAN.internet4}:8080`;
@@ -38,6 +40,12 @@ export interface GridOptions {
   cpus?: number;
   memoryMib?: number;
   logLevel?: string;
+  /** standalone (default): `homewire agent` beside the daemon; daemon: the agent runs inside `homewire up`. */
+  agents?: 'standalone' | 'daemon';
+  /** The home site's daemon joins the coordinator (hypervisor: none), restarted with a token (default true). */
+  homeAgent?: boolean;
+  /** Extra lines for a host's coordinator: section (indented by two spaces), e.g. qemu_binary. */
+  agentExtra?: (site: string) => string[];
   /** QEMU's user (default LAB_QEMU_USER); null: QEMU stays root. */
   qemuUser?: string | null;
   /** Extra lines for the coordinator's config (e.g. `metrics: { listen: ... }`). */
@@ -56,11 +64,15 @@ export class GridLab {
   readonly procs: ChildProcess[] = [];
   readonly adminTokenFile: string;
   readonly hosts: string[];
+  /** The standalone agents by site (agents: 'standalone'). */
+  readonly agents = new Map<string, ChildProcess>();
+  /** QEMU's user on the hosts (null: root). */
+  qemuUser: string | null = null;
 
   private constructor(
     readonly lab: Lab,
     readonly image: GuestImage,
-    o: GridOptions,
+    readonly o: GridOptions,
   ) {
     this.adminTokenFile = path.join(lab.dir, 'admin.token');
     this.hosts = o.hosts ?? lab.sites.filter((s) => s.role === 'host').map((s) => s.name);
@@ -95,47 +107,52 @@ export class GridLab {
         ...(o.coordinatorConfig ?? []),
       ].join('\n')}\n`,
     );
-    g.spawn('ul', 'coordinator', [...CLI, 'coordinator', '--config', path.join(dir, 'coordinator.yaml')]);
-    const qemuUser = o.qemuUser === undefined ? LAB_QEMU_USER : o.qemuUser;
+    g.startCoordinator();
+    g.qemuUser = o.qemuUser === undefined ? LAB_QEMU_USER : o.qemuUser;
     // QEMU, once it has dropped to qemuUser, reaches its migration keys under the lab dir (state_dir is
     // root:<its group> 0710): the lab dir must be traversable, not readable.
-    if (qemuUser) fs.chmodSync(dir, 0o711);
+    if (g.qemuUser) fs.chmodSync(dir, 0o711);
     for (const site of g.hosts) {
-      const s = lab.site(site);
       await waitForCoordinator(g);
       await g.hostToken(site);
-      fs.writeFileSync(
-        g.agentConfig(site),
-        `${
-          fs.readFileSync(s.configFile, 'utf8') +
-          [
-            'coordinator:',
-            `  url: ${LAB_COORDINATOR}`,
-            `  token_file: ${site}.token`,
-            ...(qemuUser ? [`  qemu_user: "${qemuUser}"`] : []),
-            `  cpus: ${o.cpus ?? 2}`,
-            `  memory_mib: ${o.memoryMib ?? 1024}`,
-            `  migration_address: ${s.underlay4}`,
-            `  cache_dir: cache-${site}`,
-            `  state_dir: state-${site}`,
-          ].join('\n')
-        }\n`,
-      );
-      g.spawn(site, `agent-${site}`, [...CLI, 'agent', '--config', g.agentConfig(site)]);
+      g.writeAgentConfig(site);
     }
-    const deadline = Date.now() + 30_000;
+    if (o.agents === 'daemon') {
+      // The agent inside the daemon: its config gains the coordinator: section; restart the daemons.
+      for (const site of g.hosts) {
+        await lab.stopDaemon(site);
+        fs.copyFileSync(g.agentConfig(site), lab.site(site).configFile);
+        lab.startDaemon(site);
+      }
+      await lab.waitPeersUp(90_000); // a busy machine starts Node slowly
+    } else for (const site of g.hosts) g.startAgent(site);
+    // The home site's daemon joins too (no hypervisor), as in a real grid: the coordinator tells every site's
+    // MAC ownership about a VM's moves (security.mac_moves: authorized) and home's DHCP about reservations.
+    const home = lab.sites.find((s) => s.role === 'home');
+    const homeJoins =
+      o.homeAgent !== false && home !== undefined && !/^coordinator:/m.test(fs.readFileSync(home.configFile, 'utf8'));
+    if (home && homeJoins) {
+      await waitForCoordinator(g);
+      await g.hostToken(home.name);
+      await lab.stopDaemon(home.name);
+      fs.appendFileSync(home.configFile, `\n${homeAgentSection(home.name)}\n`);
+      lab.startDaemon(home.name);
+      await lab.waitPeersUp(90_000);
+    }
+    const expected = home && homeJoins ? [...g.hosts, home.name] : g.hosts;
+    const deadline = Date.now() + 90_000; // a busy machine starts Node slowly
     for (;;) {
       const r = await g.cli('host', 'list', '--json');
       const up =
         r.code === 0
           ? (JSON.parse(r.stdout) as { hosts: HostView[] }).hosts.filter(
-              (h) => h.state === 'up' && g.hosts.includes(h.name),
+              (h) => h.state === 'up' && expected.includes(h.name),
             ).length
           : 0;
-      if (up === g.hosts.length) break;
+      if (up === expected.length) break;
       if (Date.now() > deadline)
         throw new Error(
-          `hosts not registered after 30 s (host list: exit ${r.code} ${r.stdout.trim()} ${r.stderr.trim()})\n${g.logs()}`,
+          `hosts not registered after 90 s (host list: exit ${r.code} ${r.stdout.trim()} ${r.stderr.trim()})\n${g.logs()}`,
         );
       await sleep(100);
     }
@@ -173,18 +190,100 @@ export class GridLab {
     return path.join(this.lab.dir, `${site}-agent.yaml`);
   }
 
+  /** The site's daemon config plus its coordinator: section (written again to change agentExtra). */
+  writeAgentConfig(site: string, extra = this.o.agentExtra?.(site) ?? []): void {
+    const s = this.lab.site(site);
+    const daemonPart = fs.readFileSync(s.configFile, 'utf8').split('\ncoordinator:\n')[0].trimEnd();
+    fs.writeFileSync(
+      this.agentConfig(site),
+      `${daemonPart}\n${[
+        'coordinator:',
+        `  url: ${LAB_COORDINATOR}`,
+        `  token_file: ${site}.token`,
+        ...(this.qemuUser ? [`  qemu_user: "${this.qemuUser}"`] : []),
+        `  cpus: ${this.o.cpus ?? 2}`,
+        `  memory_mib: ${this.o.memoryMib ?? 1024}`,
+        `  migration_address: ${s.underlay4}`,
+        `  cache_dir: cache-${site}`,
+        `  state_dir: state-${site}`,
+        ...extra.map((l) => `  ${l}`),
+      ].join('\n')}\n`,
+    );
+    if (this.o.agents === 'daemon') fs.copyFileSync(this.agentConfig(site), s.configFile);
+  }
+
+  /** Starts the standalone agent of a site (agents: 'standalone'). */
+  startAgent(site: string, extraArgs: string[] = []): ChildProcess {
+    const p = this.spawn(site, `agent-${site}`, [...CLI, 'agent', '--config', this.agentConfig(site), ...extraArgs]);
+    this.agents.set(site, p);
+    return p;
+  }
+
+  /** A site's state directory (one directory per VM: runtime.json, qmp.sock, serial.log, disk.qcow2). */
+  stateDir(site: string): string {
+    return path.join(this.lab.dir, `state-${site}`);
+  }
+
+  /** The agent's log: agent-<site>.log (standalone) or the daemon's log (agents: 'daemon'). */
+  agentLog(site: string): string {
+    return this.o.agents === 'daemon' ? this.lab.site(site).logFile : this.logFile(`agent-${site}`);
+  }
+
+  /** JSON log lines of a site's agent with this msg (every run of the agent, oldest first). */
+  agentEvents(site: string, msg: string): Record<string, unknown>[] {
+    const f = this.agentLog(site);
+    if (!fs.existsSync(f)) return [];
+    return fs
+      .readFileSync(f, 'utf8')
+      .split('\n')
+      .filter((l) => l.includes(msg))
+      .map((l) => {
+        try {
+          return JSON.parse(l) as Record<string, unknown>;
+        } catch {
+          return {};
+        }
+      })
+      .filter((e) => e.msg === msg);
+  }
+
   logFile(name: string): string {
     return path.join(this.lab.dir, `${name}.log`);
   }
 
   /** A guest's serial console log on the host that runs it. */
   serialLog(site: string, vm: string): string {
-    return path.join(this.lab.dir, `state-${site}`, `${vm}.serial`);
+    return path.join(this.stateDir(site), vm, 'serial.log');
   }
 
   /** A long-running process in a namespace, output appended to <name>.log; the lab's destroy() ends it. */
-  private spawn(ns: string, name: string, argv: string[]): void {
-    this.procs.push(this.lab.spawn(ns, ['sh', '-c', 'exec "$@" >> "$0" 2>&1', this.logFile(name), ...argv]));
+  private spawn(ns: string, name: string, argv: string[]): ChildProcess {
+    const p = this.lab.spawn(ns, ['sh', '-c', 'exec "$@" >> "$0" 2>&1', this.logFile(name), ...argv]);
+    this.procs.push(p);
+    return p;
+  }
+
+  private coordinatorProc: ChildProcess | null = null;
+
+  private startCoordinator(): void {
+    const config = path.join(this.lab.dir, 'coordinator.yaml');
+    this.coordinatorProc = this.spawn('ul', 'coordinator', [...CLI, 'coordinator', '--config', config]);
+  }
+
+  /** Stops the coordinator (SIGTERM) and starts it again on the same store; resolves once it answers. */
+  async restartCoordinator(): Promise<void> {
+    if (this.coordinatorProc) await stopChild(this.coordinatorProc, { graceMs: 5000 });
+    this.startCoordinator();
+    await waitForCoordinator(this);
+  }
+
+  /** Serves a file from the image server (as /<name>); returns its URL and SHA-256. */
+  serve(file: string, name = path.basename(file)): { url: string; sha256: string } {
+    fs.copyFileSync(file, path.join(this.lab.dir, 'images', name));
+    return {
+      url: `${LAB_IMAGES}/${name}`,
+      sha256: crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex'),
+    };
   }
 
   /** The CLI in the underlay namespace against the lab's coordinator, with the admin token. */
@@ -208,9 +307,10 @@ export class GridLab {
     return JSON.parse(await this.ok(...argv, '--json')) as T;
   }
 
-  /** `image add` for the lab guest, served over HTTP, with its SHA-256. */
-  async addImage(name = 'tiny'): Promise<void> {
+  /** `image add` for the lab guest, served over HTTP, with its SHA-256 (and a base disk file, if given). */
+  async addImage(name = 'tiny', o: { disk?: string } = {}): Promise<void> {
     const sum = (f: string) => crypto.createHash('sha256').update(fs.readFileSync(f)).digest('hex');
+    const disk = o.disk ? this.serve(o.disk, `${name}-base.img`) : null;
     await this.ok(
       'image',
       'add',
@@ -223,13 +323,14 @@ export class GridLab {
       sum(this.image.kernel),
       '--initrd-sha256',
       sum(this.image.initrd),
+      ...(disk ? ['--disk', disk.url, '--disk-sha256', disk.sha256] : []),
     );
   }
 
   logs(lines = 25): string {
     return ['coordinator', ...this.hosts.map((h) => `agent-${h}`)]
       .map((n) => {
-        const f = this.logFile(n);
+        const f = n.startsWith('agent-') ? this.agentLog(n.slice('agent-'.length)) : this.logFile(n);
         const text = fs.existsSync(f)
           ? fs.readFileSync(f, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
           : '(no log)';

@@ -28,6 +28,8 @@ export interface FakeHost {
   /** The guest MAC list the "daemon" was given last (port security). */
   guestMacs: GuestMac[] | null;
   reservations: { mac: string; ip: string; vm: string }[] | null;
+  /** A DHCP site's bound leases (its agent reports them with each heartbeat). */
+  leases: { mac: string; ip: string }[];
   /** The host's own API token (coordinator.token_file). */
   token: string;
   tokenFile: string;
@@ -40,7 +42,11 @@ export interface HostOptions {
   site?: string;
   labels?: Record<string, string>;
   available?: boolean;
+  /** The QEMU version the fake hypervisor reports (warm images pin it). */
+  qemuVersion?: string;
   dhcp?: boolean;
+  /** With dhcp: the site's bound leases, reported with each heartbeat (FakeHost.leases, changeable). */
+  leases?: { mac: string; ip: string }[];
   address?: string | null | (() => string | undefined);
   /** The daemon's expect (default: record the MAC in FakeHost.expects). */
   expect?: (mac: string) => { ok: boolean; error?: string };
@@ -149,7 +155,7 @@ export class Harness {
       'coordinator',
       name,
     );
-    const hv = new FakeHypervisor(this.cloud, name, { available: o.available });
+    const hv = new FakeHypervisor(this.cloud, name, { available: o.available, qemuVersion: o.qemuVersion });
     const publicKey = o.publicKey === undefined ? crypto.randomBytes(32).toString('base64') : o.publicKey;
     const host: FakeHost = {
       name,
@@ -159,6 +165,7 @@ export class Harness {
       authorized: [],
       guestMacs: null,
       reservations: null,
+      leases: o.leases ?? [],
       token,
       tokenFile,
       publicKey,
@@ -192,6 +199,7 @@ export class Harness {
             reservations: (list: FakeHost['reservations']) => {
               host.reservations = list;
             },
+            leases: () => host.leases,
           }
         : {}),
     });

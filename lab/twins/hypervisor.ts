@@ -1,7 +1,11 @@
 // In-memory twin of the Hypervisor seam (src/agent/hypervisor.ts): tests run a coordinator and several hosts
 // in one process, with failures injected per call.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import type { GuestReport, GuestState, Hypervisor as HypervisorInfo } from '../../src/coordinator/types.ts';
-import type { GuestSpec, Hypervisor, MigrationChannel } from '../../src/agent/hypervisor.ts';
+import type { DiskSource, GuestSpec, Hypervisor, MigrationChannel, SnapshotFiles } from '../../src/agent/hypervisor.ts';
 import type { ConsoleListener, GuestConsole } from '../../src/agent/console.ts';
 import { ByteRing } from '../../src/coordinator/ring.ts';
 import { CONSOLE_SCROLLBACK_BYTES } from '../../src/coordinator/constants.ts';
@@ -72,6 +76,8 @@ export class FakeCloud {
   readonly incoming = new Map<string, { hv: FakeHypervisor; name: string; tlsPsk: string }>();
   /** Every channel a migration was sent over, in order (tests check URIs and keys). */
   readonly sent: MigrationChannel[] = [];
+  /** Disks offered for a cold copy, by "host:port". */
+  readonly exports = new Map<string, { hv: FakeHypervisor; name: string }>();
 }
 
 interface FakeGuest {
@@ -86,7 +92,9 @@ interface FakeGuest {
 export class FakeHypervisor implements Hypervisor {
   readonly info: HypervisorInfo;
   readonly guests = new Map<string, FakeGuest>();
-  readonly failNext: Partial<Record<'launch' | 'incoming' | 'migrate' | 'resume', string>> = {};
+  readonly failNext: Partial<Record<'launch' | 'incoming' | 'migrate' | 'resume' | 'snapshot', string>> = {};
+  /** Each VM's disk on this host (its content stands for the overlay's bytes). */
+  readonly diskContent = new Map<string, string>();
   /** Milliseconds each call takes (tests of timing and concurrency). */
   delayMs = 0;
   onChange: (() => void) | null = null;
@@ -95,14 +103,16 @@ export class FakeHypervisor implements Hypervisor {
   constructor(
     readonly cloud: FakeCloud,
     readonly host: string,
-    o: { available?: boolean; accel?: 'kvm' | 'tcg' } = {},
+    o: { available?: boolean; accel?: 'kvm' | 'tcg'; qemuVersion?: string } = {},
   ) {
     const available = o.available ?? true;
     this.info = {
       kind: 'fake',
       available,
       accel: available ? (o.accel ?? 'tcg') : null,
-      ...(available ? {} : { reason: 'fake: no hypervisor' }),
+      ...(available
+        ? { qemu_version: o.qemuVersion ?? 'fake-1.0', machine: 'fake-pc', cpu: 'fake' }
+        : { reason: 'fake: no hypervisor' }),
     };
   }
 
@@ -116,13 +126,23 @@ export class FakeHypervisor implements Hypervisor {
     }
   }
 
-  async launch(spec: GuestSpec): Promise<void> {
+  async launch(spec: GuestSpec, o: { diskFrom?: DiskSource } = {}): Promise<{ note?: string }> {
     await this.step('launch', spec.name);
     const g = this.guests.get(spec.name);
-    if (g && g.state === 'running') return;
+    if (g && g.state === 'running') return {};
+    if (o.diskFrom) {
+      const e = this.cloud.exports.get(`${o.diskFrom.host}:${o.diskFrom.port}`);
+      const content = e?.hv.diskContent.get(e.name);
+      if (content === undefined) throw new Error(`nothing exports a disk at ${o.diskFrom.host}:${o.diskFrom.port}`);
+      this.diskContent.set(spec.name, content);
+    } else if ((spec.disk || spec.warm?.overlay) && !this.diskContent.has(spec.name)) {
+      this.diskContent.set(spec.name, spec.warm?.overlay ? `warm disk of ${spec.name}` : `new disk on ${this.host}`);
+    }
+    const memory = spec.warm ? `resumed on ${this.host}` : `booted on ${this.host}`;
     const con = new FakeConsole(this.host);
-    con.print(`booting ${spec.name} on ${this.host}\r\n${FAKE_PROMPT}`);
-    this.guests.set(spec.name, { spec, state: 'running', memory: `booted on ${this.host}`, console: con });
+    con.print(`${spec.warm ? 'resuming' : 'booting'} ${spec.name} on ${this.host}\r\n${FAKE_PROMPT}`);
+    this.guests.set(spec.name, { spec, state: 'running', memory, console: con });
+    return spec.warm?.clone ? { note: `clone ${spec.name} has a new MAC ${spec.mac}: renew DHCP` } : {};
   }
 
   async incoming(spec: GuestSpec, m: MigrationChannel): Promise<void> {
@@ -130,6 +150,48 @@ export class FakeHypervisor implements Hypervisor {
     if (this.cloud.incoming.has(m.uri)) throw new Error(`${m.uri}: Address already in use`);
     this.guests.set(spec.name, { spec, state: 'incoming', memory: '', console: new FakeConsole(this.host) });
     this.cloud.incoming.set(m.uri, { hv: this, name: spec.name, tlsPsk: m.tlsPsk });
+    if (spec.disk) {
+      if (!m.nbd) throw new Error(`${spec.name} has a disk: its migration needs an NBD port`);
+      this.diskContent.set(spec.name, '');
+    }
+  }
+
+  async exportDisk(name: string, address: string, port: number): Promise<DiskSource> {
+    const content = this.diskContent.get(name);
+    if (content === undefined) throw new Error(`this host has no disk of ${name}`);
+    this.cloud.exports.set(`${address}:${port}`, { hv: this, name });
+    const sha256 = crypto.createHash('sha256').update(content).digest('hex');
+    return { host: address, port, export: 'overlay', bytes: content.length, sha256 };
+  }
+
+  async snapshot(name: string): Promise<SnapshotFiles> {
+    await this.step('snapshot', name);
+    const g = this.guests.get(name);
+    if (g?.state !== 'running') throw new Error(`no running guest ${name} here`);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-fake-snap-'));
+    const state = path.join(dir, 'state');
+    fs.writeFileSync(state, `memory of ${name}: ${g.memory}\n`);
+    const disk = this.diskContent.get(name);
+    const overlay = disk === undefined ? null : path.join(dir, 'overlay');
+    if (overlay) fs.writeFileSync(overlay, disk!);
+    return {
+      state,
+      overlay,
+      pauseMs: 1,
+      manifest: {
+        qemu: this.info.qemu_version ?? 'fake-1.0',
+        machine: 'fake-pc',
+        cpu: 'fake',
+        accel: this.info.accel ?? 'tcg',
+        memory_mib: g.spec.memoryMib,
+        cpus: g.spec.cpus,
+        devices: ['virtio-net-pci', ...(overlay ? ['virtio-blk-pci'] : [])],
+      },
+    };
+  }
+
+  disks(): string[] {
+    return [...this.diskContent.keys()];
   }
 
   async migrate(name: string, m: MigrationChannel): Promise<void> {
@@ -155,6 +217,8 @@ export class FakeHypervisor implements Hypervisor {
     }
     this.cloud.incoming.delete(uri);
     dg.memory = g.memory;
+    const disk = this.diskContent.get(name);
+    if (disk !== undefined) dest.hv.diskContent.set(dest.name, disk);
     dg.state = 'running';
     g.state = 'migrated';
     dest.hv.onChange?.();
@@ -171,10 +235,12 @@ export class FakeHypervisor implements Hypervisor {
     if (g.state === 'paused' || g.state === 'migrated') g.state = 'running';
   }
 
-  async stop(name: string): Promise<void> {
+  async stop(name: string, o: { discard?: boolean } = {}): Promise<void> {
     await this.step('stop', name);
-    this.guests.get(name)?.console.close();
+    const g = this.guests.get(name);
+    g?.console.close();
     this.guests.delete(name);
+    if (o.discard || g?.state === 'incoming' || g?.state === 'migrated') this.diskContent.delete(name);
     for (const [uri, d] of this.cloud.incoming) if (d.hv === this && d.name === name) this.cloud.incoming.delete(uri);
   }
 

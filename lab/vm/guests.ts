@@ -30,6 +30,9 @@ export function vmSkipReason(): string | null {
     if (!hasProgram(p)) return `QEMU lab tests need ${p} (apt-get install ${pkg})`;
   }
   if (!hasQemu()) return 'QEMU lab tests need qemu-system-x86_64 (apt-get install qemu-system-x86)';
+  if (!hasProgram('qemu-img') || !hasProgram('qemu-nbd'))
+    return 'QEMU lab tests need qemu-img and qemu-nbd for guest disks (apt-get install qemu-utils)';
+  if (!hasProgram('curl')) return 'QEMU lab tests need curl to read guest state (apt-get install curl)';
   if (!fs.existsSync('/bin/busybox'))
     return 'QEMU lab tests need a static busybox for the guest (apt-get install busybox-static)';
   if (!fs.existsSync(path.join(PROJECT_ROOT, 'build/Release/homewire_tap.node')))

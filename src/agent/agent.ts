@@ -6,16 +6,18 @@
 // a firewall needs no inbound port and no certificate, and a standby coordinator can simply proxy. The cost
 // is one held HTTP request per host, answered within POLL_WAIT_MS or as soon as a command is queued.
 //
-// Lifecycle: new HostAgent(cfg, deps) → start() (returns at once; registering is retried in the background
-// until the coordinator answers) → stop() (idempotent; stops this host's guests: a restarted agent cannot
-// take over QEMU processes it did not start).
+// Lifecycle: new HostAgent(cfg, deps) → start() (re-adopts the guests an earlier agent left running, then
+// returns; registering is retried in the background until the coordinator answers) → stop() (idempotent; the
+// guests keep running for the next agent, unless stop_guests_on_exit asks to stop them).
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { Readable } from 'node:stream';
 import net from 'node:net';
 import { CoordinatorClient } from '../coordinator/client.ts';
 import { AGENT_REQUEST_TIMEOUT_MS, AGENT_RETRY_MS, HEARTBEAT_MS, POLL_WAIT_MS } from '../coordinator/constants.ts';
 import { NAME_RE } from '../coordinator/images.ts';
-import { LimitedLog } from '../coordinator/limited-log.ts';
-import { refuseMigrationAddress } from '../coordinator/migration.ts';
+import { LimitedLog } from '../limited-log.ts';
+import { NBD_EXPORT, parseMigrationUri, refuseMigrationAddress } from '../coordinator/migration.ts';
 import {
   ApiError,
   type Command,
@@ -23,14 +25,16 @@ import {
   type GuestMac,
   type HostInfo,
   type LaunchSpec,
+  type WarmImage,
   type MeshReport,
 } from '../coordinator/types.ts';
 import type { Logger } from '../log.ts';
 import type { AgentStatus } from '../status.ts';
 import type { AgentConfig } from './config.ts';
 import { ConsoleLinks } from './console.ts';
-import type { GuestSpec, Hypervisor } from './hypervisor.ts';
+import type { AdoptReport, GuestSpec, Hypervisor } from './hypervisor.ts';
 import { ImageCache } from './images.ts';
+import { baseFormat, fileSha256 } from './qemu/disks.ts';
 import {
   CommandRefused,
   checkCommand,
@@ -67,6 +71,8 @@ export interface AgentDeps {
   address?: string | (() => string | undefined);
   /** This site serves DHCP: called with the coordinator's reservations after each heartbeat. */
   reservations?(list: { mac: string; ip: string; vm: string }[]): void;
+  /** This site serves DHCP: its bound leases, sent with each heartbeat (the page shows VMs' home IPs). */
+  leases?(): { mac: string; ip: string }[];
   /**
    * "MAC may move to the site with this public key until untilMs" (a migration the coordinator runs): the
    * daemon's MAC ownership (Daemon.authorizeMove, or POST /v1/authorize-move on its control socket). Absent:
@@ -87,6 +93,8 @@ export class HostAgent {
   readonly bootId = crypto.randomBytes(8).toString('hex');
   /** Plain counters, read by `status` and tests. */
   readonly stats = { registrations: 0, heartbeats: 0, heartbeatFailures: 0, polls: 0, commands: 0, commandFailures: 0 };
+  /** What start() found of an earlier agent's guests (and how long taking them over took). */
+  adoption: (AdoptReport & { ms: number }) | null = null;
   /** Commands (and heartbeat-reply entries) refused by the agent's own checks, by reason (metrics). */
   readonly refused = Object.fromEntries(REFUSAL_REASONS.map((r) => [r, 0])) as Record<RefusalReason, number>;
   private readonly limited: LimitedLog;
@@ -109,7 +117,7 @@ export class HostAgent {
     private readonly deps: AgentDeps,
   ) {
     this.client = new CoordinatorClient(config.urls, config.token, { ca: config.ca });
-    this.images = new ImageCache(config.cacheDir, deps.log);
+    this.images = new ImageCache(config.cacheDir, deps.log, (sha, what) => this.blob(sha, what));
     this.limited = new LimitedLog(deps.log);
     this.consoles = new ConsoleLinks({
       host: deps.name,
@@ -117,6 +125,16 @@ export class HostAgent {
       wsOptions: () => this.client.wsOptions(),
       log: deps.log.child({ part: 'console' }),
     });
+  }
+
+  /** A blob of the coordinator's store (warm images' state and disk), streamed. */
+  private async blob(sha256: string, what: string): Promise<Readable> {
+    try {
+      const res = await this.client.raw('GET', `/v1/agent/blobs/${sha256}`, { signal: this.abort.signal });
+      return Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
+    } catch (err) {
+      throw new Error(`${what}: cannot fetch blob ${sha256} from the coordinator: ${(err as Error).message}`);
+    }
   }
 
   /** The migration address other hosts reach this one at (registered; incoming URIs must use it). The daemon's
@@ -156,6 +174,12 @@ export class HostAgent {
         this.guestsVersion++;
         this.heartbeatSoon();
       };
+    if (this.hv?.start) {
+      // Before the first heartbeat: the coordinator must see the guests that kept running, not an empty host.
+      const started = Date.now();
+      const report = await this.hv.start();
+      this.adoption = { ...report, ms: Date.now() - started };
+    }
     this.loops.push(this.pollLoop());
     this.deps.log.info(
       { coordinator: this.config.urls, bridge: this.bridge, hypervisor: this.hv?.info ?? null },
@@ -173,6 +197,7 @@ export class HostAgent {
       stateDir: this.config.stateDir,
       log: this.deps.log.child({ part: 'qemu' }),
       runAs: this.config.qemuUser,
+      ...(this.config.qemuBinary ? { binary: this.config.qemuBinary } : {}),
     });
   }
 
@@ -240,7 +265,9 @@ export class HostAgent {
           boot_id: this.bootId,
           guests_version: version,
           guests: this.hv?.list() ?? [],
+          ...(this.hv?.disks ? { disks: this.hv.disks() } : {}),
           ...(mesh ? { mesh } : {}),
+          ...(this.deps.leases ? { leases: this.deps.leases() } : {}),
         };
         return this.client.request<{
           ok: boolean;
@@ -441,21 +468,29 @@ export class HostAgent {
       case 'start': {
         if ((await hv.state(c.vm.name)) === 'running') return { state: 'running' };
         const spec = await this.spec(c.vm);
-        await hv.launch(spec);
+        const r = await hv.launch(spec, {
+          ...(c.disk_from ? { diskFrom: c.disk_from } : {}),
+          ...(c.tls_psk ? { psk: c.tls_psk } : {}),
+        });
         this.guestsVersion++;
-        return { state: 'running' };
+        return { state: 'running', ...(r?.note ? { note: r.note } : {}) };
       }
       case 'incoming': {
-        // checkCommand made sure the URI is this host's migration address and a port of its range.
-        if ((await hv.state(c.vm.name)) !== 'absent') await hv.stop(c.vm.name); // a leftover of an earlier attempt
+        // checkCommand made sure the URI is this host's migration address and ports of its range.
+        if ((await hv.state(c.vm.name)) !== 'absent') await hv.stop(c.vm.name, { discard: true }); // an earlier attempt
         const spec = await this.spec(c.vm);
-        await hv.incoming(spec, { uri: c.uri, tlsPsk: c.tls_psk });
+        const host = parseMigrationUri(c.uri)!.address;
+        await hv.incoming(spec, {
+          uri: c.uri,
+          tlsPsk: c.tls_psk,
+          ...(c.nbd_port ? { nbd: { host, port: c.nbd_port, export: NBD_EXPORT } } : {}),
+        });
         this.guestsVersion++;
         return { state: 'incoming' };
       }
       case 'migrate':
         try {
-          await hv.migrate(c.name, { uri: c.uri, tlsPsk: c.tls_psk });
+          await hv.migrate(c.name, { uri: c.uri, tlsPsk: c.tls_psk, ...(c.nbd ? { nbd: c.nbd } : {}) });
         } finally {
           this.guestsVersion++;
         }
@@ -463,7 +498,8 @@ export class HostAgent {
       case 'confirm': {
         let state = await hv.state(c.name);
         // A destination loads the last state after the source reported "completed": give it a moment.
-        for (const deadline = Date.now() + CONFIRM_WAIT_MS; state === 'incoming' && Date.now() < deadline; ) {
+        const waitMs = c.wait === false ? 0 : CONFIRM_WAIT_MS;
+        for (const deadline = Date.now() + waitMs; state === 'incoming' && Date.now() < deadline; ) {
           await sleep(20, this.abort.signal);
           state = await hv.state(c.name);
         }
@@ -475,9 +511,18 @@ export class HostAgent {
         return { state };
       }
       case 'stop':
-        await hv.stop(c.name);
+        await hv.stop(c.name, { discard: c.discard === true });
         this.guestsVersion++;
         return { state: 'absent' };
+      case 'export_disk': {
+        // checkCommand made sure the port is one of this host's migration ports.
+        if (!hv.exportDisk) throw new Error(`host ${this.name}'s hypervisor keeps no disks`);
+        const address = this.migrationAddress;
+        if (!address) throw new Error(`host ${this.name} has no migration address: set coordinator.migration_address`);
+        return { disk: await hv.exportDisk(c.name, address, c.port, c.tls_psk) };
+      }
+      case 'snapshot':
+        return { warm: await this.snapshot(c.name) };
       case 'console': {
         const con = hv.console?.(c.name);
         if (!con) throw new Error(`no console for guest ${c.name} on ${this.name} (not running here)`);
@@ -485,6 +530,28 @@ export class HostAgent {
         return {};
       }
     }
+  }
+
+  /** Saves a guest, keeps the files in this host's cache and uploads them to the coordinator's blob store. */
+  private async snapshot(name: string): Promise<Omit<WarmImage, 'disk_gib' | 'source_vm'>> {
+    const hv = this.hv!;
+    if (!hv.snapshot) throw new Error(`host ${this.name}'s hypervisor cannot save guests`);
+    const files = await hv.snapshot(name);
+    const mac = hv.list().find((g) => g.name === name)?.mac ?? '';
+    const publish = async (file: string) => {
+      const { sha256, bytes } = await fileSha256(file);
+      const cached = this.images.adopt(file, sha256);
+      await this.client.raw('PUT', `/v1/agent/blobs/${sha256}`, {
+        body: () => Readable.toWeb(fs.createReadStream(cached)) as ReadableStream<Uint8Array>,
+        bytes,
+        signal: this.abort.signal,
+      });
+      return { sha256, bytes };
+    };
+    const state = await publish(files.state);
+    const overlay = files.overlay ? await publish(files.overlay) : null;
+    this.deps.log.info({ vm: name, state, overlay, pauseMs: files.pauseMs }, 'warm image published');
+    return { state, overlay, mac, manifest: files.manifest };
   }
 
   private async spec(vm: LaunchSpec): Promise<GuestSpec> {
@@ -495,6 +562,8 @@ export class HostAgent {
       allowLocal: this.config.allowLocalImages,
       ca: this.config.ca,
     });
+    const base = files.disk ? { file: files.disk, format: baseFormat(files.disk) } : null;
+    const warm = vm.image.warm;
     return {
       name: vm.name,
       mac: vm.mac,
@@ -502,7 +571,17 @@ export class HostAgent {
       memoryMib: vm.memory_mib,
       kernel: files.kernel,
       initrd: files.initrd,
-      ...(files.disk ? { disk: files.disk } : {}),
+      ...(vm.disk ? { disk: { base, gib: vm.disk.gib } } : {}),
+      ...(warm && files.state
+        ? {
+            warm: {
+              state: files.state,
+              overlay: files.overlay ?? null,
+              manifest: warm.manifest,
+              clone: vm.clone === true,
+            },
+          }
+        : {}),
       cmdline: vm.image.cmdline ?? 'quiet',
       bridge,
     };
@@ -515,6 +594,7 @@ export class HostAgent {
       bootId: this.bootId,
       guests: this.hv?.list() ?? [],
       hypervisor: this.hv?.info ?? null,
+      adoption: this.adoption,
       ...this.stats,
       refused: { ...this.refused },
       images: { ...this.images.stats },
@@ -528,7 +608,7 @@ export class HostAgent {
     this.abort.abort();
     this.consoles.closeAll();
     await Promise.allSettled([...this.loops, ...this.running]);
-    await this.hv?.close();
+    await this.hv?.close({ stopGuests: this.config.stopGuestsOnExit });
     this.deps.log.info('host agent stopped');
   }
 }

@@ -17,6 +17,8 @@
 //     cache_dir: /var/cache/homewire/images
 //     state_dir: /var/lib/homewire/vms
 //     hypervisor: qemu                     # or none: register, run no VMs
+//     qemu_binary: /usr/bin/qemu-system-x86_64   # default: qemu-system-x86_64 on PATH
+//     stop_guests_on_exit: false           # default: guests keep running when the daemon stops (re-adopted)
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -47,6 +49,9 @@ export interface AgentConfig {
   /** The standalone agent's own Prometheus endpoint. */
   metrics?: { listen: Endpoint };
   hypervisor: 'qemu' | 'none';
+  qemuBinary?: string;
+  /** Stop this host's guests when the agent (the daemon) stops; default false: they keep running. */
+  stopGuestsOnExit: boolean;
 }
 
 const KEYS = [
@@ -66,6 +71,8 @@ const KEYS = [
   'cache_dir',
   'state_dir',
   'hypervisor',
+  'qemu_binary',
+  'stop_guests_on_exit',
 ];
 const LABEL_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
 
@@ -206,6 +213,12 @@ export function parseAgentConfig(
     if (/[,=\s]/.test(dir)) c.fail(k(key), `${dir} must not contain commas, "=" or spaces (QEMU option syntax)`);
   const hypervisor = o.hypervisor === undefined ? 'qemu' : c.string(o.hypervisor, k('hypervisor'));
   if (hypervisor !== 'qemu' && hypervisor !== 'none') c.fail(k('hypervisor'), `"${hypervisor}" is not qemu or none`);
+  const qemuBinary = o.qemu_binary === undefined ? undefined : rel(c.string(o.qemu_binary, k('qemu_binary')));
+  let stopGuestsOnExit = false;
+  if (o.stop_guests_on_exit !== undefined) {
+    if (typeof o.stop_guests_on_exit !== 'boolean') c.fail(k('stop_guests_on_exit'), 'must be true or false');
+    stopGuestsOnExit = o.stop_guests_on_exit as boolean;
+  }
   return {
     file,
     urls,
@@ -224,6 +237,8 @@ export function parseAgentConfig(
     stateDir,
     ...(metrics ? { metrics } : {}),
     hypervisor: hypervisor as 'qemu' | 'none',
+    ...(qemuBinary ? { qemuBinary } : {}),
+    stopGuestsOnExit,
   };
 }
 

@@ -1,7 +1,11 @@
 // The host's image cache: each file of an image is fetched once, its SHA-256 checked while it streams, and
 // kept as <cache_dir>/<sha256>. A file is written under a temporary name and renamed only after the checksum
 // matched, so the cache never holds a wrong or partial file, and concurrent requests for the same file share
-// one download.
+// one download. Cached files are read-only for everyone (a VM's disk base is never written: guests write to
+// their own overlay).
+//
+// Warm images' files (saved state, frozen overlay) are `blob:SHA256` locations: fetched from the coordinator's
+// blob store with this host's own credentials, and content-addressed like everything here.
 //
 // Where a file may come from is checked here again, whatever the coordinator said: an http(s) URL whose host
 // is in the launch's image_sources, connected to only after DNS resolution showed an address that is public
@@ -35,7 +39,13 @@ export interface ImageFiles {
   kernel: string;
   initrd: string;
   disk?: string;
+  /** A warm image's saved state and frozen overlay. */
+  state?: string;
+  overlay?: string;
 }
+
+/** Opens blob:SHA256 locations (the coordinator's blob store, with this host's credentials). */
+export type BlobSource = (sha256: string, what: string) => Promise<Readable>;
 
 /** Where images may come from, for one launch. */
 export interface ImagePolicy {
@@ -52,15 +62,58 @@ export class ImageCache {
   constructor(
     readonly dir: string,
     private readonly log: Logger,
+    private readonly blobs: BlobSource | null = null,
   ) {}
 
   async image(img: ImageRecord, policy: ImagePolicy): Promise<ImageFiles> {
-    const [kernel, initrd, disk] = await Promise.all([
+    const w = img.warm;
+    const [kernel, initrd, disk, state, overlay] = await Promise.all([
       this.file(img.kernel, img.sha256.kernel, `image ${img.name} kernel`, policy),
       this.file(img.initrd, img.sha256.initrd, `image ${img.name} initrd`, policy),
       img.disk ? this.file(img.disk, img.sha256.disk!, `image ${img.name} disk`, policy) : Promise.resolve(undefined),
+      w ? this.blob(w.state.sha256, `warm image ${img.name} state`) : Promise.resolve(undefined),
+      w?.overlay ? this.blob(w.overlay.sha256, `warm image ${img.name} disk overlay`) : Promise.resolve(undefined),
     ]);
-    return disk ? { kernel, initrd, disk } : { kernel, initrd };
+    return {
+      kernel,
+      initrd,
+      ...(disk ? { disk } : {}),
+      ...(state ? { state } : {}),
+      ...(overlay ? { overlay } : {}),
+    };
+  }
+
+  /** A blob of the coordinator's store (no image_sources check: it comes from the coordinator, by hash). */
+  blob(sha256: string, what: string): Promise<string> {
+    const want = sha256.toLowerCase();
+    if (!/^[0-9a-f]{64}$/.test(want)) return Promise.reject(new CommandRefused('bad_image', `${what}: bad hash`));
+    const target = path.join(this.dir, want);
+    if (fs.existsSync(target)) {
+      this.stats.hits++;
+      return Promise.resolve(target);
+    }
+    const blobs = this.blobs;
+    if (!blobs) return Promise.reject(new Error(`${what}: this agent cannot fetch blobs`));
+    let p = this.inflight.get(want);
+    if (!p) {
+      p = this.store(`blob:${want}`, want, target, what, () => blobs(want, what)).finally(() =>
+        this.inflight.delete(want),
+      );
+      this.inflight.set(want, p);
+    }
+    return p;
+  }
+
+  /** Moves a file made on this host (a snapshot) into the cache under its SHA-256; returns the cached path. */
+  adopt(file: string, sha256: string): string {
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o755 });
+    const target = path.join(this.dir, sha256);
+    if (fs.existsSync(target)) fs.rmSync(file, { force: true });
+    else {
+      fs.chmodSync(file, 0o444);
+      fs.renameSync(file, target);
+    }
+    return target;
   }
 
   /** The local path of a verified copy of `location`. The source is checked even when the file is cached. */
@@ -85,7 +138,7 @@ export class ImageCache {
     return p;
   }
 
-  private async fetch(
+  private fetch(
     location: string,
     want: string,
     target: string,
@@ -93,15 +146,26 @@ export class ImageCache {
     sources: ImageSource[],
     ca: string | undefined,
   ): Promise<string> {
+    return this.store(location, want, target, what, () =>
+      location.startsWith('/') ? openLocal(location, what) : openUrl(location, what, sources, ca),
+    );
+  }
+
+  /** Streams what open() gives into the cache as `want`, checking size and SHA-256 on the way. */
+  private async store(
+    location: string,
+    want: string,
+    target: string,
+    what: string,
+    open: () => Promise<Readable>,
+  ): Promise<string> {
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o755 });
     const tmp = `${target}.part-${crypto.randomBytes(4).toString('hex')}`;
     const hash = crypto.createHash('sha256');
     let bytes = 0;
     const started = Date.now();
     try {
-      const source = location.startsWith('/')
-        ? await openLocal(location, what)
-        : await openUrl(location, what, sources, ca);
+      const source = await open();
       const meter = new Transform({
         transform(c: Buffer, _enc, cb) {
           bytes += c.length;
@@ -113,7 +177,7 @@ export class ImageCache {
           cb(null, c);
         },
       });
-      await pipeline(source, meter, fs.createWriteStream(tmp, { mode: 0o644 }));
+      await pipeline(source, meter, fs.createWriteStream(tmp, { mode: 0o444 }));
       const got = hash.digest('hex');
       if (got !== want) {
         this.stats.mismatches++;

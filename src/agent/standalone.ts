@@ -17,7 +17,11 @@ import { meshReport, type StatusReport } from '../status.ts';
 import { type DaemonResult, HostAgent } from './agent.ts';
 import { parseAgentConfig } from './config.ts';
 
-export async function loadStandaloneAgent(file: string, log = createLogger()): Promise<HostAgent> {
+export async function loadStandaloneAgent(
+  file: string,
+  log = createLogger(),
+  o: { stopGuestsOnExit?: boolean } = {},
+): Promise<HostAgent> {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
@@ -35,6 +39,7 @@ export async function loadStandaloneAgent(file: string, log = createLogger()): P
   const { coordinator: _, ...daemonPart } = doc;
   const cfg = parseConfig(YAML.stringify(daemonPart), file); // the daemon's own keys, checked as the daemon does
   const agentCfg = parseAgentConfig(doc.coordinator, file, 'coordinator', cfg.name);
+  if (o.stopGuestsOnExit) agentCfg.stopGuestsOnExit = true;
   const socket = cfg.control?.socket ?? defaultControlSocket(cfg.name);
   /** A daemon that does not know the endpoint (404) has nothing to enforce with it: fine. */
   const optional = async (path: string, body: unknown): Promise<DaemonResult> => {
@@ -54,10 +59,10 @@ export async function loadStandaloneAgent(file: string, log = createLogger()): P
   });
 }
 
-/** Runs until SIGINT/SIGTERM; stopping the agent stops this host's guests. */
-export async function runStandaloneAgent(file: string): Promise<void> {
+/** Runs until SIGINT/SIGTERM; the guests keep running (re-adopted by the next agent) unless stopGuestsOnExit. */
+export async function runStandaloneAgent(file: string, o: { stopGuestsOnExit?: boolean } = {}): Promise<void> {
   const log = createLogger(process.env.HOMEWIRE_LOG_LEVEL ?? 'info');
-  const agent = await loadStandaloneAgent(file, log);
+  const agent = await loadStandaloneAgent(file, log, o);
   await agent.start();
   let metrics: import('node:http').Server | null = null;
   if (agent.config.metrics) {

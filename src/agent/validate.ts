@@ -5,11 +5,20 @@
 // (homewire_agent_commands_refused_total{reason}) and logged at most once per reason every ten seconds.
 import { NAME_RE } from '../coordinator/images.ts';
 import { parseImageSource } from '../coordinator/image-sources.ts';
-import { parseMigrationUri, sameAddress, TLS_PSK_RE } from '../coordinator/migration.ts';
+import {
+  checkNbdEndpoint,
+  DISK_COPY_EXPORT,
+  NBD_EXPORT,
+  parseMigrationUri,
+  sameAddress,
+  TLS_PSK_RE,
+} from '../coordinator/migration.ts';
+import { DISK_GIB_MAX } from '../coordinator/requests.ts';
 import type { Command, ImageRecord, LaunchSpec } from '../coordinator/types.ts';
 import {
   AUTHORIZE_MOVE_TTL_MAX_MS,
   CMDLINE_MAX_CHARS,
+  IMAGE_FILE_MAX_BYTES,
   IMAGE_SOURCES_MAX,
   VM_MEMORY_MIB_MIN,
 } from '../coordinator/constants.ts';
@@ -55,13 +64,15 @@ const CMDLINE_RE = /^[\x20-\x7e]*$/;
 const LOCATION_MAX_CHARS = 2048;
 
 const KEYS: Record<Command['type'], readonly string[]> = {
-  start: ['id', 'type', 'vm'],
-  incoming: ['id', 'type', 'vm', 'uri', 'tls_psk'],
+  start: ['id', 'type', 'vm', 'disk_from', 'tls_psk'],
+  incoming: ['id', 'type', 'vm', 'uri', 'tls_psk', 'nbd_port'],
   expect: ['id', 'type', 'mac'],
   'authorize-move': ['id', 'type', 'mac', 'site_key', 'ttl_ms'],
-  migrate: ['id', 'type', 'name', 'uri', 'tls_psk'],
-  confirm: ['id', 'type', 'name', 'resume'],
-  stop: ['id', 'type', 'name'],
+  migrate: ['id', 'type', 'name', 'uri', 'tls_psk', 'nbd'],
+  confirm: ['id', 'type', 'name', 'resume', 'wait'],
+  stop: ['id', 'type', 'name', 'discard'],
+  export_disk: ['id', 'type', 'name', 'tls_psk', 'port'],
+  snapshot: ['id', 'type', 'name', 'image'],
   console: ['id', 'type', 'name', 'session', 'stream', 'from'],
 };
 
@@ -111,7 +122,7 @@ function int(v: unknown, what: string, min: number, max: number): number {
 
 function checkImage(v: unknown): ImageRecord {
   const o = object(v, 'image');
-  onlyKeys(o, ['name', 'kernel', 'initrd', 'disk', 'sha256', 'cmdline', 'created_at'], 'image');
+  onlyKeys(o, ['name', 'kernel', 'initrd', 'disk', 'sha256', 'cmdline', 'warm', 'created_at'], 'image');
   if (typeof o.name !== 'string' || !NAME_RE.test(o.name)) refuse('bad_name', `image name ${show(o.name)}`);
   const sums = object(o.sha256, 'image sha256');
   onlyKeys(sums, ['kernel', 'initrd', 'disk'], 'image sha256');
@@ -124,14 +135,54 @@ function checkImage(v: unknown): ImageRecord {
       refuse('bad_image', `image ${o.name}: sha256.${f} is not 64 lower-case hex digits`);
   }
   if (o.cmdline !== undefined) checkCmdline(o.cmdline);
+  if (o.warm !== undefined) checkWarm(o.warm, o.name as string);
   return o as unknown as ImageRecord;
+}
+
+const MANIFEST_TEXT_RE = /^[A-Za-z0-9._+-]{1,64}$/;
+
+function checkBlobRef(v: unknown, what: string): void {
+  const o = object(v, what);
+  onlyKeys(o, ['sha256', 'bytes'], what);
+  if (typeof o.sha256 !== 'string' || !SHA256_RE.test(o.sha256)) refuse('bad_image', `${what}: sha256`);
+  int(o.bytes, `${what} bytes`, 0, IMAGE_FILE_MAX_BYTES);
+}
+
+/** A warm image's part of an image: blob hashes, the MAC in its memory and the manifest QEMU must match. */
+function checkWarm(v: unknown, image: string): void {
+  const w = object(v, `image ${image} warm`);
+  onlyKeys(w, ['state', 'overlay', 'disk_gib', 'mac', 'source_vm', 'manifest'], `image ${image} warm`);
+  checkBlobRef(w.state, `image ${image} warm state`);
+  if (w.overlay !== null) checkBlobRef(w.overlay, `image ${image} warm overlay`);
+  if (w.disk_gib !== null) int(w.disk_gib, 'disk_gib', 1, DISK_GIB_MAX);
+  checkMac(w.mac);
+  checkVmName(w.source_vm);
+  const m = object(w.manifest, `image ${image} manifest`);
+  onlyKeys(m, ['qemu', 'machine', 'cpu', 'accel', 'memory_mib', 'cpus', 'devices'], `image ${image} manifest`);
+  for (const k of ['qemu', 'machine', 'cpu'] as const)
+    if (typeof m[k] !== 'string' || !MANIFEST_TEXT_RE.test(m[k] as string)) refuse('bad_image', `manifest ${k}`);
+  if (m.accel !== 'kvm' && m.accel !== 'tcg') refuse('bad_image', 'manifest accel');
+  int(m.memory_mib, 'manifest memory_mib', VM_MEMORY_MIB_MIN, Number.MAX_SAFE_INTEGER);
+  int(m.cpus, 'manifest cpus', 1, 1024);
+  if (
+    !Array.isArray(m.devices) ||
+    m.devices.length > 16 ||
+    m.devices.some((d) => typeof d !== 'string' || !MANIFEST_TEXT_RE.test(d))
+  )
+    refuse('bad_image', 'manifest devices');
 }
 
 function checkSpec(v: unknown, limits: HostLimits): LaunchSpec {
   const o = object(v, 'vm');
-  onlyKeys(o, ['name', 'mac', 'cpus', 'memory_mib', 'image', 'image_sources'], 'vm');
+  onlyKeys(o, ['name', 'mac', 'cpus', 'memory_mib', 'image', 'image_sources', 'disk', 'clone'], 'vm');
   checkVmName(o.name);
   checkMac(o.mac);
+  if (o.disk !== undefined && o.disk !== null) {
+    const d = object(o.disk, 'vm disk');
+    onlyKeys(d, ['gib'], 'vm disk');
+    if (d.gib !== null) int(d.gib, 'disk gib', 1, DISK_GIB_MAX);
+  }
+  if (o.clone !== undefined && typeof o.clone !== 'boolean') refuse('bad_command', 'clone must be a boolean');
   int(o.cpus, 'cpus', 1, Math.max(1, limits.cpus));
   int(o.memory_mib, 'memory_mib', VM_MEMORY_MIB_MIN, Math.max(VM_MEMORY_MIB_MIN, limits.memoryMib));
   checkImage(o.image);
@@ -167,19 +218,33 @@ export function checkCommand(raw: unknown, limits: HostLimits): Command {
     refuse('bad_command', `unknown command type ${show(o.type)}`);
   onlyKeys(o, KEYS[type], `command ${type}`);
   if (typeof o.id !== 'string' || !ID_RE.test(o.id)) refuse('bad_command', 'command id');
+  const [lo, hi] = limits.migrationPorts;
   switch (type) {
     case 'start':
       checkSpec(o.vm, limits);
+      if (o.disk_from !== undefined) {
+        // A cold copy: from another host's export of the overlay file, with this operation's key.
+        const from = object(o.disk_from, 'disk_from');
+        onlyKeys(from, ['host', 'port', 'export', 'bytes', 'sha256'], 'disk_from');
+        if (!checkNbdEndpoint(from, [DISK_COPY_EXPORT])) refuse('bad_uri', 'disk_from is not IP, port and export');
+        int(from.bytes, 'disk_from bytes', 0, IMAGE_FILE_MAX_BYTES);
+        if (typeof from.sha256 !== 'string' || !SHA256_RE.test(from.sha256)) refuse('bad_image', 'disk_from sha256');
+        checkPsk(o.tls_psk);
+      } else if (o.tls_psk !== undefined) refuse('bad_command', 'tls_psk without disk_from');
       break;
     case 'incoming': {
       checkSpec(o.vm, limits);
       const { address, port } = checkUri(o.uri);
-      const [lo, hi] = limits.migrationPorts;
       if (limits.migrationAddress === null || !sameAddress(address, limits.migrationAddress) || port < lo || port > hi)
         refuse(
           'bad_uri',
           `incoming URI ${o.uri} is not this host's migration address ${limits.migrationAddress ?? '(none)'} with a port in ${lo}-${hi}`,
         );
+      if (o.nbd_port !== undefined) {
+        // The disk's mirror: the same address, another port of the range.
+        const p = int(o.nbd_port, 'nbd_port', lo, hi);
+        if (p === port) refuse('bad_uri', 'nbd_port is the migration port');
+      }
       checkPsk(o.tls_psk);
       break;
     }
@@ -187,6 +252,22 @@ export function checkCommand(raw: unknown, limits: HostLimits): Command {
       checkVmName(o.name);
       checkUri(o.uri);
       checkPsk(o.tls_psk);
+      if (o.nbd !== undefined) {
+        const nbd = checkNbdEndpoint(o.nbd, [NBD_EXPORT]);
+        if (!nbd) refuse('bad_uri', 'nbd is not IP, port and export');
+        onlyKeys(o.nbd as Record<string, unknown>, ['host', 'port', 'export'], 'nbd');
+        if (!sameAddress(nbd!.host, checkUri(o.uri).address))
+          refuse('bad_uri', "the disk's mirror must go where the migration goes");
+      }
+      break;
+    case 'export_disk':
+      checkVmName(o.name);
+      checkPsk(o.tls_psk);
+      int(o.port, 'port', lo, hi);
+      break;
+    case 'snapshot':
+      checkVmName(o.name);
+      if (typeof o.image !== 'string' || !NAME_RE.test(o.image)) refuse('bad_name', `image name ${show(o.image)}`);
       break;
     case 'expect':
       checkMac(o.mac);
@@ -200,9 +281,11 @@ export function checkCommand(raw: unknown, limits: HostLimits): Command {
     case 'confirm':
       checkVmName(o.name);
       if (o.resume !== undefined && typeof o.resume !== 'boolean') refuse('bad_command', 'resume must be a boolean');
+      if (o.wait !== undefined && typeof o.wait !== 'boolean') refuse('bad_command', 'wait must be a boolean');
       break;
     case 'stop':
       checkVmName(o.name);
+      if (o.discard !== undefined && typeof o.discard !== 'boolean') refuse('bad_command', 'discard must be a boolean');
       break;
     case 'console':
       checkVmName(o.name);

@@ -8,6 +8,7 @@ import crypto from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import type { Logger } from '../log.ts';
+import type { BlobStore } from './blobs.ts';
 import type { AuthAudit, AuthFailureReason } from './audit.ts';
 import { API_BODY_MAX_BYTES, HEARTBEAT_MS, POLL_WAIT_MS } from './constants.ts';
 import type { Credentials } from './credentials.ts';
@@ -42,14 +43,16 @@ export interface ApiContext {
   dispatch: Dispatcher;
   leadership: Leadership;
   imageServer?: string;
+  /** Warm images' files (PUT|GET /v1/agent/blobs/SHA256). */
+  blobs: BlobStore;
   /** The image allowlist (image_sources, image_server's host included). */
   imageSources: string[];
   /** CA certificates for proxying to a leader over HTTPS (tls.ca_file; default: the system's). */
   proxyCa?: string;
   log: Logger;
   now: () => number;
-  /** Reconciles a host's fresh guest report (async, errors logged). */
-  reconcile(host: string, guests: Heartbeat['guests']): void;
+  /** Reconciles a host's fresh guest report, and the disks it keeps (async, errors logged). */
+  reconcile(host: string, guests: Heartbeat['guests'], disks?: string[]): void;
   /** The web page's static files (web.ts; no token: they hold no data). True if it answered. */
   page?(req: http.IncomingMessage, res: http.ServerResponse, url: URL): boolean;
   /** GET /v1/events: server-sent events with hosts, VMs, images and operations (web.ts). */
@@ -101,6 +104,18 @@ export function apiHandler(ctx: ApiContext): http.RequestListener {
       }
       if (url.pathname === '/v1/events' && req.method === 'GET' && principal === null && ctx.events) {
         ctx.events(req, res);
+        return;
+      }
+      const blob = principal !== null ? /^\/v1\/agent\/blobs\/([^/]+)$/.exec(url.pathname) : null;
+      if (blob) {
+        // Raw bodies both ways (not JSON, larger than API_BODY_MAX_BYTES), for any registered host.
+        const sha = decodeURIComponent(blob[1]);
+        (req.method === 'PUT'
+          ? ctx.blobs.put(sha, req).then((r) => reply(res, r.existed ? 200 : 201, { sha256: sha, bytes: r.bytes }))
+          : req.method === 'GET'
+            ? ctx.blobs.get(sha, res)
+            : Promise.reject(notFound(req.method ?? 'GET', url.pathname))
+        ).catch((err) => fail(res, err, ctx.log));
         return;
       }
       route(ctx, req, res, url, principal).then(
@@ -175,12 +190,12 @@ async function route(
       const host = url.searchParams.get('host');
       if (state) vms = vms.filter((v) => v.state === state);
       if (host) vms = vms.filter((v) => v.host === host || v.target === host);
-      return ok({ vms });
+      return ok({ vms: ctx.hosts.withLeases(vms) });
     }
     if (m === 'POST') return ok(await ctx.vms.create(await readJson(req)), 201);
   }
   if (what === 'vms' && name !== undefined) {
-    if (action === undefined && m === 'GET') return ok(await ctx.vms.get(name));
+    if (action === undefined && m === 'GET') return ok(ctx.hosts.withLeases([await ctx.vms.get(name)])[0]);
     if (action === 'console')
       throw new ApiError(
         426,
@@ -190,6 +205,14 @@ async function route(
     if (action === undefined && m === 'DELETE') {
       await ctx.vms.delete(name);
       return ok({ deleted: name });
+    }
+    if (m === 'POST' && action === 'snapshot') {
+      const body = (await readJson(req, true)) as Record<string, unknown>;
+      for (const k of Object.keys(body))
+        if (k !== 'image') throw new ApiError(400, 'bad_request', `unknown key "${k}" for snapshot; allowed: image`);
+      if (typeof body.image !== 'string')
+        throw new ApiError(400, 'bad_request', 'snapshot needs { "image": NAME }: the warm image to publish');
+      return ok(await ctx.vms.snapshot(name, { image: body.image }), 201);
     }
     if (m === 'POST' && (action === 'start' || action === 'stop' || action === 'migrate')) {
       const body = (await readJson(req, true)) as Record<string, unknown>;
@@ -292,7 +315,8 @@ async function agent(
           'unknown_host',
           `host ${name} is not registered with this coordinator (or restarted): register again`,
         );
-      if (r.guests) ctx.reconcile(name, r.guests);
+      const disks = Array.isArray(hb.disks) ? hb.disks.filter((d): d is string => typeof d === 'string') : undefined;
+      if (r.guests) ctx.reconcile(name, r.guests, disks);
       const [rec, vms] = await Promise.all([ctx.store.get<HostRecord>('hosts', name), ctx.vms.list()]);
       return {
         status: 200,
@@ -391,6 +415,12 @@ function hostInfo(b: Record<string, unknown>): HostInfo {
       available: hv.available,
       accel: hv.accel ?? null,
       ...(hv.reason ? { reason: String(hv.reason) } : {}),
+      // What a warm image must match (short strings; anything else is dropped).
+      ...Object.fromEntries(
+        (['qemu_version', 'machine', 'cpu'] as const)
+          .filter((k) => typeof hv[k] === 'string' && (hv[k] as string).length <= 64)
+          .map((k) => [k, hv[k]]),
+      ),
     },
     address,
     migration_ports: ports as [number, number] | null,

@@ -1,7 +1,7 @@
 // Refused requests, counted by reason (homewire_coordinator_auth_failures_total{reason}) and logged at most
 // once per reason every SECURITY_LOG_INTERVAL_MS (limited-log.ts): a flood of bad tokens costs one line.
 import type { Logger } from '../log.ts';
-import { LimitedLog } from './limited-log.ts';
+import { LimitedLog } from '../limited-log.ts';
 
 export const AUTH_FAILURE_REASONS = [
   'missing_token', // no Authorization: Bearer header

@@ -14,8 +14,10 @@ export const COORDINATOR_USAGE = `Coordinator:
   coordinator check --config FILE
                               validate a coordinator config
   coordinator token           print a new random admin token (for admin_token_file)
-  agent --config FILE         run the host agent beside a running daemon (reads the daemon's config
-                              and its coordinator: section)
+  agent --config FILE [--stop-guests-on-exit]
+                              run the host agent beside a running daemon (reads the daemon's config
+                              and its coordinator: section); its guests keep running when it stops
+                              unless --stop-guests-on-exit
 API (--coordinator URL[,URL...] --token-file F [--ca-file F], or HOMEWIRE_COORDINATOR / HOMEWIRE_TOKEN_FILE /
 HOMEWIRE_CA_FILE; --json):
   host add NAME [--rotate]    print a new token for VM host NAME (the daemon's name), shown once: put it in
@@ -27,10 +29,11 @@ HOMEWIRE_CA_FILE; --json):
   image add NAME --kernel URL|PATH --initrd URL|PATH [--disk URL|PATH] [--cmdline TEXT]
             [--kernel-sha256 H --initrd-sha256 H --disk-sha256 H]   (a missing checksum is computed
                                                                      from the file as read from here)
-  vm create NAME --image I [--cpus N] [--memory MiB] [--mac M] [--ip A] [--host H] [--site S]
-            [--label K=V]... [--cmdline TEXT]
+  vm create NAME --image I [--cpus N] [--memory MiB] [--disk GiB] [--mac M] [--ip A] [--host H]
+            [--site S] [--label K=V]... [--cmdline TEXT] [--clone]
   vm start NAME [--host H] [--no-wait]
   vm migrate NAME [--to H] [--no-wait]
+  vm snapshot NAME --image NEW  save the running VM's memory and disk as warm image NEW (it keeps running)
   vm stop NAME [--no-wait]
   vm delete NAME
   vm list [--state S] [--host H]
@@ -88,7 +91,7 @@ class Args {
   }
 }
 
-const BOOLEAN_FLAGS = new Set(['--json', '--no-wait', '--help', '--rotate']);
+const BOOLEAN_FLAGS = new Set(['--json', '--no-wait', '--help', '--rotate', '--clone', '--stop-guests-on-exit']);
 
 function usage(message: string): never {
   throw new OperatorError('EUSAGE', `${message}\n${COORDINATOR_USAGE}`);
@@ -106,7 +109,7 @@ export async function runCoordinatorCli(argv: string[], out: Writable = process.
       const file =
         args.opt('--config') ?? usage('missing --config FILE (the daemon config with a coordinator: section)');
       const { runStandaloneAgent } = await import('../agent/standalone.ts');
-      return runStandaloneAgent(file);
+      return runStandaloneAgent(file, { stopGuestsOnExit: args.flag('--stop-guests-on-exit') });
     }
     case 'host':
     case 'vm':
@@ -303,8 +306,11 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
       };
       const cpus = args.int('--cpus');
       const mem = args.int('--memory');
+      const disk = args.int('--disk');
       if (cpus !== undefined) body.cpus = cpus;
       if (mem !== undefined) body.memory_mib = mem;
+      if (disk !== undefined) body.disk_gib = disk;
+      if (args.flag('--clone')) body.clone = true;
       for (const [flag, key] of [
         ['--mac', 'mac'],
         ['--ip', 'ip'],
@@ -337,7 +343,7 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
       const host = args.opt('--host');
       if (host) body.host = host;
       const vm = await call<VmRecord>('POST', `/v1/vms/${enc(need('NAME'))}/start`, body);
-      return show(vm, () => verb(vm, `running on ${vm.host}`));
+      return show(vm, () => verb(vm, `running on ${vm.host}${vm.note ? `\n${vm.note}` : ''}`));
     }
     case 'migrate': {
       const body: Record<string, unknown> = { wait };
@@ -345,6 +351,18 @@ async function api(cmd: string, args: Args, print: (s: string) => void): Promise
       if (to) body.host = to;
       const vm = await call<VmRecord>('POST', `/v1/vms/${enc(need('NAME'))}/migrate`, body);
       return show(vm, () => verb(vm, `migrated: running on ${vm.host}`));
+    }
+    case 'snapshot': {
+      const image = args.opt('--image') ?? usage('vm snapshot: missing --image NEW (the warm image to publish)');
+      const img = await call<ImageRecord>('POST', `/v1/vms/${enc(need('NAME'))}/snapshot`, { image });
+      const w = img.warm!;
+      return show(
+        img,
+        () =>
+          `warm image ${img.name} saved from vm ${name} (state ${(w.state.bytes / 2 ** 20).toFixed(1)} MiB` +
+          `${w.overlay ? `, disk overlay ${(w.overlay.bytes / 2 ** 20).toFixed(1)} MiB` : ''}; QEMU ${w.manifest.qemu}, ` +
+          `${w.manifest.machine}); resume it with \`homewire vm create NEW --image ${img.name}\` and \`vm start NEW\``,
+      );
     }
     case 'stop': {
       const vm = await call<VmRecord>('POST', `/v1/vms/${enc(need('NAME'))}/stop`, { wait });
@@ -413,8 +431,8 @@ export function hostTable(hosts: HostView[]): string {
       h.site,
       h.state,
       h.hypervisor.available ? `${h.hypervisor.kind}/${h.hypervisor.accel}` : 'none',
-      `${h.free.cpus}/${h.cpus}`,
-      `${h.free.memory_mib}/${h.memory_mib} MiB`,
+      h.hypervisor.available ? `${h.free.cpus}/${h.cpus}` : '-', // no hypervisor (home's agent): takes no VMs
+      h.hypervisor.available ? `${h.free.memory_mib}/${h.memory_mib} MiB` : '-',
       String(h.vms.length),
       Object.entries(h.labels)
         .map(([k, v]) => `${k}=${v}`)
@@ -435,7 +453,7 @@ export function vmTable(vms: VmRecord[]): string {
       String(v.cpus),
       `${v.memory_mib} MiB`,
       v.mac,
-      v.ip ?? 'dhcp',
+      v.ip ?? v.lease_ip ?? 'dhcp',
       v.error ? (v.error.length > 60 ? `${v.error.slice(0, 59)}…` : v.error) : '',
     ]),
   );
@@ -452,8 +470,13 @@ function vmDetails(v: VmRecord): string {
     memory: `${v.memory_mib} MiB`,
     mac: v.mac,
     ip: v.ip ?? 'dhcp (pool)',
+    disk:
+      v.disk_host !== undefined && (v.disk_gib != null || v.disk_host)
+        ? `${v.disk_gib != null ? `${v.disk_gib} GiB` : "the image's size"}${v.disk_host ? `, on ${v.disk_host}` : ''}`
+        : '-',
     placement: JSON.stringify(v.placement),
     error: v.error ?? '-',
+    ...(v.note ? { note: v.note } : {}),
     created: v.created_at,
     updated: v.updated_at,
   });

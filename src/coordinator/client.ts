@@ -70,6 +70,57 @@ export class CoordinatorClient {
     }
   }
 
+  /**
+   * A request with a raw body or answer (the blob store: warm images' state and disk files). Tries each
+   * coordinator once when the connection is refused; the answer's body is the caller's to read.
+   */
+  async raw(
+    method: 'GET' | 'PUT',
+    path: string,
+    o: { body?: () => ReadableStream<Uint8Array>; bytes?: number; timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<Response> {
+    let last: unknown = null;
+    for (let i = 0; i < this.urls.length; i++) {
+      const base = this.urls[(this.current + i) % this.urls.length];
+      const signals = [AbortSignal.timeout(o.timeoutMs ?? 600_000)];
+      if (o.signal) signals.push(o.signal);
+      try {
+        const res = await fetch(base + path, {
+          method,
+          headers: {
+            authorization: `Bearer ${this.token}`,
+            ...(o.body ? { 'content-type': 'application/octet-stream' } : {}),
+            ...(o.bytes !== undefined ? { 'content-length': String(o.bytes) } : {}),
+          },
+          body: o.body?.(),
+          signal: AbortSignal.any(signals),
+          ...(o.body ? { duplex: 'half' } : {}),
+        } as RequestInit);
+        if (!res.ok) {
+          const text = await res.text().catch(() => '');
+          let e: { code?: string; message?: string } | undefined;
+          try {
+            e = JSON.parse(text)?.error;
+          } catch {
+            /* not JSON */
+          }
+          throw new ApiError(
+            res.status,
+            e?.code ?? `http_${res.status}`,
+            e?.message ?? `HTTP ${res.status} from ${base}${path}`,
+          );
+        }
+        return res;
+      } catch (err) {
+        last = err;
+        const code = (err as { cause?: { code?: string } }).cause?.code ?? '';
+        if (err instanceof ApiError && err.status !== 503) throw err;
+        if (!(err instanceof ApiError) && !SAFE_TO_RETRY.has(code)) throw err;
+      }
+    }
+    throw last;
+  }
+
   private async once<T>(base: string, method: string, path: string, body: unknown, o: RequestOptions): Promise<T> {
     const signals = [AbortSignal.timeout(o.timeoutMs ?? 30_000)];
     if (o.signal) signals.push(o.signal);

@@ -2,6 +2,7 @@
 // the tick of server.ts; the API and the agent only call hooks.
 
 // --- Host agent ↔ coordinator -----------------------------------------------------------------------
+export const HEARTBEAT_LEASES_MAX = 4096; // leases a DHCP site reports per heartbeat (more are ignored)
 export const HEARTBEAT_MS = 2_000; // agent → coordinator: alive, its VMs, its free capacity
 export const HOST_DOWN_AFTER_MS = 3 * HEARTBEAT_MS + 1_000; // three missed heartbeats: the host is down
 export const POLL_WAIT_MS = 20_000; // a long poll is answered after this at the latest (empty: no work)
@@ -16,6 +17,7 @@ export const MIGRATE_TIMEOUT_MS = 300_000; // RAM copy under TCG is slow
 export const SHORT_COMMAND_TIMEOUT_MS = 15_000; // expect, authorize-move, confirm, stop
 /** How long a daemon lets a migrating guest's MAC move to the destination (the whole migration, and then some). */
 export const AUTHORIZE_MOVE_TTL_MS = MIGRATE_TIMEOUT_MS + 60_000;
+export const SNAPSHOT_TIMEOUT_MS = 300_000; // save RAM to a file, copy the overlay, upload both
 /** After a leader takes over, agents get this long to report before unfinished operations are settled. */
 export const TAKEOVER_GRACE_MS = 2 * HEARTBEAT_MS + 1_000;
 
@@ -32,8 +34,6 @@ export const DEFAULT_LISTEN = '127.0.0.1:7100';
 export const DEFAULT_DATA_DIR = '/var/lib/homewire/coordinator';
 export const TOKEN_MIN_CHARS = 16;
 export const HOST_TOKEN_SECRET_BYTES = 32; // a host token is NAME.SECRET, SECRET 256 random bits
-/** A repeated warning about hostile input (bad tokens, refused commands) is logged at most this often. */
-export const SECURITY_LOG_INTERVAL_MS = 10_000;
 
 // --- VM defaults and limits -----------------------------------------------------------------------------
 export const VM_DEFAULT_CPUS = 1;

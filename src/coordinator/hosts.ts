@@ -3,7 +3,7 @@
 // is written when a host registers or changes between up and down. After a takeover every known host gets
 // a fresh grace period, so a new leader never marks hosts down for heartbeats its predecessor received.
 import type { Logger } from '../log.ts';
-import { HOST_DOWN_AFTER_MS } from './constants.ts';
+import { HEARTBEAT_LEASES_MAX, HOST_DOWN_AFTER_MS } from './constants.ts';
 import { holdsCapacity } from './states.ts';
 import type { Store } from './store.ts';
 import {
@@ -27,6 +27,8 @@ export interface Liveness {
   reportedMs: number; // when `guests` arrived (0: none since this leader began)
   down: boolean;
   mesh?: MeshReport | null;
+  /** MAC → IPv4 of the site's bound DHCP leases (hosts registered with dhcp only). */
+  leases?: Map<string, string>;
 }
 
 export interface HostQuery {
@@ -45,7 +47,7 @@ export class HostRegistry {
     private readonly store: Store,
     private readonly log: Logger,
     private readonly now: () => number,
-    private readonly onDown: (host: string) => void,
+    private readonly onDown: (host: string, reason?: string) => void,
   ) {}
 
   async register(info: HostInfo): Promise<HostRecord> {
@@ -60,6 +62,9 @@ export class HostRegistry {
     await this.store.put('hosts', info.name, rec);
     const l = this.live.get(info.name);
     const sameBoot = l?.bootId === info.boot_id;
+    // A restarted agent will never answer what its predecessor was asked: fail those commands now, not at
+    // their timeouts (its guests kept running; it reports them in its first heartbeat).
+    if (l && !sameBoot) this.onDown(info.name, 'restarted its agent');
     this.live.set(info.name, {
       lastSeenMs: now,
       bootId: info.boot_id,
@@ -91,6 +96,20 @@ export class HostRegistry {
     return had || live;
   }
 
+  /** The address a DHCP-serving site (up, registered with dhcp) last reported leased to `mac`, or null. */
+  leaseIp(mac: string): string | null {
+    for (const l of this.live.values()) {
+      const ip = l.down ? undefined : l.leases?.get(mac);
+      if (ip !== undefined) return ip;
+    }
+    return null;
+  }
+
+  /** VM records as the API and the page show them: with `lease_ip` from the DHCP site's report. */
+  withLeases(vms: VmRecord[]): VmRecord[] {
+    return vms.map((v) => ({ ...v, lease_ip: this.leaseIp(v.mac) }));
+  }
+
   /** A heartbeat: returns the host's guests if they are fresh enough to reconcile against, else null. */
   async heartbeat(hb: Heartbeat): Promise<{ known: boolean; guests: GuestReport[] | null }> {
     const rec = await this.store.get<HostRecord>('hosts', hb.name);
@@ -100,6 +119,7 @@ export class HostRegistry {
     l.lastSeenMs = now;
     l.down = false;
     l.mesh = meshReport(hb.mesh);
+    if (rec.dhcp && Array.isArray(hb.leases)) l.leases = leaseMap(hb.leases);
     if (rec.state === 'down') {
       await this.store.put('hosts', hb.name, { ...rec, state: 'up', last_seen: new Date(now).toISOString() });
       this.log.info({ host: hb.name }, 'host up again');
@@ -202,8 +222,8 @@ export class HostRegistry {
     });
   }
 
-  /** Can `vm` run on `h`? null if yes, else why not. */
-  unfit(h: HostView, vm: VmRecord): string | null {
+  /** Can `vm` run on `h`? null if yes, else why not. `need`: a further condition (a warm image's QEMU). */
+  unfit(h: HostView, vm: VmRecord, need?: (h: HostView) => string | null): string | null {
     if (h.state !== 'up') return `${h.name} is down`;
     if (!h.hypervisor.available) return `${h.name} has no hypervisor (${h.hypervisor.reason ?? 'not available'})`;
     if (vm.placement.site !== undefined && h.site !== vm.placement.site)
@@ -213,27 +233,34 @@ export class HostRegistry {
     }
     if (h.free.cpus < vm.cpus) return `${h.name} has ${h.free.cpus} free CPUs, needs ${vm.cpus}`;
     if (h.free.memory_mib < vm.memory_mib) return `${h.name} has ${h.free.memory_mib} MiB free, needs ${vm.memory_mib}`;
-    return null;
+    return need?.(h) ?? null;
   }
 
   /** The chosen host (checked), or the up host with the most free memory, then CPUs, that fits. */
-  place(views: HostView[], vm: VmRecord, o: { host?: string; exclude?: string } = {}): HostView {
+  place(
+    views: HostView[],
+    vm: VmRecord,
+    o: { host?: string; exclude?: string; need?: (h: HostView) => string | null; prefer?: string | null } = {},
+  ): HostView {
     if (o.host !== undefined) {
       const h = views.find((x) => x.name === o.host);
       if (!h) throw new ApiError(404, 'not_found', `no host named ${o.host} (homewire host list)`);
       if (h.name === o.exclude)
         throw new ApiError(409, 'same_host', `vm ${vm.name} already runs on ${h.name}: pick another host`);
-      const why = this.unfit(h, vm);
+      const why = this.unfit(h, vm, o.need);
       if (why) throw new ApiError(409, 'no_host', `vm ${vm.name} cannot run on ${why}`);
       return h;
     }
     const reasons: string[] = [];
     const fits = views.filter((h) => {
       if (h.name === o.exclude) return false;
-      const why = this.unfit(h, vm);
+      const why = this.unfit(h, vm, o.need);
       if (why) reasons.push(why);
       return why === null;
     });
+    // The host that keeps the VM's disk, if it fits: no copy needed.
+    const preferred = o.prefer ? fits.find((h) => h.name === o.prefer) : undefined;
+    if (preferred) return preferred;
     if (fits.length === 0) {
       throw new ApiError(
         409,
@@ -246,6 +273,20 @@ export class HostRegistry {
     );
     return fits[0];
   }
+}
+
+const LEASE_MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+const LEASE_IP_RE = /^(\d{1,3})(\.\d{1,3}){3}$/;
+
+/** A DHCP site's lease report, bounded and checked (a host is not trusted to send sane ones). */
+function leaseMap(raw: unknown[]): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const x of raw.slice(0, HEARTBEAT_LEASES_MAX)) {
+    const l = x as { mac?: unknown; ip?: unknown };
+    if (typeof l?.mac !== 'string' || typeof l.ip !== 'string') continue;
+    if (LEASE_MAC_RE.test(l.mac) && LEASE_IP_RE.test(l.ip)) m.set(l.mac, l.ip);
+  }
+  return m;
 }
 
 /** An agent's mesh report, bounded and typed (a host is not trusted to send sane ones): or null. */

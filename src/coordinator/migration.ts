@@ -51,3 +51,21 @@ export function sameAddress(a: string, b: string): boolean {
     return false;
   }
 }
+
+/** The name of the NBD export a disk migration's destination serves its overlay as (the mirror's target). */
+export const NBD_EXPORT = 'disk0';
+/** The name of the NBD export a host offers a stopped VM's overlay file as (cold copy). */
+export const DISK_COPY_EXPORT = 'overlay';
+
+/** Checks an NBD endpoint from a command: an address that could be a migration address, a port, a known export. */
+export function checkNbdEndpoint(
+  v: unknown,
+  exports: readonly string[],
+): { host: string; port: number; export: string } | null {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) return null;
+  const o = v as Record<string, unknown>;
+  if (typeof o.host !== 'string' || refuseMigrationAddress(o.host) !== null) return null;
+  if (typeof o.port !== 'number' || !Number.isInteger(o.port) || o.port < 1 || o.port > 65535) return null;
+  if (typeof o.export !== 'string' || !exports.includes(o.export)) return null;
+  return { host: o.host, port: o.port, export: o.export };
+}

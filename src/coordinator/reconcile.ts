@@ -1,6 +1,7 @@
 // Reconciling the VM records with what hosts report, on the leader:
 // - reconcile(): a host's fresh heartbeat. A running VM whose guest is gone fails; a guest that should not
-//   run on that host (no record, or the VM lives elsewhere) is stopped.
+//   run on that host (no record, or the VM lives elsewhere) is stopped; a disk it keeps for a VM that is gone,
+//   or whose disk lives on another host now, is removed (a host that was down during a delete or a move).
 // - settle(): operations nobody drives any more (the leader that ran them died mid-way). Once every host
 //   involved has reported to the new leader, each starting or migrating VM gets the state its hosts show.
 // The hardest logic of the coordinator; its tests are test/coordinator-reconcile.test.ts.
@@ -11,12 +12,12 @@ import type { VmRecords } from './vm-records.ts';
 
 export class Reconciler {
   /** Outcomes, read by metrics. */
-  readonly stats = { crashed: 0, settled: 0 };
+  readonly stats = { crashed: 0, settled: 0, disksRemoved: 0 };
 
   constructor(private readonly r: VmRecords) {}
 
   /** A fresh report of a host's guests: crashed guests fail their VM, unknown guests are stopped. */
-  async reconcile(host: string, guests: GuestReport[]): Promise<void> {
+  async reconcile(host: string, guests: GuestReport[], disks: string[] = []): Promise<void> {
     const byName = new Map(guests.map((g) => [g.name, g]));
     const vms = await this.r.list();
     const known = new Map(vms.map((v) => [v.name, v]));
@@ -53,6 +54,20 @@ export class Reconciler {
         'stopping a guest that should not run there',
       );
       this.r.fireAndForget(host, { type: 'stop', name: g.name });
+    }
+    for (const d of disks) {
+      const vm = known.get(d);
+      if (vm && this.r.busy.has(vm.name)) continue;
+      const stale =
+        vm === undefined ||
+        (vm.disk_host != null && vm.disk_host !== host && !(vm.state === 'migrating' && vm.target === host));
+      if (!stale || byName.get(d)?.state === 'running') continue; // a running guest is the stop above's business
+      this.stats.disksRemoved++;
+      this.r.d.log.warn(
+        { vm: d, host, diskHost: vm?.disk_host ?? null },
+        vm ? "removing a stale copy of a VM's disk" : 'removing the disk of a deleted VM',
+      );
+      this.r.fireAndForget(host, { type: 'stop', name: d, discard: true });
     }
   }
 

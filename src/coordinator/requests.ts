@@ -11,7 +11,21 @@ import {
 import { checkCmdline, checkName } from './images.ts';
 import { ApiError, type VmRecord } from './types.ts';
 
-const CREATE_KEYS = ['name', 'image', 'cpus', 'memory_mib', 'mac', 'ip', 'host', 'site', 'labels', 'cmdline'];
+const CREATE_KEYS = [
+  'name',
+  'image',
+  'cpus',
+  'memory_mib',
+  'mac',
+  'ip',
+  'host',
+  'site',
+  'labels',
+  'cmdline',
+  'disk_gib',
+  'clone',
+];
+export const DISK_GIB_MAX = 65536;
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 
 /** A checked create request; `mac` and `ip` are still to be checked against the other VMs. */
@@ -26,6 +40,10 @@ export interface CreateRequest {
   cmdline?: string;
   mac?: string;
   ip?: string;
+  /** Writable disk size in GiB; undefined: not asked (the image's base decides). */
+  diskGib?: number;
+  /** A warm image resumed as a second VM: a new MAC. */
+  clone?: boolean;
 }
 
 export function parseCreate(body: unknown): CreateRequest {
@@ -50,7 +68,16 @@ export function parseCreate(body: unknown): CreateRequest {
     ...(o.cmdline === undefined ? {} : { cmdline: checkCmdline(o.cmdline, 'cmdline') }),
     ...(o.mac === undefined ? {} : { mac: checkMac(o.mac) }),
     ...(o.ip === undefined || o.ip === null ? {} : { ip: checkIp(o.ip) }),
+    ...(o.disk_gib === undefined || o.disk_gib === null
+      ? {}
+      : { diskGib: int(o.disk_gib, 'disk_gib', 1, DISK_GIB_MAX) }),
+    ...(o.clone === undefined ? {} : { clone: bool(o.clone, 'clone') }),
   };
+}
+
+function bool(v: unknown, key: string): boolean {
+  if (typeof v !== 'boolean') bad(`${key} must be true or false`);
+  return v as boolean;
 }
 
 function bad(message: string): never {

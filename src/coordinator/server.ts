@@ -7,6 +7,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type { Logger } from '../log.ts';
 import { apiHandler } from './api.ts';
+import { BlobStore } from './blobs.ts';
 import { AuthAudit } from './audit.ts';
 import { ConsoleService, tokenPrincipal } from './console.ts';
 import type { CoordinatorConfig } from './config.ts';
@@ -38,6 +39,7 @@ export class Coordinator {
   readonly hosts: HostRegistry;
   readonly vms: Lifecycle;
   readonly reconciler: Reconciler;
+  readonly blobs: BlobStore;
   readonly credentials: Credentials;
   /** Refused requests by reason (metrics). */
   readonly audit: AuthAudit;
@@ -64,8 +66,8 @@ export class Coordinator {
     this.now = now;
     this.credentials = new Credentials(store, now);
     this.audit = new AuthAudit(log.child({ part: 'api' }), now);
-    this.hosts = new HostRegistry(store, log.child({ part: 'hosts' }), now, (host) =>
-      this.dispatch.failHost(host, 'went down'),
+    this.hosts = new HostRegistry(store, log.child({ part: 'hosts' }), now, (host, reason) =>
+      this.dispatch.failHost(host, reason ?? 'went down'),
     );
     const records = new VmRecords({
       store,
@@ -78,6 +80,7 @@ export class Coordinator {
     });
     this.vms = new Lifecycle(records);
     this.reconciler = new Reconciler(records);
+    this.blobs = new BlobStore(config.dataDir);
     this.watch = new Watch(
       snapshotReader({ store, hosts: this.hosts, busy: this.vms.busy }),
       log.child({ part: 'watch' }),
@@ -148,12 +151,13 @@ export class Coordinator {
       dispatch: this.dispatch,
       leadership: this.leadership,
       imageServer: config.imageServer,
+      blobs: this.blobs,
       log: log.child({ part: 'api' }),
       now: this.now,
-      reconcile: (host, guests) => {
+      reconcile: (host, guests, disks) => {
         const term = this.term;
         if (!this.leadership.leading) return;
-        this.reconciler.reconcile(host, guests).catch((err) => {
+        this.reconciler.reconcile(host, guests, disks).catch((err) => {
           if (term === this.term) log.warn({ host, error: (err as Error).message }, 'reconcile failed');
         });
       },

@@ -15,7 +15,7 @@ const NEXT: Record<VmState, readonly VmState[]> = {
   failed: ['starting', 'stopped'],
 };
 
-export type Operation = 'start' | 'stop' | 'migrate' | 'delete';
+export type Operation = 'start' | 'stop' | 'migrate' | 'delete' | 'snapshot';
 
 /** The states each operation may begin from. */
 const FROM: Record<Operation, readonly VmState[]> = {
@@ -23,6 +23,7 @@ const FROM: Record<Operation, readonly VmState[]> = {
   stop: ['running', 'failed'],
   migrate: ['running'],
   delete: ['defined', 'stopped', 'failed'],
+  snapshot: ['running'],
 };
 
 const HINT: Partial<Record<VmState, string>> = {

@@ -81,7 +81,12 @@ export function snapshotReader(d: {
       d.store.list<VmRecord>('vms'),
       d.store.list<ImageRecord>('images'),
     ]);
-    return { hosts: d.hosts.views(hosts, vms), vms, images, operations: Object.fromEntries(d.busy) };
+    return {
+      hosts: d.hosts.views(hosts, vms),
+      vms: d.hosts.withLeases(vms),
+      images,
+      operations: Object.fromEntries(d.busy),
+    };
   };
 }
 

@@ -9,6 +9,8 @@ import {
   CLASSLESS_ROUTES_MAX,
   DEFAULT_LEASE_DB,
   DEFAULT_LEASE_SECONDS,
+  DEFAULT_MAX_LEASES_PER_MAC,
+  DEFAULT_MAX_LEASES_PER_SITE,
   DEFAULT_NEW_LEASES_PER_SITE_PER_MINUTE,
   DHCPACK,
   DNS_SERVERS_MAX,
@@ -58,6 +60,10 @@ export interface DhcpConfig {
   serveLocal: boolean;
   /** New leases a site may take per minute beyond the ones it holds (key rate_limit_per_site_per_minute). */
   newLeasesPerSitePerMinute: number;
+  /** Active leases (and offers) one peer site may hold at once; the serving site's own LAN is exempt. */
+  maxLeasesPerSite: number;
+  /** Active leases (and offers) one MAC may hold at once, whatever client-ids it sends. */
+  maxLeasesPerMac: number;
   /** Option 121 routes (key `routes`). */
   classlessRoutes?: DhcpRoute[];
 }
@@ -74,6 +80,8 @@ const KEYS = [
   'lease_db',
   'serve_local',
   'rate_limit_per_site_per_minute',
+  'max_leases_per_site',
+  'max_leases_per_mac',
   'routes',
 ];
 const DOMAIN_RE = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$/i;
@@ -300,6 +308,15 @@ export function parseDhcpConfig(raw: unknown, file: string, keyPrefix = 'dhcp'):
     }
     newLeasesPerSitePerMinute = v as number;
   }
+  const cap = (key: string, fallback: number, max: number): number => {
+    const v = o[key];
+    if (v === undefined) return fallback;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > max)
+      fail(k(key), `must be a whole number from 1 to ${max} (default ${fallback})`);
+    return v as number;
+  };
+  const maxLeasesPerSite = cap('max_leases_per_site', DEFAULT_MAX_LEASES_PER_SITE, POOL_ADDRESSES_MAX);
+  const maxLeasesPerMac = cap('max_leases_per_mac', DEFAULT_MAX_LEASES_PER_MAC, 64);
 
   const cfg: DhcpConfig = {
     subnet: `${formatIPv4(subnet.network)}/${subnet.prefix}`,
@@ -313,6 +330,8 @@ export function parseDhcpConfig(raw: unknown, file: string, keyPrefix = 'dhcp'):
     leaseDb,
     serveLocal,
     newLeasesPerSitePerMinute,
+    maxLeasesPerSite,
+    maxLeasesPerMac,
     classlessRoutes,
   };
   if (!worstCaseReplyFits(cfg)) {

@@ -61,7 +61,7 @@ import {
 } from './codec.ts';
 import type { DhcpConfig } from './config.ts';
 import { buildArpReply, ethertype, macEquals, parseArp, parseUdp, type UdpView } from './frame.ts';
-import { formatMac } from '../addr.ts';
+import { formatMac, macNumber, macString } from '../addr.ts';
 import { broadcastOf, formatIPv4, inCidr, parseCidr, parseIPv4, prefixMask, type Cidr } from './ip.ts';
 import { SiteBudget } from './ratelimit.ts';
 import { buildReply, type ReplyContext } from './reply.ts';
@@ -84,6 +84,8 @@ export interface DhcpServerOptions {
   log?: DhcpLogger;
   /** Clock in ms since the epoch (tests pass a fake one). */
   now?: () => number;
+  /** The port ('local' or a peer site) the switch places a MAC at now (the site a lease may follow to). */
+  macPort?: (mac: string) => string | null;
 }
 
 export interface DhcpLeaseInfo {
@@ -113,7 +115,13 @@ function newStats(table: () => number) {
       store_error: 0, // ACKs not sent because the commit failed
       send_error: 0,
       internal_error: 0,
+      chaddr_mismatch: 0, // chaddr is not the frame's source MAC (a guest asking for someone else)
+      not_holder: 0, // RELEASE/DECLINE of a lease held by another MAC or site
+      wrong_site: 0, // a lease held at another site, asked for from a site the MAC does not live at
+      site_cap: 0, // the site already holds dhcp.max_leases_per_site leases
+      mac_cap: 0, // the MAC already holds dhcp.max_leases_per_mac leases (client-id games)
     },
+    clientIdConflicts: 0, // a client-id held by another MAC's active lease: keyed by MAC instead
     renewals: 0,
     rebinds: 0,
     expired: 0,
@@ -139,6 +147,7 @@ interface Client {
 }
 
 const BROADCAST_IP = 0xffffffff;
+const CAP_RECOUNT_MS = 1_000;
 const HOSTNAME_RE = /^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$/;
 
 export class DhcpServer {
@@ -157,8 +166,10 @@ export class DhcpServer {
   private readonly log: DhcpLogger | undefined;
   private readonly debug: boolean;
   private readonly now: () => number;
+  private readonly macPort: ((mac: string) => string | null) | undefined;
   private readonly logged = new Map<string, { at: number; suppressed: number }>();
   private pendingAcks: Array<[Buffer, string]> = [];
+  private capCache: { atMs: number; site: Map<string, number>; mac: Map<string, number> } | null = null;
   private flushScheduled = false;
   private closed = false;
 
@@ -174,6 +185,7 @@ export class DhcpServer {
     this.log = opts.log;
     this.debug = opts.log?.isLevelEnabled?.('debug') ?? false;
     this.now = opts.now ?? Date.now;
+    this.macPort = opts.macPort;
     const ip = (s: string) => parseIPv4(s)!;
     this.serverIp = ip(cfg.serverIp);
     const c = parseCidr(cfg.subnet)!;
@@ -352,10 +364,34 @@ export class DhcpServer {
       this.stats.dropped.relayed++;
       return true;
     }
+    if (!macEquals(m.chaddr, udp.srcMac)) {
+      // Only a client's own MAC may ask (the switch vouches for the source MAC's site, not for chaddr).
+      this.stats.dropped.chaddr_mismatch++;
+      this.warnLimited(
+        `chaddr:${from}`,
+        { site: from, chaddr: formatMac(m.chaddr), source: formatMac(udp.srcMac) },
+        'dhcp: chaddr is not the frame source MAC; dropped',
+      );
+      return true;
+    }
     const client = this.clientOf(m, from);
     if (client === null) {
       this.stats.dropped.malformed++;
       return true;
+    }
+    const held = this.table.byKey.get(client.key);
+    if (held !== undefined && held.site !== from && this.table.isActive(held, this.now())) {
+      // A lease follows its MAC to another site only once the switch has it there (an accepted move).
+      const at = this.macPort?.(client.mac);
+      if (at !== undefined && at !== from) {
+        this.stats.dropped.wrong_site++;
+        this.warnLimited(
+          `wrong_site:${from}`,
+          { site: from, mac: client.mac, leaseSite: held.site },
+          'dhcp: a request for a lease held at another site, from a site the MAC does not live at; dropped',
+        );
+        return true;
+      }
     }
     const broadcast = udp.dstIp !== this.serverIp;
     switch (messageType(m)) {
@@ -386,8 +422,18 @@ export class DhcpServer {
     const id = m.options.get(OPT_CLIENT_ID);
     // RFC 2132 9.14: at least 2 bytes (type + something). Shorter ones are ignored: key by MAC.
     const clientId = id !== undefined && id.length >= 2 ? id.toString('hex') : null;
+    let key = clientId !== null ? `id:${clientId}` : `mac:${mac}`;
+    if (clientId !== null) {
+      // A client-id is a claim, not a proof: while another MAC holds a lease under it (a cloned image, or a
+      // guest copying a neighbour's id to take its address), this MAC is a different client.
+      const other = this.table.byKey.get(key);
+      if (other !== undefined && other.mac !== mac && this.table.isActive(other, this.now())) {
+        this.stats.clientIdConflicts++;
+        key = `mac:${mac}`;
+      }
+    }
     return {
-      key: clientId !== null ? `id:${clientId}` : `mac:${mac}`,
+      key,
       mac,
       chaddr: Buffer.from(m.chaddr),
       clientId,
@@ -448,6 +494,7 @@ export class DhcpServer {
       return lease.ip;
     const isNew = lease === undefined;
     if (isNew && !this.budget.available(c.site, now)) return this.rateLimited(c);
+    if (isNew && this.capReached(c, now)) return null;
     let ip: number | null = null;
     const requested = optionIp(m, OPT_REQUESTED_IP);
     if (requested !== null && this.assignable(requested, c) && this.table.freeFor(requested, c.key, now))
@@ -476,6 +523,48 @@ export class DhcpServer {
     }
     if (isNew) this.budget.take(c.site, now);
     return ip;
+  }
+
+  /** Per-site and per-MAC caps on active leases (a new client only). Counted and logged when reached. */
+  private capReached(c: Client, now: number): boolean {
+    const counts = this.capCounts(now);
+    const site = counts.site.get(c.site) ?? 0;
+    const mac = counts.mac.get(c.mac) ?? 0;
+    if (mac >= this.cfg.maxLeasesPerMac) {
+      this.stats.dropped.mac_cap++;
+      this.warnLimited(
+        `mac_cap:${c.site}`,
+        { site: c.site, mac: c.mac, leases: mac },
+        'dhcp: a MAC asks for more leases than dhcp.max_leases_per_mac allows; request ignored',
+      );
+      return true;
+    }
+    if (c.site !== 'local' && site >= this.cfg.maxLeasesPerSite) {
+      this.stats.dropped.site_cap++;
+      this.warnLimited(
+        `site_cap:${c.site}`,
+        { site: c.site, leases: site },
+        'dhcp: a site holds dhcp.max_leases_per_site leases already; request ignored',
+      );
+      return true;
+    }
+    return false;
+  }
+
+  /** Active leases per site and per MAC: counted afresh at most once a second, plus the leases bound since
+   *  (ends of leases in between are noticed at the next count: the caps err on the strict side). */
+  private capCounts(now: number): { site: Map<string, number>; mac: Map<string, number> } {
+    let cc = this.capCache;
+    if (cc === null || now - cc.atMs >= CAP_RECOUNT_MS || now < cc.atMs) {
+      cc = { atMs: now, site: new Map(), mac: new Map() };
+      for (const l of this.table.byKey.values()) {
+        if (!this.table.isActive(l, now)) continue;
+        cc.site.set(l.site, (cc.site.get(l.site) ?? 0) + 1);
+        cc.mac.set(l.mac, (cc.mac.get(l.mac) ?? 0) + 1);
+      }
+      this.capCache = cc;
+    }
+    return cc;
   }
 
   private rateLimited(c: Client): null {
@@ -535,6 +624,7 @@ export class DhcpServer {
           this.rateLimited(c);
           return;
         }
+        if (this.capReached(c, now)) return;
         this.budget.take(c.site, now);
       }
     }
@@ -553,6 +643,10 @@ export class DhcpServer {
       state: 'bound',
     };
     this.table.bind(lease);
+    if (prev === undefined && this.capCache !== null) {
+      this.capCache.site.set(c.site, (this.capCache.site.get(c.site) ?? 0) + 1);
+      this.capCache.mac.set(c.mac, (this.capCache.mac.get(c.mac) ?? 0) + 1);
+    }
     this.store.put(lease, now);
     this.stats.messages.ack++;
     this.reply(DHCPACK, m, c, ip, true, true);
@@ -579,6 +673,7 @@ export class DhcpServer {
       this.stats.dropped.not_for_us++;
       return;
     }
+    if (lease?.ip === ip && !this.holds(lease, c)) return;
     const until = now + DECLINE_QUARANTINE_MS;
     this.table.setQuarantine(ip, until);
     this.store.quarantine(ip, until);
@@ -603,11 +698,24 @@ export class DhcpServer {
       this.stats.dropped.not_for_us++;
       return;
     }
+    if (!this.holds(lease, c)) return;
     // Keep the record (the client gets the same address back if still free) but free the address.
     lease.state = 'released';
     lease.expiresAt = now;
     this.store.put(lease, now);
     this.scheduleFlush();
+  }
+
+  /** RELEASE and DECLINE only from the holder: the lease's MAC, at the lease's site. Counted if not. */
+  private holds(lease: Lease, c: Client): boolean {
+    if (lease.mac === c.mac && (lease.site === c.site || this.macPort?.(c.mac) === c.site)) return true;
+    this.stats.dropped.not_holder++;
+    this.warnLimited(
+      `not_holder:${c.site}`,
+      { site: c.site, mac: c.mac, ip: formatIPv4(lease.ip), holder: lease.mac, holderSite: lease.site },
+      'dhcp: RELEASE or DECLINE of a lease held by another MAC or site; dropped',
+    );
+    return false;
   }
 
   private inform(m: DhcpMessage, c: Client, udp: UdpView): void {
@@ -739,6 +847,27 @@ export class DhcpServer {
       this.reservedByMac.set(mac, ip);
       this.reservedByIp.set(ip, mac);
     }
+  }
+
+  /** Whether it answers the serving site's own local side too (dhcp.serve_local). */
+  get serveLocal(): boolean {
+    return this.cfg.serveLocal;
+  }
+
+  /** The MAC (48-bit number) holding `ip` now, or null: authoritative bindings for ARP inspection. */
+  macOf(ip: number, now: number): number | null {
+    const l = this.table.byIp.get(ip);
+    if (l === undefined || !this.table.isActive(l, now)) return null;
+    return macNumber(l.mac);
+  }
+
+  /** Active leases of a MAC as [ip, expiresAtMs] (the switch tells the MAC's new site when it moves). */
+  leasesOf(mac: number, now: number): Array<[number, number]> {
+    const out: Array<[number, number]> = [];
+    const text = macString(mac);
+    for (const l of this.table.byKey.values())
+      if (l.mac === text && this.table.isActive(l, now)) out.push([l.ip, l.expiresAt]);
+    return out;
   }
 
   leases(): DhcpLeaseInfo[] {

@@ -9,12 +9,23 @@ import {
   NOISE_PROLOGUE,
   TIMESTAMP_BYTES,
 } from '../constants.ts';
-import { OFF_INIT_NOISE, OFF_RESP_NOISE, readSender, writeHandshakeInit, writeHandshakeResp } from './wire.ts';
+import {
+  END_INIT_NOISE,
+  END_RESP_NOISE,
+  OFF_INIT_NOISE,
+  OFF_RESP_NOISE,
+  readSender,
+  writeHandshakeInit,
+  writeHandshakeResp,
+} from './wire.ts';
 
 const require = createRequire(import.meta.url);
 // noise-protocol allocates through its own sodium instance: free its buffers with that same instance.
 const noise = require('noise-protocol') as NoiseProtocol;
-const { sodium_free } = require('sodium-universal/memory') as { sodium_free(b: Buffer): void };
+const { sodium_free, sodium_malloc } = require('sodium-universal/memory') as {
+  sodium_free(b: Buffer): void;
+  sodium_malloc(n: number): Buffer;
+};
 
 /** The part of noise-protocol homewire uses. A HandshakeState is opaque but for the remote static key. */
 interface NoiseState {
@@ -57,19 +68,30 @@ export class PendingHandshake {
     readonly sentMs: number,
   ) {}
 
-  /** Completes the handshake from a response datagram; null if it does not authenticate. Always frees the state. */
+  /**
+   * Completes the handshake from a response datagram; null if it does not authenticate. A response that does
+   * not authenticate leaves this handshake pending (it is tried on a copy of the state), so a forged response
+   * cannot cancel the real one still on its way. The state is freed once a response authenticates.
+   */
   consumeResponse(msg: Buffer): SessionKeys | null {
     const state = this.state;
     if (!state) return null;
-    this.state = null;
+    const trial = cloneState(state);
     try {
-      const split = noise.readMessage(state, msg.subarray(OFF_RESP_NOISE), Buffer.alloc(0));
-      return split ? takeSplit(split) : null;
+      const split = noise.readMessage(trial, msg.subarray(OFF_RESP_NOISE, END_RESP_NOISE), Buffer.alloc(0));
+      if (!split) return null;
+      this.state = null;
+      noise.destroy(state);
+      return takeSplit(split);
     } catch {
       return null;
     } finally {
-      noise.destroy(state);
+      noise.destroy(trial);
     }
+  }
+
+  get pending(): boolean {
+    return this.state !== null;
   }
 
   abandon(): void {
@@ -90,7 +112,7 @@ export function createInitiation(
   try {
     const msg = Buffer.alloc(HANDSHAKE_INIT_BYTES);
     writeHandshakeInit(msg, localIndex);
-    noise.writeMessage(state, timestamp, msg.subarray(OFF_INIT_NOISE));
+    noise.writeMessage(state, timestamp, msg.subarray(OFF_INIT_NOISE, END_INIT_NOISE));
     return { msg, pending: new PendingHandshake(state, localIndex, nowMs) };
   } catch (err) {
     noise.destroy(state);
@@ -113,7 +135,7 @@ export function consumeInitiation(local: StaticKeys, msg: Buffer): Initiation | 
   const state = noise.initialize('IK', false, NOISE_PROLOGUE, local, null, null);
   const payload = Buffer.alloc(TIMESTAMP_BYTES);
   try {
-    noise.readMessage(state, msg.subarray(OFF_INIT_NOISE), payload);
+    noise.readMessage(state, msg.subarray(OFF_INIT_NOISE, END_INIT_NOISE), payload);
     if (noise.readMessage.bytes !== TIMESTAMP_BYTES) throw new Error('bad payload');
   } catch {
     noise.destroy(state);
@@ -132,7 +154,7 @@ export function consumeInitiation(local: StaticKeys, msg: Buffer): Initiation | 
       try {
         const out = Buffer.alloc(HANDSHAKE_RESP_BYTES);
         writeHandshakeResp(out, localIndex, remoteIndex);
-        const split = noise.writeMessage(state, Buffer.alloc(0), out.subarray(OFF_RESP_NOISE));
+        const split = noise.writeMessage(state, Buffer.alloc(0), out.subarray(OFF_RESP_NOISE, END_RESP_NOISE));
         if (!split) throw new Error('noise-protocol: IK message 2 did not complete the handshake');
         return { msg: out, keys: takeSplit(split) };
       } finally {
@@ -144,6 +166,25 @@ export function consumeInitiation(local: StaticKeys, msg: Buffer): Initiation | 
       done = true;
     },
   };
+}
+
+/**
+ * A deep copy of an initiator's HandshakeState (noise-protocol's fields: the symmetric state and key buffers
+ * in protected memory, the remaining message patterns), so a response can be tried without spending the
+ * original. Freed with noise.destroy like any state.
+ */
+function cloneState(state: NoiseState): NoiseState {
+  const s = state as unknown as Record<string, unknown>;
+  const copy = Object.create(Object.getPrototypeOf(state)) as Record<string, unknown>;
+  for (const [k, v] of Object.entries(s)) {
+    if (v instanceof Uint8Array) {
+      const b = sodium_malloc(v.byteLength);
+      b.set(v);
+      copy[k] = b;
+    } else if (Array.isArray(v)) copy[k] = v.map((p) => (Array.isArray(p) ? [...p] : p));
+    else copy[k] = v;
+  }
+  return copy as unknown as NoiseState;
 }
 
 /** Copies the 32-byte keys out of the split cipher states (k | n) and frees the protected buffers. */

@@ -7,23 +7,28 @@
 // Inbound  (receive):    udp message → classify → index table → open (decrypt in place) → replay → roam →
 //                        switch (relayed messages: relay.ts, then the switch as from the ORIGIN peer)
 // Handshake messages are queued and processed on their own event-loop turns (processHandshakes), never on
-// the receive path. Session time policy lives in timers.ts, path choice and hole punching in paths.ts,
-// introductions in introductions.ts, relaying in relay.ts, DNS endpoints in resolver.ts.
+// the receive path; the handshake guard (cookie.ts: mac1, cookies under load, per-source buckets) decides
+// what may be queued, and responses to our own initiations are processed first. Session time policy lives in
+// timers.ts, path choice and hole punching in paths.ts, introductions in introductions.ts, relaying in
+// relay.ts, DNS endpoints in resolver.ts.
 import os from 'node:os';
 import sodium from 'sodium-native';
 import {
   CANDIDATES_MAX,
   HANDSHAKE_QUEUE_MAX,
+  HANDSHAKE_TURN_BUDGET_MS,
   HANDSHAKES_PER_TICK_MAX,
   MSG_DATA,
   MSG_HANDSHAKE_INIT,
   MSG_HANDSHAKE_RESP,
+  MSG_COOKIE_REPLY,
   MSG_RELAY_DATA,
   MSG_RELAY_SIGNAL,
   MSG_SIGNAL,
   REJECT_AFTER_MS,
   SITE_ID_BROADCAST,
 } from '../constants.ts';
+import { ADMIT, HandshakeGuard, SEND_COOKIE } from './cookie.ts';
 import type { Logger } from '../log.ts';
 import { isLink, type UdpSocket } from '../udp/socket.ts';
 import { consumeInitiation, createInitiation, type StaticKeys, TimestampClock } from './handshake.ts';
@@ -147,6 +152,9 @@ export class Mesh {
   private readonly byKey = new Map<string, Peer>();
   private readonly byIndex = new Map<number, Slot>();
   private readonly handshakeQueue: QueuedHandshake[] = [];
+  /** Responses to our own initiations: processed before any queued initiation. */
+  private readonly responseQueue: QueuedHandshake[] = [];
+  readonly guard: HandshakeGuard;
   private handshakeScheduled = false;
   private readonly timestamps = new TimestampClock();
   private readonly timers: MeshTimers;
@@ -173,6 +181,7 @@ export class Mesh {
     options: MeshOptions = {},
   ) {
     this.nowMs = now();
+    this.guard = new HandshakeGuard(keys.publicKey, now);
     this.localKeyHex = keys.publicKey.toString('hex');
     this.introduce = options.introduce ?? false;
     this.relayEnabled = options.relay ?? false;
@@ -248,15 +257,33 @@ export class Mesh {
         this.drops.overlay_endpoint++;
         return;
       }
-      if (this.handshakeQueue.length >= HANDSHAKE_QUEUE_MAX) {
+      if (!this.guard.mac1Valid(msg)) return; // counted by the guard: nothing else was spent on it
+      let queue: QueuedHandshake[];
+      if (type === MSG_HANDSHAKE_RESP) {
+        if (this.pendingSlot(readRespReceiver(msg)) === null) {
+          this.drops.unknown_index++;
+          return;
+        }
+        queue = this.responseQueue;
+      } else {
+        const verdict = this.guard.admit(msg, address, port, this.handshakeQueue.length);
+        if (verdict === SEND_COOKIE) this.socket.send(this.guard.cookieReply(msg, address, port), port, address);
+        if (verdict !== ADMIT) return;
+        queue = this.handshakeQueue;
+      }
+      if (queue.length >= HANDSHAKE_QUEUE_MAX) {
         this.drops.handshake_queue_full++;
         return;
       }
-      this.handshakeQueue.push({ msg, address, port });
+      queue.push({ msg, address, port });
       if (!this.handshakeScheduled) {
         this.handshakeScheduled = true;
         setImmediate(() => this.processHandshakes());
       }
+      return;
+    }
+    if (type === MSG_COOKIE_REPLY) {
+      this.consumeCookieReply(msg, address, port);
       return;
     }
     this.drops.malformed++;
@@ -499,12 +526,16 @@ export class Mesh {
     this.handshakeScheduled = false;
     if (this.closed) return;
     this.nowMs = this.now();
-    const batch = this.handshakeQueue.splice(0, HANDSHAKES_PER_TICK_MAX);
-    for (const h of batch) {
+    // Responses to our own initiations first; then initiations, until the turn's count or time is spent.
+    const deadline = performance.now() + HANDSHAKE_TURN_BUDGET_MS;
+    for (let n = 0; n < HANDSHAKES_PER_TICK_MAX; n++) {
+      const h = this.responseQueue.shift() ?? this.handshakeQueue.shift();
+      if (h === undefined) break;
       if (h.msg[OFF_TYPE] === MSG_HANDSHAKE_INIT) this.handleInitiation(h);
       else this.handleResponse(h);
+      if (performance.now() > deadline) break;
     }
-    if (this.handshakeQueue.length > 0 && !this.handshakeScheduled) {
+    if (this.handshakeQueue.length + this.responseQueue.length > 0 && !this.handshakeScheduled) {
       this.handshakeScheduled = true;
       setImmediate(() => this.processHandshakes());
     }
@@ -539,9 +570,37 @@ export class Mesh {
     peer.pending = pending;
     this.byIndex.set(index, { peer, keypair: null });
     this.handshakes.initiated++;
+    this.guard.stamp(msg, this.guard.remote(peer, peer.publicKey));
     // The same initiation to every target: whichever answers first completes it (the socket owns each copy).
     for (let i = 0; i < to.length; i++) this.socket.send(i === 0 ? msg : Buffer.from(msg), to[i].port, to[i].address);
     if (!isLink(to[0].address) && peer.udpTryingSinceMs === 0) peer.udpTryingSinceMs = this.nowMs;
+  }
+
+  /** The slot of a handshake we have pending under `index`, or null. */
+  private pendingSlot(index: number): Slot | null {
+    const slot = this.byIndex.get(index);
+    if (!slot || slot.keypair !== null || slot.peer.pending?.localIndex !== index) return null;
+    return slot;
+  }
+
+  /** A cookie reply: the peer is under load; resend our pending initiation at once, with mac2, to where the
+   *  reply came from if that is one of the peer's addresses (else to its endpoint). */
+  private consumeCookieReply(msg: Buffer, address: string, port: number): void {
+    const slot = this.pendingSlot(readReceiver(msg));
+    const r = slot ? this.guard.remote(slot.peer, slot.peer.publicKey) : null;
+    if (!slot || !r || !this.guard.consumeReply(msg, r)) {
+      if (!slot) this.guard.stats.cookie_replies_invalid++;
+      return;
+    }
+    const peer = slot.peer;
+    const known = [peer.endpoint, ...peer.candidates].find(
+      (e) => e !== null && e.address === address && e.port === port,
+    );
+    const to = known ?? peer.endpoint;
+    if (r.lastInit === null || !to || this.closed) return;
+    const again = Buffer.from(r.lastInit);
+    this.guard.stamp(again, r);
+    this.socket.send(again, to.port, to.address);
   }
 
   /** @internal timers */
@@ -594,6 +653,7 @@ export class Mesh {
     // holder of the initiator's key can send.
     peer.lastHandshakeMs = this.nowMs;
     this.handshakes.responded++;
+    this.guard.stamp(msg, this.guard.remote(peer, peer.publicKey));
     this.socket.send(msg, h.port, h.address);
   }
 
@@ -606,21 +666,21 @@ export class Mesh {
 
   private handleResponse(h: QueuedHandshake): void {
     const answered = readRespReceiver(h.msg);
-    const slot = this.byIndex.get(answered);
+    const slot = this.pendingSlot(answered);
     const pending = slot?.peer.pending;
-    if (!slot || slot.keypair !== null || !pending || pending.localIndex !== answered) {
+    if (!slot || !pending) {
       this.drops.unknown_index++;
       return;
     }
     const peer = slot.peer;
     const keys = pending.consumeResponse(h.msg);
-    peer.pending = null;
     if (!keys) {
-      this.byIndex.delete(pending.localIndex);
+      // A forged or damaged response: the handshake stays pending for the real one.
       this.handshakes.invalid++;
       this.drops.handshake_invalid++;
       return;
     }
+    peer.pending = null;
     const keypair = new Keypair(keys.send, keys.recv, pending.localIndex, readSender(h.msg), true, this.nowMs);
     slot.keypair = keypair;
     const fresh = this.noSession(peer);
@@ -807,6 +867,10 @@ export class Mesh {
     this.introducer?.tick();
     this.introductions.tick();
     this.paths.tick();
+    this.guard.tick(this.nowMs);
+    this.guard.setKnownEndpoints(
+      this.peers.flatMap((p) => (p.endpoint ? [p.endpoint, ...p.candidates] : p.candidates)),
+    );
   }
 
   /** @internal for timers */
@@ -820,6 +884,7 @@ export class Mesh {
     this.resolver.close();
     for (const peer of [...this.peers]) this.removePeer(peer);
     this.handshakeQueue.length = 0;
+    this.responseQueue.length = 0;
     await this.socket.close();
   }
 }

@@ -1,7 +1,8 @@
 // Wire format of the underlay datagrams. Every message starts with a type byte and 3 reserved zero bytes.
 //
-//   handshake init  (1): type | 0 0 0 | sender index u32 LE | Noise IK message 1 (e, s, timestamp)
-//   handshake resp  (2): type | 0 0 0 | sender index u32 LE | receiver index u32 LE | Noise IK message 2
+//   handshake init  (1): type | 0 0 0 | sender index u32 LE | Noise IK message 1 (e, s, timestamp) | mac1 | mac2
+//   handshake resp  (2): type | 0 0 0 | sender index u32 LE | receiver index u32 LE | Noise IK message 2 | mac1 | mac2
+//   cookie reply    (3): type | 0 0 0 | receiver index u32 LE | nonce (24) | sealed cookie (32)   (cookie.ts)
 //   data / signal  (4/5): type | 0 0 0 | receiver index u32 LE | counter u64 LE | ChaCha20-Poly1305(payload)
 //   relayed        (6/7): type | site id u24 BE | receiver index u32 LE | counter u64 LE | ChaCha20-Poly1305(payload)
 //                         (to the relay: the target site; from the relay: the origin site; see mesh/relay.ts)
@@ -9,8 +10,12 @@
 // The 16-byte transport header is the AEAD's associated data, so type, index and counter are authenticated.
 // Decoders never throw: a malformed datagram classifies as null and is counted by the caller.
 import {
+  COOKIE_REPLY_BYTES,
   HANDSHAKE_INIT_BYTES,
+  HANDSHAKE_INIT_NOISE_END,
   HANDSHAKE_RESP_BYTES,
+  HANDSHAKE_RESP_NOISE_END,
+  MSG_COOKIE_REPLY,
   MSG_SIGNAL,
   MSG_DATA,
   MSG_HANDSHAKE_INIT,
@@ -30,6 +35,8 @@ export const OFF_COUNTER_LO = 8; // transport: counter, low 32 bits
 export const OFF_COUNTER_HI = 12; // transport: counter, high 32 bits
 export const OFF_INIT_NOISE = 8; // handshake init: Noise message 1
 export const OFF_RESP_NOISE = 12; // handshake resp: Noise message 2
+export const END_INIT_NOISE = HANDSHAKE_INIT_NOISE_END; // handshake init: Noise message 1 ends, mac1 starts
+export const END_RESP_NOISE = HANDSHAKE_RESP_NOISE_END;
 export const OFF_PAYLOAD = TRANSPORT_HEADER_BYTES; // transport: ciphertext, then the 16-byte tag
 
 /** Largest counter we accept: counters are JS numbers on the hot path (2^53 is ~285 years at 1 Mpps). */
@@ -38,6 +45,7 @@ export const MAX_COUNTER = Number.MAX_SAFE_INTEGER;
 export type Classified =
   | typeof MSG_HANDSHAKE_INIT
   | typeof MSG_HANDSHAKE_RESP
+  | typeof MSG_COOKIE_REPLY
   | typeof MSG_DATA
   | typeof MSG_SIGNAL
   | typeof MSG_RELAY_DATA
@@ -60,6 +68,8 @@ export function classify(msg: Buffer): Classified | 0 {
       return msg.length === HANDSHAKE_INIT_BYTES ? type : 0;
     case MSG_HANDSHAKE_RESP:
       return msg.length === HANDSHAKE_RESP_BYTES ? type : 0;
+    case MSG_COOKIE_REPLY:
+      return msg.length === COOKIE_REPLY_BYTES ? type : 0;
     default:
       return 0;
   }

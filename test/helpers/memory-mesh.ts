@@ -24,6 +24,27 @@ export interface MeshSpec {
   now?: () => number;
   /** Extra YAML for a node's config (e.g. a dhcp: section). */
   extra?: (name: string) => string;
+  /**
+   * The security: section of a node (default: labSecurity, what a site with statically addressed guests
+   * and a home LAN needs). Return '' for the daemon's own defaults.
+   */
+  security?: (name: string) => string;
+}
+
+/** The lab's security settings: the "home" node's local side is a LAN; guests have static addresses, so ARP
+ *  inspection learns first claims (strict inspection needs DHCP leases or coordinator reservations). */
+export function labSecurity(name: string): string {
+  return name === 'home'
+    ? 'security: { local_side: lan, arp_inspection: learn }'
+    : 'security: { arp_inspection: learn }';
+}
+
+/** Authorizes `mac` to move to node `to` on every node (what the coordinator does before a migration). */
+export function authorizeEverywhere(nodes: Map<string, Node>, mac: string, to: string, seconds = 60): void {
+  for (const n of nodes.values()) {
+    const r = n.daemon.authorizeMove(mac, to, Date.now() + seconds * 1000);
+    if (!r.ok) throw new Error(`authorizeMove on ${n.name}: ${r.error}`);
+  }
 }
 
 export async function buildMesh(
@@ -48,7 +69,7 @@ export async function buildMesh(
       return `  - { name: ${p.name}, public_key: "${encodeKey(publicKeyOf(p.key))}"${w.endpoint ? `, endpoint: ${ep}` : ''} }`;
     });
     const listen = family === 6 ? `"[${me.address}]:${me.port}"` : `${me.address}:${me.port}`;
-    const yaml = `name: ${me.name}\nprivate_key: "${encodeKey(me.key)}"\nlisten: ${listen}\ntap: { name: hw-${me.name} }\npeers:\n${peers.join('\n') || '  []'}\n${spec.extra?.(me.name) ?? ''}\n`;
+    const yaml = `name: ${me.name}\nprivate_key: "${encodeKey(me.key)}"\nlisten: ${listen}\ntap: { name: hw-${me.name} }\npeers:\n${peers.join('\n') || '  []'}\n${spec.extra?.(me.name) ?? ''}\n${(spec.security ?? labSecurity)(me.name)}\n`;
     const cfg = parseConfig(yaml.replace('peers:\n  []', 'peers: []'), `${me.name}.yaml`);
     const tap = new MemoryTap(cfg.tap.name, cfg.tap.mtu);
     const socket = net.bind(me.address, me.port);

@@ -125,6 +125,8 @@ export async function buildNatMesh(spec: NatMeshSpec): Promise<NatMesh> {
       `    endpoint: ${HOME_NAME}:51820`,
       `    endpoint_tcp: ${HOME_NAME}:443`,
       '    introducer: true',
+      // The guests here have static addresses: ARP inspection learns first claims (strict needs leases).
+      'security: { arp_inspection: learn }',
     ].join('\n');
     // listen 0.0.0.0 in the config; the twin socket is bound at the site's inside address.
     sites.set(s.name, await start(s.name, yaml, nat ? s.address : s.publicAddress, s.key, nat, s.failSends));

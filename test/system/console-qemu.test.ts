@@ -71,7 +71,7 @@ vmTest(
       if (Date.now() > bootDeadline) throw new Error(`no prompt on the serial console\n${grid.logs()}`);
       await sleep(100);
     }
-    t.true(fs.existsSync(serial.replace(/\.serial$/, '.serial.sock')), 'the serial port is on a unix socket');
+    t.true(fs.existsSync(path.join(path.dirname(serial), 'serial.sock')), 'the serial port is on a unix socket');
 
     const a = await ConsoleViewer.attach(grid, 'web');
     viewers.push(a);

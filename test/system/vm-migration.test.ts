@@ -31,6 +31,8 @@ import { guestMac } from '../../src/agent/qemu/driver.ts';
 import { vmLab, vmTest } from '../helpers/vm.ts';
 
 const fmt = (ms: number) => `${ms.toFixed(1)} ms`;
+const guestMacOf = async (lab: Lab, ns: string) =>
+  (await lab.exec(ns, ['cat', '/sys/class/net/eth0/address'])).stdout.trim();
 
 vmTest(
   "QEMU live migration host-a → host-b: LAN ping gap ≤ the guest's own reply gap + 20 ms, frames reach host-b ≤ 20 ms after the RARP, TCP survives",
@@ -56,6 +58,8 @@ vmTest(
     const ping = startPing(lab, 'lan', lease.ip, 0.002);
     await sleep(1000);
 
+    // The coordinator's part (issue 10): every site is told the move is authorized, then the destination expects it.
+    await lab.authorizeMove(mac, 'host-b');
     const expect = await lab.exec('host-b', [
       process.execPath,
       HOMEWIRE_BIN,
@@ -202,6 +206,8 @@ vmTest(
     });
     const garpDone = new Promise<number | null>((r) => garp.once('exit', (code) => r(code)));
     while (!garpOut.includes('armed')) await sleep(10);
+    // Authorized beforehand, as the coordinator does for a migration (security.mac_moves: authorized).
+    await lab.authorizeMove(await guestMacOf(lab, 'guest-a'), 'host-b');
     const move = await lab.exec('ul', [
       'sh',
       '-c',

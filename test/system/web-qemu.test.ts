@@ -176,6 +176,21 @@ webTest(
       { timeout: 5000 },
     );
     t.true((await terminalRows(page)).includes(hello!), 'the output from before the migration is still there');
+
+    // The coordinator restarts under the page: the console reconnects by itself and types again.
+    await grid.restartCoordinator();
+    await page.waitForSelector('#console-status:has-text("reconnecting")', { timeout: 15_000 });
+    await page.waitForSelector(`#console-status:has-text("connected to web on ${other}")`, { timeout: 60_000 });
+    await typeInTerminal(page, 'echo again-$((40+3))');
+    await page.waitForFunction(
+      () =>
+        [...document.querySelectorAll('#terminal .xterm-rows > div')].some((d) =>
+          /^again-43\s*$/.test(d.textContent ?? ''),
+        ),
+      undefined,
+      { timeout: 5000 },
+    );
+    t.log('after a coordinator restart the console reconnected by itself and echoed again');
     await page.waitForSelector(`#hosts tr[data-host="${other}"] td.guests:has-text("web")`);
     t.regex((await page.textContent('#console-title')) ?? '', new RegExp(`running on ${other}`));
 

@@ -226,15 +226,17 @@ test('the example configs in deploy/examples are valid once keys are filled in',
     text = text.replace(/REPLACE_WITH_[A-Z_]+=*/g, () => encodeKey(publicKeyOf(generatePrivateKey())));
     text = text.replace(/private_key_file: .*/, `private_key_file: ${keyFile}`);
     // The coordinator: section's files, as `homewire host add host-a` and the admin would make them.
-    const tokenFile = path.join(dir, 'host-a.token');
-    fs.writeFileSync(tokenFile, `host-a.${'x'.repeat(43)}\n`);
+    const site = name === 'home.yaml' ? 'home' : 'host-a';
+    const tokenFile = path.join(dir, `${site}.token`);
+    fs.writeFileSync(tokenFile, `${site}.${'x'.repeat(43)}\n`);
     const caFile = path.join(dir, 'ca.crt');
     fs.writeFileSync(caFile, '-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n');
     text = text.replace(/token_file: .*/, `token_file: ${tokenFile}`).replace(/ca_file: \S+/, `ca_file: ${caFile}`);
     text = text.replace(/qemu_user: \S+/, 'qemu_user: "64123:64123"');
     const cfg = parseConfig(text, name);
     t.true(cfg.peers.length >= 2, name);
-    if (name === 'vm-host.yaml') t.is(cfg.coordinator?.urls[0], 'https://192.0.2.10:7100');
+    t.is(cfg.coordinator?.urls[0], 'https://192.0.2.10:7100', name);
+    if (name === 'home.yaml') t.is(cfg.coordinator?.hypervisor, 'none', 'home joins the coordinator without VMs');
   }
   // The coordinator's example, with its credential files in place.
   let text = fs.readFileSync(new URL('../../deploy/examples/coordinator.yaml', import.meta.url), 'utf8');

@@ -326,6 +326,50 @@ test.serial("hosts: an agent's mesh report is shown, bounded and typed (a host i
   t.is((await h.admin.request<HostView>('GET', '/v1/hosts/host-a')).mesh, null);
 });
 
+test.serial("VMs show the home IP the DHCP site leased them; other hosts' lease reports are ignored", async (t) => {
+  const { h } = await grid(t);
+  const web = await h.admin.request<VmRecord>('GET', '/v1/vms/web');
+  t.is(web.ip, null, 'no reservation: a pool lease');
+  t.is(web.lease_ip, null, 'no DHCP site has reported a lease yet');
+  // A hostile VM host reports leases too (it is not the DHCP site): ignored.
+  const hostA = new CoordinatorClient([h.coordinator.url], h.host('host-a').token);
+  await hostA.request('POST', '/v1/agent/heartbeat', {
+    name: 'host-a',
+    boot_id: h.host('host-a').agent.bootId,
+    guests_version: 0,
+    guests: [],
+    leases: [{ mac: web.mac, ip: '203.0.113.66' }],
+  });
+  t.is((await h.admin.request<VmRecord>('GET', '/v1/vms/web')).lease_ip, null, 'only a DHCP site is believed');
+  // The home site (dhcp) reports its bound leases with its heartbeats, junk among them.
+  const home = await h.addHost('home', {
+    dhcp: true,
+    leases: [
+      { mac: web.mac, ip: '198.51.100.123' },
+      { mac: 'not a mac', ip: '198.51.100.9' },
+      { mac: '52:54:00:00:00:01', ip: '$(reboot)' },
+    ],
+  });
+  await waitFor(
+    async () => (await h.admin.request<VmRecord>('GET', '/v1/vms/web')).lease_ip === '198.51.100.123',
+    5000,
+    "home's lease report",
+  );
+  const list = await h.admin.request<{ vms: VmRecord[] }>('GET', '/v1/vms');
+  t.is(list.vms.find((v) => v.name === 'web')?.lease_ip, '198.51.100.123');
+  const snap = await h.coordinator.watch.now();
+  t.is(snap.vms.find((v) => v.name === 'web')?.lease_ip, '198.51.100.123', 'the page sees it too');
+  t.false(JSON.stringify(snap).includes('reboot'), 'malformed entries are dropped');
+  // The lease ends (released): the next report no longer has it.
+  home.leases = [];
+  await waitFor(
+    async () => (await h.admin.request<VmRecord>('GET', '/v1/vms/web')).lease_ip === null,
+    5000,
+    'the lease gone from the view',
+  );
+  t.pass();
+});
+
 test.serial('console: with per-host credentials, a stream for host-a from another host is refused (403)', async (t) => {
   const { h, ws, admin } = await grid(t);
   const svc = h.coordinator.consoles;

@@ -5,7 +5,7 @@ import test from 'ava';
 import { Harness, waitFor } from '../../lab/coordinator/harness.ts';
 import type { VmRecord } from '../../src/coordinator/types.ts';
 import { macNumber } from '../../src/addr.ts';
-import { allUp, buildMesh, frame } from '../helpers/memory-mesh.ts';
+import { allUp, arp, authorizeEverywhere, buildMesh } from '../helpers/memory-mesh.ts';
 
 test('migrate: the destination daemon is told the MAC is about to arrive; home dual-sends to it', async (t) => {
   const mesh = await buildMesh({ names: ['home', 'host-a', 'host-b'] });
@@ -15,12 +15,20 @@ test('migrate: the destination daemon is told the MAC is about to arrive; home d
   t.teardown(() => h.stop());
   const daemon = (n: string) => mesh.nodes.get(n)!.daemon;
   await h.addHost('host-a', { expect: (mac) => daemon('host-a').expect(mac) });
-  await h.addHost('host-b', { expect: (mac) => daemon('host-b').expect(mac) });
+  await h.addHost('host-b', {
+    expect: (mac) => {
+      // A migration is authorized on every site before its expect (security.mac_moves: authorized). The
+      // coordinator sends authorizeMove to the hosts' agents; home runs no agent in this test, so the test
+      // authorizes on every daemon itself.
+      authorizeEverywhere(mesh.nodes, mac, 'host-b');
+      return daemon('host-b').expect(mac);
+    },
+  });
   await h.addImage();
   const vm = await h.admin.request<VmRecord>('POST', '/v1/vms', { name: 'web', image: 'tiny' });
   await h.admin.request('POST', '/v1/vms/web/start', { host: 'host-a' });
   // The guest talks on host-a: home learns its MAC behind host-a.
-  mesh.nodes.get('host-a')!.tap.inject(frame('ff:ff:ff:ff:ff:ff', vm.mac, 0x0806, Buffer.alloc(28)));
+  mesh.nodes.get('host-a')!.tap.inject(arp(1, vm.mac, '198.51.100.50', '00:00:00:00:00:00', '198.51.100.1'));
   const mac = macNumber(vm.mac);
   const homeSw = daemon('home').sw;
   await waitFor(() => homeSw.table.get(mac)?.port?.name === 'host-a', 3000, 'home learned the guest behind host-a');

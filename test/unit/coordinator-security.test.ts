@@ -226,6 +226,10 @@ test('migration: the URI comes from the destination registration, a fresh TLS ke
   await waitFor(() => a.guestMacs?.some((g) => g.mac === vm.mac) ?? false, 5000, 'guest MACs at host-a');
   t.deepEqual(a.guestMacs, [{ mac: vm.mac, ip: '198.51.100.7', vm: 'db' }]);
 
+  // The start authorized the MAC on host-a (it may have run elsewhere before); what follows is the migration's.
+  t.is(a.authorized.at(-1)?.siteKey, a.publicKey!, 'the start authorized the MAC on host-a');
+  events.length = 0;
+  for (const x of [home, a, b, c]) x.authorized.length = 0;
   const moved = await h.admin.request<VmRecord>('POST', '/v1/vms/db/migrate', { host: 'host-b' });
   t.is(moved.host, 'host-b');
   const [sent] = h.cloud.sent;

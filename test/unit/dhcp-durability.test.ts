@@ -21,6 +21,7 @@ const CONFIG = {
   pool: '10.77.1.0-10.77.200.255',
   lease_seconds: 3600,
   rate_limit_per_site_per_minute: 1_000_000,
+  max_leases_per_site: 65_536, // every simulated client is behind one site
 };
 
 // The child: leases to simulated clients in a tight loop (many per event-loop turn, so commits are batched),

@@ -213,14 +213,21 @@ test('two concurrent DISCOVERs get different addresses; a repeated DISCOVER gets
 test('leases are keyed by client-id when present, else by MAC', async (t) => {
   const h = setup(t);
   const id = Buffer.from([0xff, 1, 2, 3, 4, 0, 1, 9, 9]);
-  const a = await h.dora(new SimClient(simMac(1), 'plain', undefined, id));
-  // Same client-id, other MAC (e.g. a re-created NIC): the same lease.
-  const again = await h.dora(new SimClient(simMac(2), 'plain', undefined, id));
-  t.is(again.msg.yiaddr, a.msg.yiaddr);
+  const first = new SimClient(simMac(1), 'plain', undefined, id);
+  const a = await h.dora(first);
   // Same MAC, no client-id: another client.
   const b = await h.dora(new SimClient(simMac(1)));
   t.not(b.msg.yiaddr, a.msg.yiaddr);
   t.is(h.server.leases().length, 2);
+  // Same client-id, other MAC while the first lease is active: a client-id is a claim, not a proof (a
+  // guest copying a neighbour's id must not get its address): another client, keyed by its MAC.
+  const thief = await h.dora(new SimClient(simMac(2), 'plain', undefined, id));
+  t.not(thief.msg.yiaddr, a.msg.yiaddr);
+  t.is(h.server.stats.clientIdConflicts >= 1, true);
+  // Once the first MAC released it (e.g. a re-created NIC), the same client-id gets the same lease again.
+  await h.exchange(first.release());
+  const again = await h.dora(new SimClient(simMac(3), 'plain', undefined, id));
+  t.is(again.msg.yiaddr, a.msg.yiaddr);
 });
 
 test('NAK for addresses that are not ours or not free', async (t) => {

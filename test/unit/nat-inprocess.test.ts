@@ -309,7 +309,10 @@ test.serial(
     const key = macKey(Buffer.from(guest.replace(/:/g, ''), 'hex'), 0);
     a.tap.inject(arp(1, guest, '198.51.100.50', '00:00:00:00:00:00', '198.51.100.1'));
     await waitFor(() => [b, c, m.home].every((s) => s.daemon.sw.table.get(key)?.port?.name === 'host-a'));
-    // It migrates to host-b: its RARP-like first frame there is announced at once.
+    // It migrates to host-b: its RARP-like first frame there is announced at once. (The coordinator authorizes
+    // the move on every site first: security.mac_moves: authorized.)
+    const bKey = encodeKey(publicKeyOf(b.key));
+    for (const s of [m.home, a, b, c]) t.true(s.daemon.authorizeMove(guest, bKey, Date.now() + 60_000).ok);
     b.daemon.expect(guest);
     b.tap.inject(arp(1, guest, '198.51.100.50', '00:00:00:00:00:00', '198.51.100.50'));
     await waitFor(() => [a, c, m.home].every((s) => s.daemon.sw.table.get(key)?.port?.name === 'host-b'), 5000);

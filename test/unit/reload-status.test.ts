@@ -27,6 +27,7 @@ function yaml(me: Site, peers: Site[], dir: string, extra = ''): string {
     `private_key: "${encodeKey(me.key)}"`,
     `listen: ${me.address}:51820`,
     'tap: { name: hw0 }',
+    'security: { arp_inspection: learn }', // the guests here have static addresses
     `control: { socket: ${path.join(dir, `${me.name}.sock`)} }`,
     peers.length ? 'peers:' : 'peers: []',
     ...peers.map(
@@ -158,4 +159,13 @@ test('metrics: names and values a scrape sees', async (t) => {
   t.regex(text, /homewire_peer_last_handshake_timestamp_seconds\{peer="host-a"\} \d{10}/);
   t.regex(text, /homewire_mac_moves_total 0/);
   t.regex(text, /homewire_process_cpu_seconds_total/);
+  // Security (README "Security model"): every defence's counters are there from the start.
+  t.regex(text, /homewire_port_security_drops_total\{reason="remote_mac"\} 0/);
+  t.regex(text, /homewire_mac_ownership_drops_total\{reason="move_refused"\} 0/);
+  t.regex(text, /homewire_dhcp_snooping_drops_total\{reason="server_from_guest"\} 0/);
+  t.regex(text, /homewire_arp_inspection_drops_total\{reason="ra_guard"\} 0/);
+  t.regex(text, /homewire_storm_drops_total\{kind="broadcast"\} 0/);
+  t.regex(text, /homewire_handshake_cookies_sent_total 0/);
+  t.regex(text, /homewire_handshake_rate_limited_total 0/);
+  t.regex(text, /homewire_handshake_guard_total\{event="mac1_invalid"\} 0/);
 });

@@ -6,6 +6,7 @@
 //   const dst = await launch({ ...same, incoming: 'tcp:192.0.2.3:4444' });
 //   const r = await vm.migrate('tcp:192.0.2.3:4444');   // polls query-migrate until completed
 //   await vm.stop();
+//   const again = await attach(opts, pid, startTime);  // a QEMU an earlier process launched (detached: true)
 //
 // Encrypted migration (TLS with a pre-shared key; what the host agent always uses):
 //   writePskDir(dir, key)                                  // on both hosts: DIR/keys.psk = "qemu:<hex key>"
@@ -23,7 +24,8 @@
 // uncompressed vmlinux, virtio-net without an option ROM, and QEMU's output redirected to a file.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import { signalChild, stopChild } from '../../proc.ts';
+import { optPath } from './disks.ts';
+import { AdoptedQemu, ChildQemu, type QemuProcess } from './process.ts';
 import { Qmp, type QmpEvent } from './qmp.ts';
 
 export type Accel = 'kvm' | 'tcg';
@@ -38,17 +40,37 @@ export interface LaunchOptions {
   /** TAP interface name QEMU creates (at most 15 characters). */
   tap: string;
   memMb?: number; // default 128
+  cpus?: number; // default 1
   qmpSocket: string;
-  /** Everything the guest prints on its serial port (ttyS0) is appended here. */
   serialLog: string;
   /** Also put the serial port on this unix socket (QEMU listens; one client, e.g. the agent's SerialConsole).
    *  Without it the serial port goes to serialLog only. */
   serialSocket?: string;
-  /** Start with the CPUs stopped (-S): the caller connects to the serial socket first, then sends QMP cont. */
-  paused?: boolean;
-  /** Wait for a migration stream instead of booting: 'tcp:ADDR:PORT', 'unix:PATH' or 'defer' (incomingTls). */
+  /**
+   * Wait for a migration stream instead of booting: 'tcp:ADDR:PORT' or 'unix:PATH', or 'defer' (the stream's
+   * URI comes later with QMP migrate-incoming, after capabilities and TLS are set).
+   */
   incoming?: string;
-  /** Destination of an encrypted migration: the directory holding keys.psk (writePskDir). */
+  /** -S: do not run the CPUs until QMP cont (a storage migration's destination resumes after nbd-server-stop). */
+  paused?: boolean;
+  /** Machine type (default pc; the agent pins the versioned type, e.g. pc-i440fx-7.2, for warm images). */
+  machine?: string;
+  /** CPU model (default: host with KVM, max with TCG). */
+  cpu?: string;
+  /** A writable qcow2 overlay as virtio disk node "disk0" (or a read-only raw/qcow2 file). */
+  disk?: { file: string; format: 'qcow2' | 'raw'; readOnly?: boolean };
+  /** TLS credentials (pre-shared key) object "mtls" for migration and NBD streams. */
+  tls?: { dir: string; endpoint: 'server' | 'client'; identity: string };
+  /** QEMU binary (default qemu-system-x86_64). */
+  binary?: string;
+  /**
+   * The NIC goes nowhere (a TAP "<tap>x" left down) and the TAP waits unplugged: a clone of a warm image loads a NIC with the
+   * original's MAC in its state, which must never reach the network; it is replaced by one on the TAP.
+   */
+  nicDetached?: boolean;
+  /** Own session and process group: the guest outlives this process and its signals (the host agent). */
+  detached?: boolean;
+  /** Destination of an encrypted migration: the directory holding keys.psk (writePskDir; the lab's guests). */
   tlsPskDir?: string;
   /** Seccomp sandbox (default true). */
   sandbox?: boolean;
@@ -99,9 +121,16 @@ export function qemuBinary(): string {
   return 'qemu-system-x86_64';
 }
 
-/** A value inside a QEMU option list: commas are doubled. */
-function qemuOpt(v: string): string {
-  return v.replaceAll(',', ',,');
+/** The node name of a guest's disk (its qcow2 overlay), which mirrors, exports and snapshots address. */
+export const DISK_NODE = 'disk0';
+/** The id of the TLS credentials object a destination is launched with (argv; it stays in that QEMU). */
+export const TLS_OBJECT = 'mtls';
+/** The id of the client credentials a source adds for one outgoing migration (object-add, then object-del). */
+export const TLS_OUT_OBJECT = 'mtls-out';
+
+/** The CPU model a guest gets on this accelerator unless told otherwise. */
+export function defaultCpu(accel: Accel): string {
+  return accel === 'kvm' ? 'host' : 'max';
 }
 
 /** The QEMU argument list for a guest (without the binary). */
@@ -113,13 +142,13 @@ export function qemuArgs(o: LaunchOptions): string[] {
     '-accel',
     accel,
     '-cpu',
-    accel === 'kvm' ? 'host' : 'max',
+    o.cpu ?? defaultCpu(accel),
     '-M',
-    'pc',
+    o.machine ?? 'pc',
     '-m',
     String(o.memMb ?? 128),
     '-smp',
-    '1',
+    String(o.cpus ?? 1),
     '-display',
     'none',
     '-nodefaults',
@@ -128,7 +157,7 @@ export function qemuArgs(o: LaunchOptions): string[] {
     ...(o.serialSocket
       ? [
           '-chardev',
-          `socket,id=ser0,path=${qemuOpt(o.serialSocket)},server=on,wait=off,logfile=${qemuOpt(o.serialLog)},logappend=on`,
+          `socket,id=ser0,path=${optPath(o.serialSocket)},server=on,wait=off,logfile=${optPath(o.serialLog)},logappend=on`,
           '-serial',
           'chardev:ser0',
         ]
@@ -143,13 +172,33 @@ export function qemuArgs(o: LaunchOptions): string[] {
     `console=ttyS0 ${o.append ?? 'quiet'}`,
     '-netdev',
     `tap,id=n0,ifname=${o.tap},script=no,downscript=no`,
+    // nicDetached: the NIC sits on a second TAP that stays down and joins no bridge (it must be a TAP: a saved
+    // virtio-net needs vnet headers); the real TAP waits for a NIC plugged in later.
+    ...(o.nicDetached ? ['-netdev', `tap,id=nx,ifname=${o.tap}x,script=no,downscript=no`] : []),
     '-device',
-    `virtio-net-pci,netdev=n0,mac=${o.mac},romfile=`,
+    `virtio-net-pci,netdev=${o.nicDetached ? 'nx' : 'n0'},mac=${o.mac},romfile=,id=net0`,
   ];
+  if (o.disk) {
+    // Node names, not -drive: mirrors, NBD exports and snapshots address the format node "disk0".
+    args.push(
+      '-blockdev',
+      `driver=file,filename=${optPath(o.disk.file)},node-name=${DISK_NODE}-file${o.disk.readOnly ? ',read-only=on' : ''}`,
+      '-blockdev',
+      `driver=${o.disk.format},file=${DISK_NODE}-file,node-name=${DISK_NODE}${o.disk.readOnly ? ',read-only=on' : ''}`,
+      '-device',
+      `virtio-blk-pci,drive=${DISK_NODE},id=vd0`,
+    );
+  }
+  if (o.tls)
+    args.push(
+      '-object',
+      // The server side takes no username (QEMU refuses one): it looks the client's identity up in keys.psk.
+      `tls-creds-psk,id=${TLS_OBJECT},endpoint=${o.tls.endpoint},dir=${optPath(o.tls.dir)}${o.tls.endpoint === 'client' ? `,username=${o.tls.identity}` : ''}`,
+    );
   if (o.tlsPskDir)
     args.push('-object', `tls-creds-psk,id=${TLS_SERVER_ID},endpoint=server,dir=${safeOptionValue(o.tlsPskDir)}`);
-  if (o.incoming) args.push('-incoming', o.incoming);
   if (o.paused) args.push('-S');
+  if (o.incoming) args.push('-incoming', o.incoming);
   if (o.sandbox !== false) args.push('-sandbox', 'on,obsolete=deny,spawn=deny,resourcecontrol=deny');
   if (o.runAs) {
     if (!/^[1-9]\d*:[1-9]\d*$/.test(o.runAs)) throw new Error(`runAs "${o.runAs}" is not UID:GID (not root)`);
@@ -193,14 +242,13 @@ export class Vm {
 
   constructor(
     readonly opts: LaunchOptions,
-    readonly proc: ChildProcess,
+    readonly proc: QemuProcess,
     readonly qmp: Qmp,
     readonly qemuLog: string,
   ) {
-    this.exited = new Promise((r) => {
-      if (proc.exitCode !== null || proc.signalCode !== null) r();
-      else proc.once('exit', () => r());
-    });
+    this.exited = proc.exited;
+    // An adopted QEMU is not our child: its QMP connection closing is the first sign that it exited.
+    if (proc instanceof AdoptedQemu) qmp.onClose(() => proc.check());
   }
 
   get name(): string {
@@ -210,7 +258,7 @@ export class Vm {
     return this.proc.pid;
   }
   get running(): boolean {
-    return this.proc.exitCode === null && this.proc.signalCode === null;
+    return this.proc.running;
   }
 
   serial(): string {
@@ -354,16 +402,31 @@ export class Vm {
         this.qmp.execute('quit').catch(() => {});
         await Promise.race([this.exited, sleep(1500)]);
       }
-      if (this.running) await stopChild(this.proc, { graceMs: 1500 });
+      if (this.running) {
+        this.proc.kill('SIGTERM');
+        await Promise.race([this.exited, sleep(1500)]);
+      }
+      if (this.running) {
+        this.proc.kill('SIGKILL');
+        await Promise.race([this.exited, sleep(5000)]);
+      }
       this.qmp.close();
+      if (this.proc instanceof AdoptedQemu) this.proc.release();
       for (const f of [this.opts.qmpSocket, this.opts.serialSocket]) if (f) fs.rmSync(f, { force: true });
     })();
     return this.stopping;
   }
 
+  /** Lets go of the guest without stopping it (the agent exits; a later agent re-adopts it). */
+  detach(): void {
+    this.qmp.close();
+    if (this.proc instanceof AdoptedQemu) this.proc.release();
+    else if (this.proc instanceof ChildQemu) this.proc.child.unref();
+  }
+
   /** For process-exit handlers, where promises no longer run. */
   killSync(): void {
-    signalChild(this.proc, 'SIGKILL');
+    this.proc.kill('SIGKILL');
   }
 }
 
@@ -381,17 +444,18 @@ interface MigrateInfo {
 export async function launch(o: LaunchOptions): Promise<Vm> {
   const qemuLog = o.qemuLog ?? `${o.serialLog}.qemu`;
   for (const f of [o.qmpSocket, o.serialLog, o.serialSocket]) if (f) fs.rmSync(f, { force: true });
-  const argv = [qemuBinary(), ...qemuArgs(o)];
+  const argv = [o.binary ?? qemuBinary(), ...qemuArgs(o)];
   const full = o.netns ? ['ip', 'netns', 'exec', o.netns, ...argv] : argv;
   // A background QEMU that inherits a pipe keeps it open: give it a file.
   const fd = fs.openSync(qemuLog, 'a');
   let proc: ChildProcess;
   try {
-    proc = spawn(full[0], full.slice(1), { stdio: ['ignore', fd, fd] });
+    proc = spawn(full[0], full.slice(1), { stdio: ['ignore', fd, fd], detached: o.detached ?? false });
   } finally {
     fs.closeSync(fd);
   }
   proc.on('error', () => {});
+  const handle = new ChildQemu(proc);
   const early = new Promise<never>((_, reject) =>
     proc.once('exit', (code, sig) => {
       let out = '';
@@ -412,10 +476,10 @@ export async function launch(o: LaunchOptions): Promise<Vm> {
   try {
     qmp = await Promise.race([Qmp.connect(o.qmpSocket, 15_000), early]);
   } catch (err) {
-    signalChild(proc, 'SIGKILL');
+    handle.kill('SIGKILL');
     throw err;
   }
-  const vm = new Vm(o, proc, qmp, qemuLog);
+  const vm = new Vm(o, handle, qmp, qemuLog);
   try {
     if (o.bridge || o.tapMtu) await attachTap(o);
   } catch (err) {
@@ -423,6 +487,23 @@ export async function launch(o: LaunchOptions): Promise<Vm> {
     throw err;
   }
   return vm;
+}
+
+/**
+ * Takes over a QEMU that an earlier process launched (detached), known by pid and start time: connects to its
+ * QMP socket. Throws if the process is gone or QMP does not answer. The caller checks QMP's answers (name).
+ */
+export async function attach(o: LaunchOptions, pid: number, startTime: number, timeoutMs = 3000): Promise<Vm> {
+  const handle = new AdoptedQemu(pid, startTime);
+  if (!handle.running) throw new Error(`${o.name}: QEMU pid ${pid} (start time ${startTime}) is gone`);
+  let qmp: Qmp;
+  try {
+    qmp = await Qmp.connect(o.qmpSocket, timeoutMs);
+  } catch (err) {
+    handle.release();
+    throw err;
+  }
+  return new Vm(o, handle, qmp, o.qemuLog ?? `${o.serialLog}.qemu`);
 }
 
 /** Sets the TAP's MTU, joins it to the bridge and sets it up (QEMU made it before QMP answered). */
@@ -444,8 +525,21 @@ export function guestMac(n: number): string {
 }
 
 /** Whether QEMU for x86_64 is installed. */
-export function hasQemu(): boolean {
-  return spawnSync('sh', ['-c', `command -v ${qemuBinary()}`]).status === 0;
+export function hasQemu(binary = qemuBinary()): boolean {
+  return spawnSync('sh', ['-c', 'command -v "$1"', 'sh', binary]).status === 0;
+}
+
+/** "7.2.22" from `qemu-system-x86_64 --version`, or null. */
+export function qemuVersion(binary = qemuBinary()): string | null {
+  const r = spawnSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+  return /version (\d+\.\d+\.\d+)/.exec(r.stdout ?? '')?.[1] ?? null;
+}
+
+/** The versioned machine type an alias stands for ("pc" → "pc-i440fx-7.2"), from `-machine help`. */
+export function resolveMachine(alias: string, binary = qemuBinary()): string {
+  const r = spawnSync(binary, ['-machine', 'help'], { encoding: 'utf8', timeout: 10_000 });
+  const line = (r.stdout ?? '').split('\n').find((l) => l.split(/\s+/)[0] === alias);
+  return /\(alias of ([^)]+)\)/.exec(line ?? '')?.[1] ?? alias;
 }
 
 function sleep(ms: number): Promise<void> {

@@ -1,8 +1,11 @@
 // A QEMU Machine Protocol client over a unix socket: newline-delimited JSON, one command in flight at a time
-// per id, asynchronous events kept in a list with the time they arrived (tests read RESUME/STOP from it).
+// per id, asynchronous events kept in a list with the time they arrived (tests read RESUME/STOP from it) and
+// handed to listeners as they arrive (the agent reacts to MIGRATION and BLOCK_JOB_* events at once: the steps
+// while a guest is paused must not wait for a poll).
 //
 //   const qmp = await Qmp.connect('/run/vm.qmp');   // greeting, then qmp_capabilities
 //   await qmp.execute('query-status');              // → { status: 'running', running: true }
+//   const off = qmp.onEvent((e) => ...); off();
 //   qmp.close();
 import net from 'node:net';
 
@@ -34,8 +37,13 @@ export class QmpError extends Error {
   }
 }
 
+/** Events kept for waitEvent() and tests; older ones are dropped (a guest may run for months). */
+const EVENTS_KEPT = 10_000;
+
 export class Qmp {
   readonly events: QmpEvent[] = [];
+  private readonly listeners = new Set<(e: QmpEvent) => void>();
+  private readonly closeListeners = new Set<() => void>();
   private nextId = 1;
   private buffer = '';
   private readonly pending = new Map<
@@ -49,9 +57,11 @@ export class Qmp {
     socket.setEncoding('utf8');
     socket.on('data', (d: string) => this.onData(d));
     const fail = (err?: Error) => {
+      const was = this.closed;
       this.closed = true;
       for (const p of this.pending.values()) p.reject(err ?? new Error(`QMP connection closed during ${p.command}`));
       this.pending.clear();
+      if (!was) for (const l of this.closeListeners) l();
     };
     socket.on('error', fail);
     socket.on('close', () => fail());
@@ -103,6 +113,22 @@ export class Qmp {
     });
   }
 
+  /** Calls fn with every event from now on; returns the function that stops it. */
+  onEvent(fn: (e: QmpEvent) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  /** Calls fn once when the connection closes (QEMU exited, or close()). */
+  onClose(fn: () => void): () => void {
+    if (this.closed) {
+      fn();
+      return () => {};
+    }
+    this.closeListeners.add(fn);
+    return () => this.closeListeners.delete(fn);
+  }
+
   /** Resolves with the first event named name that arrives after this call (or is already at index from). */
   waitEvent(name: string, timeoutMs = 10_000, from = this.events.length): Promise<QmpEvent> {
     return new Promise((resolve, reject) => {
@@ -119,8 +145,10 @@ export class Qmp {
   }
 
   close(): void {
+    const was = this.closed;
     this.closed = true;
     this.socket.destroy();
+    if (!was) for (const l of this.closeListeners) l();
   }
 
   private onData(d: string): void {
@@ -142,11 +170,14 @@ export class Qmp {
       }
       if (msg.event) {
         const ts = msg.timestamp;
-        this.events.push({
+        const e: QmpEvent = {
           event: msg.event,
           data: msg.data,
           atMs: ts ? ts.seconds * 1000 + ts.microseconds / 1000 : Date.now(),
-        });
+        };
+        this.events.push(e);
+        if (this.events.length > EVENTS_KEPT) this.events.splice(0, this.events.length - EVENTS_KEPT / 2);
+        for (const l of this.listeners) l(e);
         continue;
       }
       const p = msg.id !== undefined ? this.pending.get(String(msg.id)) : undefined;

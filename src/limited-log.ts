@@ -1,6 +1,6 @@
-// Warnings about hostile input (a wrong token, a host acting as another, a refused command), at most one per
-// key per SECURITY_LOG_INTERVAL_MS: whoever sends a million bad requests gets one log line every ten seconds
-// with the count it stands for, never a million. (The same contract as the data plane's src/security one.)
+// Warnings about hostile input (a bad frame, a wrong token, a host acting as another), at most one per key per
+// SECURITY_LOG_INTERVAL_MS: an attacker who sends a million bad frames or requests gets one log line every ten
+// seconds (with the count it stands for), never a million. Shared by the data plane, coordinator and agent.
 import { SECURITY_LOG_INTERVAL_MS } from './constants.ts';
 
 export interface WarnLogger {
@@ -24,7 +24,7 @@ export class LimitedLog {
       return;
     }
     this.log.warn(e && e.suppressed > 0 ? { ...fields, suppressedSinceLast: e.suppressed } : fields, msg);
-    if (this.last.size > 1024) this.last.clear(); // keys are reasons (x host names): bounded anyway
+    if (this.last.size > 1024) this.last.clear(); // keys are reasons x ports or hosts: bounded anyway
     this.last.set(key, { atMs: now, suppressed: 0 });
   }
 }
