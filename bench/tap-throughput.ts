@@ -8,6 +8,9 @@
 //   TAP write              write into TAP A on a bridge with TAP B (nobody reads B: the kernel drops there)
 //   TAP read               a feeder process writes into TAP F; we read TAP B on the same bridge
 //   TAP write+read         one process writes TAP A and reads TAP B (a daemon forwarding both ways)
+//   TAP write UDP ...      IPv4 UDP datagrams to a socket in a namespace (hwf*) behind the TAP, up the kernel's
+//                          stack to the socket (which nobody reads: the kernel drops there): one flow (runs are
+//                          coalesced into UDP GSO frames, native/gro.h) against two flows alternating (no runs)
 
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -28,6 +31,28 @@ function frames(srcByte: number): Buffer[] {
     Buffer.from('020000000099', 'hex').copy(f, 0); // unknown unicast: the bridge floods it to the other ports
     Buffer.from([2, 0, 0, 0, 0, srcByte]).copy(f, 6);
     f.writeUInt16BE(0x88b5, 12); // local experimental ethertype: no stack answers
+    return f;
+  });
+}
+
+/** PER_TURN IPv4 UDP datagrams (FRAME_BYTES frames) from 192.0.2.2 to 192.0.2.1:5000, from `flows` ports in turn. */
+function udpFrames(dstMac: Buffer, flows: number): Buffer[] {
+  return Array.from({ length: PER_TURN }, (_, i) => {
+    const f = Buffer.alloc(FRAME_BYTES, i);
+    dstMac.copy(f, 0);
+    Buffer.from('020000c0ffee', 'hex').copy(f, 6);
+    f.writeUInt16BE(0x0800, 12);
+    const ipLen = FRAME_BYTES - 14;
+    const h = Buffer.from([0x45, 0, ipLen >> 8, ipLen & 255, 0, 0, 0x40, 0, 64, 17, 0, 0, 192, 0, 2, 2, 192, 0, 2, 1]);
+    let sum = 0;
+    for (let k = 0; k < 20; k += 2) sum += h.readUInt16BE(k);
+    while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+    h.writeUInt16BE(0xffff - sum, 10);
+    h.copy(f, 14);
+    f.writeUInt16BE(4000 + (i % flows), 34);
+    f.writeUInt16BE(5000, 36);
+    f.writeUInt16BE(ipLen - 20, 38);
+    f.writeUInt16BE(0, 40); // no checksum (IPv4 allows it)
     return f;
   });
 }
@@ -174,6 +199,58 @@ async function main(): Promise<void> {
       }
     }),
   );
+
+  for (const [name, flows] of [
+    ['TAP write UDP, one flow (coalesced)', 1],
+    ['TAP write UDP, 2 flows alternating', 2],
+  ] as const) {
+    rows.push(
+      await measure(name, seconds, async () => {
+        const ns = uniq('hwfns');
+        ip('netns', 'add', ns);
+        const tap = NativeTap.open({ name: uniq('hwf'), mtu: 1500 });
+        try {
+          ip('link', 'set', 'dev', tap.name, 'netns', ns);
+          ip('-n', ns, 'addr', 'add', '192.0.2.1/24', 'dev', tap.name);
+          ip('-n', ns, 'link', 'set', 'dev', tap.name, 'up');
+          ip(
+            '-n',
+            ns,
+            'neigh',
+            'replace',
+            '192.0.2.2',
+            'lladdr',
+            '02:00:00:c0:ff:ee',
+            'dev',
+            tap.name,
+            'nud',
+            'permanent',
+          );
+          // A socket that never reads, in the namespace (socat holds it open).
+          const sink = spawn(
+            'ip',
+            ['netns', 'exec', ns, 'socat', '-u', 'UDP-RECV:5000,bind=192.0.2.1', 'SYSTEM:sleep 3600'],
+            {
+              stdio: 'ignore',
+            },
+          );
+          await new Promise((r) => setTimeout(r, 300));
+          const mac = Buffer.from(
+            execFileSync('ip', ['-n', ns, '-o', 'link', 'show', 'dev', tap.name], { encoding: 'utf8' })
+              .match(/link\/ether ([0-9a-f:]{17})/)![1]
+              .replace(/:/g, ''),
+            'hex',
+          );
+          await pump(tap, udpFrames(mac, flows), seconds);
+          sink.kill('SIGKILL');
+          return { written: tap.stats.txFrames, dropped: tap.stats.txDropped };
+        } finally {
+          tap.close();
+          ip('netns', 'del', ns);
+        }
+      }),
+    );
+  }
 
   const fmt = (x: number | undefined, d = 0): string => (x === undefined ? '-' : x.toFixed(d));
   const gbps = (fps: number | undefined): string =>

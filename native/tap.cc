@@ -5,6 +5,7 @@
 //   Tap.startReading(slab, lengths: Uint32Array, stride, maxFrames, onRead(count))
 //   Tap.stopReading()
 //   Tap.writeBatch(frames: Uint8Array[], count) -> frames accepted (written now or queued)
+//   Tap.syncCounters()   (writer thread: brings the thread's counters into the shared array)
 //   Tap.close()
 //   Tap.name / ifindex / mac (Buffer) / mtu / persistent / fd
 //   COUNTER_NAMES: the layout of the shared counters array (native writes, JS reads)
@@ -18,6 +19,13 @@
 //          per write). On EAGAIN the rest is copied into a bounded ring (reused slots), UV_WRITABLE
 //          is polled and the ring drained when writable; frames beyond the bound are dropped and
 //          counted. Order is kept: while the ring is not empty, new frames go behind it.
+//   writer thread (open({ writerThread: true }); off by default, HOMEWIRE_TAP_WRITER_THREAD=1): the ring
+//          is a queue to a thread of the TAP's own (worker.h) that does the write()s, so the kernel's work
+//          for each frame (the bridge, the receiving stack) runs on another core while JS goes on; it waits out EAGAIN
+//          with poll(). A batch of at most kInlineFrames frames is written inline when the queue is empty (a lone ping
+//          does not wait for a thread to wake up). Counters the thread moves are atomics, copied into the shared array
+//          by writeBatch() and syncCounters(). A batch is refused whole while the queue's delay is above
+//          delay::kQueueDelayMaxNs; writeQueueBytes bounds its memory.
 //
 // Lifetime: close() stops polling, closes the fd at once (libuv documents this as safe right after
 // uv_poll_stop/uv_close, and it makes the interface disappear when close() returns) and uv_close()s
@@ -32,9 +40,12 @@
 #include <napi.h>
 #include <sys/uio.h>
 
+#include "delay.h"
 #include "gro.h"
+#include "worker.h"
 #include <uv.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -47,11 +58,14 @@
 #include <linux/sockios.h>
 #include <net/if.h>
 #include <net/if_arp.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-void InitUdp(Napi::Env env, Napi::Object exports);  // native/udp.cc: batched UDP sends
+void InitUdp(Napi::Env env, Napi::Object exports);    // native/udp.cc: batched UDP sends
+void InitUdpRx(Napi::Env env, Napi::Object exports);  // native/udp_rx.cc: batched UDP receives
+void InitAead(Napi::Env env, Napi::Object exports);   // native/aead.cc: ChaCha20-Poly1305 per key
 
 namespace {
 
@@ -70,9 +84,10 @@ enum Counter : int {
   C_RX_SEGMENTED,          // frames cut out of large (TSO) reads
   C_COUNT
 };
-const char* const kCounterNames[C_COUNT] = {"txFrames",    "txBytes",  "txDroppedQueue", "txDroppedError",
-                                            "rxErrors",    "txQueued", "txEagain",       "lastErrno",
-                                            "txCoalesced", "txWrites", "rxSegmented"};
+const char* const kCounterNames[] = {"txFrames",    "txBytes",  "txDroppedQueue", "txDroppedError",
+                                     "rxErrors",    "txQueued", "txEagain",       "lastErrno",
+                                     "txCoalesced", "txWrites", "rxSegmented"};
+static_assert(sizeof(kCounterNames) / sizeof(kCounterNames[0]) == C_COUNT, "one name per counter");
 
 // ---- Errors ------------------------------------------------------------------------------------
 struct SysErr {
@@ -305,7 +320,9 @@ bool OpenTap(const OpenArgs& a, OpenResult* r, SysErr* e) {
     (void)ioctl(fd, TUNSETVNETHDRSZ, &hdrSize);  // 10 is also the kernel's default
     // Reads: the kernel may hand over large TCP frames (TSO) and partial checksums; the addon cuts and
     // completes them (gro.h, gso::) before JS sees them, so the mesh only ever carries ordinary frames.
-    if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4)) != 0) (void)ioctl(fd, TUNSETOFFLOAD, 0UL);
+    if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)) != 0 &&
+        ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4)) != 0)
+      (void)ioctl(fd, TUNSETOFFLOAD, 0UL);
     r->vnet = true;
   }
 
@@ -370,6 +387,18 @@ struct Init {
   OpenResult info;
   Napi::Float64Array counters;
   uint32_t queueMax;
+  bool writerThread = false;
+  size_t queueBytes = 0;     // writer thread: bytes queued at most (0: no bound beyond queueMax)
+  bool coalesceUdp = false;  // UDP runs too (off: see groOff_)
+};
+
+constexpr uint32_t kInlineFrames = 32;  // writer thread: batches this small are written inline when it is idle
+
+// One write() for the writer thread: a frame (with its virtio_net_hdr) or a coalesced run.
+struct Unit {
+  std::vector<uint8_t> bytes;
+  uint32_t frames = 0;
+  uint64_t queuedNs = 0;  // when it was queued (delay.h)
 };
 
 struct AddonData {
@@ -384,6 +413,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
                            InstanceMethod<&Tap::StartReading>("startReading"),
                            InstanceMethod<&Tap::StopReading>("stopReading"),
                            InstanceMethod<&Tap::WriteBatch>("writeBatch"),
+                           InstanceMethod<&Tap::SyncCountersJs>("syncCounters"),
                            InstanceMethod<&Tap::Close>("close"),
                            InstanceAccessor<&Tap::GetName>("name"),
                            InstanceAccessor<&Tap::GetIfindex>("ifindex"),
@@ -405,7 +435,14 @@ class Tap : public Napi::ObjectWrap<Tap> {
     info_ = init->info;
     ctr_ = init->counters.Data();
     ctrRef_ = Napi::Persistent(static_cast<Napi::Object>(init->counters));
-    ring_.resize(init->queueMax);
+    if (!init->coalesceUdp) groOff_ = (1u << gro::kUdp4) | (1u << gro::kUdp6);
+    if (init->writerThread) {
+      threaded_ = true;
+      queueBytesMax_ = init->queueBytes;
+      writer_.Start(init->queueMax, [this](Unit& u) { WriteUnit(u); });
+    } else {
+      ring_.resize(init->queueMax);
+    }
 
     uv_loop_t* loop = nullptr;
     if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
@@ -488,18 +525,24 @@ class Tap : public Napi::ObjectWrap<Tap> {
       return Napi::Number::New(env, 0);
     }
     if (qcount_ > 0) DrainQueue();
+    inline_ = n <= kInlineFrames;
+    if (QueueTooSlow()) {
+      dropQueueMain_ += n;
+      if (threaded_) SyncCounters();
+      return Napi::Number::New(env, 0);
+    }
     uint32_t accepted = 0;
     uint32_t i = 0;
     while (i < n) {
       uint8_t* data;
       size_t len;
       if (!Frame(env, arr, i, &data, &len)) {
-        ctr_[C_TX_DROPPED_ERROR]++;
+        DroppedError(1, EINVAL);
         i++;
         continue;
       }
       gro::Seg first;
-      if (!info_.vnet || groBroken_ || !gro::Parse(data, len, &first)) {
+      if (!info_.vnet || !gro::Parse(data, len, &first) || ((groBroken_ | groOff_) & (1u << first.kind))) {
         accepted += Emit(data, len, info_.vnet, 1, len);
         i++;
         continue;
@@ -528,8 +571,14 @@ class Tap : public Napi::ObjectWrap<Tap> {
       i = j;
     }
     ctr_[C_TX_QUEUED] = (double)qcount_;
+    if (threaded_) SyncCounters();
     UpdatePoll();
     return Napi::Number::New(env, accepted);
+  }
+
+  Napi::Value SyncCountersJs(const Napi::CallbackInfo& info) {
+    if (threaded_ && !closed_) SyncCounters();
+    return info.Env().Undefined();
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
@@ -559,7 +608,8 @@ class Tap : public Napi::ObjectWrap<Tap> {
       return true;
     }
     size_t hdrs = 0;
-    size_t k = h.gsoType == 1 ? gso::SegmentCount(f, len, h, &hdrs) : 0;  // VIRTIO_NET_HDR_GSO_TCPV4
+    bool tcp = h.gsoType == gro::kVnetGsoTcpV4 || h.gsoType == gro::kVnetGsoTcpV6;
+    size_t k = tcp ? gso::SegmentCount(f, len, h, &hdrs) : 0;
     if (k == 0 || k > maxFrames_ || hdrs + h.gsoSize > stride_) return false;
     if (*n + k > maxFrames_) {
       CallRead((int32_t)*n);
@@ -576,6 +626,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
   // on EAGAIN. Returns the frames accepted; *refused is the errno of a write the kernel refused, else 0.
   uint32_t Put(const iovec* iov, int n, uint32_t frames, size_t bytes, int* refused) {
     *refused = 0;
+    if (threaded_) return PutThreaded(iov, n, frames, bytes, refused);
     if (qcount_ == 0) {
       ssize_t w;
       do w = writev(fd_, iov, n);
@@ -604,10 +655,106 @@ class Tap : public Napi::ObjectWrap<Tap> {
     return frames;
   }
 
-  void Refused(int err, uint32_t frames) {
-    ctr_[C_TX_DROPPED_ERROR] += frames;
-    ctr_[C_LAST_ERRNO] = err;
+  // Writer thread: inline when allowed and nothing is queued, else queued for the thread.
+  uint32_t PutThreaded(const iovec* iov, int n, uint32_t frames, size_t bytes, int* refused) {
+    if ((inline_ || forceInline_) && writer_.Empty()) {
+      ssize_t w;
+      do w = writev(fd_, iov, n);
+      while (w < 0 && errno == EINTR);
+      if (w >= 0) {
+        aFrames_.fetch_add(frames, std::memory_order_relaxed);
+        aBytes_.fetch_add(bytes, std::memory_order_relaxed);
+        aWrites_.fetch_add(1, std::memory_order_relaxed);
+        return frames;
+      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        *refused = errno;
+        return 0;
+      }
+      aEagain_.fetch_add(1, std::memory_order_relaxed);
+    }
+    size_t size = bytes + (info_.vnet ? gro::kVnetHdrBytes : 0);
+    Unit* u = writer_.Reserve();
+    if (u == nullptr || (queueBytesMax_ > 0 && !writer_.Empty() &&
+                         queuedBytes_.load(std::memory_order_relaxed) + size > queueBytesMax_)) {
+      dropQueueMain_ += frames;
+      return 0;
+    }
+    queuedBytes_.fetch_add(size, std::memory_order_relaxed);
+    u->bytes.clear();
+    for (int i = 0; i < n; i++) {
+      const uint8_t* b = static_cast<const uint8_t*>(iov[i].iov_base);
+      u->bytes.insert(u->bytes.end(), b, b + iov[i].iov_len);
+    }
+    u->frames = frames;
+    u->queuedNs = delay::MonotonicNs();
+    writer_.Publish();
+    return frames;
   }
+
+  // The writer thread: one unit (noting how long it waited), waiting out EAGAIN.
+  void WriteUnit(Unit& u) {
+    lastSojournNs_.store(delay::MonotonicNs() - u.queuedNs, std::memory_order_relaxed);
+    WriteUnitNow(u);
+    queuedBytes_.fetch_sub(u.bytes.size(), std::memory_order_relaxed);
+  }
+
+  void WriteUnitNow(Unit& u) {
+    for (;;) {
+      ssize_t w = write(fd_, u.bytes.data(), u.bytes.size());
+      if (w >= 0) {
+        aFrames_.fetch_add(u.frames, std::memory_order_relaxed);
+        aBytes_.fetch_add(u.bytes.size() - (info_.vnet ? gro::kVnetHdrBytes : 0), std::memory_order_relaxed);
+        aWrites_.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        aEagain_.fetch_add(1, std::memory_order_relaxed);
+        pollfd p = {fd_, POLLOUT, 0};
+        (void)poll(&p, 1, 50);
+        if (writer_.Stopping()) break;
+        continue;
+      }
+      aErrno_.store(errno, std::memory_order_relaxed);
+      break;
+    }
+    aDropErr_.fetch_add(u.frames, std::memory_order_relaxed);
+  }
+
+  // Writer thread: is the queue already too slow? Judged by how long the unit the thread wrote last had waited
+  // (none when the queue is empty). Then the whole batch is refused, not single frames: the frames of a batch
+  // belong together (IP fragments of one datagram, a TCP run), and a lost fragment holds the receiver's
+  // reassembly memory for 30 s.
+  bool QueueTooSlow() {
+    if (!threaded_ || writer_.Empty()) return false;
+    return lastSojournNs_.load(std::memory_order_relaxed) > delay::kQueueDelayMaxNs;
+  }
+
+  // Writer thread: the thread's counters into the shared array (the main thread's own go there directly).
+  void SyncCounters() {
+    ctr_[C_TX_FRAMES] = (double)aFrames_.load(std::memory_order_relaxed);
+    ctr_[C_TX_BYTES] = (double)aBytes_.load(std::memory_order_relaxed);
+    ctr_[C_TX_WRITES] = (double)aWrites_.load(std::memory_order_relaxed);
+    ctr_[C_TX_EAGAIN] = (double)aEagain_.load(std::memory_order_relaxed);
+    ctr_[C_TX_DROPPED_ERROR] = (double)aDropErr_.load(std::memory_order_relaxed);
+    ctr_[C_TX_DROPPED_QUEUE] = dropQueueMain_;
+    int e = aErrno_.load(std::memory_order_relaxed);
+    if (e != 0) ctr_[C_LAST_ERRNO] = e;
+    ctr_[C_TX_QUEUED] = (double)writer_.Size();
+  }
+
+  void DroppedError(uint32_t frames, int err) {
+    if (threaded_) {
+      aDropErr_.fetch_add(frames, std::memory_order_relaxed);
+      aErrno_.store(err, std::memory_order_relaxed);
+    } else {
+      ctr_[C_TX_DROPPED_ERROR] += frames;
+      ctr_[C_LAST_ERRNO] = err;
+    }
+  }
+
+  void Refused(int err, uint32_t frames) { DroppedError(frames, err); }
 
   // One frame as it came (with an all-zero virtio_net_hdr in front when zeroHdr).
   uint32_t Emit(const uint8_t* data, size_t len, bool zeroHdr, uint32_t frames, size_t bytes) {
@@ -622,15 +769,25 @@ class Tap : public Napi::ObjectWrap<Tap> {
     return ok;
   }
 
-  // merged_ (a coalesced frame with its header). A kernel that refuses it (EINVAL) gets the segments one
-  // by one from now on.
+  // merged_ (a coalesced frame with its header). A kernel that refuses it (EINVAL: e.g. no UDP GSO from a
+  // TAP before Linux 6.2) gets that kind's segments one by one from now on.
   uint32_t EmitMerged(uint32_t frames, size_t bytes) {
     iovec iov = {merged_.data(), merged_.size()};
     int refused;
+    // Writer thread: the first coalesced frame of each kind is written here, after the queue drained, so a
+    // kernel that refuses the kind says so to us (and gets segments) rather than to the thread.
+    uint32_t kind = 1u << segs_[0].kind;
+    bool probe = threaded_ && !(provenKinds_ & kind);
+    if (probe) {
+      while (!writer_.Empty()) std::this_thread::yield();
+      forceInline_ = true;
+    }
     uint32_t ok = Put(&iov, 1, frames, bytes, &refused);
+    forceInline_ = false;
+    if (probe && ok > 0 && writer_.Empty()) provenKinds_ |= kind;
     if (ok > 0) ctr_[C_TX_COALESCED] += frames;
     if (refused == EINVAL) {
-      groBroken_ = true;
+      groBroken_ |= 1u << segs_[0].kind;
       ctr_[C_LAST_ERRNO] = EINVAL;
       for (const gro::Seg& sg : segs_) ok += Emit(sg.f, sg.len, true, 1, sg.len);
     } else if (refused != 0) {
@@ -819,6 +976,11 @@ class Tap : public Napi::ObjectWrap<Tap> {
       box_ = nullptr;
     }
     events_ = 0;
+    if (threaded_ && writer_.Running()) {
+      writer_.Stop();  // joins: the thread is done with the fd before it is closed
+      aDropErr_.fetch_add(writer_.Size(), std::memory_order_relaxed);
+      if (ctr_ != nullptr) SyncCounters();
+    }
     if (fd_ >= 0) {
       close(fd_);  // safe right after uv_poll_stop(); the TAP disappears now (unless persistent)
       fd_ = -1;
@@ -870,8 +1032,24 @@ class Tap : public Napi::ObjectWrap<Tap> {
   std::vector<gro::Seg> segs_;
   std::vector<uint8_t> big_ = std::vector<uint8_t>(65536 + 256);  // one offloaded (TSO) read
   std::vector<uint8_t> merged_;
-  bool groBroken_ = false;  // the kernel refused a coalesced frame once: write segments one by one
+  // Kinds not coalesced by choice. UDP runs are off by default: the receiving stack hands a coalesced run to a
+  // socket that did not ask for UDP_GRO as one burst of up to 64 datagrams, which overflows a default-size
+  // receive buffer (an application's own socket behind the TAP) where single frames would not.
+  uint32_t groOff_ = 0;
+  uint32_t groBroken_ = 0;  // kinds (bits) whose coalesced frames the kernel refused: written one by one
   size_t qhead_ = 0, qcount_ = 0;
+  // writer thread (worker.h): the queue, whether this batch may write inline, and the counters it moves
+  bool threaded_ = false;
+  bool inline_ = false;
+  bool forceInline_ = false;
+  uint32_t provenKinds_ = 0;  // coalesced kinds (bits) the kernel took from us once: the thread may write them
+  worker::Ring<Unit> writer_;
+  std::atomic<uint64_t> aFrames_{0}, aBytes_{0}, aWrites_{0}, aEagain_{0}, aDropErr_{0};
+  std::atomic<int> aErrno_{0};
+  std::atomic<size_t> queuedBytes_{0};
+  size_t queueBytesMax_ = 0;
+  std::atomic<uint64_t> lastSojournNs_{0};  // how long the unit the thread wrote last had waited
+  double dropQueueMain_ = 0;                // frames dropped: the queue was full or too slow
 };
 
 // ---- Module functions --------------------------------------------------------------------------
@@ -890,6 +1068,12 @@ bool ReadCommon(Napi::Env env, Napi::Object o, Napi::Float64Array* counters, uin
   }
   *queueMax = q.As<Napi::Number>().Uint32Value();
   return true;
+}
+
+bool WriterThreadOption(Napi::Object o, size_t* queueBytes) {
+  Napi::Value b = o.Get("writeQueueBytes");
+  *queueBytes = b.IsNumber() ? (size_t)b.As<Napi::Number>().Int64Value() : 0;
+  return o.Get("writerThread").ToBoolean().Value();
 }
 
 Napi::Value NewTap(Napi::Env env, Init* init) {
@@ -915,6 +1099,8 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   if (qlen.IsNumber()) args.txQueueLen = qlen.As<Napi::Number>().Int32Value();
   Init init{-1, {}, Napi::Float64Array(), 0};
   if (!ReadCommon(env, o, &init.counters, &init.queueMax)) return env.Undefined();
+  init.writerThread = WriterThreadOption(o, &init.queueBytes);
+  init.coalesceUdp = o.Get("coalesceUdp").ToBoolean().Value();
   SysErr e;
   if (!OpenTap(args, &init.info, &e)) return ThrowSys(env, e);
   init.fd = init.info.fd;
@@ -928,6 +1114,8 @@ Napi::Value WrapFd(const Napi::CallbackInfo& info) {
     return ThrowType(env, "wrapFd(fd, { counters, writeQueueMax })");
   Init init{info[0].As<Napi::Number>().Int32Value(), {}, Napi::Float64Array(), 0};
   if (!ReadCommon(env, info[1].As<Napi::Object>(), &init.counters, &init.queueMax)) return env.Undefined();
+  init.writerThread = WriterThreadOption(info[1].As<Napi::Object>(), &init.queueBytes);
+  init.coalesceUdp = info[1].As<Napi::Object>().Get("coalesceUdp").ToBoolean().Value();
   init.info.fd = init.fd;
   init.info.name = "fd" + std::to_string(init.fd);
   fcntl(init.fd, F_SETFL, fcntl(init.fd, F_GETFL) | O_NONBLOCK);
@@ -957,6 +1145,8 @@ Napi::Value SocketPair(const Napi::CallbackInfo& info) {
 
 Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   InitUdp(env, exports);
+  InitUdpRx(env, exports);
+  InitAead(env, exports);
   AddonData* data = new AddonData();
   data->tapCtor = Napi::Persistent(Tap::Define(env));
   env.SetInstanceData<AddonData>(data);

@@ -126,8 +126,20 @@ export const TICK_MS = 250; // one tick drives all ageing, retries, keepalives
 // --- TAP --------------------------------------------------------------------------------------------
 export const TAP_FRAMES_PER_WAKEUP = 128; // slab slots: a 64 KB TSO read alone cuts into ~48 frames
 export const TAP_FRAME_STRIDE_BYTES = 9216; // room for jumbo frames up to 9 KB
-export const TAP_TX_QUEUE_LEN = 10_000; // kernel queue towards the daemon (default 1000 overflows in bursts)
-export const TAP_WRITE_QUEUE_MAX = 1024; // frames waiting on EAGAIN before new ones are dropped
+export const TAP_TX_QUEUE_LEN = 1000; // the kernel's queue towards the daemon (its default; deeper is latency)
+export const TAP_WRITE_QUEUE_MAX = 1024; // frames waiting on EAGAIN (or for the writer thread) before drops
+export const TAP_WRITE_QUEUE_BYTES = 16 * 1024 * 1024; // writer thread: memory bound (native/delay.h bounds the wait)
+
+// --- UDP receive (native/udp_rx.cc) -----------------------------------------------------------------
+export const UDP_RX_DATAGRAMS_MAX = 1024; // datagrams per JS call (a coalesced run holds up to 64)
+export const UDP_RX_BUFFER_BYTES = 65_536; // per received message: a coalesced (GRO) run is up to 64 KB
+export const UDP_RX_SLAB_BYTES = 4 * 1024 * 1024; // received datagrams are copied here, never overwritten
+export const UDP_TX_QUEUE_MAX = 64; // batches (each up to a TAP read's worth) waiting for the send thread
+export const UDP_TX_QUEUE_BYTES = 16 * 1024 * 1024; // send thread: memory bound (native/delay.h bounds the wait)
+// The receive buffer is the queue in front of a busy daemon: TCP through the mesh fills it, and a ping waits behind
+// it (1 MB: 9 ms under a TCP stream on this machine, 256 KB: 4 ms). The kernel doubles both values.
+export const UDP_RECV_BUFFER_BYTES = 256 * 1024;
+export const UDP_SEND_BUFFER_BYTES = 1024 * 1024; // the send thread's or sendmmsg's room before EAGAIN
 
 // --- MAC mobility (live migration) ------------------------------------------------------------------
 export const MOVE_FORWARD_GRACE_MS = 2_000; // old host forwards frames for a moved MAC to its new host

@@ -20,6 +20,7 @@ import { meshReport, type StatusReport } from './status.ts';
 import { OperatorError } from './errors.ts';
 import { LOCAL, Switch } from './switch.ts';
 import type { TapDevice } from './tap/device.ts';
+import { latencyReport } from './trace.ts';
 import { DgramSocket } from './udp/dgram.ts';
 import type { UdpSocket } from './udp/socket.ts';
 import { type Connect, TcpLinks, Underlay } from './udp/tcp.ts';
@@ -150,12 +151,22 @@ export class Daemon {
   async start(): Promise<void> {
     const { sw, mesh, log } = this;
     mesh.start({
-      frame: (peer, frame) => sw.fromPeer(peer, frame),
+      frame: (peer, frame) => {
+        this.tap.holdFlush?.(); // batchEnd below flushes
+        sw.fromPeer(peer, frame);
+      },
       signal: (peer, payload) => sw.onSignal(peer, payload),
       peerState: (peer, up) => log.info({ peer: peer.name, endpoint: peer.endpoint }, up ? 'peer up' : 'peer down'),
+      batchEnd: () => this.tap.flush?.(), // a lone frame (a ping) goes to the TAP at once
+    });
+    this.tap.start({
+      frame: (frame) => {
+        mesh.holdFlush(); // batchEnd flushes
+        sw.fromTap(frame);
+      },
+      batchEnd: () => mesh.flush(),
     });
     this.readInfraMacs(this.now());
-    this.tap.start({ frame: (frame) => sw.fromTap(frame), batchEnd: () => mesh.flush() });
     this.timer = setInterval(() => this.tick(), TICK_MS);
     if (this.services) {
       try {
@@ -433,7 +444,7 @@ export class Daemon {
       name: this.config.name,
       publicKey: encodeKey(this.config.publicKey),
       listen: formatEndpoint(sock.address, sock.port),
-      tap: { name: this.tap.name, mtu: this.tap.mtu, ...this.tap.stats },
+      tap: { name: this.tap.name, mtu: this.tap.mtu, ...this.tap.stats, ...this.tap.detail },
       uptimeSeconds: Math.round((now - this.startedMs) / 1000),
       peers: this.mesh.peers.map((p) => ({
         name: p.name,
@@ -467,6 +478,8 @@ export class Daemon {
       hostAddress: this.overlayAddress() ?? null,
       dhcp: this.dhcp ? { leases: this.dhcp.leases(), active: this.dhcp.stats.leasesActive } : null,
       agent: this.agent?.status() ?? null,
+      udp: sock.stats,
+      latency: latencyReport() ?? undefined,
     };
   }
 

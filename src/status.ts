@@ -4,6 +4,8 @@ import type { GuestReport, Hypervisor as HypervisorInfo, MeshReport } from './co
 import type { DhcpLeaseInfo } from './dhcp/server.ts';
 import type { Learned, PathKind, PeerStats } from './mesh/peer.ts';
 import type { TapStats } from './tap/device.ts';
+import type { HistogramSummary } from './trace.ts';
+import type { UdpStats } from './udp/socket.ts';
 
 export interface PeerStatus extends PeerStats {
   name: string;
@@ -101,6 +103,10 @@ export interface StatusReport {
   hostAddress: string | null;
   dhcp: { leases: DhcpLeaseInfo[]; active: number } | null;
   agent: AgentStatus | null;
+  /** The underlay socket's receive path and counters (absent for sockets that keep none). */
+  udp?: UdpStats;
+  /** Debug (HOMEWIRE_TRACE_LATENCY=1): per-stage time histograms, see src/trace.ts. */
+  latency?: Record<string, HistogramSummary>;
 }
 
 /** What the host agent reports about the mesh: this daemon's endpoint and how it sees its peers. */

@@ -162,7 +162,9 @@ async function udpProbe(bed: Bed, payloadBytes: number, mbps: number, seconds: n
     offeredMbps: mbps,
     sentMbps: sent.bits_per_second / 1e6,
     receivedMbps: received.bits_per_second / 1e6,
-    lossPct: received.lost_percent,
+    // Nothing arrived: iperf3 says 0 % of 0 lost, which is no pass (e.g. the receiver's IP reassembly memory full
+    // of half datagrams from an overloaded probe before, refusing every fragment for its 30 s timeout).
+    lossPct: received.bits_per_second > 0 ? received.lost_percent : 100,
   };
 }
 

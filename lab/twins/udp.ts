@@ -9,7 +9,7 @@
 //   udp-blocked         no UDP out at all (TCP passes: MemoryNetwork.connect)
 // TCP (listen_tcp / endpoint_tcp) is a pair of in-memory streams: MemoryNetwork.listenTcp / connect.
 import { duplexPair, type Duplex } from 'node:stream';
-import type { UdpHandler, UdpSocket } from '../../src/udp/socket.ts';
+import type { UdpBatchEnd, UdpHandler, UdpSocket } from '../../src/udp/socket.ts';
 import type { TcpLinks } from '../../src/udp/tcp.ts';
 import { formatEndpoint } from '../../src/addr.ts';
 
@@ -177,6 +177,7 @@ export class MemoryNetwork {
 
 export class MemoryUdp implements UdpSocket {
   private handler: UdpHandler | null = null;
+  private batchEnd: UdpBatchEnd | null = null;
   readonly family: 4 | 6;
   /** A local firewall refusing UDP: sends fail at once (and count), as EPERM from the kernel would. */
   failSends = false;
@@ -188,8 +189,9 @@ export class MemoryUdp implements UdpSocket {
   ) {
     this.family = address.includes(':') ? 6 : 4;
   }
-  start(handler: UdpHandler): void {
+  start(handler: UdpHandler, batchEnd?: UdpBatchEnd): void {
     this.handler = handler;
+    this.batchEnd = batchEnd ?? null;
   }
   send(msg: Buffer, port: number, address: string): void {
     if (this.failSends) this.sendErrors++;
@@ -199,12 +201,15 @@ export class MemoryUdp implements UdpSocket {
     if (this.failSends) this.sendErrors += count;
     else for (let i = 0; i < count; i++) this.net.route(msgs[i], this, port, address);
   }
+  /** One datagram arrives: a batch of one, as the real socket's wake-up with a lone datagram. */
   deliver(msg: Buffer, address: string, port: number): void {
     this.net.delivered++;
     this.handler?.(msg, address, port);
+    this.batchEnd?.();
   }
   async close(): Promise<void> {
     this.handler = null;
+    this.batchEnd = null;
     this.net.unbind(this);
   }
 }

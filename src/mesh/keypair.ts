@@ -1,8 +1,9 @@
 // One direction pair of transport keys from a completed handshake, with its counters and replay window.
-// encrypt/decrypt are the per-packet hot path: preallocated nonce, no closures, no allocation but the
-// outgoing datagram.
+// encrypt/decrypt are the per-packet hot path: keys set up once (mesh/aead.ts), no closures, no allocation
+// but the outgoing datagram.
 import sodium from 'sodium-native';
 import { AEAD_TAG_BYTES, TRANSPORT_HEADER_BYTES } from '../constants.ts';
+import { type Aead, type AeadImpl, aeadFor } from './aead.ts';
 import { ReplayWindow } from './replay.ts';
 import { MAX_COUNTER, readCounter, writeTransportHeader } from './wire.ts';
 
@@ -15,8 +16,8 @@ export type OpenRefusal = typeof OPEN_NOT_AUTHENTIC | typeof OPEN_REPLAYED | typ
 export class Keypair {
   sendCounter = 0;
   readonly replay = new ReplayWindow();
-  private readonly sendNonce = Buffer.alloc(12);
-  private readonly recvNonce = Buffer.alloc(12);
+  private readonly sendAead: Aead;
+  private readonly recvAead: Aead;
 
   constructor(
     private readonly sendKey: Buffer,
@@ -25,7 +26,11 @@ export class Keypair {
     readonly remoteIndex: number,
     readonly initiator: boolean,
     readonly createdMs: number,
-  ) {}
+    aead?: AeadImpl,
+  ) {
+    this.sendAead = aeadFor(sendKey, aead);
+    this.recvAead = aeadFor(recvKey, aead);
+  }
 
   /** Encrypts payload (borrowed) into a new datagram with header; returns null if counters are exhausted.
    *  `site` is the relayed messages' site id (authenticated with the header). */
@@ -35,18 +40,7 @@ export class Keypair {
     this.sendCounter = counter + 1;
     const out = Buffer.allocUnsafe(TRANSPORT_HEADER_BYTES + payload.length + AEAD_TAG_BYTES);
     writeTransportHeader(out, type, this.remoteIndex, counter, site);
-    const nonce = this.sendNonce;
-    nonce.writeUInt32LE(counter >>> 0, 4);
-    nonce.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), 8);
-    sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
-      out.subarray(TRANSPORT_HEADER_BYTES),
-      payload,
-      out.subarray(0, TRANSPORT_HEADER_BYTES),
-      null,
-      nonce,
-      this.sendKey,
-    );
-    return out;
+    return this.sendAead.seal(out, payload) ? out : null;
   }
 
   /**
@@ -58,28 +52,16 @@ export class Keypair {
     const counter = readCounter(msg);
     if (counter < 0) return OPEN_COUNTER_RANGE;
     if (!this.replay.wouldAccept(counter)) return OPEN_REPLAYED;
-    const nonce = this.recvNonce;
-    nonce.writeUInt32LE(counter >>> 0, 4);
-    nonce.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), 8);
-    const plainLength = msg.length - TRANSPORT_HEADER_BYTES - AEAD_TAG_BYTES;
-    try {
-      sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
-        msg.subarray(TRANSPORT_HEADER_BYTES, TRANSPORT_HEADER_BYTES + plainLength),
-        null,
-        msg.subarray(TRANSPORT_HEADER_BYTES),
-        msg.subarray(0, TRANSPORT_HEADER_BYTES),
-        nonce,
-        this.recvKey,
-      );
-    } catch {
-      return OPEN_NOT_AUTHENTIC;
-    }
+    const plainLength = this.recvAead.open(msg);
+    if (plainLength < 0) return OPEN_NOT_AUTHENTIC;
     if (!this.replay.accept(counter)) return OPEN_REPLAYED;
     return plainLength;
   }
 
   /** Zeroes the keys (the keypair is no longer usable). */
   wipe(): void {
+    this.sendAead.wipe();
+    this.recvAead.wipe();
     sodium.sodium_memzero(this.sendKey);
     sodium.sodium_memzero(this.recvKey);
   }

@@ -64,6 +64,8 @@ export interface MeshHandler {
   signal(peer: Peer, payload: Buffer): void;
   /** A peer's session came up (first handshake) or went down. */
   peerState?(peer: Peer, up: boolean): void;
+  /** After each batch of received datagrams: flush what the frames produced (TAP writes). */
+  batchEnd?(): void;
 }
 
 export interface MeshOptions {
@@ -161,6 +163,9 @@ export class Mesh {
   private readonly outboxPeers: Peer[] = [];
   private flushScheduled = false;
   private readonly flushBound = () => this.flush();
+  /** A batch is open (a UDP wake-up, or a TAP read: holdFlush()) and its end calls flush(): queue() schedules
+   *  nothing. An idle round trip then costs no setImmediate hop and no extra event-loop turn. */
+  private batchOpen = false;
   private readonly localAddresses: () => string[];
   readonly overlay: OverlayAddresses;
   /** Sources of recent initiations from keys not (yet) in the config: a peer added by a reload is reached at
@@ -194,7 +199,13 @@ export class Mesh {
 
   start(handler: MeshHandler): void {
     this.handler = handler;
-    this.socket.start((msg, address, port) => this.receive(msg, address, port));
+    this.socket.start(
+      (msg, address, port) => {
+        this.batchOpen = true;
+        this.receive(msg, address, port);
+      },
+      () => this.receiveBatchEnd(),
+    );
     this.tick();
   }
 
@@ -276,6 +287,12 @@ export class Mesh {
       return;
     }
     this.drops.malformed++;
+  }
+
+  /** The end of a batch of received datagrams: what it produced leaves now, not on a later turn. */
+  private receiveBatchEnd(): void {
+    this.handler?.batchEnd?.();
+    this.flush();
   }
 
   /** @internal relay.ts: a message for this site's own side, from `origin` (relayed: through its introducer). */
@@ -446,7 +463,7 @@ export class Mesh {
       return false;
     }
     if (peer.outbox.push(out) === 1) this.outboxPeers.push(peer);
-    if (!this.flushScheduled) {
+    if (!this.flushScheduled && !this.batchOpen) {
       this.flushScheduled = true;
       setImmediate(this.flushBound);
     }
@@ -479,8 +496,14 @@ export class Mesh {
   }
 
   /** Sends every peer's sealed datagrams, one batch per peer. Called at the end of a TAP batch. */
+  /** The caller (the daemon's TAP read batch) calls flush() when its batch ends: sends wait for it. */
+  holdFlush(): void {
+    this.batchOpen = true;
+  }
+
   flush(): void {
     this.flushScheduled = false;
+    this.batchOpen = false;
     const peers = this.outboxPeers;
     for (let i = 0; i < peers.length; i++) {
       const peer = peers[i];

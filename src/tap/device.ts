@@ -24,11 +24,18 @@ export interface TapDevice {
   readonly name: string;
   readonly mtu: number;
   readonly stats: TapStats;
+  /** The caller will call flush() at the end of its batch (a UDP wake-up): writes until then need no scheduled
+   *  flush of their own. */
+  holdFlush?(): void;
+  /** Implementation detail beyond TapStats (queue depth, drops by cause), for the status report. */
+  readonly detail?: Record<string, number>;
   /** Start delivering frames to the handler. */
   start(handler: TapHandler): void;
   /** Hand a frame to the kernel. OWNERSHIP passes: the caller must not touch the buffer afterwards.
    *  Frames are batched and written once per event-loop turn; returns false if it was dropped. */
   write(frame: Buffer): boolean;
+  /** Hand the frames written so far to the kernel now (the end of a receive batch); else once per turn. */
+  flush?(): void;
   /** Stop and remove the interface. Idempotent; never blocks the process from exiting. */
   close(): void;
 }

@@ -6,12 +6,17 @@
 // whole turn's frames to the addon in one writeBatch() call (the UDP side delivers many datagrams
 // per turn; setImmediate runs after the poll phase, so they all land in one batch).
 
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
-import { fileURLToPath } from 'node:url';
-import { TAP_FRAMES_PER_WAKEUP, TAP_FRAME_STRIDE_BYTES, TAP_TX_QUEUE_LEN, TAP_WRITE_QUEUE_MAX } from '../constants.ts';
+import { addonFile, loadAddon } from '../addon.ts';
+import {
+  TAP_FRAMES_PER_WAKEUP,
+  TAP_FRAME_STRIDE_BYTES,
+  TAP_TX_QUEUE_LEN,
+  TAP_WRITE_QUEUE_BYTES,
+  TAP_WRITE_QUEUE_MAX,
+} from '../constants.ts';
 import { OperatorError } from '../errors.ts';
+import { cpuNow, latency, now, TRACE_LATENCY } from '../trace.ts';
 import type { TapDevice, TapHandler, TapStats } from './device.ts';
 
 /** The addon's Tap object (see native/tap.cc). */
@@ -32,12 +37,20 @@ export interface NativeTapHandle {
   stopReading(): void;
   /** Writes frames[0..count); returns how many were written or queued (the rest were dropped and counted). */
   writeBatch(frames: readonly (Uint8Array | undefined)[], count: number): number;
+  /** With a writer thread: its counters into the shared array (writeBatch does it too). */
+  syncCounters(): void;
   close(): void;
 }
 
 interface NativeCommonOptions {
   counters: Float64Array;
   writeQueueMax: number;
+  /** Writes go to a thread of the TAP's own (native/worker.h); small batches inline when it is idle. */
+  writerThread?: boolean;
+  /** Writer thread: bytes waiting at most (frames beyond are dropped and counted). */
+  writeQueueBytes?: number;
+  /** Coalesce runs of UDP datagrams on writes too (TCP always). */
+  coalesceUdp?: boolean;
 }
 
 export interface TapAddon {
@@ -76,18 +89,13 @@ const C = {
 } as const;
 const COUNTERS = Object.keys(C).length;
 
-const ADDON_REL_PATH = 'build/Release/homewire_tap.node';
 let addon: TapAddon | undefined;
 
 /** Loads build/Release/homewire_tap.node (relative to the repository root) once. */
 export function loadTapAddon(): TapAddon {
   if (addon) return addon;
-  const root = new URL('../../', import.meta.url);
-  const file = fileURLToPath(new URL(ADDON_REL_PATH, root));
-  if (!existsSync(file)) {
-    throw new OperatorError('ENOENT', `native TAP addon ${file} is missing: run \`npm run build\` (node-gyp) first`);
-  }
-  const loaded = createRequire(import.meta.url)(file) as TapAddon;
+  const file = addonFile();
+  const loaded = loadAddon() as unknown as TapAddon;
   const names = Object.keys(C);
   if (loaded.COUNTER_NAMES.length !== names.length || loaded.COUNTER_NAMES.some((n, i) => n !== names[i])) {
     throw new OperatorError(
@@ -105,7 +113,17 @@ export interface NativeTapOptions {
   mtu: number;
   /** Bridge to enslave the TAP to; created (and brought up) if missing, never deleted. */
   bridge?: string;
+  /** Write on a thread of the TAP's own (default off; HOMEWIRE_TAP_WRITER_THREAD=1 turns it on). Measured on a
+   *  busy 2-core host: the thread's wake-ups cost more than the second core gave (README, Benchmarks). */
+  writerThread?: boolean;
+  /** Coalesce runs of equal-size UDP datagrams of one flow on writes (default off; HOMEWIRE_TAP_COALESCE_UDP=1
+   *  turns it on): the receiving stack hands such a run to a socket that did not ask for UDP_GRO as one burst,
+   *  which overflows a default-size socket buffer (native/tap.cc, groOff_). TCP runs are always coalesced. */
+  coalesceUdp?: boolean;
 }
+
+const WRITER_THREAD_DEFAULT = process.env.HOMEWIRE_TAP_WRITER_THREAD === '1';
+const COALESCE_UDP_DEFAULT = process.env.HOMEWIRE_TAP_COALESCE_UDP === '1';
 
 export class NativeTap implements TapDevice {
   /** The name the kernel gave (differs from the requested one when it had "%d"). */
@@ -133,6 +151,7 @@ export class NativeTap implements TapDevice {
   private pendingCount = 0;
   private flushScheduled = false;
   private readonly flushBound = (): void => this.flush();
+  private held = false; // holdFlush(): the caller flushes at its batch end, write() schedules nothing
 
   /** Creates (or attaches to) the TAP, sets its MTU, enslaves it to `bridge` if given and brings it up.
    *  Throws OperatorError with an errno code (EPERM, EBUSY, ENOENT...) and a message that says what to do. */
@@ -151,6 +170,9 @@ export class NativeTap implements TapDevice {
         counters,
         writeQueueMax: TAP_WRITE_QUEUE_MAX,
         txQueueLen: TAP_TX_QUEUE_LEN,
+        writerThread: opts.writerThread ?? WRITER_THREAD_DEFAULT,
+        writeQueueBytes: TAP_WRITE_QUEUE_BYTES,
+        coalesceUdp: opts.coalesceUdp ?? COALESCE_UDP_DEFAULT,
       });
     } catch (e) {
       throw toOperatorError(e);
@@ -159,10 +181,14 @@ export class NativeTap implements TapDevice {
   }
 
   /** Test hook: a NativeTap over one end of an addon socketPair() (datagrams behave like frames). */
-  static _fromFd(fd: number, opts: { writeQueueMax?: number } = {}): NativeTap {
+  static _fromFd(fd: number, opts: { writeQueueMax?: number; writerThread?: boolean } = {}): NativeTap {
     const counters = new Float64Array(COUNTERS);
     return new NativeTap(
-      loadTapAddon().wrapFd(fd, { counters, writeQueueMax: opts.writeQueueMax ?? TAP_WRITE_QUEUE_MAX }),
+      loadTapAddon().wrapFd(fd, {
+        counters,
+        writeQueueMax: opts.writeQueueMax ?? TAP_WRITE_QUEUE_MAX,
+        writerThread: opts.writerThread ?? false,
+      }),
       counters,
     );
   }
@@ -180,6 +206,7 @@ export class NativeTap implements TapDevice {
   }
 
   get stats(): TapStats {
+    if (!this.closed) this.native.syncCounters();
     const c = this.counters;
     return {
       rxFrames: this.rxFrames,
@@ -203,6 +230,7 @@ export class NativeTap implements TapDevice {
     txRefused: number;
     lastErrno: number;
   } {
+    if (!this.closed) this.native.syncCounters();
     const c = this.counters;
     return {
       txQueued: c[C.txQueued],
@@ -229,6 +257,8 @@ export class NativeTap implements TapDevice {
     }
     const h = this.handler;
     if (!h) return;
+    const started = TRACE_LATENCY ? now() : 0;
+    const startedCpu = TRACE_LATENCY ? cpuNow() : 0;
     const slab = this.slab;
     const lengths = this.lengths;
     let bytes = 0;
@@ -240,6 +270,10 @@ export class NativeTap implements TapDevice {
     this.rxFrames += count;
     this.rxBytes += bytes;
     h.batchEnd();
+    if (TRACE_LATENCY) {
+      latency.tapBatch.record(now() - started);
+      latency.tapBatchCpu.record(cpuNow() - startedCpu);
+    }
   };
 
   private readFailed(errno: number): void {
@@ -257,21 +291,32 @@ export class NativeTap implements TapDevice {
   }
 
   write(frame: Buffer): boolean {
-    if (this.closed || this.counters[C.txQueued] >= TAP_WRITE_QUEUE_MAX) {
+    if (this.closed || (this.counters[C.txQueued] >= TAP_WRITE_QUEUE_MAX && this.queueStillFull())) {
       this.jsDropped++;
       return false;
     }
     this.pending[this.pendingCount++] = frame;
-    if (!this.flushScheduled) {
+    if (!this.flushScheduled && !this.held) {
       this.flushScheduled = true;
       setImmediate(this.flushBound);
     }
     return true;
   }
 
+  // The queue looked full: with a writer thread the figure is only as fresh as the last batch, so ask again.
+  private queueStillFull(): boolean {
+    this.native.syncCounters();
+    return this.counters[C.txQueued] >= TAP_WRITE_QUEUE_MAX;
+  }
+
   /** Hands this turn's frames to the kernel now (normally done by the setImmediate write() scheduled). */
+  holdFlush(): void {
+    this.held = true;
+  }
+
   flush(): void {
     this.flushScheduled = false;
+    this.held = false;
     const n = this.pendingCount;
     if (n === 0 || this.closed) return;
     this.pendingCount = 0;

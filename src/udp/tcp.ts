@@ -12,7 +12,7 @@ import type { Duplex } from 'node:stream';
 import { TCP_CONNECTIONS_MAX, TCP_FRAME_MAX_BYTES, TCP_IDLE_MS, TCP_WRITE_BUFFER_MAX_BYTES } from '../constants.ts';
 import { OperatorError } from '../errors.ts';
 import { formatEndpoint } from '../addr.ts';
-import { isLink, LINK_PREFIX, type UdpHandler, type UdpSocket } from './socket.ts';
+import { isLink, LINK_PREFIX, type UdpBatchEnd, type UdpHandler, type UdpSocket, type UdpStats } from './socket.ts';
 
 const LENGTH_BYTES = 2;
 
@@ -53,6 +53,7 @@ export class TcpLinks {
   private readonly links = new Map<number, Link>();
   private nextId = 1;
   private handler: UdpHandler | null = null;
+  private batchEnd: UdpBatchEnd | null = null;
   private server: net.Server | null = null;
   private timer: NodeJS.Timeout | null = null;
 
@@ -61,8 +62,10 @@ export class TcpLinks {
     private readonly now: () => number = Date.now,
   ) {}
 
-  start(handler: UdpHandler): void {
+  /** batchEnd runs after each chunk's datagrams, as after a UDP wake-up: what they produced leaves at once. */
+  start(handler: UdpHandler, batchEnd?: UdpBatchEnd): void {
     this.handler = handler;
+    this.batchEnd = batchEnd ?? null;
     this.timer = setInterval(() => this.expireIdle(), TCP_IDLE_MS / 6);
     this.timer.unref();
   }
@@ -143,7 +146,7 @@ export class TcpLinks {
       if (len === 0 || len > TCP_FRAME_MAX_BYTES) {
         this.stats.malformed++;
         this.drop(link);
-        return;
+        break; // what came before it in this chunk still ends its batch
       }
       if (buf.length < LENGTH_BYTES + len) break;
       // Each datagram is a view of its own range: the mesh decrypts it in place and may keep it.
@@ -151,9 +154,10 @@ export class TcpLinks {
       buf = buf.subarray(LENGTH_BYTES + len);
       this.stats.rx_datagrams++;
       this.handler?.(msg, address, link.remotePort);
-      if (!link.open) return;
+      if (!link.open) break;
     }
-    if (buf.length > 0) link.pending = Buffer.from(buf);
+    if (link.open && buf.length > 0) link.pending = Buffer.from(buf);
+    this.batchEnd?.();
   }
 
   private drop(link: Link): void {
@@ -242,9 +246,14 @@ export class Underlay implements UdpSocket {
   /** Datagrams for links that have gone. */
   closedLinkDrops = 0;
 
-  start(handler: UdpHandler): void {
-    this.udp.start(handler);
-    this.links.start(handler);
+  /** Receive-side figures of the UDP socket (TCP links count in links.stats). */
+  get stats(): UdpStats | undefined {
+    return this.udp.stats;
+  }
+
+  start(handler: UdpHandler, batchEnd?: UdpBatchEnd): void {
+    this.udp.start(handler, batchEnd);
+    this.links.start(handler, batchEnd);
   }
 
   send(msg: Buffer, port: number, address: string): void {

@@ -1,0 +1,131 @@
+// ChaCha20-Poly1305 (RFC 8439) for the mesh's transport messages, one key per object, through the OpenSSL that
+// Node itself carries (its EVP symbols are exported to addons; the headers come with Node's).
+//
+// sodium-native needs one JS call with five Buffer arguments per packet, three of them fresh subarrays of the
+// datagram; here a packet is one call with the datagram alone: the wire format fixes where everything is.
+//   transport message: header (16 bytes: type, 3 reserved, receiver index, counter u64 LE) | ciphertext | tag
+//   AAD = the header; nonce = 4 zero bytes | counter (the header's last 8 bytes, as WireGuard does)
+//
+//   new AeadKey(key: 32-byte Buffer)      the EVP context is keyed once; the caller may wipe its copy
+//   .open(msg) -> plaintext length, or -1 if not authentic (msg is decrypted in place)
+//   .seal(out, payload) -> 0, or -1      out[0..16) holds the header; out = header | ciphertext | tag
+//   .wipe()                               frees the context (OpenSSL cleanses the key); later calls return -1
+#include <napi.h>
+#include <openssl/evp.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+constexpr size_t kHeader = 16;
+constexpr size_t kTag = 16;
+constexpr size_t kKey = 32;
+
+class AeadKey : public Napi::ObjectWrap<AeadKey> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "AeadKey",
+                       {
+                           InstanceMethod<&AeadKey::Open>("open"),
+                           InstanceMethod<&AeadKey::Seal>("seal"),
+                           InstanceMethod<&AeadKey::Wipe>("wipe"),
+                       });
+  }
+
+  explicit AeadKey(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AeadKey>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsBuffer() || info[0].As<Napi::Buffer<uint8_t>>().Length() != kKey) {
+      Napi::TypeError::New(env, "new AeadKey(key: 32-byte Buffer)").ThrowAsJavaScriptException();
+      return;
+    }
+    const uint8_t* key = info[0].As<Napi::Buffer<uint8_t>>().Data();
+    enc_ = NewCtx(key, 1);
+    dec_ = NewCtx(key, 0);
+    if (enc_ == nullptr || dec_ == nullptr) {
+      Free();
+      Napi::Error::New(env, "ChaCha20-Poly1305 is not available from Node's OpenSSL").ThrowAsJavaScriptException();
+    }
+  }
+
+  ~AeadKey() override { Free(); }
+
+ private:
+  static EVP_CIPHER_CTX* NewCtx(const uint8_t* key, int enc) {
+    EVP_CIPHER_CTX* c = EVP_CIPHER_CTX_new();
+    if (c == nullptr) return nullptr;
+    if (EVP_CipherInit_ex(c, EVP_chacha20_poly1305(), nullptr, key, nullptr, enc) != 1) {
+      EVP_CIPHER_CTX_free(c);
+      return nullptr;
+    }
+    return c;
+  }
+
+  void Free() {
+    if (enc_ != nullptr) EVP_CIPHER_CTX_free(enc_);
+    if (dec_ != nullptr) EVP_CIPHER_CTX_free(dec_);
+    enc_ = dec_ = nullptr;
+  }
+
+  static void Nonce(const uint8_t* header, uint8_t nonce[12]) {
+    std::memset(nonce, 0, 4);
+    std::memcpy(nonce + 4, header + 8, 8);
+  }
+
+  // open(msg): authenticates and decrypts msg[16 .. len-16) in place.
+  Napi::Value Open(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (dec_ == nullptr || info.Length() < 1 || !info[0].IsBuffer()) return Napi::Number::New(env, -1);
+    Napi::Buffer<uint8_t> b = info[0].As<Napi::Buffer<uint8_t>>();
+    uint8_t* m = b.Data();
+    size_t len = b.Length();
+    if (len < kHeader + kTag) return Napi::Number::New(env, -1);
+    size_t ct = len - kHeader - kTag;
+    uint8_t nonce[12];
+    Nonce(m, nonce);
+    int outl = 0;
+    uint8_t fin[16];
+    bool ok = EVP_CipherInit_ex(dec_, nullptr, nullptr, nullptr, nonce, 0) == 1 &&
+              EVP_CIPHER_CTX_ctrl(dec_, EVP_CTRL_AEAD_SET_TAG, (int)kTag, m + len - kTag) == 1 &&
+              EVP_CipherUpdate(dec_, nullptr, &outl, m, (int)kHeader) == 1 &&
+              (ct == 0 || EVP_CipherUpdate(dec_, m + kHeader, &outl, m + kHeader, (int)ct) == 1) &&
+              EVP_CipherFinal_ex(dec_, fin, &outl) == 1;
+    return Napi::Number::New(env, ok ? (double)ct : -1);
+  }
+
+  // seal(out, payload): out[0..16) is the header; writes ciphertext and tag after it.
+  Napi::Value Seal(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (enc_ == nullptr || info.Length() < 2 || !info[0].IsBuffer() || !info[1].IsBuffer())
+      return Napi::Number::New(env, -1);
+    Napi::Buffer<uint8_t> o = info[0].As<Napi::Buffer<uint8_t>>();
+    Napi::Buffer<uint8_t> p = info[1].As<Napi::Buffer<uint8_t>>();
+    uint8_t* out = o.Data();
+    size_t plen = p.Length();
+    if (o.Length() != kHeader + plen + kTag) return Napi::Number::New(env, -1);
+    uint8_t nonce[12];
+    Nonce(out, nonce);
+    int outl = 0;
+    uint8_t fin[16];
+    bool ok = EVP_CipherInit_ex(enc_, nullptr, nullptr, nullptr, nonce, 1) == 1 &&
+              EVP_CipherUpdate(enc_, nullptr, &outl, out, (int)kHeader) == 1 &&
+              (plen == 0 || EVP_CipherUpdate(enc_, out + kHeader, &outl, p.Data(), (int)plen) == 1) &&
+              EVP_CipherFinal_ex(enc_, fin, &outl) == 1 &&
+              EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, (int)kTag, out + kHeader + plen) == 1;
+    return Napi::Number::New(env, ok ? 0 : -1);
+  }
+
+  Napi::Value Wipe(const Napi::CallbackInfo& info) {
+    Free();
+    return info.Env().Undefined();
+  }
+
+  EVP_CIPHER_CTX* enc_ = nullptr;
+  EVP_CIPHER_CTX* dec_ = nullptr;
+};
+
+}  // namespace
+
+void InitAead(Napi::Env env, Napi::Object exports) {
+  exports.Set("AeadKey", AeadKey::Define(env));
+}

@@ -1,0 +1,96 @@
+// The transport AEAD (src/mesh/aead.ts): the addon's OpenSSL implementation and sodium-native's produce the
+// same bytes as node:crypto's ChaCha20-Poly1305 (an independent implementation), open each other's messages,
+// and refuse any change to header, ciphertext or tag. Needs the built addon.
+import crypto from 'node:crypto';
+import { AEAD_IMPL, aeadFor, type AeadImpl } from '../../src/mesh/aead.ts';
+import { Keypair, OPEN_NOT_AUTHENTIC, OPEN_REPLAYED } from '../../src/mesh/keypair.ts';
+import { MSG_DATA } from '../../src/constants.ts';
+import { missingFor, testIf } from '../helpers/prereq.ts';
+
+/** The OpenSSL implementation is the addon's: without it these tests fail saying so. */
+const test = testIf(missingFor({ addon: true }));
+
+const IMPLS: AeadImpl[] = ['openssl', 'sodium'];
+
+function header(counter: number): Buffer {
+  const h = Buffer.alloc(16);
+  h[0] = MSG_DATA;
+  h.writeUInt32LE(0xdeadbeef, 4);
+  h.writeUInt32LE(counter >>> 0, 8);
+  h.writeUInt32LE(Math.floor(counter / 2 ** 32), 12);
+  return h;
+}
+
+/** node:crypto's sealing of the same message: header as AAD, nonce 4 zero bytes | counter LE. */
+function reference(key: Buffer, hdr: Buffer, payload: Buffer): Buffer {
+  const c = crypto.createCipheriv('chacha20-poly1305', key, Buffer.concat([Buffer.alloc(4), hdr.subarray(8, 16)]), {
+    authTagLength: 16,
+  });
+  c.setAAD(hdr, { plaintextLength: payload.length });
+  return Buffer.concat([hdr, c.update(payload), c.final(), c.getAuthTag()]);
+}
+
+test('the addon is built, so the OpenSSL implementation is the default', (t) => {
+  t.is(AEAD_IMPL, 'openssl');
+});
+
+test('both implementations seal exactly what node:crypto seals, and open it', (t) => {
+  for (const size of [0, 1, 15, 16, 17, 63, 64, 65, 1400, 1458, 9000]) {
+    const key = crypto.randomBytes(32);
+    const counter = crypto.randomInt(0, 2 ** 48 - 1);
+    const payload = crypto.randomBytes(size);
+    const want = reference(key, header(counter), payload);
+    for (const impl of IMPLS) {
+      const a = aeadFor(key, impl);
+      const out = Buffer.alloc(16 + size + 16);
+      header(counter).copy(out);
+      t.true(a.seal(out, payload), `${impl} ${size}`);
+      t.true(out.equals(want), `${impl} seals ${size} bytes as node:crypto does`);
+      for (const other of IMPLS) {
+        const m = Buffer.from(out);
+        t.is(aeadFor(key, other).open(m), size, `${other} opens what ${impl} sealed (${size} bytes)`);
+        t.true(m.subarray(16, 16 + size).equals(payload));
+      }
+    }
+  }
+});
+
+test('a changed header, ciphertext or tag, or another key, is refused by both', (t) => {
+  const key = crypto.randomBytes(32);
+  const payload = crypto.randomBytes(200);
+  const sealed = reference(key, header(7), payload);
+  for (const impl of IMPLS) {
+    const a = aeadFor(key, impl);
+    for (const at of [0, 3, 4, 8, 15, 16, 100, 215, 216, 231]) {
+      const m = Buffer.from(sealed);
+      m[at] ^= 0x01;
+      t.is(a.open(m), -1, `${impl}: byte ${at} flipped`);
+    }
+    t.is(aeadFor(crypto.randomBytes(32), impl).open(Buffer.from(sealed)), -1, `${impl}: another key`);
+    t.is(a.open(sealed.subarray(0, 31)), -1, `${impl}: shorter than header and tag`);
+    a.wipe();
+    if (impl === 'openssl') t.is(a.open(Buffer.from(sealed)), -1, 'a wiped key opens nothing');
+  }
+});
+
+test('keypairs on different implementations talk to each other; replays are still refused', (t) => {
+  const k1 = crypto.randomBytes(32);
+  const k2 = crypto.randomBytes(32);
+  const a = new Keypair(Buffer.from(k1), Buffer.from(k2), 1, 2, true, 0, 'openssl');
+  const b = new Keypair(Buffer.from(k2), Buffer.from(k1), 2, 1, false, 0, 'sodium');
+  for (let i = 0; i < 100; i++) {
+    const p = crypto.randomBytes(i * 13);
+    const m = a.seal(MSG_DATA, p)!;
+    const copy = Buffer.from(m);
+    t.is(b.open(m), p.length);
+    t.true(m.subarray(16, 16 + p.length).equals(p));
+    t.is(b.open(copy), OPEN_REPLAYED, 'the same message again');
+    const back = b.seal(MSG_DATA, p)!;
+    t.is(a.open(back), p.length);
+  }
+  const forged = a.seal(MSG_DATA, Buffer.alloc(10))!;
+  forged[20] ^= 1;
+  t.is(b.open(forged), OPEN_NOT_AUTHENTIC);
+  a.wipe();
+  b.wipe();
+});
