@@ -48,12 +48,16 @@ function attach(url: string, o: { headers?: Record<string, string>; protocols?: 
         type: (s) => ws.send(Buffer.from(s, 'latin1')),
         async waitFor(re, ms = 3000) {
           const deadline = Date.now() + ms;
+          // Only what arrived since the last look (and a little before it) is searched: rescanning megabytes of
+          // output every few ms would starve the coordinator and agent that share this process.
+          let from = 0;
           for (;;) {
-            const m = re.exec(out);
+            const m = re.exec(out.slice(from));
             if (m) return m;
+            from = Math.max(0, out.length - 4096);
             if (Date.now() > deadline)
               throw new Error(`${re} not seen within ${ms} ms in ${JSON.stringify(out.slice(-200))}`);
-            await new Promise((r) => setTimeout(r, 5));
+            await new Promise((r) => setTimeout(r, 10));
           }
         },
       }),
