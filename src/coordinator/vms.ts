@@ -219,8 +219,10 @@ export class Lifecycle {
         }
         // The MAC may still be known behind the host it last ran on (a stopped VM, a warm snapshot resumed
         // elsewhere): the daemons' MAC ownership is told it now lives here, as for a migration.
+        // (The host it last ran on is told too when it is up; a dead one cannot be, and need not be.)
         const hostRec = await this.d.store.get<HostRecord>('hosts', host);
-        if (hostRec) await this.authorizeMove(vm, lastHost ?? host, hostRec, 'start_failed');
+        const lastUp = lastHost !== null && this.d.hosts.isUp(await this.d.store.get<HostRecord>('hosts', lastHost));
+        if (hostRec) await this.authorizeMove(vm, lastUp ? lastHost : host, hostRec, 'start_failed');
         const r = await this.command(
           host,
           {

@@ -130,6 +130,30 @@ test('a host that misses its heartbeats is marked down, and up again when it com
   t.is((await h.admin.request<HostView>('GET', '/v1/hosts/host-a')).state, 'up');
 });
 
+test('a VM whose host died is stopped and started on another: its MAC is authorized there; the dead host is not waited for', async (t) => {
+  const h = await harness(t);
+  const a = await h.addHost('host-a');
+  const b = await h.addHost('host-b');
+  await h.addImage();
+  await h.admin.request('POST', '/v1/vms', { name: 'web', image: 'tiny' });
+  await h.admin.request('POST', '/v1/vms/web/start', { host: 'host-a' });
+  await a.agent.stop();
+  await waitFor(
+    async () => (await h.admin.request<HostView>('GET', '/v1/hosts/host-a')).state === 'down',
+    HOST_DOWN_AFTER_MS + 3000,
+    'host-a down',
+  );
+  // The user gives up on host-a: the VM is stopped (its host cannot be reached) and started elsewhere.
+  t.is((await h.admin.request<VmRecord>('POST', '/v1/vms/web/stop')).state, 'stopped');
+  const startedAt = Date.now();
+  const vm = await h.admin.request<VmRecord>('POST', '/v1/vms/web/start', { host: 'host-b' });
+  t.is(vm.state, 'running');
+  t.is(vm.host, 'host-b');
+  t.true(Date.now() - startedAt < 3000, 'the start did not wait for the dead host');
+  t.is(b.authorized.at(-1)?.siteKey, b.publicKey!, "host-b's MAC ownership was told the VM lives there now");
+  t.is(b.authorized.at(-1)?.mac, vm.mac);
+});
+
 test('vm lifecycle: create → start (placed) → stop → start → delete, with the state machine enforced', async (t) => {
   const h = await harness(t);
   await h.addHost('host-a', { memoryMib: 2048 });
