@@ -14,7 +14,13 @@ import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import net from 'node:net';
 import { CoordinatorClient } from '../coordinator/client.ts';
-import { AGENT_REQUEST_TIMEOUT_MS, AGENT_RETRY_MS, HEARTBEAT_MS, POLL_WAIT_MS } from '../coordinator/constants.ts';
+import {
+  AGENT_REQUEST_TIMEOUT_MS,
+  AGENT_RETRY_MS,
+  HEARTBEAT_LEASES_MAX,
+  HEARTBEAT_MS,
+  POLL_WAIT_MS,
+} from '../coordinator/constants.ts';
 import { NAME_RE } from '../coordinator/images.ts';
 import { LimitedLog } from '../limited-log.ts';
 import { NBD_EXPORT, parseMigrationUri, refuseMigrationAddress } from '../coordinator/migration.ts';
@@ -267,7 +273,9 @@ export class HostAgent {
           guests: this.hv?.list() ?? [],
           ...(this.hv?.disks ? { disks: this.hv.disks() } : {}),
           ...(mesh ? { mesh } : {}),
-          ...(this.deps.leases ? { leases: this.deps.leases() } : {}),
+          // Bounded: a big pool must not push the heartbeat past the API's body limit (the coordinator reads
+          // no more than this many anyway).
+          ...(this.deps.leases ? { leases: this.deps.leases().slice(0, HEARTBEAT_LEASES_MAX) } : {}),
         };
         return this.client.request<{
           ok: boolean;
