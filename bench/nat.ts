@@ -9,7 +9,7 @@
 // Benchmarks report; they never fail for being slow.
 import os from 'node:os';
 import path from 'node:path';
-import { INTERNET, NatNetwork, type NatKind, natSiteConfig } from '../lab/nat.ts';
+import { INTERNET, NAT_KIND_HOSTS, NatNetwork, natSiteConfig } from '../lab/nat.ts';
 import { median, run, sleep } from '../lab/run.ts';
 import { deleteNamespaces, Lab, PLAN } from '../lab/topology.ts';
 import { controlRequest } from '../src/control.ts';
@@ -23,14 +23,7 @@ const opt = (name: string, dflt: number) => {
 const RUNS = opt('runs', 10);
 const SECONDS = opt('seconds', 10);
 const REPEAT = opt('repeat', 3);
-const KINDS: Record<string, NatKind> = {
-  'host-full': 'full-cone',
-  'host-addr': 'address-restricted',
-  'host-port': 'port-restricted',
-  'host-sym': 'symmetric',
-  'host-dbl': 'double',
-  'host-udpb': 'udp-blocked',
-};
+const KINDS = NAT_KIND_HOSTS;
 const HOSTS = Object.keys(KINDS);
 const guestOf = (h: string) => `guest-${h.replace(/^host-/, '')}`;
 const pct = (xs: number[], p: number) =>

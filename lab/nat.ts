@@ -64,6 +64,16 @@ export type NatKind =
   | 'udp-blocked'
   | 'public';
 
+/** The NAT lab's VM hosts, one behind each kind of NAT (the NAT tests and bench/nat.ts share them). */
+export const NAT_KIND_HOSTS: Readonly<Record<string, NatKind>> = {
+  'host-full': 'full-cone',
+  'host-addr': 'address-restricted',
+  'host-port': 'port-restricted',
+  'host-sym': 'symmetric',
+  'host-dbl': 'double',
+  'host-udpb': 'udp-blocked',
+};
+
 export const INTERNET = {
   prefixLength: 24,
   router: '203.0.113.254',

@@ -14,7 +14,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { INTERNET, NatNetwork, type NatKind, natSiteConfig } from '../../lab/nat.ts';
+import { INTERNET, NAT_KIND_HOSTS, NatNetwork, type NatKind, natSiteConfig } from '../../lab/nat.ts';
 import { deleteNamespaces, Lab, PLAN, PROJECT_ROOT } from '../../lab/topology.ts';
 import { parseIperf3, sleep } from '../../lab/run.ts';
 import { controlRequest } from '../../src/control.ts';
@@ -24,12 +24,7 @@ import { netnsSkipReason, newPrefix } from '../helpers/netns.ts';
 import { missingFor, testIf } from '../helpers/prereq.ts';
 
 const KINDS: Record<string, NatKind> = {
-  'host-full': 'full-cone',
-  'host-addr': 'address-restricted',
-  'host-port': 'port-restricted',
-  'host-sym': 'symmetric',
-  'host-dbl': 'double',
-  'host-udpb': 'udp-blocked',
+  ...NAT_KIND_HOSTS,
   'host-c': 'port-restricted', // not in home's config until test 4
 };
 const HOSTS = Object.keys(KINDS).filter((h) => h !== 'host-c');
