@@ -34,6 +34,39 @@ function statusOf(lab: Lab): (site: string) => Promise<StatusReport> {
     (await controlRequest<StatusReport>(path.join(lab.dir, `${site}.sock`), 'GET', '/v1/status')).body;
 }
 
+/** What the sites and the kernel on `from` say about the path to `to` (for a migration that failed). */
+async function diagnose(lab: Lab, from: string, to: string): Promise<string> {
+  const out: string[] = [];
+  const nonZero = (r: Record<string, number>) => Object.fromEntries(Object.entries(r).filter(([, v]) => v !== 0));
+  for (const site of ['home', from, to]) {
+    try {
+      const s = await statusOf(lab)(site);
+      const peers = s.peers.map((p) => ({ name: p.name, path: p.path, via: p.via, endpoint: p.endpoint }));
+      const sec = s.security;
+      const drops = {
+        drops: nonZero(s.drops),
+        port: nonZero(sec.portSecurityDrops),
+        own: nonZero(sec.ownershipDrops),
+        insp: nonZero(sec.inspectionDrops),
+        storm: nonZero(sec.stormDrops),
+      };
+      out.push(`${site}: peers ${JSON.stringify(peers)} ${JSON.stringify(drops)} punches ${JSON.stringify(s.punches)}`);
+    } catch (e) {
+      out.push(`${site}: status failed: ${(e as Error).message}`);
+    }
+  }
+  for (const cmd of [
+    ['ss', '-tnoi'],
+    ['ip', 'neigh', 'show'],
+    ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '1', ADDRESSES[to]],
+  ]) {
+    const r = await lab.exec(from, cmd);
+    out.push(`${from}$ ${cmd.join(' ')}\n${r.stdout}${r.stderr}`);
+  }
+  for (const site of ['home', from, to]) out.push(`${site} log:\n${lab.logTail(site, 20)}`);
+  return out.join('\n');
+}
+
 /** Migrates `vm` from `from` to `to` (its overlay address) while the LAN host pings it; asserts the gap. */
 async function migrate(
   t: ExecutionContext,
@@ -66,7 +99,9 @@ async function migrate(
     mac,
   ]);
   t.is(expect.code, 0, expect.stderr);
-  const r = await vm.migrate(dst.uri);
+  const r = await vm.migrate(dst.uri).catch(async (e: unknown) => {
+    throw new Error(`${(e as Error).message}\n${await diagnose(lab, from, to)}`);
+  });
   await dst.vm.waitRunning(20_000);
   const resumedAt = Date.now();
   await sleep(1500);
