@@ -35,13 +35,21 @@ function statusOf(lab: Lab): (site: string) => Promise<StatusReport> {
 }
 
 /** What the sites and the kernel on `from` say about the path to `to` (for a migration that failed). */
-async function diagnose(lab: Lab, from: string, to: string): Promise<string> {
+async function diagnose(lab: Lab, from: string, to: string, mac: string): Promise<string> {
   const out: string[] = [];
   const nonZero = (r: Record<string, number>) => Object.fromEntries(Object.entries(r).filter(([, v]) => v !== 0));
   for (const site of ['home', from, to]) {
     try {
       const s = await statusOf(lab)(site);
-      const peers = s.peers.map((p) => ({ name: p.name, path: p.path, via: p.via, endpoint: p.endpoint }));
+      const peers = s.peers.map((p) => ({
+        name: p.name,
+        up: p.up,
+        path: p.path,
+        via: p.via,
+        endpoint: p.endpoint,
+        hs: p.lastHandshakeSecondsAgo,
+      }));
+      const entry = s.macs.find((m) => m.mac === mac);
       const sec = s.security;
       const drops = {
         drops: nonZero(s.drops),
@@ -50,7 +58,9 @@ async function diagnose(lab: Lab, from: string, to: string): Promise<string> {
         insp: nonZero(sec.inspectionDrops),
         storm: nonZero(sec.stormDrops),
       };
-      out.push(`${site}: peers ${JSON.stringify(peers)} ${JSON.stringify(drops)} punches ${JSON.stringify(s.punches)}`);
+      out.push(
+        `${site}: guest MAC at ${JSON.stringify(entry)}; peers ${JSON.stringify(peers)} ${JSON.stringify(drops)} mobility ${JSON.stringify(nonZero(s.mobility))} punches ${JSON.stringify(s.punches)}`,
+      );
     } catch (e) {
       out.push(`${site}: status failed: ${(e as Error).message}`);
     }
@@ -100,7 +110,7 @@ async function migrate(
   ]);
   t.is(expect.code, 0, expect.stderr);
   const r = await vm.migrate(dst.uri).catch(async (e: unknown) => {
-    throw new Error(`${(e as Error).message}\n${await diagnose(lab, from, to)}`);
+    throw new Error(`${(e as Error).message}\n${await diagnose(lab, from, to, mac)}`);
   });
   await dst.vm.waitRunning(20_000);
   const resumedAt = Date.now();
@@ -122,9 +132,10 @@ async function migrate(
   t.true(trace.replies.length > 100, 'the LAN host pinged the guest throughout');
   // ping counts only the gaps between replies: a guest lost at the cut-over would show as no loss at all.
   const lastReply = trace.replies[trace.replies.length - 1].atMs;
+  const reached = lastReply > resumedAt + 1000;
   t.true(
-    lastReply > resumedAt + 1000,
-    `the LAN host still reaches the guest on ${to} (last reply ${lastReply - resumedAt} ms after it resumed)`,
+    reached,
+    `the LAN host still reaches the guest on ${to} (last reply ${lastReply - resumedAt} ms after it resumed)${reached ? '' : `\n${await diagnose(lab, from, to, mac)}`}`,
   );
   t.truthy(pause.nicReplyGapMs, 'the guest answered pings on both TAPs');
   t.true(
