@@ -116,7 +116,8 @@ async function migrate(
   const resumedAt = Date.now();
   await sleep(1500);
   const trace = await ping.stop();
-  const pause = wirePause(await capFrom.stop(), await capTo.stop(), mac);
+  const toPackets = await capTo.stop();
+  const pause = wirePause(await capFrom.stop(), toPackets, mac);
   const s = await statusOf(lab)(from);
   const peer = s.peers.find((p) => p.name === to);
   const relayed = (await statusOf(lab)('home')).relayed.reduce((a, x) => a + x.bytes, 0) - relayedBefore;
@@ -133,9 +134,19 @@ async function migrate(
   // ping counts only the gaps between replies: a guest lost at the cut-over would show as no loss at all.
   const lastReply = trace.replies[trace.replies.length - 1].atMs;
   const reached = lastReply > resumedAt + 1000;
+  let why = '';
+  if (!reached) {
+    // Did the guest answer on its new host's TAP (lost on the way back), or did no request reach it?
+    const replies = toPackets.filter((p) => p.icmpType === 0 && p.ts * 1000 > resumedAt).length;
+    const now = await lab.ping('lan', ip, { count: 5, intervalS: 0.2 });
+    why =
+      `\nthe guest sent ${replies} echo replies into ${to}'s TAP after it resumed; ping stopped with ` +
+      `${trace.transmitted} sent; a fresh LAN ping now: ${now.received}/5\nping output tail: ${trace.output.slice(-600)}\n` +
+      (await diagnose(lab, from, to, mac));
+  }
   t.true(
     reached,
-    `the LAN host still reaches the guest on ${to} (last reply ${lastReply - resumedAt} ms after it resumed)${reached ? '' : `\n${await diagnose(lab, from, to, mac)}`}`,
+    `the LAN host still reaches the guest on ${to} (last reply ${lastReply - resumedAt} ms after it resumed)${why}`,
   );
   t.truthy(pause.nicReplyGapMs, 'the guest answered pings on both TAPs');
   t.true(
