@@ -142,6 +142,7 @@ async function migrate(
     why =
       `\nthe guest sent ${replies} echo replies into ${to}'s TAP after it resumed; ping stopped with ` +
       `${trace.transmitted} sent; a fresh LAN ping now: ${now.received}/5\nping output tail: ${trace.output.slice(-600)}\n` +
+      `the guest's console on ${to} (tail): ${JSON.stringify(dst.vm.serial().slice(-800))}\n` +
       (await diagnose(lab, from, to, mac));
   }
   t.true(
