@@ -93,7 +93,10 @@ async function migrate(
   const capFrom = await lab.capture(from, GUEST_TAP, path.join(lab.dir, `${from}.pcap`), fromGuestFilter(mac));
   const capTo = await lab.capture(to, GUEST_TAP, path.join(lab.dir, `${to}.pcap`), fromGuestFilter(mac));
   const warm = await lab.ping('lan', ip, { count: 3, intervalS: 0.1 });
-  t.true(warm.ok, `the LAN host reaches the guest on ${from}`);
+  t.true(
+    warm.ok,
+    `the LAN host reaches the guest on ${from} (${warm.received}/3)${warm.ok ? '' : `\nthe guest's console (tail): ${JSON.stringify(vm.serial().slice(-800))}\n${await diagnose(lab, from, to, mac)}`}`,
+  );
   const relayedBefore = (await statusOf(lab)('home')).relayed.reduce((a, r) => a + r.bytes, 0);
   const ping = startPing(lab, 'lan', ip, 0.01);
   await sleep(1000);
