@@ -228,8 +228,8 @@ export class Harness {
   /**
    * The host's daemon dies: its agent stops, and the coordinator's clock skips ahead until the host has missed
    * HOST_DOWN_AFTER_MS of heartbeats; resolves once the coordinator has marked it down. The other hosts' agents
-   * keep heartbeating on the real clock, so each skip (3 s) follows a heartbeat from every one of them: none of
-   * them is ever silent for as long as HOST_DOWN_AFTER_MS (2 s of heartbeat interval + 3 s skipped, 2 s slack).
+   * keep heartbeating on the real clock, so each skip (2 s) follows a heartbeat from every one of them: none of
+   * them looks silent for HOST_DOWN_AFTER_MS unless a heartbeat is 3 s late (2 s interval + 2 s skipped + 3 s).
    */
   async hostDown(name: string): Promise<void> {
     const host = this.host(name);
@@ -239,16 +239,16 @@ export class Harness {
     const isDown = async () => (await this.admin.request<HostView>('GET', `/v1/hosts/${name}`)).state === 'down';
     if (alive.length === 0) {
       this.clock.advance(HOST_DOWN_AFTER_MS);
-      await waitFor(isDown, 4 * COORDINATOR_TICK_MS + 2000, `${name} down`);
+      await waitFor(isDown, 5000, `${name} down`);
       return;
     }
-    const skipMs = HOST_DOWN_AFTER_MS - HEARTBEAT_MS - 2000;
+    const skipMs = HOST_DOWN_AFTER_MS - 2 * HEARTBEAT_MS - 1000;
     for (let skipped = 0; !(await isDown()); ) {
       if (skipped > HOST_DOWN_AFTER_MS + skipMs) throw new Error(`${name} not marked down after ${skipped} ms skipped`);
       const marks = alive.map((h) => h.agent.stats.heartbeats);
       await waitFor(
         () => alive.every((h, i) => h.agent.stats.heartbeats > marks[i]),
-        2 * HEARTBEAT_MS + 2000,
+        HOST_DOWN_AFTER_MS + 3000,
         'a heartbeat from every running host',
       );
       this.clock.advance(skipMs);

@@ -120,12 +120,13 @@ test('a host that misses its heartbeats is marked down, and up again when it com
   const state = async () => (await h.admin.request<HostView>('GET', '/v1/hosts/host-a')).state;
   // It stops right after a heartbeat; the coordinator's clock skips the silence rather than waiting through it.
   const beats = a.agent.stats.heartbeats;
-  await waitFor(() => a.agent.stats.heartbeats > beats, 2 * HEARTBEAT_MS + 1000, 'a heartbeat');
+  await waitFor(() => a.agent.stats.heartbeats > beats, HOST_DOWN_AFTER_MS + 3000, 'a heartbeat');
   await a.agent.stop();
-  h.clock.advance(HOST_DOWN_AFTER_MS - 2500); // 4.5 s of silence (and two ticks to notice it): still up
+  // 3.5 s skipped and two ticks waited: over 4.5 s of silence (and less than HOST_DOWN_AFTER_MS): still up.
+  h.clock.advance(HOST_DOWN_AFTER_MS - 2 * HEARTBEAT_MS + 500);
   await new Promise((r) => setTimeout(r, 2 * COORDINATOR_TICK_MS + 100));
   t.is(await state(), 'up', 'not marked down before its heartbeats were missed');
-  h.clock.advance(2500);
+  h.clock.advance(2 * HEARTBEAT_MS);
   await waitFor(async () => (await state()) === 'down', 3000, 'host-a down');
   h.hosts.delete('host-a');
   await h.addHost('host-a'); // the daemon restarted: it registers again
