@@ -62,12 +62,22 @@ export interface HostOptions {
 }
 
 /** The coordinator's clock in the harness: the real one, plus the time tests skip (a host's missed heartbeats
- *  are seconds of silence the tests need not wait through). */
+ *  are seconds of silence the tests need not wait through); it can also stand still. */
 export class SkipClock {
   private skippedMs = 0;
-  readonly now = (): number => Date.now() + this.skippedMs;
+  private frozenAt: number | null = null;
+  readonly now = (): number => this.frozenAt ?? Date.now() + this.skippedMs;
   advance(ms: number): void {
     this.skippedMs += ms;
+  }
+  /** Stands still at now() + ms (a loaded machine's slow turns add no time) until resume(). */
+  freeze(ms: number): void {
+    this.frozenAt = this.now() + ms;
+  }
+  /** Goes on from where it stood, plus ms. */
+  resume(ms: number): void {
+    this.skippedMs = this.now() + ms - Date.now();
+    this.frozenAt = null;
   }
 }
 
