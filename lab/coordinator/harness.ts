@@ -15,7 +15,8 @@ import { parseCoordinatorConfig } from '../../src/coordinator/config.ts';
 import type { Leadership } from '../../src/coordinator/leader.ts';
 import { Coordinator } from '../../src/coordinator/server.ts';
 import type { Store } from '../../src/coordinator/store.ts';
-import type { GuestMac } from '../../src/coordinator/types.ts';
+import type { GuestMac, HostView } from '../../src/coordinator/types.ts';
+import { COORDINATOR_TICK_MS, HEARTBEAT_MS, HOST_DOWN_AFTER_MS } from '../../src/coordinator/constants.ts';
 
 export interface FakeHost {
   name: string;
@@ -60,8 +61,30 @@ export interface HostOptions {
   log?: Logger;
 }
 
+/** The coordinator's clock in the harness: the real one, plus the time tests skip (a host's missed heartbeats
+ *  are seconds of silence the tests need not wait through); it can also stand still. */
+export class SkipClock {
+  private skippedMs = 0;
+  private frozenAt: number | null = null;
+  readonly now = (): number => this.frozenAt ?? Date.now() + this.skippedMs;
+  advance(ms: number): void {
+    this.skippedMs += ms;
+  }
+  /** Stands still at now() + ms (a loaded machine's slow turns add no time) until resume(). */
+  freeze(ms: number): void {
+    this.frozenAt = this.now() + ms;
+  }
+  /** Goes on from where it stood, plus ms. */
+  resume(ms: number): void {
+    this.skippedMs = this.now() + ms - Date.now();
+    this.frozenAt = null;
+  }
+}
+
 export class Harness {
   readonly hosts = new Map<string, FakeHost>();
+  /** Hosts whose agent hostDown() stopped. */
+  private readonly dead = new Set<string>();
   readonly cloud = new FakeCloud();
   readonly admin: CoordinatorClient;
   readonly image: { name: string; kernel: string; initrd: string; sha256: { kernel: string; initrd: string } };
@@ -71,6 +94,8 @@ export class Harness {
     readonly coordinator: Coordinator,
     readonly adminToken: string,
     readonly log: Logger,
+    /** The coordinator's clock (unless Harness.start was given its own `now`). */
+    readonly clock: SkipClock,
     /** The CA of the coordinator's TLS certificate (clients and agents verify with it). */
     readonly caFile?: string,
   ) {
@@ -111,14 +136,15 @@ export class Harness {
     const file = path.join(dir, 'coordinator.yaml');
     fs.writeFileSync(file, text);
     const log = o.log ?? silentLogger;
+    const clock = new SkipClock();
     const c = await Coordinator.fromConfig(parseCoordinatorConfig(text, file), {
       log,
       store: o.store,
       leadership: o.leadership,
-      now: o.now,
+      now: o.now ?? clock.now,
     });
     await c.start();
-    return new Harness(dir, c, adminToken, log, o.caFile);
+    return new Harness(dir, c, adminToken, log, clock, o.caFile);
   }
 
   /** `homewire host add NAME`: a token bound to NAME, written to <dir>/<NAME>.token. */
@@ -207,6 +233,38 @@ export class Harness {
     await host.agent.start();
     await waitFor(() => host.agent.isRegistered, 5000, `host ${name} registered`);
     return host;
+  }
+
+  /**
+   * The host's daemon dies: its agent stops, and the coordinator's clock skips ahead until the host has missed
+   * HOST_DOWN_AFTER_MS of heartbeats; resolves once the coordinator has marked it down. The other hosts' agents
+   * keep heartbeating on the real clock, so each skip (2 s) follows a heartbeat from every one of them: none of
+   * them looks silent for HOST_DOWN_AFTER_MS unless a heartbeat is 3 s late (2 s interval + 2 s skipped + 3 s).
+   */
+  async hostDown(name: string): Promise<void> {
+    const host = this.host(name);
+    await host.agent.stop();
+    this.dead.add(name);
+    const alive = [...this.hosts.values()].filter((h) => !this.dead.has(h.name));
+    const isDown = async () => (await this.admin.request<HostView>('GET', `/v1/hosts/${name}`)).state === 'down';
+    if (alive.length === 0) {
+      this.clock.advance(HOST_DOWN_AFTER_MS);
+      await waitFor(isDown, 5000, `${name} down`);
+      return;
+    }
+    const skipMs = HOST_DOWN_AFTER_MS - 2 * HEARTBEAT_MS - 1000;
+    for (let skipped = 0; !(await isDown()); ) {
+      if (skipped > HOST_DOWN_AFTER_MS + skipMs) throw new Error(`${name} not marked down after ${skipped} ms skipped`);
+      const marks = alive.map((h) => h.agent.stats.heartbeats);
+      await waitFor(
+        () => alive.every((h, i) => h.agent.stats.heartbeats > marks[i]),
+        HOST_DOWN_AFTER_MS + 3000,
+        'a heartbeat from every running host',
+      );
+      this.clock.advance(skipMs);
+      skipped += skipMs;
+      await new Promise((r) => setTimeout(r, COORDINATOR_TICK_MS + 100)); // a tick on the new time
+    }
   }
 
   host(name: string): FakeHost {

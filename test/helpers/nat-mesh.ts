@@ -5,8 +5,10 @@ import { Daemon } from '../../src/daemon.ts';
 import { silentLogger } from '../../src/log.ts';
 import { encodeKey, generatePrivateKey, publicKeyOf } from '../../src/mesh/keys.ts';
 import type { Peer } from '../../src/mesh/peer.ts';
+import type { ExecutionContext } from 'ava';
 import { MemoryTap } from '../../lab/twins/tap.ts';
 import { MemoryNat, MemoryNetwork, type NatKind } from '../../lab/twins/udp.ts';
+import { arp, frame, waitFor } from './memory-mesh.ts';
 
 export const HOME_PUBLIC = '203.0.113.1';
 export const HOME_NAME = 'home.nat.test';
@@ -174,4 +176,68 @@ export function allIntroduced(m: NatMesh): boolean {
     for (const n of names) if (n !== s.name && !peerAt(s, n)) return false;
   }
   return true;
+}
+
+/** The MAC of the guest at the i-th site (in NatMeshSpec.sites order). */
+export const guestMac = (i: number) => `52:54:00:00:01:${i.toString(16).padStart(2, '0')}`;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A mesh built for one test (stopped when it ends) in which every site knows every other and has a session
+ *  with home. */
+export async function introducedNatMesh(t: ExecutionContext, spec: NatMeshSpec): Promise<NatMesh> {
+  const m = await buildNatMesh(spec);
+  t.teardown(m.stop);
+  await waitFor(() => allIntroduced(m), 10_000);
+  return m;
+}
+
+/** A broadcast from every site's guest, so that every switch knows where each guest is. */
+export async function learnGuests(m: NatMesh, only?: string[]): Promise<void> {
+  const all = [...m.sites.values()];
+  const sites = all.filter((s) => !only || only.includes(s.name));
+  for (const s of sites) {
+    const i = all.indexOf(s);
+    const before = sites.map((x) => x.tap.written.length);
+    s.tap.inject(arp(1, guestMac(i), `198.51.100.${10 + i}`, '00:00:00:00:00:00', '198.51.100.1'));
+    await waitFor(() => sites.every((x, j) => x === s || x.tap.written.length > before[j]));
+  }
+}
+
+/**
+ * Unicast frames from site a's guest to site b's guest every intervalMs: `count` of them, or fewer when
+ * `until` holds (asked after each frame). Returns how many were sent.
+ */
+export async function traffic(
+  m: NatMesh,
+  a: string,
+  b: string,
+  count: number,
+  intervalMs: number,
+  until?: () => boolean,
+): Promise<number> {
+  const ia = [...m.sites.keys()].indexOf(a);
+  const ib = [...m.sites.keys()].indexOf(b);
+  for (let i = 0; i < count; i++) {
+    m.sites.get(a)!.tap.inject(frame(guestMac(ib), guestMac(ia), 0x0800, Buffer.alloc(64, i & 0xff)));
+    await sleep(intervalMs);
+    if (until?.()) return i + 1;
+  }
+  return count;
+}
+
+/** The path a's mesh uses towards site b now. */
+export function pathBetween(m: NatMesh, a: string, b: string): string {
+  const site = m.sites.get(a)!;
+  return site.daemon.mesh.pathOf(peerAt(site, b)!);
+}
+
+/**
+ * Guests at a and b learned, then frames from a to b every 20 ms until a's path to b is direct (a punch
+ * succeeded); fails after 8 s.
+ */
+export async function punchDirect(m: NatMesh, a: string, b: string): Promise<void> {
+  await learnGuests(m, [a, b]);
+  const direct = () => pathBetween(m, a, b) === 'direct';
+  await Promise.all([traffic(m, a, b, 400, 20, direct), waitFor(direct, 8000)]);
 }
