@@ -5,6 +5,9 @@
 //   node --import tsx bench/dataplane.ts [--seconds S] [--paths native,native-nogro,dgram] [--cases pingpong,stream]
 //     ping-pong: one 98-byte frame a → b, b answers b → a, the next leaves when the answer arrived
 //                (µs per round trip, wall and CPU: two UDP hops, each a wake-up and a lone-datagram batch)
+//     paced:     as ping-pong, but one round trip every 10 ms, right after the daemons started (what a ping at
+//                rest sees: a data path whose JavaScript has not been optimized yet); CPU µs per round trip
+//                over the first 20 and the next 100
 //     stream:    1400-byte frames into a's TAP in batches of 64 (as a TAP read gives them), as fast as b
 //                takes them (frames/s through b, CPU µs per frame for both daemons together)
 // A benchmark reports figures; it never fails for being slow.
@@ -22,7 +25,7 @@ const arg = (name: string, fallback: string): string => {
 };
 const SECONDS = Number(arg('--seconds', '3'));
 const PATHS = arg('--paths', 'native,native-nogro,dgram').split(',');
-const CASES = arg('--cases', 'pingpong,stream').split(',');
+const CASES = arg('--cases', 'paced,pingpong,stream').split(',');
 
 const MAC_A = Buffer.from('525400000a0a', 'hex');
 const MAC_B = Buffer.from('525400000b0b', 'hex');
@@ -105,6 +108,38 @@ async function pingPong(p: Pair): Promise<{ rtUs: number; cpuUs: number; count: 
   return { rtUs: wall / count, cpuUs: cpu / count, count };
 }
 
+/** Round trips one every 10 ms on fresh daemons: CPU µs per round trip over the first 20, then the next 100. */
+async function paced(p: Pair): Promise<{ first20CpuUs: number; next100CpuUs: number; next100WallUs: number }> {
+  const request = frame(MAC_B, MAC_A, 98, 1);
+  const reply = frame(MAC_A, MAC_B, 98, 2);
+  let answered: (() => void) | null = null;
+  p.b.tap.onWrite = () => p.b.tap.inject(reply);
+  p.a.tap.onWrite = () => answered?.();
+  const one = async (): Promise<[number, number]> => {
+    const c0 = cpuUs();
+    const t0 = performance.now();
+    await new Promise<void>((resolve) => {
+      answered = resolve;
+      p.a.tap.inject(request);
+    });
+    const r: [number, number] = [cpuUs() - c0, (performance.now() - t0) * 1000];
+    await new Promise((r) => setTimeout(r, 10));
+    return r;
+  };
+  let first = 0;
+  let next = 0;
+  let wall = 0;
+  for (let i = 0; i < 20; i++) first += (await one())[0];
+  for (let i = 0; i < 100; i++) {
+    const [c, w] = await one();
+    next += c;
+    wall += w;
+  }
+  p.a.tap.onWrite = p.b.tap.onWrite = null;
+  p.a.tap.written.length = p.b.tap.written.length = 0;
+  return { first20CpuUs: first / 20, next100CpuUs: next / 100, next100WallUs: wall / 100 };
+}
+
 async function stream(p: Pair): Promise<{ fps: number; cpuUsPerFrame: number; sent: number; received: number }> {
   const BATCH = 64;
   const frames = Array.from({ length: BATCH }, (_, i) => frame(MAC_B, MAC_A, 1400, i));
@@ -151,7 +186,9 @@ async function main(): Promise<void> {
   for (const path of PATHS) {
     const p = await pair(path);
     try {
+      const pc = CASES.includes('paced') ? await paced(p) : null;
       const pp = CASES.includes('pingpong') ? await pingPong(p) : { rtUs: Number.NaN, cpuUs: Number.NaN, count: 0 };
+      const pcWarm = CASES.includes('paced') && CASES.includes('pingpong') ? await paced(p) : null;
       const st = CASES.includes('stream')
         ? await stream(p)
         : { fps: Number.NaN, cpuUsPerFrame: Number.NaN, sent: 0, received: 0 };
@@ -160,6 +197,11 @@ async function main(): Promise<void> {
         path,
         receivePath: udp?.receivePath,
         gro: udp?.gro,
+        pacedFirst20CpuUs: pc ? Math.round(pc.first20CpuUs) : null,
+        pacedNext100CpuUs: pc ? Math.round(pc.next100CpuUs) : null,
+        pacedNext100WallUs: pc ? Math.round(pc.next100WallUs) : null,
+        pacedWarmCpuUs: pcWarm ? Math.round(pcWarm.next100CpuUs) : null,
+        pacedWarmWallUs: pcWarm ? Math.round(pcWarm.next100WallUs) : null,
         pingPongUs: Math.round(pp.rtUs * 10) / 10,
         pingPongCpuUs: Math.round(pp.cpuUs * 10) / 10,
         streamFramesPerS: Math.round(st.fps),

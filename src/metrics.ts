@@ -124,7 +124,9 @@ export function daemonRegistry(d: Daemon): client.Registry {
   counterFrom(register, 'homewire_dropped_packets_total', 'Packets and frames dropped, by reason.', 'reason', () => {
     const out: Record<string, number> = { ...d.mesh.drops, ...d.sw.drops };
     out.tcp_link_closed = d.underlay.closedLinkDrops;
-    out.tap_write = d.tap.stats.txDropped;
+    const tap = d.tap.stats;
+    out.tap_write = tap.txDropped;
+    out.tap_ring_full = tap.rxRingDropped ?? 0; // the kernel's, at the TAP's queue towards the daemon
     return out;
   });
   new client.Gauge({

@@ -21,7 +21,8 @@ import {
 import { run, type RunOptions, type RunResult, runOk, sleep, sleepSync } from '../../lab/run.ts';
 import { PROJECT_ROOT } from '../../lab/topology.ts';
 
-export const PREFIX = 'hwp-';
+/** Namespace prefix: hwp- unless HOMEWIRE_BENCH_PREFIX names another (two benches side by side). */
+export const PREFIX = process.env.HOMEWIRE_BENCH_PREFIX ?? 'hwp-';
 export type Side = 'a' | 'b';
 export const SIDES: readonly Side[] = ['a', 'b'];
 export const UNDERLAY_IF = 'ul0';
@@ -104,11 +105,16 @@ export class Bed implements Teardown {
    * A long-running process in a side's namespace. `ip netns exec` execs the command in place, so the child's
    * pid is the program's own (what /proc/PID/stat is read for). With logFile, stdout and stderr append there.
    */
-  spawn(side: Side, argv: string[], opts: { logFile?: string; stdio?: 'ignore' | 'pipe' } = {}): ChildProcess {
+  spawn(
+    side: Side,
+    argv: string[],
+    opts: { logFile?: string; stdio?: 'ignore' | 'pipe'; env?: Record<string, string> } = {},
+  ): ChildProcess {
     const fd = opts.logFile ? fs.openSync(opts.logFile, 'a') : null;
     try {
       const stdio: StdioOptions = fd !== null ? ['ignore', fd, fd] : (opts.stdio ?? 'ignore');
-      const child = spawn('ip', ['netns', 'exec', PLAN[side].ns, ...argv], { stdio, cwd: PROJECT_ROOT });
+      const env = opts.env ? { ...process.env, ...opts.env } : process.env;
+      const child = spawn('ip', ['netns', 'exec', PLAN[side].ns, ...argv], { stdio, cwd: PROJECT_ROOT, env });
       child.on('error', () => {});
       this.children.add(child);
       child.on('exit', () => this.children.delete(child));

@@ -17,8 +17,16 @@ const homewire = (args: string[], input?: string) =>
 
 export class Homewire implements Overlay {
   readonly id = 'homewire' as const;
-  readonly label = 'homewire';
   private configs: Record<Side, string> | null = null;
+
+  /** root: the checkout whose `homewire up` runs (default this one; bench/peers-ab.ts runs two); env: extra
+   *  environment for the daemons (HOMEWIRE_TRACE_LATENCY=1...). */
+  constructor(
+    readonly label = 'homewire',
+    private readonly root = PROJECT_ROOT,
+    private readonly env: Record<string, string> = {},
+    private readonly dirName = 'homewire',
+  ) {}
 
   requirements() {
     return [
@@ -38,7 +46,7 @@ export class Homewire implements Overlay {
   }
 
   async prepare(bed: Bed): Promise<void> {
-    const dir = path.join(bed.dir, 'homewire');
+    const dir = path.join(bed.dir, this.dirName);
     fs.mkdirSync(dir, { recursive: true });
     const pub: Partial<Record<Side, string>> = {};
     for (const s of SIDES) {
@@ -72,12 +80,13 @@ export class Homewire implements Overlay {
 
   async up(bed: Bed): Promise<Running> {
     if (!this.configs) throw new Error('homewire: prepare() first');
-    const logs = { a: path.join(bed.dir, 'homewire', 'a.log'), b: path.join(bed.dir, 'homewire', 'b.log') };
+    const dir = path.join(bed.dir, this.dirName);
+    const logs = { a: path.join(dir, 'a.log'), b: path.join(dir, 'b.log') };
     for (const s of SIDES) fs.writeFileSync(logs[s], '');
-    const daemons = {
-      a: bed.spawn('a', [process.execPath, HOMEWIRE_BIN, 'up', '--config', this.configs.a], { logFile: logs.a }),
-      b: bed.spawn('b', [process.execPath, HOMEWIRE_BIN, 'up', '--config', this.configs.b], { logFile: logs.b }),
-    };
+    const bin = path.join(this.root, 'bin', 'homewire.mjs');
+    const start = (s: Side) =>
+      bed.spawn(s, [process.execPath, bin, 'up', '--config', this.configs![s]], { logFile: logs[s], env: this.env });
+    const daemons = { a: start('a'), b: start('b') };
     const r: Running = {
       daemons,
       logs,

@@ -146,7 +146,7 @@ interface IperfUdpJson {
   };
 }
 
-async function udpProbe(bed: Bed, payloadBytes: number, mbps: number, seconds: number): Promise<UdpProbe> {
+export async function udpProbe(bed: Bed, payloadBytes: number, mbps: number, seconds: number): Promise<UdpProbe> {
   const run = await iperf3(bed, ['-u', '-b', `${mbps}M`, '-l', String(payloadBytes), '-t', String(seconds)], seconds);
   let doc: IperfUdpJson;
   try {

@@ -6,6 +6,7 @@
 // whole turn's frames to the addon in one writeBatch() call (the UDP side delivers many datagrams
 // per turn; setImmediate runs after the poll phase, so they all land in one batch).
 
+import { readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { addonFile, loadAddon } from '../addon.ts';
 import {
@@ -152,6 +153,18 @@ export class NativeTap implements TapDevice {
   private flushScheduled = false;
   private readonly flushBound = (): void => this.flush();
   private held = false; // holdFlush(): the caller flushes at its batch end, write() schedules nothing
+  private readonly ringDroppedAtOpen: number;
+
+  /** The kernel's count of frames the TAP dropped because its queue towards us (TAP_TX_QUEUE_LEN) was full: the
+   *  interface's tx_dropped (read at status and scrape time only). 0 where sysfs does not show it. */
+  private kernelRingDropped(): number {
+    if (this.name.startsWith('fd')) return 0; // a test hook's socket pair, not an interface
+    try {
+      return Number(readFileSync(`/sys/class/net/${this.name}/statistics/tx_dropped`, 'utf8')) || 0;
+    } catch {
+      return 0;
+    }
+  }
 
   /** Creates (or attaches to) the TAP, sets its MTU, enslaves it to `bridge` if given and brings it up.
    *  Throws OperatorError with an errno code (EPERM, EBUSY, ENOENT...) and a message that says what to do. */
@@ -203,6 +216,7 @@ export class NativeTap implements TapDevice {
     this.persistent = native.persistent;
     this.slab = Buffer.allocUnsafeSlow(TAP_FRAMES_PER_WAKEUP * TAP_FRAME_STRIDE_BYTES);
     this.lengths = new Uint32Array(TAP_FRAMES_PER_WAKEUP);
+    this.ringDroppedAtOpen = this.kernelRingDropped();
   }
 
   get stats(): TapStats {
@@ -218,6 +232,7 @@ export class NativeTap implements TapDevice {
       txCoalesced: c[C.txCoalesced],
       txWrites: c[C.txWrites],
       rxSegmented: c[C.rxSegmented],
+      rxRingDropped: this.kernelRingDropped() - this.ringDroppedAtOpen,
     };
   }
 

@@ -227,6 +227,39 @@ test('sources: each datagram names its sender as node:dgram does, several sender
   }
 });
 
+test('sources across batches: one sender per batch, alternating and repeating, each datagram names its own', async (t) => {
+  // The addon hands the previous batch's sources array out again when a batch's sources are the same: a batch
+  // from another sender (or from two) must still name its own.
+  const rx = await receiver();
+  const senders = await Promise.all(
+    [0, 1].map(
+      () =>
+        new Promise<dgram.Socket>((resolve) => {
+          const s = dgram.createSocket('udp4');
+          s.bind(0, '127.0.0.1', () => resolve(s));
+        }),
+    ),
+  );
+  t.teardown(async () => {
+    await rx.sock.close();
+    for (const s of senders) s.close();
+  });
+  const order = [0, 0, 1, 1, 1, 0, 1, 0, 0, 1];
+  for (const [i, who] of order.entries()) {
+    senders[who].send(datagram(i, 64), rx.sock.port, '127.0.0.1');
+    t.true(await until(() => rx.msgs.length > i), `datagram ${i} arrived`);
+  }
+  // Two senders in one batch, then each alone again.
+  senders[0].send(datagram(10, 64), rx.sock.port, '127.0.0.1');
+  senders[1].send(datagram(11, 64), rx.sock.port, '127.0.0.1');
+  t.true(await until(() => rx.msgs.length >= 12));
+  senders[1].send(datagram(12, 64), rx.sock.port, '127.0.0.1');
+  t.true(await until(() => rx.msgs.length >= 13));
+  const who = [...order, 0, 1, 1];
+  const expect = rx.msgs.map((m) => `127.0.0.1|${senders[who[m.readUInt32BE(0)]].address().port}`);
+  t.deepEqual(rx.from, expect);
+});
+
 test('dgram fallback (asked for): the same handler, batchEnd once per event-loop turn', async (t) => {
   const rx = await receiver({ nativeReceive: false });
   const tx = await DgramSocket.bind('127.0.0.1', 0);
