@@ -99,6 +99,10 @@ export class Daemon {
         throw err;
       }
     }
+    if (cfg.tap.bridge && !deps.tap) {
+      const pinned = await pinBridgeMac(cfg.tap.bridge);
+      if (pinned !== null) deps.log.warn({ bridge: cfg.tap.bridge }, pinned);
+    }
     if (cfg.hostAddress && !deps.tap) {
       try {
         await addBridgeAddress(cfg.tap.bridge!, cfg.hostAddress);
@@ -545,6 +549,37 @@ function samePeerOptions(a: PeerConfig, b: PeerConfig | undefined): boolean {
     a.endpointTcp?.port === b?.endpointTcp?.port
   );
 }
+
+/**
+ * Fixes the bridge's MAC where it is now. A Linux bridge whose MAC was never set takes the lowest MAC of its
+ * ports, so it changes whenever a VM's TAP joins or leaves; the host's overlay address (host_address, a lease)
+ * then answers from a new MAC while peers' ARP caches and switch tables hold the old one, and unicast to the
+ * host is lost until they time out (seen: a migration stream to a host address stuck in SYN-SENT for 60 s).
+ * Setting the same MAC explicitly makes the kernel keep it. Returns null, or what went wrong (not fatal).
+ */
+async function pinBridgeMac(bridge: string): Promise<string | null> {
+  const sys = `/sys/class/net/${bridge}`;
+  let mac: string;
+  try {
+    if (fs.readFileSync(`${sys}/addr_assign_type`, 'utf8').trim() === NET_ADDR_SET) return null;
+    mac = fs.readFileSync(`${sys}/address`, 'utf8').trim();
+  } catch (err) {
+    return `cannot read ${bridge}'s MAC: ${(err as Error).message}`;
+  }
+  return new Promise((resolve) => {
+    execFile('ip', ['link', 'set', 'dev', bridge, 'address', mac], { timeout: 5000 }, (err, _out, stderr) =>
+      resolve(
+        err
+          ? `cannot fix ${bridge}'s MAC at ${mac}: ${(stderr || err.message).trim()}; it will follow its ports' MACs ` +
+              `(set it yourself: ip link set dev ${bridge} address ${mac})`
+          : null,
+      ),
+    );
+  });
+}
+
+/** /sys/class/net/DEV/addr_assign_type: the MAC was set by user space (NET_ADDR_SET). */
+const NET_ADDR_SET = '3';
 
 /** Puts the host's overlay address on its bridge (`ip addr replace`: idempotent across restarts). */
 function addBridgeAddress(bridge: string, a: { address: string; prefixLength: number }): Promise<void> {

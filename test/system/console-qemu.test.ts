@@ -115,7 +115,7 @@ vmTest(
     // The marker is printed once the shell has left line editing and given the terminal back its signal and
     // echo settings: a Ctrl-C sent earlier reaches the shell while echo is still off and shows no ^C.
     tty.type('echo started-$((6*7)); sleep 30\r');
-    await tty.waitFor(/\r\nstarted-42\r\n/, 3000, ttyFrom);
+    await tty.waitFor(/\r\nstarted-42\r+\n/, 3000, ttyFrom);
     await sleep(300);
     tty.type('\x03');
     await tty.waitFor(new RegExp(`\\^C[\\s\\S]*${GUEST_PROMPT}`), 3000, ttyFrom);
