@@ -3,13 +3,14 @@
 // a NAT that forgets its mappings is punched through again. (Sites behind NAT: nat-inprocess.test.ts; the
 // path each pair of NAT kinds takes: nat-paths.test.ts; the same with real NATs made by iptables:
 // test/system/nat-lab.test.ts.) Serial: each test times gaps on the real clock.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { macKey } from '../../src/addr.ts';
 import { arp, waitFor } from '../helpers/memory-mesh.ts';
 import {
   guestMac as mac,
   introducedNatMesh,
   type NatMesh,
+  type NatMeshSpec,
   pathBetween,
   peerAt,
   punchDirect,
@@ -18,6 +19,20 @@ import {
 
 function relayedBetween(m: NatMesh, a: string, b: string): number {
   return m.home.daemon.relayed().find((r) => r.from === a && r.to === b)?.packets ?? 0;
+}
+
+type NatKind = NatMeshSpec['sites'][number]['nat'];
+
+/** host-a and host-b behind these NATs, introduced by home, with a direct path punched between them. */
+async function punchedPair(t: ExecutionContext, natA: NatKind, natB: NatKind) {
+  const m = await introducedNatMesh(t, {
+    sites: [
+      { name: 'host-a', nat: natA },
+      { name: 'host-b', nat: natB },
+    ],
+  });
+  await punchDirect(m, 'host-a', 'host-b');
+  return { m, a: m.sites.get('host-a')!, b: m.sites.get('host-b')! };
 }
 
 test.serial(
@@ -72,15 +87,7 @@ test.serial(
 test.serial(
   'a direct path that stops answering falls back to the relay within 3 s, and comes back when it answers',
   async (t) => {
-    const m = await introducedNatMesh(t, {
-      sites: [
-        { name: 'host-a', nat: 'full-cone' },
-        { name: 'host-b', nat: 'port-restricted' },
-      ],
-    });
-    const a = m.sites.get('host-a')!;
-    const b = m.sites.get('host-b')!;
-    await punchDirect(m, 'host-a', 'host-b');
+    const { m, a, b } = await punchedPair(t, 'full-cone', 'port-restricted');
     // Break the direct path (both directions), keep sending every 20 ms, and time the gap at host-b.
     let broken = true;
     const pa = a.publicAddress;
@@ -115,15 +122,7 @@ test.serial(
 test.serial(
   'a NAT that forgets its mappings (conntrack -F) mid-stream: frames keep arriving through home within 3 s, and a new direct path is punched',
   async (t) => {
-    const m = await introducedNatMesh(t, {
-      sites: [
-        { name: 'host-a', nat: 'port-restricted' },
-        { name: 'host-b', nat: 'port-restricted' },
-      ],
-    });
-    const a = m.sites.get('host-a')!;
-    const b = m.sites.get('host-b')!;
-    await punchDirect(m, 'host-a', 'host-b');
+    const { m, a, b } = await punchedPair(t, 'port-restricted', 'port-restricted');
     const before = peerAt(b, 'host-a')!.endpoint!;
     const arrivals: number[] = [];
     b.tap.onWrite = () => arrivals.push(Date.now());
