@@ -126,11 +126,11 @@ export const TICK_MS = 250; // one tick drives all ageing, retries, keepalives
 // --- TAP --------------------------------------------------------------------------------------------
 export const TAP_FRAMES_PER_WAKEUP = 128; // slab slots: a 64 KB TSO read alone cuts into ~48 frames
 export const TAP_FRAME_STRIDE_BYTES = 9216; // room for jumbo frames up to 9 KB
-// The kernel's queue towards the daemon (its ring; the kernel's default is 1000). A TAP orphans what it queues, so
-// TCP's own small-queue limit does not hold there and a bulk stream from this host keeps the ring full of 64 KB
-// (TSO) frames that every packet behind it waits out. 64 (2026-12-01, bench/peers-ab.ts, 8 interleaved rounds at
-// load 7-15): TCP 815-1042 vs 706-901 Mbit/s, ping beside it 6.1-8.9 vs 7.3-15.2 ms; 16 was no better than 1000.
-export const TAP_TX_QUEUE_LEN = 64;
+// The kernel's queue towards the daemon (its ring; the kernel's default). 64 was tried (2026-12-01): on a loaded
+// machine it shortened the wait of a ping behind a bulk TCP stream from this host, but on a quiet one it halved
+// UDP at 1400 B (99 vs 162-224 Mbit/s, bench:peers --only homewire, alternating 1000/64 twice, load 1.3-2):
+// each such datagram is two frames here, and a sender's burst overflowed 64. Drops there are tap_ring_full.
+export const TAP_TX_QUEUE_LEN = 1000;
 export const TAP_WRITE_QUEUE_MAX = 1024; // frames waiting on EAGAIN (or for the writer thread) before drops
 export const TAP_WRITE_QUEUE_BYTES = 16 * 1024 * 1024; // writer thread: memory bound (native/delay.h bounds the wait)
 

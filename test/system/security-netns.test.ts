@@ -224,7 +224,7 @@ netnsTest(
       `host-a: ${JSON.stringify(a.security.portSecurityDrops)}, TAP queue full ${a.tap.rxRingDropped}; home MAC table ${home.macs.length}`,
     );
     // Each flood frame is refused by port security, or (the daemon busy) earlier by the kernel at the TAP's
-    // bounded queue towards it (TAP_TX_QUEUE_LEN), counted as tap_ring_full: either way none reaches the mesh.
+    // queue towards it (TAP_TX_QUEUE_LEN), counted as tap_ring_full: either way none reaches the mesh.
     const refused = a.security.portSecurityDrops.too_many_macs + (a.tap.rxRingDropped ?? 0);
     t.true(refused >= 19_000, `random source MACs beyond max_macs_per_site, refused: ${refused}`);
     t.true(a.security.portSecurityDrops.too_many_macs >= 10_000, 'most of the flood reached port security');
