@@ -554,7 +554,7 @@ function samePeerOptions(a: PeerConfig, b: PeerConfig | undefined): boolean {
  * Fixes the bridge's MAC where it is now. A Linux bridge whose MAC was never set takes the lowest MAC of its
  * ports, so it changes whenever a VM's TAP joins or leaves; the host's overlay address (host_address, a lease)
  * then answers from a new MAC while peers' ARP caches and switch tables hold the old one, and unicast to the
- * host is lost until they time out (seen: a migration stream to a host address stuck in SYN-SENT for 60 s).
+ * host is lost until they time out (the likely cause of a migration stream to a host address stuck in SYN-SENT).
  * Setting the same MAC explicitly makes the kernel keep it. Returns null, or what went wrong (not fatal).
  */
 async function pinBridgeMac(bridge: string): Promise<string | null> {
@@ -566,38 +566,32 @@ async function pinBridgeMac(bridge: string): Promise<string | null> {
   } catch (err) {
     return `cannot read ${bridge}'s MAC: ${(err as Error).message}`;
   }
-  return new Promise((resolve) => {
-    execFile('ip', ['link', 'set', 'dev', bridge, 'address', mac], { timeout: 5000 }, (err, _out, stderr) =>
-      resolve(
-        err
-          ? `cannot fix ${bridge}'s MAC at ${mac}: ${(stderr || err.message).trim()}; it will follow its ports' MACs ` +
-              `(set it yourself: ip link set dev ${bridge} address ${mac})`
-          : null,
-      ),
-    );
-  });
+  const err = await ipCommand(['link', 'set', 'dev', bridge, 'address', mac]);
+  return err === null
+    ? null
+    : `cannot fix ${bridge}'s MAC at ${mac}: ${err}; it will follow its ports' MACs ` +
+        `(set it yourself: ip link set dev ${bridge} address ${mac})`;
 }
 
 /** /sys/class/net/DEV/addr_assign_type: the MAC was set by user space (NET_ADDR_SET). */
 const NET_ADDR_SET = '3';
 
 /** Puts the host's overlay address on its bridge (`ip addr replace`: idempotent across restarts). */
-function addBridgeAddress(bridge: string, a: { address: string; prefixLength: number }): Promise<void> {
+async function addBridgeAddress(bridge: string, a: { address: string; prefixLength: number }): Promise<void> {
   const family = a.address.includes(':') ? '-6' : '-4';
-  return new Promise((resolve, reject) => {
-    execFile(
-      'ip',
-      [family, 'addr', 'replace', `${a.address}/${a.prefixLength}`, 'dev', bridge],
-      { timeout: 5000 },
-      (err, _out, stderr) => {
-        if (!err) return resolve();
-        reject(
-          new OperatorError(
-            'EHOSTADDR',
-            `cannot put host_address ${a.address}/${a.prefixLength} on ${bridge}: ${(stderr || err.message).trim()} (needs iproute2 and CAP_NET_ADMIN)`,
-          ),
-        );
-      },
+  const err = await ipCommand([family, 'addr', 'replace', `${a.address}/${a.prefixLength}`, 'dev', bridge]);
+  if (err === null) return;
+  throw new OperatorError(
+    'EHOSTADDR',
+    `cannot put host_address ${a.address}/${a.prefixLength} on ${bridge}: ${err} (needs iproute2 and CAP_NET_ADMIN)`,
+  );
+}
+
+/** Runs iproute2's `ip` with these arguments: null, or what it said went wrong. */
+function ipCommand(args: string[]): Promise<string | null> {
+  return new Promise((resolve) => {
+    execFile('ip', args, { timeout: 5000 }, (err, _out, stderr) =>
+      resolve(err ? (stderr || err.message).trim() : null),
     );
   });
 }
