@@ -11,7 +11,7 @@
 //                      nebula or wg: that peer overlay instead, as a yardstick
 //     --parts          rest: ping at rest (200 × 10 ms); load: iperf3 TCP with a ping beside it; udp: iperf3 -u
 //                      at each of --udp-rates (Mbit/s, fixed, loss per probe); breakdown: the tcpdump breakdown
-//     --hold           bring "new" up and wait (for perf/strace by hand); Ctrl-C ends it
+//     --hold [base]    bring "new" (or the base) up and wait (for perf/strace by hand); Ctrl-C ends it
 // HOMEWIRE_BENCH_PREFIX=hwp2- (any prefix) keeps the namespaces apart from another bench running at once.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -121,7 +121,8 @@ async function main(): Promise<void> {
   ];
   for (const v of variants) await v.prepare(bed);
   if (process.argv.includes('--hold')) {
-    await variants[1].up(bed);
+    const held = variants[process.argv[process.argv.indexOf('--hold') + 1] === 'base' ? 0 : 1];
+    await held.up(bed);
     log(`up in ${PLAN.a.ns} / ${PLAN.b.ns}; logs in ${bed.dir}; Ctrl-C ends it`);
     await new Promise<void>((r) => process.once('SIGINT', () => r()));
     await bed.destroy();

@@ -11,11 +11,14 @@
 //   .start(onBatch(count, slab, sources))   .stop()   .close()   .gro (UDP_GRO is on)   .fd (our dup)
 //   UDP_RX_COUNTER_NAMES: the layout of the counters array (native writes, JS reads)
 //
-// Ownership: datagrams are copied (one memcpy per message, cheap beside a syscall) from a reused scratch area
-// into a JS slab that is NEVER written again once handed out: datagram i of a batch is
-// slab[meta[4i] .. meta[4i] + meta[4i+1]). A fresh slab is taken when the current one cannot take another
-// batch, so JS may keep a view as long as it likes (the mesh hands frames on without copying); a slab's memory
-// is recycled once the garbage collector finds its last view gone (see SlabPool). meta[4i+2] is the datagram's
+// Ownership: each message is copied from a reused scratch area into a native staging area (compacted, 16-byte
+// aligned), and when the batch is delivered the staging area's used bytes are copied once more into a fresh JS
+// Buffer of exactly that size, the batch's own: datagram i is buf[meta[4i] .. meta[4i] + meta[4i+1]). JS may
+// keep a view as long as it likes (the mesh hands frames on without copying); nothing writes that Buffer again.
+// Why a copy per batch and not the slab itself: a long-lived slab lives in V8's old space, so only a full
+// mark-compact could find its last view gone, and slabs handed out at line rate made V8 run one every ~60 ms
+// (2-9 ms pauses, each a burst of drops); a batch's own Buffer dies young and a scavenge frees it. The second
+// memcpy costs ~0.1 us per KB. meta[4i+2] is the datagram's
 // source: an index into this batch's sources ([address, port, address, port, ...], each distinct source once,
 // formatted as node:dgram (libuv) does; the previous batch's array again when the sources are the same, so JS
 // only reads it); meta[4i+3] holds flags (1: the datagram came in a coalesced run).
@@ -41,7 +44,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <mutex>
 #include <utility>
 #include <cstring>
 #include <string>
@@ -85,45 +87,6 @@ struct Source {
   sockaddr_storage ss;
   socklen_t len;
 };
-
-// Slab memory is recycled rather than handed back to the allocator: a fresh 4 MB slab is ~1000 page faults
-// (the kernel zeroing each page), which the profile showed as the receive path's largest cost. A slab goes
-// back to the pool only from its buffer's finalizer, that is once the garbage collector has found no view of
-// it left, so JS never sees reused memory. The pool is never freed (finalizers may run after every
-// receiver is gone) and holds at most kPoolSlabs free slabs.
-constexpr size_t kPoolSlabs = 16;
-
-struct SlabPool {
-  std::mutex m;
-  std::vector<std::pair<uint8_t*, size_t>> free;
-};
-SlabPool* const gSlabPool = new SlabPool();
-
-uint8_t* TakeSlab(size_t size) {
-  {
-    std::lock_guard<std::mutex> l(gSlabPool->m);
-    auto& f = gSlabPool->free;
-    for (size_t i = 0; i < f.size(); i++) {
-      if (f[i].second != size) continue;
-      uint8_t* p = f[i].first;
-      f[i] = f.back();
-      f.pop_back();
-      return p;
-    }
-  }
-  return static_cast<uint8_t*>(std::malloc(size));
-}
-
-void ReturnSlab(napi_env env, void* data, void* hint) {
-  size_t size = reinterpret_cast<size_t>(hint);
-  int64_t adjusted;
-  napi_adjust_external_memory(env, -(int64_t)size, &adjusted);
-  std::lock_guard<std::mutex> l(gSlabPool->m);
-  if (gSlabPool->free.size() < kPoolSlabs)
-    gSlabPool->free.emplace_back(static_cast<uint8_t*>(data), size);
-  else
-    std::free(data);
-}
 
 class UdpRx;
 
@@ -210,6 +173,7 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
       if (setsockopt(fd_, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) != 0) hist_ = nullptr;
     }
     scratch_.resize((size_t)kVlen * bufferBytes_);
+    stage_.resize(slabBytes_);
 
     uv_loop_t* loop = nullptr;
     if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
@@ -322,26 +286,6 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
     return std::memcmp(&s.ss, &ss, len) == 0;
   }
 
-  // A fresh slab (the old one belongs to the views JS kept), from the pool. Needs a handle scope (we are in a
-  // callback).
-  bool NewSlab(napi_env env) {
-    napi_value buf;
-    uint8_t* data = TakeSlab(slabBytes_);
-    if (data == nullptr) return false;
-    if (napi_create_external_buffer(env, slabBytes_, data, ReturnSlab, reinterpret_cast<void*>(slabBytes_), &buf) !=
-        napi_ok) {
-      std::free(data);
-      return false;
-    }
-    int64_t adjusted;
-    napi_adjust_external_memory(env, (int64_t)slabBytes_, &adjusted);  // the collector sees what slabs hold
-    slabRef_.Reset();
-    slabRef_ = Napi::Persistent(Napi::Object(env, buf));
-    slab_ = data;
-    slabOff_ = 0;
-    return true;
-  }
-
   void ReadBatch() {
     napi_env env = Env();
     Napi::HandleScope scope(env);
@@ -358,17 +302,10 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
       unsigned vlen = (maxDatagrams_ - n) / perMsg;
       if (vlen > kVlen) vlen = kVlen;
       if (vlen == 0) break;  // the batch is full: deliver it; the poll fires again for the rest
-      if (slab_ == nullptr || slabOff_ + (size_t)vlen * bufferBytes_ > slabBytes_) {
-        if (n > 0) {
-          Deliver(n);
-          n = 0;
-          if (closed_ || !reading_) return;
-        }
-        if (!NewSlab(env)) {
-          ctr_[R_ERRORS]++;
-          ctr_[R_LAST_ERRNO] = ENOMEM;
-          return;
-        }
+      if (stageOff_ + (size_t)vlen * bufferBytes_ > slabBytes_) {  // the staging area is full: deliver first
+        Deliver(n);
+        n = 0;
+        if (closed_ || !reading_) return;
         continue;
       }
       for (unsigned i = 0; i < vlen; i++) {
@@ -424,9 +361,9 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
     }
     if (seg == 0 || seg >= len) seg = len;
     uint32_t src = SourceId(addr, m.msg_hdr.msg_namelen);
-    uint32_t base = (uint32_t)slabOff_;
-    std::memcpy(slab_ + slabOff_, iov.iov_base, len);
-    slabOff_ = (slabOff_ + len + kSlabAlign - 1) & ~(kSlabAlign - 1);
+    uint32_t base = (uint32_t)stageOff_;
+    std::memcpy(stage_.data() + stageOff_, iov.iov_base, len);
+    stageOff_ = (stageOff_ + len + kSlabAlign - 1) & ~(kSlabAlign - 1);
     uint32_t segs = 0;
     size_t off = 0;
     do {
@@ -497,12 +434,23 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
     return arr;
   }
 
+  // The batch's datagrams (the staging area's used bytes, copied into a Buffer of their own) to JS.
   void Deliver(uint32_t n) {
     napi_env env = Env();
     Napi::HandleScope scope(env);
     napi_value args[3];
+    size_t used = stageOff_;
+    stageOff_ = 0;
+    if (n == 0) return;
+    void* copy;
+    if (napi_create_buffer_copy(env, used, stage_.data(), &copy, &args[1]) != napi_ok) {
+      ctr_[R_ERRORS]++;
+      ctr_[R_LAST_ERRNO] = ENOMEM;
+      batchSources_.clear();
+      lastSource_ = 0;
+      return;
+    }
     napi_create_uint32(env, n, &args[0]);
-    args[1] = slabRef_.Value();
     args[2] = SourcesArray(env);
     batchSources_.clear();
     lastSource_ = 0;
@@ -536,9 +484,7 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
       fd_ = -1;
     }
     onBatch_.Reset();
-    slabRef_.Reset();
     prevSourcesRef_.Reset();
-    slab_ = nullptr;
     if (asyncCtx_ != nullptr && fromJs) {
       if (inCallback_)
         ctxToDestroy_ = asyncCtx_;
@@ -567,10 +513,9 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
   uint32_t maxDatagrams_ = 0;
   uint32_t bufferBytes_ = 0;
   size_t slabBytes_ = 0;
-  std::vector<uint8_t> scratch_;
-  uint8_t* slab_ = nullptr;
-  size_t slabOff_ = 0;
-  Napi::ObjectReference slabRef_;
+  std::vector<uint8_t> scratch_;  // recvmmsg's buffers, one of bufferBytes_ per message
+  std::vector<uint8_t> stage_;    // the batch being read, compacted; copied to JS at delivery
+  size_t stageOff_ = 0;
   double* ctr_ = nullptr;
   Napi::ObjectReference ctrRef_;
   uint32_t* meta_ = nullptr;
