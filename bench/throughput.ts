@@ -6,7 +6,7 @@
 //     --runs N      iperf3 runs per case (default 3): median, min, max
 //     --seconds S   iperf3 duration (default 10)
 //     --parallel    also run every case with 4 streams (iperf3 -P 4)
-//     --ipv6        IPv6 underlay (TAP MTU 1402)
+//     --ipv6        IPv6 underlay (TAP MTU 1410)
 // Prints a table and JSON; writes the JSON to bench/results/throughput-<date>.json.
 import fs from 'node:fs';
 import os from 'node:os';

@@ -81,7 +81,7 @@ function shaped(): Buffer {
   const b = bytes(len);
   b[0] = type;
   b[1] = b[2] = b[3] = 0;
-  if (type === MSG_DATA && rand() < 0.3) b.writeUInt32LE(0, 12); // plausible small counters
+  if (type === MSG_DATA && rand() < 0.3) b.writeUInt32LE(int(64), 8); // plausible small counters
   return b;
 }
 
@@ -104,10 +104,7 @@ function mutated(): { msg: Buffer; kind: string } {
       return { msg: b, kind: 'retyped' };
     }
     case 4: {
-      if (b.length >= 16) {
-        b.writeUInt32LE(int(2 ** 32), 8);
-        b.writeUInt32LE(int(2 ** 32), 12);
-      }
+      if (b.length >= 12) b.writeUInt32LE(int(2 ** 32), 8); // the counter's low 32 bits (all that travel)
       return { msg: b, kind: 'recountered' };
     }
     case 5: {

@@ -3,12 +3,13 @@
 //
 // sodium-native needs one JS call with five Buffer arguments per packet, three of them fresh subarrays of the
 // datagram; here a packet is one call with the datagram alone: the wire format fixes where everything is.
-//   transport message: header (16 bytes: type, 3 reserved, receiver index, counter u64 LE) | ciphertext | tag
-//   AAD = the header; nonce = 4 zero bytes | counter (the header's last 8 bytes, as WireGuard does)
+//   transport message: header (12 bytes: type, 3 reserved, receiver index, counter's low 32 bits LE) | ciphertext
+//   | tag. AAD = the header; nonce = 4 zero bytes | the full 64-bit counter LE (as WireGuard): its low half from
+//   the header, its high half from the caller (the receiver reconstructs it from its replay window).
 //
 //   new AeadKey(key: 32-byte Buffer)      the EVP context is keyed once; the caller may wipe its copy
-//   .open(msg) -> plaintext length, or -1 if not authentic (msg is decrypted in place)
-//   .seal(out, payload) -> 0, or -1      out[0..16) holds the header; out = header | ciphertext | tag
+//   .open(msg, counterHigh) -> plaintext length, or -1 if not authentic (msg is decrypted in place)
+//   .seal(out, payload, counterHigh) -> 0, or -1   out[0..12) holds the header; out = header | ciphertext | tag
 //   .wipe()                               frees the context (OpenSSL cleanses the key); later calls return -1
 #include <napi.h>
 #include <openssl/evp.h>
@@ -18,7 +19,7 @@
 
 namespace {
 
-constexpr size_t kHeader = 16;
+constexpr size_t kHeader = 12;
 constexpr size_t kTag = 16;
 constexpr size_t kKey = 32;
 
@@ -67,12 +68,17 @@ class AeadKey : public Napi::ObjectWrap<AeadKey> {
     enc_ = dec_ = nullptr;
   }
 
-  static void Nonce(const uint8_t* header, uint8_t nonce[12]) {
+  // 4 zero bytes | counter u64 LE: the low half as the header carries it, then the high half.
+  static void Nonce(const uint8_t* header, uint32_t high, uint8_t nonce[12]) {
     std::memset(nonce, 0, 4);
-    std::memcpy(nonce + 4, header + 8, 8);
+    std::memcpy(nonce + 4, header + 8, 4);
+    for (int i = 0; i < 4; i++) nonce[8 + i] = (uint8_t)(high >> (8 * i));
+  }
+  static uint32_t High(const Napi::CallbackInfo& info, size_t i) {
+    return info.Length() > i && info[i].IsNumber() ? info[i].As<Napi::Number>().Uint32Value() : 0;
   }
 
-  // open(msg): authenticates and decrypts msg[16 .. len-16) in place.
+  // open(msg, counterHigh): authenticates and decrypts msg[12 .. len-16) in place.
   Napi::Value Open(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (dec_ == nullptr || info.Length() < 1 || !info[0].IsBuffer()) return Napi::Number::New(env, -1);
@@ -82,7 +88,7 @@ class AeadKey : public Napi::ObjectWrap<AeadKey> {
     if (len < kHeader + kTag) return Napi::Number::New(env, -1);
     size_t ct = len - kHeader - kTag;
     uint8_t nonce[12];
-    Nonce(m, nonce);
+    Nonce(m, High(info, 1), nonce);
     int outl = 0;
     uint8_t fin[16];
     bool ok = EVP_CipherInit_ex(dec_, nullptr, nullptr, nullptr, nonce, 0) == 1 &&
@@ -93,7 +99,7 @@ class AeadKey : public Napi::ObjectWrap<AeadKey> {
     return Napi::Number::New(env, ok ? (double)ct : -1);
   }
 
-  // seal(out, payload): out[0..16) is the header; writes ciphertext and tag after it.
+  // seal(out, payload, counterHigh): out[0..12) is the header; writes ciphertext and tag after it.
   Napi::Value Seal(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (enc_ == nullptr || info.Length() < 2 || !info[0].IsBuffer() || !info[1].IsBuffer())
@@ -104,7 +110,7 @@ class AeadKey : public Napi::ObjectWrap<AeadKey> {
     size_t plen = p.Length();
     if (o.Length() != kHeader + plen + kTag) return Napi::Number::New(env, -1);
     uint8_t nonce[12];
-    Nonce(out, nonce);
+    Nonce(out, High(info, 2), nonce);
     int outl = 0;
     uint8_t fin[16];
     bool ok = EVP_CipherInit_ex(enc_, nullptr, nullptr, nullptr, nonce, 1) == 1 &&

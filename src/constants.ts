@@ -9,7 +9,7 @@ export const MSG_SIGNAL = 5; // encrypted signal message (mesh signalling; same 
 export const MSG_RELAY_DATA = 6; // a frame relayed through an introducer; reserved bytes = a 24-bit site id
 export const MSG_RELAY_SIGNAL = 7; // a signal message relayed the same way
 
-export const TRANSPORT_HEADER_BYTES = 16; // type u8, 3 reserved, receiver index u32 LE, counter u64 LE
+export const TRANSPORT_HEADER_BYTES = 12; // type u8, 3 reserved, receiver index u32 LE, counter's low u32 LE
 export const AEAD_TAG_BYTES = 16;
 export const TRANSPORT_OVERHEAD_BYTES = TRANSPORT_HEADER_BYTES + AEAD_TAG_BYTES;
 export const NOISE_KEY_BYTES = 32;
@@ -25,7 +25,7 @@ export const HANDSHAKE_RESP_BYTES = HANDSHAKE_RESP_NOISE_END + 2 * HANDSHAKE_MAC
 export const COOKIE_NONCE_BYTES = 24;
 export const COOKIE_BYTES = 16;
 export const COOKIE_REPLY_BYTES = 8 + COOKIE_NONCE_BYTES + COOKIE_BYTES + 16;
-export const NOISE_PROLOGUE = Buffer.from('homewire v1');
+export const NOISE_PROLOGUE = Buffer.from('homewire v2'); // v2: the 12-byte transport header
 
 // --- Sites behind NAT: introductions, relay, paths, TCP fallback (README "Sites behind NAT") -------
 export const SITE_ID_BROADCAST = 0xff_ffff; // relayed frame for every site the relay serves (it fans out)
@@ -56,12 +56,13 @@ export const IPV4_HEADER_BYTES = 20;
 export const IPV6_HEADER_BYTES = 40;
 export const UDP_HEADER_BYTES = 8;
 export const ETHERNET_HEADER_BYTES = 14;
-export const VLAN_TAG_BYTES = 4;
 export const DEFAULT_PORT = 51820;
-/** TAP MTU that fits one frame (with one VLAN tag) in a 1500-byte underlay packet without fragmentation. */
+/** TAP MTU that fits one untagged frame in a 1500-byte underlay packet without fragmentation (1430 over IPv4:
+ *  a 1400-byte UDP datagram is one frame). A guest's VLAN-tagged frame is 4 bytes longer: such guests need a
+ *  tap.mtu 4 lower, or their full-size tagged frames are dropped as too_big. */
 export function defaultTapMtu(family: 4 | 6): number {
   const ip = family === 6 ? IPV6_HEADER_BYTES : IPV4_HEADER_BYTES;
-  return UNDERLAY_MTU_BYTES - ip - UDP_HEADER_BYTES - TRANSPORT_OVERHEAD_BYTES - ETHERNET_HEADER_BYTES - VLAN_TAG_BYTES;
+  return UNDERLAY_MTU_BYTES - ip - UDP_HEADER_BYTES - TRANSPORT_OVERHEAD_BYTES - ETHERNET_HEADER_BYTES;
 }
 /** Largest Ethernet frame (header included) that fits one underlay datagram for this family. */
 export function maxFrameBytes(family: 4 | 6): number {

@@ -2,23 +2,25 @@
 // the addon's (native/aead.cc: Node's own OpenSSL, one call per packet with the datagram alone) and
 // sodium-native's (five arguments per call, three of them fresh subarrays). The addon's is used when it is
 // built, unless HOMEWIRE_AEAD=sodium; both produce the same bytes (the wire format is RFC 8439 with the
-// transport header as AAD and 4 zero bytes | counter as nonce).
+// transport header as AAD and 4 zero bytes | the full 64-bit counter LE as nonce: the header carries the
+// counter's low 32 bits, the caller gives the high 32).
 import sodium from 'sodium-native';
 import { AEAD_TAG_BYTES, TRANSPORT_HEADER_BYTES } from '../constants.ts';
 import { addonOrNull } from '../addon.ts';
+import { OFF_COUNTER } from './wire.ts';
 
 export interface Aead {
   /** out = header (already written) | ciphertext of payload | tag. False if it could not be sealed. */
-  seal(out: Buffer, payload: Buffer): boolean;
+  seal(out: Buffer, payload: Buffer, counterHigh: number): boolean;
   /** Authenticates and decrypts msg in place; the plaintext length, or -1 if it is not authentic. */
-  open(msg: Buffer): number;
+  open(msg: Buffer, counterHigh: number): number;
   /** Forgets the key. */
   wipe(): void;
 }
 
 interface NativeAeadKey {
-  seal(out: Buffer, payload: Buffer): number;
-  open(msg: Buffer): number;
+  seal(out: Buffer, payload: Buffer, counterHigh: number): number;
+  open(msg: Buffer, counterHigh: number): number;
   wipe(): void;
 }
 type NativeAeadCtor = new (key: Buffer) => NativeAeadKey;
@@ -39,11 +41,11 @@ class OpensslAead implements Aead {
   constructor(ctor: NativeAeadCtor, key: Buffer) {
     this.key = new ctor(key);
   }
-  seal(out: Buffer, payload: Buffer): boolean {
-    return this.key.seal(out, payload) === 0;
+  seal(out: Buffer, payload: Buffer, counterHigh: number): boolean {
+    return this.key.seal(out, payload, counterHigh) === 0;
   }
-  open(msg: Buffer): number {
-    return this.key.open(msg);
+  open(msg: Buffer, counterHigh: number): number {
+    return this.key.open(msg, counterHigh);
   }
   wipe(): void {
     this.key.wipe();
@@ -53,8 +55,9 @@ class OpensslAead implements Aead {
 class SodiumAead implements Aead {
   private readonly nonce = Buffer.alloc(12);
   constructor(private readonly key: Buffer) {}
-  seal(out: Buffer, payload: Buffer): boolean {
-    out.copy(this.nonce, 4, 8, TRANSPORT_HEADER_BYTES);
+  seal(out: Buffer, payload: Buffer, counterHigh: number): boolean {
+    out.copy(this.nonce, 4, OFF_COUNTER, OFF_COUNTER + 4);
+    this.nonce.writeUInt32LE(counterHigh, 8);
     sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
       out.subarray(TRANSPORT_HEADER_BYTES),
       payload,
@@ -65,10 +68,11 @@ class SodiumAead implements Aead {
     );
     return true;
   }
-  open(msg: Buffer): number {
+  open(msg: Buffer, counterHigh: number): number {
     const plainLength = msg.length - TRANSPORT_HEADER_BYTES - AEAD_TAG_BYTES;
     if (plainLength < 0) return -1;
-    msg.copy(this.nonce, 4, 8, TRANSPORT_HEADER_BYTES);
+    msg.copy(this.nonce, 4, OFF_COUNTER, OFF_COUNTER + 4);
+    this.nonce.writeUInt32LE(counterHigh, 8);
     try {
       sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
         msg.subarray(TRANSPORT_HEADER_BYTES, TRANSPORT_HEADER_BYTES + plainLength),

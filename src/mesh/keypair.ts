@@ -5,7 +5,7 @@ import sodium from 'sodium-native';
 import { AEAD_TAG_BYTES, TRANSPORT_HEADER_BYTES } from '../constants.ts';
 import { type Aead, type AeadImpl, aeadFor } from './aead.ts';
 import { ReplayWindow } from './replay.ts';
-import { MAX_COUNTER, readCounter, writeTransportHeader } from './wire.ts';
+import { counterHigh, fullCounter, MAX_COUNTER, readCounterLow, writeTransportHeader } from './wire.ts';
 
 /** Why Keypair.open refused a datagram (negative, so a result >= 0 is always a plaintext length). */
 export const OPEN_NOT_AUTHENTIC = -1;
@@ -40,7 +40,7 @@ export class Keypair {
     this.sendCounter = counter + 1;
     const out = Buffer.allocUnsafe(TRANSPORT_HEADER_BYTES + payload.length + AEAD_TAG_BYTES);
     writeTransportHeader(out, type, this.remoteIndex, counter, site);
-    return this.sendAead.seal(out, payload) ? out : null;
+    return this.sendAead.seal(out, payload, counterHigh(counter)) ? out : null;
   }
 
   /**
@@ -49,10 +49,10 @@ export class Keypair {
    * The replay window is only moved by authentic packets.
    */
   open(msg: Buffer): number | OpenRefusal {
-    const counter = readCounter(msg);
-    if (counter < 0) return OPEN_COUNTER_RANGE;
+    const counter = fullCounter(readCounterLow(msg), this.replay.highest);
+    if (counter > MAX_COUNTER) return OPEN_COUNTER_RANGE;
     if (!this.replay.wouldAccept(counter)) return OPEN_REPLAYED;
-    const plainLength = this.recvAead.open(msg);
+    const plainLength = this.recvAead.open(msg, counterHigh(counter));
     if (plainLength < 0) return OPEN_NOT_AUTHENTIC;
     if (!this.replay.accept(counter)) return OPEN_REPLAYED;
     return plainLength;

@@ -9,7 +9,8 @@ export const REPLAY_WINDOW_SIZE = REPLAY_WINDOW_BITS - REPLAY_WORD_BITS;
 
 export class ReplayWindow {
   private readonly ring = new Uint32Array(WORDS);
-  private highest = -1;
+  /** The highest counter accepted so far (-1: none). */
+  highest = -1;
 
   /** Marks counter as seen. Returns false if it was seen already or is too old. */
   accept(counter: number): boolean {

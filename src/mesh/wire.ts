@@ -3,11 +3,16 @@
 //   handshake init  (1): type | 0 0 0 | sender index u32 LE | Noise IK message 1 (e, s, timestamp) | mac1 | mac2
 //   handshake resp  (2): type | 0 0 0 | sender index u32 LE | receiver index u32 LE | Noise IK message 2 | mac1 | mac2
 //   cookie reply    (3): type | 0 0 0 | receiver index u32 LE | nonce (24) | sealed cookie (32)   (cookie.ts)
-//   data / signal  (4/5): type | 0 0 0 | receiver index u32 LE | counter u64 LE | ChaCha20-Poly1305(payload)
-//   relayed        (6/7): type | site id u24 BE | receiver index u32 LE | counter u64 LE | ChaCha20-Poly1305(payload)
+//   data / signal  (4/5): type | 0 0 0 | receiver index u32 LE | counter low u32 LE | ChaCha20-Poly1305(payload)
+//   relayed        (6/7): type | site id u24 BE | receiver index u32 LE | counter low u32 LE | ChaCha20-Poly1305(...)
 //                         (to the relay: the target site; from the relay: the origin site; see mesh/relay.ts)
 //
-// The 16-byte transport header is the AEAD's associated data, so type, index and counter are authenticated.
+// The 12-byte transport header is the AEAD's associated data, so type, index and counter are authenticated.
+// The counter is 64 bits (the nonce holds all of it) but only its low 32 bits travel: the receiver takes the
+// counter nearest to the highest it has accepted on that session (fullCounter), as QUIC does with packet
+// numbers. A wrong guess (a datagram delayed by 2^31 others) fails authentication; it can never be accepted
+// under another counter. Four bytes fewer per datagram let a 1500-byte underlay carry a 1430-byte TAP MTU, so a
+// 1400-byte UDP datagram (a common application size) crosses as one frame instead of two fragments.
 // Decoders never throw: a malformed datagram classifies as null and is counted by the caller.
 import {
   COOKIE_REPLY_BYTES,
@@ -31,8 +36,7 @@ export const OFF_TYPE = 0;
 export const OFF_SENDER = 4; // handshake init and resp: the sender's session index
 export const OFF_RECEIVER = 4; // transport: the receiver's session index
 export const OFF_RESP_RECEIVER = 8; // handshake resp: the initiator's session index
-export const OFF_COUNTER_LO = 8; // transport: counter, low 32 bits
-export const OFF_COUNTER_HI = 12; // transport: counter, high 32 bits
+export const OFF_COUNTER = 8; // transport: counter, low 32 bits
 export const OFF_INIT_NOISE = 8; // handshake init: Noise message 1
 export const OFF_RESP_NOISE = 12; // handshake resp: Noise message 2
 export const END_INIT_NOISE = HANDSHAKE_INIT_NOISE_END; // handshake init: Noise message 1 ends, mac1 starts
@@ -82,8 +86,32 @@ export function writeTransportHeader(out: Buffer, type: number, receiver: number
   out[2] = (site >>> 8) & 0xff;
   out[3] = site & 0xff;
   out.writeUInt32LE(receiver, OFF_RECEIVER);
-  out.writeUInt32LE(counter >>> 0, OFF_COUNTER_LO);
-  out.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), OFF_COUNTER_HI);
+  out.writeUInt32LE(counter % COUNTER_WIRE_SPAN, OFF_COUNTER);
+}
+
+const COUNTER_WIRE_SPAN = 0x1_0000_0000; // the counter values one wire field can name
+const COUNTER_HALF_SPAN = 0x8000_0000;
+
+/** The counter's high 32 bits (the nonce's, beside the header's low 32). */
+export function counterHigh(counter: number): number {
+  return Math.floor(counter / COUNTER_WIRE_SPAN);
+}
+
+/** The counter's low 32 bits as they travel. */
+export function readCounterLow(msg: Buffer): number {
+  return msg.readUInt32LE(OFF_COUNTER);
+}
+
+/**
+ * The full counter a datagram's low 32 bits name: the one nearest to the next expected (highest + 1), within
+ * half the wire span either side. Never negative; may exceed MAX_COUNTER (the caller refuses it).
+ */
+export function fullCounter(low: number, highest: number): number {
+  const expected = highest + 1;
+  let candidate = expected - (expected % COUNTER_WIRE_SPAN) + low;
+  if (candidate + COUNTER_HALF_SPAN <= expected) candidate += COUNTER_WIRE_SPAN;
+  else if (candidate > expected + COUNTER_HALF_SPAN && candidate >= COUNTER_WIRE_SPAN) candidate -= COUNTER_WIRE_SPAN;
+  return candidate;
 }
 
 /** Relayed messages: the 24-bit site id in the reserved bytes. */
@@ -93,13 +121,6 @@ export function readSite(msg: Buffer): number {
 
 export function readReceiver(msg: Buffer): number {
   return msg.readUInt32LE(OFF_RECEIVER);
-}
-
-/** The 64-bit counter as a number, or -1 if it is beyond MAX_COUNTER. */
-export function readCounter(msg: Buffer): number {
-  const hi = msg.readUInt32LE(OFF_COUNTER_HI);
-  if (hi >= 0x20_0000) return -1;
-  return hi * 0x1_0000_0000 + msg.readUInt32LE(OFF_COUNTER_LO);
 }
 
 export function writeHandshakeInit(out: Buffer, sender: number): void {

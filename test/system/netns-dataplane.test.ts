@@ -41,11 +41,11 @@ netnsTest('iperf3 TCP guest-a → lan through the mesh for 3 s exceeds 50 Mbit/s
 netnsTest('IPv6 underlay: the mesh runs over 2001:db8::/64 with the smaller TAP MTU', async (t) => {
   t.timeout(60_000);
   const lab = await labFor(t, { sites: ['home', 'host-a'], family: 6 });
-  t.is(lab.tapMtu, 1402);
+  t.is(lab.tapMtu, 1410);
   const up = lab.logLines('home').find((l) => l.msg === 'peer up');
   t.regex(JSON.stringify(up?.endpoint ?? ''), /2001:db8::2/, 'the session runs over IPv6');
   const mtu = (await lab.exec('guest-a', ['cat', '/sys/class/net/eth0/mtu'])).stdout.trim();
-  t.is(mtu, '1402');
+  t.is(mtu, '1410');
   for (const [from, to] of [
     ['guest-a', 'lan'],
     ['lan', 'guest-a'],
@@ -53,8 +53,8 @@ netnsTest('IPv6 underlay: the mesh runs over 2001:db8::/64 with the smaller TAP 
     const p = await lab.ping(from, to, fast);
     t.true(p.ok, `${from} → ${to}: ${pingText(p)}`);
   }
-  const full = await lab.ping('guest-a', 'lan', { ...fast, size: 1402 - 28, dontFragment: true });
-  t.true(full.ok, `1402-byte packets with DF: ${pingText(full)}`);
+  const full = await lab.ping('guest-a', 'lan', { ...fast, size: 1410 - 28, dontFragment: true });
+  t.true(full.ok, `1410-byte packets with DF: ${pingText(full)}`);
 });
 
 netnsTest('a site whose key home does not list cannot reach the LAN, and home keeps working', async (t) => {

@@ -1,5 +1,6 @@
 // Unit tests: wire codec, replay window against a naive model, MAC table ageing, config validation.
 import test, { type ExecutionContext } from 'ava';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,27 +10,60 @@ import {
   HANDSHAKE_RESP_BYTES,
   defaultTapMtu,
   maxFrameBytes,
+  MSG_DATA,
 } from '../../src/constants.ts';
 import { parseCoordinatorConfig } from '../../src/coordinator/config.ts';
 import { parseConfig } from '../../src/config.ts';
 import { ConfigError } from '../../src/errors.ts';
 import { encodeKey, generatePrivateKey, publicKeyOf, decodeKey } from '../../src/mesh/keys.ts';
 import { REPLAY_WINDOW_SIZE, ReplayWindow } from '../../src/mesh/replay.ts';
-import { classify, readCounter, readReceiver, writeTransportHeader } from '../../src/mesh/wire.ts';
+import { Keypair, OPEN_NOT_AUTHENTIC, OPEN_REPLAYED } from '../../src/mesh/keypair.ts';
+import {
+  classify,
+  counterHigh,
+  fullCounter,
+  readCounterLow,
+  readReceiver,
+  writeTransportHeader,
+} from '../../src/mesh/wire.ts';
 import { allUp, buildMesh, frame, waitFor } from '../helpers/memory-mesh.ts';
 
-test('transport header round trip, including counters above 2^32', (t) => {
+test('transport header round trip: the low 32 bits travel, the receiver finds the full counter', (t) => {
   for (const counter of [0, 1, 0xffffffff, 0x1_0000_0000, 2 ** 40 + 7, Number.MAX_SAFE_INTEGER]) {
     const b = Buffer.alloc(40);
     writeTransportHeader(b, 4, 0xdeadbeef, counter);
     t.is(classify(b), 4);
     t.is(readReceiver(b), 0xdeadbeef);
-    t.is(readCounter(b), counter);
+    t.is(readCounterLow(b), counter % 2 ** 32);
+    t.is(counterHigh(counter) * 2 ** 32 + readCounterLow(b), counter);
+    // In order, a little late, a little early, and across a wrap of the low half: always the sender's counter.
+    for (const highest of [counter - 1, counter + 100, counter - 1000, counter + 2 ** 31 - 2, counter - 2 ** 31]) {
+      if (highest < -1 || highest > Number.MAX_SAFE_INTEGER) continue;
+      t.is(fullCounter(readCounterLow(b), highest), counter, `counter ${counter} after ${highest}`);
+    }
   }
-  const b = Buffer.alloc(40);
-  writeTransportHeader(b, 4, 1, 0);
-  b.writeUInt32LE(0xffffffff, 12);
-  t.is(readCounter(b), -1, 'a counter beyond 2^53 is refused');
+  t.is(fullCounter(0xffffffff, -1), 0xffffffff, 'never below zero');
+  t.is(fullCounter(5, 2 ** 32 + 2 ** 31 + 10), 2 * 2 ** 32 + 5, 'the next span when nearer');
+});
+
+test("a session carries on across the wrap of the counter's low 32 bits; replays and reorders there are judged right", (t) => {
+  const k1 = crypto.randomBytes(32);
+  const k2 = crypto.randomBytes(32);
+  const a = new Keypair(Buffer.from(k1), Buffer.from(k2), 1, 2, true, 0, 'sodium');
+  const b = new Keypair(Buffer.from(k2), Buffer.from(k1), 2, 1, false, 0, 'sodium');
+  a.sendCounter = 2 ** 32 - 40; // as if 4 billion messages had gone
+  b.replay.accept(2 ** 32 - 41);
+  const sent = Array.from({ length: 80 }, (_, i) => a.seal(MSG_DATA, Buffer.from(`frame ${i}`))!);
+  // Out of order around the wrap (each one ten places late), then every one again.
+  const order = sent.map((_, i) => i).sort((x, y) => (x % 10) - (y % 10) || x - y);
+  for (const i of order) t.is(b.open(Buffer.from(sent[i])), `frame ${i}`.length, `datagram ${i}`);
+  for (const i of order) t.is(b.open(Buffer.from(sent[i])), OPEN_REPLAYED, `datagram ${i} again`);
+  t.is(b.replay.highest, 2 ** 32 + 39);
+  // A forged datagram that names a counter far ahead is refused and moves nothing.
+  const forged = Buffer.from(a.seal(MSG_DATA, Buffer.from('x'))!);
+  forged.writeUInt32LE(0x4000_0000, 8);
+  t.is(b.open(forged), OPEN_NOT_AUTHENTIC);
+  t.is(b.replay.highest, 2 ** 32 + 39);
 });
 
 test('classify rejects malformed datagrams without throwing', (t) => {
@@ -97,10 +131,10 @@ test('keys: genkey/pubkey round trip and base64 validation', (t) => {
 });
 
 test('MTU defaults fit a 1500-byte underlay', (t) => {
-  t.is(defaultTapMtu(4), 1422);
-  t.is(defaultTapMtu(6), 1402);
-  t.is(maxFrameBytes(4) + 20 + 8 + 32, 1500);
-  t.is(maxFrameBytes(6) + 40 + 8 + 32, 1500);
+  t.is(defaultTapMtu(4), 1430, 'a 1400-byte UDP datagram (1428 bytes of IP) is one frame');
+  t.is(defaultTapMtu(6), 1410);
+  t.is(maxFrameBytes(4) + 20 + 8 + 28, 1500);
+  t.is(maxFrameBytes(6) + 40 + 8 + 28, 1500);
 });
 
 test('MAC table entries age out on the tick', async (t) => {
@@ -192,7 +226,7 @@ test('config validation names the file, the key and what to do', (t) => {
     'peers[0].endpoint',
     /IPv6 but 'listen' is IPv4/,
   );
-  expectError(t, base.replace('{ name: hw0 }', '{ name: hw0, mtu: 1500 }'), 'tap.mtu', /at most 1422/);
+  expectError(t, base.replace('{ name: hw0 }', '{ name: hw0, mtu: 1500 }'), 'tap.mtu', /at most 1430/);
   expectError(t, base.replace('listen: 192.0.2.2:51820\n', ''), 'listen', /missing/);
   expectError(
     t,
