@@ -28,6 +28,8 @@ import type { Lookup } from './mesh/resolver.ts';
 import type { Endpoint } from './mesh/peer.ts';
 
 const INFRA_MACS_REFRESH_MS = 5_000;
+/** Read the TAP right after writing a receive batch to it (default on; HOMEWIRE_TAP_READ_AFTER_WRITE=0: off, for A/B). */
+const READ_TAP_AFTER_WRITE = process.env.HOMEWIRE_TAP_READ_AFTER_WRITE !== '0';
 
 export interface DaemonDeps {
   tap?: TapDevice;
@@ -161,7 +163,10 @@ export class Daemon {
       },
       signal: (peer, payload) => sw.onSignal(peer, payload),
       peerState: (peer, up) => log.info({ peer: peer.name, endpoint: peer.endpoint }, up ? 'peer up' : 'peer down'),
-      batchEnd: () => this.tap.flush?.(), // a lone frame (a ping) goes to the TAP at once
+      batchEnd: () => {
+        this.tap.flush?.(); // a lone frame (a ping) goes to the TAP at once
+        if (READ_TAP_AFTER_WRITE) this.tap.readNow?.(); // and the kernel's answer to it leaves in this turn
+      },
     });
     this.tap.start({
       frame: (frame) => {

@@ -47,6 +47,11 @@ export async function ping(
   return summarize(parsePing(r.stdout + r.stderr));
 }
 
+/** A flood of `count` pings (ping -f: each sent as the last reply came back, or every 10 ms): warm-up traffic. */
+export async function pingFlood(bed: Bed, to: string, count: number): Promise<void> {
+  await bed.exec('a', ['ping', '-n', '-q', '-f', '-c', String(count), '-W', '1', to], { timeoutMs: 120_000 });
+}
+
 /** utime + stime of a process (all its threads), in clock ticks; 0 once it is gone. */
 export function cpuTicks(pid: number | undefined): number {
   if (!pid) return 0;

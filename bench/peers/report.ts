@@ -12,6 +12,8 @@ export interface RunFigures {
   mtu: number;
   facts: Record<string, unknown>;
   pingRest: PingSummary;
+  /** The same, after WARMUP_FLOOD_PINGS flood pings (bench/peers.ts). */
+  pingWarm: PingSummary;
   breakdown: Breakdown | null;
   tcp: TcpResult;
   udp1400: UdpSearch;
@@ -29,6 +31,7 @@ export interface Summary {
   udpMtuMbps: number | null;
   udpMtuPayloadBytes: number;
   pingRestAvgMs: number | null;
+  pingWarmAvgMs: number | null;
   pingLoadAvgMs: number | null;
   pingLoadMaxMs: number | null;
   cpuReceiverPct: number;
@@ -71,6 +74,7 @@ export function summarize(runs: RunFigures[]): Summary | null {
     udpMtuMbps: r1(med(runs.map((r) => r.udpMtu.mbps))),
     udpMtuPayloadBytes: runs[0].udpMtu.payloadBytes,
     pingRestAvgMs: r3(med(runs.map((r) => r.pingRest.avgMs))),
+    pingWarmAvgMs: r3(med(runs.map((r) => r.pingWarm?.avgMs))),
     pingLoadAvgMs: r3(med(runs.map((r) => r.tcp.pingUnderLoad.avgMs))),
     pingLoadMaxMs: r3(med(runs.map((r) => r.tcp.pingUnderLoad.maxMs))),
     cpuReceiverPct: Math.round(med(runs.map((r) => r.tcp.cpuPct.b)) ?? 0),
@@ -128,10 +132,17 @@ export function markdownTable(results: OverlayResult[]): string {
       'high',
     ),
     row(
-      'ping at rest, avg (ms)',
+      'ping at rest, just started, avg (ms)',
       results,
       (s) => s.pingRestAvgMs,
       (s) => ms(s.pingRestAvgMs),
+      'low',
+    ),
+    row(
+      'ping at rest, warm (after 20,000 flood pings), avg (ms)',
+      results,
+      (s) => s.pingWarmAvgMs,
+      (s) => ms(s.pingWarmAvgMs),
       'low',
     ),
     row(

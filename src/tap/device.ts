@@ -37,6 +37,10 @@ export interface TapDevice {
   write(frame: Buffer): boolean;
   /** Hand the frames written so far to the kernel now (the end of a receive batch); else once per turn. */
   flush?(): void;
+  /** Read what the interface holds now, as a wake-up would (the handler runs synchronously if there is
+   *  anything): after flush(), the kernel's answers to what was written (an echo reply, TCP ACKs) leave in the
+   *  same turn instead of on a later wake-up. */
+  readNow?(): void;
   /** Stop and remove the interface. Idempotent; never blocks the process from exiting. */
   close(): void;
 }

@@ -38,6 +38,8 @@ export interface NativeTapHandle {
   stopReading(): void;
   /** Writes frames[0..count); returns how many were written or queued (the rest were dropped and counted). */
   writeBatch(frames: readonly (Uint8Array | undefined)[], count: number): number;
+  /** A read wake-up now (onRead synchronously if anything is queued); nothing inside onRead. */
+  readNow(): void;
   /** With a writer thread: its counters into the shared array (writeBatch does it too). */
   syncCounters(): void;
   close(): void;
@@ -338,6 +340,10 @@ export class NativeTap implements TapDevice {
     const p = this.pending;
     this.native.writeBatch(p, n);
     for (let i = 0; i < n; i++) p[i] = undefined; // let the buffers go, keep the array's capacity
+  }
+
+  readNow(): void {
+    if (!this.closed && this.handler) this.native.readNow();
   }
 
   close(): void {

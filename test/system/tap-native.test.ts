@@ -122,6 +122,48 @@ tapTest('enslaves to an existing bridge, and the kernel picks a name for "%d"', 
   t.regex(sh('ip', 'link', 'show', 'dev', tap.name), new RegExp(`master ${br} `));
 });
 
+tapTest("readNow after flush reads the kernel's answer in the same turn, and is a no-op inside a read", async (t) => {
+  const ns = netns(t);
+  const tap = openTap(t);
+  sh('ip', 'link', 'set', 'dev', tap.name, 'netns', ns);
+  sh('ip', '-n', ns, 'addr', 'add', '192.0.2.1/24', 'dev', tap.name);
+  sh('ip', '-n', ns, 'link', 'set', 'dev', tap.name, 'up');
+  const ourMac = Buffer.from('020000c0ffee', 'hex');
+  const arpRequest = (target: number): Buffer =>
+    Buffer.concat([
+      Buffer.from('ffffffffffff', 'hex'),
+      ourMac,
+      Buffer.from('08060001080006040001', 'hex'),
+      ourMac,
+      Buffer.from([192, 0, 2, 2]),
+      Buffer.alloc(6),
+      Buffer.from([192, 0, 2, target]),
+    ]);
+  const replies: number[] = [];
+  let nestedCalls = 0;
+  tap.start({
+    frame(f) {
+      if (f.readUInt16BE(12) !== ETH_P_ARP || f.readUInt16BE(20) !== 2) return; // IPv6 chatter of a new link
+      replies.push(f[31]);
+      nestedCalls++;
+      tap.readNow(); // inside a read: must not re-enter
+      nestedCalls--;
+    },
+    batchEnd() {},
+  });
+  await new Promise((r) => setTimeout(r, 300)); // let the new link's own chatter pass
+  tap.holdFlush();
+  t.true(tap.write(arpRequest(1)));
+  tap.flush();
+  tap.readNow();
+  // Synchronously, in this very turn: no await between the write and this check.
+  t.deepEqual(replies, [1], 'the ARP reply was read by readNow(), not by a later wake-up');
+  t.is(nestedCalls, 0);
+  // With nothing queued, readNow reads nothing and costs one failed read.
+  tap.readNow();
+  t.deepEqual(replies, [1]);
+});
+
 tapTest('round trip: an ARP request written into the TAP gets the kernel ARP reply read back', async (t) => {
   const ns = netns(t);
   const tap = openTap(t);
