@@ -9,19 +9,23 @@ export const REPLAY_WINDOW_SIZE = REPLAY_WINDOW_BITS - REPLAY_WORD_BITS;
 
 export class ReplayWindow {
   private readonly ring = new Uint32Array(WORDS);
+  private top = -1;
+
   /** The highest counter accepted so far (-1: none). */
-  highest = -1;
+  get highest(): number {
+    return this.top;
+  }
 
   /** Marks counter as seen. Returns false if it was seen already or is too old. */
   accept(counter: number): boolean {
     const index = Math.floor(counter / REPLAY_WORD_BITS);
-    if (counter > this.highest) {
-      const current = Math.floor(this.highest / REPLAY_WORD_BITS);
+    if (counter > this.top) {
+      const current = Math.floor(this.top / REPLAY_WORD_BITS);
       let diff = index - current;
       if (diff > WORDS) diff = WORDS;
       for (let i = 1; i <= diff; i++) this.ring[(current + i) % WORDS] = 0;
-      this.highest = counter;
-    } else if (this.highest - counter >= REPLAY_WINDOW_SIZE) {
+      this.top = counter;
+    } else if (this.top - counter >= REPLAY_WINDOW_SIZE) {
       return false;
     }
     const word = index % WORDS;
@@ -33,8 +37,8 @@ export class ReplayWindow {
 
   /** True if accept(counter) would succeed, without marking it. */
   wouldAccept(counter: number): boolean {
-    if (counter > this.highest) return true;
-    if (this.highest - counter >= REPLAY_WINDOW_SIZE) return false;
+    if (counter > this.top) return true;
+    if (this.top - counter >= REPLAY_WINDOW_SIZE) return false;
     const word = Math.floor(counter / REPLAY_WORD_BITS) % WORDS;
     return (this.ring[word] & (1 << (counter % REPLAY_WORD_BITS))) === 0;
   }
