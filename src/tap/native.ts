@@ -15,6 +15,7 @@ import {
   TAP_TX_QUEUE_LEN,
   TAP_WRITE_QUEUE_BYTES,
   TAP_WRITE_QUEUE_MAX,
+  TAP_WRITE_YIELD_FRAMES,
 } from '../constants.ts';
 import { OperatorError } from '../errors.ts';
 import { cpuNow, latency, now, TRACE_LATENCY } from '../trace.ts';
@@ -54,6 +55,8 @@ interface NativeCommonOptions {
   writeQueueBytes?: number;
   /** Coalesce runs of UDP datagrams on writes too (TCP always). */
   coalesceUdp?: boolean;
+  /** sched_yield() after this many writes of one batch (0 or absent: never). */
+  writeYieldFrames?: number;
 }
 
 export interface TapAddon {
@@ -89,6 +92,7 @@ const C = {
   txCoalesced: 8,
   txWrites: 9,
   rxSegmented: 10,
+  txYields: 11,
 } as const;
 const COUNTERS = Object.keys(C).length;
 
@@ -123,10 +127,14 @@ export interface NativeTapOptions {
    *  turns it on): the receiving stack hands such a run to a socket that did not ask for UDP_GRO as one burst,
    *  which overflows a default-size socket buffer (native/tap.cc, groOff_). TCP runs are always coalesced. */
   coalesceUdp?: boolean;
+  /** Yield the CPU after this many frames of one write batch (default TAP_WRITE_YIELD_FRAMES; 0 or
+   *  HOMEWIRE_TAP_WRITE_YIELD=0: never), so an application behind the TAP drains its socket (native/tap.cc). */
+  writeYieldFrames?: number;
 }
 
 const WRITER_THREAD_DEFAULT = process.env.HOMEWIRE_TAP_WRITER_THREAD === '1';
 const COALESCE_UDP_DEFAULT = process.env.HOMEWIRE_TAP_COALESCE_UDP === '1';
+const WRITE_YIELD_DEFAULT = process.env.HOMEWIRE_TAP_WRITE_YIELD === '0' ? 0 : TAP_WRITE_YIELD_FRAMES;
 
 export class NativeTap implements TapDevice {
   /** The name the kernel gave (differs from the requested one when it had "%d"). */
@@ -188,6 +196,7 @@ export class NativeTap implements TapDevice {
         writerThread: opts.writerThread ?? WRITER_THREAD_DEFAULT,
         writeQueueBytes: TAP_WRITE_QUEUE_BYTES,
         coalesceUdp: opts.coalesceUdp ?? COALESCE_UDP_DEFAULT,
+        writeYieldFrames: opts.writeYieldFrames ?? WRITE_YIELD_DEFAULT,
       });
     } catch (e) {
       throw toOperatorError(e);
@@ -196,13 +205,17 @@ export class NativeTap implements TapDevice {
   }
 
   /** Test hook: a NativeTap over one end of an addon socketPair() (datagrams behave like frames). */
-  static _fromFd(fd: number, opts: { writeQueueMax?: number; writerThread?: boolean } = {}): NativeTap {
+  static _fromFd(
+    fd: number,
+    opts: { writeQueueMax?: number; writerThread?: boolean; writeYieldFrames?: number } = {},
+  ): NativeTap {
     const counters = new Float64Array(COUNTERS);
     return new NativeTap(
       loadTapAddon().wrapFd(fd, {
         counters,
         writeQueueMax: opts.writeQueueMax ?? TAP_WRITE_QUEUE_MAX,
         writerThread: opts.writerThread ?? false,
+        writeYieldFrames: opts.writeYieldFrames ?? 0,
       }),
       counters,
     );
@@ -245,6 +258,7 @@ export class NativeTap implements TapDevice {
     txDroppedQueue: number;
     txDroppedError: number;
     txRefused: number;
+    txYields: number;
     lastErrno: number;
   } {
     if (!this.closed) this.native.syncCounters();
@@ -255,6 +269,7 @@ export class NativeTap implements TapDevice {
       txDroppedQueue: c[C.txDroppedQueue],
       txDroppedError: c[C.txDroppedError],
       txRefused: this.jsDropped, // write() said false: closed, or the native queue was full
+      txYields: c[C.txYields],
       lastErrno: c[C.lastErrno],
     };
   }

@@ -166,3 +166,31 @@ test('a queue already too slow refuses a new batch whole: none of its frames arr
   read(155, 2000);
   t.deepEqual(seen.slice(150), [2000, 2001, 2002, 2003, 2004], 'a batch after the queue drained is written');
 });
+
+test('a long write batch yields the CPU every writeYieldFrames frames (not with a writer thread), and every frame arrives in order', async (t) => {
+  const [fa, fb] = loadTapAddon().socketPair(4 << 20);
+  const a = NativeTap._fromFd(fa, { writeYieldFrames: 32 });
+  const b = NativeTap._fromFd(fb);
+  const [fc, fd] = loadTapAddon().socketPair(4 << 20);
+  const threaded = NativeTap._fromFd(fc, { writerThread: true, writeYieldFrames: 32 });
+  const sink = NativeTap._fromFd(fd);
+  t.teardown(() => {
+    for (const x of [a, b, threaded, sink]) x.close();
+  });
+  const seen: number[] = [];
+  b.start({ frame: (f) => void seen.push(f.readUInt32BE(0)), batchEnd: () => {} });
+  let next = 0;
+  const batch = (tap: NativeTap, size: number): void => {
+    for (let k = 0; k < size; k++) tap.write(frame(next++));
+    tap.flush();
+  };
+  batch(a, 32);
+  t.is(a.detail.txYields, 0, 'a batch of 32 is written in one go');
+  batch(a, 100);
+  t.is(a.detail.txYields, 3, 'after frames 32, 64 and 96 of 100');
+  t.true(await until(() => seen.length >= 132, 10_000), `${seen.length} of 132 read`);
+  t.deepEqual(seen, [...Array(132).keys()]);
+  batch(threaded, 100);
+  t.true(await until(() => threaded.stats.txFrames >= 100, 10_000));
+  t.is(threaded.detail.txYields, 0, 'the writer thread does not yield the event loop');
+});
