@@ -51,6 +51,28 @@ function netns(t: ExecutionContext): string {
   t.teardown(() => quiet(() => sh('ip', 'netns', 'del', ns)));
   return ns;
 }
+/** A TAP moved into a fresh namespace (its open fd follows it) where the kernel owns 192.0.2.1/24 on it. */
+function tapWithKernelAddress(t: ExecutionContext): { ns: string; tap: NativeTap } {
+  const ns = netns(t);
+  const tap = openTap(t);
+  sh('ip', 'link', 'set', 'dev', tap.name, 'netns', ns);
+  sh('ip', '-n', ns, 'addr', 'add', '192.0.2.1/24', 'dev', tap.name);
+  sh('ip', '-n', ns, 'link', 'set', 'dev', tap.name, 'up');
+  return { ns, tap };
+}
+/** A broadcast ARP request from `mac` (192.0.2.2) for 192.0.2.`target`. */
+function arpRequest(mac: Buffer, target: number): Buffer {
+  return Buffer.concat([
+    Buffer.from('ffffffffffff', 'hex'),
+    mac,
+    Buffer.from('0806', 'hex'), // Ethernet: broadcast, ARP
+    Buffer.from('0001080006040001', 'hex'), // Ethernet/IPv4, request
+    mac,
+    Buffer.from([192, 0, 2, 2]),
+    Buffer.alloc(6),
+    Buffer.from([192, 0, 2, target]),
+  ]);
+}
 const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
 // Tests in this file run concurrently and some block the loop with execFileSync: deadlines are generous.
 async function until(cond: () => boolean, ms: number): Promise<boolean> {
@@ -123,22 +145,8 @@ tapTest('enslaves to an existing bridge, and the kernel picks a name for "%d"', 
 });
 
 tapTest("readNow after flush reads the kernel's answer in the same turn, and is a no-op inside a read", async (t) => {
-  const ns = netns(t);
-  const tap = openTap(t);
-  sh('ip', 'link', 'set', 'dev', tap.name, 'netns', ns);
-  sh('ip', '-n', ns, 'addr', 'add', '192.0.2.1/24', 'dev', tap.name);
-  sh('ip', '-n', ns, 'link', 'set', 'dev', tap.name, 'up');
+  const { tap } = tapWithKernelAddress(t);
   const ourMac = Buffer.from('020000c0ffee', 'hex');
-  const arpRequest = (target: number): Buffer =>
-    Buffer.concat([
-      Buffer.from('ffffffffffff', 'hex'),
-      ourMac,
-      Buffer.from('08060001080006040001', 'hex'),
-      ourMac,
-      Buffer.from([192, 0, 2, 2]),
-      Buffer.alloc(6),
-      Buffer.from([192, 0, 2, target]),
-    ]);
   const replies: number[] = [];
   let nestedCalls = 0;
   tap.start({
@@ -153,7 +161,7 @@ tapTest("readNow after flush reads the kernel's answer in the same turn, and is 
   });
   await new Promise((r) => setTimeout(r, 300)); // let the new link's own chatter pass
   tap.holdFlush();
-  t.true(tap.write(arpRequest(1)));
+  t.true(tap.write(arpRequest(ourMac, 1)));
   tap.flush();
   tap.readNow();
   // Synchronously, in this very turn: no await between the write and this check.
@@ -165,12 +173,7 @@ tapTest("readNow after flush reads the kernel's answer in the same turn, and is 
 });
 
 tapTest('round trip: an ARP request written into the TAP gets the kernel ARP reply read back', async (t) => {
-  const ns = netns(t);
-  const tap = openTap(t);
-  // The open fd follows the device into the namespace; there the kernel owns 192.0.2.1.
-  sh('ip', 'link', 'set', 'dev', tap.name, 'netns', ns);
-  sh('ip', '-n', ns, 'addr', 'add', '192.0.2.1/24', 'dev', tap.name);
-  sh('ip', '-n', ns, 'link', 'set', 'dev', tap.name, 'up');
+  const { ns, tap } = tapWithKernelAddress(t);
   const kernelMac = Buffer.from(
     sh('ip', '-n', ns, '-o', 'link', 'show', 'dev', tap.name)
       .match(/link\/ether ([0-9a-f:]{17})/)![1]
@@ -179,17 +182,7 @@ tapTest('round trip: an ARP request written into the TAP gets the kernel ARP rep
   );
 
   const ourMac = Buffer.from('020000c0ffee', 'hex');
-  const ourIp = Buffer.from([192, 0, 2, 2]);
-  const request = Buffer.concat([
-    Buffer.from('ffffffffffff', 'hex'),
-    ourMac,
-    Buffer.from('0806', 'hex'), // Ethernet: broadcast, ARP
-    Buffer.from('0001080006040001', 'hex'), // Ethernet/IPv4, request
-    ourMac,
-    ourIp,
-    Buffer.alloc(6),
-    Buffer.from([192, 0, 2, 1]),
-  ]);
+  const request = arpRequest(ourMac, 1);
 
   let reply: Buffer | undefined;
   let frames = 0;
