@@ -13,7 +13,8 @@
 //     --keep-logs        keep the keys, configs and daemon logs (the path is printed)
 //
 // Per overlay and run: ping at rest (100 × 10 ms) just after start, then again after a flood of 20,000 pings
-// (warm); the warm one's breakdown (50 × 20 ms under tcpdump, see peers/breakdown.ts); iperf3 TCP, one stream, with a ping every 50 ms beside it and the daemons' CPU from
+// (warm); the warm one's breakdown (50 × 20 ms under tcpdump, see peers/breakdown.ts); iperf3 TCP, one stream,
+// with a ping every 50 ms beside it and the daemons' CPU from
 // /proc/PID/stat; UDP rate searches with 1400-byte datagrams and with datagrams filling the overlay MTU.
 // Results: bench/results/peers-<date>.json (git-ignored).
 import fs from 'node:fs';
