@@ -25,10 +25,12 @@ import {
   MSG_RELAY_DATA,
   MSG_RELAY_SIGNAL,
   MSG_SIGNAL,
+  NOISE_PROLOGUE,
   REJECT_AFTER_MS,
   SITE_ID_BROADCAST,
 } from '../constants.ts';
 import { ADMIT, HandshakeGuard, SEND_COOKIE } from './cookie.ts';
+import { LimitedLog } from '../limited-log.ts';
 import type { Logger } from '../log.ts';
 import { isLink, type UdpSocket } from '../udp/socket.ts';
 import { consumeInitiation, createInitiation, type StaticKeys, TimestampClock } from './handshake.ts';
@@ -171,6 +173,7 @@ export class Mesh {
   /** Sources of recent initiations from keys not (yet) in the config: a peer added by a reload is reached at
    *  once instead of at its next retry. Bounded; the address is only a hint (an initiation can be replayed). */
   private readonly unknownInitiators = new Map<string, { endpoint: Endpoint; atMs: number }>();
+  private readonly limited: LimitedLog;
 
   constructor(
     private readonly keys: StaticKeys,
@@ -181,6 +184,7 @@ export class Mesh {
     options: MeshOptions = {},
   ) {
     this.nowMs = now();
+    this.limited = new LimitedLog(log, now);
     this.guard = new HandshakeGuard(keys.publicKey, now);
     this.localKeyHex = keys.publicKey.toString('hex');
     this.introduce = options.introduce ?? false;
@@ -621,6 +625,13 @@ export class Mesh {
     if (!init) {
       this.handshakes.invalid++;
       this.drops.handshake_invalid++;
+      // mac1 was right, so the sender knows our public key: most likely a site on another wire version.
+      this.limited.warn(
+        'handshake_invalid',
+        { from: this.describe({ address: h.address, port: h.port }), prologue: NOISE_PROLOGUE.toString() },
+        'a handshake initiation for this key could not be read: the sender runs another homewire wire version ' +
+          '(run the same homewire on every site) or the message was forged or damaged',
+      );
       return;
     }
     const peer = this.byKey.get(init.remoteStatic.toString('hex'));

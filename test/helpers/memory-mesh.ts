@@ -1,7 +1,7 @@
 // Whole homewire meshes in one process: daemons on the in-memory UDP network with in-memory TAPs.
 import { parseConfig } from '../../src/config.ts';
 import { Daemon } from '../../src/daemon.ts';
-import { silentLogger } from '../../src/log.ts';
+import { type Logger, silentLogger } from '../../src/log.ts';
 import { encodeKey, generatePrivateKey, publicKeyOf } from '../../src/mesh/keys.ts';
 import { MemoryTap } from '../../lab/twins/tap.ts';
 import { MemoryNetwork } from '../../lab/twins/udp.ts';
@@ -29,6 +29,8 @@ export interface MeshSpec {
    * and a home LAN needs). Return '' for the daemon's own defaults.
    */
   security?: (name: string) => string;
+  /** A node's logger (default: silent), e.g. to assert on what an operator would read. */
+  log?: (name: string) => Logger | undefined;
 }
 
 /** The lab's security settings: the "home" node's local side is a LAN; guests have static addresses, so ARP
@@ -73,7 +75,12 @@ export async function buildMesh(
     const cfg = parseConfig(yaml.replace('peers:\n  []', 'peers: []'), `${me.name}.yaml`);
     const tap = new MemoryTap(cfg.tap.name, cfg.tap.mtu);
     const socket = net.bind(me.address, me.port);
-    const daemon = await Daemon.fromConfig(cfg, { tap, socket, log: silentLogger, now: spec.now });
+    const daemon = await Daemon.fromConfig(cfg, {
+      tap,
+      socket,
+      log: spec.log?.(me.name) ?? silentLogger,
+      now: spec.now,
+    });
     await daemon.start();
     nodes.set(me.name, { ...me, daemon, tap });
   }

@@ -4,6 +4,7 @@
 // session; one source with valid cookies is held to its token bucket; a forged response does not cancel the
 // pending handshake; responses to our own initiations are processed before queued initiations.
 import test, { type ExecutionContext } from 'ava';
+import pino from 'pino';
 import sodium from 'sodium-native';
 import {
   HANDSHAKE_INIT_BYTES,
@@ -17,6 +18,10 @@ import { classify } from '../../src/mesh/wire.ts';
 import { allUp, arp, buildMesh, waitFor } from '../helpers/memory-mesh.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const parse = (line: string): { fields: Record<string, unknown>; msg: string } => {
+  const o = JSON.parse(line) as Record<string, unknown>;
+  return { fields: o, msg: String(o.msg) };
+};
 
 /** A bogus initiation: random Noise bytes behind a valid header (type 1, a random sender index). */
 function bogusInit(): Buffer {
@@ -73,6 +78,30 @@ async function twoSites(t: ExecutionContext) {
   await waitFor(() => allUp(m.nodes));
   return { ...m, home: m.nodes.get('home')!, a: m.nodes.get('host-a')! };
 }
+
+test.serial(
+  'an initiation with a valid mac1 that cannot be read (another wire version) is counted and logged once per 10 s',
+  async (t) => {
+    const warnings: { fields: Record<string, unknown>; msg: string }[] = [];
+    const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(parse(line)) });
+    const m = await buildMesh({ names: ['home', 'host-a'], log: (name) => (name === 'home' ? log : undefined) });
+    t.teardown(m.stop);
+    await waitFor(() => allUp(m.nodes));
+    const home = m.nodes.get('home')!;
+    const mesh = home.daemon.mesh;
+    const evil = attacker(home.daemon.config.publicKey);
+    const invalid = mesh.handshakes.invalid;
+    // What a v1 site sends: mac1 right (it knows home's key), Noise under another prologue (here: random).
+    for (let i = 0; i < 5; i++) m.net.inject(evil.stamp(bogusInit()), '192.0.2.2', 51820, '192.0.2.1', 51820);
+    await waitFor(() => mesh.handshakes.invalid === invalid + 5);
+    t.is(mesh.drops.handshake_invalid, 5);
+    const about = warnings.filter((w) => /another homewire wire version/.test(w.msg));
+    t.is(about.length, 1, 'one line for five, not five');
+    t.is(about[0].fields.from, '192.0.2.2:51820');
+    t.is(about[0].fields.prologue, 'homewire v2');
+    t.true(allUp(m.nodes), 'the real session is untouched');
+  },
+);
 
 test.serial('initiations without a valid mac1 are dropped before any Diffie-Hellman', async (t) => {
   const { net, home, a } = await twoSites(t);
