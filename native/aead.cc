@@ -74,21 +74,25 @@ class AeadKey : public Napi::ObjectWrap<AeadKey> {
     std::memcpy(nonce + 4, header + 8, 4);
     for (int i = 0; i < 4; i++) nonce[8 + i] = (uint8_t)(high >> (8 * i));
   }
-  static uint32_t High(const Napi::CallbackInfo& info, size_t i) {
-    return info.Length() > i && info[i].IsNumber() ? info[i].As<Napi::Number>().Uint32Value() : 0;
+  // The counter's high half, argument i: required (a missing one would silently seal under the wrong nonce).
+  static bool High(const Napi::CallbackInfo& info, size_t i, uint32_t* high) {
+    if (info.Length() <= i || !info[i].IsNumber()) return false;
+    *high = info[i].As<Napi::Number>().Uint32Value();
+    return true;
   }
 
   // open(msg, counterHigh): authenticates and decrypts msg[12 .. len-16) in place.
   Napi::Value Open(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (dec_ == nullptr || info.Length() < 1 || !info[0].IsBuffer()) return Napi::Number::New(env, -1);
+    uint32_t high;
+    if (dec_ == nullptr || !info[0].IsBuffer() || !High(info, 1, &high)) return Napi::Number::New(env, -1);
     Napi::Buffer<uint8_t> b = info[0].As<Napi::Buffer<uint8_t>>();
     uint8_t* m = b.Data();
     size_t len = b.Length();
     if (len < kHeader + kTag) return Napi::Number::New(env, -1);
     size_t ct = len - kHeader - kTag;
     uint8_t nonce[12];
-    Nonce(m, High(info, 1), nonce);
+    Nonce(m, high, nonce);
     int outl = 0;
     uint8_t fin[16];
     bool ok = EVP_CipherInit_ex(dec_, nullptr, nullptr, nullptr, nonce, 0) == 1 &&
@@ -102,7 +106,8 @@ class AeadKey : public Napi::ObjectWrap<AeadKey> {
   // seal(out, payload, counterHigh): out[0..12) is the header; writes ciphertext and tag after it.
   Napi::Value Seal(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (enc_ == nullptr || info.Length() < 2 || !info[0].IsBuffer() || !info[1].IsBuffer())
+    uint32_t high;
+    if (enc_ == nullptr || !info[0].IsBuffer() || !info[1].IsBuffer() || !High(info, 2, &high))
       return Napi::Number::New(env, -1);
     Napi::Buffer<uint8_t> o = info[0].As<Napi::Buffer<uint8_t>>();
     Napi::Buffer<uint8_t> p = info[1].As<Napi::Buffer<uint8_t>>();
@@ -110,7 +115,7 @@ class AeadKey : public Napi::ObjectWrap<AeadKey> {
     size_t plen = p.Length();
     if (o.Length() != kHeader + plen + kTag) return Napi::Number::New(env, -1);
     uint8_t nonce[12];
-    Nonce(out, High(info, 2), nonce);
+    Nonce(out, high, nonce);
     int outl = 0;
     uint8_t fin[16];
     bool ok = EVP_CipherInit_ex(enc_, nullptr, nullptr, nullptr, nonce, 1) == 1 &&

@@ -55,15 +55,19 @@ class OpensslAead implements Aead {
 class SodiumAead implements Aead {
   private readonly nonce = Buffer.alloc(12);
   constructor(private readonly key: Buffer) {}
-  seal(out: Buffer, payload: Buffer, counterHigh: number): boolean {
-    out.copy(this.nonce, 4, OFF_COUNTER, OFF_COUNTER + 4);
+  /** 4 zero bytes | the counter u64 LE: its low half from the header, its high half given. */
+  private nonceFor(header: Buffer, counterHigh: number): Buffer {
+    header.copy(this.nonce, 4, OFF_COUNTER, OFF_COUNTER + 4);
     this.nonce.writeUInt32LE(counterHigh, 8);
+    return this.nonce;
+  }
+  seal(out: Buffer, payload: Buffer, counterHigh: number): boolean {
     sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
       out.subarray(TRANSPORT_HEADER_BYTES),
       payload,
       out.subarray(0, TRANSPORT_HEADER_BYTES),
       null,
-      this.nonce,
+      this.nonceFor(out, counterHigh),
       this.key,
     );
     return true;
@@ -71,15 +75,14 @@ class SodiumAead implements Aead {
   open(msg: Buffer, counterHigh: number): number {
     const plainLength = msg.length - TRANSPORT_HEADER_BYTES - AEAD_TAG_BYTES;
     if (plainLength < 0) return -1;
-    msg.copy(this.nonce, 4, OFF_COUNTER, OFF_COUNTER + 4);
-    this.nonce.writeUInt32LE(counterHigh, 8);
+    const nonce = this.nonceFor(msg, counterHigh);
     try {
       sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
         msg.subarray(TRANSPORT_HEADER_BYTES, TRANSPORT_HEADER_BYTES + plainLength),
         null,
         msg.subarray(TRANSPORT_HEADER_BYTES),
         msg.subarray(0, TRANSPORT_HEADER_BYTES),
-        this.nonce,
+        nonce,
         this.key,
       );
     } catch {

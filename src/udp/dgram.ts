@@ -1,7 +1,7 @@
 // The underlay socket: node:dgram binds it, owns it and closes it; the addon does the per-datagram work on its
 // fd when it is built. Receiving: native/udp_rx.cc drains the socket with recvmmsg and UDP GRO (a sender's
 // GSO run arrives as one message, cut here into its datagrams) and hands each wake-up's datagrams to JS in one
-// call; each goes to the handler as a Buffer view the handler owns (the slab behind it is never reused), then
+// call; each goes to the handler as a Buffer view the handler owns (a batch's Buffer of its own, never reused), then
 // batchEnd runs once. Without the addon, dgram's own 'message' events (one per datagram) feed the same handler
 // and batchEnd runs once per event-loop turn. Sending: runs of equal-size datagrams leave as one UDP GSO send,
 // the rest with sendmmsg (native/udp.cc); what that cannot take goes through dgram, which queues.
@@ -36,7 +36,7 @@ export interface UdpReceiverHandle {
   readonly gro: boolean;
   /** The receiver's own dup() of the socket's fd. */
   readonly fd: number;
-  start(onBatch: (count: number, slab: Buffer, sources: (string | number)[]) => void): void;
+  start(onBatch: (count: number, batch: Buffer, sources: (string | number)[]) => void): void;
   stop(): void;
   close(): void;
 }
@@ -347,8 +347,8 @@ export class DgramSocket implements UdpSocket {
     });
   }
 
-  // One call per wake-up: count datagrams in slab, described by meta (offset, length, source, flags).
-  private readonly onBatch = (count: number, slab: Buffer, sources: (string | number)[]): void => {
+  // One call per wake-up: count datagrams in batch, described by meta (offset, length, source, flags).
+  private readonly onBatch = (count: number, batch: Buffer, sources: (string | number)[]): void => {
     const h = this.handler;
     if (h === null) return;
     const started = TRACE_LATENCY ? now() : 0;
@@ -357,7 +357,7 @@ export class DgramSocket implements UdpSocket {
     for (let i = 0, m = 0; i < count; i++, m += 4) {
       const off = meta[m];
       const s = meta[m + 2] * 2;
-      h(slab.subarray(off, off + meta[m + 1]), sources[s] as string, sources[s + 1] as number);
+      h(batch.subarray(off, off + meta[m + 1]), sources[s] as string, sources[s + 1] as number);
     }
     this.batchEnd?.();
     if (TRACE_LATENCY) {
