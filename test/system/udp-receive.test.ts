@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { UDP_RX_DATAGRAMS_MAX } from '../../src/constants.ts';
+import { UDP_RX_DATAGRAMS_MAX, YOUNG_GC_AFTER_BYTES } from '../../src/constants.ts';
 import { DgramSocket, type DgramOptions } from '../../src/udp/dgram.ts';
 import { missingFor, testIf } from '../helpers/prereq.ts';
 
@@ -337,4 +337,55 @@ test('close(): no more datagrams are delivered, the port is free again, and the 
   const [first, closedAt] = r.out.trim().split('\n');
   t.is(first, 'native 300');
   t.true(Date.now() - Number(closedAt) < 2000, 'exited promptly after close()');
+});
+
+/** Runs test/helpers/gc-receiver.ts (env added), sends it 1400-byte datagrams in bursts until it has `bytes`
+ *  and exits, and returns its report. */
+async function gcReceiver(
+  bytes: number,
+  env: NodeJS.ProcessEnv,
+): Promise<{ received: number; major: number; minor: number; scavenges: number }> {
+  const p = spawn(process.execPath, ['--import=tsx', path.join(ROOT, 'test/helpers/gc-receiver.ts'), String(bytes)], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  p.stdout.on('data', (d) => (out += d));
+  p.stderr.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((r) => p.on('close', r));
+  while (!out.includes('\n')) {
+    if (p.exitCode !== null) throw new Error(`gc-receiver exited ${p.exitCode}: ${err}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  const { port } = JSON.parse(out.split('\n')[0]);
+  const tx = await DgramSocket.bind('127.0.0.1', 0);
+  const burst = Array.from({ length: 64 }, (_, i) => datagram(i, 1400));
+  const deadline = Date.now() + 60_000;
+  // Loopback drops what the receiver cannot take; bursts go on until it has had `bytes` and reported.
+  while (p.exitCode === null && Date.now() < deadline) {
+    tx.sendBatch(burst.slice(), burst.length, port, '127.0.0.1');
+    await new Promise((r) => setImmediate(r));
+  }
+  await tx.close();
+  const code = await exited;
+  if (code !== 0) throw new Error(`gc-receiver exited ${code}: ${err}`);
+  return JSON.parse(out.trim().split('\n').pop()!);
+}
+
+test('scavenges paced by receive batches: one per YOUNG_GC_AFTER_BYTES received, seen by V8; none when off', async (t) => {
+  t.timeout(120_000);
+  const bytes = 4 * YOUNG_GC_AFTER_BYTES;
+  const on = await gcReceiver(bytes, {});
+  t.log(`paced: ${JSON.stringify(on)}`);
+  t.true(on.received >= bytes, `received ${on.received} bytes`);
+  // Every 16 MB of batches asks for one; the last may fall after the report.
+  t.true(on.scavenges >= Math.floor(on.received / YOUNG_GC_AFTER_BYTES) - 1, `${on.scavenges} scavenges asked for`);
+  t.true(on.scavenges <= Math.ceil(on.received / YOUNG_GC_AFTER_BYTES), `${on.scavenges} scavenges asked for`);
+  t.true(on.minor >= on.scavenges, `V8 reported ${on.minor} scavenges, at least the ${on.scavenges} asked for`);
+  const off = await gcReceiver(bytes, { HOMEWIRE_YOUNG_GC: '0' });
+  t.log(`HOMEWIRE_YOUNG_GC=0: ${JSON.stringify(off)}`);
+  t.true(off.received >= bytes);
+  t.is(off.scavenges, 0, 'none asked for when turned off');
 });
