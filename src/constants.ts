@@ -143,7 +143,7 @@ export const TAP_WRITE_YIELD_FRAMES = 32;
 export const UDP_RX_DATAGRAMS_MAX = 1024; // datagrams per JS call (a coalesced run holds up to 64)
 export const UDP_RX_BUFFER_BYTES = 65_536; // per received message: a coalesced (GRO) run is up to 64 KB
 export const UDP_RX_SLAB_BYTES = 4 * 1024 * 1024; // a batch is staged here natively, then copied to a Buffer of its own
-export const YOUNG_GC_AFTER_BYTES = 16 * 1024 * 1024; // receive batches between scavenges (src/heap.ts)
+export const YOUNG_GC_AFTER_BYTES = 16 * 1024 * 1024; // receive batches and sealed datagrams between scavenges (src/heap.ts)
 export const UDP_TX_QUEUE_MAX = 64; // batches (each up to a TAP read's worth) waiting for the send thread
 export const UDP_TX_QUEUE_BYTES = 16 * 1024 * 1024; // send thread: memory bound (native/delay.h bounds the wait)
 // The receive buffer is the queue in front of a busy daemon: TCP through the mesh fills it, and a ping waits behind

@@ -1,13 +1,14 @@
-// Scavenges paced by the receive path's memory outside V8's heap.
+// Scavenges paced by the data path's memory outside V8's heap.
 //
-// Each receive batch reaches JS as a Buffer of its own (native/udp_rx.cc): its bytes live outside V8's heap,
-// and V8 frees them only when a scavenge finds the Buffer dead. The data path allocates little on the JS heap,
-// so under a UDP stream scavenges come seldom while batches arrive at line rate: the memory V8 counts as
-// external reaches its soft limit (64 MB above what the last full collection left) and V8 answers with a full
-// mark-compact. On this 2-core machine that was one every ~0.6 s at 400 Mbit/s, 2-14 ms each, and each pause
-// a burst of drops at the daemon's socket or at the application behind the TAP. Asking for a scavenge after
-// every YOUNG_GC_AFTER_BYTES of batches frees them long before that (0.2-0.5 ms each, a few a second at full
-// speed, none at rest). HOMEWIRE_YOUNG_GC=0 turns it off (for comparison in bench/).
+// Two kinds of Buffer carry every packet: each receive batch reaches JS as a Buffer of its own
+// (native/udp_rx.cc), and each sealed datagram is a new Buffer (mesh/keypair.ts). Their bytes live outside
+// V8's heap, and V8 frees them only when a scavenge finds the Buffer dead. The data path allocates little on
+// the JS heap, so under a stream scavenges come seldom while these bytes pile up at line rate: the memory V8
+// counts as external reaches its soft limit (64 MB above what the last full collection left) and V8 answers
+// with a full mark-compact. On this 2-core machine the receiver ran one every ~0.6 s at 400 Mbit/s of UDP and
+// the sender one every ~0.11 s under TCP, 2-14 ms each, and each pause a burst of drops. Asking for a
+// scavenge after every YOUNG_GC_AFTER_BYTES of them frees them long before that (0.2-0.5 ms each, a few a
+// second at full speed, none at rest). HOMEWIRE_YOUNG_GC=0 turns it off (for comparison in bench/).
 //
 // V8 gives gc() (with { type: 'minor' }) to contexts made after --expose-gc is set; the daemon takes it from a
 // fresh vm context once. Where V8 does not give it, nothing is paced and nothing else changes.
@@ -38,7 +39,7 @@ export class ScavengePacer {
     private readonly afterBytes: number,
   ) {}
 
-  /** Bytes outside V8's heap just handed to JS (a receive batch); may run a scavenge before returning. */
+  /** Bytes outside V8's heap just allocated for the data path; may run a scavenge before returning. */
   note(bytes: number): void {
     if (this.collect === null) return;
     this.bytes += bytes;

@@ -3,6 +3,7 @@
 // but the outgoing datagram.
 import sodium from 'sodium-native';
 import { AEAD_TAG_BYTES, TRANSPORT_HEADER_BYTES } from '../constants.ts';
+import { scavengePacer } from '../heap.ts';
 import { type Aead, type AeadImpl, aeadFor } from './aead.ts';
 import { ReplayWindow } from './replay.ts';
 import { counterHigh, fullCounter, MAX_COUNTER, readCounterLow, writeTransportHeader } from './wire.ts';
@@ -12,6 +13,9 @@ export const OPEN_NOT_AUTHENTIC = -1;
 export const OPEN_REPLAYED = -2; // a counter already seen, or older than the replay window
 export const OPEN_COUNTER_RANGE = -3; // a counter beyond MAX_COUNTER
 export type OpenRefusal = typeof OPEN_NOT_AUTHENTIC | typeof OPEN_REPLAYED | typeof OPEN_COUNTER_RANGE;
+
+/** Sealed datagrams are Buffers outside V8's heap: they pace scavenges (src/heap.ts). */
+const pacer = scavengePacer();
 
 export class Keypair {
   sendCounter = 0;
@@ -39,6 +43,7 @@ export class Keypair {
     if (counter >= MAX_COUNTER) return null;
     this.sendCounter = counter + 1;
     const out = Buffer.allocUnsafe(TRANSPORT_HEADER_BYTES + payload.length + AEAD_TAG_BYTES);
+    pacer.note(out.length);
     writeTransportHeader(out, type, this.remoteIndex, counter, site);
     return this.sendAead.seal(out, payload, counterHigh(counter)) ? out : null;
   }

@@ -320,7 +320,7 @@ export class DgramSocket implements UdpSocket {
       rxTruncated: c[RX.rxTruncated],
       rxErrors: c[RX.rxErrors],
       rxBatches: native ? c[RX.rxBatches] : this.dgramDatagrams,
-      rxScavenges: this.pacer?.scavenges ?? 0,
+      pacedScavenges: this.pacer?.scavenges ?? 0,
       txBatched: this.sender ? t[TX.txDatagrams] : this.batchStats.batched,
       txFallback: this.batchStats.fallback,
       txCalls: t[TX.txCalls],

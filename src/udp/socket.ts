@@ -28,8 +28,8 @@ export interface UdpStats {
   rxErrors: number;
   /** Calls into the handler's batch (wake-ups that delivered datagrams). */
   rxBatches: number;
-  /** Scavenges the process asked V8 for, paced by receive batches (src/heap.ts; shared by its sockets). */
-  rxScavenges?: number;
+  /** Scavenges the process asked V8 for, paced by receive batches and sealed datagrams (src/heap.ts). */
+  pacedScavenges?: number;
   /** Datagrams sent through the batched path, and through dgram's one-by-one send. */
   txBatched: number;
   txFallback: number;

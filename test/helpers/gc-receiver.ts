@@ -33,7 +33,7 @@ const timer = setInterval(() => {
   // Entries reach the observer on a later turn: let them arrive before reporting.
   setTimeout(async () => {
     observer.disconnect();
-    const scavenges = sock.stats?.rxScavenges ?? 0;
+    const scavenges = sock.stats?.pacedScavenges ?? 0;
     await sock.close();
     process.stdout.write(`${JSON.stringify({ received, ...gcs, scavenges, first })}\n`);
   }, 100);
