@@ -147,8 +147,9 @@ export const YOUNG_GC_AFTER_BYTES = 16 * 1024 * 1024; // receive batches and sea
 export const UDP_TX_QUEUE_MAX = 64; // batches (each up to a TAP read's worth) waiting for the send thread
 export const UDP_TX_QUEUE_BYTES = 16 * 1024 * 1024; // send thread: memory bound (native/delay.h bounds the wait)
 // The receive buffer is the queue in front of a busy daemon: TCP through the mesh fills it, and a ping waits behind
-// it (1 MB: 9 ms under a TCP stream on this machine, 256 KB: 4 ms). The kernel doubles both values.
-export const UDP_RECV_BUFFER_BYTES = 256 * 1024;
+// it (1 MB: 9 ms under a TCP stream on this machine, 256 KB: 3.8 ms, 128 KB: 2.8 ms; 128 KB holds a UDP stream's
+// bursts only because the receiver no longer pauses for full collections, src/heap.ts). The kernel doubles both.
+export const UDP_RECV_BUFFER_BYTES = 128 * 1024;
 export const UDP_SEND_BUFFER_BYTES = 1024 * 1024; // the send thread's or sendmmsg's room before EAGAIN
 
 // --- MAC mobility (live migration) ------------------------------------------------------------------
