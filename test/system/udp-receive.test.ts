@@ -261,7 +261,8 @@ test('sources across batches: one sender per batch, alternating and repeating, e
 });
 
 test('dgram fallback (asked for): the same handler, batchEnd once per event-loop turn', async (t) => {
-  const rx = await receiver({ nativeReceive: false });
+  // A buffer deep enough for the whole burst (the daemon's default, UDP_RECV_BUFFER_BYTES, is a short queue).
+  const rx = await receiver({ nativeReceive: false, socketBufferBytes: 8 << 20 });
   const tx = await DgramSocket.bind('127.0.0.1', 0);
   t.teardown(async () => {
     await rx.sock.close();
