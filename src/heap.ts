@@ -8,7 +8,9 @@
 // with a full mark-compact. On this 2-core machine the receiver ran one every ~0.6 s at 400 Mbit/s of UDP and
 // the sender one every ~0.11 s under TCP, 2-14 ms each, and each pause a burst of drops. Asking for a
 // scavenge after every YOUNG_GC_AFTER_BYTES of them frees them long before that (0.2-0.5 ms each, a few a
-// second at full speed, none at rest). HOMEWIRE_YOUNG_GC=0 turns it off (for comparison in bench/).
+// second at full speed, none at rest). The pace is set by bytes alone, so a flood of garbage at the port costs
+// one scavenge per YOUNG_GC_AFTER_BYTES of it, less than the full collections it would otherwise bring.
+// HOMEWIRE_YOUNG_GC=0 turns it off (for comparison in bench/).
 //
 // V8 gives gc() (with { type: 'minor' }) to contexts made after --expose-gc is set; the daemon takes it from a
 // fresh vm context once. Where V8 does not give it, nothing is paced and nothing else changes.
