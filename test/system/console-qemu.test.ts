@@ -107,18 +107,21 @@ vmTest(
     t.is(await late.detach(), 0, 'Ctrl-] detaches and the CLI exits 0');
     t.regex(late.stderr, /detached/);
 
-    // On a terminal: raw mode, so Ctrl-C goes to the guest (its shell prints ^C and a new prompt) and the CLI
-    // stays; Ctrl-] detaches and the terminal is restored.
+    // On a terminal: raw mode, so Ctrl-C goes to the guest (it interrupts the command and the shell prints a new
+    // prompt) and the CLI stays; Ctrl-] detaches and the terminal is restored.
     const tty = await ConsoleViewer.attach(grid, 'web', { tty: true });
     viewers.push(tty);
     const ttyFrom = tty.stdout.length;
-    // The marker is printed once the shell has left line editing and given the terminal back its signal and
-    // echo settings: a Ctrl-C sent earlier reaches the shell while echo is still off and shows no ^C.
     tty.type('echo started-$((6*7)); sleep 30\r');
-    await tty.waitFor(/\r\nstarted-42\r+\n/, 3000, ttyFrom);
+    const marker = await tty.waitFor(/\r\nstarted-42\r+\n/, 3000, ttyFrom);
+    const afterMarker = ttyFrom + marker.match.index + marker.match[0].length;
     await sleep(300);
     tty.type('\x03');
-    await tty.waitFor(new RegExp(`\\^C[\\s\\S]*${GUEST_PROMPT}`), 3000, ttyFrom);
+    // A prompt after the marker within 3 s: `sleep 30` was interrupted, so the Ctrl-C reached the guest. Whether
+    // the guest's terminal also echoes "^C" is its own setting: usually it does, but a Ctrl-C that lands while
+    // the shell is between the command and its child (busybox ash, under TCG) comes back without it (seen in CI).
+    const prompt = await tty.waitFor(new RegExp(GUEST_PROMPT), 3000, afterMarker);
+    t.log(`Ctrl-C: a new prompt ${prompt.ms} ms later${/\^C/.test(tty.stdout.slice(afterMarker)) ? ', after ^C' : ''}`);
     t.is(tty.proc.exitCode, null, 'Ctrl-C reached the guest, not the CLI');
     t.is(await tty.detach(), 0);
 
