@@ -33,8 +33,8 @@ const timer = setInterval(() => {
   // Entries reach the observer on a later turn: let them arrive before reporting.
   setTimeout(async () => {
     observer.disconnect();
-    const scavenges = sock.stats?.pacedScavenges ?? 0;
+    const report = { received, ...gcs, scavenges: sock.stats?.pacedScavenges ?? 0, first }; // one moment's figures
     await sock.close();
-    process.stdout.write(`${JSON.stringify({ received, ...gcs, scavenges, first })}\n`);
+    process.stdout.write(`${JSON.stringify(report)}\n`);
   }, 100);
 }, 20);
