@@ -1082,32 +1082,28 @@ class Tap : public Napi::ObjectWrap<Tap> {
 };
 
 // ---- Module functions --------------------------------------------------------------------------
-bool ReadCommon(Napi::Env env, Napi::Object o, Napi::Float64Array* counters, uint32_t* queueMax) {
+// The options open() and wrapFd() share: counters, the write queue, the writer thread, UDP coalescing, the yield.
+bool ReadCommon(Napi::Env env, Napi::Object o, Init* init) {
   Napi::Value c = o.Get("counters");
   if (!c.IsTypedArray() || c.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
       c.As<Napi::Float64Array>().ElementLength() < C_COUNT) {
     ThrowType(env, "counters must be a Float64Array of COUNTER_NAMES.length elements");
     return false;
   }
-  *counters = c.As<Napi::Float64Array>();
+  init->counters = c.As<Napi::Float64Array>();
   Napi::Value q = o.Get("writeQueueMax");
   if (!q.IsNumber() || q.As<Napi::Number>().Int64Value() < 1 || q.As<Napi::Number>().Int64Value() > 1 << 20) {
     ThrowType(env, "writeQueueMax must be a number in 1..1048576");
     return false;
   }
-  *queueMax = q.As<Napi::Number>().Uint32Value();
-  return true;
-}
-
-bool WriterThreadOption(Napi::Object o, size_t* queueBytes) {
+  init->queueMax = q.As<Napi::Number>().Uint32Value();
   Napi::Value b = o.Get("writeQueueBytes");
-  *queueBytes = b.IsNumber() ? (size_t)b.As<Napi::Number>().Int64Value() : 0;
-  return o.Get("writerThread").ToBoolean().Value();
-}
-
-uint32_t YieldOption(Napi::Object o) {
+  init->queueBytes = b.IsNumber() ? (size_t)b.As<Napi::Number>().Int64Value() : 0;
+  init->writerThread = o.Get("writerThread").ToBoolean().Value();
+  init->coalesceUdp = o.Get("coalesceUdp").ToBoolean().Value();
   Napi::Value y = o.Get("writeYieldFrames");
-  return y.IsNumber() && y.As<Napi::Number>().Int64Value() > 0 ? y.As<Napi::Number>().Uint32Value() : 0;
+  init->yieldEvery = y.IsNumber() && y.As<Napi::Number>().Int64Value() > 0 ? y.As<Napi::Number>().Uint32Value() : 0;
+  return true;
 }
 
 Napi::Value NewTap(Napi::Env env, Init* init) {
@@ -1132,10 +1128,7 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   Napi::Value qlen = o.Get("txQueueLen");
   if (qlen.IsNumber()) args.txQueueLen = qlen.As<Napi::Number>().Int32Value();
   Init init{-1, {}, Napi::Float64Array(), 0};
-  if (!ReadCommon(env, o, &init.counters, &init.queueMax)) return env.Undefined();
-  init.writerThread = WriterThreadOption(o, &init.queueBytes);
-  init.coalesceUdp = o.Get("coalesceUdp").ToBoolean().Value();
-  init.yieldEvery = YieldOption(o);
+  if (!ReadCommon(env, o, &init)) return env.Undefined();
   SysErr e;
   if (!OpenTap(args, &init.info, &e)) return ThrowSys(env, e);
   init.fd = init.info.fd;
@@ -1148,10 +1141,7 @@ Napi::Value WrapFd(const Napi::CallbackInfo& info) {
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsObject())
     return ThrowType(env, "wrapFd(fd, { counters, writeQueueMax })");
   Init init{info[0].As<Napi::Number>().Int32Value(), {}, Napi::Float64Array(), 0};
-  if (!ReadCommon(env, info[1].As<Napi::Object>(), &init.counters, &init.queueMax)) return env.Undefined();
-  init.writerThread = WriterThreadOption(info[1].As<Napi::Object>(), &init.queueBytes);
-  init.coalesceUdp = info[1].As<Napi::Object>().Get("coalesceUdp").ToBoolean().Value();
-  init.yieldEvery = YieldOption(info[1].As<Napi::Object>());
+  if (!ReadCommon(env, info[1].As<Napi::Object>(), &init)) return env.Undefined();
   init.info.fd = init.fd;
   init.info.name = "fd" + std::to_string(init.fd);
   fcntl(init.fd, F_SETFL, fcntl(init.fd, F_GETFL) | O_NONBLOCK);
