@@ -18,10 +18,10 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { YOUNG_GC_AFTER_BYTES } from './constants.ts';
 
-export type Collect = (options: { type: 'minor' }) => void;
+type Collect = (options: { type: 'minor' }) => void;
 
 /** V8's gc() from a fresh context, or null where it is not available. */
-export function minorCollector(): Collect | null {
+function minorCollector(): Collect | null {
   try {
     v8.setFlagsFromString('--expose-gc');
     const gc: unknown = vm.runInNewContext('typeof gc === "function" ? gc : null');
@@ -31,7 +31,7 @@ export function minorCollector(): Collect | null {
   }
 }
 
-export class ScavengePacer {
+class ScavengePacer {
   /** Scavenges asked for so far. */
   scavenges = 0;
   private bytes = 0;

@@ -17,7 +17,7 @@ import {
   UDP_TX_QUEUE_MAX,
 } from '../constants.ts';
 import { OperatorError } from '../errors.ts';
-import { type ScavengePacer, scavengePacer } from '../heap.ts';
+import { scavengePacer } from '../heap.ts';
 import { cpuNow, latency, now, TRACE_LATENCY } from '../trace.ts';
 import type { UdpBatchEnd, UdpHandler, UdpSocket, UdpStats } from './socket.ts';
 import { formatEndpoint } from '../addr.ts';
@@ -129,6 +129,8 @@ export interface DgramOptions {
 }
 
 const SEND_THREAD_DEFAULT = process.env.HOMEWIRE_UDP_SEND_THREAD === '1';
+/** Each native receive batch is a Buffer outside V8's heap: batches pace scavenges (src/heap.ts). */
+const pacer = scavengePacer();
 
 const EAGAIN = os.constants.errno.EAGAIN;
 
@@ -157,8 +159,6 @@ export class DgramSocket implements UdpSocket {
   /** Datagrams that went out through the batched path, and how many fell back to dgram. */
   readonly batchStats = { batched: 0, fallback: 0, gsoDisabled: false };
   private receiver: UdpReceiverHandle | null = null;
-  /** With the native receiver: scavenges paced by its batches (src/heap.ts). */
-  private pacer: ScavengePacer | null = null;
   private sender: UdpSenderHandle | null = null;
   private sendThreaded = false;
   private readonly rx = new Float64Array(RX_COUNTERS);
@@ -245,7 +245,6 @@ export class DgramSocket implements UdpSocket {
             socket.sender = socket.openSender(addon, fd, socket.sendThreaded);
             if (opts.nativeReceive !== false) {
               socket.receiver = socket.openReceiver(addon, fd, opts.gro !== false, opts.rxBufferBytes);
-              if (socket.receiver) socket.pacer = scavengePacer();
             }
           }
           resolve(socket);
@@ -320,7 +319,7 @@ export class DgramSocket implements UdpSocket {
       rxTruncated: c[RX.rxTruncated],
       rxErrors: c[RX.rxErrors],
       rxBatches: native ? c[RX.rxBatches] : this.dgramDatagrams,
-      pacedScavenges: this.pacer?.scavenges ?? 0,
+      pacedScavenges: pacer.scavenges,
       txBatched: this.sender ? t[TX.txDatagrams] : this.batchStats.batched,
       txFallback: this.batchStats.fallback,
       txCalls: t[TX.txCalls],
@@ -365,7 +364,7 @@ export class DgramSocket implements UdpSocket {
       h(batch.subarray(off, off + meta[m + 1]), sources[s] as string, sources[s + 1] as number);
     }
     this.batchEnd?.();
-    this.pacer?.note(batch.length); // the batch's Buffer is garbage now: see src/heap.ts
+    pacer.note(batch.length); // the batch's Buffer is garbage now: see src/heap.ts
     if (TRACE_LATENCY) {
       latency.udpBatch.record(now() - started);
       latency.udpBatchCpu.record(cpuNow() - startedCpu);
