@@ -10,7 +10,6 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import pino from 'pino';
 import client from 'prom-client';
 import { registerAgentMetrics } from '../../src/agent/metrics.ts';
 import { coordinatorRegistry } from '../../src/coordinator/metrics.ts';
@@ -18,27 +17,7 @@ import { DEFAULT_MIGRATION_PORTS } from '../../src/coordinator/migration.ts';
 import type { CommandBody, CommandResult, HostView, VmRecord } from '../../src/coordinator/types.ts';
 import { runCoordinatorCli } from '../../src/coordinator/cli.ts';
 import { type FakeHost, Harness, type HostOptions, waitFor } from '../../lab/coordinator/harness.ts';
-import type { Logger } from '../../src/log.ts';
-
-/** A logger whose JSON lines the test can read. */
-function captureLog(): { log: Logger; lines: () => Record<string, unknown>[] } {
-  const out: string[] = [];
-  const w = new Writable({
-    write(c, _e, cb) {
-      out.push(String(c));
-      cb();
-    },
-  });
-  return {
-    log: pino({ level: 'info' }, w),
-    lines: () =>
-      out
-        .join('')
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Record<string, unknown>),
-  };
-}
+import { captureLog } from '../helpers/capture-log.ts';
 
 async function harness(t: ExecutionContext, o: Parameters<typeof Harness.start>[0] = {}): Promise<Harness> {
   const h = await Harness.start(o);

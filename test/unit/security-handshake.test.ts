@@ -4,7 +4,6 @@
 // session; one source with valid cookies is held to its token bucket; a forged response does not cancel the
 // pending handshake; responses to our own initiations are processed before queued initiations.
 import test, { type ExecutionContext } from 'ava';
-import pino from 'pino';
 import sodium from 'sodium-native';
 import {
   HANDSHAKE_INIT_BYTES,
@@ -15,13 +14,10 @@ import {
 import { HandshakeGuard } from '../../src/mesh/cookie.ts';
 import { generatePrivateKey, publicKeyOf } from '../../src/mesh/keys.ts';
 import { classify } from '../../src/mesh/wire.ts';
+import { captureLog } from '../helpers/capture-log.ts';
 import { allUp, arp, buildMesh, waitFor } from '../helpers/memory-mesh.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const parse = (line: string): { fields: Record<string, unknown>; msg: string } => {
-  const o = JSON.parse(line) as Record<string, unknown>;
-  return { fields: o, msg: String(o.msg) };
-};
 
 /** A bogus initiation: random Noise bytes behind a valid header (type 1, a random sender index). */
 function bogusInit(): Buffer {
@@ -82,9 +78,8 @@ async function twoSites(t: ExecutionContext) {
 test.serial(
   'an initiation with a valid mac1 that cannot be read (another wire version) is counted and logged once per 10 s',
   async (t) => {
-    const warnings: { fields: Record<string, unknown>; msg: string }[] = [];
-    const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(parse(line)) });
-    const m = await buildMesh({ names: ['home', 'host-a'], log: (name) => (name === 'home' ? log : undefined) });
+    const cap = captureLog('warn');
+    const m = await buildMesh({ names: ['home', 'host-a'], log: (name) => (name === 'home' ? cap.log : undefined) });
     t.teardown(m.stop);
     await waitFor(() => allUp(m.nodes));
     const home = m.nodes.get('home')!;
@@ -95,10 +90,10 @@ test.serial(
     for (let i = 0; i < 5; i++) m.net.inject(evil.stamp(bogusInit()), '192.0.2.2', 51820, '192.0.2.1', 51820);
     await waitFor(() => mesh.handshakes.invalid === invalid + 5);
     t.is(mesh.drops.handshake_invalid, 5);
-    const about = warnings.filter((w) => /another homewire wire version/.test(w.msg));
+    const about = cap.lines().filter((l) => /another homewire wire version/.test(String(l.msg)));
     t.is(about.length, 1, 'one line for five, not five');
-    t.is(about[0].fields.from, '192.0.2.2:51820');
-    t.is(about[0].fields.prologue, 'homewire v2');
+    t.is(about[0].from, '192.0.2.2:51820');
+    t.is(about[0].prologue, 'homewire v2');
     t.true(allUp(m.nodes), 'the real session is untouched');
   },
 );
