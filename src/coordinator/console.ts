@@ -30,6 +30,8 @@ import {
   CONSOLE_SCROLLBACK_BYTES,
   CONSOLE_SEND_BUFFER_MAX_BYTES,
   CONSOLE_VIEWER_MESSAGE_MAX_BYTES,
+  CONSOLE_VIEWER_RESUME_BYTES,
+  CONSOLE_VIEWER_STALL_MS,
 } from './constants.ts';
 import type { Dispatcher } from './dispatch.ts';
 import type { Leadership } from './leader.ts';
@@ -102,6 +104,8 @@ export interface ConsoleStats {
   streamRequestsFailed: number;
   rejected: Record<'unauthorized' | 'not_found' | 'bad_session' | 'wrong_host' | 'no_leader' | 'bad_stream', number>;
   slowViewersClosed: number;
+  /** Times a viewer's backlog held an agent's stream (output waits at the agent until the viewer catches up). */
+  streamsHeld: number;
   inputDroppedBytes: number;
   proxied: number;
 }
@@ -113,6 +117,7 @@ export class ConsoleService {
     streamRequestsFailed: 0,
     rejected: { unauthorized: 0, not_found: 0, bad_session: 0, wrong_host: 0, no_leader: 0, bad_stream: 0 },
     slowViewersClosed: 0,
+    streamsHeld: 0,
     inputDroppedBytes: 0,
     proxied: 0,
   };
@@ -295,6 +300,11 @@ export class Hub {
   private unwatch: (() => void) | null = null;
   private lastNotice = '';
   private disposed = false;
+  /** The stream is paused because a viewer is CONSOLE_SEND_BUFFER_MAX_BYTES behind; the stall timer runs. */
+  private held: NodeJS.Timeout | null = null;
+  private readonly sent = (): void => {
+    if (this.held) this.releaseIfCaughtUp();
+  };
 
   constructor(
     private readonly svc: ConsoleService,
@@ -321,6 +331,7 @@ export class Hub {
     ws.on('message', (data: Buffer) => this.input(data));
     ws.on('close', () => {
       this.viewers.delete(ws);
+      if (this.held) this.releaseIfCaughtUp();
       if (this.viewers.size === 0 && !this.disposed)
         this.lingerTimer = setTimeout(() => this.dispose(1000, 'no viewers'), CONSOLE_LINGER_MS);
     });
@@ -372,6 +383,7 @@ export class Hub {
       if (this.retryTimer) clearTimeout(this.retryTimer);
       this.retryTimer = null;
       if (this.stream && this.streamHost !== host) {
+        this.release();
         this.stream.close(1000, host ? `vm moved to ${host}` : `vm is ${vm.state}`);
         this.stream = null;
         this.streamHost = null;
@@ -465,6 +477,7 @@ export class Hub {
     });
     ws.on('close', () => {
       if (this.stream !== ws) return;
+      this.release();
       this.stream = null;
       this.streamHost = null;
       if (this.disposed) return;
@@ -473,22 +486,57 @@ export class Hub {
     });
   }
 
+  /**
+   * Output to every viewer. Flow control: a viewer with CONSOLE_SEND_BUFFER_MAX_BYTES unsent holds the agent's
+   * stream (ws pause: no more is read, TCP pushes back, the agent buffers and closes its stream if that grows
+   * too; its guest never waits) until every viewer is down to CONSOLE_VIEWER_RESUME_BYTES. A burst larger than
+   * the buffers therefore reaches every viewer that reads, at the pace of the slowest; a viewer still behind
+   * after CONSOLE_VIEWER_STALL_MS is closed and the others go on.
+   */
   private output(data: Buffer): void {
     this.mirror.write(data);
+    let behind = false;
     for (const v of this.viewers) {
       if (v.readyState !== WebSocket.OPEN) continue;
-      if (v.bufferedAmount > CONSOLE_SEND_BUFFER_MAX_BYTES) {
-        this.svc.stats.slowViewersClosed++;
-        v.close(1013, 'viewer too slow: attach again');
-        continue;
-      }
-      v.send(data);
+      v.send(data, this.sent);
+      if (v.bufferedAmount > CONSOLE_SEND_BUFFER_MAX_BYTES) behind = true;
     }
+    if (behind && !this.held && this.stream) {
+      this.svc.stats.streamsHeld++;
+      this.stream.pause();
+      this.held = setTimeout(() => this.closeStalled(), CONSOLE_VIEWER_STALL_MS);
+    }
+  }
+
+  private releaseIfCaughtUp(): void {
+    for (const v of this.viewers)
+      if (v.readyState === WebSocket.OPEN && v.bufferedAmount > CONSOLE_VIEWER_RESUME_BYTES) return;
+    this.release();
+  }
+
+  private release(): void {
+    if (!this.held) return;
+    clearTimeout(this.held);
+    this.held = null;
+    this.stream?.resume();
+  }
+
+  /** The stall timer: viewers that did not catch up are closed (cut off a second later if they do not read the
+   *  close either); the stream flows again. */
+  private closeStalled(): void {
+    for (const v of this.viewers) {
+      if (v.readyState !== WebSocket.OPEN || v.bufferedAmount <= CONSOLE_VIEWER_RESUME_BYTES) continue;
+      this.svc.stats.slowViewersClosed++;
+      v.close(1013, 'viewer too slow: attach again');
+      setTimeout(() => v.terminate(), 1000).unref();
+    }
+    this.release();
   }
 
   dispose(code: number, reason: string): void {
     if (this.disposed) return;
     this.disposed = true;
+    this.release();
     this.unwatch?.();
     for (const t of [this.retryTimer, this.lingerTimer]) if (t) clearTimeout(t);
     const sockets = [...this.viewers];

@@ -60,8 +60,15 @@ export const CONSOLE_LINK_TIMEOUT_MS = 10_000;
 export const CONSOLE_RETRY_MS = 2_000;
 /** The agent's stream stays open this long after the last viewer left (a page reload re-attaches at once). */
 export const CONSOLE_LINGER_MS = 5_000;
-/** A viewer (or agent stream) that lets this much output pile up unsent is closed: a slow reader never grows memory. */
+/** Output unsent to one reader that stops the flow. At the coordinator, a viewer this far behind holds the
+ *  agent's stream (read no more) until it catches up; at the agent, a stream to the coordinator this far behind
+ *  is closed (the coordinator links again and its viewers learn how many bytes were lost): the guest never waits. */
 export const CONSOLE_SEND_BUFFER_MAX_BYTES = 4 * 1024 * 1024;
+/** A held agent stream is read again once every viewer has this little unsent. */
+export const CONSOLE_VIEWER_RESUME_BYTES = 1024 * 1024;
+/** A viewer that holds the stream this long without catching up is closed: one that does not read cannot stall
+ *  the others for longer. */
+export const CONSOLE_VIEWER_STALL_MS = 5_000;
 /** Largest WebSocket message accepted from a viewer (keystrokes, pastes) and from an agent (output). */
 export const CONSOLE_VIEWER_MESSAGE_MAX_BYTES = 64 * 1024;
 export const CONSOLE_AGENT_MESSAGE_MAX_BYTES = 256 * 1024;

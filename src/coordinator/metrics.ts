@@ -94,6 +94,7 @@ export function coordinatorRegistry(c: Coordinator): client.Registry {
     stream_opened: cs.streamsOpened,
     stream_request_failed: cs.streamRequestsFailed,
     slow_viewer_closed: cs.slowViewersClosed,
+    stream_held_for_slow_viewer: cs.streamsHeld,
     proxied_to_leader: cs.proxied,
   }));
   new client.Counter({

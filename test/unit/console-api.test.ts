@@ -207,20 +207,46 @@ test.serial(
   },
 );
 
-test.serial('console: a viewer that does not read is closed; the others keep their output', async (t) => {
-  const { h, ws, admin } = await grid(t);
-  const url = `${ws}/v1/vms/web/console`;
-  const slow = await attach(url, { headers: admin });
-  const fast = await attach(url, { headers: admin });
-  await slow.waitFor(/booting/);
-  (slow.ws as unknown as { _socket: import('node:net').Socket })._socket.pause();
-  fast.type('say 300000\r'); // ~20 MB of output: more than the socket buffers and the 4 MiB limit hold
-  await fast.waitFor(/line 299999 x+\r\n/, 100_000); // ~5 s alone; a loaded CI worker is far slower
-  t.false(fast.out().includes('were lost'), 'the fast viewer got every byte');
-  await waitFor(() => h.coordinator.consoles.stats.slowViewersClosed === 1, 5000, 'the slow viewer closed');
-  t.is(h.coordinator.consoles.stats.slowViewersClosed, 1);
-  t.is(fast.ws.readyState, WebSocket.OPEN);
-});
+test.serial(
+  'console: a burst larger than the buffers reaches every viewer that reads; one that does not read is closed',
+  async (t) => {
+    const { h, ws, admin } = await grid(t);
+    const url = `${ws}/v1/vms/web/console`;
+    const socketOf = (v: Viewer) => (v.ws as unknown as { _socket: import('node:net').Socket })._socket;
+    const slow = await attach(url, { headers: admin });
+    const lagging = await attach(url, { headers: admin });
+    const fast = await attach(url, { headers: admin });
+    await slow.waitFor(/booting/);
+    await lagging.waitFor(/booting/);
+    socketOf(slow).pause(); // never reads again
+    socketOf(lagging).pause(); // reads again after 2 s, inside the stall limit
+    setTimeout(() => socketOf(lagging).resume(), 2000);
+    const lines = 300_000; // ~20 MB of output in one burst: more than the socket buffers and the 4 MiB mark hold
+    fast.type(`say ${lines}\r`);
+    const last = new RegExp(`line ${lines - 1} x+\\r\\n`);
+    await fast.waitFor(last, 100_000); // ~8 s alone; a loaded CI worker is far slower
+    await lagging.waitFor(last, 30_000);
+    // Every line, in order, once: count the bytes between the first and the last line.
+    let want = 0;
+    for (let i = 0; i < lines; i++) want += `line ${i} ${'x'.repeat(60)}\r\n`.length;
+    for (const [who, v] of [
+      ['fast', fast],
+      ['lagging', lagging],
+    ] as const) {
+      const out = v.out();
+      const from = out.indexOf('line 0 x');
+      const to = out.indexOf('\r\n', out.indexOf(`line ${lines - 1} x`)) + 2;
+      t.is(to - from, want, `${who}: every byte of the burst`);
+      t.false(out.includes('were lost'), `${who}: nothing lost`);
+      t.is(v.ws.readyState, WebSocket.OPEN, `${who} stays attached`);
+    }
+    const stats = h.coordinator.consoles.stats;
+    t.is(stats.slowViewersClosed, 1, 'only the viewer that never reads is closed');
+    t.true(stats.streamsHeld >= 1, 'the stream was held for the viewers behind');
+    await waitFor(() => h.coordinator.consoles.viewers === 2, 3000, 'the coordinator let go of the slow viewer');
+    t.is(h.host('host-a').agent.consoles.stats.slowClosed, 0, "the agent's stream was never closed");
+  },
+);
 
 test.serial('events: GET /v1/events streams snapshots on change; 401 without a token', async (t) => {
   const { h, admin } = await grid(t);
