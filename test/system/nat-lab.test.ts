@@ -16,6 +16,7 @@ import path from 'node:path';
 import test from 'ava';
 import { INTERNET, NAT_KIND_HOSTS, NatNetwork, type NatKind, natSiteConfig } from '../../lab/nat.ts';
 import { deleteNamespaces, Lab, PLAN, PROJECT_ROOT } from '../../lab/topology.ts';
+import type { Packet } from '../../lab/pcap.ts';
 import { parseIperf3, sleep } from '../../lab/run.ts';
 import { controlRequest } from '../../src/control.ts';
 import { encodeKey, generatePrivateKey, publicKeyOf } from '../../src/mesh/keys.ts';
@@ -52,6 +53,35 @@ function status(site: string): Promise<StatusReport> {
 /** The path at `site` towards `peer`. */
 async function pathAt(site: string, peer: string): Promise<string> {
   return (await status(site)).peers.find((p) => p.name === peer)?.path ?? 'absent';
+}
+
+/** A site's status as flat numeric counters ("drops.unknown_index", "peers.host-b.roams"...). */
+function counters(o: unknown, pre = ''): Record<string, number> {
+  if (typeof o === 'number') return { [pre]: o };
+  if (!o || typeof o !== 'object') return {};
+  const entries = Object.entries(o as Record<string, unknown>).map(([k, v]) => {
+    const key = Array.isArray(o) ? ((v as { name?: string } | null)?.name ?? k) : k;
+    return counters(v, pre ? `${pre}.${key}` : key);
+  });
+  return Object.assign({}, ...entries);
+}
+
+/** The counters that moved between two snapshots, traffic volumes and clocks left out. */
+function moved(before: Record<string, number>, after: Record<string, number>): string {
+  const noise =
+    /Bytes|Packets|Frames|Datagrams|Calls|Batche|Batched|Inline|txWrites|uptime|ageSeconds|SecondsAgo|rttMs|\.seq$/;
+  return Object.entries(after)
+    .filter(([k, v]) => before[k] !== v && !noise.test(k))
+    .map(([k, v]) => `${k} ${before[k] ?? '-'}→${v}`)
+    .join(', ');
+}
+
+/** ARP and ICMP frames at a site's TAP, as times from t0. */
+function timeline(site: string, packets: Packet[], t0: number): string[] {
+  return packets.slice(0, 14).map((p) => {
+    const what = p.kind === 'arp' ? `arp ${p.frame[21] === 1 ? 'request' : 'reply'}` : `icmp type ${p.icmpType}`;
+    return `  ${site} +${((p.ts - t0) * 1000).toFixed(1)} ms ${what} ${p.src ?? ''}→${p.dst ?? ''}`;
+  });
 }
 
 /** Expected path between two NAT kinds (the issue's list). */
@@ -184,10 +214,28 @@ serial(
         await lab.exec(gb, ['ip', 'neigh', 'flush', 'all']);
         // The first echo request waits for ARP: its round trip runs from the guest's first frame (the ARP
         // request, flooded through home) to the first reply.
+        // Frames at both TAPs and the sites' counters, to tell where a first frame was lost if one is.
+        const before = [counters(await status(a)), counters(await status(b))];
+        const caps = await Promise.all(
+          [a, b].map((s) => lab.capture(s, 'hw0', path.join(lab.dir, `${a}-${b}.${s}.pcap`), ['arp', 'or', 'icmp'])),
+        );
         const out = await lab.exec(ga, ['ping', '-n', '-c', '12', '-i', '0.2', '-W', '2', leases.get(gb)!], {
           timeoutMs: 20_000,
         });
+        const [atA, atB] = await Promise.all(caps.map((c) => c.stop()));
         const first = /icmp_seq=1 .*time=([\d.]+) ms/.exec(out.stdout);
+        if (!first) {
+          const t0 = atA[0]?.ts ?? 0;
+          t.log(
+            [
+              `${ga} → ${gb}: no reply to the first echo request; frames at the TAPs:`,
+              ...timeline(a, atA, t0),
+              ...timeline(b, atB, t0),
+              `counters that moved at ${a}: ${moved(before[0], counters(await status(a)))}`,
+              `counters that moved at ${b}: ${moved(before[1], counters(await status(b)))}`,
+            ].join('\n'),
+          );
+        }
         const received = Number(/(\d+) received/.exec(out.stdout)?.[1] ?? 0);
         const want = expectedPath(KINDS[a], KINDS[b]);
         // The direct path comes up by hole punching while the first frames take the relay: allow it a moment.
