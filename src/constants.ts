@@ -75,6 +75,10 @@ export const REKEY_AFTER_MS = 120_000;
 export const REJECT_AFTER_MS = 180_000;
 export const REKEY_AFTER_MESSAGES = 2n ** 60n;
 export const REKEY_TIMEOUT_MS = 5_000; // handshake retry interval
+/** A session replaced while the peer may still be sending on it (two handshakes that crossed turn a site's
+ *  sessions over twice within a round trip) is still accepted for receiving this long, at most this many. */
+export const DISPLACED_SESSION_GRACE_MS = REKEY_TIMEOUT_MS;
+export const DISPLACED_SESSIONS_MAX = 2;
 export const REKEY_JITTER_MS = 333;
 export const KEEPALIVE_TIMEOUT_MS = 10_000; // passive keepalive after receiving without sending
 export const PEER_DOWN_AFTER_MS = KEEPALIVE_TIMEOUT_MS + REKEY_TIMEOUT_MS + 10_000;

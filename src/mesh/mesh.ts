@@ -15,6 +15,8 @@ import os from 'node:os';
 import sodium from 'sodium-native';
 import {
   CANDIDATES_MAX,
+  DISPLACED_SESSION_GRACE_MS,
+  DISPLACED_SESSIONS_MAX,
   HANDSHAKE_QUEUE_MAX,
   HANDSHAKE_TURN_BUDGET_MS,
   HANDSHAKES_PER_TICK_MAX,
@@ -656,7 +658,7 @@ export class Mesh {
     const index = this.newIndex();
     const { msg, keys } = init.respond(index);
     const keypair = new Keypair(keys.send, keys.recv, index, init.remoteIndex, false, this.nowMs);
-    if (peer.next) this.retire(peer.next);
+    if (peer.next) this.displace(peer, peer.next); // the peer may have completed it and be sending on it
     peer.next = keypair;
     this.byIndex.set(index, { peer, keypair });
     // The endpoint does not move here: an initiation can be replayed (e.g. after a restart, when no
@@ -695,7 +697,7 @@ export class Mesh {
     const keypair = new Keypair(keys.send, keys.recv, pending.localIndex, readSender(h.msg), true, this.nowMs);
     slot.keypair = keypair;
     const fresh = this.noSession(peer);
-    if (peer.previous) this.retire(peer.previous);
+    if (peer.previous) this.displace(peer, peer.previous);
     peer.previous = peer.current;
     peer.current = keypair;
     if (peer.endpoint === null || peer.endpoint.address !== h.address || peer.endpoint.port !== h.port) {
@@ -713,7 +715,7 @@ export class Mesh {
 
   private promoteNext(peer: Peer): void {
     const fresh = this.noSession(peer);
-    if (peer.previous) this.retire(peer.previous);
+    if (peer.previous) this.displace(peer, peer.previous);
     peer.previous = peer.current;
     peer.current = peer.next;
     peer.next = null;
@@ -741,6 +743,14 @@ export class Mesh {
     peer.staged = [];
     for (const s of staged) this.sendDirect(peer, s[0], s.subarray(STAGED_HEADER_BYTES), s.readUIntBE(1, 3));
     return true;
+  }
+
+  /** A session that leaves previous or next: still accepted for a grace (crossing handshakes), then retired by
+   *  the tick (MeshTimers). The oldest goes at once beyond DISPLACED_SESSIONS_MAX. */
+  private displace(peer: Peer, keypair: Keypair): void {
+    const d = peer.displaced;
+    if (d.length >= DISPLACED_SESSIONS_MAX) this.retire(d.shift()!.keypair);
+    d.push({ keypair, untilMs: this.nowMs + DISPLACED_SESSION_GRACE_MS });
   }
 
   /** @internal Removes a keypair from the index table and wipes it. */
@@ -806,7 +816,9 @@ export class Mesh {
     peer.removed = true;
     this.abandonPending(peer);
     for (const kp of [peer.current, peer.previous, peer.next]) if (kp) this.retire(kp);
+    for (const d of peer.displaced) this.retire(d.keypair);
     peer.current = peer.previous = peer.next = null;
+    peer.displaced = [];
     peer.staged = [];
     this.byKey.delete(peer.keyHex);
     const i = this.peers.indexOf(peer);

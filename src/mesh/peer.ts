@@ -51,6 +51,9 @@ export class Peer {
   previous: Keypair | null = null;
   /** Responder's new session: used for receiving; promoted to current by the first packet on it. */
   next: Keypair | null = null;
+  /** Sessions pushed out of previous or next while the peer may still send on them: accepted for receiving
+   *  until untilMs (DISPLACED_SESSION_GRACE_MS), never used to send. */
+  displaced: Array<{ keypair: Keypair; untilMs: number }> = [];
   pending: PendingHandshake | null = null;
   /** Highest handshake timestamp accepted from this peer (replayed initiations are refused). */
   lastTimestamp: Buffer | null = null;

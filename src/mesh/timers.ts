@@ -56,6 +56,9 @@ export class MeshTimers {
           peer[slot] = null;
         }
       }
+      // Sessions displaced by crossing handshakes: their grace is over.
+      const d = peer.displaced;
+      while (d.length > 0 && d[0].untilMs <= now) this.mesh.retire(d.shift()!.keypair);
       // An unanswered initiation is abandoned after REKEY_TIMEOUT; frames waiting on it go too.
       if (peer.pending && now - peer.pending.sentMs >= REKEY_TIMEOUT_MS) {
         this.mesh.abandonPending(peer);

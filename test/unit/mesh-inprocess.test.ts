@@ -1,5 +1,6 @@
 // Three daemons over the in-memory TAP/UDP twins exchange real Ethernet/ARP frames, byte-exact.
 import test from 'ava';
+import { DISPLACED_SESSION_GRACE_MS, MSG_DATA } from '../../src/constants.ts';
 import { classify } from '../../src/mesh/wire.ts';
 import { allUp, arp, buildMesh, frame, waitFor } from '../helpers/memory-mesh.ts';
 
@@ -90,4 +91,49 @@ test('a peer without an endpoint is reached once it has spoken to us', async (t)
   home.tap.inject(req);
   await waitFor(() => nodes.get('host-a')!.tap.written.length === 1);
   t.deepEqual(nodes.get('host-a')!.tap.written[0], req);
+});
+
+test('both sites rekeying at once: a datagram sealed under the session they just replaced is still delivered', async (t) => {
+  // Two handshakes that cross (each site initiates; what hole punching does on purpose) turn each site's
+  // sessions over twice within a round trip. A datagram the peer sealed a moment before, under the session
+  // both just replaced, must still be accepted (it is authentic and fresh), not dropped as an unknown index.
+  const { nodes, net, stop } = await buildMesh({ names: ['host-a', 'host-b'] });
+  t.teardown(stop);
+  await waitFor(() => allUp(nodes));
+  const [a, b] = ['host-a', 'host-b'].map((n) => nodes.get(n)!);
+  const payload = Buffer.alloc(200, 0x42);
+  b.tap.inject(frame(GUEST_A, GUEST_B, 0x0800, payload)); // flooded: both tables learn both MACs
+  a.tap.inject(frame(GUEST_B, GUEST_A, 0x0800, payload));
+  await waitFor(() => a.tap.written.length === 1 && b.tap.written.length === 1);
+  const [pa, pb] = [a.daemon.mesh.peers[0], b.daemon.mesh.peers[0]];
+  const old = pa.current;
+  t.truthy(old);
+  // Hold host-b's next two datagrams to host-a: sealed under the session in use now.
+  const held: Buffer[] = [];
+  net.filter = (msg, from) => {
+    if (held.length < 2 && from.startsWith(`${b.address}:`) && classify(msg) === MSG_DATA) {
+      held.push(Buffer.from(msg));
+      return null;
+    }
+    return msg;
+  };
+  const late = frame(GUEST_A, GUEST_B, 0x0800, Buffer.alloc(300, 0x17));
+  b.tap.inject(late);
+  b.tap.inject(frame(GUEST_A, GUEST_B, 0x0800, Buffer.alloc(300, 0x18)));
+  await waitFor(() => held.length === 2);
+  net.filter = null;
+  // Both initiate at once; each completes its own handshake and takes the other's (two turnovers each).
+  a.daemon.mesh.initiate(pa);
+  b.daemon.mesh.initiate(pb);
+  await waitFor(() => pa.current !== old && pa.previous !== old && pa.next === null, 3000);
+  const unknownBefore = a.daemon.mesh.drops.unknown_index;
+  b.daemon.mesh.socket.send(held[0], a.port, a.address);
+  await waitFor(() => a.tap.written.length === 2, 2000);
+  t.deepEqual(a.tap.written[1], late);
+  t.is(a.daemon.mesh.drops.unknown_index, unknownBefore);
+  // Only for a grace: once it is over, the replaced session is gone and what is sealed under it is refused.
+  await new Promise((r) => setTimeout(r, DISPLACED_SESSION_GRACE_MS + 500));
+  b.daemon.mesh.socket.send(held[1], a.port, a.address);
+  await waitFor(() => a.daemon.mesh.drops.unknown_index === unknownBefore + 1, 2000);
+  t.is(a.tap.written.length, 2, 'not delivered');
 });
