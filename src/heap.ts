@@ -46,7 +46,7 @@ class ScavengePacer {
     if (this.collect === null) return;
     this.bytes += bytes;
     if (this.bytes < this.afterBytes) return;
-    this.bytes = 0;
+    this.bytes -= this.afterBytes; // the overshoot counts towards the next one: one per afterBytes, exactly
     this.scavenges++;
     this.collect({ type: 'minor' });
   }
