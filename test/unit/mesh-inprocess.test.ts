@@ -1,6 +1,6 @@
 // Three daemons over the in-memory TAP/UDP twins exchange real Ethernet/ARP frames, byte-exact.
 import test from 'ava';
-import { DISPLACED_SESSION_GRACE_MS, MSG_DATA } from '../../src/constants.ts';
+import { DISPLACED_SESSION_GRACE_MS, DISPLACED_SESSIONS_MAX, MSG_DATA } from '../../src/constants.ts';
 import { classify } from '../../src/mesh/wire.ts';
 import { allUp, arp, buildMesh, frame, waitFor } from '../helpers/memory-mesh.ts';
 
@@ -136,4 +136,21 @@ test('both sites rekeying at once: a datagram sealed under the session they just
   b.daemon.mesh.socket.send(held[1], a.port, a.address);
   await waitFor(() => a.daemon.mesh.drops.unknown_index === unknownBefore + 1, 2000);
   t.is(a.tap.written.length, 2, 'not delivered');
+});
+
+test('a peer that initiates again and again cannot make a site hold more than DISPLACED_SESSIONS_MAX old sessions', async (t) => {
+  // Each new initiation displaces the unconfirmed session before it; the displaced ones are bounded per peer,
+  // so a hostile peer (it has its key) repeating handshakes cannot pile up keys at the site.
+  const { nodes, stop } = await buildMesh({ names: ['host-a', 'host-b'] });
+  t.teardown(stop);
+  await waitFor(() => allUp(nodes));
+  const [a, b] = ['host-a', 'host-b'].map((n) => nodes.get(n)!);
+  const [pa, pb] = [a.daemon.mesh.peers[0], b.daemon.mesh.peers[0]];
+  const respondedBefore = a.daemon.mesh.handshakes.responded;
+  for (let i = 0; i < 20; i++) {
+    b.daemon.mesh.initiate(pb);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  await waitFor(() => a.daemon.mesh.handshakes.responded >= respondedBefore + 20, 3000);
+  t.true(pa.displaced.length <= DISPLACED_SESSIONS_MAX, `${pa.displaced.length} displaced sessions held`);
 });
