@@ -14,6 +14,8 @@
 #include <napi.h>
 #include <openssl/evp.h>
 
+#include "aead.h"
+
 #include <cstdint>
 #include <cstring>
 
@@ -41,6 +43,7 @@ class AeadKey : public Napi::ObjectWrap<AeadKey> {
       return;
     }
     const uint8_t* key = info[0].As<Napi::Buffer<uint8_t>>().Data();
+    napi_type_tag_object(env, info.This(), &aead::kTypeTag);  // native/express.cc finds its keys by this tag
     enc_ = NewCtx(key, 1);
     dec_ = NewCtx(key, 0);
     if (enc_ == nullptr || dec_ == nullptr) {
@@ -85,47 +88,57 @@ class AeadKey : public Napi::ObjectWrap<AeadKey> {
   Napi::Value Open(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     uint32_t high;
-    if (dec_ == nullptr || !info[0].IsBuffer() || !High(info, 1, &high)) return Napi::Number::New(env, -1);
+    if (!info[0].IsBuffer() || !High(info, 1, &high)) return Napi::Number::New(env, -1);
     Napi::Buffer<uint8_t> b = info[0].As<Napi::Buffer<uint8_t>>();
-    uint8_t* m = b.Data();
-    size_t len = b.Length();
-    if (len < kHeader + kTag) return Napi::Number::New(env, -1);
-    size_t ct = len - kHeader - kTag;
-    uint8_t nonce[12];
-    Nonce(m, high, nonce);
-    int outl = 0;
-    uint8_t fin[16];
-    bool ok = EVP_CipherInit_ex(dec_, nullptr, nullptr, nullptr, nonce, 0) == 1 &&
-              EVP_CIPHER_CTX_ctrl(dec_, EVP_CTRL_AEAD_SET_TAG, (int)kTag, m + len - kTag) == 1 &&
-              EVP_CipherUpdate(dec_, nullptr, &outl, m, (int)kHeader) == 1 &&
-              (ct == 0 || EVP_CipherUpdate(dec_, m + kHeader, &outl, m + kHeader, (int)ct) == 1) &&
-              EVP_CipherFinal_ex(dec_, fin, &outl) == 1;
-    return Napi::Number::New(env, ok ? (double)ct : -1);
+    if (b.Length() < kHeader + kTag) return Napi::Number::New(env, -1);
+    bool ok = OpenTo(b.Data(), b.Length(), b.Data() + kHeader, high);
+    return Napi::Number::New(env, ok ? (double)(b.Length() - kHeader - kTag) : -1);
   }
 
   // seal(out, payload, counterHigh): out[0..12) is the header; writes ciphertext and tag after it.
   Napi::Value Seal(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     uint32_t high;
-    if (enc_ == nullptr || !info[0].IsBuffer() || !info[1].IsBuffer() || !High(info, 2, &high))
-      return Napi::Number::New(env, -1);
+    if (!info[0].IsBuffer() || !info[1].IsBuffer() || !High(info, 2, &high)) return Napi::Number::New(env, -1);
     Napi::Buffer<uint8_t> o = info[0].As<Napi::Buffer<uint8_t>>();
     Napi::Buffer<uint8_t> p = info[1].As<Napi::Buffer<uint8_t>>();
-    uint8_t* out = o.Data();
-    size_t plen = p.Length();
-    if (o.Length() != kHeader + plen + kTag) return Napi::Number::New(env, -1);
+    if (o.Length() != kHeader + p.Length() + kTag) return Napi::Number::New(env, -1);
+    return Napi::Number::New(env, SealTo(o.Data(), p.Data(), p.Length(), high) ? 0 : -1);
+  }
+
+ public:
+  // msg = header | ciphertext | tag (len >= 28); the plaintext goes to plain (may be msg + 12: in place).
+  bool OpenTo(const uint8_t* m, size_t len, uint8_t* plain, uint32_t high) {
+    if (dec_ == nullptr || len < kHeader + kTag) return false;
+    size_t ct = len - kHeader - kTag;
+    uint8_t nonce[12];
+    Nonce(m, high, nonce);
+    int outl = 0;
+    uint8_t fin[16];
+    uint8_t tag[kTag];
+    std::memcpy(tag, m + len - kTag, kTag);
+    return EVP_CipherInit_ex(dec_, nullptr, nullptr, nullptr, nonce, 0) == 1 &&
+           EVP_CIPHER_CTX_ctrl(dec_, EVP_CTRL_AEAD_SET_TAG, (int)kTag, tag) == 1 &&
+           EVP_CipherUpdate(dec_, nullptr, &outl, m, (int)kHeader) == 1 &&
+           (ct == 0 || EVP_CipherUpdate(dec_, plain, &outl, m + kHeader, (int)ct) == 1) &&
+           EVP_CipherFinal_ex(dec_, fin, &outl) == 1;
+  }
+
+  // out[0..12) holds the header; ciphertext of payload[0..plen) and the tag follow it.
+  bool SealTo(uint8_t* out, const uint8_t* payload, size_t plen, uint32_t high) {
+    if (enc_ == nullptr) return false;
     uint8_t nonce[12];
     Nonce(out, high, nonce);
     int outl = 0;
     uint8_t fin[16];
-    bool ok = EVP_CipherInit_ex(enc_, nullptr, nullptr, nullptr, nonce, 1) == 1 &&
-              EVP_CipherUpdate(enc_, nullptr, &outl, out, (int)kHeader) == 1 &&
-              (plen == 0 || EVP_CipherUpdate(enc_, out + kHeader, &outl, p.Data(), (int)plen) == 1) &&
-              EVP_CipherFinal_ex(enc_, fin, &outl) == 1 &&
-              EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, (int)kTag, out + kHeader + plen) == 1;
-    return Napi::Number::New(env, ok ? 0 : -1);
+    return EVP_CipherInit_ex(enc_, nullptr, nullptr, nullptr, nonce, 1) == 1 &&
+           EVP_CipherUpdate(enc_, nullptr, &outl, out, (int)kHeader) == 1 &&
+           (plen == 0 || EVP_CipherUpdate(enc_, out + kHeader, &outl, payload, (int)plen) == 1) &&
+           EVP_CipherFinal_ex(enc_, fin, &outl) == 1 &&
+           EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_AEAD_GET_TAG, (int)kTag, out + kHeader + plen) == 1;
   }
 
+ private:
   Napi::Value Wipe(const Napi::CallbackInfo& info) {
     Free();
     return info.Env().Undefined();
@@ -136,6 +149,28 @@ class AeadKey : public Napi::ObjectWrap<AeadKey> {
 };
 
 }  // namespace
+
+namespace aead {
+
+const napi_type_tag kTypeTag = {0x6877'6165'6164'6b65ULL, 0x7931'0000'0000'0001ULL};
+
+Key* FromJs(napi_env env, napi_value v) {
+  bool tagged = false;
+  if (napi_check_object_type_tag(env, v, &kTypeTag, &tagged) != napi_ok || !tagged) return nullptr;
+  void* p = nullptr;
+  if (napi_unwrap(env, v, &p) != napi_ok) return nullptr;
+  return static_cast<Key*>(p);
+}
+
+bool Seal(Key* k, uint8_t* out, const uint8_t* payload, size_t plen, uint32_t high) {
+  return reinterpret_cast<AeadKey*>(k)->SealTo(out, payload, plen, high);
+}
+
+bool Open(Key* k, const uint8_t* msg, size_t len, uint8_t* plain, uint32_t high) {
+  return reinterpret_cast<AeadKey*>(k)->OpenTo(msg, len, plain, high);
+}
+
+}  // namespace aead
 
 void InitAead(Napi::Env env, Napi::Object exports) {
   exports.Set("AeadKey", AeadKey::Define(env));
