@@ -16,6 +16,8 @@ export interface Aead {
   open(msg: Buffer, counterHigh: number): number;
   /** Forgets the key. */
   wipe(): void;
+  /** The addon's key object (the express path seals and opens with it), or null (sodium). */
+  readonly native: object | null;
 }
 
 interface NativeAeadKey {
@@ -38,8 +40,10 @@ export const AEAD_IMPL: AeadImpl = nativeCtor ? 'openssl' : 'sodium';
 
 class OpensslAead implements Aead {
   private readonly key: NativeAeadKey;
+  readonly native: object;
   constructor(ctor: NativeAeadCtor, key: Buffer) {
     this.key = new ctor(key);
+    this.native = this.key;
   }
   seal(out: Buffer, payload: Buffer, counterHigh: number): boolean {
     return this.key.seal(out, payload, counterHigh) === 0;
@@ -53,6 +57,7 @@ class OpensslAead implements Aead {
 }
 
 class SodiumAead implements Aead {
+  readonly native = null;
   private readonly nonce = Buffer.alloc(12);
   constructor(private readonly key: Buffer) {}
   /** 4 zero bytes | the counter u64 LE: its low half from the header, its high half given. */

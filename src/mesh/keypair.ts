@@ -5,7 +5,7 @@ import sodium from 'sodium-native';
 import { AEAD_TAG_BYTES, TRANSPORT_HEADER_BYTES } from '../constants.ts';
 import { scavengePacer } from '../heap.ts';
 import { type Aead, type AeadImpl, aeadFor } from './aead.ts';
-import { ReplayWindow } from './replay.ts';
+import { REPLAY_WORDS, ReplayWindow, STATE_SEND } from './replay.ts';
 import { counterHigh, fullCounter, MAX_COUNTER, readCounterLow, writeTransportHeader } from './wire.ts';
 
 /** Why Keypair.open refused a datagram (negative, so a result >= 0 is always a plaintext length). */
@@ -17,11 +17,22 @@ export type OpenRefusal = typeof OPEN_NOT_AUTHENTIC | typeof OPEN_REPLAYED | typ
 /** Sealed datagrams are Buffers outside V8's heap: they pace scavenges (src/heap.ts). */
 const pacer = scavengePacer();
 
+/** One ArrayBuffer per keypair (off V8's heap, so its address is stable): the state, then the replay ring. */
+const STATE_BYTES = 16;
+
 export class Keypair {
-  sendCounter = 0;
-  readonly replay = new ReplayWindow();
-  private readonly sendAead: Aead;
-  private readonly recvAead: Aead;
+  /** [STATE_SEND] the next counter to send, [STATE_TOP] the highest received: shared with the express path
+   *  (native/express.cc), which sends and receives on this session with the same counters and window. */
+  readonly state: Float64Array;
+  readonly ring: Uint32Array;
+  readonly replay: ReplayWindow;
+  readonly sendAead: Aead;
+  readonly recvAead: Aead;
+  /** The express path's install marks (src/express.ts): the table generation and lease of each direction. */
+  expressSendGen = -1;
+  expressSendUntil = 0;
+  expressRecvGen = -1;
+  expressRecvUntil = 0;
 
   constructor(
     private readonly sendKey: Buffer,
@@ -34,6 +45,18 @@ export class Keypair {
   ) {
     this.sendAead = aeadFor(sendKey, aead);
     this.recvAead = aeadFor(recvKey, aead);
+    const shared = new ArrayBuffer(STATE_BYTES + REPLAY_WORDS * 4);
+    this.state = new Float64Array(shared, 0, 2);
+    this.ring = new Uint32Array(shared, STATE_BYTES, REPLAY_WORDS);
+    this.replay = new ReplayWindow(this.ring, this.state);
+  }
+
+  get sendCounter(): number {
+    return this.state[STATE_SEND];
+  }
+
+  set sendCounter(v: number) {
+    this.state[STATE_SEND] = v;
   }
 
   /** Encrypts payload (borrowed) into a new datagram with header; returns null if counters are exhausted.

@@ -42,11 +42,37 @@ export interface PeerStats {
   roams: number; // endpoint changed by an authenticated packet
 }
 
+let nextPeerId = 1;
+const noop = (): void => {};
+
 export class Peer {
   readonly keyHex: string;
-  endpoint: Endpoint | null;
+  /** A small number naming the peer in the express path's table (native/express.cc). */
+  readonly id = nextPeerId++;
+  /** Called whenever the endpoint or the sending session changes (the mesh flushes the express path). */
+  onPathChange: () => void = noop;
+  private ep: Endpoint | null;
+  private cur: Keypair | null = null;
+
+  get endpoint(): Endpoint | null {
+    return this.ep;
+  }
+
+  set endpoint(v: Endpoint | null) {
+    this.ep = v;
+    this.onPathChange();
+  }
+
   /** Session used for sending. */
-  current: Keypair | null = null;
+  get current(): Keypair | null {
+    return this.cur;
+  }
+
+  set current(v: Keypair | null) {
+    this.cur = v;
+    this.onPathChange();
+  }
+
   /** Previous session, still accepted for receiving until it expires (in-flight packets). */
   previous: Keypair | null = null;
   /** Responder's new session: used for receiving; promoted to current by the first packet on it. */
@@ -126,6 +152,6 @@ export class Peer {
     endpoint: Endpoint | undefined,
   ) {
     this.keyHex = publicKey.toString('hex');
-    this.endpoint = endpoint ?? null;
+    this.ep = endpoint ?? null;
   }
 }
