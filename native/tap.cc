@@ -43,6 +43,7 @@
 #include <sys/uio.h>
 
 #include "delay.h"
+#include "express.h"
 #include "gro.h"
 #include "worker.h"
 #include <uv.h>
@@ -65,9 +66,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-void InitUdp(Napi::Env env, Napi::Object exports);    // native/udp.cc: batched UDP sends
-void InitUdpRx(Napi::Env env, Napi::Object exports);  // native/udp_rx.cc: batched UDP receives
-void InitAead(Napi::Env env, Napi::Object exports);   // native/aead.cc: ChaCha20-Poly1305 per key
+void InitUdp(Napi::Env env, Napi::Object exports);      // native/udp.cc: batched UDP sends
+void InitUdpRx(Napi::Env env, Napi::Object exports);    // native/udp_rx.cc: batched UDP receives
+void InitAead(Napi::Env env, Napi::Object exports);     // native/aead.cc: ChaCha20-Poly1305 per key
+void InitExpress(Napi::Env env, Napi::Object exports);  // native/express.cc: lone packets without JS
 
 namespace {
 
@@ -409,7 +411,7 @@ struct AddonData {
   Napi::FunctionReference tapCtor;
 };
 
-class Tap : public Napi::ObjectWrap<Tap> {
+class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "Tap",
@@ -420,6 +422,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
                            InstanceMethod<&Tap::ReadNow>("readNow"),
                            InstanceMethod<&Tap::SyncCountersJs>("syncCounters"),
                            InstanceMethod<&Tap::Close>("close"),
+                           InstanceMethod<&Tap::SetExpress>("setExpress"),
                            InstanceAccessor<&Tap::GetName>("name"),
                            InstanceAccessor<&Tap::GetIfindex>("ifindex"),
                            InstanceAccessor<&Tap::GetMac>("mac"),
@@ -612,6 +615,31 @@ class Tap : public Napi::ObjectWrap<Tap> {
   // anything), without waiting for the poll. The daemon calls it right after writing a receive batch to the
   // TAP: the kernel answers some frames within the write itself (an ICMP echo, TCP ACKs), and reading the
   // answer in the same turn saves an event-loop wake-up per round trip. Does nothing inside onRead.
+  // setExpress(express | null): lone frames are offered to the express path (native/express.cc) first.
+  Napi::Value SetExpress(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (express_ != nullptr) express::DetachTap(express_, this);
+    express_ = nullptr;
+    if (info.Length() < 1 || info[0].IsNull() || info[0].IsUndefined() || closed_) return env.Undefined();
+    express::Engine* e = express::FromJs(env, info[0]);
+    if (e == nullptr) {
+      ThrowType(env, "setExpress(express: Express | null)");
+      return env.Undefined();
+    }
+    express_ = e;
+    express::AttachTap(e, this);
+    return env.Undefined();
+  }
+
+  // express::TapPort
+  bool ExpressWrite(const uint8_t* frame, size_t len) override {
+    return !closed_ && Emit(frame, len, info_.vnet, 1, len) > 0;
+  }
+  void ExpressReadNow() override {
+    if (!closed_ && reading_ && !inCallback_ && slab_ != nullptr) ReadBatch();
+  }
+  void ExpressGone() override { express_ = nullptr; }
+
   Napi::Value ReadNow(const Napi::CallbackInfo& info) {
     if (!closed_ && reading_ && !inCallback_ && slab_ != nullptr) ReadBatch();
     return info.Env().Undefined();
@@ -930,6 +958,8 @@ class Tap : public Napi::ObjectWrap<Tap> {
         break;
       }
     }
+    // A lone frame (a ping at rest) may not need JavaScript at all.
+    if (n == 1 && express_ != nullptr && express::FromTap(express_, slab_, lens_[0])) n = 0;
     if (n > 0) {
       CallRead((int32_t)n);
       if (closed_ || !reading_) return;  // the callback closed or stopped us
@@ -992,6 +1022,8 @@ class Tap : public Napi::ObjectWrap<Tap> {
   void CloseNow(bool fromJs) {
     if (closed_) return;
     closed_ = true;
+    if (express_ != nullptr) express::DetachTap(express_, this);
+    express_ = nullptr;
     reading_ = false;
     if (box_ != nullptr) {
       uv_poll_stop(&box_->poll);
@@ -1031,6 +1063,7 @@ class Tap : public Napi::ObjectWrap<Tap> {
   }
 
   int fd_ = -1;
+  express::Engine* express_ = nullptr;
   OpenResult info_;
   PollBox* box_ = nullptr;
   int events_ = 0;
@@ -1173,6 +1206,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   InitUdp(env, exports);
   InitUdpRx(env, exports);
   InitAead(env, exports);
+  InitExpress(env, exports);
   AddonData* data = new AddonData();
   data->tapCtor = Napi::Persistent(Tap::Define(env));
   env.SetInstanceData<AddonData>(data);

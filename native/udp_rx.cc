@@ -58,6 +58,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "express.h"
+
 #ifndef UDP_GRO
 #define UDP_GRO 104
 #endif
@@ -116,7 +118,7 @@ void ThrowType(Napi::Env env, const char* message) {
   Napi::TypeError::New(env, message).ThrowAsJavaScriptException();
 }
 
-class UdpRx : public Napi::ObjectWrap<UdpRx> {
+class UdpRx : public Napi::ObjectWrap<UdpRx>, public express::UdpPort {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "UdpReceiver",
@@ -124,6 +126,7 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
                            InstanceMethod<&UdpRx::Start>("start"),
                            InstanceMethod<&UdpRx::Stop>("stop"),
                            InstanceMethod<&UdpRx::Close>("close"),
+                           InstanceMethod<&UdpRx::SetExpress>("setExpress"),
                            InstanceAccessor<&UdpRx::GetGro>("gro"),
                            InstanceAccessor<&UdpRx::GetFd>("fd"),
                        });
@@ -255,6 +258,25 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
     return info.Env().Undefined();
   }
 
+  // setExpress(express | null): a lone datagram is offered to the express path (native/express.cc) first, and
+  // express sends on this receiver's dup of the socket.
+  Napi::Value SetExpress(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (express_ != nullptr) express::DetachUdp(express_, this);
+    express_ = nullptr;
+    if (info.Length() < 1 || info[0].IsNull() || info[0].IsUndefined() || closed_) return env.Undefined();
+    express::Engine* e = express::FromJs(env, info[0]);
+    if (e == nullptr) {
+      ThrowType(env, "setExpress(express: Express | null)");
+      return env.Undefined();
+    }
+    express_ = e;
+    express::AttachUdp(e, this, fd_);
+    return env.Undefined();
+  }
+
+  void ExpressGone() override { express_ = nullptr; }
+
   Napi::Value GetGro(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), gro_); }
   Napi::Value GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
 
@@ -356,6 +378,14 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
         Deliver(n);
         n = 0;
       }
+    }
+    // A lone datagram (a ping at rest) may not need JavaScript at all.
+    if (n == 1 && express_ != nullptr && batchSources_.size() == 1 &&
+        express::FromUdp(express_, stage_.data() + meta_[0], meta_[1], batchSources_[0].ss, batchSources_[0].len)) {
+      stageOff_ = 0;
+      batchSources_.clear();
+      lastSource_ = 0;
+      n = 0;
     }
     if (n > 0) Deliver(n);
   }
@@ -489,6 +519,8 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
   void CloseNow(bool fromJs) {
     if (closed_) return;
     closed_ = true;
+    if (express_ != nullptr) express::DetachUdp(express_, this);
+    express_ = nullptr;
     reading_ = false;
     if (box_ != nullptr) {
       uv_poll_stop(&box_->poll);
@@ -523,6 +555,7 @@ class UdpRx : public Napi::ObjectWrap<UdpRx> {
   }
 
   int fd_ = -1;
+  express::Engine* express_ = nullptr;
   bool gro_ = false;
   bool closed_ = false;
   bool reading_ = false;

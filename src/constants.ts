@@ -125,6 +125,11 @@ export const BINDINGS_MAX = 16_384; // IP-MAC bindings (ARP/ND inspection)
 export const LEARNED_BINDING_MS = 600_000; // a learned (not DHCP or reserved) binding lasts this long unseen
 export const SECURITY_LOG_INTERVAL_MS = 10_000; // a repeated security warning is logged at most this often
 
+// --- Express path (src/express.ts, native/express.cc) ---------------------------------------------------
+// How long an install vouches for a MAC's port or a session without JavaScript looking again (renewed at half
+// of it by the next frame JavaScript carries; any change flushes everything at once).
+export const EXPRESS_LEASE_MS = 1_000;
+
 // --- Timers -----------------------------------------------------------------------------------------
 export const TICK_MS = 250; // one tick drives all ageing, retries, keepalives
 

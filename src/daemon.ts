@@ -20,6 +20,9 @@ import { meshReport, type StatusReport } from './status.ts';
 import { OperatorError } from './errors.ts';
 import { LOCAL, Switch } from './switch.ts';
 import type { TapDevice } from './tap/device.ts';
+import type { NativeTap } from './tap/native.ts';
+import { addonOrNull } from './addon.ts';
+import { Express } from './express.ts';
 import { latencyReport } from './trace.ts';
 import { DgramSocket } from './udp/dgram.ts';
 import type { UdpSocket } from './udp/socket.ts';
@@ -30,6 +33,8 @@ import type { Endpoint } from './mesh/peer.ts';
 const INFRA_MACS_REFRESH_MS = 5_000;
 /** Read the TAP right after writing a receive batch to it (default on; HOMEWIRE_TAP_READ_AFTER_WRITE=0: off, for A/B). */
 const READ_TAP_AFTER_WRITE = process.env.HOMEWIRE_TAP_READ_AFTER_WRITE !== '0';
+/** The express path for lone packets (default on; HOMEWIRE_EXPRESS=0: off, for A/B). */
+const EXPRESS = process.env.HOMEWIRE_EXPRESS !== '0';
 
 export interface DaemonDeps {
   tap?: TapDevice;
@@ -90,12 +95,13 @@ export class Daemon {
       }
     }
     let tap: TapDevice;
+    let nativeTap: NativeTap | null = null;
     if (deps.tap) {
       tap = deps.tap;
     } else {
       try {
         const { NativeTap } = await import('./tap/native.ts');
-        tap = NativeTap.open({ name: cfg.tap.name, mtu: cfg.tap.mtu, bridge: cfg.tap.bridge });
+        tap = nativeTap = NativeTap.open({ name: cfg.tap.name, mtu: cfg.tap.mtu, bridge: cfg.tap.bridge });
       } catch (err) {
         await socket.close();
         throw err;
@@ -151,6 +157,16 @@ export class Daemon {
       cfg.security,
     );
     sw.announceMoves = cfg.mobility.announceMoves;
+    // The express path: lone packets of established flows without JavaScript (src/express.ts). It needs the
+    // addon's TAP and UDP receiver (not the in-memory twins).
+    if (EXPRESS && nativeTap !== null && udp instanceof DgramSocket) {
+      const express = Express.open(addonOrNull(), maxFrameBytes(cfg.listen.family), READ_TAP_AFTER_WRITE);
+      if (express.native !== null && udp.attachExpress(express.native)) {
+        nativeTap.attachExpress(express);
+        mesh.express = express;
+        sw.express = express;
+      }
+    }
     return new Daemon(cfg, tap, mesh, sw, deps.log, now, dhcp, deps.services ?? false);
   }
 
@@ -264,6 +280,7 @@ export class Daemon {
 
   private tick(): void {
     const now = this.now();
+    this.sw.collectExpress(); // before the timers read when peers last sent and received
     this.mesh.tick();
     this.sw.tick(now);
     this.dhcp?.tick(now);
@@ -307,6 +324,7 @@ export class Daemon {
       guests.push({ mac, ip });
     }
     this.sw.security.setGuestMacs(guests);
+    this.sw.express.flush();
     this.log.info({ guests: guests.length }, 'guest MACs set: port security allows these on the local side');
     return { ok: true };
   }
@@ -406,6 +424,7 @@ export class Daemon {
     }
     if (JSON.stringify(next.security) !== JSON.stringify(old.security)) {
       this.sw.security.reconfigure(next.security);
+      this.sw.express.flush();
       changes.push('security');
     }
     if (next.mobility.announceMoves !== old.mobility.announceMoves) {
@@ -488,6 +507,7 @@ export class Daemon {
       dhcp: this.dhcp ? { leases: this.dhcp.leases(), active: this.dhcp.stats.leasesActive } : null,
       agent: this.agent?.status() ?? null,
       udp: sock.stats,
+      express: this.sw.express.report(),
       latency: latencyReport() ?? undefined,
     };
   }

@@ -6,6 +6,7 @@ import type { Learned, PathKind, PeerStats } from './mesh/peer.ts';
 import type { TapStats } from './tap/device.ts';
 import type { HistogramSummary } from './trace.ts';
 import type { UdpStats } from './udp/socket.ts';
+import type { Express } from './express.ts';
 
 export interface PeerStatus extends PeerStats {
   name: string;
@@ -105,6 +106,8 @@ export interface StatusReport {
   agent: AgentStatus | null;
   /** The underlay socket's receive path and counters (absent for sockets that keep none). */
   udp?: UdpStats;
+  /** The express path (src/express.ts): frames it carried each way without JavaScript, and its table. */
+  express: ReturnType<Express['report']>;
   /** Debug (HOMEWIRE_TRACE_LATENCY=1): per-stage time histograms, see src/trace.ts. */
   latency?: Record<string, HistogramSummary>;
 }

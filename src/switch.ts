@@ -27,6 +27,7 @@ import {
   MOVE_FORWARD_GRACE_MS,
   MOVE_SETTLE_MS,
 } from './constants.ts';
+import { type Express, noExpress } from './express.ts';
 import type { Logger } from './log.ts';
 import type { Mesh } from './mesh/mesh.ts';
 import type { Peer } from './mesh/peer.ts';
@@ -65,6 +66,8 @@ export interface MacEntry {
   holdUntilMs: number; // flapping: held where it is until then
   rxBytes: number; // local MACs: bytes from this MAC into the overlay
   txBytes: number; // local MACs: bytes from the overlay to this MAC
+  exGen: number; // the express path's install mark (src/express.ts)
+  exUntil: number;
 }
 
 export class SwitchDrops {
@@ -93,8 +96,17 @@ export class Switch {
   nowMs = Date.now();
   /** Announce moves to peers (off: plain data-plane learning, for comparison in bench/). */
   announceMoves = true;
+  /** The express path (src/express.ts): told which MACs are where after this switch carried their frames. */
+  express: Express = noExpress();
   private readonly serviceMac: number;
   private readonly announcements: Array<{ mac: number; seq: number; atMs: number }> = [];
+  private readonly expressSink = {
+    peer: (id: number) => this.mesh.peerById(id),
+    entry: (mac: number) => this.table.get(mac),
+    authFailed: (n: number) => {
+      this.mesh.drops.auth_failed += n;
+    },
+  };
   private lastPruneMs = 0;
 
   constructor(
@@ -129,14 +141,15 @@ export class Switch {
     }
     const sec = this.security;
     let src = -1;
+    let srcEntry: MacEntry | undefined;
     if ((frame[6] & 1) === 0) {
       src = macKey(frame, 6);
-      let entry = this.table.get(src);
-      if (entry === undefined || entry.port !== null) {
-        entry = this.learnLocal(src, entry); // port security: a MAC new here, or arriving from another site
-        if (entry === undefined) return;
-      } else entry.seenMs = this.nowMs;
-      entry.rxBytes += frame.length;
+      srcEntry = this.table.get(src);
+      if (srcEntry === undefined || srcEntry.port !== null) {
+        srcEntry = this.learnLocal(src, srcEntry); // port security: a MAC new here, or arriving from another site
+        if (srcEntry === undefined) return;
+      } else srcEntry.seenMs = this.nowMs;
+      srcEntry.rxBytes += frame.length;
     } else if (sec.badLocalSource()) return;
     const verdict = sec.checkLocal(frame, src);
     if (verdict === DROP) return;
@@ -148,7 +161,13 @@ export class Switch {
       const entry = this.table.get(dst);
       if (entry !== undefined) {
         if (entry.port === null) this.drops.local_unicast++;
-        else this.mesh.sendFrame(entry.port, frame);
+        else {
+          this.mesh.sendFrame(entry.port, frame);
+          if (entry.alsoTo === null && srcEntry !== undefined && srcEntry.port === null && dst !== this.serviceMac) {
+            this.express.mac(srcEntry, src, null, this.nowMs);
+            this.express.mac(entry, dst, entry.port, this.nowMs);
+          }
+        }
         if (entry.alsoTo !== null) this.sendAlso(entry, frame);
         return;
       }
@@ -170,9 +189,10 @@ export class Switch {
       return;
     }
     const src = macKey(frame, 6);
-    const srcEntry = this.table.get(src);
+    let srcEntry = this.table.get(src);
     if (srcEntry === undefined || srcEntry.port !== peer) {
       if (!this.learnPeer(src, srcEntry, peer)) return; // ownership: a MAC pinned here or held by another site
+      srcEntry = this.table.get(src);
     } else srcEntry.seenMs = this.nowMs;
     if (sec.checkPeer(peer, frame, src) === DROP) return;
     const group = (frame[0] & 1) === 1;
@@ -192,8 +212,13 @@ export class Switch {
         }
         return;
       }
-      if (entry !== undefined) entry.txBytes += frame.length;
-      else if (!sec.storm.allow(peer, STORM_UNKNOWN_UNICAST, this.nowMs)) return;
+      if (entry !== undefined) {
+        entry.txBytes += frame.length;
+        if (srcEntry !== undefined && srcEntry.port === peer && dst !== this.serviceMac) {
+          this.express.mac(srcEntry, src, peer, this.nowMs);
+          this.express.mac(entry, dst, null, this.nowMs);
+        }
+      } else if (!sec.storm.allow(peer, STORM_UNKNOWN_UNICAST, this.nowMs)) return;
     } else if (!sec.storm.allow(peer, frame[0] === 0xff ? STORM_BROADCAST : STORM_MULTICAST, this.nowMs)) return;
     this.tap.write(frame);
   }
@@ -258,6 +283,7 @@ export class Switch {
   }
 
   private deleteEntry(mac: number, entry: MacEntry): void {
+    this.express.flush();
     this.table.delete(mac);
     this.security.entryRemoved(mac, entry.port, entry.seenMs);
   }
@@ -282,6 +308,7 @@ export class Switch {
       return false;
     }
     const from = entry.port;
+    this.express.flush();
     this.security.entryMoved(mac, from, port);
     entry.port = port;
     entry.alsoTo = null;
@@ -353,6 +380,7 @@ export class Switch {
     if (msg.type === SIG_EXPECT) {
       if (entry === undefined || entry.port === peer) return;
       if (!sec.mayExpect(msg.mac, peer, entry.port)) return; // never a copy of someone else's traffic
+      this.express.flush(); // its frames go to both hosts now: JavaScript's path
       entry.alsoTo = peer;
       entry.alsoUntilMs = this.nowMs + EXPECT_DUAL_SEND_MS;
       return;
@@ -390,10 +418,16 @@ export class Switch {
   /** The coordinator (or the operator) says MAC mac is about to arrive here: peers send its frames here too
    *  meanwhile, and port security lets it appear on the local side. */
   expect(mac: number): void {
+    this.express.flush();
     const entry = this.table.get(mac);
     if (entry !== undefined) entry.expectedUntilMs = this.nowMs + EXPECT_DUAL_SEND_MS;
     this.security.expectHere(mac, this.nowMs + EXPECT_DUAL_SEND_MS);
     this.mesh.floodSignal(encodeExpect(mac));
+  }
+
+  /** What the express path carried since the last call, into the peers' and entries' statistics. */
+  collectExpress(): void {
+    this.express.collect(this.expressSink);
   }
 
   /** Ages out entries not seen for MAC_AGEING_MS; forgets entries of removed peers; sends due announcements. */
@@ -438,6 +472,8 @@ function newEntry(port: Peer | null, now: number): MacEntry {
     holdUntilMs: 0,
     rxBytes: 0,
     txBytes: 0,
+    exGen: -1,
+    exUntil: 0,
   };
 }
 

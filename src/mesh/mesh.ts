@@ -33,6 +33,7 @@ import {
 } from '../constants.ts';
 import { ADMIT, HandshakeGuard, SEND_COOKIE } from './cookie.ts';
 import { LimitedLog } from '../limited-log.ts';
+import { type Express, noExpress } from '../express.ts';
 import type { Logger } from '../log.ts';
 import { isLink, type UdpSocket } from '../udp/socket.ts';
 import { consumeInitiation, createInitiation, type StaticKeys, TimestampClock } from './handshake.ts';
@@ -176,6 +177,10 @@ export class Mesh {
    *  once instead of at its next retry. Bounded; the address is only a hint (an initiation can be replayed). */
   private readonly unknownInitiators = new Map<string, { endpoint: Endpoint; atMs: number }>();
   private readonly limited: LimitedLog;
+  /** The express path (src/express.ts): told which sessions carry data from and to which endpoints. */
+  express: Express = noExpress();
+  private readonly pathChanged = (): void => this.express.flush();
+  private readonly byId = new Map<number, Peer>();
 
   constructor(
     private readonly keys: StaticKeys,
@@ -254,6 +259,12 @@ export class Mesh {
       if (type === MSG_RELAY_DATA || type === MSG_RELAY_SIGNAL) {
         relayReceive(this, this.drops, peer, type, readSite(msg), payload);
         return;
+      }
+      // Current or previous (both sides may each use the session the other promoted last: crossing handshakes);
+      // a next session is promoted by its first packet here, never by the express path.
+      if (type === MSG_DATA && (keypair === peer.current || keypair === peer.previous) && peer.introducedBy === null) {
+        const at = peer.endpoint; // after roam(): the source, unless it was refused
+        if (at !== null && at.port === port && at.address === address) this.express.receiving(peer, keypair, at, now);
       }
       this.deliver(peer, type as typeof MSG_DATA | typeof MSG_SIGNAL, payload, false);
       return;
@@ -458,6 +469,8 @@ export class Mesh {
     if (count && payload.length > 0) {
       peer.stats.txPackets++;
       peer.stats.txBytes += payload.length;
+      if (type === MSG_DATA && site === 0 && peer.introducedBy === null && !this.isTcp(ep))
+        this.express.sending(peer, keypair, ep, this.nowMs);
     }
   }
 
@@ -755,6 +768,7 @@ export class Mesh {
 
   /** @internal Removes a keypair from the index table and wipes it. */
   retire(keypair: Keypair): void {
+    this.express.flush();
     this.byIndex.delete(keypair.localIndex);
     keypair.wipe();
   }
@@ -785,14 +799,14 @@ export class Mesh {
         peer.learned = 'roaming';
       }
     }
-    this.peers.push(peer);
-    this.byKey.set(peer.keyHex, peer);
+    this.track(peer);
     this.introducer?.assign(peer);
     return peer;
   }
 
   /** Applies a peer's config beyond its key (also on reload). */
   configure(peer: Peer, cfg: PeerConfig): void {
+    this.express.flush();
     peer.introducer = cfg.introducer ?? false;
     peer.endpointHost = cfg.endpointHost ?? null;
     peer.endpointTcp = cfg.endpointTcp ?? null;
@@ -806,9 +820,15 @@ export class Mesh {
     peer.candidates = intro.endpoints;
     peer.introFlags = intro.flags;
     peer.learned = 'introduction';
+    this.track(peer);
+    return peer;
+  }
+
+  private track(peer: Peer): void {
+    peer.onPathChange = this.pathChanged;
     this.peers.push(peer);
     this.byKey.set(peer.keyHex, peer);
-    return peer;
+    this.byId.set(peer.id, peer);
   }
 
   removePeer(peer: Peer): void {
@@ -821,11 +841,17 @@ export class Mesh {
     peer.displaced = [];
     peer.staged = [];
     this.byKey.delete(peer.keyHex);
+    this.byId.delete(peer.id);
+    this.express.flush();
     const i = this.peers.indexOf(peer);
     if (i >= 0) this.peers.splice(i, 1);
     // The sites it introduced go with it; an introducer withdraws a removed peer everywhere.
     for (const p of [...this.peers]) if (p.introducedBy === peer) this.introductions.remove(p);
     if (this.introducer !== null && peer.introducedBy === null && !this.closed) this.introducer.release(peer);
+  }
+
+  peerById(id: number): Peer | undefined {
+    return this.byId.get(id);
   }
 
   peerByName(name: string): Peer | undefined {

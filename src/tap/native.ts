@@ -18,6 +18,7 @@ import {
   TAP_WRITE_YIELD_FRAMES,
 } from '../constants.ts';
 import { OperatorError } from '../errors.ts';
+import { EXPRESS_TX_BYTES, EXPRESS_TX_FRAMES, type Express } from '../express.ts';
 import { cpuNow, latency, now, TRACE_LATENCY } from '../trace.ts';
 import type { TapDevice, TapHandler, TapStats } from './device.ts';
 
@@ -41,6 +42,8 @@ export interface NativeTapHandle {
   writeBatch(frames: readonly (Uint8Array | undefined)[], count: number): number;
   /** A read wake-up now (onRead synchronously if anything is queued); nothing inside onRead. */
   readNow(): void;
+  /** Lone frames are offered to native/express.cc first (null: no longer). */
+  setExpress(express: object | null): void;
   /** With a writer thread: its counters into the shared array (writeBatch does it too). */
   syncCounters(): void;
   close(): void;
@@ -164,6 +167,7 @@ export class NativeTap implements TapDevice {
   private readonly flushBound = (): void => this.flush();
   private held = false; // holdFlush(): the caller flushes at its batch end, write() schedules nothing
   private readonly ringDroppedAtOpen: number;
+  private express: Express | null = null;
 
   /** The kernel's count of frames the TAP dropped because its queue towards us (TAP_TX_QUEUE_LEN) was full: the
    *  interface's tx_dropped (read at status and scrape time only). 0 where sysfs does not show it. */
@@ -234,12 +238,20 @@ export class NativeTap implements TapDevice {
     this.ringDroppedAtOpen = this.kernelRingDropped();
   }
 
+  /** Lone frames go to the express path first (src/express.ts); what it carried counts as read here too. */
+  attachExpress(express: Express): void {
+    if (this.closed || express.native === null) return;
+    this.native.setExpress(express.native);
+    this.express = express;
+  }
+
   get stats(): TapStats {
     if (!this.closed) this.native.syncCounters();
     const c = this.counters;
+    const x = this.express?.counters;
     return {
-      rxFrames: this.rxFrames,
-      rxBytes: this.rxBytes,
+      rxFrames: this.rxFrames + (x ? x[EXPRESS_TX_FRAMES] : 0),
+      rxBytes: this.rxBytes + (x ? x[EXPRESS_TX_BYTES] : 0),
       txFrames: c[C.txFrames],
       txBytes: c[C.txBytes],
       txDropped: c[C.txDroppedQueue] + c[C.txDroppedError] + this.jsDropped,

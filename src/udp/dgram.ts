@@ -37,6 +37,8 @@ export interface UdpReceiverHandle {
   readonly gro: boolean;
   /** The receiver's own dup() of the socket's fd. */
   readonly fd: number;
+  /** A lone datagram is offered to native/express.cc first, which sends on this receiver's fd (null: no longer). */
+  setExpress(express: object | null): void;
   start(onBatch: (count: number, batch: Buffer, sources: (string | number)[]) => void): void;
   stop(): void;
   close(): void;
@@ -302,6 +304,14 @@ export class DgramSocket implements UdpSocket {
     } catch {
       return null;
     }
+  }
+
+  /** The express path (src/express.ts) receives lone datagrams and sends on this socket; false if it cannot
+   *  here (no native receiver, or sends go through the sender's thread, which express could overtake). */
+  attachExpress(native: object): boolean {
+    if (this.receiver === null || this.sendThreaded) return false;
+    this.receiver.setExpress(native);
+    return true;
   }
 
   get stats(): UdpStats {

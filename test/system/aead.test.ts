@@ -5,6 +5,8 @@ import crypto from 'node:crypto';
 import { AEAD_IMPL, aeadFor, type AeadImpl } from '../../src/mesh/aead.ts';
 import { Keypair, OPEN_NOT_AUTHENTIC, OPEN_REPLAYED } from '../../src/mesh/keypair.ts';
 import { MSG_DATA } from '../../src/constants.ts';
+import { loadAddon } from '../../src/addon.ts';
+import { fullCounter } from '../../src/mesh/wire.ts';
 import { missingFor, testIf } from '../helpers/prereq.ts';
 
 /** The OpenSSL implementation is the addon's: without it these tests fail saying so. */
@@ -104,4 +106,35 @@ test('keypairs on different implementations talk to each other; replays are stil
   t.is(b.open(forged), OPEN_NOT_AUTHENTIC);
   a.wipe();
   b.wipe();
+});
+
+test("the express path's replay window accepts exactly what mesh/replay.ts accepts, on the same shared bits", (t) => {
+  // native/express.cc keeps its own copy of the counter logic (fullCounter, the window) and works on a Keypair's
+  // shared state: after each datagram both must agree on accept/refuse and leave the same bits behind.
+  const addon = loadAddon() as { expressReplay(state: Float64Array, ring: Uint32Array, low: number): number };
+  const js = new Keypair(crypto.randomBytes(32), crypto.randomBytes(32), 1, 2, true, 0);
+  const nat = new Keypair(crypto.randomBytes(32), crypto.randomBytes(32), 1, 2, true, 0);
+  let top = 0;
+  let agreed = 0;
+  const rnd = (n: number) => crypto.randomInt(n);
+  for (let i = 0; i < 50_000; i++) {
+    // Mostly in order, some late, some replayed, some far ahead, some across the 32-bit wrap of the wire field.
+    const r = rnd(100);
+    let c: number;
+    if (r < 60) c = top + 1 + rnd(3);
+    else if (r < 80) c = Math.max(0, top - rnd(9000));
+    else if (r < 90) c = top + rnd(20_000);
+    else if (r < 95) c = 2 ** 32 - 50 + rnd(100);
+    else c = top;
+    top = Math.max(top, c);
+    const low = c % 2 ** 32;
+    const full = fullCounter(low, js.replay.highest);
+    const want = full <= Number.MAX_SAFE_INTEGER && js.replay.wouldAccept(full) && js.replay.accept(full) ? full : -1;
+    const got = addon.expressReplay(nat.state, nat.ring, low);
+    if (got === want) agreed++;
+    else t.fail(`datagram ${i}: counter low ${low}: JS ${want}, native ${got}`);
+    if (nat.replay.highest !== js.replay.highest || !Buffer.from(nat.ring.buffer).equals(Buffer.from(js.ring.buffer)))
+      t.fail(`datagram ${i}: the windows differ after counter ${c}`);
+  }
+  t.is(agreed, 50_000);
 });
