@@ -176,6 +176,16 @@ export function daemonRegistry(d: Daemon): client.Registry {
   );
   single(register, 'homewire_tap_rx_frames_total', 'Frames read from the TAP.', () => d.tap.stats.rxFrames);
   single(register, 'homewire_tap_tx_frames_total', 'Frames written to the TAP.', () => d.tap.stats.txFrames);
+  counterFrom(
+    register,
+    'homewire_express_frames_total',
+    'Frames the express path carried without JavaScript (tx: TAP to mesh, rx: mesh to TAP), and lone ones it handed to JavaScript.',
+    'path',
+    () => {
+      const x = d.sw.express.report();
+      return { tx: x.txFrames, rx: x.rxFrames, tx_to_js: x.txToJs, rx_to_js: x.rxToJs };
+    },
+  );
 
   // Security (README "Security model"): drops by reason per defence, and the handshake guard.
   const sec = d.sw.security;
