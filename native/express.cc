@@ -563,6 +563,15 @@ Engine* FromJs(napi_env env, napi_value v) {
   return static_cast<Engine*>(p);
 }
 
+Engine* EngineArg(napi_env env, napi_value v) {
+  napi_valuetype t = napi_undefined;
+  napi_typeof(env, v, &t);
+  if (t == napi_null || t == napi_undefined) return nullptr;
+  Engine* e = FromJs(env, v);
+  if (e == nullptr) napi_throw_type_error(env, nullptr, "setExpress(express: Express | null)");
+  return e;
+}
+
 void AttachTap(Engine* e, TapPort* tap) {
   Of(e)->Attach(tap);
 }

@@ -33,6 +33,9 @@ struct Engine;  // an Express object (opaque)
 
 // The engine behind a JS Express object, or null if v is not one (type-tagged).
 Engine* FromJs(napi_env env, napi_value v);
+// setExpress(express | null)'s argument: the engine, or null for null or undefined (anything else: a pending
+// TypeError, and null).
+Engine* EngineArg(napi_env env, napi_value v);
 void AttachTap(Engine* e, TapPort* tap);
 void DetachTap(Engine* e, TapPort* tap);
 // The UDP socket (the receiver's dup of dgram's fd) that express sends on.

@@ -611,38 +611,32 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
   Napi::Value GetPersistent(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), info_.persistent); }
   Napi::Value GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
 
-  // readNow(): reads what the TAP holds now, as a wake-up would (onRead is called, synchronously, if there is
-  // anything), without waiting for the poll. The daemon calls it right after writing a receive batch to the
-  // TAP: the kernel answers some frames within the write itself (an ICMP echo, TCP ACKs), and reading the
-  // answer in the same turn saves an event-loop wake-up per round trip. Does nothing inside onRead.
   // setExpress(express | null): lone frames are offered to the express path (native/express.cc) first.
   Napi::Value SetExpress(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
     if (express_ != nullptr) express::DetachTap(express_, this);
-    express_ = nullptr;
-    if (info.Length() < 1 || info[0].IsNull() || info[0].IsUndefined() || closed_) return env.Undefined();
-    express::Engine* e = express::FromJs(env, info[0]);
-    if (e == nullptr) {
-      ThrowType(env, "setExpress(express: Express | null)");
-      return env.Undefined();
-    }
-    express_ = e;
-    express::AttachTap(e, this);
-    return env.Undefined();
+    express_ = closed_ ? nullptr : express::EngineArg(info.Env(), info[0]);
+    if (express_ != nullptr) express::AttachTap(express_, this);
+    return info.Env().Undefined();
   }
 
   // express::TapPort
   bool ExpressWrite(const uint8_t* frame, size_t len) override {
     return !closed_ && Emit(frame, len, info_.vnet, 1, len) > 0;
   }
-  void ExpressReadNow() override {
-    if (!closed_ && reading_ && !inCallback_ && slab_ != nullptr) ReadBatch();
-  }
+  void ExpressReadNow() override { ReadNowIfIdle(); }
   void ExpressGone() override { express_ = nullptr; }
 
+  // readNow(): reads what the TAP holds now, as a wake-up would (onRead is called, synchronously, if there is
+  // anything), without waiting for the poll. The daemon calls it right after writing a receive batch to the
+  // TAP: the kernel answers some frames within the write itself (an ICMP echo, TCP ACKs), and reading the
+  // answer in the same turn saves an event-loop wake-up per round trip. Does nothing inside onRead.
   Napi::Value ReadNow(const Napi::CallbackInfo& info) {
-    if (!closed_ && reading_ && !inCallback_ && slab_ != nullptr) ReadBatch();
+    ReadNowIfIdle();
     return info.Env().Undefined();
+  }
+
+  void ReadNowIfIdle() {
+    if (!closed_ && reading_ && !inCallback_ && slab_ != nullptr) ReadBatch();
   }
 
   // --- internals ---

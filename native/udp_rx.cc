@@ -261,18 +261,10 @@ class UdpRx : public Napi::ObjectWrap<UdpRx>, public express::UdpPort {
   // setExpress(express | null): a lone datagram is offered to the express path (native/express.cc) first, and
   // express sends on this receiver's dup of the socket.
   Napi::Value SetExpress(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
     if (express_ != nullptr) express::DetachUdp(express_, this);
-    express_ = nullptr;
-    if (info.Length() < 1 || info[0].IsNull() || info[0].IsUndefined() || closed_) return env.Undefined();
-    express::Engine* e = express::FromJs(env, info[0]);
-    if (e == nullptr) {
-      ThrowType(env, "setExpress(express: Express | null)");
-      return env.Undefined();
-    }
-    express_ = e;
-    express::AttachUdp(e, this, fd_);
-    return env.Undefined();
+    express_ = closed_ ? nullptr : express::EngineArg(info.Env(), info[0]);
+    if (express_ != nullptr) express::AttachUdp(express_, this, fd_);
+    return info.Env().Undefined();
   }
 
   void ExpressGone() override { express_ = nullptr; }

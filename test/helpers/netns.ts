@@ -2,7 +2,8 @@
 // They need root, iproute2, ping, iperf3 and the built TAP addon; without them they fail, saying why.
 import crypto from 'node:crypto';
 import type { ExecutionContext } from 'ava';
-import { deleteNamespaces, Lab, type LabOptions } from '../../lab/topology.ts';
+import { deleteNamespaces, HOMEWIRE_BIN, Lab, type LabOptions } from '../../lab/topology.ts';
+import type { StatusReport } from '../../src/status.ts';
 import { missingFor, testIf } from './prereq.ts';
 
 /** Why the namespace tests cannot run here, or null if they can. */
@@ -15,13 +16,14 @@ export const netnsSkipReason: string | null = missingFor({
 /** test.serial; when the lab cannot run here, the test fails saying why and what to install. */
 export const netnsTest = testIf(netnsSkipReason);
 
-export function newPrefix(): string {
-  return `hwt${crypto.randomBytes(2).toString('hex')}-`;
+export function newPrefix(tag = 'hwt'): string {
+  return `${tag}${crypto.randomBytes(2).toString('hex')}-`;
 }
 
-/** Builds a lab with a fresh prefix; teardown destroys it (or whatever part of it was made). */
-export async function labFor(t: ExecutionContext, opts: Omit<LabOptions, 'prefix'> = {}): Promise<Lab> {
-  const prefix = newPrefix();
+/** Builds a lab with a fresh prefix (`tag` and 4 hex digits); teardown destroys it (or whatever part of it was
+ *  made). */
+export async function labFor(t: ExecutionContext, opts: Omit<LabOptions, 'prefix'> = {}, tag = 'hwt'): Promise<Lab> {
+  const prefix = newPrefix(tag);
   let lab: Lab | null = null;
   t.teardown(async () => {
     if (lab) await lab.destroy();
@@ -39,4 +41,18 @@ export function pingText(p: {
   rtt: { avg: number } | null;
 }): string {
   return `${p.received}/${p.transmitted} received, ${p.lossPct}% loss${p.rtt ? `, rtt avg ${p.rtt.avg} ms` : ''}`;
+}
+
+/** `homewire status --json` of a lab site, run in its namespace. */
+export async function siteStatus(lab: Lab, site: string): Promise<StatusReport> {
+  const r = await lab.exec(site, [
+    process.execPath,
+    HOMEWIRE_BIN,
+    'status',
+    '--json',
+    '--config',
+    lab.site(site).configFile,
+  ]);
+  if (r.code !== 0) throw new Error(`homewire status at ${site}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as StatusReport;
 }

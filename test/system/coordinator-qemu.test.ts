@@ -133,15 +133,18 @@ vmTest(
     const trace = await ping.stop();
     const gaps = replyGaps(trace);
     const during = trace.replies.filter((r) => r.atMs > migratedAt).length;
+    // Requests after the move, by sequence number (ping -i 0.01 sends 60-100 a second here, by load, not 100).
+    const beforeMove = trace.replies.filter((r) => r.atMs <= migratedAt).at(-1)?.seq ?? 0;
+    const askedAfter = (trace.replies.at(-1)?.seq ?? 0) - beforeMove;
     t.log(
       `vm migrate took ${migratedAt - migrateAt} ms (CLI included); LAN ping 10 ms: ${trace.replies.length} replies, ${trace.lost} lost; ` +
         `largest gaps ${gaps
           .slice(0, 3)
           .map((g) => `${g.ms.toFixed(0)} ms`)
-          .join(', ')}; ${during} replies after the migration`,
+          .join(', ')}; ${during} replies to the ${askedAfter} requests after the migration`,
     );
     t.true(trace.replies.length > 200, 'pings were answered throughout');
-    t.true(during > 150, 'and keep flowing from host-b');
+    t.true(askedAfter >= 100 && during >= 0.9 * askedAfter, 'and keep flowing from host-b');
     t.true(gaps[0].ms < 1000, `largest reply gap ${gaps[0].ms.toFixed(0)} ms < 1 s`);
     t.true(trace.lost <= 25, `${trace.lost} of ${trace.transmitted} pings lost`);
     const homeAfter = JSON.parse(

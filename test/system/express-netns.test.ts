@@ -16,15 +16,12 @@ import path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import type { Packet } from '../../lab/pcap.ts';
 import { run, sleep } from '../../lab/run.ts';
-import { deleteNamespaces, HOMEWIRE_BIN, Lab, type LabOptions, PLAN, SITE_BRIDGE } from '../../lab/topology.ts';
-import type { StatusReport } from '../../src/status.ts';
+import { type Lab, type LabOptions, PLAN, SITE_BRIDGE } from '../../lab/topology.ts';
 import { dhcpServerReply } from '../helpers/attack-frames.ts';
-import { netnsSkipReason, pingText } from '../helpers/netns.ts';
+import { labFor, netnsSkipReason, pingText, siteStatus } from '../helpers/netns.ts';
 import { missingFor, testIf } from '../helpers/prereq.ts';
 
 const netnsTest = testIf(netnsSkipReason ?? missingFor({ programs: { python3: 'python3', tcpdump: 'tcpdump' } }));
-
-type Report = StatusReport;
 
 /** Sends the frames of a file (one hex frame a line) on an interface with AF_PACKET, GAP seconds apart: one
  *  frame per wake-up at the receiver, which is what the express path takes. */
@@ -42,29 +39,12 @@ print('sent %d' % len(frames), flush=True)
 
 /** A lab with this file's own namespace prefix (hwx...-), destroyed by teardown even on failure. */
 async function expressLab(t: ExecutionContext, opts: Omit<LabOptions, 'prefix'> = {}): Promise<Lab> {
-  const prefix = `hwx${crypto.randomBytes(2).toString('hex')}-`;
-  let lab: Lab | null = null;
-  t.teardown(async () => {
-    if (lab) await lab.destroy();
-    else await deleteNamespaces(prefix);
-  });
-  lab = await Lab.create({ ...opts, prefix });
+  const lab = await labFor(t, opts, 'hwx');
   fs.writeFileSync(path.join(lab.dir, 'send-frames.py'), SEND_FRAMES_PY);
   return lab;
 }
 
-async function status(lab: Lab, site: string): Promise<Report> {
-  const r = await lab.exec(site, [
-    process.execPath,
-    HOMEWIRE_BIN,
-    'status',
-    '--json',
-    '--config',
-    lab.site(site).configFile,
-  ]);
-  if (r.code !== 0) throw new Error(`homewire status at ${site}: ${r.stderr}`);
-  return JSON.parse(r.stdout) as Report;
-}
+const status = siteStatus;
 
 async function macOf(lab: Lab, ns: string): Promise<string> {
   return (await lab.exec(ns, ['cat', '/sys/class/net/eth0/address'])).stdout.trim();

@@ -9,9 +9,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { sleep } from '../../lab/run.ts';
-import { deleteNamespaces, HOMEWIRE_BIN, Lab, type LabOptions, PLAN, PROJECT_ROOT } from '../../lab/topology.ts';
-import type { StatusReport } from '../../src/status.ts';
-import { netnsSkipReason, pingText } from '../helpers/netns.ts';
+import { deleteNamespaces, Lab, type LabOptions, PLAN, PROJECT_ROOT } from '../../lab/topology.ts';
+import { netnsSkipReason, pingText, siteStatus } from '../helpers/netns.ts';
 import { missingFor, testIf } from '../helpers/prereq.ts';
 
 const netnsTest = testIf(
@@ -53,18 +52,7 @@ function dhcpHome(site: string): string {
   ].join('\n');
 }
 
-async function status(lab: Lab, site: string): Promise<StatusReport> {
-  const r = await lab.exec(site, [
-    process.execPath,
-    HOMEWIRE_BIN,
-    'status',
-    '--json',
-    '--config',
-    lab.site(site).configFile,
-  ]);
-  if (r.code !== 0) throw new Error(`homewire status at ${site}: ${r.stderr}`);
-  return JSON.parse(r.stdout) as StatusReport;
-}
+const status = siteStatus;
 
 async function macOf(lab: Lab, ns: string): Promise<string> {
   return (await lab.exec(ns, ['cat', '/sys/class/net/eth0/address'])).stdout.trim();
