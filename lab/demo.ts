@@ -209,17 +209,12 @@ async function main(): Promise<number> {
 
 /** Frames a site's express path carried both ways so far (`homewire status --json`), or null. */
 async function expressFrames(lab: Lab, site: string): Promise<number | null> {
-  const r = await lab.exec(site, [
-    process.execPath,
-    HOMEWIRE_BIN,
-    'status',
-    '--json',
-    '--config',
-    lab.site(site).configFile,
-  ]);
-  if (r.code !== 0) return null;
-  const x = (JSON.parse(r.stdout) as { express?: { txFrames: number; rxFrames: number } }).express;
-  return x ? x.txFrames + x.rxFrames : null;
+  try {
+    const x = (await lab.status(site)).express;
+    return x.txFrames + x.rxFrames;
+  } catch {
+    return null;
+  }
 }
 
 function pingLine(p: PingResult): string {

@@ -54,6 +54,7 @@ import {
 } from './run.ts';
 import { formatEndpoint } from '../src/addr.ts';
 import { controlRequest } from '../src/control.ts';
+import type { StatusReport } from '../src/status.ts';
 
 export { deleteNamespaces, hasProgram } from './netns.ts';
 
@@ -405,6 +406,20 @@ export class Lab implements Teardown {
 
   exec(ns: string, argv: string[], opts: RunOptions = {}): Promise<RunResult> {
     return run('ip', ['netns', 'exec', this.ns(ns), ...argv], opts);
+  }
+
+  /** `homewire status --json` of a site, run in its namespace through the CLI. */
+  async status(site: string): Promise<StatusReport> {
+    const r = await this.exec(site, [
+      process.execPath,
+      HOMEWIRE_BIN,
+      'status',
+      '--json',
+      '--config',
+      this.site(site).configFile,
+    ]);
+    if (r.code !== 0) throw new Error(`homewire status at ${site}: ${r.stderr}`);
+    return JSON.parse(r.stdout) as StatusReport;
   }
 
   /** A long-running process in a namespace; destroy() kills it if it is still running. */

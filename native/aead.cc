@@ -15,6 +15,7 @@
 #include <openssl/evp.h>
 
 #include "aead.h"
+#include "tagged.h"
 
 #include <cstdint>
 #include <cstring>
@@ -155,11 +156,7 @@ namespace aead {
 const napi_type_tag kTypeTag = {0x6877'6165'6164'6b65ULL, 0x7931'0000'0000'0001ULL};
 
 Key* FromJs(napi_env env, napi_value v) {
-  bool tagged = false;
-  if (napi_check_object_type_tag(env, v, &kTypeTag, &tagged) != napi_ok || !tagged) return nullptr;
-  void* p = nullptr;
-  if (napi_unwrap(env, v, &p) != napi_ok) return nullptr;
-  return static_cast<Key*>(p);
+  return static_cast<Key*>(tagged::Unwrap(env, v, &kTypeTag));
 }
 
 bool Seal(Key* k, uint8_t* out, const uint8_t* payload, size_t plen, uint32_t high) {

@@ -52,6 +52,7 @@
 
 #include "aead.h"
 #include "express.h"
+#include "tagged.h"
 
 namespace express {
 
@@ -447,36 +448,36 @@ class Express : public Napi::ObjectWrap<Express> {
     return true;
   }
 
+  // The endpoint and lease at info[i .. i+3): address, port, untilMs.
+  static bool TakeWhere(const Napi::CallbackInfo& info, size_t i, Session* s) {
+    if (info.Length() < i + 3 || !info[i].IsString() || !info[i + 1].IsNumber() || !info[i + 2].IsNumber())
+      return false;
+    s->until = info[i + 2].As<Napi::Number>().DoubleValue();
+    return ParseAddr(info[i].As<Napi::String>().Utf8Value(), info[i + 1].As<Napi::Number>().Uint32Value(), &s->addr);
+  }
+
   // send(peerId, key, state, remoteIndex, address, port, untilMs)
   Napi::Value SetSend(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 7 || !info[0].IsNumber() || !info[3].IsNumber() || !info[4].IsString() || !info[5].IsNumber() ||
-        !info[6].IsNumber())
-      return Napi::Boolean::New(env, false);
     Session s;
-    if (!TakeSession(env, info[1], info[2], env.Undefined(), &s)) return Napi::Boolean::New(env, false);
-    if (!ParseAddr(info[4].As<Napi::String>().Utf8Value(), info[5].As<Napi::Number>().Uint32Value(), &s.addr))
-      return Napi::Boolean::New(env, false);
-    s.index = info[3].As<Napi::Number>().Uint32Value();
-    s.until = info[6].As<Napi::Number>().DoubleValue();
-    sends_[info[0].As<Napi::Number>().Uint32Value()] = std::move(s);
-    return Napi::Boolean::New(env, true);
+    bool ok = info[0].IsNumber() && info[3].IsNumber() &&
+              TakeSession(info.Env(), info[1], info[2], info.Env().Undefined(), &s) && TakeWhere(info, 4, &s);
+    if (ok) {
+      s.index = info[3].As<Napi::Number>().Uint32Value();
+      sends_[info[0].As<Napi::Number>().Uint32Value()] = std::move(s);
+    }
+    return Napi::Boolean::New(info.Env(), ok);
   }
 
   // recv(localIndex, peerId, key, state, ring, address, port, untilMs)
   Napi::Value SetRecv(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 8 || !info[0].IsNumber() || !info[1].IsNumber() || !info[5].IsString() || !info[6].IsNumber() ||
-        !info[7].IsNumber())
-      return Napi::Boolean::New(env, false);
     Session s;
-    if (!TakeSession(env, info[2], info[3], info[4], &s) || s.ring == nullptr) return Napi::Boolean::New(env, false);
-    if (!ParseAddr(info[5].As<Napi::String>().Utf8Value(), info[6].As<Napi::Number>().Uint32Value(), &s.addr))
-      return Napi::Boolean::New(env, false);
-    s.peer = info[1].As<Napi::Number>().Uint32Value();
-    s.until = info[7].As<Napi::Number>().DoubleValue();
-    recvs_[info[0].As<Napi::Number>().Uint32Value()] = std::move(s);
-    return Napi::Boolean::New(env, true);
+    bool ok = info[0].IsNumber() && info[1].IsNumber() && TakeSession(info.Env(), info[2], info[3], info[4], &s) &&
+              s.ring != nullptr && TakeWhere(info, 5, &s);
+    if (ok) {
+      s.peer = info[1].As<Napi::Number>().Uint32Value();
+      recvs_[info[0].As<Napi::Number>().Uint32Value()] = std::move(s);
+    }
+    return Napi::Boolean::New(info.Env(), ok);
   }
 
   Napi::Value Flush(const Napi::CallbackInfo& info) {
@@ -556,11 +557,7 @@ Napi::Value ReplayHook(const Napi::CallbackInfo& info) {
 }  // namespace
 
 Engine* FromJs(napi_env env, napi_value v) {
-  bool tagged = false;
-  if (napi_check_object_type_tag(env, v, &kTypeTag, &tagged) != napi_ok || !tagged) return nullptr;
-  void* p = nullptr;
-  if (napi_unwrap(env, v, &p) != napi_ok) return nullptr;
-  return static_cast<Engine*>(p);
+  return static_cast<Engine*>(tagged::Unwrap(env, v, &kTypeTag));
 }
 
 Engine* EngineArg(napi_env env, napi_value v) {

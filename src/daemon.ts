@@ -22,7 +22,7 @@ import { LOCAL, Switch } from './switch.ts';
 import type { TapDevice } from './tap/device.ts';
 import type { NativeTap } from './tap/native.ts';
 import { addonOrNull } from './addon.ts';
-import { Express } from './express.ts';
+import { Express, type ExpressSink } from './express.ts';
 import { latencyReport } from './trace.ts';
 import { DgramSocket } from './udp/dgram.ts';
 import type { UdpSocket } from './udp/socket.ts';
@@ -58,6 +58,14 @@ export class Daemon {
   private agent: HostAgent | null = null;
   private infraReadMs = 0;
   readonly startedMs: number;
+  /** Where what the express path carried goes: the mesh's peers and drops, the switch's MAC entries. */
+  private readonly expressSink: ExpressSink = {
+    peer: (id) => this.mesh.peerById(id),
+    entry: (mac) => this.sw.table.get(mac),
+    authFailed: (n) => {
+      this.mesh.drops.auth_failed += n;
+    },
+  };
 
   /** The host agent, when this daemon joins a coordinator (metrics read its counters). */
   get hostAgent(): HostAgent | null {
@@ -280,7 +288,7 @@ export class Daemon {
 
   private tick(): void {
     const now = this.now();
-    this.sw.collectExpress(); // before the timers read when peers last sent and received
+    this.sw.express.collect(this.expressSink); // before the timers read when peers last sent and received
     this.mesh.tick();
     this.sw.tick(now);
     this.dhcp?.tick(now);

@@ -114,45 +114,35 @@ export class Express {
     return this.native !== null;
   }
 
-  private fresh(gen: number, until: number, now: number): boolean {
-    return gen === this.gen && until - now > EXPRESS_LEASE_MS / 2;
+  /** The lease to install now for `m` (at most until `cap`), or 0 if its install is still fresh (or there is
+   *  no native side). Marks `m` with it. */
+  private claim(m: ExpressMark, now: number, cap = Number.POSITIVE_INFINITY): number {
+    if (this.native === null || (m.exGen === this.gen && m.exUntil - now > EXPRESS_LEASE_MS / 2)) return 0;
+    m.exGen = this.gen;
+    m.exUntil = Math.min(Date.now() + EXPRESS_LEASE_MS, cap);
+    this.installs++;
+    return m.exUntil;
   }
 
   /** The switch carried a frame from or to `mac`, which its table places at `port` (null: the local side). */
   mac(entry: ExpressMark, mac: number, port: Peer | null, now: number): void {
-    if (this.native === null || this.fresh(entry.exGen, entry.exUntil, now)) return;
-    const until = Date.now() + EXPRESS_LEASE_MS;
-    entry.exGen = this.gen;
-    entry.exUntil = until;
-    this.installs++;
-    this.native.mac(mac, port === null ? LOCAL_PORT : port.id, until);
+    const until = this.claim(entry, now);
+    if (until > 0) this.native!.mac(mac, port === null ? LOCAL_PORT : port.id, until);
   }
 
   /** The mesh sealed a data frame for `peer` on `kp` to UDP endpoint `ep`. */
   sending(peer: Peer, kp: Keypair, ep: Endpoint, now: number): void {
-    const native = this.native;
-    if (native === null || this.fresh(kp.expressSendGen, kp.expressSendUntil, now)) return;
     const key = kp.sendAead.native;
-    if (key === null) return;
-    const until = Math.min(Date.now() + EXPRESS_LEASE_MS, kp.createdMs + REJECT_AFTER_MS);
-    kp.expressSendGen = this.gen;
-    kp.expressSendUntil = until;
-    this.installs++;
-    native.send(peer.id, key, kp.state, kp.remoteIndex, ep.address, ep.port, until);
+    const until = key === null ? 0 : this.claim(kp.expressSend, now, kp.createdMs + REJECT_AFTER_MS);
+    if (until > 0) this.native!.send(peer.id, key!, kp.state, kp.remoteIndex, ep.address, ep.port, until);
   }
 
   /** The mesh accepted a data message from `peer` on `kp` (its current or previous session) from `ep` (its
    *  endpoint). */
   receiving(peer: Peer, kp: Keypair, ep: Endpoint, now: number): void {
-    const native = this.native;
-    if (native === null || this.fresh(kp.expressRecvGen, kp.expressRecvUntil, now)) return;
     const key = kp.recvAead.native;
-    if (key === null) return;
-    const until = Math.min(Date.now() + EXPRESS_LEASE_MS, kp.createdMs + REJECT_AFTER_MS);
-    kp.expressRecvGen = this.gen;
-    kp.expressRecvUntil = until;
-    this.installs++;
-    native.recv(kp.localIndex, peer.id, key, kp.state, kp.ring, ep.address, ep.port, until);
+    const until = key === null ? 0 : this.claim(kp.expressRecv, now, kp.createdMs + REJECT_AFTER_MS);
+    if (until > 0) this.native!.recv(kp.localIndex, peer.id, key!, kp.state, kp.ring, ep.address, ep.port, until);
   }
 
   /** Something the table vouched for changed: forget all of it. */

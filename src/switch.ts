@@ -100,13 +100,6 @@ export class Switch {
   express: Express = noExpress();
   private readonly serviceMac: number;
   private readonly announcements: Array<{ mac: number; seq: number; atMs: number }> = [];
-  private readonly expressSink = {
-    peer: (id: number) => this.mesh.peerById(id),
-    entry: (mac: number) => this.table.get(mac),
-    authFailed: (n: number) => {
-      this.mesh.drops.auth_failed += n;
-    },
-  };
   private lastPruneMs = 0;
 
   constructor(
@@ -423,11 +416,6 @@ export class Switch {
     if (entry !== undefined) entry.expectedUntilMs = this.nowMs + EXPECT_DUAL_SEND_MS;
     this.security.expectHere(mac, this.nowMs + EXPECT_DUAL_SEND_MS);
     this.mesh.floodSignal(encodeExpect(mac));
-  }
-
-  /** What the express path carried since the last call, into the peers' and entries' statistics. */
-  collectExpress(): void {
-    this.express.collect(this.expressSink);
   }
 
   /** Ages out entries not seen for MAC_AGEING_MS; forgets entries of removed peers; sends due announcements. */

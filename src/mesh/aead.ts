@@ -39,20 +39,18 @@ const nativeCtor: NativeAeadCtor | null = (() => {
 export const AEAD_IMPL: AeadImpl = nativeCtor ? 'openssl' : 'sodium';
 
 class OpensslAead implements Aead {
-  private readonly key: NativeAeadKey;
-  readonly native: object;
+  readonly native: NativeAeadKey;
   constructor(ctor: NativeAeadCtor, key: Buffer) {
-    this.key = new ctor(key);
-    this.native = this.key;
+    this.native = new ctor(key);
   }
   seal(out: Buffer, payload: Buffer, counterHigh: number): boolean {
-    return this.key.seal(out, payload, counterHigh) === 0;
+    return this.native.seal(out, payload, counterHigh) === 0;
   }
   open(msg: Buffer, counterHigh: number): number {
-    return this.key.open(msg, counterHigh);
+    return this.native.open(msg, counterHigh);
   }
   wipe(): void {
-    this.key.wipe();
+    this.native.wipe();
   }
 }
 

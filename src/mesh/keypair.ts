@@ -3,6 +3,7 @@
 // but the outgoing datagram.
 import sodium from 'sodium-native';
 import { AEAD_TAG_BYTES, TRANSPORT_HEADER_BYTES } from '../constants.ts';
+import type { ExpressMark } from '../express.ts';
 import { scavengePacer } from '../heap.ts';
 import { type Aead, type AeadImpl, aeadFor } from './aead.ts';
 import { REPLAY_WORDS, ReplayWindow, STATE_SEND } from './replay.ts';
@@ -28,11 +29,9 @@ export class Keypair {
   readonly replay: ReplayWindow;
   readonly sendAead: Aead;
   readonly recvAead: Aead;
-  /** The express path's install marks (src/express.ts): the table generation and lease of each direction. */
-  expressSendGen = -1;
-  expressSendUntil = 0;
-  expressRecvGen = -1;
-  expressRecvUntil = 0;
+  /** The express path's install marks of each direction (src/express.ts). */
+  readonly expressSend: ExpressMark = { exGen: -1, exUntil: 0 };
+  readonly expressRecv: ExpressMark = { exGen: -1, exUntil: 0 };
 
   constructor(
     private readonly sendKey: Buffer,

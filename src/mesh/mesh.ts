@@ -806,7 +806,6 @@ export class Mesh {
 
   /** Applies a peer's config beyond its key (also on reload). */
   configure(peer: Peer, cfg: PeerConfig): void {
-    this.express.flush();
     peer.introducer = cfg.introducer ?? false;
     peer.endpointHost = cfg.endpointHost ?? null;
     peer.endpointTcp = cfg.endpointTcp ?? null;
@@ -842,7 +841,6 @@ export class Mesh {
     peer.staged = [];
     this.byKey.delete(peer.keyHex);
     this.byId.delete(peer.id);
-    this.express.flush();
     const i = this.peers.indexOf(peer);
     if (i >= 0) this.peers.splice(i, 1);
     // The sites it introduced go with it; an introducer withdraws a removed peer everywhere.

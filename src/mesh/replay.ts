@@ -33,7 +33,7 @@ export class ReplayWindow {
 
   /** The highest counter accepted so far (-1: none). */
   get highest(): number {
-    return this.state[STATE_TOP];
+    return this.top;
   }
 
   /** Marks counter as seen. Returns false if it was seen already or is too old. */

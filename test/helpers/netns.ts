@@ -2,8 +2,7 @@
 // They need root, iproute2, ping, iperf3 and the built TAP addon; without them they fail, saying why.
 import crypto from 'node:crypto';
 import type { ExecutionContext } from 'ava';
-import { deleteNamespaces, HOMEWIRE_BIN, Lab, type LabOptions } from '../../lab/topology.ts';
-import type { StatusReport } from '../../src/status.ts';
+import { deleteNamespaces, Lab, type LabOptions } from '../../lab/topology.ts';
 import { missingFor, testIf } from './prereq.ts';
 
 /** Why the namespace tests cannot run here, or null if they can. */
@@ -41,18 +40,4 @@ export function pingText(p: {
   rtt: { avg: number } | null;
 }): string {
   return `${p.received}/${p.transmitted} received, ${p.lossPct}% loss${p.rtt ? `, rtt avg ${p.rtt.avg} ms` : ''}`;
-}
-
-/** `homewire status --json` of a lab site, run in its namespace. */
-export async function siteStatus(lab: Lab, site: string): Promise<StatusReport> {
-  const r = await lab.exec(site, [
-    process.execPath,
-    HOMEWIRE_BIN,
-    'status',
-    '--json',
-    '--config',
-    lab.site(site).configFile,
-  ]);
-  if (r.code !== 0) throw new Error(`homewire status at ${site}: ${r.stderr}`);
-  return JSON.parse(r.stdout) as StatusReport;
 }

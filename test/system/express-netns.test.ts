@@ -18,7 +18,7 @@ import type { Packet } from '../../lab/pcap.ts';
 import { run, sleep } from '../../lab/run.ts';
 import { type Lab, type LabOptions, PLAN, SITE_BRIDGE } from '../../lab/topology.ts';
 import { dhcpServerReply } from '../helpers/attack-frames.ts';
-import { labFor, netnsSkipReason, pingText, siteStatus } from '../helpers/netns.ts';
+import { labFor, netnsSkipReason, pingText } from '../helpers/netns.ts';
 import { missingFor, testIf } from '../helpers/prereq.ts';
 
 const netnsTest = testIf(netnsSkipReason ?? missingFor({ programs: { python3: 'python3', tcpdump: 'tcpdump' } }));
@@ -44,7 +44,7 @@ async function expressLab(t: ExecutionContext, opts: Omit<LabOptions, 'prefix'> 
   return lab;
 }
 
-const status = siteStatus;
+const status = (lab: Lab, site: string) => lab.status(site);
 
 async function macOf(lab: Lab, ns: string): Promise<string> {
   return (await lab.exec(ns, ['cat', '/sys/class/net/eth0/address'])).stdout.trim();

@@ -10,7 +10,7 @@ import path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { sleep } from '../../lab/run.ts';
 import { deleteNamespaces, Lab, type LabOptions, PLAN, PROJECT_ROOT } from '../../lab/topology.ts';
-import { netnsSkipReason, pingText, siteStatus } from '../helpers/netns.ts';
+import { netnsSkipReason, pingText } from '../helpers/netns.ts';
 import { missingFor, testIf } from '../helpers/prereq.ts';
 
 const netnsTest = testIf(
@@ -52,7 +52,7 @@ function dhcpHome(site: string): string {
   ].join('\n');
 }
 
-const status = siteStatus;
+const status = (lab: Lab, site: string) => lab.status(site);
 
 async function macOf(lab: Lab, ns: string): Promise<string> {
   return (await lab.exec(ns, ['cat', '/sys/class/net/eth0/address'])).stdout.trim();
