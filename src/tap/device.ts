@@ -18,6 +18,7 @@ export interface TapStats {
   txCoalesced?: number; // frames written as part of coalesced TCP (GSO) frames
   txWrites?: number; // writes to the kernel (coalesced frames count once)
   rxSegmented?: number; // frames cut out of large (TSO) reads
+  txSparseFirst?: number; // frames of sparse flows written ahead of a bulk flow's in their batch (native/sparse.h)
   rxRingDropped?: number; // frames the kernel dropped before we read them: the TAP's queue towards us was full
 }
 

@@ -96,6 +96,7 @@ const C = {
   txWrites: 9,
   rxSegmented: 10,
   txYields: 11,
+  txSparseFirst: 12,
 } as const;
 const COUNTERS = Object.keys(C).length;
 
@@ -259,6 +260,7 @@ export class NativeTap implements TapDevice {
       txCoalesced: c[C.txCoalesced],
       txWrites: c[C.txWrites],
       rxSegmented: c[C.rxSegmented],
+      txSparseFirst: c[C.txSparseFirst],
       rxRingDropped: this.kernelRingDropped() - this.ringDroppedAtOpen,
     };
   }

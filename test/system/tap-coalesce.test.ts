@@ -226,6 +226,45 @@ for (const v6 of [false, true]) {
     t.is(s.txDropped, 0);
   });
 
+  test(`${fam}: a sparse flow's frame is written ahead of a bulk flow's batch; each flow keeps its order`, async (t) => {
+    // A receive batch with a bulk flow (here 40 datagrams of 1200 bytes) and one small datagram of another flow
+    // that arrived in the middle: the small one is written first (native/sparse.h), so it does not wait for the
+    // stack to take the bulk; the bulk flow's datagrams stay in order (and now make one coalesced run).
+    const b = bed(t);
+    const addr = v6 ? NS_IP6 : NS_IP4;
+    const plan: Array<[number, number]> = [
+      ...Array.from({ length: 30 }, () => [4101, 1200] as [number, number]),
+      [4102, 64],
+      ...Array.from({ length: 10 }, () => [4101, 1200] as [number, number]),
+    ];
+    const server = inNs(
+      b.ns,
+      `const s = require('dgram').createSocket('${v6 ? 'udp6' : 'udp4'}'); const got = [];
+       s.on('message', (m, r) => { got.push([r.port, m.readUInt16BE(0)]);
+         if (got.length === ${plan.length}) { console.log(JSON.stringify(got)); s.close(); } });
+       s.bind(5002, '${addr}', () => console.log('ready'));`,
+    );
+    await server.ready;
+    const before = b.tap.stats;
+    for (const [i, [sport, len]] of plan.entries()) {
+      const p = randomBytes(len);
+      p.writeUInt16BE(i, 0);
+      b.tap.write(udp(b, v6, sport, 5002, p, i));
+    }
+    b.tap.flush();
+    const got = JSON.parse(await server.result) as Array<[number, number]>;
+    t.deepEqual(got[0], [4102, 30], 'the small datagram reached its socket first');
+    t.deepEqual(
+      got.slice(1),
+      plan.flatMap(([sport], i) => (sport === 4101 ? [[4101, i]] : [])),
+      "the bulk flow's 40 datagrams, in the order written",
+    );
+    const s = b.tap.stats;
+    t.is((s.txSparseFirst ?? 0) - (before.txSparseFirst ?? 0), 1, 'one frame counted as written ahead');
+    t.is((s.txWrites ?? 0) - (before.txWrites ?? 0), 2, 'the small datagram, then one coalesced run of 40');
+    t.is(s.txDropped, 0);
+  });
+
   test(`${fam} TCP: in-order segments are written as one frame; the application gets the bytes exactly`, async (t) => {
     const b = bed(t);
     const addr = v6 ? NS_IP6 : NS_IP4;
