@@ -4,9 +4,11 @@
 // sender) and one frame of a flow that sends little (an echo, a DNS answer, a keystroke). Every TAP write runs
 // the receiving stack at once (the ACKs make the local TCP sender transmit inside that very write), so a lone
 // frame written after them waits for all of it: under a full-speed stream that was most of a ping's round trip.
-// As fq_codel serves its sparse flows first, the frames of flows with at most kSparseBytes in the batch are
-// written first, then the rest. Each flow's frames keep their order (a flow is wholly in one class), so
-// nothing a flow sees is reordered; frames of different flows never had an order to keep.
+// As fq_codel serves flows that keep no queue first, the frames of flows with one frame (of at most
+// kSparseBytes) in the batch are written first, then the rest. The bulk need not be large in bytes to be
+// bulk: at a TCP sender, the batch is the stream's ACKs (a few hundred bytes) and the echo reply behind them.
+// Each flow's frames keep their order (a flow is wholly in one class), so nothing a flow sees is reordered;
+// frames of different flows never had an order to keep.
 //
 // A flow is the Ethernet header's addresses and type, and for IPv4 and IPv6 the protocol, the addresses and
 // (TCP and UDP, not fragments) the ports. Keys that collide only make a sparse flow count as bulk.
@@ -18,7 +20,7 @@
 
 namespace sparse {
 
-constexpr size_t kSparseBytes = 1514;  // one full-size Ethernet frame, fq_codel's default quantum
+constexpr size_t kSparseBytes = 1514;  // one full-size Ethernet frame (fq_codel's default quantum)
 
 struct Frame {
   uint8_t* data;
@@ -57,17 +59,19 @@ inline uint64_t FlowKey(const uint8_t* f, size_t len) {
 struct Scratch {
   std::vector<uint64_t> keys;
   std::vector<uint32_t> bytes;
+  std::vector<uint32_t> frames;
   std::vector<uint32_t> slotOf;
 };
 
-// Fills order with 0..n-1, sparse flows' frames first (each class in arrival order). Returns how many frames
-// are sparse; the order is the identity when all or none are.
+// Fills order with 0..n-1, sparse flows' frames (one per flow) first (each class in arrival order). Returns how many
+// frames are sparse; the order is the identity when all or none are.
 inline uint32_t Order(const Frame* frames, uint32_t n, std::vector<uint32_t>* order, Scratch* s) {
   order->resize(n);
   size_t cap = 16;
   while (cap < (size_t)n * 2) cap <<= 1;
   s->keys.assign(cap, 0);
   s->bytes.assign(cap, 0);
+  s->frames.assign(cap, 0);
   s->slotOf.resize(n);
   for (uint32_t i = 0; i < n; i++) {
     // Not a frame (the caller drops it): a flow of its own, counted as sparse.
@@ -78,17 +82,19 @@ inline uint32_t Order(const Frame* frames, uint32_t n, std::vector<uint32_t>* or
     s->keys[slot] = k;
     uint64_t b = (uint64_t)s->bytes[slot] + len;
     s->bytes[slot] = b > UINT32_MAX ? UINT32_MAX : (uint32_t)b;
+    s->frames[slot]++;
     s->slotOf[i] = (uint32_t)slot;
   }
+  auto isSparse = [s](uint32_t i) { return s->frames[s->slotOf[i]] == 1 && s->bytes[s->slotOf[i]] <= kSparseBytes; };
   uint32_t sparse = 0;
   for (uint32_t i = 0; i < n; i++)
-    if (s->bytes[s->slotOf[i]] <= kSparseBytes) sparse++;
+    if (isSparse(i)) sparse++;
   if (sparse == 0 || sparse == n) {
     for (uint32_t i = 0; i < n; i++) (*order)[i] = i;
     return sparse;
   }
   uint32_t a = 0, b = sparse;
-  for (uint32_t i = 0; i < n; i++) (*order)[s->bytes[s->slotOf[i]] <= kSparseBytes ? a++ : b++] = i;
+  for (uint32_t i = 0; i < n; i++) (*order)[isSparse(i) ? a++ : b++] = i;
   return sparse;
 }
 

@@ -54,6 +54,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -522,15 +523,19 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
     return info.Env().Undefined();
   }
 
-  // writeBatch(frames: Uint8Array[], count): writes frames[0..count). Returns how many were accepted
-  // (written or queued); the rest were dropped and counted. With a virtio_net_hdr TAP, runs of in-order
-  // segments of one TCP flow are coalesced into one GSO frame first (gro.h).
+  // writeBatch(frames: Uint8Array[], count, readBetween?): writes frames[0..count), sparse flows' frames first
+  // (sparse.h). Returns how many were accepted (written or queued); the rest were dropped and counted. With a
+  // virtio_net_hdr TAP, runs of in-order segments of one TCP flow are coalesced into one GSO frame first
+  // (gro.h). readBetween: when the batch has both sparse and bulk frames, the TAP is read (as readNow) right
+  // after the sparse ones, so the kernel's answer to them (an echo reply) leaves before the bulk is taken; the
+  // read calls onRead, which may write to this TAP again (a nested call: each depth has its own scratch).
   Napi::Value WriteBatch(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsArray() || !info[1].IsNumber())
-      return ThrowType(env, "writeBatch(frames: Uint8Array[], count: number)");
+      return ThrowType(env, "writeBatch(frames: Uint8Array[], count: number, readBetween?: boolean)");
     napi_value arr = info[0];
     uint32_t n = info[1].As<Napi::Number>().Uint32Value();
+    bool readBetween = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
     if (closed_) {
       ctr_[C_TX_DROPPED_ERROR] += n;
       return Napi::Number::New(env, 0);
@@ -543,20 +548,34 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
       return Napi::Number::New(env, 0);
     }
     // The batch's frames, then the order to write them in: sparse flows first (sparse.h).
-    frames_.resize(n);
+    if (writeScratch_.size() <= writeDepth_) writeScratch_.push_back(std::make_unique<WriteScratch>());
+    WriteScratch& w = *writeScratch_[writeDepth_];
+    std::vector<sparse::Frame>& frames = w.frames;
+    std::vector<uint32_t>& order = w.order;
+    frames.resize(n);
     for (uint32_t k = 0; k < n; k++)
-      if (!Frame(env, arr, k, &frames_[k].data, &frames_[k].len)) frames_[k] = {nullptr, kBadFrame};
-    uint32_t sparseFirst = n > 1 ? sparse::Order(frames_.data(), n, &order_, &sparseScratch_) : 0;
+      if (!Frame(env, arr, k, &frames[k].data, &frames[k].len)) frames[k] = {nullptr, kBadFrame};
+    uint32_t sparseFirst = n > 1 ? sparse::Order(frames.data(), n, &order, &w.sparse) : 0;
     if (sparseFirst > 0 && sparseFirst < n) {
       ctr_[C_TX_SPARSE_FIRST] += sparseFirst;
     } else {
-      order_.resize(n);
-      for (uint32_t k = 0; k < n; k++) order_[k] = k;
+      sparseFirst = 0;
+      order.resize(n);
+      for (uint32_t k = 0; k < n; k++) order[k] = k;
     }
     uint32_t accepted = 0;
     uint32_t i = 0;
     uint32_t writes = 0;
     while (i < n) {
+      if (i == sparseFirst && sparseFirst > 0 && readBetween && !threaded_) {
+        writeDepth_++;
+        ReadNowIfIdle();
+        writeDepth_--;
+        if (closed_) {  // onRead closed the TAP: the bulk cannot be written any more
+          DroppedError(n - i, EBADF);
+          return Napi::Number::New(env, accepted);
+        }
+      }
       if (yieldEvery_ != 0 && !threaded_ && writes == yieldEvery_) {
         // Each write runs the receiving stack at once and queues on an application's socket; let that
         // application (or a guest's QEMU) take its share of the CPU before the next yieldEvery_ frames.
@@ -565,8 +584,8 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
         ctr_[C_TX_YIELDS]++;
       }
       writes++;
-      uint8_t* data = frames_[order_[i]].data;
-      size_t len = frames_[order_[i]].len;
+      uint8_t* data = frames[order[i]].data;
+      size_t len = frames[order[i]].len;
       if (len == kBadFrame) {
         DroppedError(1, EINVAL);
         i++;
@@ -584,7 +603,7 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
       uint32_t j = i + 1;
       for (; j < n; j++) {
         gro::Seg next;
-        const sparse::Frame& f2 = frames_[order_[j]];
+        const sparse::Frame& f2 = frames[order[j]];
         if (f2.len == kBadFrame || !gro::Parse(f2.data, f2.len, &next) ||
             !gro::Follows(first, segs_.back(), next, payload, (int)segs_.size()))
           break;
@@ -1105,9 +1124,14 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
   // all at its own socket. A sched_yield() after every yieldEvery_ writes lets it run (0.6-2.3 %).
   uint32_t yieldEvery_ = 0;
   static constexpr size_t kBadFrame = SIZE_MAX;  // frames_[i].len of an element that is not a Uint8Array
-  std::vector<sparse::Frame> frames_;            // the batch being written (views into JS buffers, this call only)
-  std::vector<uint32_t> order_;                  // the order they are written in
-  sparse::Scratch sparseScratch_;
+  // writeBatch's scratch, one per nesting depth (readBetween's onRead may write to this TAP again).
+  struct WriteScratch {
+    std::vector<sparse::Frame> frames;  // the batch being written (views into JS buffers, this call only)
+    std::vector<uint32_t> order;        // the order they are written in
+    sparse::Scratch sparse;
+  };
+  std::vector<std::unique_ptr<WriteScratch>> writeScratch_;
+  size_t writeDepth_ = 0;
   uint32_t groBroken_ = 0;  // kinds (bits) whose coalesced frames the kernel refused: written one by one
   size_t qhead_ = 0, qcount_ = 0;
   // writer thread (worker.h): the queue, whether this batch may write inline, and the counters it moves

@@ -110,6 +110,7 @@ export class Daemon {
       try {
         const { NativeTap } = await import('./tap/native.ts');
         tap = nativeTap = NativeTap.open({ name: cfg.tap.name, mtu: cfg.tap.mtu, bridge: cfg.tap.bridge });
+        nativeTap.readBetween = READ_TAP_AFTER_WRITE; // an echo written ahead of bulk is answered ahead of it
       } catch (err) {
         await socket.close();
         throw err;

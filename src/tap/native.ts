@@ -39,7 +39,7 @@ export interface NativeTapHandle {
   ): void;
   stopReading(): void;
   /** Writes frames[0..count); returns how many were written or queued (the rest were dropped and counted). */
-  writeBatch(frames: readonly (Uint8Array | undefined)[], count: number): number;
+  writeBatch(frames: readonly (Uint8Array | undefined)[], count: number, readBetween?: boolean): number;
   /** A read wake-up now (onRead synchronously if anything is queued); nothing inside onRead. */
   readNow(): void;
   /** Lone frames are offered to native/express.cc first (null: no longer). */
@@ -163,6 +163,11 @@ export class NativeTap implements TapDevice {
   private jsDropped = 0;
   // Frames waiting for this turn's flush: a reused array, cleared after each batch.
   private pending: (Buffer | undefined)[] = [];
+  /** The other pending array: flush() writes one while write() fills the other (see flush). */
+  private spare: (Buffer | undefined)[] | null = [];
+  /** Read the TAP between a batch's sparse frames and its bulk (the daemon turns it on with read-after-write):
+   *  the kernel's answer to a ping written first leaves before the stack takes the bulk (native/sparse.h). */
+  readBetween = false;
   private pendingCount = 0;
   private flushScheduled = false;
   private readonly flushBound = (): void => this.flush();
@@ -365,10 +370,15 @@ export class NativeTap implements TapDevice {
     this.held = false;
     const n = this.pendingCount;
     if (n === 0 || this.closed) return;
-    this.pendingCount = 0;
+    // The batch's array is swapped out first: with readBetween the native side calls onRead in the middle of
+    // the batch, and what that writes to this TAP (even a nested flush) goes to the other array.
     const p = this.pending;
-    this.native.writeBatch(p, n);
+    this.pending = this.spare ?? [];
+    this.spare = null;
+    this.pendingCount = 0;
+    this.native.writeBatch(p, n, this.readBetween);
     for (let i = 0; i < n; i++) p[i] = undefined; // let the buffers go, keep the array's capacity
+    if (this.spare === null) this.spare = p; // (a nested flush already left one)
   }
 
   readNow(): void {

@@ -46,7 +46,7 @@ interface Bed {
 }
 
 /** A TAP moved into a fresh namespace with both addresses and our far host as a static neighbour. */
-function bed(t: ExecutionContext): Bed {
+function bed(t: ExecutionContext, onFrame?: (f: Buffer) => void): Bed {
   const hex = randomBytes(2).toString('hex');
   const ns = `hwfns${hex}`;
   sh('ip', 'netns', 'add', ns);
@@ -68,7 +68,13 @@ function bed(t: ExecutionContext): Bed {
     'hex',
   );
   const read: Buffer[] = [];
-  tap.start({ frame: (f) => read.push(Buffer.from(f)), batchEnd: () => {} });
+  tap.start({
+    frame: (f) => {
+      read.push(Buffer.from(f));
+      onFrame?.(f);
+    },
+    batchEnd: () => {},
+  });
   return { ns, tap, kernelMac, read };
 }
 
@@ -263,6 +269,73 @@ for (const v6 of [false, true]) {
     t.is((s.txSparseFirst ?? 0) - (before.txSparseFirst ?? 0), 1, 'one frame counted as written ahead');
     t.is((s.txWrites ?? 0) - (before.txWrites ?? 0), 2, 'the small datagram, then one coalesced run of 40');
     t.is(s.txDropped, 0);
+  });
+
+  test(`${fam}: with readBetween the echo reply to a ping written ahead of bulk is read before the bulk is written`, async (t) => {
+    // The daemon's receive path: a batch with a bulk flow and a ping. The echo request is written first, the TAP
+    // is read right then (the kernel answered inside that write), and only then the bulk. The read runs our
+    // handler in the middle of flush(); the handler writes to the same TAP and flushes (nested), as a daemon may.
+    let inFlush = false;
+    let replyDuringFlush = null as number | null; // frames written when the reply reached the handler
+    let nestedWritten = false;
+    let base = 0;
+    const isReply = (f: Buffer) =>
+      v6
+        ? f.readUInt16BE(12) === 0x86dd && f[20] === 58 && f[54] === 129
+        : f.readUInt16BE(12) === 0x0800 && f[23] === 1 && f[34] === 0;
+    const b: Bed = bed(t, (f) => {
+      if (!isReply(f) || !inFlush || replyDuringFlush !== null) return;
+      replyDuringFlush = b.tap.stats.txFrames - base;
+      const p = randomBytes(200);
+      p.writeUInt16BE(999, 0);
+      b.tap.write(udp(b, v6, 4202, 5003, p, 999));
+      b.tap.flush(); // nested: the outer batch is still being written
+      nestedWritten = true;
+    });
+    b.tap.readBetween = true;
+    const addr = v6 ? NS_IP6 : NS_IP4;
+    const BULK = 40;
+    const server = inNs(
+      b.ns,
+      `const s = require('dgram').createSocket('${v6 ? 'udp6' : 'udp4'}'); const got = [];
+       s.on('message', (m) => { got.push(m.readUInt16BE(0));
+         if (got.length === ${BULK + 1}) { console.log(JSON.stringify(got)); s.close(); } });
+       s.bind(5003, '${addr}', () => console.log('ready'));`,
+    );
+    await server.ready;
+    base = b.tap.stats.txFrames;
+    const echo = Buffer.alloc(64);
+    echo[0] = v6 ? 128 : 8;
+    echo.writeUInt16BE(0x4242, 4);
+    echo.writeUInt16BE(1, 6);
+    const frames: Buffer[] = [];
+    for (let i = 0; i < BULK; i++) {
+      const p = randomBytes(1200);
+      p.writeUInt16BE(i, 0);
+      frames.push(udp(b, v6, 4201, 5003, p, i));
+      if (i === 20) {
+        const f = packet(b, v6, v6 ? 58 : 1, Buffer.from(echo), 2);
+        if (!v6) {
+          f.writeUInt16BE(0, 36);
+          f.writeUInt16BE(0xffff - fold(sum16(f.subarray(34))), 36);
+        }
+        frames.push(f);
+      }
+    }
+    for (const f of frames) b.tap.write(f);
+    inFlush = true;
+    b.tap.flush();
+    inFlush = false;
+    t.is(replyDuringFlush, 1, 'the reply was read while only the echo request had been written');
+    t.true(nestedWritten, 'the handler wrote and flushed in the middle of the batch');
+    const got = JSON.parse(await server.result) as number[];
+    t.deepEqual(
+      got.filter((x) => x !== 999),
+      Array.from({ length: BULK }, (_, i) => i),
+      'the bulk arrived whole and in order',
+    );
+    t.true(got.includes(999), 'the frame written from inside the batch arrived too');
+    t.is(b.tap.stats.txDropped, 0);
   });
 
   test(`${fam} TCP: in-order segments are written as one frame; the application gets the bytes exactly`, async (t) => {
