@@ -3,7 +3,7 @@
 // the same machine load. For a busy shared machine: every round brings both variants up afresh, alternating
 // which goes first; medians over rounds, with the load average before each round.
 //
-//   sudo node --import tsx bench/peers-ab.ts --base DIR [--rounds N] [--parts rest,load,udp,breakdown]
+//   sudo node --import tsx bench/peers-ab.ts --base DIR [--rounds N] [--parts rest,load,udp,breakdown,loadsplit]
 //        [--udp-rates 150,250,350] [--udp-bytes 1400] [--probe-seconds P] [--seconds S]
 //        [--env-base K=V,...] [--env-new K=V,...]
 //     --base DIR       the "before" checkout (built: npm run build); "new" is this checkout. Without --base both
@@ -11,13 +11,15 @@
 //                      nebula or wg: that peer overlay instead, as a yardstick
 //     --parts          rest: ping at rest (200 × 10 ms); load: iperf3 TCP with a ping beside it; udp: iperf3 -u
 //                      at each of --udp-rates (Mbit/s, fixed, loss per probe); breakdown: the tcpdump breakdown
+//                      at rest; loadsplit: the load part again with tcpdump on both inner interfaces (median µs of
+//                      the request's way a → b, b's echo, the reply's way b → a)
 //     --hold [base]    bring "new" (or the base) up and wait (for perf/strace by hand); Ctrl-C ends it
 // HOMEWIRE_BENCH_PREFIX=hwp2- (any prefix) keeps the namespaces apart from another bench running at once.
 import fs from 'node:fs';
 import os from 'node:os';
 import { median, sleep } from '../lab/run.ts';
 import { Bed, PLAN } from './peers/bed.ts';
-import { pingBreakdown } from './peers/breakdown.ts';
+import { pingBreakdown, pingSplitUnderLoad } from './peers/breakdown.ts';
 import { Homewire } from './peers/homewire.ts';
 import { Nebula } from './peers/nebula.ts';
 import type { Overlay } from './peers/overlay.ts';
@@ -80,6 +82,13 @@ async function measure(bed: Bed, v: Overlay): Promise<Figures> {
     if (parts.includes('breakdown')) {
       const b = await pingBreakdown(bed, r, { count: 50, intervalS: 0.02 });
       for (const [k, us] of Object.entries(b.medianUs ?? {})) f[`bd ${k} µs`] = us;
+    }
+    if (parts.includes('loadsplit')) {
+      // The TCP stream with its pings again, with tcpdump on both inner interfaces: which way the ping waits.
+      const { split, result } = await pingSplitUnderLoad(bed, r, () => tcpWithPing(bed, r, seconds));
+      for (const [k, us] of Object.entries(split.medianUs ?? {})) f[`split ${k} µs`] = us;
+      f['split matched'] = split.matched;
+      f['split tcp Mbit/s'] = Math.round(result.mbps);
     }
     if (parts.includes('load')) {
       const t = await tcpWithPing(bed, r, seconds);

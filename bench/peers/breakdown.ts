@@ -174,3 +174,71 @@ export async function pingBreakdown(bed: Bed, r: Running, o: { count: number; in
   ) as Record<StepKey, number>;
   return { medianUs, matched, pings: o.count };
 }
+
+/** Where a ping beside a TCP stream waits, split at b's inner interface (the request's way, b's kernel, the
+ *  reply's way back): medians in µs over the echoes seen at all four inner points. */
+export interface LoadSplit {
+  medianUs: { request: number; echo: number; reply: number; total: number } | null;
+  matched: number;
+  pings: number;
+}
+
+/**
+ * The same four inner captures (ICMP only: cheap beside a stream, and the same for every overlay) around `load`,
+ * which runs the TCP stream with its pings (measure.ts's tcpWithPing). The underlay is left out: under load a
+ * request leaves inside the sender's GSO runs and the reply among the stream's ACKs, so neither can be told apart
+ * there for every overlay.
+ */
+export async function pingSplitUnderLoad<T>(
+  bed: Bed,
+  r: Running,
+  load: () => Promise<T>,
+): Promise<{ split: LoadSplit; result: T }> {
+  const caps = {
+    aInner: await startCapture(bed, 'a', r.ifname.a, 'icmp'),
+    bInner: await startCapture(bed, 'b', r.ifname.b, 'icmp'),
+  };
+  let result: T;
+  try {
+    result = await load();
+  } finally {
+    await sleep(100);
+  }
+  const text = { aInner: await stopCapture(bed, caps.aInner), bInner: await stopCapture(bed, caps.bInner) };
+  const first = /^(\d+)\./m.exec(text.aInner);
+  const pings = (text.aInner.match(/echo request/g) ?? []).length;
+  if (!first) return { split: { medianUs: null, matched: 0, pings }, result };
+  const base = Number(first[1]);
+  const aInner = parse(text.aInner, base);
+  const bInner = parse(text.bInner, base);
+  const index = (list: Seen[], echo: 'request' | 'reply') =>
+    new Map(list.filter((p) => p.echo === echo).map((p) => [p.seq!, p.us]));
+  const [aReq, aRep, bReq, bRep] = [
+    index(aInner, 'request'),
+    index(aInner, 'reply'),
+    index(bInner, 'request'),
+    index(bInner, 'reply'),
+  ];
+  const steps = { request: [] as number[], echo: [] as number[], reply: [] as number[], total: [] as number[] };
+  for (const [seq, t1] of aReq) {
+    const t2 = bReq.get(seq);
+    const t3 = bRep.get(seq);
+    const t4 = aRep.get(seq);
+    if (t2 === undefined || t3 === undefined || t4 === undefined) continue;
+    steps.request.push(t2 - t1);
+    steps.echo.push(t3 - t2);
+    steps.reply.push(t4 - t3);
+    steps.total.push(t4 - t1);
+  }
+  const matched = steps.total.length;
+  if (matched === 0) return { split: { medianUs: null, matched, pings }, result };
+  const m = (v: number[]) => Math.round(median(v));
+  return {
+    split: {
+      medianUs: { request: m(steps.request), echo: m(steps.echo), reply: m(steps.reply), total: m(steps.total) },
+      matched,
+      pings,
+    },
+    result,
+  };
+}
