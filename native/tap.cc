@@ -1123,7 +1123,7 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
   // with a default 208 KB buffer (~100 datagrams of 1400 B) iperf3 -u lost 1.3-3.9 % at 350 Mbit/s here, nearly
   // all at its own socket. A sched_yield() after every yieldEvery_ writes lets it run (0.6-2.3 %).
   uint32_t yieldEvery_ = 0;
-  static constexpr size_t kBadFrame = SIZE_MAX;  // frames_[i].len of an element that is not a Uint8Array
+  static constexpr size_t kBadFrame = SIZE_MAX;  // a scratch frame's len: the element is not a Uint8Array
   // writeBatch's scratch, one per nesting depth (readBetween's onRead may write to this TAP again).
   struct WriteScratch {
     std::vector<sparse::Frame> frames;  // the batch being written (views into JS buffers, this call only)
