@@ -58,8 +58,7 @@ inline uint64_t FlowKey(const uint8_t* f, size_t len) {
 // Reusable memory for Order (one per TAP: no allocation per batch once grown).
 struct Scratch {
   std::vector<uint64_t> keys;
-  std::vector<uint32_t> bytes;
-  std::vector<uint32_t> frames;
+  std::vector<uint32_t> frames;  // per slot: the flow's frames in this batch
   std::vector<uint32_t> slotOf;
 };
 
@@ -67,32 +66,30 @@ struct Scratch {
 // frames are sparse; the order is the identity when all or none are.
 inline uint32_t Order(const Frame* frames, uint32_t n, std::vector<uint32_t>* order, Scratch* s) {
   order->resize(n);
+  for (uint32_t i = 0; i < n; i++) (*order)[i] = i;
+  if (n <= 1) return n;
   size_t cap = 16;
   while (cap < (size_t)n * 2) cap <<= 1;
   s->keys.assign(cap, 0);
-  s->bytes.assign(cap, 0);
   s->frames.assign(cap, 0);
   s->slotOf.resize(n);
   for (uint32_t i = 0; i < n; i++) {
-    // Not a frame (the caller drops it): a flow of its own, counted as sparse.
+    // Not a frame (the caller drops it): a flow of its own.
     uint64_t k = frames[i].data == nullptr ? 1 : FlowKey(frames[i].data, frames[i].len);
-    size_t len = frames[i].data == nullptr ? 0 : frames[i].len;
     size_t slot = (size_t)(k ^ (k >> 29)) & (cap - 1);
     while (s->keys[slot] != 0 && s->keys[slot] != k) slot = (slot + 1) & (cap - 1);
     s->keys[slot] = k;
-    uint64_t b = (uint64_t)s->bytes[slot] + len;
-    s->bytes[slot] = b > UINT32_MAX ? UINT32_MAX : (uint32_t)b;
     s->frames[slot]++;
     s->slotOf[i] = (uint32_t)slot;
   }
-  auto isSparse = [s](uint32_t i) { return s->frames[s->slotOf[i]] == 1 && s->bytes[s->slotOf[i]] <= kSparseBytes; };
+  // A flow's one frame is sparse if it is at most a full-size frame (a bad element counts as sparse).
+  auto isSparse = [frames, s](uint32_t i) {
+    return s->frames[s->slotOf[i]] == 1 && (frames[i].data == nullptr || frames[i].len <= kSparseBytes);
+  };
   uint32_t sparse = 0;
   for (uint32_t i = 0; i < n; i++)
     if (isSparse(i)) sparse++;
-  if (sparse == 0 || sparse == n) {
-    for (uint32_t i = 0; i < n; i++) (*order)[i] = i;
-    return sparse;
-  }
+  if (sparse == 0 || sparse == n) return sparse;
   uint32_t a = 0, b = sparse;
   for (uint32_t i = 0; i < n; i++) (*order)[isSparse(i) ? a++ : b++] = i;
   return sparse;

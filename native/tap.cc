@@ -555,14 +555,9 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
     frames.resize(n);
     for (uint32_t k = 0; k < n; k++)
       if (!Frame(env, arr, k, &frames[k].data, &frames[k].len)) frames[k] = {nullptr, kBadFrame};
-    uint32_t sparseFirst = n > 1 ? sparse::Order(frames.data(), n, &order, &w.sparse) : 0;
-    if (sparseFirst > 0 && sparseFirst < n) {
-      ctr_[C_TX_SPARSE_FIRST] += sparseFirst;
-    } else {
-      sparseFirst = 0;
-      order.resize(n);
-      for (uint32_t k = 0; k < n; k++) order[k] = k;
-    }
+    uint32_t sparseFirst = sparse::Order(frames.data(), n, &order, &w.sparse);
+    if (sparseFirst == n) sparseFirst = 0;  // all sparse: nothing went ahead of anything
+    ctr_[C_TX_SPARSE_FIRST] += sparseFirst;
     uint32_t accepted = 0;
     uint32_t i = 0;
     uint32_t writes = 0;

@@ -199,12 +199,14 @@ export async function pingSplitUnderLoad<T>(
     bInner: await startCapture(bed, 'b', r.ifname.b, 'icmp'),
   };
   let result: T;
+  const text = { aInner: '', bInner: '' };
   try {
     result = await load();
-  } finally {
     await sleep(100);
+  } finally {
+    text.aInner = await stopCapture(bed, caps.aInner);
+    text.bInner = await stopCapture(bed, caps.bInner);
   }
-  const text = { aInner: await stopCapture(bed, caps.aInner), bInner: await stopCapture(bed, caps.bInner) };
   const first = /^(\d+)\./m.exec(text.aInner);
   const pings = (text.aInner.match(/echo request/g) ?? []).length;
   if (!first) return { split: { medianUs: null, matched: 0, pings }, result };
