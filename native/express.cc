@@ -71,6 +71,7 @@ constexpr size_t kEthHeader = 14;
 constexpr size_t kBufBytes = 65536 + kHeader + kTag;
 constexpr int32_t kLocal = -1;
 constexpr size_t kRecord = 8;
+constexpr size_t kAlign = 16;  // frames in the receive arena start 16-byte aligned
 
 enum Counter : int {
   X_TX_FRAMES = 0,  // frames carried TAP -> mesh
@@ -78,7 +79,7 @@ enum Counter : int {
   X_RX_FRAMES,  // frames carried mesh -> TAP
   X_RX_BYTES,
   X_TX_TO_JS,        // lone frames offered and handed to JavaScript
-  X_RX_TO_JS,        // lone datagrams offered and handed to JavaScript
+  X_RX_TO_JS,        // datagrams offered and handed to JavaScript
   X_TX_ERRORS,       // sends the kernel refused (the frame went to JavaScript)
   X_LAST_ERRNO,      // of the last of those
   X_RX_AUTH_FAILED,  // under an installed session but not authentic: dropped here (JavaScript would drop it too)
@@ -291,7 +292,6 @@ class Express : public Napi::ObjectWrap<Express> {
     readAfterWrite_ = o.Get("readAfterWrite").ToBoolean().Value();
     napi_type_tag_object(env, info.This(), &kTypeTag);
     txBuf_.resize(kBufBytes);
-    rxBuf_.resize(kBufBytes);
   }
 
   ~Express() override {
@@ -349,45 +349,30 @@ class Express : public Napi::ObjectWrap<Express> {
     return true;
   }
 
-  bool FromUdp(const uint8_t* msg, size_t len, const sockaddr_storage& from, socklen_t fromLen) {
-    if (tap_ == nullptr || len < kHeader + kTag + kEthHeader || len > kBufBytes || msg[0] != kMsgData ||
-        (msg[1] | msg[2] | msg[3]) != 0)
-      return ToJs(X_RX_TO_JS);
-    double now = NowMs();
-    auto ri = recvs_.find(Le32(msg + 4));
-    if (ri == recvs_.end() || ri->second.until <= now || !SameAddr(ri->second.addr, from, fromLen))
-      return ToJs(X_RX_TO_JS);
-    Session& s = ri->second;
-    int64_t counter = FullCounter(Le32(msg + 8), (int64_t)s.state[1]);
-    if (counter > kMaxCounter || !WouldAccept(s.state, s.ring, counter)) return ToJs(X_RX_TO_JS);
-    uint8_t* f = rxBuf_.data();
-    size_t flen = len - kHeader - kTag;
-    if (!aead::Open(s.key, msg, len, f, (uint32_t)(counter / kWireSpan))) {
-      // A forgery under a known index: dropped and counted here, so it costs one decryption, not two.
-      ctr_[X_RX_AUTH_FAILED]++;
-      return true;
+  uint32_t FromUdp(const Datagram* d, uint32_t n) {
+    uint32_t k = 0;
+    if (tap_ != nullptr) {
+      size_t need = 0;
+      for (uint32_t i = 0; i < n; i++) need += d[i].len + kAlign;
+      if (rxBuf_.size() < need) rxBuf_.resize(need);
+      double now = NowMs();
+      rxFrames_.clear();
+      size_t off = 0;
+      for (; k < n; k++) {
+        size_t flen = 0;
+        if (!Open(d[k], now, rxBuf_.data() + off, &flen)) break;
+        if (flen == 0) continue;  // a forgery, dropped
+        rxFrames_.push_back({rxBuf_.data() + off, flen});
+        off = (off + flen + kAlign - 1) & ~(kAlign - 1);
+      }
+      if (!rxFrames_.empty()) {
+        TapPort* tap = tap_;
+        tap->ExpressWrite(rxFrames_.data(), (uint32_t)rxFrames_.size(), readAfterWrite_);
+        if (readAfterWrite_ && tap_ == tap) tap->ExpressReadNow();
+      }
     }
-    if (flen > maxFrame_ || (f[0] & 1) != 0 || (f[6] & 1) != 0 || !Plain(f, flen)) return ToJs(X_RX_TO_JS);
-    uint64_t src = Mac(f + 6), dst = Mac(f);
-    auto si = macs_.find(src);
-    auto di = macs_.find(dst);
-    if (si == macs_.end() || si->second.port != (int32_t)s.peer || si->second.until <= now || di == macs_.end() ||
-        di->second.port != kLocal || di->second.until <= now)
-      return ToJs(X_RX_TO_JS);
-    // Everything JavaScript would have checked holds: only now does the packet change state.
-    if (!Accept(s.state, s.ring, counter)) return ToJs(X_RX_TO_JS);
-    ctr_[X_RX_FRAMES]++;
-    ctr_[X_RX_BYTES] += (double)flen;
-    PeerStat& ps = peerStats_[s.peer];
-    ps.rxPackets++;
-    ps.rxBytes += (double)flen;
-    ps.lastRecv = now;
-    macStats_[dst].toTap += (double)flen;
-    macStats_[src].seen = now;
-    TapPort* tap = tap_;
-    tap->ExpressWrite(f, flen);  // a drop there is the TAP's counter, as for JavaScript's writes
-    if (readAfterWrite_ && tap_ == tap) tap->ExpressReadNow();
-    return true;
+    ctr_[X_RX_TO_JS] += n - k;
+    return k;
   }
 
   void Attach(TapPort* t) {
@@ -412,6 +397,46 @@ class Express : public Napi::ObjectWrap<Express> {
   bool ToJs(int counter) {
     ctr_[counter]++;
     return false;
+  }
+
+  // One datagram of a wake-up: true with its frame in out[0 .. *flen) when it is carried, true with *flen == 0
+  // when it was a forgery under an installed session (dropped and counted here: one decryption, not two),
+  // false when it is JavaScript's (nothing changed).
+  bool Open(const Datagram& g, double now, uint8_t* out, size_t* flen) {
+    const uint8_t* msg = g.data;
+    size_t len = g.len;
+    if (len < kHeader + kTag + kEthHeader || len > kBufBytes || msg[0] != kMsgData || (msg[1] | msg[2] | msg[3]) != 0)
+      return false;
+    auto ri = recvs_.find(Le32(msg + 4));
+    if (ri == recvs_.end() || ri->second.until <= now || !SameAddr(ri->second.addr, *g.src, g.srcLen)) return false;
+    Session& s = ri->second;
+    int64_t counter = FullCounter(Le32(msg + 8), (int64_t)s.state[1]);
+    if (counter > kMaxCounter || !WouldAccept(s.state, s.ring, counter)) return false;
+    size_t n = len - kHeader - kTag;
+    if (!aead::Open(s.key, msg, len, out, (uint32_t)(counter / kWireSpan))) {
+      ctr_[X_RX_AUTH_FAILED]++;
+      *flen = 0;
+      return true;
+    }
+    if (n > maxFrame_ || (out[0] & 1) != 0 || (out[6] & 1) != 0 || !Plain(out, n)) return false;
+    uint64_t src = Mac(out + 6), dst = Mac(out);
+    auto si = macs_.find(src);
+    auto di = macs_.find(dst);
+    if (si == macs_.end() || si->second.port != (int32_t)s.peer || si->second.until <= now || di == macs_.end() ||
+        di->second.port != kLocal || di->second.until <= now)
+      return false;
+    // Everything JavaScript would have checked holds: only now does the packet change state.
+    if (!Accept(s.state, s.ring, counter)) return false;
+    ctr_[X_RX_FRAMES]++;
+    ctr_[X_RX_BYTES] += (double)n;
+    PeerStat& ps = peerStats_[s.peer];
+    ps.rxPackets++;
+    ps.rxBytes += (double)n;
+    ps.lastRecv = now;
+    macStats_[dst].toTap += (double)n;
+    macStats_[src].seen = now;
+    *flen = n;
+    return true;
   }
 
   // ---- installs from JavaScript ---------------------------------------------------------------------
@@ -532,7 +557,8 @@ class Express : public Napi::ObjectWrap<Express> {
   std::unordered_map<uint32_t, PeerStat> peerStats_;
   std::unordered_map<uint64_t, MacStat> macStats_;
   std::vector<uint8_t> txBuf_;
-  std::vector<uint8_t> rxBuf_;
+  std::vector<uint8_t> rxBuf_;                // a wake-up's frames, decrypted
+  std::vector<sparse::Frame> rxFrames_;       // and where they are in rxBuf_
 };
 
 Express* Of(Engine* e) {
@@ -584,8 +610,8 @@ void DetachUdp(Engine* e, UdpPort* port) {
 bool FromTap(Engine* e, const uint8_t* frame, size_t len) {
   return Of(e)->FromTap(frame, len);
 }
-bool FromUdp(Engine* e, const uint8_t* msg, size_t len, const sockaddr_storage& src, socklen_t srcLen) {
-  return Of(e)->FromUdp(msg, len, src, srcLen);
+uint32_t FromUdp(Engine* e, const Datagram* d, uint32_t n) {
+  return Of(e)->FromUdp(d, n);
 }
 
 }  // namespace express

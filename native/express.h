@@ -1,6 +1,6 @@
 // The express path (native/express.cc) as seen from the TAP (tap.cc) and the UDP receiver (udp_rx.cc): a
-// wake-up that brings exactly one frame or one datagram offers it here first; true means it was carried (sent
-// or written) and JavaScript never sees it; false means it goes to JavaScript unchanged.
+// wake-up's frames or datagrams are offered here first, in order; the express path carries (sends or writes) a
+// leading run of them and JavaScript gets the rest unchanged, so nothing overtakes anything.
 #pragma once
 #include <node_api.h>
 #include <sys/socket.h>
@@ -8,14 +8,17 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "sparse.h"
+
 namespace express {
 
 // What the express path needs from the TAP.
 class TapPort {
  public:
   virtual ~TapPort() = default;
-  // Writes one frame (no virtio_net_hdr) behind anything already queued; false if it was dropped.
-  virtual bool ExpressWrite(const uint8_t* frame, size_t len) = 0;
+  // Writes frames (no virtio_net_hdr) behind anything already queued, as writeBatch does (sparse flows first,
+  // coalesced, the TAP read between the parts when readBetween); drops are the TAP's counters.
+  virtual void ExpressWrite(const sparse::Frame* frames, uint32_t n, bool readBetween) = 0;
   // A read wake-up now (the kernel's answer to the frame just written leaves in this turn).
   virtual void ExpressReadNow() = 0;
   // The engine is going away (its JS object was collected): forget it.
@@ -44,7 +47,15 @@ void DetachUdp(Engine* e, UdpPort* port);
 
 // A frame read from the TAP (complete: offloads already resolved).
 bool FromTap(Engine* e, const uint8_t* frame, size_t len);
-// A datagram received on the mesh's socket.
-bool FromUdp(Engine* e, const uint8_t* msg, size_t len, const sockaddr_storage& src, socklen_t srcLen);
+// A datagram received on the mesh's socket, and where from.
+struct Datagram {
+  const uint8_t* data;
+  size_t len;
+  const sockaddr_storage* src;
+  socklen_t srcLen;
+};
+// A wake-up's datagrams, in order: how many of the leading ones were carried (written to the TAP, or dropped
+// as forgeries under an installed session); the rest go to JavaScript.
+uint32_t FromUdp(Engine* e, const Datagram* d, uint32_t n);
 
 }  // namespace express

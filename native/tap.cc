@@ -414,6 +414,15 @@ struct AddonData {
   Napi::FunctionReference tapCtor;
 };
 
+constexpr size_t kBadFrame = SIZE_MAX;  // a scratch frame's len: the element is not a Uint8Array
+
+// A write batch's scratch, one per nesting depth (readBetween's onRead may write to the TAP again).
+struct WriteScratch {
+  std::vector<sparse::Frame> frames;  // the batch being written (views into JS buffers or express's arena)
+  std::vector<uint32_t> order;        // the order they are written in
+  sparse::Scratch sparse;
+};
+
 class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -540,21 +549,36 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
       ctr_[C_TX_DROPPED_ERROR] += n;
       return Napi::Number::New(env, 0);
     }
+    WriteScratch& w = Scratch();
+    w.frames.resize(n);
+    for (uint32_t k = 0; k < n; k++)
+      if (!Frame(env, arr, k, &w.frames[k].data, &w.frames[k].len)) w.frames[k] = {nullptr, kBadFrame};
+    return Napi::Number::New(env, WriteFrames(w, readBetween));
+  }
+
+  // The write scratch of the current nesting depth.
+  WriteScratch& Scratch() {
+    if (writeScratch_.size() <= writeDepth_) writeScratch_.push_back(std::make_unique<WriteScratch>());
+    return *writeScratch_[writeDepth_];
+  }
+
+  // Writes w.frames (see writeBatch) and returns how many were accepted.
+  uint32_t WriteFrames(WriteScratch& w, bool readBetween) {
+    uint32_t n = (uint32_t)w.frames.size();
+    if (closed_) {
+      ctr_[C_TX_DROPPED_ERROR] += n;
+      return 0;
+    }
     if (qcount_ > 0) DrainQueue();
     inline_ = n <= kInlineFrames;
     if (QueueTooSlow()) {
       dropQueueMain_ += n;
       if (threaded_) SyncCounters();
-      return Napi::Number::New(env, 0);
+      return 0;
     }
-    // The batch's frames, then the order to write them in: sparse flows first (sparse.h).
-    if (writeScratch_.size() <= writeDepth_) writeScratch_.push_back(std::make_unique<WriteScratch>());
-    WriteScratch& w = *writeScratch_[writeDepth_];
+    // The order to write them in: sparse flows first (sparse.h).
     std::vector<sparse::Frame>& frames = w.frames;
     std::vector<uint32_t>& order = w.order;
-    frames.resize(n);
-    for (uint32_t k = 0; k < n; k++)
-      if (!Frame(env, arr, k, &frames[k].data, &frames[k].len)) frames[k] = {nullptr, kBadFrame};
     uint32_t sparseFirst = sparse::Order(frames.data(), n, &order, &w.sparse);
     if (sparseFirst == n) sparseFirst = 0;  // all sparse: nothing went ahead of anything
     ctr_[C_TX_SPARSE_FIRST] += sparseFirst;
@@ -568,7 +592,7 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
         writeDepth_--;
         if (closed_) {  // onRead closed the TAP: the bulk cannot be written any more
           DroppedError(n - i, EBADF);
-          return Napi::Number::New(env, accepted);
+          return accepted;
         }
       }
       if (yieldEvery_ != 0 && !threaded_ && writes == yieldEvery_) {
@@ -617,7 +641,7 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
     ctr_[C_TX_QUEUED] = (double)qcount_;
     if (threaded_) SyncCounters();
     UpdatePoll();
-    return Napi::Number::New(env, accepted);
+    return accepted;
   }
 
   Napi::Value SyncCountersJs(const Napi::CallbackInfo& info) {
@@ -646,8 +670,10 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
   }
 
   // express::TapPort
-  bool ExpressWrite(const uint8_t* frame, size_t len) override {
-    return !closed_ && Emit(frame, len, info_.vnet, 1, len) > 0;
+  void ExpressWrite(const sparse::Frame* frames, uint32_t n, bool readBetween) override {
+    WriteScratch& w = Scratch();
+    w.frames.assign(frames, frames + n);
+    WriteFrames(w, readBetween);
   }
   void ExpressReadNow() override { ReadNowIfIdle(); }
   void ExpressGone() override { express_ = nullptr; }
@@ -1118,13 +1144,6 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
   // with a default 208 KB buffer (~100 datagrams of 1400 B) iperf3 -u lost 1.3-3.9 % at 350 Mbit/s here, nearly
   // all at its own socket. A sched_yield() after every yieldEvery_ writes lets it run (0.6-2.3 %).
   uint32_t yieldEvery_ = 0;
-  static constexpr size_t kBadFrame = SIZE_MAX;  // a scratch frame's len: the element is not a Uint8Array
-  // writeBatch's scratch, one per nesting depth (readBetween's onRead may write to this TAP again).
-  struct WriteScratch {
-    std::vector<sparse::Frame> frames;  // the batch being written (views into JS buffers, this call only)
-    std::vector<uint32_t> order;        // the order they are written in
-    sparse::Scratch sparse;
-  };
   std::vector<std::unique_ptr<WriteScratch>> writeScratch_;
   size_t writeDepth_ = 0;
   uint32_t groBroken_ = 0;  // kinds (bits) whose coalesced frames the kernel refused: written one by one

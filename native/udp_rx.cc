@@ -371,14 +371,6 @@ class UdpRx : public Napi::ObjectWrap<UdpRx>, public express::UdpPort {
         n = 0;
       }
     }
-    // A lone datagram (a ping at rest) may not need JavaScript at all.
-    if (n == 1 && express_ != nullptr && batchSources_.size() == 1 &&
-        express::FromUdp(express_, stage_.data() + meta_[0], meta_[1], batchSources_[0].ss, batchSources_[0].len)) {
-      stageOff_ = 0;
-      batchSources_.clear();
-      lastSource_ = 0;
-      n = 0;
-    }
     if (n > 0) Deliver(n);
   }
 
@@ -473,6 +465,18 @@ class UdpRx : public Napi::ObjectWrap<UdpRx>, public express::UdpPort {
     return arr;
   }
 
+  // The express path (native/express.cc) takes a leading run of the batch's n datagrams: how many.
+  uint32_t Express(uint32_t n) {
+    if (express_ == nullptr) return 0;
+    offer_.resize(n);
+    for (uint32_t i = 0; i < n; i++) {
+      const uint32_t* e = meta_ + (size_t)i * kMetaStride;
+      const Source& src = batchSources_[e[2]];
+      offer_[i] = {stage_.data() + e[0], e[1], &src.ss, src.len};
+    }
+    return express::FromUdp(express_, offer_.data(), n);
+  }
+
   // The batch's datagrams (the staging area's used bytes, copied into a Buffer of their own) to JS.
   void Deliver(uint32_t n) {
     napi_env env = Env();
@@ -480,9 +484,24 @@ class UdpRx : public Napi::ObjectWrap<UdpRx>, public express::UdpPort {
     napi_value args[3];
     size_t used = stageOff_;
     stageOff_ = 0;
-    if (n == 0) return;
+    uint32_t base = 0;  // where JS's part of the staging area starts
+    uint32_t carried = n > 0 ? Express(n) : 0;
+    if (carried > 0) {  // the rest (if any) moves to the front of meta, its offsets from where its bytes start
+      n -= carried;
+      base = n > 0 ? meta_[(size_t)carried * kMetaStride] : (uint32_t)used;
+      for (uint32_t i = 0; i < n; i++) {
+        uint32_t* to = meta_ + (size_t)i * kMetaStride;
+        const uint32_t* from = meta_ + (size_t)(i + carried) * kMetaStride;
+        to[0] = from[0] - base, to[1] = from[1], to[2] = from[2], to[3] = from[3];
+      }
+    }
+    if (n == 0 || closed_) {  // all carried (or the receiver was closed from inside the express path's TAP read)
+      batchSources_.clear();
+      lastSource_ = 0;
+      return;
+    }
     void* copy;
-    if (napi_create_buffer_copy(env, used, stage_.data(), &copy, &args[1]) != napi_ok) {
+    if (napi_create_buffer_copy(env, used - base, stage_.data() + base, &copy, &args[1]) != napi_ok) {
       ctr_[R_ERRORS]++;
       ctr_[R_LAST_ERRNO] = ENOMEM;
       batchSources_.clear();
@@ -566,6 +585,7 @@ class UdpRx : public Napi::ObjectWrap<UdpRx>, public express::UdpPort {
   size_t histLen_ = 0;
   Napi::ObjectReference histRef_;
   std::vector<Source> batchSources_;  // distinct source addresses of the batch being read
+  std::vector<express::Datagram> offer_;  // the batch as offered to the express path
   std::vector<Source> prevSources_;   // those of the array in prevSourcesRef_ (handed out again if equal)
   Napi::ObjectReference prevSourcesRef_;
   size_t lastSource_ = 0;
