@@ -557,8 +557,8 @@ class Express : public Napi::ObjectWrap<Express> {
   std::unordered_map<uint32_t, PeerStat> peerStats_;
   std::unordered_map<uint64_t, MacStat> macStats_;
   std::vector<uint8_t> txBuf_;
-  std::vector<uint8_t> rxBuf_;                // a wake-up's frames, decrypted
-  std::vector<sparse::Frame> rxFrames_;       // and where they are in rxBuf_
+  std::vector<uint8_t> rxBuf_;           // a wake-up's frames, decrypted
+  std::vector<sparse::Frame> rxFrames_;  // and where they are in rxBuf_
 };
 
 Express* Of(Engine* e) {

@@ -584,9 +584,9 @@ class UdpRx : public Napi::ObjectWrap<UdpRx>, public express::UdpPort {
   double* hist_ = nullptr;  // debug: wake-up latency buckets, or null
   size_t histLen_ = 0;
   Napi::ObjectReference histRef_;
-  std::vector<Source> batchSources_;  // distinct source addresses of the batch being read
+  std::vector<Source> batchSources_;      // distinct source addresses of the batch being read
   std::vector<express::Datagram> offer_;  // the batch as offered to the express path
-  std::vector<Source> prevSources_;   // those of the array in prevSourcesRef_ (handed out again if equal)
+  std::vector<Source> prevSources_;       // those of the array in prevSourcesRef_ (handed out again if equal)
   Napi::ObjectReference prevSourcesRef_;
   size_t lastSource_ = 0;
   Napi::FunctionReference onBatch_;

@@ -113,7 +113,7 @@ inline size_t SendEach(int fd, const Dest& d, const Pkt* pkts, size_t n, int* er
 // with sendmmsg. Returns how many went out; *err is the errno that stopped it (0 if all went), *gsoFailed
 // says a GSO send was refused for another reason than EAGAIN (the caller then sends without GSO).
 inline size_t SendPackets(int fd, const Dest& d, const Pkt* pkts, size_t n, bool gso, int* err, bool* gsoFailed,
-                   size_t* calls) {
+                          size_t* calls) {
   size_t sent = 0;
   *err = 0;
   *gsoFailed = false;
