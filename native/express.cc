@@ -1,26 +1,30 @@
-// The express path: lone packets of established unicast flows cross the daemon without entering JavaScript.
+// The express path: packets of established unicast flows cross the daemon without entering JavaScript.
 //
 // At rest a ping costs the daemon far more in JavaScript's fixed costs (a call into JS, cold inline caches,
 // N-API unwrapping) than in work; measured with bench/floor, a C path inside Node's own event loop answers
-// as fast as tinc. So a TAP wake-up that read exactly one frame, and a UDP wake-up that received exactly one
-// datagram, offer it here first:
+// as fast as tinc. Under load the same holds per packet: JavaScript's share (a Buffer per receive batch, a call
+// per packet, the switch's and the mesh's lookups) is what kept the daemon behind tinc on small datagrams. So
+// every TAP wake-up's frames and every UDP wake-up's datagrams are offered here first, in order; the leading
+// run this path can vouch for is carried, and JavaScript gets the rest unchanged (nothing overtakes anything):
 //
 //   TAP -> mesh:  an untagged unicast frame of a plain kind (below) whose source MAC JavaScript placed on the
 //                 local side and whose destination MAC it placed behind peer P, with P's sending session
-//                 installed: sealed under that session's key and counter, sent to P's endpoint.
+//                 installed: sealed under that session's key and counter, sent to P's endpoint (a wake-up's
+//                 datagrams to one peer leave together, runs of equal size as one UDP GSO send).
 //   mesh -> TAP:  a data message (type 4, no relay) under an installed receiving session, from exactly the
 //                 endpoint installed with it, fresh by its replay window and authentic; its frame of a plain
 //                 kind, its source MAC placed behind that session's peer, its destination MAC on the local side:
-//                 written to the TAP.
+//                 written to the TAP (a wake-up's frames as one batch: sparse flows first, coalesced).
 //
-// Everything else, and anything that fails any check, goes to JavaScript unchanged (a datagram is decrypted
-// into scratch space here, so JavaScript sees the original and counts what it refuses), except a datagram under
-// an installed session that is not authentic: JavaScript would only count and drop it, so that is done here
-// (one decryption per forgery, not two; JavaScript adds the count to the mesh's auth_failed drops). JavaScript installs
-// an entry only after its own path carried a frame of that flow (switch.ts, mesh.ts: src/express.ts), each for at most
-// EXPRESS_LEASE_MS, and flushes the whole table on any change of a MAC's port, a session, an endpoint or a peer: an
-// entry is never older than JavaScript's last look, so nothing passes here that JavaScript would have stopped (the
-// security model's checks on plain frames are all about which port a MAC is on).
+// Everything else, and anything that fails any check, goes to JavaScript unchanged with everything after it in
+// its wake-up (a datagram is decrypted into an arena of its own here, so JavaScript sees the original and counts
+// what it refuses), except a datagram under an installed session that is not authentic: JavaScript would only
+// count and drop it, so that is done here (one decryption per forgery, not two; JavaScript adds the count to the
+// mesh's auth_failed drops). JavaScript installs an entry only after its own path carried a frame of that flow
+// (switch.ts, mesh.ts: src/express.ts), each for at most EXPRESS_LEASE_MS, and flushes the whole table on any
+// change of a MAC's port, a session, an endpoint or a peer: an entry is never older than JavaScript's last look,
+// so nothing passes here that JavaScript would have stopped (the security model's checks on plain frames are all
+// about which port a MAC is on). A lapsed lease hands the flow's next wake-up to JavaScript, which installs again.
 //
 // Plain kinds (JavaScript's inspection passes them without a look: classify() says K_OTHER): IPv4 that is not
 // fragmented and not UDP to or from port 67/68; IPv6 TCP, UDP not to or from 546/547, ICMPv6 echo request and
@@ -53,6 +57,7 @@
 #include "aead.h"
 #include "express.h"
 #include "tagged.h"
+#include "udp_send.h"
 
 namespace express {
 
@@ -196,10 +201,7 @@ bool Accept(double* state, uint32_t* ring, int64_t c) {
 
 // ---- addresses --------------------------------------------------------------------------------------
 
-struct Addr {
-  sockaddr_storage ss;
-  socklen_t len = 0;
-};
+using Addr = udpsend::Dest;
 
 bool ParseAddr(const std::string& text, uint32_t port, Addr* a) {
   std::memset(&a->ss, 0, sizeof a->ss);
@@ -243,7 +245,7 @@ struct Session {
   uint32_t* ring = nullptr;  // receiving only
   Napi::ObjectReference ringRef;
   uint32_t index = 0;  // sending: the peer's receiver index
-  uint32_t peer = 0;   // receiving: whose session
+  uint32_t peer = 0;   // whose session
   Addr addr;           // sending: where to; receiving: where from
   double until = 0;
 };
@@ -291,7 +293,6 @@ class Express : public Napi::ObjectWrap<Express> {
     maxFrame_ = m.As<Napi::Number>().Uint32Value();
     readAfterWrite_ = o.Get("readAfterWrite").ToBoolean().Value();
     napi_type_tag_object(env, info.This(), &kTypeTag);
-    txBuf_.resize(kBufBytes);
   }
 
   ~Express() override {
@@ -301,52 +302,39 @@ class Express : public Napi::ObjectWrap<Express> {
 
   // ---- the data path --------------------------------------------------------------------------------
 
-  bool FromTap(const uint8_t* f, size_t len) {
-    if (udpFd_ < 0) return false;
-    double now = NowMs();
-    const MacEnt* dst = nullptr;
-    Session* s = nullptr;
-    uint64_t src = 0;
-    if (len >= kEthHeader && len <= maxFrame_ && (f[0] & 1) == 0 && (f[6] & 1) == 0 && Plain(f, len)) {
-      src = Mac(f + 6);
-      auto si = macs_.find(src);
-      auto di = macs_.find(Mac(f));
-      if (si != macs_.end() && si->second.port == kLocal && si->second.until > now && di != macs_.end() &&
-          di->second.port >= 0 && di->second.until > now) {
-        dst = &di->second;
-        auto pi = sends_.find((uint32_t)dst->port);
-        if (pi != sends_.end() && pi->second.until > now) s = &pi->second;
+  uint32_t FromTap(const uint8_t* slab, size_t stride, const uint32_t* lens, uint32_t n) {
+    uint32_t k = 0;
+    if (udpFd_ >= 0) {
+      size_t need = 0;
+      for (uint32_t i = 0; i < n; i++) need += lens[i] + kHeader + kTag + kAlign;
+      if (txBuf_.size() < need) txBuf_.resize(need);
+      double now = NowMs();
+      txPkts_.clear();
+      txSent_.clear();
+      size_t off = 0;
+      for (; k < n; k++) {  // sealed in order; they leave below, in order
+        const uint8_t* f = slab + (size_t)k * stride;
+        size_t len = lens[k];
+        uint64_t src = 0;
+        Session* s = Sending(f, len, now, &src);
+        if (s == nullptr) break;
+        int64_t counter = (int64_t)s->state[0];
+        if (counter >= kMaxCounter) break;
+        uint8_t* out = txBuf_.data() + off;
+        out[0] = kMsgData;
+        out[1] = out[2] = out[3] = 0;
+        PutLe32(out + 4, s->index);
+        PutLe32(out + 8, (uint32_t)(counter % kWireSpan));
+        if (!aead::Seal(s->key, out, f, len, (uint32_t)(counter / kWireSpan))) break;
+        s->state[0] = (double)(counter + 1);
+        txPkts_.push_back({out, kHeader + len + kTag});
+        txSent_.push_back({s, src, len});
+        off = (off + kHeader + len + kTag + kAlign - 1) & ~(kAlign - 1);
       }
+      k = Send(now);
     }
-    if (s == nullptr) return ToJs(X_TX_TO_JS);
-    int64_t counter = (int64_t)s->state[0];
-    if (counter >= kMaxCounter) return ToJs(X_TX_TO_JS);
-    uint8_t* out = txBuf_.data();
-    out[0] = kMsgData;
-    out[1] = out[2] = out[3] = 0;
-    PutLe32(out + 4, s->index);
-    PutLe32(out + 8, (uint32_t)(counter % kWireSpan));
-    if (!aead::Seal(s->key, out, f, len, (uint32_t)(counter / kWireSpan))) return ToJs(X_TX_TO_JS);
-    s->state[0] = (double)(counter + 1);
-    size_t n = kHeader + len + kTag;
-    ssize_t w;
-    do w = sendto(udpFd_, out, n, MSG_DONTWAIT, reinterpret_cast<const sockaddr*>(&s->addr.ss), s->addr.len);
-    while (w < 0 && errno == EINTR);
-    if (w < 0) {
-      ctr_[X_TX_ERRORS]++;
-      ctr_[X_LAST_ERRNO] = errno;
-      return ToJs(X_TX_TO_JS);  // sealed again there under the next counter
-    }
-    ctr_[X_TX_FRAMES]++;
-    ctr_[X_TX_BYTES] += (double)len;
-    PeerStat& ps = peerStats_[(uint32_t)dst->port];
-    ps.txPackets++;
-    ps.txBytes += (double)len;
-    ps.lastSent = now;
-    MacStat& ms = macStats_[src];
-    ms.toMesh += (double)len;
-    ms.seen = now;
-    return true;
+    ctr_[X_TX_TO_JS] += n - k;
+    return k;
   }
 
   uint32_t FromUdp(const Datagram* d, uint32_t n) {
@@ -397,6 +385,58 @@ class Express : public Napi::ObjectWrap<Express> {
   bool ToJs(int counter) {
     ctr_[counter]++;
     return false;
+  }
+
+  // The sending session for a frame from the TAP, or null if the express path may not carry it: an untagged
+  // unicast frame of a plain kind from a MAC on the local side to a MAC behind a peer with a sending session.
+  Session* Sending(const uint8_t* f, size_t len, double now, uint64_t* src) {
+    if (len < kEthHeader || len > maxFrame_ || (f[0] & 1) != 0 || (f[6] & 1) != 0 || !Plain(f, len)) return nullptr;
+    *src = Mac(f + 6);
+    auto si = macs_.find(*src);
+    auto di = macs_.find(Mac(f));
+    if (si == macs_.end() || si->second.port != kLocal || si->second.until <= now || di == macs_.end() ||
+        di->second.port < 0 || di->second.until <= now)
+      return nullptr;
+    auto pi = sends_.find((uint32_t)di->second.port);
+    return pi != sends_.end() && pi->second.until > now ? &pi->second : nullptr;
+  }
+
+  // Sends the sealed datagrams (txPkts_), each run to one peer as one batch (UDP GSO where sizes allow), in
+  // order, and returns how many leading ones went out. The first refusal stops it: the frames of that datagram
+  // and after go to JavaScript, which seals them again under the next counters (the receiver's window does not
+  // mind the gap) and queues what the kernel cannot take yet.
+  uint32_t Send(double now) {
+    size_t n = txPkts_.size(), i = 0;
+    while (i < n) {
+      Session* s = txSent_[i].s;
+      size_t j = i + 1;
+      while (j < n && txSent_[j].s == s) j++;
+      int err = 0;
+      bool gsoFailed = false;
+      size_t calls = 0;
+      size_t sent =
+          udpsend::SendPackets(udpFd_, s->addr, txPkts_.data() + i, j - i, !gsoOff_, &err, &gsoFailed, &calls);
+      if (gsoFailed) gsoOff_ = true;  // this kernel refuses UDP GSO: single datagrams from now on
+      for (size_t q = i; q < i + sent; q++) {
+        const Sent& x = txSent_[q];
+        ctr_[X_TX_FRAMES]++;
+        ctr_[X_TX_BYTES] += (double)x.len;
+        PeerStat& ps = peerStats_[x.s->peer];
+        ps.txPackets++;
+        ps.txBytes += (double)x.len;
+        ps.lastSent = now;
+        MacStat& ms = macStats_[x.src];
+        ms.toMesh += (double)x.len;
+        ms.seen = now;
+      }
+      if (sent < j - i) {
+        ctr_[X_TX_ERRORS]++;
+        ctr_[X_LAST_ERRNO] = err;
+        return (uint32_t)(i + sent);
+      }
+      i = j;
+    }
+    return (uint32_t)n;
   }
 
   // One datagram of a wake-up: true with its frame in out[0 .. *flen) when it is carried, true with *flen == 0
@@ -488,7 +528,8 @@ class Express : public Napi::ObjectWrap<Express> {
               TakeSession(info.Env(), info[1], info[2], info.Env().Undefined(), &s) && TakeWhere(info, 4, &s);
     if (ok) {
       s.index = info[3].As<Napi::Number>().Uint32Value();
-      sends_[info[0].As<Napi::Number>().Uint32Value()] = std::move(s);
+      s.peer = info[0].As<Napi::Number>().Uint32Value();
+      sends_[s.peer] = std::move(s);
     }
     return Napi::Boolean::New(info.Env(), ok);
   }
@@ -556,7 +597,15 @@ class Express : public Napi::ObjectWrap<Express> {
   std::unordered_map<uint32_t, Session> recvs_;  // by our receiver index
   std::unordered_map<uint32_t, PeerStat> peerStats_;
   std::unordered_map<uint64_t, MacStat> macStats_;
-  std::vector<uint8_t> txBuf_;
+  std::vector<uint8_t> txBuf_;  // a wake-up's datagrams, sealed
+  struct Sent {
+    Session* s;
+    uint64_t src;
+    size_t len;
+  };
+  std::vector<udpsend::Pkt> txPkts_;  // where they are in txBuf_
+  std::vector<Sent> txSent_;          // and what each carries (for the statistics)
+  bool gsoOff_ = false;
   std::vector<uint8_t> rxBuf_;           // a wake-up's frames, decrypted
   std::vector<sparse::Frame> rxFrames_;  // and where they are in rxBuf_
 };
@@ -607,8 +656,8 @@ void AttachUdp(Engine* e, UdpPort* port, int fd) {
 void DetachUdp(Engine* e, UdpPort* port) {
   Of(e)->Detach(port);
 }
-bool FromTap(Engine* e, const uint8_t* frame, size_t len) {
-  return Of(e)->FromTap(frame, len);
+uint32_t FromTap(Engine* e, const uint8_t* slab, size_t stride, const uint32_t* lens, uint32_t n) {
+  return Of(e)->FromTap(slab, stride, lens, n);
 }
 uint32_t FromUdp(Engine* e, const Datagram* d, uint32_t n) {
   return Of(e)->FromUdp(d, n);

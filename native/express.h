@@ -45,8 +45,9 @@ void DetachTap(Engine* e, TapPort* tap);
 void AttachUdp(Engine* e, UdpPort* port, int fd);
 void DetachUdp(Engine* e, UdpPort* port);
 
-// A frame read from the TAP (complete: offloads already resolved).
-bool FromTap(Engine* e, const uint8_t* frame, size_t len);
+// A wake-up's frames read from the TAP (complete: offloads already resolved), frame i at slab + i * stride,
+// lens[i] bytes: how many of the leading ones were carried (sent); the rest go to JavaScript.
+uint32_t FromTap(Engine* e, const uint8_t* slab, size_t stride, const uint32_t* lens, uint32_t n);
 // A datagram received on the mesh's socket, and where from.
 struct Datagram {
   const uint8_t* data;

@@ -710,7 +710,7 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
     size_t k = tcp ? gso::SegmentCount(f, len, h, &hdrs) : 0;
     if (k == 0 || k > maxFrames_ || hdrs + h.gsoSize > stride_) return false;
     if (*n + k > maxFrames_) {
-      CallRead((int32_t)*n);
+      Deliver(*n);
       *n = 0;
       if (closed_ || !reading_) return true;
     }
@@ -1004,10 +1004,8 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
         break;
       }
     }
-    // A lone frame (a ping at rest) may not need JavaScript at all.
-    if (n == 1 && express_ != nullptr && express::FromTap(express_, slab_, lens_[0])) n = 0;
     if (n > 0) {
-      CallRead((int32_t)n);
+      Deliver(n);
       if (closed_ || !reading_) return;  // the callback closed or stopped us
     }
     if (err == 0) {
@@ -1020,6 +1018,18 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
     // on every wake-up (the poll would spin), stops reading.
     errWakeups_ = n > 0 ? 0 : errWakeups_ + 1;
     if (err == EBADFD || err == EBADF || err == ENODEV || err == ENXIO || errWakeups_ >= 1000) FailReading(err);
+  }
+
+  // A wake-up's n frames in the slab: the express path (native/express.cc) sends a leading run of them, the
+  // rest moves to the front of the slab and goes to JavaScript.
+  void Deliver(size_t n) {
+    size_t k = express_ != nullptr ? express::FromTap(express_, slab_, stride_, lens_, (uint32_t)n) : 0;
+    if (k == n) return;
+    if (k > 0) {
+      std::memmove(slab_, slab_ + k * stride_, (n - k) * stride_);
+      std::memmove(lens_, lens_ + k, (n - k) * sizeof lens_[0]);
+    }
+    CallRead((int32_t)(n - k));
   }
 
   void FailReading(int err) {

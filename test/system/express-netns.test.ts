@@ -10,6 +10,9 @@
 //   3. a guest with express flows to the LAN host sends DHCP server replies (broadcast, unicast to the LAN host,
 //      unicast with IP options) and DHCPv6 server replies (plain, behind a destination-options header):
 //      `server_from_guest`, `dhcpv6_server_from_guest`
+//   4. the same attacks inside bulk batches (a UDP stream the express path carries whole wake-ups of): replayed
+//      datagrams sent back to back into the stream's receive batches (`replay`, no datagram delivered twice),
+//      DHCP server replies in the middle of the guest's TAP batches (`server_from_guest`)
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -37,10 +40,50 @@ for i, f in enumerate(frames):
 print('sent %d' % len(frames), flush=True)
 `;
 
+/** A UDP sink: counts distinct sequence numbers of datagrams that start with MARKER and the duplicates, until
+ *  IDLE seconds pass without one (FIRST seconds for the first); prints JSON. */
+const SINK_PY = `import json, socket, struct, sys
+port, marker, first, idle = int(sys.argv[1]), sys.argv[2].encode(), float(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind(('0.0.0.0', port))
+s.settimeout(first)
+seen, dups = set(), 0
+try:
+    while True:
+        d = s.recv(4096)
+        s.settimeout(idle)
+        if not d.startswith(marker):
+            continue
+        q = struct.unpack_from('!I', d, len(marker))[0]
+        if q in seen:
+            dups += 1
+        seen.add(q)
+except socket.timeout:
+    pass
+print(json.dumps({'received': len(seen), 'dups': dups}), flush=True)
+`;
+
+/** A UDP source: COUNT datagrams of SIZE bytes (MARKER, sequence number FROM + i), BURST at a time, GAP seconds
+ *  between bursts. */
+const SOURCE_PY = `import socket, struct, sys, time
+host, port, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+start, count, size, burst, gap = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), float(sys.argv[8])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+pad = b'x' * (size - len(marker) - 4)
+for i in range(count):
+    s.sendto(marker + struct.pack('!I', start + i) + pad, (host, port))
+    if i % burst == burst - 1:
+        time.sleep(gap)
+print('sent %d' % count, flush=True)
+`;
+
 /** A lab with this file's own namespace prefix (hwx...-), destroyed by teardown even on failure. */
 async function expressLab(t: ExecutionContext, opts: Omit<LabOptions, 'prefix'> = {}): Promise<Lab> {
   const lab = await labFor(t, opts, 'hwx');
   fs.writeFileSync(path.join(lab.dir, 'send-frames.py'), SEND_FRAMES_PY);
+  fs.writeFileSync(path.join(lab.dir, 'sink.py'), SINK_PY);
+  fs.writeFileSync(path.join(lab.dir, 'source.py'), SOURCE_PY);
   return lab;
 }
 
@@ -528,6 +571,126 @@ netnsTest(
     const addr = await lab.exec('lan', ['ip', '-4', 'addr', 'show', 'dev', 'eth0']);
     t.notRegex(addr.stdout, new RegExp(bogus.replace(/\./g, '\\.')), "the LAN host did not take the rogue's address");
     t.true((await lab.ping('lan', 'guest-a', { count: 5, intervalS: 0.05 })).ok, 'the LAN host reaches guest-a');
+    t.deepEqual(expressProblems, [], 'the express path carried the flows the attacks ran beside');
+  },
+);
+
+// ---- 4. the same attacks inside bulk batches ---------------------------------------------------------
+
+netnsTest(
+  'express: inside bulk batches, replayed datagrams are refused (no datagram delivered twice) and DHCP server replies dropped',
+  async (t) => {
+    t.timeout(120_000);
+    const lab = await expressLab(t, { sites: ['home', 'host-a'] });
+    const home = lab.site('home');
+    const hostA = lab.site('host-a');
+    const lanMac = await macOf(lab, 'lan');
+    const guestMac = await macOf(lab, 'guest-a');
+    const guestIp = lab.host('guest-a').ip;
+    const expressProblems: string[] = [];
+    await establishExpress(t, lab, expressProblems, 'guest-a', 'lan', ['host-a', 'home']);
+    const port = '5301';
+    const marker = `hwx-bulk-${crypto.randomBytes(3).toString('hex')}`;
+    const size = 1000;
+    const sink = lab.exec('lan', ['python3', path.join(lab.dir, 'sink.py'), port, marker, '30', '2'], {
+      timeoutMs: 60_000,
+    });
+    await sleep(300);
+    const source = (from: number, count: number, burst: number, gapS: number) =>
+      lab.exec(
+        'guest-a',
+        [
+          'python3',
+          path.join(lab.dir, 'source.py'),
+          PLAN.lan,
+          port,
+          marker,
+          String(from),
+          String(count),
+          String(size),
+          String(burst),
+          String(gapS),
+        ],
+        { timeoutMs: 60_000 },
+      );
+    // 1. Datagrams one at a time (each leaves host-a alone, not in a GSO run), captured sealed on the underlay.
+    const ulCap = await lab.capture('ul', `ul-${home.name}`, path.join(lab.dir, 'ul.pcap'), [
+      'udp',
+      'and',
+      'src',
+      'host',
+      hostA.address,
+      'and',
+      'dst',
+      'port',
+      String(home.port),
+    ]);
+    const slow = 200;
+    await source(0, slow, 1, 0.004);
+    await sleep(200);
+    const sealed = (await ulCap.stop()).filter(
+      (p) =>
+        p.kind === 'udp' &&
+        p.payload !== undefined &&
+        p.payload[0] === 4 &&
+        p.payload.length === 12 + 14 + 28 + size + 16 &&
+        ipLength(p) === p.frame.length - 14,
+    );
+    t.log(`captured ${sealed.length} sealed datagrams of the slow part`);
+    t.true(sealed.length >= slow / 2, `sealed datagrams captured: ${sealed.length}`);
+    const replays = sealed.map((p) => withUdpChecksum(p.frame));
+
+    // 2. Bulk: bursts of 32 datagrams (one TAP batch at host-a, a GSO run on the underlay, one receive batch at
+    // home), 4,000 in all: the replay window (8,160) still holds the slow part's counters. Into it, back to back:
+    // the captured datagrams at home's underlay port (they land in the stream's receive batches), and DHCP
+    // server replies from guest-a (they land in the middle of its TAP batches).
+    const ack = dhcpServerReply(5, guestMac, guestIp, lanMac, '198.51.100.77');
+    const dhcpPayload = ack.subarray(14 + 20 + 8);
+    const rogue = ipv4Frame(guestMac, lanMac, guestIp, PLAN.lan, 17, udp4(guestIp, PLAN.lan, 67, 68, dhcpPayload));
+    const rogues = Array.from({ length: 20 }, () => rogue);
+    const [h0, a0] = await Promise.all([status(lab, 'home'), status(lab, 'host-a')]);
+    const lanCap = await lab.capture('lan', 'eth0', path.join(lab.dir, 'lan.pcap'), [
+      'udp',
+      'port',
+      '67',
+      'or',
+      'udp',
+      'port',
+      '68',
+    ]);
+    const bulkCount = 4000;
+    const bulk = source(slow, bulkCount, 32, 0.01);
+    await sleep(300);
+    const [replayed, injected] = await Promise.all([
+      sendFrames(lab, 'ul', `ul-${home.name}`, replays, 0),
+      sendFrames(lab, 'guest-a', 'eth0', rogues, 0),
+    ]);
+    const b = await bulk;
+    t.is(b.code, 0, `the bulk source: ${b.stdout}${b.stderr}`);
+    const got = JSON.parse((await sink).stdout.trim().split('\n').pop() ?? '{}') as { received: number; dups: number };
+    const [h1, a1] = await Promise.all([status(lab, 'home'), status(lab, 'host-a')]);
+    const leaked = (await lanCap.stop()).filter((p) => p.kind === 'udp');
+    const rx = h1.express.rxFrames - h0.express.rxFrames;
+    const tx = a1.express.txFrames - a0.express.txFrames;
+    const datagrams = (h1.udp?.rxDatagrams ?? 0) - (h0.udp?.rxDatagrams ?? 0);
+    const calls = (h1.udp?.rxCalls ?? 0) - (h0.udp?.rxCalls ?? 0);
+    const replayDrops = h1.drops.replay - h0.drops.replay;
+    const fromGuest = a1.security.dhcpSnoopingDrops.server_from_guest - a0.security.dhcpSnoopingDrops.server_from_guest;
+    t.log(
+      `bulk: ${bulkCount} sent, the LAN host got ${got.received} of ${slow + bulkCount} (duplicates ${got.dups}); ` +
+        `express carried ${tx} at host-a, ${rx} at home; home received ${datagrams} datagrams in ${calls} recvmmsg calls`,
+    );
+    t.log(
+      `replayed ${replayed}: home replay +${replayDrops}; injected ${injected} DHCP replies: server_from_guest +${fromGuest}`,
+    );
+    t.is(got.dups, 0, 'no datagram reached the LAN host twice');
+    t.true(got.received >= slow + bulkCount * 0.9, `the LAN host got ${got.received} of ${slow + bulkCount}`);
+    t.true(rx >= bulkCount * 0.8 && tx >= bulkCount * 0.8, `express carried the bulk: tx ${tx}, rx ${rx}`);
+    t.true(datagrams >= 4 * calls, `home received in batches: ${datagrams} datagrams in ${calls} calls`);
+    t.true(replayDrops >= replayed, `home counted ${replayDrops} replays of ${replayed}`);
+    t.true(fromGuest >= injected, `host-a counted server_from_guest +${fromGuest} for ${injected}`);
+    t.is(leaked.length, 0, `DHCP packets at the LAN host: ${leaked.length}`);
+    t.true((await lab.ping('guest-a', 'lan', { count: 5, intervalS: 0.05 })).ok, 'guest-a still reaches the LAN host');
     t.deepEqual(expressProblems, [], 'the express path carried the flows the attacks ran beside');
   },
 );
