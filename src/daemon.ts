@@ -33,7 +33,7 @@ import type { Endpoint } from './mesh/peer.ts';
 const INFRA_MACS_REFRESH_MS = 5_000;
 /** Read the TAP right after writing a receive batch to it (default on; HOMEWIRE_TAP_READ_AFTER_WRITE=0: off, for A/B). */
 const READ_TAP_AFTER_WRITE = process.env.HOMEWIRE_TAP_READ_AFTER_WRITE !== '0';
-/** The express path for lone packets (default on; HOMEWIRE_EXPRESS=0: off, for A/B). */
+/** The express path (default on; HOMEWIRE_EXPRESS=0: off, for A/B). */
 const EXPRESS = process.env.HOMEWIRE_EXPRESS !== '0';
 
 export interface DaemonDeps {
@@ -166,7 +166,7 @@ export class Daemon {
       cfg.security,
     );
     sw.announceMoves = cfg.mobility.announceMoves;
-    // The express path: lone packets of established flows without JavaScript (src/express.ts). It needs the
+    // The express path: established flows without JavaScript (src/express.ts). It needs the
     // addon's TAP and UDP receiver (not the in-memory twins).
     if (EXPRESS && nativeTap !== null && udp instanceof DgramSocket) {
       const express = Express.open(addonOrNull(), maxFrameBytes(cfg.listen.family), READ_TAP_AFTER_WRITE);

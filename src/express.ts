@@ -1,6 +1,6 @@
-// The express path's JavaScript side. native/express.cc carries lone packets of established unicast flows
-// (a wake-up with one frame on the TAP, or one datagram on the socket: a ping at rest) without entering
-// JavaScript; everything else, and anything it cannot vouch for, still comes here unchanged.
+// The express path's JavaScript side. native/express.cc carries established unicast flows without entering
+// JavaScript (each wake-up's leading run of frames on the TAP, or of datagrams on the socket, that it can vouch
+// for); everything else, and anything it cannot vouch for, still comes here unchanged, in order.
 //
 // JavaScript stays the authority. It installs what its own path just did, nothing more:
 //   switch.ts  a MAC's port, after it carried a frame from or to that MAC on the same port (the local side,

@@ -179,7 +179,7 @@ export function daemonRegistry(d: Daemon): client.Registry {
   counterFrom(
     register,
     'homewire_express_frames_total',
-    'Frames the express path carried without JavaScript (tx: TAP to mesh, rx: mesh to TAP), and lone ones it handed to JavaScript.',
+    'Frames the express path carried without JavaScript (tx: TAP to mesh, rx: mesh to TAP), and those it handed to JavaScript.',
     'path',
     () => {
       const x = d.sw.express.report();
