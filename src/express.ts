@@ -130,10 +130,11 @@ export class Express {
     if (until > 0) this.native!.mac(mac, port === null ? LOCAL_PORT : port.id, until);
   }
 
-  /** The mesh sealed a data frame for `peer` on `kp` to UDP endpoint `ep`. */
-  sending(peer: Peer, kp: Keypair, ep: Endpoint, now: number): void {
+  /** The mesh sealed a data frame for `peer` on `kp` to UDP endpoint `ep`, a path it trusts until `trustUntil`. */
+  sending(peer: Peer, kp: Keypair, ep: Endpoint, now: number, trustUntil = Number.POSITIVE_INFINITY): void {
     const key = kp.sendAead.native;
-    const until = key === null ? 0 : this.claim(kp.expressSend, now, kp.createdMs + REJECT_AFTER_MS);
+    const cap = Math.min(kp.createdMs + REJECT_AFTER_MS, trustUntil);
+    const until = key === null || cap <= now ? 0 : this.claim(kp.expressSend, now, cap);
     if (until > 0) this.native!.send(peer.id, key!, kp.state, kp.remoteIndex, ep.address, ep.port, until);
   }
 

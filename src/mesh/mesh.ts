@@ -15,6 +15,7 @@ import os from 'node:os';
 import sodium from 'sodium-native';
 import {
   CANDIDATES_MAX,
+  DIRECT_TRUST_MS,
   DISPLACED_SESSION_GRACE_MS,
   DISPLACED_SESSIONS_MAX,
   HANDSHAKE_QUEUE_MAX,
@@ -262,7 +263,7 @@ export class Mesh {
       }
       // Current or previous (both sides may each use the session the other promoted last: crossing handshakes);
       // a next session is promoted by its first packet here, never by the express path.
-      if (type === MSG_DATA && (keypair === peer.current || keypair === peer.previous) && peer.introducedBy === null) {
+      if (type === MSG_DATA && (keypair === peer.current || keypair === peer.previous)) {
         const at = peer.endpoint; // after roam(): the source, unless it was refused
         if (at !== null && at.port === port && at.address === address) this.express.receiving(peer, keypair, at, now);
       }
@@ -469,8 +470,17 @@ export class Mesh {
     if (count && payload.length > 0) {
       peer.stats.txPackets++;
       peer.stats.txBytes += payload.length;
-      if (type === MSG_DATA && site === 0 && peer.introducedBy === null && !this.isTcp(ep))
-        this.express.sending(peer, keypair, ep, this.nowMs);
+      // An introduced peer's direct path holds while its probes are answered (paths.ts directUsable): the
+      // install lasts no longer than that trust, so a path that stops answering goes back to JavaScript (and
+      // to the relay) as it would without the express path.
+      if (type === MSG_DATA && site === 0 && !this.isTcp(ep))
+        this.express.sending(
+          peer,
+          keypair,
+          ep,
+          this.nowMs,
+          peer.introducedBy === null ? Number.POSITIVE_INFINITY : peer.lastPongMs + DIRECT_TRUST_MS,
+        );
     }
   }
 

@@ -7,6 +7,7 @@
 //   2. every pair of NATed hosts: guest ↔ guest ping, the path each pair must take (direct / relay / TCP via
 //      home) and the time from the guest's first frame (its ARP request) to the first reply;
 //   3. conntrack -F on a symmetric NAT during an iperf3 stream over a direct path: traffic resumes within 3 s;
+//      a direct path that stops answering under a stream the express path carries: through the relay within 3 s;
 //   4. a third host added to home's config and reloaded: reachable from the LAN and every guest within 5 s;
 //   5. bad input from a real process: an unknown key, a compromised site's forged introductions, relay
 //      requests for unknown sites, junk: dropped and counted, nothing crashes, traffic flows.
@@ -17,7 +18,7 @@ import test from 'ava';
 import { INTERNET, NAT_KIND_HOSTS, NatNetwork, type NatKind, natSiteConfig } from '../../lab/nat.ts';
 import { deleteNamespaces, Lab, PLAN, PROJECT_ROOT } from '../../lab/topology.ts';
 import type { Packet } from '../../lab/pcap.ts';
-import { parseIperf3, sleep } from '../../lab/run.ts';
+import { parseIperf3, run, sleep } from '../../lab/run.ts';
 import { controlRequest } from '../../src/control.ts';
 import { encodeKey, generatePrivateKey, publicKeyOf } from '../../src/mesh/keys.ts';
 import type { StatusReport } from '../../src/status.ts';
@@ -273,6 +274,7 @@ serial(
     const src = 'guest-sym';
     const dst = 'guest-full';
     t.is(await pathAt('host-sym', 'host-full'), 'direct');
+    const e0 = (await status('host-sym')).express;
     const server = lab.spawn(dst, ['iperf3', '-s', '-1', '-B', leases.get(dst)!, '-p', '5202']);
     await sleep(300);
     const client = lab.exec(
@@ -309,8 +311,87 @@ serial(
     );
     t.true(stall <= 3000, `stall ${stall} ms`);
     t.true(after > 0, 'data flowed after the flush');
-    const sym = (await status('host-sym')).peers.find((p) => p.name === 'host-full')!;
+    const st = await status('host-sym');
+    const sym = st.peers.find((p) => p.name === 'host-full')!;
     t.log(`host-sym → host-full endpoint ${sym.endpoint}, roams ${sym.roams}`);
+    // The stream to the introduced peer rode the express path (its install lasts no longer than the direct
+    // path's trust), before and after the flush.
+    const carried = st.express.txFrames - e0.txFrames;
+    t.log(`host-sym's express path carried ${carried} frames to the introduced peer during the stream`);
+    t.true(carried > 1000, `express frames TAP → mesh at host-sym: ${carried}`);
+  },
+);
+
+serial(
+  'a direct path that stops answering under a stream the express path carries: the stream goes through the relay within 3 s',
+  async (t) => {
+    t.timeout(120_000);
+    const src = 'guest-sym';
+    const dst = 'guest-full';
+    t.is(await pathAt('host-sym', 'host-full'), 'direct');
+    const peer = (await status('host-sym')).peers.find((p) => p.name === 'host-full')!;
+    const publicAddress = String(peer.endpoint).replace(/:\d+$/, '');
+    const [router] = network.routers(lab, 'host-sym');
+    // host-sym's NAT drops every datagram to and from host-full's public address: the direct path dies, the
+    // relay (home) does not.
+    const rule = (op: '-I' | '-D', dir: '-s' | '-d') =>
+      run('ip', [
+        'netns',
+        'exec',
+        router,
+        'iptables',
+        '-w',
+        op,
+        'FORWARD',
+        dir,
+        publicAddress,
+        '-p',
+        'udp',
+        '-j',
+        'DROP',
+      ]);
+    const e0 = (await status('host-sym')).express;
+    const server = lab.spawn(dst, ['iperf3', '-s', '-1', '-B', leases.get(dst)!, '-p', '5203']);
+    await sleep(300);
+    const client = lab.exec(
+      src,
+      ['iperf3', '-c', leases.get(dst)!, '-p', '5203', '-t', '8', '-i', '0.1', '-J', '--connect-timeout', '3000'],
+      { timeoutMs: 40_000 },
+    );
+    let cutAt = 0;
+    let carriedBefore = 0;
+    try {
+      await sleep(3000);
+      carriedBefore = (await status('host-sym')).express.txFrames - e0.txFrames;
+      cutAt = Date.now();
+      for (const dir of ['-s', '-d'] as const) t.is((await rule('-I', dir)).code, 0, `iptables -I ${dir}`);
+      const r = await client;
+      const doc = JSON.parse(r.stdout);
+      t.falsy(doc.error, doc.error);
+      const start = doc.start.timestamp.timesecs * 1000;
+      let stall = 0;
+      let gap = 0;
+      for (const i of doc.intervals as { sum: { start: number; bytes: number } }[]) {
+        if (start + i.sum.start * 1000 + 100 < cutAt) continue;
+        gap = i.sum.bytes === 0 ? gap + 100 : 0;
+        stall = Math.max(stall, gap);
+      }
+      const st = await status('host-sym');
+      const home = await status('home');
+      const relayed = home.relayed.find((x) => x.from === 'host-sym' && x.to === 'host-full')?.packets ?? 0;
+      t.log(
+        `express carried ${carriedBefore} frames before the cut; longest stall after it ${stall} ms; path now ` +
+          `${st.peers.find((p) => p.name === 'host-full')?.path}; home relayed host-sym → host-full ${relayed} packets`,
+      );
+      t.true(carriedBefore > 1000, `the stream rode the express path before the cut: ${carriedBefore} frames`);
+      t.true(stall <= 3000, `stall ${stall} ms`);
+      t.is(st.peers.find((p) => p.name === 'host-full')?.path, 'relay');
+      t.true(relayed > 100, `home relayed ${relayed} packets host-sym → host-full`);
+    } finally {
+      server.kill('SIGKILL');
+      if (cutAt !== 0) for (const dir of ['-s', '-d'] as const) await rule('-D', dir);
+      await client.catch(() => undefined);
+    }
   },
 );
 
