@@ -14,8 +14,10 @@
 //
 // Data path, all on the main libuv loop, no threads, no per-frame allocation:
 //   read:  one uv_poll (UV_READABLE) wake-up -> up to maxFrames read()s into the shared slab (one
-//          frame per stride) with their lengths in the shared Uint32Array -> ONE JS call onRead(n).
-//          Stops at EAGAIN. A fatal read error stops reading and calls onRead(-errno).
+//          frame per stride) with their lengths in the shared Uint32Array -> the express path
+//          (native/express.cc) sends the leading run it can carry, and what is left moves to the slab's
+//          front -> ONE JS call onRead(n). Stops at EAGAIN. A fatal read error stops reading and calls
+//          onRead(-errno).
 //   write: writeBatch() write()s each frame at once (one syscall per frame: a TAP takes one frame
 //          per write). On EAGAIN the rest is copied into a bounded ring (reused slots), UV_WRITABLE
 //          is polled and the ring drained when writable; frames beyond the bound are dropped and

@@ -4,7 +4,8 @@
 // datagram, with one recvmsg per datagram. Here one wake-up drains the socket with recvmmsg (up to kVlen
 // messages per call) and, with UDP_GRO, each message may be a run of equal-size datagrams of one flow that the
 // kernel kept together (the sender's UDP GSO run crosses the stack as ONE skb): the cmsg gives the segment
-// size and the run is cut here. All datagrams of a wake-up go to JS in ONE call.
+// size and the run is cut here. A wake-up's datagrams are offered to the express path (native/express.cc) first,
+// which carries the leading run of established flows; the rest go to JS in ONE call.
 //
 //   new UdpReceiver(fd, { counters: Float64Array, meta: Uint32Array, maxDatagrams, bufferBytes, slabBytes, gro,
 //                         wakeHistogram?: Float64Array })

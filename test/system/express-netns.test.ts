@@ -104,6 +104,14 @@ async function sendFrames(lab: Lab, ns: string, iface: string, frames: Buffer[],
   return Number(/sent (\d+)/.exec(r.stdout)?.[1] ?? 0);
 }
 
+/** Captures on the underlay what `from` sends to home's port (the mesh's datagrams, sealed). */
+function captureToHome(lab: Lab, from: string) {
+  const home = lab.site('home');
+  const src = lab.site(from);
+  const filter = ['udp', 'and', 'src', 'host', src.address, 'and', 'dst', 'port', String(home.port)];
+  return lab.capture('ul', `ul-${home.name}`, path.join(lab.dir, `ul-${from}-${Date.now()}.pcap`), filter);
+}
+
 /**
  * Establishes express flows: `from` pings `to` at rest (lone packets, 50 ms apart), and each of `sites`
  * must show its express counters moving both ways (tx: TAP → mesh, rx: mesh → TAP): the table was in use.
@@ -276,21 +284,10 @@ netnsTest(
   async (t) => {
     t.timeout(90_000);
     const lab = await expressLab(t, { sites: ['home', 'host-a'] });
-    const hostA = lab.site('host-a');
     const home = lab.site('home');
     // Captures: what host-a sends home on the underlay, and every ICMP packet the LAN host sees.
     const lanCap = await lab.capture('lan', 'eth0', path.join(lab.dir, 'lan.pcap'), ['icmp']);
-    const ulCap = await lab.capture('ul', `ul-${home.name}`, path.join(lab.dir, 'ul.pcap'), [
-      'udp',
-      'and',
-      'src',
-      'host',
-      hostA.address,
-      'and',
-      'dst',
-      'port',
-      String(home.port),
-    ]);
+    const ulCap = await captureToHome(lab, 'host-a');
     // Express flows guest-a ↔ LAN host, with 200-byte pings (228-byte IP packets) told apart from the rest.
     const expressProblems: string[] = [];
     await establishExpress(t, lab, expressProblems, 'guest-a', 'lan', ['host-a', 'home'], { size: 200 });
@@ -583,7 +580,6 @@ netnsTest(
     t.timeout(120_000);
     const lab = await expressLab(t, { sites: ['home', 'host-a'] });
     const home = lab.site('home');
-    const hostA = lab.site('host-a');
     const lanMac = await macOf(lab, 'lan');
     const guestMac = await macOf(lab, 'guest-a');
     const guestIp = lab.host('guest-a').ip;
@@ -614,17 +610,7 @@ netnsTest(
         { timeoutMs: 60_000 },
       );
     // 1. Datagrams one at a time (each leaves host-a alone, not in a GSO run), captured sealed on the underlay.
-    const ulCap = await lab.capture('ul', `ul-${home.name}`, path.join(lab.dir, 'ul.pcap'), [
-      'udp',
-      'and',
-      'src',
-      'host',
-      hostA.address,
-      'and',
-      'dst',
-      'port',
-      String(home.port),
-    ]);
+    const ulCap = await captureToHome(lab, 'host-a');
     const slow = 200;
     await source(0, slow, 1, 0.004);
     await sleep(200);
