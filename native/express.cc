@@ -328,7 +328,7 @@ class Express : public Napi::ObjectWrap<Express> {
         if (!aead::Seal(s->key, out, f, len, (uint32_t)(counter / kWireSpan))) break;
         s->state[0] = (double)(counter + 1);
         txPkts_.push_back({out, kHeader + len + kTag});
-        txSent_.push_back({s, src, len});
+        txSent_.push_back({s, src});
         off = (off + kHeader + len + kTag + kAlign - 1) & ~(kAlign - 1);
       }
       k = Send(now);
@@ -382,11 +382,6 @@ class Express : public Napi::ObjectWrap<Express> {
   }
 
  private:
-  bool ToJs(int counter) {
-    ctr_[counter]++;
-    return false;
-  }
-
   // The sending session for a frame from the TAP, or null if the express path may not carry it: an untagged
   // unicast frame of a plain kind from a MAC on the local side to a MAC behind a peer with a sending session.
   Session* Sending(const uint8_t* f, size_t len, double now, uint64_t* src) {
@@ -419,14 +414,15 @@ class Express : public Napi::ObjectWrap<Express> {
       if (gsoFailed) gsoOff_ = true;  // this kernel refuses UDP GSO: single datagrams from now on
       for (size_t q = i; q < i + sent; q++) {
         const Sent& x = txSent_[q];
+        double len = (double)(txPkts_[q].len - kHeader - kTag);  // the frame's
         ctr_[X_TX_FRAMES]++;
-        ctr_[X_TX_BYTES] += (double)x.len;
+        ctr_[X_TX_BYTES] += len;
         PeerStat& ps = peerStats_[x.s->peer];
         ps.txPackets++;
-        ps.txBytes += (double)x.len;
+        ps.txBytes += len;
         ps.lastSent = now;
         MacStat& ms = macStats_[x.src];
-        ms.toMesh += (double)x.len;
+        ms.toMesh += len;
         ms.seen = now;
       }
       if (sent < j - i) {
@@ -601,10 +597,9 @@ class Express : public Napi::ObjectWrap<Express> {
   struct Sent {
     Session* s;
     uint64_t src;
-    size_t len;
   };
   std::vector<udpsend::Pkt> txPkts_;  // where they are in txBuf_
-  std::vector<Sent> txSent_;          // and what each carries (for the statistics)
+  std::vector<Sent> txSent_;          // and whose each is (session, source MAC: for the statistics)
   bool gsoOff_ = false;
   std::vector<uint8_t> rxBuf_;           // a wake-up's frames, decrypted
   std::vector<sparse::Frame> rxFrames_;  // and where they are in rxBuf_
