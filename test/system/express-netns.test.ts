@@ -11,7 +11,8 @@
 //      unicast with IP options) and DHCPv6 server replies (plain, behind a destination-options header):
 //      `server_from_guest`, `dhcpv6_server_from_guest`
 //   4. the same attacks inside bulk batches (a UDP stream the express path carries whole wake-ups of): replayed
-//      datagrams sent back to back into the stream's receive batches (`replay`, no datagram delivered twice),
+//      and forged datagrams sent back to back into the stream's receive batches (`replay`, `auth_failed`, no
+//      datagram delivered twice),
 //      DHCP server replies in the middle of the guest's TAP batches (`server_from_guest`)
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -274,6 +275,17 @@ function withUdpChecksum(frame: Buffer): Buffer {
   return f;
 }
 
+/** Captured sealed datagrams with counters no one has used yet: the header is authenticated, so the tag no
+ *  longer fits (forgeries under the live session's index, from the sender's own address). */
+function forge(sealed: Buffer[]): Buffer[] {
+  return sealed.map((f, i) => {
+    const g = Buffer.from(f);
+    const off = 14 + (g[14] & 15) * 4 + 8; // the transport header in the UDP payload
+    g.writeUInt32LE((g.readUInt32LE(off + 8) + 1_000_000 + i) >>> 0, off + 8);
+    return withUdpChecksum(g);
+  });
+}
+
 /** IPv4 total length of a captured frame (untagged). */
 const ipLength = (p: Packet) => (p.frame.length >= 18 ? p.frame.readUInt16BE(16) : 0);
 
@@ -343,12 +355,7 @@ netnsTest(
     // no one has used yet (the header is authenticated: the tag no longer fits). The express path opens them,
     // refuses them and counts them (one decryption each), and the mesh's auth_failed shows them.
     await establishExpress(t, lab, expressProblems, 'guest-a', 'lan', ['home'], { size: 200 });
-    const forged = replays.map((f, i) => {
-      const g = Buffer.from(f);
-      const off = 14 + (g[14] & 15) * 4 + 8; // the transport header in the UDP payload
-      g.writeUInt32LE((g.readUInt32LE(off + 8) + 1_000_000 + i) >>> 0, off + 8);
-      return withUdpChecksum(g);
-    });
+    const forged = forge(replays);
     const b2 = await status(lab, 'home');
     const lan2 = await lab.capture('lan', 'eth0', path.join(lab.dir, 'lan2.pcap'), ['icmp']);
     // Beside a live flow, so the session's install stays fresh (an idle install lapses after its lease).
@@ -575,7 +582,7 @@ netnsTest(
 // ---- 4. the same attacks inside bulk batches ---------------------------------------------------------
 
 netnsTest(
-  'express: inside bulk batches, replayed datagrams are refused (no datagram delivered twice) and DHCP server replies dropped',
+  'express: inside bulk batches, replayed and forged datagrams are refused (no datagram delivered twice) and DHCP server replies dropped',
   async (t) => {
     t.timeout(120_000);
     const lab = await expressLab(t, { sites: ['home', 'host-a'] });
@@ -647,10 +654,13 @@ netnsTest(
     const bulkCount = 4000;
     const bulk = source(slow, bulkCount, 32, 0.01);
     await sleep(300);
-    const [replayed, injected] = await Promise.all([
-      sendFrames(lab, 'ul', `ul-${home.name}`, replays, 0),
+    const forged = forge(replays);
+    const [underlaySent, injected] = await Promise.all([
+      sendFrames(lab, 'ul', `ul-${home.name}`, [...replays, ...forged], 0),
       sendFrames(lab, 'guest-a', 'eth0', rogues, 0),
     ]);
+    t.is(underlaySent, replays.length + forged.length);
+    const replayed = replays.length;
     const b = await bulk;
     t.is(b.code, 0, `the bulk source: ${b.stdout}${b.stderr}`);
     const got = JSON.parse((await sink).stdout.trim().split('\n').pop() ?? '{}') as { received: number; dups: number };
@@ -661,6 +671,8 @@ netnsTest(
     const datagrams = (h1.udp?.rxDatagrams ?? 0) - (h0.udp?.rxDatagrams ?? 0);
     const calls = (h1.udp?.rxCalls ?? 0) - (h0.udp?.rxCalls ?? 0);
     const replayDrops = h1.drops.replay - h0.drops.replay;
+    const authFailed = h1.drops.auth_failed - h0.drops.auth_failed;
+    const byExpress = h1.express.rxAuthFailed - h0.express.rxAuthFailed;
     const fromGuest = a1.security.dhcpSnoopingDrops.server_from_guest - a0.security.dhcpSnoopingDrops.server_from_guest;
     t.log(
       `bulk: ${bulkCount} sent, the LAN host got ${got.received} of ${slow + bulkCount} (duplicates ${got.dups}); ` +
@@ -674,6 +686,9 @@ netnsTest(
     t.true(rx >= bulkCount * 0.8 && tx >= bulkCount * 0.8, `express carried the bulk: tx ${tx}, rx ${rx}`);
     t.true(datagrams >= 4 * calls, `home received in batches: ${datagrams} datagrams in ${calls} calls`);
     t.true(replayDrops >= replayed, `home counted ${replayDrops} replays of ${replayed}`);
+    t.log(`forged ${forged.length}: home auth_failed +${authFailed}, of them in the express path +${byExpress}`);
+    t.true(authFailed >= forged.length, `home counted ${authFailed} forgeries of ${forged.length}`);
+    t.true(byExpress > 0, 'the express path refused forgeries inside the stream itself');
     t.true(fromGuest >= injected, `host-a counted server_from_guest +${fromGuest} for ${injected}`);
     t.is(leaked.length, 0, `DHCP packets at the LAN host: ${leaked.length}`);
     t.true((await lab.ping('guest-a', 'lan', { count: 5, intervalS: 0.05 })).ok, 'guest-a still reaches the LAN host');
