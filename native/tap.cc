@@ -16,8 +16,10 @@
 //   read:  one uv_poll (UV_READABLE) wake-up -> up to maxFrames read()s into the shared slab (one
 //          frame per stride) with their lengths in the shared Uint32Array -> the express path
 //          (native/express.cc) sends the leading run it can carry, and what is left moves to the slab's
-//          front -> ONE JS call onRead(n). Stops at EAGAIN. A fatal read error stops reading and calls
-//          onRead(-errno).
+//          front -> ONE JS call onRead(n). Stops at EAGAIN, or once maxFrames frames were taken (a TSO read
+//          cut into segments counts each): a TCP stream that keeps the ring full would otherwise hold the
+//          loop here for milliseconds while the mesh's socket (the stream's ACKs, a ping's reply) waits. A
+//          fatal read error stops reading and calls onRead(-errno).
 //   write: writeBatch() write()s each frame at once (one syscall per frame: a TAP takes one frame
 //          per write). On EAGAIN the rest is copied into a bounded ring (reused slots), UV_WRITABLE
 //          is polled and the ring drained when writable; frames beyond the bound are dropped and
@@ -92,11 +94,12 @@ enum Counter : int {
   C_RX_SEGMENTED,          // frames cut out of large (TSO) reads
   C_TX_YIELDS,             // sched_yield()s inside a long write batch (see yieldEvery_)
   C_TX_SPARSE_FIRST,       // frames of sparse flows written ahead of a bulk flow's (sparse.h)
+  C_RX_WAKEUPS_FULL,       // read wake-ups that stopped at maxFrames frames taken (the rest: next loop turn)
   C_COUNT
 };
 const char* const kCounterNames[] = {"txFrames",    "txBytes",  "txDroppedQueue", "txDroppedError", "rxErrors",
                                      "txQueued",    "txEagain", "lastErrno",      "txCoalesced",    "txWrites",
-                                     "rxSegmented", "txYields", "txSparseFirst"};
+                                     "rxSegmented", "txYields", "txSparseFirst",  "rxWakeupsFull"};
 static_assert(sizeof(kCounterNames) / sizeof(kCounterNames[0]) == C_COUNT, "one name per counter");
 
 // ---- Errors ------------------------------------------------------------------------------------
@@ -697,7 +700,7 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
   // A frame read with its virtio_net_hdr into big_: copied into the slab as it is, with its checksum
   // completed, or cut into segments (TSO). Delivers the batch first when the segments would not fit.
   // False if the frame was malformed (dropped).
-  bool TakeOffloaded(size_t len, size_t* n) {
+  bool TakeOffloaded(size_t len, size_t* n, size_t* taken) {
     gso::VnetHdr h = gso::ReadHdr(vnetScratch_);
     uint8_t* f = big_.data();
     if (h.gsoType == 0) {
@@ -705,6 +708,7 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
       if ((h.flags & gro::kVnetFlagNeedsCsum) && !gso::CompleteChecksum(f, len, h)) return false;
       std::memcpy(slab_ + *n * stride_, f, len);
       lens_[(*n)++] = (uint32_t)len;
+      (*taken)++;
       return true;
     }
     size_t hdrs = 0;
@@ -718,6 +722,7 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
     }
     gso::Segment(f, len, h, hdrs, slab_ + *n * stride_, stride_, lens_ + *n);
     *n += k;
+    *taken += k;
     ctr_[C_RX_SEGMENTED] += (double)k;
     return true;
   }
@@ -975,19 +980,23 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
   }
 
   void ReadBatch() {
-    size_t n = 0;
+    size_t n = 0, taken = 0;  // frames in the slab now; taken this wake-up (delivered ones too)
     int err = 0;
-    while (n < maxFrames_) {
+    while (taken < maxFrames_) {
       ssize_t r;
       if (info_.vnet) {
         struct iovec iov[2] = {{vnetScratch_, gro::kVnetHdrBytes}, {big_.data(), big_.size()}};
         r = readv(fd_, iov, 2);
         if (r >= 0) {
           size_t len = r > (ssize_t)gro::kVnetHdrBytes ? (size_t)r - gro::kVnetHdrBytes : 0;
-          if (len == 0) continue;
-          if (!TakeOffloaded(len, &n)) {
+          if (len == 0) {
+            taken++;  // nothing to take, but a read all the same: it counts against the budget
+            continue;
+          }
+          if (!TakeOffloaded(len, &n, &taken)) {
             if (closed_ || !reading_) return;
             ctr_[C_RX_ERRORS]++;
+            taken++;
           }
           if (closed_ || !reading_) return;
           continue;
@@ -997,6 +1006,7 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
       }
       if (r > 0) {
         lens_[n++] = (uint32_t)r;
+        taken++;
       } else if (r == 0) {
         break;
       } else if (errno == EINTR) {
@@ -1006,6 +1016,7 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
         break;
       }
     }
+    if (taken >= maxFrames_) ctr_[C_RX_WAKEUPS_FULL]++;
     if (n > 0) {
       Deliver(n);
       if (closed_ || !reading_) return;  // the callback closed or stopped us

@@ -97,6 +97,7 @@ const C = {
   rxSegmented: 10,
   txYields: 11,
   txSparseFirst: 12,
+  rxWakeupsFull: 13,
 } as const;
 const COUNTERS = Object.keys(C).length;
 
@@ -266,6 +267,7 @@ export class NativeTap implements TapDevice {
       txWrites: c[C.txWrites],
       rxSegmented: c[C.rxSegmented],
       txSparseFirst: c[C.txSparseFirst],
+      rxWakeupsFull: c[C.rxWakeupsFull],
       rxRingDropped: this.kernelRingDropped() - this.ringDroppedAtOpen,
     };
   }
