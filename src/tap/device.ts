@@ -19,7 +19,8 @@ export interface TapStats {
   txWrites?: number; // writes to the kernel (coalesced frames count once)
   rxSegmented?: number; // frames cut out of large (TSO) reads
   txSparseFirst?: number; // frames of sparse flows written ahead of a bulk flow's in their batch (native/sparse.h)
-  rxWakeupsFull?: number; // read wake-ups that stopped at the frame budget (TAP_FRAMES_PER_WAKEUP) (the rest, if any: the next loop turn)
+  rxWakeupsFull?: number; // read turns that left frames (read ahead and held, or in the ring) for the next loop turn
+  rxAhead?: number; // frames delivered ahead of other flows' held (read-ahead) TSO frames
   rxRingDropped?: number; // frames the kernel dropped before we read them: the TAP's queue towards us was full
 }
 

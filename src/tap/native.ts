@@ -98,6 +98,7 @@ const C = {
   txYields: 11,
   txSparseFirst: 12,
   rxWakeupsFull: 13,
+  rxAhead: 14,
 } as const;
 const COUNTERS = Object.keys(C).length;
 
@@ -268,6 +269,7 @@ export class NativeTap implements TapDevice {
       rxSegmented: c[C.rxSegmented],
       txSparseFirst: c[C.txSparseFirst],
       rxWakeupsFull: c[C.rxWakeupsFull],
+      rxAhead: c[C.rxAhead],
       rxRingDropped: this.kernelRingDropped() - this.ringDroppedAtOpen,
     };
   }

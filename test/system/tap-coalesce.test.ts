@@ -4,7 +4,7 @@
 // its own (hwf*) with the kernel's addresses; the test plays the far host (its MAC is a static neighbour)
 // with hand-built frames. Needs root and the built addon.
 import type { ExecutionContext } from 'ava';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { NativeTap } from '../../src/tap/native.ts';
 import { missingFor, testIf } from '../helpers/prereq.ts';
@@ -396,9 +396,10 @@ function tcpChecksumOk(f: Buffer, v6: boolean): boolean {
 }
 
 // burst: the kernel's first flight (initial window 200 segments, window scaling on) queues in the TAP while the
-// test holds the event loop, more than one wake-up may take (TAP_FRAMES_PER_WAKEUP): the read stops at the budget
-// and takes the rest in the next loop turn (a TCP stream that keeps the ring full must not hold the loop while
-// the mesh's socket waits: the reply to a ping beside it waited 0.7 ms there).
+// test holds the event loop, more than one turn may take (TAP_FRAMES_PER_WAKEUP), and a ping's echo request
+// queues behind it: the flight is read ahead and held, the request is delivered before any of it (a ping beside
+// a TCP stream waited behind the stream's queue in the ring), and the held frames come over several loop turns
+// (a TCP stream must not hold the loop while the mesh's socket waits: the reply to a ping beside it waited there).
 for (const [v6, burst] of [
   [false, false],
   [true, false],
@@ -441,7 +442,12 @@ for (const [v6, burst] of [
     synAck.writeUInt16BE(65535, 14);
     b.tap.write(packet(b, v6, 6, synAck, 16));
     b.tap.flush();
-    if (burst) execFileSync('sleep', ['0.3']); // the loop held: the first flight queues in the TAP's ring
+    if (burst) {
+      execFileSync('sleep', ['0.3']); // the loop held: the first flight queues in the TAP's ring
+      // ...and an echo request behind it (no answer: ping exits 1 after its 0.2 s wait)
+      const pinged = spawnSync('ip', ['netns', 'exec', b.ns, 'ping', '-n', '-c', '1', '-W', '0.2', ourAddr]);
+      t.is(pinged.error, undefined, 'ping ran');
+    }
     const data = Buffer.alloc(BYTES);
     let got = 0;
     let seen = b.read.length;
@@ -477,7 +483,19 @@ for (const [v6, burst] of [
     t.true((b.tap.stats.rxSegmented ?? 0) > 0, `${b.tap.stats.rxSegmented} frames were cut from TSO frames`);
     if (burst) {
       const full = b.tap.stats.rxWakeupsFull ?? 0;
-      t.true(full > 0, `${full} read wake-ups stopped at the budget and left the rest for the next loop turn`);
+      t.true(full > 0, `${full} read turns left held frames for the next loop turn`);
+      const isEcho = (f: Buffer) => f.readUInt16BE(12) === 0x0800 && f[23] === 1 && f[34] === 8;
+      const echoAt = b.read.findIndex(isEcho);
+      t.true(echoAt >= 0, 'the echo request was read');
+      const dataBefore = b.read
+        .slice(0, echoAt)
+        .filter((f) => isTcp(f) && f.length > l4o + (f[l4o + 12] >> 4) * 4).length;
+      t.is(
+        dataBefore,
+        0,
+        `the echo request was delivered before the flight queued ahead of it (${dataBefore} segments)`,
+      );
+      t.true((b.tap.stats.rxAhead ?? 0) >= 1, `${b.tap.stats.rxAhead} frames went ahead of held ones`);
     }
     await client.result;
   });
