@@ -280,7 +280,9 @@ async function streamAcrossCut(
     await sleep(300);
     const client = lab.exec(
       src,
-      ['iperf3', '-c', leases.get(dst)!, '-p', port, '-t', '8', '-i', '0.1', '-J', '--connect-timeout', '3000'],
+      // 12 s: 9 s after the cut, so TCP's retransmission backoff (0.2, 0.4, 0.8, 1.6, 3.2 s...) has a retry left
+      // after a fallback that took most of its 3 s (with 8 s, a retry due 6.2 s after the cut fell past the end).
+      ['iperf3', '-c', leases.get(dst)!, '-p', port, '-t', '12', '-i', '0.1', '-J', '--connect-timeout', '3000'],
       { timeoutMs: 40_000 },
     );
     await sleep(3000);
