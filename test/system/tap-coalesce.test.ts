@@ -407,7 +407,7 @@ for (const [v6, burst] of [
 ]) {
   const fam = v6 ? 'IPv6' : 'IPv4';
   const what = burst
-    ? 'a burst of TSO frames larger than one wake-up is taken over several loop turns, byte-exact'
+    ? 'a burst of TSO frames is read ahead: an echo request queued behind it goes first; the burst follows over several loop turns, byte-exact'
     : 'large (TSO) frames are cut into MTU-size segments with valid checksums';
   test(`${fam} TCP from the kernel: ${what}`, async (t) => {
     const b = bed(t);
