@@ -403,6 +403,7 @@ struct PollBox {
 // Frames read ahead of their turn (offloads on), at most this many (each a slot of up to 64 KB, allocated at
 // first use): a TCP stream's standing queue, taken out of the kernel's ring so what is behind it can go first.
 constexpr size_t kHeldMax = 32;
+constexpr size_t kHeldBytes = 65536 + 256;  // a slot: one read, the largest TSO frame the TAP hands over
 // Segments of held frames taken per loop turn: about one 64 KB TSO frame (46 segments of 1400 bytes), then the
 // mesh's socket and the TAP's newest frames get their turn. peers-ab, 3 alternating rounds per pair (2026-12-02):
 // the ping beside TCP 1.09 ms without read-ahead against 0.68 with shares of 128 (TCP 4,300 / 4,182 Mbit/s); 0.73
@@ -943,14 +944,10 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
 
   void UpdatePoll() {
     if (box_ == nullptr) return;
-    bool idle = reading_ && heldCount_ > 0;
-    if (idle != idleOn_) {
-      if (idle)
-        uv_idle_start(&box_->idle, OnIdle);
-      else
-        uv_idle_stop(&box_->idle);
-      idleOn_ = idle;
-    }
+    if (reading_ && heldCount_ > 0)
+      uv_idle_start(&box_->idle, OnIdle);  // no-ops when already in that state
+    else
+      uv_idle_stop(&box_->idle);
     int want = (reading_ ? UV_READABLE : 0) | (qcount_ > 0 ? UV_WRITABLE : 0);
     if (want == events_) return;
     int rc = want ? uv_poll_start(&box_->poll, want, OnPoll) : uv_poll_stop(&box_->poll);
@@ -1067,7 +1064,7 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
     int err = 0;
     while (n < maxFrames_ && heldCount_ < kHeldMax && reads < maxFrames_ + kHeldMax) {
       Held& h = held_[(heldHead_ + heldCount_) % kHeldMax];
-      if (h.buf.empty()) h.buf.resize(65536 + 256);
+      if (h.buf.empty()) h.buf.resize(kHeldBytes);
       struct iovec iov[2] = {{h.hdr, gro::kVnetHdrBytes}, {h.buf.data(), h.buf.size()}};
       ssize_t r = readv(fd_, iov, 2);
       if (r < 0) {
@@ -1079,8 +1076,10 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
       reads++;
       h.len = r > (ssize_t)gro::kVnetHdrBytes ? (size_t)r - gro::kVnetHdrBytes : 0;
       if (h.len == 0) continue;
-      h.key = sparse::FlowKey(h.buf.data(), h.len);
-      if (gso::ReadHdr(h.hdr).gsoType != 0 || Holds(h.key)) {
+      // The flow key only matters while something is held or this frame will be.
+      bool tso = gso::ReadHdr(h.hdr).gsoType != 0;
+      if (tso || heldCount_ > 0) h.key = sparse::FlowKey(h.buf.data(), h.len);
+      if (tso || Holds(h.key)) {
         heldCount_++;
         continue;
       }
@@ -1187,7 +1186,6 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
       box_ = nullptr;
     }
     heldHead_ = heldCount_ = 0;  // frames read ahead go with the TAP, as the kernel's ring does
-    idleOn_ = false;
     events_ = 0;
     if (threaded_ && writer_.Running()) {
       writer_.Stop();  // joins: the thread is done with the fd before it is closed
@@ -1253,7 +1251,6 @@ class Tap : public Napi::ObjectWrap<Tap>, public express::TapPort {
   };
   std::vector<Held> held_;
   size_t heldHead_ = 0, heldCount_ = 0;
-  bool idleOn_ = false;
   std::vector<uint8_t> merged_;
   // Kinds not coalesced by choice. UDP runs are off by default: the receiving stack hands a coalesced run to a
   // socket that did not ask for UDP_GRO as one burst of up to 64 datagrams, which overflows a default-size
